@@ -1,0 +1,140 @@
+"""A Hugging Face checkpoint folder opened for export: config, architecture, safetensors tensor index.
+
+Tensors are memory-mapped, never loaded whole: `load_tensor` returns one tensor as f32 (or f16 when
+stored so), which is what lets the GGUF writer stream a model far larger than the RAM it uses.
+Every problem a user can meet (missing folder, unsupported architecture, corrupt or truncated
+safetensors) becomes one AhaError line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import AhaError
+
+# HF architecture → GGUF architecture name (gguf.MODEL_ARCH_NAMES)
+SUPPORTED_ARCHITECTURES = {
+    "Qwen2ForCausalLM": "qwen2",
+    "LlamaForCausalLM": "llama",
+    "Qwen3ForCausalLM": "qwen3",
+}
+
+
+@dataclass
+class Checkpoint:
+    """An opened checkpoint: folder, hparams (AutoConfig as a dict), GGUF arch, tensor index."""
+
+    folder: Path
+    hparams: dict
+    hf_arch: str
+    arch: str
+    tensors: dict  # name → gguf.utility.LocalTensor (memory-mapped lazily)
+
+    @property
+    def block_count(self) -> int:
+        return int(self.hparams["num_hidden_layers"])
+
+    @property
+    def head_dim(self) -> int:
+        return int(self.hparams.get("head_dim") or self.hparams["hidden_size"] // self.hparams["num_attention_heads"])
+
+    @property
+    def rope_parameters(self) -> dict:
+        """RoPE settings in transformers ≥ 5 form, falling back to the older rope_scaling + rope_theta keys."""
+        params = dict(self.hparams.get("rope_parameters") or self.hparams.get("rope_scaling") or {})
+        if "rope_theta" not in params and self.hparams.get("rope_theta") is not None:
+            params["rope_theta"] = self.hparams["rope_theta"]
+        if "rope_type" not in params and params.get("type") is not None:
+            params["rope_type"] = params["type"]
+        return params
+
+
+def read_hparams(folder: Path) -> dict:
+    """config.json through transformers' AutoConfig (as llama.cpp's converter reads it), as a dict."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(folder, trust_remote_code=False).to_dict()
+    except Exception as exc:  # noqa: BLE001 - a broken config is the user's file, not our bug
+        raise AhaError(f"cannot read {folder / 'config.json'}: {str(exc).splitlines()[0]}. "
+                       "Is this a Hugging Face checkpoint folder?") from exc
+
+
+def _part_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (ValueError, KeyError) as exc:
+            raise AhaError(f"{index} is not a valid safetensors index; re-download or re-save the checkpoint.") from exc
+        return [folder / name for name in sorted(set(weight_map.values()))]
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    if any(folder.glob("*.bin")):
+        raise AhaError(f"{folder} holds PyTorch .bin weights; re-save it with safetensors "
+                       "(model.save_pretrained(folder, safe_serialization=True)) and export again.")
+    raise AhaError(f"no model.safetensors in {folder}; point Aha at a Hugging Face checkpoint folder.")
+
+
+def index_tensors(parts: list[Path]) -> dict:
+    """name → LocalTensor over all parts, checking that every tensor lies inside its file."""
+    from gguf.utility import SafetensorsLocal
+
+    tensors = {}
+    for part in parts:
+        if not part.is_file():
+            raise AhaError(f"checkpoint part {part.name} is missing from {part.parent}; the download is incomplete.")
+        size = part.stat().st_size
+        try:
+            with SafetensorsLocal(part) as local:
+                entries = dict(local)
+        except Exception as exc:  # noqa: BLE001 - malformed header: any parser error means corrupt file
+            raise AhaError(f"{part} is not a valid safetensors file ({type(exc).__name__}); "
+                           "re-download or re-save the checkpoint.") from exc
+        for name, tensor in entries.items():
+            end = tensor.data_range.offset + tensor.data_range.size
+            if end > size:
+                raise AhaError(f"{part} is truncated (tensor {name} ends at byte {end}, file has {size}); "
+                               "re-download or re-save the checkpoint.")
+        tensors.update(entries)
+    return tensors
+
+
+def open_checkpoint(folder: Path | str) -> Checkpoint:
+    """Validate and index an HF checkpoint folder for export."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise AhaError(f"checkpoint folder {folder} does not exist; give the folder that holds config.json.")
+    if not (folder / "config.json").is_file():
+        raise AhaError(f"{folder} has no config.json; give the folder of a Hugging Face checkpoint.")
+    hparams = read_hparams(folder)
+    hf_arch = (hparams.get("architectures") or ["?"])[0]
+    if hf_arch not in SUPPORTED_ARCHITECTURES:
+        supported = ", ".join(SUPPORTED_ARCHITECTURES)
+        raise AhaError(f"unsupported architecture {hf_arch}; Aha exports {supported} (the DeepSeek-R1 distills).")
+    tensors = index_tensors(_part_files(folder))
+    return Checkpoint(folder, hparams, hf_arch, SUPPORTED_ARCHITECTURES[hf_arch], tensors)
+
+
+def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
+    """bf16 bit patterns (uint16) → float32, exactly: the bf16 bits are the top half of the f32."""
+    return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+def load_tensor(local) -> np.ndarray:
+    """One tensor from its memory map: F32 and F16 as stored, BF16 (and anything else) upcast to f32."""
+    raw = local.mmap_bytes()
+    if local.dtype == "F32":
+        return np.asarray(raw.view(np.float32).reshape(local.shape))
+    if local.dtype == "F16":
+        return np.asarray(raw.view(np.float16).reshape(local.shape))
+    if local.dtype == "BF16":
+        return bf16_to_f32(raw.view(np.uint16)).reshape(local.shape)
+    if local.dtype == "F64":
+        return raw.view(np.float64).reshape(local.shape).astype(np.float32)
+    raise AhaError(f"tensor dtype {local.dtype} is not supported for export; use an f32/f16/bf16 checkpoint.")
