@@ -51,7 +51,10 @@ def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
-        temp.write_text(text, encoding="utf-8")
+        with open(temp, "w", encoding="utf-8", newline="\n") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
         os.replace(temp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -87,7 +87,16 @@ SPECS = {
 
 def build_tokenizer(pattern: str = QWEN2_PATTERN, vocab_size: int = 700):
     """Train a byte-level BPE `tokenizers.Tokenizer` with the R1 added tokens. Deterministic."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([

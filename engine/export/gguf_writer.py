@@ -9,7 +9,7 @@ is one tensor, not the model. Knows nothing of LoRA, quantization to k-quants, o
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,44 +186,50 @@ def add_tokenizer_metadata(writer, ckpt: Checkpoint, on_event: OnEvent) -> None:
     gguf.SpecialVocab(ckpt.folder, load_merges=True).add_to_gguf(writer, quiet=True)
 
 
-def _stream_tensors(planned: list[PlannedTensor], progress: Progress, cancel: CancelToken | None) -> Iterator[np.ndarray]:
-    for index, item in enumerate(planned):
-        if cancel is not None and cancel.cancelled:
-            raise AhaError("export cancelled; no file was written.")
-        data = quantize(item.make(), item.qtype)
-        yield data
-        progress.advance(data.nbytes, tensors=index + 1, tensor_count=len(planned), tensor=item.gguf_name)
+def write_planned(out: Path, arch: str, planned: list[PlannedTensor], add_metadata: Callable[[object], None], *,
+                  force: bool = False, on_event: OnEvent = ignore, cancel: CancelToken | None = None) -> Path:
+    """Write a GGUF file atomically: metadata, tensor infos, then each tensor made, quantized and written
+    in turn (one tensor in memory at a time). Shared by models and LoRA adapters."""
+    import gguf
+
+    total = sum(tensor_nbytes(p.shape, p.qtype) for p in planned)
+    with atomic_output(out, force) as temp:
+        check_free_space(temp.parent, total)
+        writer = gguf.GGUFWriter(path=None, arch=arch)
+        add_metadata(writer)
+        for item in planned:
+            qtype = gguf.GGMLQuantizationType[item.qtype]
+            dtype = {"F32": np.float32, "F16": np.float16}.get(item.qtype, np.uint8)
+            shape = item.shape if dtype is not np.uint8 else gguf.quant_shape_to_byte_shape(item.shape, qtype)
+            writer.add_tensor_info(item.gguf_name, shape, np.dtype(dtype), tensor_nbytes(item.shape, item.qtype), qtype)
+        writer.write_header_to_file(path=temp)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        progress = Progress(on_event, f"writing {out.name}", total, unit="B")
+        for index, item in enumerate(planned):
+            if cancel is not None and cancel.cancelled:
+                raise AhaError("export cancelled; no file was written.")
+            data = quantize(item.make(), item.qtype)
+            writer.write_tensor_data(data)
+            progress.advance(data.nbytes, tensors=index + 1, tensor_count=len(planned))
+        writer.close()
+    return out
 
 
 def write_gguf(src: Path | str | Checkpoint, out: Path | str, out_type: str = "f16", *, force: bool = False,
                on_event: OnEvent = ignore, cancel: CancelToken | None = None) -> Path:
     """Convert an HF checkpoint folder to one GGUF file of type f32, f16, bf16 or q8_0. Returns the path."""
-    import gguf
-
     if out_type not in DIRECT_TYPES:
         raise AhaError(f"unknown direct GGUF type {out_type!r}; use one of {', '.join(DIRECT_TYPES)}.")
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
     file_type, file_qtype = DIRECT_TYPES[out_type]
-    planned = plan_tensors(ckpt, file_qtype)
-    total = sum(tensor_nbytes(p.shape, p.qtype) for p in planned)
     out = Path(out)
-    with atomic_output(out, force) as temp:
-        check_free_space(temp.parent, total)
-        writer = gguf.GGUFWriter(path=None, arch=ckpt.arch)
+
+    def add_metadata(writer) -> None:
         add_model_metadata(writer, ckpt, file_type)
         add_tokenizer_metadata(writer, ckpt, on_event)
-        for item in planned:
-            qtype = gguf.GGMLQuantizationType[item.qtype]
-            byte_shape = gguf.quant_shape_to_byte_shape(item.shape, qtype)
-            dtype = {"F32": np.float32, "F16": np.float16}.get(item.qtype, np.uint8)
-            writer.add_tensor_info(item.gguf_name, item.shape if dtype is not np.uint8 else byte_shape,
-                                   np.dtype(dtype), tensor_nbytes(item.shape, item.qtype), raw_dtype=qtype)
-        writer.write_header_to_file(path=temp)
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        progress = Progress(on_event, f"writing {out.name}", total, unit="B")
-        for data in _stream_tensors(planned, progress, cancel):
-            writer.write_tensor_data(data)
-        writer.close()
+
+    write_planned(out, ckpt.arch, plan_tensors(ckpt, file_qtype), add_metadata,
+                  force=force, on_event=on_event, cancel=cancel)
     on_event(make_event("artifact", kind="gguf", path=str(out), bytes=out.stat().st_size, gguf_type=out_type))
     return out

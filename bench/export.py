@@ -1,0 +1,75 @@
+"""Benchmark: HF → GGUF f16 of a ~0.3B-parameter random Qwen2 checkpoint, Aha vs llama.cpp's converter.
+
+Both run as child processes on the same checkpoint, alternating, so each gets a fresh memory count;
+prints wall time and peak RSS for each and the ratio Aha / llama.cpp. Not a test: run `make bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def build_checkpoint(folder: Path) -> Path:
+    """A Qwen2 of DeepSeek-R1-Distill-Qwen's layout at ~0.3B parameters (random bf16 weights)."""
+    from tests.tiny_models import TinySpec, make_checkpoint
+
+    if not (folder / "model.safetensors").exists():
+        spec = TinySpec("qwen2", tied=False, hidden=1024, layers=20, heads=16, kv_heads=2, ffn=2816,
+                        vocab_pad_to=32768)
+        make_checkpoint(folder, spec)
+    return folder
+
+
+def run(command: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of one child process."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"failed: {' '.join(command)}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "bench")
+    args = parser.parse_args()
+    source = build_checkpoint(args.work / "qwen2-0.3b")
+    params = sum(os.path.getsize(p) for p in source.glob("*.safetensors")) / 2 / 1e6
+    out = args.work / "out.gguf"
+    commands = {
+        "aha": [sys.executable, "-m", "engine.cli", "export", str(source), "-o", str(out), "--type", "f16",
+                "--force", "--events", "none"],
+        "llama.cpp": [sys.executable, str(ROOT / "tests" / "support" / "reference_converter.py"), "qwen2",
+                      str(source), "--outfile", str(out), "--outtype", "f16"],
+    }
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+    for _ in range(args.rounds):
+        for name, command in commands.items():
+            results[name].append(run(command))
+    print(f"checkpoint: {params:.0f}M parameters, {sum(p.stat().st_size for p in source.iterdir()) / 1e6:.0f} MB")
+    for name, rows in results.items():
+        wall = statistics.median(r[0] for r in rows)
+        rss = max(r[1] for r in rows)
+        print(f"{name:10s} wall {wall:6.2f} s   peak RSS {rss:7.0f} MB   (runs: {', '.join(f'{r[0]:.2f}' for r in rows)})")
+    aha_wall = statistics.median(r[0] for r in results["aha"])
+    ref_wall = statistics.median(r[0] for r in results["llama.cpp"])
+    aha_rss = max(r[1] for r in results["aha"])
+    ref_rss = max(r[1] for r in results["llama.cpp"])
+    print(f"ratio aha/llama.cpp: wall {aha_wall / ref_wall:.2f}x, peak RSS {aha_rss / ref_rss:.2f}x")
+    out.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()

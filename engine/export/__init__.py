@@ -1,0 +1,74 @@
+"""Export: HF checkpoint (+ optional LoRA) → GGUF (f32/f16/bf16/q8_0 or a llama.cpp k-quant) → Ollama.
+
+`export()` is the whole pipeline behind `aha export`; the modules below it do one step each:
+checkpoint (read), vocab (tokenizer metadata), gguf_writer (write), quantize (llama.cpp), lora (merge or
+GGUF adapter). The Modelfile and registration live in engine.ollama.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+
+from engine.errors import AhaError
+from engine.jobs import CancelToken, OnEvent, ignore, make_event
+
+DEFAULT_NUM_CTX = 8192  # reasoning traces are long; capped by the model's own context length
+
+
+def check_type(out_type: str) -> str:
+    """Validate the requested type before any work starts."""
+    from engine.export.gguf_writer import DIRECT_TYPES
+    from engine.export.quantize import check_quant_type
+
+    key = out_type.lower()
+    return key if key in DIRECT_TYPES else check_quant_type(key)
+
+
+def export(src: Path | str, out: Path | str, out_type: str = "f16", *, adapter: Path | str | None = None,
+           adapter_only: bool = False, ollama: str | None = None, num_ctx: int | None = None,
+           force: bool = False, on_event: OnEvent = ignore, cancel: CancelToken | None = None) -> dict:
+    """Run the export pipeline; returns {"gguf": path, "modelfile": path | None, "ollama": show | None}."""
+    from engine.export.checkpoint import open_checkpoint
+    from engine.export.gguf_writer import DIRECT_TYPES, write_gguf
+    from engine.export.lora import merge_adapter, write_lora_gguf
+    from engine.export.quantize import quantize_gguf
+    from engine.fileio import check_output
+
+    key = check_type(out_type)
+    out = Path(out).expanduser()
+    check_output(out, force)
+    if adapter_only:
+        if adapter is None:
+            raise AhaError("--adapter-only needs --adapter ADAPTER_DIR.")
+        if ollama:
+            raise AhaError("--ollama registers a whole model; export without --adapter-only to register it.")
+        return {"gguf": write_lora_gguf(src, adapter, out, key, force=force, on_event=on_event),
+                "modelfile": None, "ollama": None}
+    ckpt = open_checkpoint(src)
+    scratch = out.with_name(f".{out.name}.work")
+    try:
+        if adapter is not None:
+            ckpt = open_checkpoint(merge_adapter(ckpt.folder, adapter, scratch / "merged", on_event=on_event))
+        if key in DIRECT_TYPES:
+            write_gguf(ckpt, out, key, force=force, on_event=on_event, cancel=cancel)
+        else:
+            f16 = write_gguf(ckpt, scratch / "f16.gguf", "f16", force=True, on_event=on_event, cancel=cancel)
+            quantize_gguf(f16, out, key, force=force, on_event=on_event)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(scratch)
+    return finish_export(out, ckpt.hparams.get("max_position_embeddings"), ollama, num_ctx, on_event)
+
+
+def finish_export(out: Path, context_length: int | None, ollama: str | None, num_ctx: int | None,
+                  on_event: OnEvent) -> dict:
+    """Write the Modelfile beside the GGUF and, when asked, register the model with Ollama."""
+    from engine.ollama import register, write_modelfile
+
+    num_ctx = num_ctx or min(context_length or DEFAULT_NUM_CTX, DEFAULT_NUM_CTX)
+    modelfile = write_modelfile(out, num_ctx)
+    on_event(make_event("artifact", kind="modelfile", path=str(modelfile)))
+    shown = register(out, ollama, num_ctx=num_ctx, on_event=on_event) if ollama else None
+    return {"gguf": out, "modelfile": modelfile, "ollama": shown}

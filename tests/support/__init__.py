@@ -1,0 +1,1 @@
+"""Test helpers that are not tests: reference tools, stand-in servers, comparison utilities."""

@@ -1,0 +1,395 @@
+"""The SQLite store on real files: migrations, branches, trash, search, export, runs, streaming writes
+and what a SIGKILL mid-answer leaves behind."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import engine.store as store_module
+from engine.errors import AhaError
+from engine.store import SCHEMA_VERSION, Store, fts_query
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(tmp_path / "aha.db") as opened:
+        yield opened
+
+
+def fts_is_consistent(store):
+    store.db.execute("INSERT INTO messages_fts(messages_fts) VALUES ('integrity-check')")
+    return True
+
+
+def chat(store, title="Sums"):
+    """A conversation with one question and one reasoned answer."""
+    conversation = store.create_conversation(title, {"model": "r1-1.5b.gguf", "history": "strip"})
+    user = store.add_message(conversation.id, None, "user", "What is 2+2?")
+    answer = store.add_message(conversation.id, user.id, "assistant", "It is **4**.",
+                               thinking="Two plus two makes four.", model="r1-1.5b",
+                               sampling={"temperature": 0.6}, stats={"thinking_s": 3.24, "tokens": 17})
+    return conversation, user, answer
+
+
+# --- schema -----------------------------------------------------------------------------------------
+
+
+def test_fresh_database_gets_the_latest_schema_in_wal_mode(tmp_path):
+    with Store(tmp_path / "aha.db") as store:
+        assert store.schema_version == SCHEMA_VERSION
+        assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert store.db.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
+        assert {"conversations", "messages", "runs", "metrics", "samples", "artifacts",
+                "messages_fts"} <= set(store.db.table_names())
+
+
+def test_reopening_is_idempotent_and_keeps_data(tmp_path):
+    with Store(tmp_path / "aha.db") as store:
+        conversation, _, _ = chat(store)
+    with Store(tmp_path / "aha.db") as store:
+        assert store.migrate() == SCHEMA_VERSION
+        assert [c.id for c in store.list_conversations()] == [conversation.id]
+
+
+def test_pending_migrations_run_once_in_order(tmp_path, monkeypatch):
+    Store(tmp_path / "aha.db").close()
+    calls = []
+
+    def add_notes(db):
+        calls.append("v2")
+        db.execute("ALTER TABLE conversations ADD COLUMN notes TEXT NOT NULL DEFAULT ''")
+
+    monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, add_notes])
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    for _ in range(2):
+        with Store(tmp_path / "aha.db") as store:
+            assert store.schema_version == SCHEMA_VERSION + 1
+            assert "notes" in store.db.table("conversations").columns_dict
+    assert calls == ["v2"]
+
+
+def test_a_database_from_a_newer_aha_is_refused(tmp_path):
+    Store(tmp_path / "aha.db").close()
+    connection = sqlite3.connect(tmp_path / "aha.db")
+    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
+    connection.close()
+    with pytest.raises(AhaError, match="newer than this Aha knows"):
+        Store(tmp_path / "aha.db")
+
+
+def test_default_path_is_in_aha_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("AHA_HOME", str(tmp_path / "home"))
+    with Store() as store:
+        assert store.path == tmp_path / "home" / "aha.db"
+        assert store.path.exists()
+
+
+# --- conversations and branches -------------------------------------------------------------------
+
+
+def test_conversation_fields_and_listing_order(store):
+    first = store.create_conversation("First", {"history": "keep"})
+    second = store.create_conversation("Second")
+    assert first.settings == {"history": "keep"} and first.leaf_id is None and first.deleted_at is None
+    assert [c.id for c in store.list_conversations()] == [second.id, first.id]
+    store.rename_conversation(first.id, "Renamed")
+    assert [c.title for c in store.list_conversations()] == ["Renamed", "Second"]
+    store.update_settings(second.id, {"system": "Be brief."})
+    assert store.get_conversation(second.id).settings == {"system": "Be brief."}
+    with pytest.raises(AhaError, match="does not exist"):
+        store.get_conversation(999)
+
+
+def test_messages_keep_thinking_answer_stats_model_and_sampling_apart(store):
+    conversation, user, answer = chat(store)
+    assert answer.parent_id == user.id and answer.role == "assistant" and answer.status == "complete"
+    assert (answer.content, answer.thinking) == ("It is **4**.", "Two plus two makes four.")
+    assert answer.stats == {"thinking_s": 3.24, "tokens": 17}
+    assert (answer.model, answer.sampling) == ("r1-1.5b", {"temperature": 0.6})
+    assert store.get_conversation(conversation.id).leaf_id == answer.id
+    with pytest.raises(ValueError, match="role"):
+        store.add_message(conversation.id, None, "robot", "hi")
+    with pytest.raises(ValueError, match="not in conversation"):
+        other = store.create_conversation("Other")
+        store.add_message(other.id, user.id, "assistant", "x")
+
+
+def test_regenerate_and_edit_make_siblings_and_keep_the_old_branch(store):
+    conversation, user, first = chat(store)
+    writer = store.begin_assistant_message(conversation.id, user.id, model="r1-1.5b")
+    writer.append("answer", "Four.")
+    second = writer.finish("complete")
+    assert [m.id for m in store.siblings(first.id)] == [first.id, second.id]
+    assert [m.id for m in store.children(user.id)] == [first.id, second.id]
+    assert store.get_conversation(conversation.id).leaf_id == second.id
+    assert [m.id for m in store.branch_path(second.id)] == [user.id, second.id]
+    assert store.get_message(first.id).content == "It is **4**."  # nothing overwritten
+
+    follow_up = store.add_message(conversation.id, first.id, "user", "And 3+3?")
+    assert [m.id for m in store.branch_path(follow_up.id)] == [user.id, first.id, follow_up.id]
+    assert store.latest_leaf(user.id) == second.id  # the newest reply wins
+    assert store.latest_leaf(first.id) == follow_up.id
+
+    edited = store.add_message(conversation.id, None, "user", "What is 2+3?")
+    assert [m.id for m in store.siblings(user.id)] == [user.id, edited.id]
+    store.set_leaf(conversation.id, follow_up.id)
+    assert store.get_conversation(conversation.id).leaf_id == follow_up.id
+    assert fts_is_consistent(store)
+
+
+def test_delete_hides_restore_brings_back_purge_removes(store):
+    conversation, _, answer = chat(store)
+    store.delete_conversation(conversation.id)
+    assert store.list_conversations() == []
+    assert store.search("four") == []
+    assert store.list_conversations(include_deleted=True)[0].deleted_at is not None
+    store.restore_conversation(conversation.id)
+    assert [c.id for c in store.list_conversations()] == [conversation.id]
+    assert store.search("four")
+
+    store.delete_conversation(conversation.id)
+    assert store.purge_deleted(older_than_s=3600) == 0
+    assert store.purge_deleted() == 1
+    assert store.list_conversations(include_deleted=True) == []
+    with pytest.raises(AhaError):
+        store.get_message(answer.id)
+    assert fts_is_consistent(store)
+
+
+# --- search -----------------------------------------------------------------------------------------
+
+
+def test_search_finds_words_in_thinking_and_in_answers(store):
+    conversation, user, answer = chat(store)
+    hits = store.search("makes")
+    assert [(h.conversation_id, h.message_id) for h in hits] == [(conversation.id, answer.id)]
+    assert "[makes]" in hits[0].snippet
+    assert [h.message_id for h in store.search("2+2")] == [user.id]
+    assert [h.message_id for h in store.search("It")] == [answer.id]
+    assert [h.message_id for h in store.search("fou")] == [answer.id]  # prefix, as you type
+    assert store.search("four missingword") == []  # every word must match
+
+
+@pytest.mark.parametrize("query", ['"', "-foo", "AND", "", "   ", "NOT OR", 'a"b', "(", "*", "NEAR(x",
+                                  "content:four", "^four", "'; DROP TABLE messages; --", "🤔"])
+def test_odd_search_queries_do_not_raise(store, query):
+    chat(store)
+    assert isinstance(store.search(query), list)
+
+
+def test_fts_query_quotes_every_word():
+    assert fts_query('say "hi" -now AND') == '"say"* """hi"""* "-now"* "AND"*'
+    assert fts_query(' " - * ') == ""
+
+
+def test_streaming_messages_are_indexed_once_finished(store):
+    conversation, user, _ = chat(store)
+    writer = store.begin_assistant_message(conversation.id, user.id, flush_interval_s=0)
+    writer.append("thinking", "zebra crossing")
+    assert store.get_message(writer.message_id).thinking == "zebra crossing"
+    assert store.search("zebra") == []
+    writer.finish("stopped")
+    assert [h.message_id for h in store.search("zebra")] == [writer.message_id]
+    assert fts_is_consistent(store)
+
+
+# --- export -----------------------------------------------------------------------------------------
+
+
+def test_export_json_has_reasoning_as_its_own_field(store):
+    conversation, user, answer = chat(store)
+    exported = store.export_json(conversation.id)
+    json.dumps(exported)  # serializable as is
+    assert exported["title"] == "Sums" and exported["settings"]["history"] == "strip"
+    assert [m["id"] for m in exported["messages"]] == [user.id, answer.id]
+    assistant = exported["messages"][1]
+    assert assistant["thinking"] == "Two plus two makes four."
+    assert assistant["content"] == "It is **4**."
+    assert assistant["sampling"] == {"temperature": 0.6} and assistant["status"] == "complete"
+
+
+def test_export_follows_the_shown_branch(store):
+    conversation, user, first = chat(store)
+    second = store.add_message(conversation.id, user.id, "assistant", "Four.")
+    assert [m["id"] for m in store.export_json(conversation.id)["messages"]] == [user.id, second.id]
+    assert [m["id"] for m in store.export_json(conversation.id, leaf_id=first.id)["messages"]] == [
+        user.id, first.id]
+    assert store.export_json(store.create_conversation("Empty").id)["messages"] == []
+
+
+def test_export_markdown_folds_the_thought(store):
+    conversation, _, _ = chat(store)
+    stopped = store.add_message(conversation.id, store.get_conversation(conversation.id).leaf_id, "assistant",
+                                thinking="Hmm, let me", status="stopped")
+    markdown = store.export_markdown(conversation.id, leaf_id=stopped.id)
+    assert markdown.startswith("# Sums\n")
+    assert "## User\n\nWhat is 2+2?" in markdown
+    assert ("## Assistant · r1-1.5b\n\n<details>\n<summary>Thought for 3.2 s</summary>\n\n"
+            "Two plus two makes four.\n\n</details>\n\nIt is **4**.") in markdown
+    assert "<summary>Thought (stopped)</summary>" in markdown and "*(stopped)*" in markdown
+
+
+# --- runs -------------------------------------------------------------------------------------------
+
+
+def test_runs_metrics_samples_artifacts(store, tmp_path):
+    run_id = store.create_run("grpo", {"learning_rate": 1e-5}, dir=tmp_path / "runs" / "1")
+    store.update_run_status(run_id, "running")
+    run = store.get_run(run_id)
+    assert (run["kind"], run["status"], run["config"]) == ("grpo", "running", {"learning_rate": 1e-5})
+    store.add_metrics(run_id, 1, {"reward": 0.5, "kl": 0.01})
+    store.add_metrics(run_id, 2, {"reward": 0.75})
+    store.add_metrics(run_id, 2, {"reward": 0.8})  # a resumed run logs step 2 again
+    assert store.metric_series(run_id, "reward") == [(1, 0.5), (2, 0.8)]
+    assert store.add_sample(run_id, 2, {"completion": "<think>…</think>4", "reward": 1.0}) > 0
+    artifact_id = store.add_artifact("gguf", tmp_path / "model.gguf", run_id=run_id, meta={"quant": "Q4_K_M"})
+    assert store.add_artifact("modelfile", tmp_path / "Modelfile") > artifact_id
+    row = store.db.table("artifacts").get(artifact_id)
+    assert (row["run_id"], json.loads(row["meta"])) == (run_id, {"quant": "Q4_K_M"})
+
+
+# --- streaming writes ---------------------------------------------------------------------------------
+
+
+def test_writer_batches_deltas_into_few_updates(store):
+    conversation, user, _ = chat(store)
+    writer = store.begin_assistant_message(conversation.id, user.id, flush_interval_s=60, max_delay_s=60)
+    for index in range(100):
+        writer.append("thinking" if index < 50 else "answer", f"t{index} ")
+    assert writer.flushes == 0
+    assert store.get_message(writer.message_id).status == "streaming"
+    message = writer.finish("complete", {"tokens": 100})
+    assert message.thinking == "".join(f"t{i} " for i in range(50))
+    assert message.content == "".join(f"t{i} " for i in range(50, 100))
+    assert (message.status, message.stats) == ("complete", {"tokens": 100})
+
+
+def test_writer_flushes_on_append_after_the_interval(store):
+    conversation, user, _ = chat(store)
+    writer = store.begin_assistant_message(conversation.id, user.id, flush_interval_s=0.05, max_delay_s=60)
+    writer.append("answer", "a")
+    time.sleep(0.06)
+    writer.append("answer", "b")
+    assert writer.flushes == 1
+    assert store.get_message(writer.message_id).content == "ab"
+    writer.finish()
+
+
+def test_writer_flushes_a_stalled_stream_within_max_delay(store):
+    conversation, user, _ = chat(store)
+    writer = store.begin_assistant_message(conversation.id, user.id, flush_interval_s=60, max_delay_s=0.1)
+    writer.append("answer", "waiting")
+    deadline = time.monotonic() + 2
+    while store.get_message(writer.message_id).content != "waiting" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert store.get_message(writer.message_id).content == "waiting"
+    writer.finish()
+
+
+class ModelCrashed(Exception):
+    pass
+
+
+def test_writer_states_and_context_manager(store):
+    conversation, user, _ = chat(store)
+    with pytest.raises(ModelCrashed):
+        with store.begin_assistant_message(conversation.id, user.id) as writer:
+            writer.append("answer", "partial")
+            raise ModelCrashed("llama_decode returned -1")
+    message = store.get_message(writer.message_id)
+    assert (message.content, message.status) == ("partial", "error")
+    assert message.stats["error"] == "ModelCrashed: llama_decode returned -1"
+    with pytest.raises(RuntimeError, match="expected state streaming, got finished"):
+        writer.append("answer", "more")
+    with pytest.raises(RuntimeError, match="expected state streaming, got finished"):
+        writer.finish()
+    with pytest.raises(ValueError, match="final status"):
+        store.begin_assistant_message(conversation.id, user.id).finish("streaming")
+
+
+def test_writer_works_from_another_thread(store):
+    conversation, user, _ = chat(store)
+    writer = store.begin_assistant_message(conversation.id, user.id, flush_interval_s=0)
+    worker = threading.Thread(target=lambda: [writer.append("answer", "x") for _ in range(50)])
+    worker.start()
+    while worker.is_alive():
+        store.list_conversations()  # the GUI thread reads meanwhile
+    worker.join()
+    assert writer.finish().content == "x" * 50
+
+
+def test_recover_marks_leftover_streaming_rows_stopped(tmp_path):
+    with Store(tmp_path / "aha.db") as store:
+        conversation, user, _ = chat(store)
+        writer = store.begin_assistant_message(conversation.id, user.id, flush_interval_s=0)
+        writer.append("thinking", "half a thought")
+    with Store(tmp_path / "aha.db") as store:
+        assert store.recover() == [writer.message_id]
+        message = store.get_message(writer.message_id)
+        assert (message.thinking, message.status) == ("half a thought", "stopped")
+        assert store.recover() == []
+        assert [h.message_id for h in store.search("thought")] == [writer.message_id]
+
+
+CHILD = """
+import sys, time
+from engine.store import Store
+store = Store()
+conversation = store.create_conversation("crash")
+user = store.add_message(conversation.id, None, "user", "Count.")
+writer = store.begin_assistant_message(conversation.id, user.id, model="test")
+print("message", writer.message_id, flush=True)
+index = 0
+while True:
+    writer.append("thinking" if index < 100 else "answer", f"t{index} ")
+    print(index, time.monotonic(), writer.flushes, flush=True)
+    index += 1
+    time.sleep(0.005)  # about 200 tokens per second
+"""
+
+
+def test_sigkill_mid_answer_loses_at_most_the_last_second(tmp_path):
+    env = {**os.environ, "AHA_HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True, env=env,
+                             cwd=REPO)
+    try:
+        message_id = int(child.stdout.readline().split()[1])
+        produced = []  # (token index, monotonic time it was appended)
+        while len(produced) < 320:  # ~1.6 s: well into the answer, several flushes done
+            index, stamp, _ = child.stdout.readline().split()
+            produced.append((int(index), float(stamp)))
+        killed_at = time.monotonic()
+        child.send_signal(signal.SIGKILL)
+        produced += [(int(line.split()[0]), float(line.split()[1])) for line in child.stdout]
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+
+    connection = sqlite3.connect(tmp_path / "aha.db")
+    assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    connection.close()
+    with Store(tmp_path / "aha.db") as store:
+        assert store.get_message(message_id).status == "streaming"
+        assert store.recover() == [message_id]
+        message = store.get_message(message_id)
+        assert fts_is_consistent(store)
+    assert message.status == "stopped"
+
+    saved = (message.thinking + message.content).split()
+    assert saved == [f"t{i}" for i in range(len(saved))]  # a prefix of what was generated
+    assert message.thinking == "".join(f"t{i} " for i in range(min(len(saved), 100)))
+    old_enough = [index for index, stamp in produced if stamp <= killed_at - 1.0]
+    assert len(saved) >= max(old_enough) + 1, (len(saved), max(old_enough) + 1, len(produced))
+    assert len(saved) > 100  # killed mid-answer, not mid-thought
