@@ -15,17 +15,26 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+
+
+BUILD = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from tests.tiny_models import TinySpec, make_checkpoint
+spec = TinySpec("qwen2", tied=False, hidden=1024, layers=20, heads=16, kv_heads=2, ffn=2816, vocab_pad_to=32768)
+make_checkpoint(Path({folder!r}), spec)
+"""
 
 
 def build_checkpoint(folder: Path) -> Path:
-    """A Qwen2 of DeepSeek-R1-Distill-Qwen's layout at ~0.3B parameters (random bf16 weights)."""
-    from tests.tiny_models import TinySpec, make_checkpoint
+    """A Qwen2 of DeepSeek-R1-Distill-Qwen's layout at ~0.3B parameters (random bf16 weights).
 
+    Built in a child process: a forked child's peak RSS counts the parent's pages, so this
+    process stays small and imports no torch."""
     if not (folder / "model.safetensors").exists():
-        spec = TinySpec("qwen2", tied=False, hidden=1024, layers=20, heads=16, kv_heads=2, ffn=2816,
-                        vocab_pad_to=32768)
-        make_checkpoint(folder, spec)
+        subprocess.run([sys.executable, "-c", BUILD.format(root=str(ROOT), folder=str(folder))], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return folder
 
 

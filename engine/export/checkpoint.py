@@ -123,18 +123,32 @@ def open_checkpoint(folder: Path | str) -> Checkpoint:
 
 def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
     """bf16 bit patterns (uint16) → float32, exactly: the bf16 bits are the top half of the f32."""
-    return (raw.astype(np.uint32) << 16).view(np.float32)
+    wide = raw.astype(np.uint32)
+    wide <<= 16  # in place: one f32-sized temporary, not two
+    return wide.view(np.float32)
+
+
+def _as_float(raw: np.ndarray, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    if dtype == "F32":
+        return np.asarray(raw.view(np.float32).reshape(shape))
+    if dtype == "F16":
+        return np.asarray(raw.view(np.float16).reshape(shape))
+    if dtype == "BF16":
+        return bf16_to_f32(raw.view(np.uint16)).reshape(shape)
+    if dtype == "F64":
+        return raw.view(np.float64).reshape(shape).astype(np.float32)
+    raise AhaError(f"tensor dtype {dtype} is not supported for export; use an f32/f16/bf16 checkpoint.")
+
+
+def load_rows(local, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of a 2-D tensor, read from its file (f32, or f16 when stored so)."""
+    rows, cols = local.shape
+    row_bytes = local.data_range.size // rows
+    raw = np.memmap(local.data_range.filename, mode="r", dtype=np.uint8,
+                    offset=local.data_range.offset + start * row_bytes, shape=((stop - start) * row_bytes,))
+    return _as_float(raw, local.dtype, (stop - start, cols))
 
 
 def load_tensor(local) -> np.ndarray:
     """One tensor from its memory map: F32 and F16 as stored, BF16 (and anything else) upcast to f32."""
-    raw = local.mmap_bytes()
-    if local.dtype == "F32":
-        return np.asarray(raw.view(np.float32).reshape(local.shape))
-    if local.dtype == "F16":
-        return np.asarray(raw.view(np.float16).reshape(local.shape))
-    if local.dtype == "BF16":
-        return bf16_to_f32(raw.view(np.uint16)).reshape(local.shape)
-    if local.dtype == "F64":
-        return raw.view(np.float64).reshape(local.shape).astype(np.float32)
-    raise AhaError(f"tensor dtype {local.dtype} is not supported for export; use an f32/f16/bf16 checkpoint.")
+    return _as_float(local.mmap_bytes(), local.dtype, tuple(local.shape))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import AhaError
-from engine.export.checkpoint import Checkpoint, load_tensor, open_checkpoint
+from engine.export.checkpoint import Checkpoint, load_rows, load_tensor, open_checkpoint
 from engine.fileio import atomic_output, check_free_space
 from engine.jobs import CancelToken, OnEvent, Progress, ignore, make_event
 
@@ -37,6 +37,7 @@ class PlannedTensor:
     shape: tuple[int, ...]
     qtype: str                              # gguf.GGMLQuantizationType member name
     make: Callable[[], np.ndarray]          # produces the f32/f16 data before quantization
+    source: object = None                   # a LocalTensor copied as is: converted row block by row block
 
 
 def permute_rope(weights: np.ndarray, n_head: int) -> np.ndarray:
@@ -106,12 +107,15 @@ def plan_tensors(ckpt: Checkpoint, file_qtype: str) -> list[PlannedTensor]:
         heads = n_head if name.endswith(("q_proj.weight", "q_proj.bias")) else (
             n_kv if name.endswith(("k_proj.weight", "k_proj.bias")) else None)
 
-        def make(local=local, heads=heads):
+        permuted = ckpt.arch == "llama" and heads is not None
+
+        def make(local=local, heads=heads, permuted=permuted):
             data = load_tensor(local)
-            return permute_rope(data, heads) if ckpt.arch == "llama" and heads else data
+            return permute_rope(data, heads) if permuted else data
 
         shape = tuple(local.shape)
-        planned.append(PlannedTensor(gguf_name, shape, output_qtype(gguf_name, shape, file_qtype), make))
+        planned.append(PlannedTensor(gguf_name, shape, output_qtype(gguf_name, shape, file_qtype), make,
+                                     source=None if permuted else local))
     return planned
 
 
@@ -120,6 +124,49 @@ def quantize(data: np.ndarray, qtype: str) -> np.ndarray:
     import gguf
 
     return gguf.quants.quantize(data, gguf.GGMLQuantizationType[qtype])
+
+
+ROW_BLOCK_BYTES = 8 << 20  # source bytes converted at a time: bounded temporaries, cache-friendly
+
+
+_TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def cast_with_torch(local, qtype: str) -> np.ndarray | None:
+    """A float→float cast (bf16/f16/f32 → f32/f16/bf16) done by torch in one vectorized, multi-threaded
+    pass, bit-identical to upcasting to f32 and rounding to nearest even. None when not applicable."""
+    if local.dtype not in _TORCH_DTYPES or qtype not in _TORCH_DTYPES:
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    source = torch.from_numpy(local.mmap_bytes()).view(getattr(torch, _TORCH_DTYPES[local.dtype]))
+    target = source.to(getattr(torch, _TORCH_DTYPES[qtype]))
+    if qtype == "BF16":  # numpy has no bfloat16: hand over the bytes
+        return target.view(torch.uint8).numpy().reshape(*local.shape[:-1], local.shape[-1] * 2)
+    return target.numpy().reshape(local.shape)
+
+
+def convert(item: PlannedTensor) -> np.ndarray:
+    """The on-disk array of one planned tensor. Float casts go through torch; a 2-D source tensor to be
+    quantized is converted in row blocks straight into the output array (no full-size f32 temporary)."""
+    local = item.source
+    if local is None:
+        return quantize(item.make(), item.qtype)
+    cast = cast_with_torch(local, item.qtype)
+    if cast is not None:
+        return cast
+    if len(item.shape) != 2:
+        return quantize(item.make(), item.qtype)
+    rows, row_bytes = item.shape[0], local.data_range.size // max(item.shape[0], 1)
+    step = max(1, ROW_BLOCK_BYTES // max(row_bytes, 1))
+    first = quantize(load_rows(local, 0, min(step, rows)), item.qtype)
+    out = np.empty((rows, *first.shape[1:]), dtype=first.dtype)
+    out[: first.shape[0]] = first
+    for start in range(first.shape[0], rows, step):
+        out[start : start + step] = quantize(load_rows(local, start, min(start + step, rows)), item.qtype)
+    return out
 
 
 def tensor_nbytes(shape: tuple[int, ...], qtype: str) -> int:
@@ -209,7 +256,7 @@ def write_planned(out: Path, arch: str, planned: list[PlannedTensor], add_metada
         for index, item in enumerate(planned):
             if cancel is not None and cancel.cancelled:
                 raise AhaError("export cancelled; no file was written.")
-            data = quantize(item.make(), item.qtype)
+            data = convert(item)
             writer.write_tensor_data(data)
             progress.advance(data.nbytes, tensors=index + 1, tensor_count=len(planned))
         writer.close()
