@@ -23,6 +23,7 @@ lint: $(STAMP)
 
 bench: $(STAMP) $(REF)
 	$(BIN)/python bench/export.py
+	$(BIN)/python bench/chat.py
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -22,18 +22,26 @@ import sys
 from pathlib import Path
 sys.path.insert(0, {root!r})
 from tests.tiny_models import TinySpec, make_checkpoint
-spec = TinySpec("qwen2", tied=False, hidden=1024, layers=20, heads=16, kv_heads=2, ffn=2816, vocab_pad_to=32768)
-make_checkpoint(Path({folder!r}), spec)
+folder = make_checkpoint(Path({folder!r}), TinySpec("qwen2", tied=False, heads=16, kv_heads=2, ffn=2816, {shape}))
+if {mute_special!r}:  # zero logits for the added tokens: greedy never picks them over the ~N(0, σ) others
+    import json, torch
+    from safetensors.torch import load_file, save_file
+    weights = load_file(folder / "model.safetensors")
+    added = json.loads((folder / "tokenizer.json").read_text())["added_tokens"]
+    weights["lm_head.weight"][[t["id"] for t in added]] = 0
+    save_file(weights, folder / "model.safetensors", metadata={{"format": "pt"}})
 """
+# ~0.29B parameters in DeepSeek-R1-Distill-Qwen's layout, with a 32k vocabulary (mostly [PAD] ids).
+EXPORT_SHAPE = "hidden=1024, layers=20, vocab_pad_to=32768"
 
 
-def build_checkpoint(folder: Path) -> Path:
-    """A Qwen2 of DeepSeek-R1-Distill-Qwen's layout at ~0.3B parameters (random bf16 weights).
+def build_checkpoint(folder: Path, shape: str = EXPORT_SHAPE, mute_special: bool = False) -> Path:
+    """A random-weight bf16 Qwen2 checkpoint of the given TinySpec shape (keyword arguments as text).
 
     Built in a child process: a forked child's peak RSS counts the parent's pages, so this
     process stays small and imports no torch."""
     if not (folder / "model.safetensors").exists():
-        subprocess.run([sys.executable, "-c", BUILD.format(root=str(ROOT), folder=str(folder))], check=True,
+        subprocess.run([sys.executable, "-c", BUILD.format(root=str(ROOT), folder=str(folder), shape=shape, mute_special=mute_special)], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return folder
 

@@ -53,8 +53,138 @@ def _export_parser(subparsers) -> None:
     parser.set_defaults(func=_cmd_export)
 
 
-# Each entry adds one subcommand; later modules (chat, models, grpo, distill) add theirs here.
-SUBCOMMANDS: list[Callable] = [_export_parser]
+def _resolve_model(name: str):
+    from pathlib import Path
+
+    from engine.models import Library
+
+    path = Path(name).expanduser()
+    return path if path.is_file() else Library().find(name).path
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from engine.chat import ChatModel
+    from engine.conversation import TurnSettings, send
+    from engine.store import Store
+    from engine.terminal import InterruptToCancel, TerminalChatView, write_json_events
+
+    store = Store()
+    store.recover()  # replies a crash left half-written become `stopped`
+    path = _resolve_model(args.model)
+    if args.conversation is not None:
+        conversation = store.get_conversation(args.conversation)
+    else:
+        conversation = store.create_conversation(settings={"model": str(path)})
+    settings = TurnSettings.from_conversation(
+        conversation.settings, temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
+        seed=args.seed, history=args.history, system_prompt=args.system)
+    with ChatModel(path, n_ctx=args.n_ctx, n_gpu_layers=args.gpu_layers) as model:
+        def turn(text: str) -> None:
+            with InterruptToCancel() as interrupt:
+                events = send(store, model, conversation.id, text, settings=settings, cancel=interrupt.cancel)
+                if args.json:
+                    write_json_events(events)
+                else:
+                    TerminalChatView().show(events)
+
+        if args.prompt is not None:
+            turn(args.prompt)
+            return 0
+        if not args.json:
+            print(f"Chatting with {path.name} (conversation {conversation.id}). Ctrl+C stops a reply, "
+                  "Ctrl+D leaves.", file=sys.stderr)
+        while True:
+            try:
+                text = input("> ")
+            except EOFError:
+                print(file=sys.stderr)
+                return 0
+            if text.strip():
+                turn(text)
+
+
+def _chat_parser(subparsers) -> None:
+    from engine import r1
+
+    parser = subparsers.add_parser(
+        "chat", help="chat with a GGUF model, thinking shown apart from the answer",
+        description="Chat with a reasoning model in the terminal (interactive without -p). Conversations "
+                    "are saved to Aha's store.")
+    parser.add_argument("model", help="a .gguf path or a model name from `aha models list`")
+    parser.add_argument("-p", "--prompt", help="send one message and exit")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
+    parser.add_argument("--conversation", type=int, help="continue this conversation id")
+    parser.add_argument("--max-tokens", type=int, help="token budget of a reply (default 4096)")
+    parser.add_argument("--temperature", type=float, help=f"default {r1.TEMPERATURE} (DeepSeek's advice)")
+    parser.add_argument("--top-p", type=float, help=f"default {r1.TOP_P}")
+    parser.add_argument("--seed", type=int, help="sampling seed, for repeatable replies")
+    parser.add_argument("--history", choices=("strip", "keep"), help="earlier reasoning in the prompt (default strip)")
+    parser.add_argument("--system", help="system prompt (R1 models work best without one)")
+    parser.add_argument("--n-ctx", type=int, default=4096, help="context size in tokens (default 4096)")
+    parser.add_argument("--gpu-layers", type=int, default=-1, help="layers to offload to the GPU (-1: all)")
+    parser.set_defaults(func=_cmd_chat)
+
+
+def _print_changes(changes) -> None:
+    for entry in changes.added:
+        print(f"added   {entry.name}  ({entry.source}: {entry.path})")
+    for entry in changes.removed:
+        print(f"removed {entry.name}  ({entry.path}; the file is untouched)")
+    for line in changes.skipped:
+        print(f"skipped {line}", file=sys.stderr)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from engine.models import Library, describe, format_count, pull, read_gguf_info
+
+    library = Library()
+    if args.action == "list":
+        for entry in library.entries():
+            try:
+                info = read_gguf_info(entry.path)
+                detail = f"{info.architecture or '?':7s} {format_count(info.parameter_count):>6s} {info.quantization:8s}"
+            except AhaError as error:
+                detail = f"unreadable: {error}"
+            print(f"{entry.name:40s} {detail}  [{entry.source}]")
+        return 0
+    if args.action == "add":
+        _print_changes(library.add(args.target))
+    elif args.action == "remove":
+        _print_changes(library.remove(args.target))
+    elif args.action == "scan":
+        _print_changes(library.scan(extra_folders=args.folders))
+    elif args.action == "info":
+        for label, value in describe(read_gguf_info(_resolve_model(args.target))):
+            print(f"{label:15s} {value}")
+    elif args.action == "pull":
+        on_event = sink_for(args.events)
+        path = pull(args.target, args.file, on_event=on_event)
+        on_event(make_event("done", status="complete", path=str(path)))
+        if args.events == "auto":
+            print(path)
+    return 0
+
+
+def _models_parser(subparsers) -> None:
+    parser = subparsers.add_parser("models", help="the model library: list, add, scan, info, pull",
+                                   description="Manage the GGUF models Aha knows about. Removing an entry "
+                                               "never deletes the file.")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions.add_parser("list", help="models in the library")
+    actions.add_parser("add", help="add a .gguf file or every model under a folder").add_argument("target", metavar="PATH")
+    actions.add_parser("remove", help="remove from the library (the file stays)").add_argument("target", metavar="MODEL")
+    scan = actions.add_parser("scan", help="find models from Ollama, LM Studio and the Hugging Face cache")
+    scan.add_argument("folders", nargs="*", help="extra folders to search")
+    actions.add_parser("info", help="metadata of a model, read without loading it").add_argument("target", metavar="MODEL")
+    pull_parser = actions.add_parser("pull", help="download a GGUF from the Hugging Face Hub (resumable)")
+    pull_parser.add_argument("target", metavar="REPO", help="e.g. unsloth/DeepSeek-R1-Distill-Qwen-1.5B-GGUF")
+    pull_parser.add_argument("file", metavar="FILE", help="e.g. DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf")
+    _add_events_flag(pull_parser)
+    parser.set_defaults(func=_cmd_models)
+
+
+# Each entry adds one subcommand; later modules (grpo, distill) add theirs here.
+SUBCOMMANDS: list[Callable] = [_chat_parser, _models_parser, _export_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,16 +21,13 @@ from typing import BinaryIO
 from engine.errors import AhaError
 from engine.fileio import atomic_write_text
 from engine.jobs import OnEvent, Progress, ignore, make_event
+from engine.r1 import ASSISTANT, EOS, STOPS, TEMPERATURE, TOP_P, USER
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11434
 CHUNK_BYTES = 1 << 20  # 1 MiB: hashing and upload both stream the file in chunks of this size
 
-BOS = "<｜begin▁of▁sentence｜>"
-EOS = "<｜end▁of▁sentence｜>"
-USER = "<｜User｜>"
-ASSISTANT = "<｜Assistant｜>"
-R1_STOPS = (BOS, EOS, USER, ASSISTANT)
+R1_STOPS = STOPS
 
 # The DeepSeek-R1 format for Ollama's Go text/template. No BOS: llama.cpp adds it from the GGUF's
 # add_bos flag. Earlier assistant turns drop their reasoning, but keep the blank line that followed
@@ -55,7 +52,7 @@ R1_GO_TEMPLATE = (
 )
 
 
-def r1_parameters(num_ctx: int, temperature: float = 0.6, top_p: float = 0.95) -> dict:
+def r1_parameters(num_ctx: int, temperature: float = TEMPERATURE, top_p: float = TOP_P) -> dict:
     """The /api/create `parameters` for an R1 model: DeepSeek's sampling advice and the stop strings."""
     return {"stop": list(R1_STOPS), "temperature": temperature, "top_p": top_p, "num_ctx": num_ctx}
 
@@ -73,7 +70,7 @@ def _triple_quoted(value: str) -> str:
 
 
 def modelfile_text(gguf_filename: str, *, num_ctx: int, template: str = R1_GO_TEMPLATE,
-                   stops=R1_STOPS, temperature: float = 0.6, top_p: float = 0.95,
+                   stops=R1_STOPS, temperature: float = TEMPERATURE, top_p: float = TOP_P,
                    system: str | None = None) -> str:
     """A Modelfile for `ollama create -f`: FROM the GGUF beside it, the template, stops and sampling."""
     lines = [f"FROM ./{gguf_filename}", f"TEMPLATE {_triple_quoted(template)}"]

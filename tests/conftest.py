@@ -84,3 +84,41 @@ def nmse(actual, reference) -> float:
 
     actual, reference = np.asarray(actual, dtype=np.float64), np.asarray(reference, dtype=np.float64)
     return float(((actual - reference) ** 2).mean() / (reference ** 2).mean())
+
+
+@pytest.fixture(scope="session")
+def scripted_gguf(tiny_dir, checkpoint):
+    """A tiny model taught to answer QUESTION with a long thought then an answer (see scripted_model)."""
+    from engine.export import export
+    from tests.support.scripted_model import train_scripted
+
+    path = tiny_dir / "scripted.gguf"
+    if not path.exists():
+        folder = train_scripted(checkpoint("qwen2"), tiny_dir / "scripted")
+        export(folder, path, "f16")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gguf_with_template(tiny_dir, checkpoint):
+    """gguf_with_template(name, template | None) → a tiny GGUF whose chat template is replaced (or removed)."""
+    import json
+    import shutil
+
+    from engine.export import export
+
+    def build(name: str, template: str | None) -> Path:
+        path = tiny_dir / "templates" / f"{name}.gguf"
+        if path.exists():
+            return path
+        folder = tiny_dir / "templates" / name
+        shutil.copytree(checkpoint("qwen2"), folder)
+        config_file = folder / "tokenizer_config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config.pop("chat_template", None)
+        if template is not None:
+            config["chat_template"] = template
+        config_file.write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+        export(folder, path, "f16")
+        return path
+    return build

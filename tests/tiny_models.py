@@ -13,12 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-BOS = "<｜begin▁of▁sentence｜>"
-EOS = "<｜end▁of▁sentence｜>"
-USER = "<｜User｜>"
-ASSISTANT = "<｜Assistant｜>"
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
+from engine.r1 import ASSISTANT, BOS, CHAT_TEMPLATE, EOS, THINK_CLOSE, THINK_OPEN, USER
+
 PAD = "<｜▁pad▁｜>"
 
 # Pre-tokenizer regexes as the real tokenizer.json files carry them.
@@ -31,22 +27,8 @@ LLAMA3_PATTERN = (
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
-# The DeepSeek-R1 chat template, shortened: system text first, earlier turns' reasoning stripped,
-# and the generation prompt pre-filled with `<think>\n` (as the official templates since Feb 2025).
-R1_CHAT_TEMPLATE = (
-    "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
-    "{% set ns = namespace(system_prompt='') %}"
-    "{%- for message in messages %}{%- if message['role'] == 'system' %}"
-    "{% set ns.system_prompt = message['content'] %}{%- endif %}{%- endfor %}"
-    "{{ bos_token }}{{ ns.system_prompt }}"
-    "{%- for message in messages %}"
-    "{%- if message['role'] == 'user' %}{{ '<｜User｜>' + message['content'] }}"
-    "{%- elif message['role'] == 'assistant' %}{% set content = message['content'] %}"
-    "{%- if '</think>' in content %}{% set content = content.split('</think>')[-1] %}{% endif %}"
-    "{{ '<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>' }}"
-    "{%- endif %}{%- endfor %}"
-    "{% if add_generation_prompt %}{{ '<｜Assistant｜><think>\\n' }}{% endif %}"
-)
+# The fixtures carry the R1 template as a real distill does (its own copy of the official text).
+R1_CHAT_TEMPLATE = CHAT_TEMPLATE
 
 # A small multilingual, numeric and code corpus: enough merges for a realistic BPE.
 _CORPUS = [
@@ -76,6 +58,7 @@ class TinySpec:
     ffn: int = 512
     vocab_pad_to: int = 64       # config.vocab_size > tokenizer size: ids filled as [PAD{i}] in GGUF
     seed: int = 0
+    ascii_only: bool = False     # a vocabulary of printable ASCII pieces only (every token is valid text)
 
 
 SPECS = {
@@ -85,8 +68,11 @@ SPECS = {
 }
 
 
-def build_tokenizer(pattern: str = QWEN2_PATTERN, vocab_size: int = 700):
-    """Train a byte-level BPE `tokenizers.Tokenizer` with the R1 added tokens. Deterministic."""
+def build_tokenizer(pattern: str = QWEN2_PATTERN, vocab_size: int = 700, ascii_only: bool = False):
+    """Train a byte-level BPE `tokenizers.Tokenizer` with the R1 added tokens. Deterministic.
+
+    ascii_only: no byte tokens outside printable ASCII, so any token sequence decodes to valid text
+    (what a benchmark with a random model needs; such a tokenizer cannot encode other text)."""
     from tokenizers import (
         AddedToken,
         Regex,
@@ -104,13 +90,15 @@ def build_tokenizer(pattern: str = QWEN2_PATTERN, vocab_size: int = 700):
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
     ])
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-        special_tokens=[],
-    )
-    tokenizer.train_from_iterator(_CORPUS * 4, trainer)
+    corpus = [line for line in _CORPUS if line.isascii()] if ascii_only else _CORPUS
+    alphabet = sorted({c for line in corpus for c in line}) if ascii_only else pre_tokenizers.ByteLevel.alphabet()
+    if ascii_only:  # the byte-level spellings of the corpus's characters (space is "Ġ", newline "Ċ")
+        alphabet = sorted({c for ch in alphabet for c in pre_tokenizers.ByteLevel(add_prefix_space=False)
+                           .pre_tokenize_str(ch)[0][0]})
+    limit = {"limit_alphabet": len(alphabet)} if ascii_only else {}
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=alphabet, show_progress=False,
+                                  special_tokens=[], **limit)
+    tokenizer.train_from_iterator(corpus * 4, trainer)
     # As in DeepSeek-R1-Distill-Qwen: BOS/EOS/pad are special; the turn markers and think tags are
     # added tokens that are not "special" (so they survive skip_special_tokens decoding).
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (BOS, EOS, PAD)])
@@ -119,15 +107,15 @@ def build_tokenizer(pattern: str = QWEN2_PATTERN, vocab_size: int = 700):
     # add_bos_token: true, as the R1 distills' tokenizers (a TemplateProcessing post-processor).
     bos_id = tokenizer.token_to_id(BOS)
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{BOS}:0 $A:0", pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1", special_tokens=[(BOS, bos_id)])
+        single=f"{BOS}:0 $A:0", pair=f"{BOS}:0 $A:0 $B:1", special_tokens=[(BOS, bos_id)])
     return tokenizer
 
 
-def save_tokenizer(out_dir: Path, pattern: str = QWEN2_PATTERN) -> dict[str, int]:
+def save_tokenizer(out_dir: Path, pattern: str = QWEN2_PATTERN, ascii_only: bool = False) -> dict[str, int]:
     """Write tokenizer.json, tokenizer_config.json (with the R1 chat template). Returns special ids."""
     from transformers import PreTrainedTokenizerFast
 
-    raw = build_tokenizer(pattern)
+    raw = build_tokenizer(pattern, ascii_only=ascii_only)
     fast = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token=BOS, eos_token=EOS, pad_token=PAD)
     fast.chat_template = R1_CHAT_TEMPLATE
     fast.save_pretrained(out_dir)
@@ -185,7 +173,7 @@ def make_checkpoint(out_dir: Path, spec: TinySpec | str = "qwen2") -> Path:
     spec = SPECS[spec] if isinstance(spec, str) else spec
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ids = save_tokenizer(out_dir, LLAMA3_PATTERN if spec.arch == "llama" else QWEN2_PATTERN)
+    ids = save_tokenizer(out_dir, LLAMA3_PATTERN if spec.arch == "llama" else QWEN2_PATTERN, spec.ascii_only)
     vocab_size = -(-ids["size"] // spec.vocab_pad_to) * spec.vocab_pad_to
     config = make_config(spec, vocab_size, ids)
     torch.manual_seed(spec.seed)

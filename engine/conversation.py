@@ -1,0 +1,110 @@
+"""Conversations: a chat turn runs the model on a branch of the store and saves every token as it comes.
+
+`send()` adds the user's message and streams the reply; `regenerate()` streams a sibling reply to the
+same user message (the old one is kept: branches, not overwrites). The assistant message is written
+through the store's batched writer and always finished — `complete`, `stopped` (cancel, budget or a
+full context: the thinking so far is kept) or `error` — even when the consumer stops iterating.
+Knows nothing of Qt or terminals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from engine import r1
+from engine.chat import ChatEvent, ChatModel
+from engine.store import Store
+
+SETTINGS_DEFAULTS = {"temperature": r1.TEMPERATURE, "top_p": r1.TOP_P, "max_tokens": 4096, "history": "strip",
+                     "system_prompt": "", "seed": None}
+
+
+@dataclass
+class TurnSettings:
+    """Sampling and prompt settings of one turn (a conversation's settings, overridden per call)."""
+
+    temperature: float = r1.TEMPERATURE
+    top_p: float = r1.TOP_P
+    max_tokens: int = 4096
+    history: str = "strip"
+    system_prompt: str = ""
+    seed: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_conversation(cls, settings: dict, **overrides) -> TurnSettings:
+        merged = {**SETTINGS_DEFAULTS, **{k: v for k, v in settings.items() if k in SETTINGS_DEFAULTS},
+                  **{k: v for k, v in overrides.items() if v is not None}}
+        return cls(**merged)
+
+    def sampling(self) -> dict:
+        return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
+                "seed": self.seed}
+
+
+def status_for(stop_reason: str | None) -> str:
+    """Store status of a finished reply: natural end → complete, failure → error, any cut → stopped."""
+    if stop_reason == "eos":
+        return "complete"
+    return "error" if stop_reason in ("error", None) else "stopped"
+
+
+def messages_for(store: Store, leaf_id: int | None, system_prompt: str = "") -> list[dict]:
+    """The branch ending at leaf_id as chat messages, reasoning kept apart in `thinking`."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
+    if leaf_id is not None:
+        for message in store.branch_path(leaf_id):
+            messages.append({"role": message.role, "content": message.content, "thinking": message.thinking})
+    return messages
+
+
+def stream_reply(store: Store, model: ChatModel, conversation_id: int, user_message_id: int,
+                 settings: TurnSettings, cancel=None) -> Iterator[ChatEvent]:
+    """Stream the model's reply to `user_message_id` into a new assistant message (a new branch)."""
+    messages = messages_for(store, user_message_id, settings.system_prompt)
+    sampling = settings.sampling() | {"history": settings.history}
+    writer = store.begin_assistant_message(conversation_id, user_message_id, model=model.path.name,
+                                           sampling=sampling)
+    status, stats = "stopped", {"stop_reason": "cancelled"}
+    try:
+        for event in model.stream(messages, cancel=cancel, history=settings.history, **settings.sampling()):
+            if event.kind == "done":
+                stats = event.stats or {}
+                status = status_for(stats.get("stop_reason"))
+                event = ChatEvent("done", stats={**stats, "conversation_id": conversation_id,
+                                                 "message_id": writer.message_id})
+            else:
+                writer.append(event.kind, event.text)
+            yield event
+    except Exception as exc:
+        status, stats = "error", {"stop_reason": "error", "error": str(exc)}
+        raise
+    finally:
+        writer.finish(status, stats)
+
+
+def send(store: Store, model: ChatModel, conversation_id: int, text: str, *, parent_id: int | None = None,
+         settings: TurnSettings | None = None, cancel=None) -> Iterator[ChatEvent]:
+    """Add a user message (after parent_id, default: the conversation's current leaf) and stream the reply."""
+    conversation = store.get_conversation(conversation_id)
+    settings = settings or TurnSettings.from_conversation(conversation.settings)
+    parent = parent_id if parent_id is not None else conversation.leaf_id
+    user = store.add_message(conversation_id, parent, "user", text)
+    if conversation.title == "New chat":
+        store.rename_conversation(conversation_id, title_from(text))
+    yield from stream_reply(store, model, conversation_id, user.id, settings, cancel)
+
+
+def regenerate(store: Store, model: ChatModel, conversation_id: int, assistant_message_id: int, *,
+               settings: TurnSettings | None = None, cancel=None) -> Iterator[ChatEvent]:
+    """A new reply beside an existing one (same user message); the old reply stays as a branch."""
+    old = store.get_message(assistant_message_id)
+    settings = settings or TurnSettings.from_conversation(store.get_conversation(conversation_id).settings)
+    yield from stream_reply(store, model, conversation_id, old.parent_id, settings, cancel)
+
+
+def title_from(text: str, limit: int = 60) -> str:
+    """A conversation title from its first message: the first line, cut at a word boundary."""
+    line = " ".join(text.strip().split("\n", 1)[0].split()) or "New chat"
+    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + "…"
