@@ -3,7 +3,7 @@
 Both speak the same signals — `event(object)` for each engine event, `finished(object)` with the result
 or exit status, `failed(str)` with a one-line error — so a pane can switch between in-process work (a
 chat stream, loading a model) and a child process (downloads, training) without changing its slots.
-Signals emitted from a worker thread reach widgets queued, on the GUI thread.
+All signals are emitted on the GUI thread.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable
 
 from app.qt import QtCore, Signal
@@ -19,7 +20,12 @@ from engine.jobs import CancelToken
 
 
 class ThreadJob(QtCore.QObject):
-    """Runs `work(emit, cancel)` on a daemon thread; `emit(event)` forwards to the `event` signal."""
+    """Runs `work(emit, cancel)` on a daemon thread. `emit(event)` only queues: a GUI-thread timer drains
+    the queue every DRAIN_MS and emits `event` there, so no signal ever crosses threads (emitting from a
+    Python thread at hundreds of events a second is where PySide6 has crashed) and a fast stream
+    reaches widgets in batches."""
+
+    DRAIN_MS = 15
 
     event = Signal(object)
     finished = Signal(object)
@@ -30,32 +36,49 @@ class ThreadJob(QtCore.QObject):
         self._work = work
         self.cancel = CancelToken()
         self._thread: threading.Thread | None = None
+        self._queue: deque = deque()          # append/popleft are atomic: the only thing the threads share
+        self._drain = QtCore.QTimer(self, interval=self.DRAIN_MS, timeout=self._on_drain)
+        self._active = False
 
     def start(self) -> ThreadJob:
+        self._active = True
+        self._drain.start()
         self._thread = threading.Thread(target=self._run, daemon=True, name="aha-job")
         self._thread.start()
         return self
 
     def _run(self) -> None:
         try:
-            result = self._work(self.event.emit, self.cancel)
+            result = self._work(lambda event: self._queue.append(("event", event)), self.cancel)
         except AhaError as error:
-            self.failed.emit(str(error))
-        except Exception as error:  # noqa: BLE001 - a bug: shown as one line, logged with its type
-            self.failed.emit(f"unexpected error: {type(error).__name__}: {error}")
+            self._queue.append(("failed", str(error)))
+        except Exception as error:  # noqa: BLE001 - a bug: shown as one line with its type
+            self._queue.append(("failed", f"unexpected error: {type(error).__name__}: {error}"))
         else:
-            self.finished.emit(result)
+            self._queue.append(("finished", result))
+
+    def _on_drain(self) -> None:
+        while self._queue:
+            kind, payload = self._queue.popleft()
+            if kind == "event":
+                self.event.emit(payload)
+                continue
+            self._drain.stop()
+            self._active = False
+            (self.finished if kind == "finished" else self.failed).emit(payload)
 
     def stop(self) -> None:
         self.cancel.cancel()
 
     def is_running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """True from start() until `finished` or `failed` has been delivered on the GUI thread."""
+        return self._active
 
     def wait(self, timeout_s: float | None = None) -> bool:
+        """Join the worker thread (the GUI-side delivery of its end still needs the event loop)."""
         if self._thread is not None:
             self._thread.join(timeout_s)
-        return not self.is_running()
+        return self._thread is None or not self._thread.is_alive()
 
 
 class ProcessJob(QtCore.QObject):

@@ -16,6 +16,8 @@ from engine import r1
 from engine.chat import ChatEvent, ChatModel
 from engine.store import Store
 
+LEAF = "leaf"  # send(parent_id=LEAF): after the conversation's current leaf; parent_id=None: a new root
+
 SETTINGS_DEFAULTS = {"temperature": r1.TEMPERATURE, "top_p": r1.TOP_P, "max_tokens": 4096, "history": "strip",
                      "system_prompt": "", "seed": None}
 
@@ -84,12 +86,13 @@ def stream_reply(store: Store, model: ChatModel, conversation_id: int, user_mess
         writer.finish(status, stats)
 
 
-def send(store: Store, model: ChatModel, conversation_id: int, text: str, *, parent_id: int | None = None,
+def send(store: Store, model: ChatModel, conversation_id: int, text: str, *, parent_id: int | str | None = LEAF,
          settings: TurnSettings | None = None, cancel=None) -> Iterator[ChatEvent]:
-    """Add a user message (after parent_id, default: the conversation's current leaf) and stream the reply."""
+    """Add a user message after parent_id (LEAF: the current leaf; None: a new first message, i.e. an edit
+    of the first question) and stream the reply."""
     conversation = store.get_conversation(conversation_id)
     settings = settings or TurnSettings.from_conversation(conversation.settings)
-    parent = parent_id if parent_id is not None else conversation.leaf_id
+    parent = conversation.leaf_id if parent_id == LEAF else parent_id
     user = store.add_message(conversation_id, parent, "user", text)
     if conversation.title == "New chat":
         store.rename_conversation(conversation_id, title_from(text))

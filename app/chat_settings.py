@@ -1,0 +1,146 @@
+"""Per-conversation settings: model, the R1 preset or custom sampling, max tokens, system prompt (with
+DeepSeek's warning), history policy with "Show the exact prompt", context size and GPU layers.
+
+A form and nothing more: values go out as a plain dict (the conversation's `settings` in the store).
+"""
+
+from __future__ import annotations
+
+from app.qt import QtGui, QtWidgets, Signal
+from engine import r1
+
+PRESETS = {"DeepSeek R1 (0.6 · 0.95)": (r1.TEMPERATURE, r1.TOP_P), "Greedy (0 · 1.0)": (0.0, 1.0), "Custom": None}
+
+
+class SettingsPanel(QtWidgets.QScrollArea):
+    changed = Signal(dict)
+    preview_requested = Signal()
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+        self.setMinimumWidth(260)
+        body = QtWidgets.QWidget()
+        form = QtWidgets.QFormLayout(body)
+        form.setFieldGrowthPolicy(QtWidgets.QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.model = QtWidgets.QComboBox()
+        self.model.setSizeAdjustPolicy(QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.preset = QtWidgets.QComboBox()
+        self.preset.addItems(PRESETS)
+        self.temperature = QtWidgets.QDoubleSpinBox(decimals=2, minimum=0.0, maximum=2.0, singleStep=0.05,
+                                                    value=r1.TEMPERATURE)
+        self.top_p = QtWidgets.QDoubleSpinBox(decimals=2, minimum=0.05, maximum=1.0, singleStep=0.05, value=r1.TOP_P)
+        self.max_tokens = QtWidgets.QSpinBox(minimum=16, maximum=131072, singleStep=512, value=4096)
+        self.system_prompt = QtWidgets.QPlainTextEdit(placeholderText="(none — recommended for R1 models)")
+        self.system_prompt.setFixedHeight(70)
+        self.system_warning = QtWidgets.QLabel(r1.SYSTEM_PROMPT_WARNING, objectName="Warning", wordWrap=True)
+        self.history = QtWidgets.QComboBox()
+        self.history.addItem("Strip earlier reasoning", "strip")
+        self.history.addItem("Keep earlier reasoning", "keep")
+        preview = QtWidgets.QPushButton("Show the exact prompt…")
+        preview.clicked.connect(self.preview_requested.emit)
+        self.n_ctx = QtWidgets.QSpinBox(minimum=512, maximum=131072, singleStep=1024, value=4096)
+        self.gpu_layers = QtWidgets.QSpinBox(minimum=-1, maximum=999, value=-1, specialValueText="all")
+        form.addRow(QtWidgets.QLabel("Conversation settings", objectName="EmptyTitle"))
+        form.addRow("Model", self.model)
+        form.addRow("Sampling", self.preset)
+        form.addRow("Temperature", self.temperature)
+        form.addRow("Top p", self.top_p)
+        form.addRow("Max tokens", self.max_tokens)
+        form.addRow("System prompt", self.system_prompt)
+        form.addRow(self.system_warning)
+        form.addRow("History", self.history)
+        form.addRow(preview)
+        form.addRow("Context size", self.n_ctx)
+        form.addRow("GPU layers", self.gpu_layers)
+        self.setWidget(body)
+        self._loading = False
+        self.refresh_models()
+        self.preset.currentTextChanged.connect(self._on_preset)
+        for signal in (self.model.currentIndexChanged, self.temperature.valueChanged, self.top_p.valueChanged,
+                       self.max_tokens.valueChanged, self.system_prompt.textChanged, self.history.currentIndexChanged,
+                       self.n_ctx.valueChanged, self.gpu_layers.valueChanged):
+            signal.connect(self._on_changed)
+        self._on_changed()
+
+    def refresh_models(self) -> None:
+        """Fill the model list from the library (keeps the current choice)."""
+        from engine.models import Library
+
+        current = self.model.currentData()
+        self._loading = True
+        self.model.clear()
+        for entry in Library().entries():
+            self.model.addItem(entry.name, str(entry.path))
+        if current:
+            self.set_model(current)
+        self._loading = False
+
+    def set_model(self, path: str) -> None:
+        index = self.model.findData(path)
+        if index < 0:
+            from pathlib import Path
+
+            self.model.addItem(Path(path).stem, path)
+            index = self.model.count() - 1
+        self.model.setCurrentIndex(index)
+
+    def values(self) -> dict:
+        return {"model": self.model.currentData() or "", "preset": self.preset.currentText(),
+                "temperature": round(self.temperature.value(), 3), "top_p": round(self.top_p.value(), 3),
+                "max_tokens": self.max_tokens.value(), "system_prompt": self.system_prompt.toPlainText(),
+                "history": self.history.currentData(), "n_ctx": self.n_ctx.value(),
+                "gpu_layers": self.gpu_layers.value()}
+
+    def load(self, settings: dict) -> None:
+        """Show a conversation's settings (missing keys keep the R1 defaults)."""
+        self._loading = True
+        if settings.get("model"):
+            self.set_model(settings["model"])
+        self.preset.setCurrentText(settings.get("preset", next(iter(PRESETS))))
+        self.temperature.setValue(settings.get("temperature", r1.TEMPERATURE))
+        self.top_p.setValue(settings.get("top_p", r1.TOP_P))
+        self.max_tokens.setValue(settings.get("max_tokens", 4096))
+        self.system_prompt.setPlainText(settings.get("system_prompt", ""))
+        self.history.setCurrentIndex(max(self.history.findData(settings.get("history", "strip")), 0))
+        self.n_ctx.setValue(settings.get("n_ctx", 4096))
+        self.gpu_layers.setValue(settings.get("gpu_layers", -1))
+        self._loading = False
+        self._on_changed()
+
+    def show_prompt(self, rendered) -> None:
+        """A dialog with the exact prompt text the model will see, and its size in tokens."""
+        dialog = QtWidgets.QDialog(self, windowTitle="The exact prompt the model will see")
+        text = QtWidgets.QPlainTextEdit(readOnly=True)
+        text.setFont(QtGui.QFontDatabase.systemFont(QtGui.QFontDatabase.SystemFont.FixedFont))
+        text.setPlainText(rendered.text)
+        notes = [f"{len(rendered.tokens)} tokens", f"history: {rendered.history}",
+                 "ends inside <think> (pre-filled)" if rendered.prefilled else "not pre-filled", *rendered.warnings]
+        layout = QtWidgets.QVBoxLayout(dialog)
+        layout.addWidget(text)
+        layout.addWidget(QtWidgets.QLabel(" · ".join(notes), objectName="Muted", wordWrap=True))
+        buttons = QtWidgets.QDialogButtonBox(QtWidgets.QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(dialog.reject)
+        layout.addWidget(buttons)
+        dialog.resize(640, 420)
+        self.prompt_dialog = dialog
+        dialog.show()
+
+    def _on_preset(self, name: str) -> None:
+        values = PRESETS.get(name)
+        custom = values is None
+        self.temperature.setEnabled(custom)
+        self.top_p.setEnabled(custom)
+        if values:
+            self.temperature.setValue(values[0])
+            self.top_p.setValue(values[1])
+        self._on_changed()
+
+    def _on_changed(self, *_) -> None:
+        self.system_warning.setVisible(bool(self.system_prompt.toPlainText().strip()))
+        custom = PRESETS.get(self.preset.currentText()) is None
+        self.temperature.setEnabled(custom)
+        self.top_p.setEnabled(custom)
+        if not self._loading:
+            self.changed.emit(self.values())

@@ -1,0 +1,524 @@
+"""The Chat pane: conversations (search, rename, delete with undo, export), the message view, the composer
+with Send/Stop, per-conversation settings and a context meter.
+
+Everything it shows comes from engine.store and engine.chat through ChatSession signals; it decides
+layout and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from app.chat_session import DEFAULT_N_CTX, ChatSession
+from app.chat_settings import SettingsPanel
+from app.message_view import AssistantMessageWidget, UserMessageWidget
+from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal
+from engine.conversation import LEAF
+from engine.errors import AhaError
+from engine.fileio import atomic_write_text
+from engine.store import Store
+
+
+class Composer(QtWidgets.QPlainTextEdit):
+    """Enter sends, Shift+Enter breaks the line."""
+
+    submitted = Signal()
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setObjectName("Composer")
+        self.setPlaceholderText("Ask a question…  (Enter sends, Shift+Enter for a new line)")
+        self.setTabChangesFocus(True)
+        self.setFixedHeight(84)
+
+    def keyPressEvent(self, event: QtGui.QKeyEvent) -> None:  # noqa: N802 - Qt override
+        if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and not event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
+            self.submitted.emit()
+            return
+        super().keyPressEvent(event)
+
+
+class ContextMeter(QtWidgets.QWidget):
+    """How full the context window is, and how much of it is the current reply's reasoning."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.used = self.reasoning = 0
+        self.size_tokens = DEFAULT_N_CTX
+        self.setFixedSize(150, 18)
+
+    def set_usage(self, used: int, reasoning: int, size: int) -> None:
+        self.used, self.reasoning, self.size_tokens = used, reasoning, max(size, 1)
+        self.setToolTip(f"context: {used:,} of {size:,} tokens, {reasoning:,} of them reasoning")
+        self.update()
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt override
+        from app.theme import colors
+
+        c = colors()
+        painter = QtGui.QPainter(self)
+        painter.setRenderHint(QtGui.QPainter.RenderHint.Antialiasing)
+        bar = QtCore.QRectF(0, 5, self.width() - 1, 8)
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(QtGui.QColor(c.border))
+        painter.drawRoundedRect(bar, 4, 4)
+        used = min(self.used / self.size_tokens, 1.0) * bar.width()
+        reasoning = min(self.reasoning / self.size_tokens, 1.0) * bar.width()
+        painter.setBrush(QtGui.QColor(c.accent))
+        painter.drawRoundedRect(QtCore.QRectF(bar.left(), bar.top(), used, bar.height()), 4, 4)
+        painter.setBrush(QtGui.QColor(c.muted))
+        painter.drawRoundedRect(QtCore.QRectF(bar.left() + used - reasoning, bar.top(), reasoning, bar.height()), 4, 4)
+        painter.end()
+
+
+class ConversationList(QtWidgets.QWidget):
+    """Search box, "New chat" and the list of conversations (or search hits)."""
+
+    opened = Signal(int, object)  # conversation id, message id to reveal (or None)
+    new_requested = Signal()
+
+    def __init__(self, store: Store, parent=None):
+        super().__init__(parent)
+        self.store = store
+        self.search = QtWidgets.QLineEdit(placeholderText="Search chats and thoughts…", clearButtonEnabled=True)
+        self.search.textChanged.connect(self.refresh)
+        new = QtWidgets.QPushButton("New chat", objectName="PrimaryButton")
+        new.clicked.connect(self.new_requested.emit)
+        self.list = QtWidgets.QListWidget(objectName="ConversationList")
+        self.list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.list.customContextMenuRequested.connect(self._on_menu)
+        self.list.itemActivated.connect(self._on_item)
+        self.list.itemClicked.connect(self._on_item)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(8, 8, 8, 8)
+        layout.addWidget(new)
+        layout.addWidget(self.search)
+        layout.addWidget(self.list)
+
+    def refresh(self) -> None:
+        query = self.search.text().strip()
+        self.list.clear()
+        if query:
+            for hit in self.store.search(query):
+                title = self.store.get_conversation(hit.conversation_id).title
+                item = QtWidgets.QListWidgetItem(f"{title}\n{hit.snippet}")
+                item.setData(Qt.ItemDataRole.UserRole, (hit.conversation_id, hit.message_id))
+                self.list.addItem(item)
+            return
+        for conversation in self.store.list_conversations():
+            item = QtWidgets.QListWidgetItem(conversation.title)
+            item.setData(Qt.ItemDataRole.UserRole, (conversation.id, None))
+            self.list.addItem(item)
+
+    def select(self, conversation_id: int | None) -> None:
+        for row in range(self.list.count()):
+            if self.list.item(row).data(Qt.ItemDataRole.UserRole)[0] == conversation_id:
+                self.list.setCurrentRow(row)
+                return
+
+    def _on_item(self, item: QtWidgets.QListWidgetItem) -> None:
+        conversation_id, message_id = item.data(Qt.ItemDataRole.UserRole)
+        self.opened.emit(conversation_id, message_id)
+
+    def _on_menu(self, position: QtCore.QPoint) -> None:
+        item = self.list.itemAt(position)
+        if item is None:
+            return
+        conversation_id = item.data(Qt.ItemDataRole.UserRole)[0]
+        menu = QtWidgets.QMenu(self)
+        menu.addAction("Rename…", lambda: self.rename(conversation_id))
+        menu.addAction("Export as Markdown…", lambda: self.export(conversation_id, "md"))
+        menu.addAction("Export as JSON…", lambda: self.export(conversation_id, "json"))
+        menu.addSeparator()
+        menu.addAction("Delete", lambda: self.parent_pane().delete_conversation(conversation_id))
+        menu.exec(self.list.viewport().mapToGlobal(position))
+
+    def parent_pane(self) -> ChatPane:
+        widget = self.parent()
+        while not isinstance(widget, ChatPane):
+            widget = widget.parent()
+        return widget
+
+    def rename(self, conversation_id: int) -> None:
+        current = self.store.get_conversation(conversation_id).title
+        title, ok = QtWidgets.QInputDialog.getText(self, "Rename chat", "Title:", text=current)
+        if ok and title.strip():
+            self.store.rename_conversation(conversation_id, title.strip())
+            self.refresh()
+
+    def export(self, conversation_id: int, kind: str) -> None:
+        title = self.store.get_conversation(conversation_id).title
+        safe = "".join(ch if ch.isalnum() or ch in " -_" else "_" for ch in title).strip() or "chat"
+        path, _ = QtWidgets.QFileDialog.getSaveFileName(self, "Export chat", f"{safe}.{kind}",
+                                                        "Markdown (*.md)" if kind == "md" else "JSON (*.json)")
+        if not path:
+            return
+        text = (self.store.export_markdown(conversation_id) if kind == "md"
+                else json.dumps(self.store.export_json(conversation_id), indent=2, ensure_ascii=False))
+        atomic_write_text(Path(path), text)
+
+
+class Toast(QtWidgets.QFrame):
+    """A transient message with one action ("Conversation deleted · Undo")."""
+
+    def __init__(self, parent: QtWidgets.QWidget):
+        super().__init__(parent)
+        self.setObjectName("Toast")
+        self.label = QtWidgets.QLabel()
+        self.button = QtWidgets.QPushButton(flat=True)
+        layout = QtWidgets.QHBoxLayout(self)
+        layout.setContentsMargins(12, 6, 6, 6)
+        layout.addWidget(self.label)
+        layout.addWidget(self.button)
+        self.timer = QtCore.QTimer(self, singleShot=True, timeout=self.hide)
+        self._action = None
+        self.button.clicked.connect(self._on_action)
+        self.hide()
+
+    def show_message(self, text: str, action_text: str, action, seconds: float = 6.0) -> None:
+        self.label.setText(text)
+        self.button.setText(action_text)
+        self._action = action
+        self.adjustSize()
+        parent = self.parentWidget()
+        self.move((parent.width() - self.width()) // 2, parent.height() - self.height() - 110)
+        self.show()
+        self.raise_()
+        self.timer.start(int(seconds * 1000))
+
+    def _on_action(self) -> None:
+        self.hide()
+        if self._action:
+            self._action()
+
+
+class ChatPane(QtWidgets.QWidget):
+    """Conversations on the left, the chat in the middle, its settings on the right."""
+
+    status_message = Signal(str)
+
+    def __init__(self, store: Store, session: ChatSession | None = None, parent=None):
+        super().__init__(parent)
+        self.store = store
+        self.session = session or ChatSession(store, parent=self)
+        self.conversation_id: int | None = None
+        self.editing_parent: int | None = None      # set while editing an earlier question
+        self.streaming: AssistantMessageWidget | None = None
+        self.pending_settings: dict = {}
+        self._build()
+        self.session.delta.connect(self._on_delta)
+        self.session.finished.connect(self._on_finished)
+        self.session.failed.connect(self._on_failed)
+        self.session.status.connect(self._on_status)
+        self.session.busy_changed.connect(self._on_busy)
+        self.session.prompt_ready.connect(self.settings.show_prompt)
+        self.conversations.refresh()
+
+    # -- layout ------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.conversations = ConversationList(self.store)
+        self.conversations.opened.connect(self.open_conversation)
+        self.conversations.new_requested.connect(self.new_conversation)
+        self.settings = SettingsPanel()
+        self.settings.changed.connect(self._on_settings_changed)
+        self.settings.preview_requested.connect(self._on_preview)
+        self.title = QtWidgets.QLabel(objectName="EmptyTitle")
+        self.meter = ContextMeter()
+        self.settings_button = QtWidgets.QToolButton(text="Settings", checkable=True, autoRaise=True)
+        self.settings_button.toggled.connect(self.settings.setVisible)
+        top = QtWidgets.QHBoxLayout()
+        top.addWidget(self.title, 1)
+        top.addWidget(self.meter)
+        top.addWidget(self.settings_button)
+        self.messages = QtWidgets.QWidget()
+        self.message_layout = QtWidgets.QVBoxLayout(self.messages)
+        self.message_layout.setContentsMargins(16, 8, 16, 8)
+        self.message_layout.setSpacing(10)
+        self.message_layout.addStretch()
+        self.scroll = QtWidgets.QScrollArea(widgetResizable=True, frameShape=QtWidgets.QFrame.Shape.NoFrame)
+        self.scroll.setWidget(self.messages)
+        self.scroll.verticalScrollBar().rangeChanged.connect(self._on_scroll_range)
+        self.composer = Composer()
+        self.composer.submitted.connect(self.send)
+        self.send_button = QtWidgets.QPushButton("Send", objectName="PrimaryButton")
+        self.send_button.clicked.connect(self.send)
+        self.stop_button = QtWidgets.QPushButton("Stop", objectName="StopButton")
+        self.stop_button.clicked.connect(self.stop)
+        self.stop_button.hide()
+        self.edit_label = QtWidgets.QLabel(objectName="Warning")
+        self.status = QtWidgets.QLabel(objectName="Muted")
+        buttons = QtWidgets.QVBoxLayout()
+        buttons.addWidget(self.send_button)
+        buttons.addWidget(self.stop_button)
+        buttons.addStretch()
+        compose = QtWidgets.QHBoxLayout()
+        compose.addWidget(self.composer, 1)
+        compose.addLayout(buttons)
+        center = QtWidgets.QWidget()
+        column = QtWidgets.QVBoxLayout(center)
+        column.setContentsMargins(8, 8, 8, 8)
+        column.addLayout(top)
+        column.addWidget(self.scroll, 1)
+        column.addWidget(self.edit_label)
+        column.addLayout(compose)
+        column.addWidget(self.status)
+        self.splitter = QtWidgets.QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(self.conversations)
+        self.splitter.addWidget(center)
+        self.splitter.addWidget(self.settings)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setSizes([240, 760, 300])
+        self.settings.hide()
+        layout = QtWidgets.QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.splitter)
+        self.toast = Toast(self)
+        self.edit_label.hide()
+        self._show_title()
+
+    # -- conversations -----------------------------------------------------------------------------
+    def new_conversation(self) -> None:
+        """Start a fresh chat (created in the store with the first message)."""
+        if self.session.busy:
+            return
+        self.conversation_id = None
+        self.pending_settings = {**self.settings.values()}
+        self._clear_messages()
+        self._show_title()
+        self.composer.setFocus()
+
+    def open_conversation(self, conversation_id: int, reveal_message: int | None = None) -> None:
+        if self.session.busy and conversation_id != self.conversation_id:
+            self.status_message.emit("A reply is still being written; stop it before switching chats.")
+            return
+        self.conversation_id = conversation_id
+        conversation = self.store.get_conversation(conversation_id)
+        self.settings.load(conversation.settings)
+        if reveal_message is not None:
+            self.store.set_leaf(conversation_id, self.store.latest_leaf(reveal_message))
+        self._show_branch()
+        self.conversations.select(conversation_id)
+        if reveal_message is not None:
+            self._reveal(reveal_message, self.conversations.search.text().strip())
+
+    def delete_conversation(self, conversation_id: int) -> None:
+        title = self.store.get_conversation(conversation_id).title
+        self.store.delete_conversation(conversation_id)
+        if conversation_id == self.conversation_id:
+            self.new_conversation()
+        self.conversations.refresh()
+
+        def undo():
+            self.store.restore_conversation(conversation_id)
+            self.conversations.refresh()
+        self.toast.show_message(f"Deleted “{title}”", "Undo", undo)
+
+    def set_model(self, path: str) -> None:
+        """Use this model for the current (or next) conversation."""
+        self.settings.set_model(path)
+
+    # -- messages ----------------------------------------------------------------------------------
+    def _clear_messages(self) -> None:
+        while self.message_layout.count() > 1:
+            widget = self.message_layout.takeAt(0).widget()
+            if widget is not None:
+                widget.deleteLater()
+        self.streaming = None
+
+    def _add_widget(self, widget: QtWidgets.QWidget) -> None:
+        self.message_layout.insertWidget(self.message_layout.count() - 1, widget)
+
+    def _show_branch(self) -> None:
+        self._clear_messages()
+        conversation = self.store.get_conversation(self.conversation_id)
+        if conversation.leaf_id is None:
+            self._show_title()
+            return
+        last_stats = {}
+        for message in self.store.branch_path(conversation.leaf_id):
+            siblings = [m.id for m in self.store.siblings(message.id)]
+            if message.role == "user":
+                widget = UserMessageWidget(message.id, message.content)
+                widget.edit_requested.connect(self._on_edit)
+            else:
+                widget = AssistantMessageWidget(message.id)
+                widget.show_saved(message.thinking, message.content, message.stats, message.status)
+                widget.regenerate_requested.connect(self.regenerate)
+                last_stats = message.stats
+            widget.branches.set_siblings(siblings, message.id)
+            widget.branches.moved.connect(self._on_branch_moved)
+            self._add_widget(widget)
+        self._update_meter(last_stats)
+        self._show_title()
+
+    def _reveal(self, message_id: int, query: str) -> None:
+        """Scroll to a search hit; expand its thought and select the words when they are in it."""
+        for index in range(self.message_layout.count() - 1):
+            widget = self.message_layout.itemAt(index).widget()
+            if getattr(widget, "message_id", None) != message_id:
+                continue
+            if isinstance(widget, AssistantMessageWidget) and query:
+                word = query.split()[0]
+                if word.lower() in widget.think.text().lower():
+                    widget.think.set_expanded(True)
+                    widget.think.body.find(word)
+            QtCore.QTimer.singleShot(0, lambda w=widget: self.scroll.ensureWidgetVisible(w))
+
+    def _on_branch_moved(self, message_id: int) -> None:
+        self.store.set_leaf(self.conversation_id, self.store.latest_leaf(message_id))
+        self._show_branch()
+
+    # -- sending -----------------------------------------------------------------------------------
+    def send(self) -> None:
+        text = self.composer.toPlainText().strip()
+        if not text or self.session.busy:
+            return
+        settings = self.settings.values()
+        if not settings.get("model"):
+            self.status_message.emit("Choose a model first (Models pane, or the model list in Settings).")
+            self.settings_button.setChecked(True)
+            return
+        if self.conversation_id is None:
+            self.conversation_id = self.store.create_conversation(settings=settings).id
+        else:
+            self.store.update_settings(self.conversation_id, settings)
+        parent = self.editing_parent
+        if parent is not None:
+            self._show_branch_until(parent)
+        self._add_widget(UserMessageWidget(0, text))
+        self._start_stream()
+        self.composer.clear()
+        self._end_edit()
+        try:
+            self.session.send(self.conversation_id, text,
+                              parent_id=LEAF if parent is None else (None if parent == -1 else parent))
+        except AhaError as error:
+            self._on_failed(str(error))
+
+    def regenerate(self, assistant_message_id: int) -> None:
+        if self.session.busy or not assistant_message_id:
+            return
+        message = self.store.get_message(assistant_message_id)
+        self._show_branch_until(message.parent_id)
+        self._start_stream()
+        self.session.regenerate(self.conversation_id, assistant_message_id)
+
+    def stop(self) -> None:
+        self.session.stop()
+
+    def _start_stream(self) -> None:
+        self.streaming = AssistantMessageWidget()
+        self.streaming.regenerate_requested.connect(self.regenerate)
+        self._add_widget(self.streaming)
+        self.streaming.start_stream()
+        self._stick_to_bottom = True
+
+    def _show_branch_until(self, message_id: int | None) -> None:
+        """Show the current branch only up to (and including) message_id; -1 or None: nothing."""
+        self._clear_messages()
+        if message_id in (None, -1):
+            return
+        for message in self.store.branch_path(message_id):
+            if message.role == "user":
+                widget = UserMessageWidget(message.id, message.content)
+            else:
+                widget = AssistantMessageWidget(message.id)
+                widget.show_saved(message.thinking, message.content, message.stats, message.status)
+            self._add_widget(widget)
+
+    def _on_edit(self, message_id: int, text: str) -> None:
+        """Edit an earlier question: the new version becomes a sibling branch of the old one."""
+        if self.session.busy:
+            return
+        parent = self.store.get_message(message_id).parent_id
+        self.editing_parent = parent if parent is not None else -1
+        self.composer.setPlainText(text)
+        self.composer.setFocus()
+        self.edit_label.setText("Editing an earlier question: sending makes a new branch; the old one stays. "
+                                "Esc cancels.")
+        self.edit_label.show()
+
+    def _end_edit(self) -> None:
+        self.editing_parent = None
+        self.edit_label.hide()
+
+    def keyPressEvent(self, event: QtGui.QKeyEvent) -> None:  # noqa: N802 - Qt override
+        if event.key() == Qt.Key.Key_Escape:
+            if self.session.busy:
+                self.stop()
+            elif self.editing_parent is not None:
+                self._end_edit()
+                self.composer.clear()
+            return
+        super().keyPressEvent(event)
+
+    # -- session signals ---------------------------------------------------------------------------
+    def _on_delta(self, kind: str, text: str) -> None:
+        if self.streaming is not None:
+            self.streaming.add_delta(kind, text)
+
+    def _on_finished(self, stats: dict) -> None:
+        widget, self.streaming = self.streaming, None
+        if widget is None:
+            return
+        widget.finish(stats)
+        message_id = stats.get("message_id")
+        if message_id:
+            widget.branches.set_siblings([m.id for m in self.store.siblings(message_id)], message_id)
+            widget.branches.moved.connect(self._on_branch_moved)
+            self._update_user_widget(self.store.get_message(message_id).parent_id)
+        self._update_meter(stats)
+        self.conversations.refresh()
+        self.conversations.select(self.conversation_id)
+        self._show_title()
+
+    def _update_user_widget(self, user_id: int | None) -> None:
+        if user_id is None:
+            return
+        for index in range(self.message_layout.count() - 1):
+            widget = self.message_layout.itemAt(index).widget()
+            if isinstance(widget, UserMessageWidget) and widget.message_id in (0, user_id):
+                widget.message_id = user_id
+                widget.edit_requested.connect(self._on_edit)
+                widget.branches.set_siblings([m.id for m in self.store.siblings(user_id)], user_id)
+                widget.branches.moved.connect(self._on_branch_moved)
+
+    def _on_failed(self, message: str) -> None:
+        if self.streaming is not None:
+            self.streaming.finish({"stop_reason": "error", "error": message})
+            self.streaming = None
+        self.status_message.emit(message)
+        self.status.setText(message)
+
+    def _on_status(self, text: str) -> None:
+        self.status.setText(text)
+
+    def _on_busy(self, busy: bool) -> None:
+        self.send_button.setVisible(not busy)
+        self.stop_button.setVisible(busy)
+        if not busy:
+            self.status.setText("")
+
+    def _on_scroll_range(self, minimum: int, maximum: int) -> None:
+        if self.streaming is not None and getattr(self, "_stick_to_bottom", False):
+            self.scroll.verticalScrollBar().setValue(maximum)
+
+    # -- settings ----------------------------------------------------------------------------------
+    def _on_settings_changed(self, settings: dict) -> None:
+        if self.conversation_id is not None and not self.session.busy:
+            self.store.update_settings(self.conversation_id, settings)
+        self.pending_settings = settings
+
+    def _on_preview(self) -> None:
+        self.session.preview_prompt(self.conversation_id, self.settings.values(), self.composer.toPlainText())
+
+    def _update_meter(self, stats: dict) -> None:
+        size = stats.get("context_size") or self.settings.values().get("n_ctx", DEFAULT_N_CTX)
+        self.meter.set_usage(stats.get("context_used", 0), stats.get("thinking_tokens", 0), size)
+
+    def _show_title(self) -> None:
+        if self.conversation_id is None:
+            self.title.setText("New chat")
+        else:
+            self.title.setText(self.store.get_conversation(self.conversation_id).title)

@@ -1,0 +1,186 @@
+"""The Aha window: a sidebar of panes (Chat, Compare, Models), restored geometry, keyboard shortcuts.
+
+`run()` creates the QApplication, styles it for the system's light/dark scheme and shows the window.
+Window state lives in `ui.ini` in the data directory; everything else lives in the engine's store.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from app import theme
+from app.chat_view import ChatPane
+from app.empty_state import EmptyState
+from app.qt import Qt, QtCore, QtGui, QtWidgets, check_qt_version
+from engine.models import Library
+from engine.paths import data_dir
+from engine.store import Store
+
+ICON = Path(__file__).resolve().parents[1] / "assets" / "aha.svg"
+
+
+def ui_settings() -> QtCore.QSettings:
+    return QtCore.QSettings(str(data_dir() / "ui.ini"), QtCore.QSettings.Format.IniFormat)
+
+
+class MainWindow(QtWidgets.QMainWindow):
+    def __init__(self, store: Store | None = None):
+        super().__init__()
+        self.setWindowTitle("Aha")
+        self.setWindowIcon(QtGui.QIcon(str(ICON)))
+        self.store = store or Store()
+        self.store.recover()                       # replies a crash left half-written become `stopped`
+        self.store.purge_deleted(older_than_s=7 * 86400)
+        self.library = Library()
+        self.chat = ChatPane(self.store)
+        self.chat.status_message.connect(lambda text: self.statusBar().showMessage(text, 8000))
+        self.empty = EmptyState(self.library)
+        self.empty.model_chosen.connect(self._on_model_chosen)
+        self.empty.download_requested.connect(self._on_download_requested)
+        self.panes: dict[str, QtWidgets.QWidget] = {}
+        self.sidebar = QtWidgets.QListWidget()
+        self.stack = QtWidgets.QStackedWidget()
+        self._add_pane("Chat", self._chat_or_empty(), "chat")
+        self._add_optional_panes()
+        self.sidebar.currentRowChanged.connect(self.stack.setCurrentIndex)
+        side = QtWidgets.QWidget(objectName="Sidebar")
+        side.setFixedWidth(150)
+        side_layout = QtWidgets.QVBoxLayout(side)
+        side_layout.setContentsMargins(0, 12, 0, 12)
+        logo = QtWidgets.QLabel()
+        logo.setPixmap(QtGui.QIcon(str(ICON)).pixmap(40, 40))
+        logo.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        side_layout.addWidget(logo)
+        side_layout.addWidget(self.sidebar)
+        central = QtWidgets.QWidget()
+        layout = QtWidgets.QHBoxLayout(central)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(side)
+        layout.addWidget(self.stack, 1)
+        self.setCentralWidget(central)
+        self._shortcuts()
+        self.restore_state()
+
+    # -- panes -------------------------------------------------------------------------------------
+    def _chat_or_empty(self) -> QtWidgets.QWidget:
+        self.chat_stack = QtWidgets.QStackedWidget()
+        self.chat_stack.addWidget(self.chat)
+        self.chat_stack.addWidget(self.empty)
+        self._update_empty_state()
+        return self.chat_stack
+
+    def _update_empty_state(self) -> None:
+        first_run = not self.library.entries() and not self.store.list_conversations()
+        self.chat_stack.setCurrentWidget(self.empty if first_run else self.chat)
+        if first_run:
+            self.empty.start_scan()
+
+    def _add_pane(self, title: str, widget: QtWidgets.QWidget, key: str) -> None:
+        self.panes[key] = widget
+        self.stack.addWidget(widget)
+        self.sidebar.addItem(title)
+
+    def _add_optional_panes(self) -> None:
+        """Panes that exist in this build: Compare and Models."""
+        try:
+            from app.compare_view import ComparePane
+        except ImportError:
+            ComparePane = None  # noqa: N806
+        if ComparePane is not None:
+            self.compare = ComparePane()
+            self._add_pane("Compare", self.compare, "compare")
+        try:
+            from app.models_view import ModelsPane
+        except ImportError:
+            return
+        self.models = ModelsPane(self.library)
+        self.models.chat_requested.connect(self._on_model_chosen)
+        self.models.library_changed.connect(self._on_library_changed)
+        self._add_pane("Models", self.models, "models")
+
+    def show_pane(self, key: str) -> None:
+        self.sidebar.setCurrentRow(list(self.panes).index(key))
+
+    def _on_model_chosen(self, path: str) -> None:
+        self.library.add(path) if not any(str(e.path) == path for e in self.library.entries()) else None
+        self.chat.settings.refresh_models()
+        self.chat.new_conversation()
+        self.chat.set_model(path)
+        self.chat_stack.setCurrentWidget(self.chat)
+        self.show_pane("chat")
+
+    def _on_download_requested(self, repo: str, filename: str) -> None:
+        if "models" in self.panes:
+            self.show_pane("models")
+            self.models.start_download(repo, filename)
+
+    def _on_library_changed(self) -> None:
+        self.chat.settings.refresh_models()
+        if hasattr(self, "compare"):
+            self.compare.refresh_models()
+        self._update_empty_state()
+
+    # -- keyboard ----------------------------------------------------------------------------------
+    def _shortcuts(self) -> None:
+        def bind(keys, slot):
+            QtGui.QShortcut(QtGui.QKeySequence(keys), self, activated=slot)
+
+        bind("Ctrl+N", lambda: (self.show_pane("chat"), self.chat.new_conversation()))
+        bind("Ctrl+F", lambda: (self.show_pane("chat"), self.chat.conversations.search.setFocus()))
+        bind("Ctrl+L", lambda: (self.show_pane("chat"), self.chat.composer.setFocus()))
+        bind("Ctrl+.", self.chat.stop)
+        bind("Ctrl+,", lambda: self.chat.settings_button.toggle())
+        bind("Ctrl+Q", self.close)
+        for index in range(len(self.panes)):
+            bind(f"Ctrl+{index + 1}", lambda i=index: self.sidebar.setCurrentRow(i))
+
+    # -- state -------------------------------------------------------------------------------------
+    def restore_state(self) -> None:
+        settings = ui_settings()
+        geometry = settings.value("window/geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1200, 780)
+        splitter = settings.value("chat/splitter")
+        if splitter is not None:
+            self.chat.splitter.restoreState(splitter)
+        self.sidebar.setCurrentRow(int(settings.value("window/pane", 0)))
+        last = settings.value("chat/conversation")
+        if last is not None:
+            try:
+                self.chat.open_conversation(int(last))
+            except Exception:  # noqa: BLE001 - a deleted conversation: start fresh
+                self.chat.new_conversation()
+
+    def save_state(self) -> None:
+        settings = ui_settings()
+        settings.setValue("window/geometry", self.saveGeometry())
+        settings.setValue("window/pane", self.sidebar.currentRow())
+        settings.setValue("chat/splitter", self.chat.splitter.saveState())
+        if self.chat.conversation_id is not None:
+            settings.setValue("chat/conversation", self.chat.conversation_id)
+        settings.sync()
+
+    def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 - Qt override
+        self.save_state()
+        self.chat.session.close()
+        if hasattr(self, "compare"):
+            self.compare.close_models()
+        super().closeEvent(event)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Open the window and run the event loop."""
+    check_qt_version()
+    QtGui.QGuiApplication.setHighDpiScaleFactorRoundingPolicy(Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(argv or sys.argv)
+    app.setApplicationName("Aha")
+    app.setWindowIcon(QtGui.QIcon(str(ICON)))
+    theme.apply(app)
+    app.styleHints().colorSchemeChanged.connect(lambda _: theme.apply(app))
+    window = MainWindow()
+    window.show()
+    return app.exec()

@@ -1,0 +1,326 @@
+"""Message widgets: a user bubble, and an assistant reply with its think block, answer and stats.
+
+The think block reads "Thinking… 3.2 s" with the last lines of the trace while streaming, collapses to
+"Thought for 12.3 s · 842 tokens" when the answer starts, and says why when a thought was cut. Streamed
+text is buffered and flushed at most 30 times a second, appended at the end of the documents (no
+re-layout of what is already shown); the answer's Markdown and math are rendered when it is done.
+"""
+
+from __future__ import annotations
+
+from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal
+from engine.conversation import status_for
+
+FLUSH_MS = 33              # ≤ 30 repaints a second while streaming
+LIVE_MARKDOWN_MS = 750     # the answer's Markdown is re-rendered this often while it streams
+THINK_LINES_LIVE = 4       # lines of the trace shown while thinking
+
+CUT_REASONS = {"cancelled": "Stopped", "max_tokens": "Cut by the token budget",
+               "context_full": "Cut: the context is full", "error": "Failed"}
+
+
+def thought_summary(stats: dict, live_seconds: float | None = None) -> str:
+    """Header of a think block: "Thought for 12.3 s · 842 tokens", or why the thought was cut."""
+    seconds = stats.get("thinking_s", live_seconds or 0.0) or 0.0
+    tokens = stats.get("thinking_tokens", 0)
+    if stats.get("thinking_unfinished"):
+        reason = CUT_REASONS.get(stats.get("stop_reason"), "Stopped")
+        return f"{reason} while thinking · {seconds:.1f} s · {tokens} tokens"
+    return f"Thought for {seconds:.1f} s · {tokens} tokens"
+
+
+def stats_summary(stats: dict) -> str:
+    """Line under an answer: time to first token, thinking, answer, speed."""
+    parts = []
+    if stats.get("ttft_s") is not None:
+        parts.append(f"first token {stats['ttft_s'] * 1000:.0f} ms")
+    if stats.get("thinking_tokens"):
+        parts.append(f"thinking {stats['thinking_s']:.1f} s · {stats['thinking_tokens']} tok")
+    if stats.get("answer_tokens"):
+        parts.append(f"answer {stats['answer_s']:.1f} s · {stats['answer_tokens']} tok")
+    if stats.get("tokens_per_s"):
+        parts.append(f"{stats['tokens_per_s']:.1f} tok/s")
+    reason = stats.get("stop_reason")
+    if reason not in (None, "eos") and not stats.get("thinking_unfinished"):
+        parts.append(CUT_REASONS.get(reason, reason).lower())
+    if stats.get("error"):
+        parts.append(stats["error"])
+    return "  ·  ".join(parts)
+
+
+class AutoHeightText(QtWidgets.QTextBrowser):
+    """A read-only rich text view as tall as its content (the scroll area around it scrolls)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setOpenExternalLinks(True)
+        self.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setSizePolicy(QtWidgets.QSizePolicy.Policy.Expanding, QtWidgets.QSizePolicy.Policy.Minimum)
+        self.document().setDocumentMargin(2)
+        self.document().documentLayout().documentSizeChanged.connect(self._fit)
+        self.viewport().setAutoFillBackground(False)
+
+    def _fit(self, size: QtCore.QSizeF) -> None:
+        height = int(size.height()) + 6
+        if height != self.height():
+            self.setFixedHeight(height)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        self.document().setTextWidth(self.viewport().width())
+
+    def append_plain(self, text: str) -> None:
+        """Append at the end without touching the rest of the document (incremental layout)."""
+        cursor = QtGui.QTextCursor(self.document())
+        cursor.movePosition(QtGui.QTextCursor.MoveOperation.End)
+        cursor.insertText(text)
+
+
+class ThinkBlock(QtWidgets.QFrame):
+    """The collapsible think trace. Live: a timer and the last lines; done: a one-line summary."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setObjectName("ThinkBlock")
+        self.header = QtWidgets.QToolButton(objectName="ThinkHeader")
+        self.header.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.header.setSizePolicy(QtWidgets.QSizePolicy.Policy.Expanding, QtWidgets.QSizePolicy.Policy.Fixed)
+        self.header.clicked.connect(self.toggle)
+        self.body = QtWidgets.QPlainTextEdit(objectName="ThinkBody", readOnly=True)
+        self.body.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        self.body.setContextMenuPolicy(Qt.ContextMenuPolicy.DefaultContextMenu)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(8, 4, 8, 6)
+        layout.setSpacing(2)
+        layout.addWidget(self.header)
+        layout.addWidget(self.body)
+        self.live = False
+        self.expanded = True
+        self.stats: dict = {}
+        self._clock = QtCore.QElapsedTimer()
+        self._ticker = QtCore.QTimer(self, interval=100, timeout=self._tick)
+
+    # -- state -------------------------------------------------------------------------------------
+    def start_live(self) -> None:
+        self.live = True
+        self._clock.start()
+        self._ticker.start()
+        self.set_expanded(True)
+        self._tick()
+
+    def append(self, text: str) -> None:
+        cursor = QtGui.QTextCursor(self.body.document())
+        cursor.movePosition(QtGui.QTextCursor.MoveOperation.End)
+        cursor.insertText(text)
+        if self.live:
+            self.body.verticalScrollBar().setValue(self.body.verticalScrollBar().maximum())
+
+    def answer_started(self) -> None:
+        """The answer began: the thought is over; collapse to the summary (timer stops)."""
+        if self.live:
+            self._ticker.stop()
+            self.live = False
+            self.stats = {"thinking_s": self._clock.elapsed() / 1000, "thinking_tokens": self.stats.get("thinking_tokens", 0)}
+            self.set_expanded(False)
+
+    def finish(self, stats: dict) -> None:
+        self._ticker.stop()
+        self.live = False
+        self.stats = stats
+        self.setVisible(bool(self.text()) or bool(stats.get("thinking_tokens")))
+        self.set_expanded(bool(stats.get("thinking_unfinished")) and bool(self.text()))
+        self._update_header()
+
+    def text(self) -> str:
+        return self.body.toPlainText()
+
+    # -- view --------------------------------------------------------------------------------------
+    def toggle(self) -> None:
+        self.set_expanded(not self.expanded)
+
+    def set_expanded(self, expanded: bool) -> None:
+        self.expanded = expanded
+        self.header.setArrowType(Qt.ArrowType.DownArrow if expanded else Qt.ArrowType.RightArrow)
+        self.body.setVisible(expanded)
+        line = self.body.fontMetrics().lineSpacing()
+        self.body.setMaximumHeight(line * THINK_LINES_LIVE + 12 if self.live else line * 24)
+        self.body.setMinimumHeight(min(line * THINK_LINES_LIVE + 12, self.body.maximumHeight()))
+        self._update_header()
+
+    def _tick(self) -> None:
+        self._update_header()
+
+    def _update_header(self) -> None:
+        if self.live:
+            self.header.setText(f"Thinking… {self._clock.elapsed() / 1000:.1f} s")
+        else:
+            self.header.setText(thought_summary(self.stats))
+
+
+class BranchNavigator(QtWidgets.QWidget):
+    """‹ 2/3 › between sibling messages (regenerated replies, edited questions)."""
+
+    moved = Signal(int)  # the sibling message id to show
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.previous = QtWidgets.QToolButton(text="‹", autoRaise=True)
+        self.next = QtWidgets.QToolButton(text="›", autoRaise=True)
+        self.label = QtWidgets.QLabel(objectName="Muted")
+        layout = QtWidgets.QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        for widget in (self.previous, self.label, self.next):
+            layout.addWidget(widget)
+        self.previous.clicked.connect(lambda: self._go(-1))
+        self.next.clicked.connect(lambda: self._go(+1))
+        self._ids: list[int] = []
+        self._index = 0
+
+    def set_siblings(self, ids: list[int], current: int) -> None:
+        self._ids, self._index = ids, ids.index(current) if current in ids else 0
+        self.setVisible(len(ids) > 1)
+        self.label.setText(f"{self._index + 1}/{len(ids)}")
+        self.previous.setEnabled(self._index > 0)
+        self.next.setEnabled(self._index < len(ids) - 1)
+
+    def _go(self, step: int) -> None:
+        index = self._index + step
+        if 0 <= index < len(self._ids):
+            self.moved.emit(self._ids[index])
+
+
+class UserMessageWidget(QtWidgets.QFrame):
+    """The user's message, with Edit (a new branch) and sibling navigation."""
+
+    edit_requested = Signal(int, str)
+
+    def __init__(self, message_id: int, text: str, parent=None):
+        super().__init__(parent)
+        self.setObjectName("UserCard")
+        self.message_id = message_id
+        self.text_view = AutoHeightText()
+        self.text_view.setPlainText(text)
+        self.branches = BranchNavigator()
+        edit = QtWidgets.QToolButton(text="Edit", autoRaise=True, objectName="LinkButton")
+        edit.clicked.connect(lambda: self.edit_requested.emit(self.message_id, self.text_view.toPlainText()))
+        row = QtWidgets.QHBoxLayout()
+        row.addWidget(QtWidgets.QLabel("You", objectName="Muted"))
+        row.addStretch()
+        row.addWidget(self.branches)
+        row.addWidget(edit)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(12, 8, 12, 8)
+        layout.addLayout(row)
+        layout.addWidget(self.text_view)
+
+
+class AssistantMessageWidget(QtWidgets.QFrame):
+    """One reply: think block, answer (Markdown + math), stats line, actions and sibling navigation."""
+
+    regenerate_requested = Signal(int)
+
+    def __init__(self, message_id: int | None = None, parent=None):
+        super().__init__(parent)
+        self.setObjectName("MessageCard")
+        self.message_id = message_id
+        self.think = ThinkBlock()
+        self.answer = AutoHeightText()
+        self.stats_label = QtWidgets.QLabel(objectName="Stats", wordWrap=True)
+        self.stats_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.branches = BranchNavigator()
+        self.copy_button = QtWidgets.QToolButton(text="Copy", autoRaise=True, objectName="LinkButton")
+        self.copy_button.clicked.connect(self.copy_answer)
+        self.regenerate_button = QtWidgets.QToolButton(text="Regenerate", autoRaise=True, objectName="LinkButton")
+        self.regenerate_button.clicked.connect(lambda: self.regenerate_requested.emit(self.message_id or 0))
+        actions = QtWidgets.QHBoxLayout()
+        actions.addWidget(self.stats_label, 1)
+        actions.addWidget(self.branches)
+        actions.addWidget(self.copy_button)
+        actions.addWidget(self.regenerate_button)
+        title = QtWidgets.QLabel("Assistant", objectName="Muted")
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(12, 8, 12, 8)
+        layout.setSpacing(6)
+        layout.addWidget(title)
+        layout.addWidget(self.think)
+        layout.addWidget(self.answer)
+        layout.addLayout(actions)
+        self.answer_text = ""
+        self.status = "streaming"
+        self._pending = {"thinking": [], "answer": []}
+        self._flush_timer = QtCore.QTimer(self, interval=FLUSH_MS, timeout=self.flush)
+        self._markdown_timer = QtCore.QTimer(self, interval=LIVE_MARKDOWN_MS, timeout=self._render_answer)
+        self._answer_dirty = False
+
+    # -- streaming ---------------------------------------------------------------------------------
+    def start_stream(self) -> None:
+        self.status = "streaming"
+        self.think.start_live()
+        self.answer.hide()
+        self.regenerate_button.setEnabled(False)
+        self.stats_label.setText("")
+        self._flush_timer.start()
+        self._markdown_timer.start()
+
+    def add_delta(self, kind: str, text: str) -> None:
+        """Buffer a thinking/answer delta; the flush timer shows it (≤ 30 times a second)."""
+        self._pending[kind].append(text)
+
+    def flush(self) -> None:
+        thinking, answer = "".join(self._pending["thinking"]), "".join(self._pending["answer"])
+        self._pending = {"thinking": [], "answer": []}
+        if thinking:
+            self.think.append(thinking)
+            self.think.stats["thinking_tokens"] = self.think.stats.get("thinking_tokens", 0)
+        if answer:
+            if not self.answer_text.strip() and not answer.strip():
+                self.answer_text += answer  # blank lines after </think>: not worth showing alone
+                return
+            if self.think.live:
+                self.think.answer_started()
+            self.answer.show()
+            self.answer_text += answer
+            self.answer.append_plain(answer.lstrip("\n") if not self.answer.toPlainText() else answer)
+            self._answer_dirty = True
+
+    def finish(self, stats: dict, status: str | None = None) -> None:
+        """The done event: final texts, Markdown render, summary header and stats line."""
+        self.flush()
+        self._flush_timer.stop()
+        self._markdown_timer.stop()
+        self.status = status or status_for(stats.get("stop_reason"))
+        self.message_id = stats.get("message_id", self.message_id)
+        self.think.finish(stats)
+        self._answer_dirty = True
+        self._render_answer()
+        self.answer.setVisible(bool(self.answer_text.strip()))
+        self.stats_label.setText(stats_summary(stats))
+        self.regenerate_button.setEnabled(True)
+
+    def _render_answer(self) -> None:
+        if not self._answer_dirty:
+            return
+        self._answer_dirty = False
+        render_answer(self.answer.document(), self.answer_text.strip(), self.palette().color(QtGui.QPalette.ColorRole.Text))
+
+    # -- saved messages ----------------------------------------------------------------------------
+    def show_saved(self, thinking: str, answer: str, stats: dict, status: str) -> None:
+        self.think.body.setPlainText(thinking)
+        self.answer_text = answer
+        self.finish({**stats, "thinking_unfinished": stats.get("thinking_unfinished", False)}, status)
+
+    def copy_answer(self) -> None:
+        QtWidgets.QApplication.clipboard().setText(self.answer_text.strip())
+
+
+def render_answer(document: QtGui.QTextDocument, text: str, color: QtGui.QColor) -> None:
+    """Markdown with LaTeX math when app.rich_text is available; plain Markdown otherwise."""
+    try:
+        from app.rich_text import render_markdown
+    except ImportError:
+        document.setMarkdown(text)
+        return
+    render_markdown(document, text, color=color)
