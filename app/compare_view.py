@@ -1,0 +1,183 @@
+"""Compare: one prompt to two models (or one model with two sampling settings), side by side — both
+think traces, their lengths and times, and the two final answers next to each other.
+
+The two runs go one after the other on one worker thread (fair timings on a shared CPU/GPU), each with
+its own loaded model; events are tagged with their side. Nothing here is saved to the store.
+"""
+
+from __future__ import annotations
+
+from app.chat_session import ModelHost
+from app.message_view import AssistantMessageWidget
+from app.qt import Qt, QtWidgets
+from app.workers import ThreadJob
+from engine import r1
+
+SAMPLINGS = {"DeepSeek R1 (0.6 · 0.95)": {"temperature": r1.TEMPERATURE, "top_p": r1.TOP_P},
+             "Greedy (0 · 1.0)": {"temperature": 0.0, "top_p": 1.0},
+             "Hot (1.0 · 0.95)": {"temperature": 1.0, "top_p": 0.95}}
+ROWS = (("Thinking", lambda s: f"{s.get('thinking_tokens', 0)} tokens · {s.get('thinking_s', 0):.1f} s"),
+        ("Answer", lambda s: f"{s.get('answer_tokens', 0)} tokens · {s.get('answer_s', 0):.1f} s"),
+        ("First token", lambda s: f"{(s.get('ttft_s') or 0) * 1000:.0f} ms"),
+        ("Speed", lambda s: f"{s.get('tokens_per_s') or 0:.1f} tok/s"),
+        ("Stopped by", lambda s: s.get("stop_reason", "")))
+
+
+class Side(QtWidgets.QFrame):
+    """One column: model and sampling pickers above a reply."""
+
+    def __init__(self, label: str, parent=None):
+        super().__init__(parent)
+        self.model = QtWidgets.QComboBox()
+        self.sampling = QtWidgets.QComboBox()
+        self.sampling.addItems(SAMPLINGS)
+        header = QtWidgets.QHBoxLayout()
+        header.addWidget(QtWidgets.QLabel(label, objectName="EmptyTitle"))
+        header.addWidget(self.model, 1)
+        header.addWidget(self.sampling)
+        scroll = QtWidgets.QScrollArea(widgetResizable=True, frameShape=QtWidgets.QFrame.Shape.NoFrame)
+        holder = QtWidgets.QWidget()
+        self.holder_layout = QtWidgets.QVBoxLayout(holder)
+        self.holder_layout.addStretch()
+        scroll.setWidget(holder)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.addLayout(header)
+        layout.addWidget(scroll, 1)
+        self.reply: AssistantMessageWidget | None = None
+
+    def new_reply(self) -> AssistantMessageWidget:
+        """Replace the previous reply with a fresh, streaming one."""
+        if self.reply is not None:
+            self.reply.deleteLater()
+        self.reply = AssistantMessageWidget()
+        self.reply.regenerate_button.hide()
+        self.holder_layout.insertWidget(0, self.reply)
+        self.reply.start_stream()
+        return self.reply
+
+    def settings(self) -> dict:
+        return {"model": self.model.currentData() or "", **SAMPLINGS[self.sampling.currentText()]}
+
+
+class ComparePane(QtWidgets.QWidget):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.prompt = QtWidgets.QPlainTextEdit(placeholderText="One prompt, two models or two sampling settings…")
+        self.prompt.setFixedHeight(70)
+        self.max_tokens = QtWidgets.QSpinBox(minimum=16, maximum=131072, singleStep=512, value=4096, prefix="max ")
+        self.run_button = QtWidgets.QPushButton("Compare", objectName="PrimaryButton")
+        self.run_button.clicked.connect(self.run)
+        self.stop_button = QtWidgets.QPushButton("Stop", objectName="StopButton")
+        self.stop_button.clicked.connect(self.stop)
+        self.stop_button.hide()
+        self.sides = {"A": Side("A"), "B": Side("B")}
+        self.table = QtWidgets.QTableWidget(len(ROWS), 2)
+        self.table.setHorizontalHeaderLabels(["A", "B"])
+        self.table.setVerticalHeaderLabels([name for name, _ in ROWS])
+        self.table.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.Stretch)
+        self.table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setMaximumHeight(self.table.verticalHeader().length() + self.table.horizontalHeader().height() + 4)
+        self.status = QtWidgets.QLabel(objectName="Muted")
+        top = QtWidgets.QHBoxLayout()
+        top.addWidget(self.prompt, 1)
+        buttons = QtWidgets.QVBoxLayout()
+        for widget in (self.run_button, self.stop_button, self.max_tokens):
+            buttons.addWidget(widget)
+        top.addLayout(buttons)
+        columns = QtWidgets.QSplitter(Qt.Orientation.Horizontal)
+        for side in self.sides.values():
+            columns.addWidget(side)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.addWidget(QtWidgets.QLabel("Compare reasoning side by side", objectName="EmptyTitle"))
+        layout.addLayout(top)
+        layout.addWidget(columns, 1)
+        layout.addWidget(self.table)
+        layout.addWidget(self.status)
+        self.hosts = {"A": ModelHost(), "B": ModelHost()}
+        self.job: ThreadJob | None = None
+        self.results: dict[str, dict] = {}
+        self.refresh_models()
+
+    def refresh_models(self) -> None:
+        from engine.models import Library
+
+        entries = Library().entries()
+        for index, side in enumerate(self.sides.values()):
+            current = side.model.currentData()
+            side.model.clear()
+            for entry in entries:
+                side.model.addItem(entry.name, str(entry.path))
+            if current:
+                side.model.setCurrentIndex(max(side.model.findData(current), 0))
+            elif side.model.count() > index:
+                side.model.setCurrentIndex(index)
+
+    def run(self) -> None:
+        text = self.prompt.toPlainText().strip()
+        if not text or (self.job is not None and self.job.is_running()):
+            return
+        plans = {name: side.settings() for name, side in self.sides.items()}
+        if not all(plan["model"] for plan in plans.values()):
+            self.status.setText("Pick a model for both sides (add models in the Models pane).")
+            return
+        self.results = {}
+        for side in self.sides.values():
+            side.new_reply()
+        max_tokens = self.max_tokens.value()
+
+        def work(emit, cancel):
+            for name, plan in plans.items():
+                if cancel.cancelled:
+                    break
+                emit((name, "status", f"Running {name}…"))
+                model = self.hosts[name].get(plan["model"])
+                for event in model.stream([{"role": "user", "content": text}], temperature=plan["temperature"],
+                                          top_p=plan["top_p"], max_tokens=max_tokens, cancel=cancel):
+                    emit((name, event.kind, event.stats if event.kind == "done" else event.text))
+        self.job = ThreadJob(work, self)
+        self.job.event.connect(self._on_event)
+        self.job.finished.connect(lambda _: self._on_end(""))
+        self.job.failed.connect(self._on_end)
+        self.run_button.hide()
+        self.stop_button.show()
+        self.job.start()
+
+    def stop(self) -> None:
+        if self.job is not None:
+            self.job.stop()
+
+    def _on_event(self, event: tuple) -> None:
+        name, kind, payload = event
+        reply = self.sides[name].reply
+        if kind == "status":
+            self.status.setText(payload)
+        elif kind == "done":
+            reply.finish(payload)
+            self.results[name] = payload
+            for row, (_, describe) in enumerate(ROWS):
+                self.table.setItem(row, "AB".index(name), QtWidgets.QTableWidgetItem(describe(payload)))
+        else:
+            reply.add_delta(kind, payload)
+
+    def _on_end(self, error: str) -> None:
+        self.run_button.show()
+        self.stop_button.hide()
+        for name, side in self.sides.items():
+            if name not in self.results and side.reply is not None and side.reply.status == "streaming":
+                side.reply.finish({"stop_reason": "error" if error else "cancelled", "error": error} if error
+                                  else {"stop_reason": "cancelled", "thinking_unfinished": True})
+        self.status.setText(error or self._summary())
+
+    def _summary(self) -> str:
+        a, b = self.results.get("A"), self.results.get("B")
+        if not (a and b):
+            return ""
+        return (f"A thought {a.get('thinking_tokens', 0)} tokens, B {b.get('thinking_tokens', 0)}; "
+                f"A answered in {a.get('answer_tokens', 0)} tokens, B in {b.get('answer_tokens', 0)}.")
+
+    def close_models(self) -> None:
+        self.stop()
+        if self.job is not None:
+            self.job.wait(5)
+        for host in self.hosts.values():
+            host.close()
