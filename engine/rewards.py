@@ -1,0 +1,746 @@
+"""Rewards for GRPO: the rule-based ones (accuracy, format, length, repetition) and user reward files.
+
+Every reward has TRL's shape `fn(prompts, completions, **columns) -> list[float | None]`, where None
+means "could not score this sample". `RewardSet` sums weighted rewards, isolates the samples a reward
+fails on and reports each distinct error once; it never logs (the training loop does). Strings in,
+numbers out: nothing here knows models, tokenizers or torch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from engine import r1
+from engine.errors import AhaError
+from engine.think import CLOSE_TAG, OPEN_TAG, ThinkParser, split_thinking
+
+RewardFn = Callable[..., list[float | None]]
+
+# Distinct errors reported per reward over a RewardSet's life; after that, one line says more were cut.
+MAX_REPORTED_ERRORS = 5
+# Answers longer than this are compared as text only: no symbolic work on a runaway completion.
+MAX_SYMBOLIC_CHARS = 200
+
+
+# Final answers ------------------------------------------------------------------------------------
+
+def extract_final_answer(completion: str, prefilled: bool = False) -> str | None:
+    """The final answer of a completion, or None: read from the answer part only (after `</think>`;
+    a thought that never closes has no answer), it is the last `\\boxed{…}` (nested braces kept),
+    else the last number (integer, decimal, `a/b` or `\\frac{a}{b}`)."""
+    _, answer = split_thinking(_strip_stop_tokens(completion), prefilled)
+    boxed = last_boxed(answer)
+    if boxed is not None:
+        return boxed.strip() or None
+    numbers = _NUMBER.findall(answer)
+    return numbers[-1] if numbers else None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{…}` or `\\fbox{…}` with balanced braces; None without one."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    while start >= 0:
+        rest = text[start:].removeprefix("\\boxed").removeprefix("\\fbox").lstrip()
+        if rest.startswith("{"):
+            content = _brace_group(rest, 0)
+            if content is not None:
+                return content[0]
+        elif rest[:1].isalnum() or rest[:1] == "-":  # `\boxed 5`
+            return re.match(r"-?[\w.]+", rest)[0]
+        start = max(text.rfind("\\boxed", 0, start), text.rfind("\\fbox", 0, start))
+    return None
+
+
+def answers_match(prediction: str, gold: str) -> bool:
+    """Whether a final answer equals the ground truth. math-verify decides where it is installed; the
+    careful fallback below runs too, and either one accepting counts. The fallback normalizes LaTeX
+    (`$`, `\\text{}`, `\\left(`, `\\dfrac`, degrees, `%`, thousands commas, a leading `x =`, trailing
+    unit words), then compares exact numbers (integers, decimals, `a/b`, `\\frac{a}{b}`), then simple
+    expressions symbolically with sympy (parsed by our own small parser: no eval), element by element
+    for tuples."""
+    if _math_verify_equal(prediction, gold):
+        return True
+    return _equal(_normalize(prediction), _normalize(gold))
+
+
+def gold_answer(value: Any) -> str | None:
+    """The ground truth of a dataset's `answer` cell: the boxed part, the part after GSM8K's `####`,
+    or the whole text; None when missing."""
+    if value is None:
+        return None
+    text = str(value)
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed
+    return text.rsplit("####", 1)[-1].strip()
+
+
+# Built-in rewards ---------------------------------------------------------------------------------
+
+def accuracy_reward(prompts: list[str], completions: list[str], answer: Any = None, prefilled: Any = False,
+                    **columns: Any) -> list[float | None]:
+    """1.0 when the final answer (see `extract_final_answer`) matches the `answer` column, 0.0 when it
+    is wrong or missing; None where the ground truth is missing. `prefilled`: the prompt opened the thought."""
+    if answer is None:
+        raise ValueError("the accuracy reward needs an 'answer' column (the ground truth)")
+    golds = _per_sample(answer, len(completions), "answer")
+    flags = _per_sample(prefilled, len(completions), "prefilled")
+    scores: list[float | None] = []
+    for completion, gold, flag in zip(completions, golds, flags, strict=True):
+        truth = gold_answer(gold)
+        prediction = extract_final_answer(completion, bool(flag))
+        scores.append(None if truth is None else float(prediction is not None and answers_match(prediction, truth)))
+    return scores
+
+
+def format_reward(prompts: list[str], completions: list[str], prefilled: Any = False,
+                  **columns: Any) -> list[float | None]:
+    """1.0 for a well-formed completion (see `is_well_formed`), else 0.0."""
+    flags = _per_sample(prefilled, len(completions), "prefilled")
+    return [float(is_well_formed(completion, bool(flag))) for completion, flag in zip(completions, flags, strict=True)]
+
+
+def is_well_formed(completion: str, prefilled: bool = False) -> bool:
+    """Exactly one closed think block, then a non-empty answer: `<think>…</think>answer`. Only
+    whitespace may precede `<think>`; when the prompt was prefilled with `<think>` the completion
+    starts inside the thought and must not open another. An empty thought is allowed (R1 writes one
+    for trivial prompts); a nested `<think>` or a second `</think>` is not. Trailing stop tokens are ignored."""
+    text = _strip_stop_tokens(completion)
+    parser = ThinkParser(prefilled=prefilled)
+    segments = parser.feed(text) + parser.finish()
+    summary = parser.summary()
+    thinking = "".join(segment.text for segment in segments if segment.kind == "thinking")
+    answer = "".join(segment.text for segment in segments if segment.kind == "answer")
+    return (summary.blocks_opened == 1 and summary.blocks_closed == 1
+            and (prefilled or text.lstrip().startswith(OPEN_TAG))
+            and OPEN_TAG not in thinking and CLOSE_TAG not in answer
+            and bool(answer.strip()))
+
+
+def cosine_length_reward(max_len: int = 1000, *, correct: tuple[float, float] = (1.0, 0.5),
+                         wrong: tuple[float, float] = (-1.0, -0.5), exceed: float | None = None) -> RewardFn:
+    """Cosine-scaled length reward (Yeo et al. 2025, "Demystifying Long Chain-of-Thought Reasoning in
+    LLMs", arXiv 2502.03373), values as open-r1's defaults. With L the completion's token count:
+
+        r(L) = r_max + (r_0 − r_max) · (1 + cos(π · min(L, L_max) / L_max)) / 2
+
+    where (r_0, r_max) = `correct` for a correct answer (short correct answers earn most) and `wrong`
+    otherwise (short wrong answers lose most, so the model thinks longer when unsure). `exceed`, when
+    set, replaces r for L ≥ max_len (a completion cut by the generation limit). Needs the `answer` and
+    `completion_ids` columns; None where accuracy is None."""
+    def cosine_length(prompts: list[str], completions: list[str], **columns: Any) -> list[float | None]:
+        lengths = _completion_lengths(columns, len(completions))
+        scores: list[float | None] = []
+        for length, accurate in zip(lengths, accuracy_reward(prompts, completions, **columns), strict=True):
+            if accurate is None:
+                scores.append(None)
+            elif exceed is not None and length >= max_len:
+                scores.append(exceed)
+            else:
+                at_zero, at_max = correct if accurate == 1.0 else wrong
+                progress = min(length, max_len) / max_len
+                scores.append(at_max + (at_zero - at_max) * (1 + math.cos(math.pi * progress)) / 2)
+        return scores
+    return cosine_length
+
+
+def soft_overlong_punishment(max_len: int = 4096, cache_len: int = 1024) -> RewardFn:
+    """DAPO's soft overlong punishment (arXiv 2503.14476, eq. 13), as TRL's `get_soft_overlong_punishment`.
+    With L the completion's token count, L_max = max_len and L_cache = cache_len:
+
+        r = 0                                  if L ≤ L_max − L_cache
+        r = ((L_max − L_cache) − L) / L_cache  if L_max − L_cache < L ≤ L_max
+        r = −1                                 if L > L_max
+
+    Needs the `completion_ids` column."""
+    if not 0 < cache_len <= max_len:
+        raise ValueError(f"soft_overlong_punishment: need 0 < cache_len <= max_len, got {cache_len} and {max_len}")
+
+    def soft_overlong(prompts: list[str], completions: list[str], **columns: Any) -> list[float | None]:
+        scores: list[float | None] = []
+        for length in _completion_lengths(columns, len(completions)):
+            if length <= max_len - cache_len:
+                scores.append(0.0)
+            elif length <= max_len:
+                scores.append((max_len - cache_len - length) / cache_len)
+            else:
+                scores.append(-1.0)
+        return scores
+    return soft_overlong
+
+
+LENGTH_REWARDS = {"cosine": cosine_length_reward, "overlong": soft_overlong_punishment}
+
+
+def make_length_reward(kind: str = "cosine", **parameters: Any) -> RewardFn:
+    """A length reward: "cosine" (`cosine_length_reward`) or "overlong" (`soft_overlong_punishment`),
+    with that function's parameters."""
+    if kind not in LENGTH_REWARDS:
+        raise ValueError(f"unknown length reward {kind!r}; expected one of {', '.join(LENGTH_REWARDS)}")
+    return LENGTH_REWARDS[kind](**parameters)
+
+
+def repetition_fraction(text: str, ngram_size: int = 3) -> float:
+    """1 − unique n-grams / all n-grams over the lowercased whitespace-separated words; 0.0 for a text
+    shorter than one n-gram."""
+    words = text.lower().split()
+    ngrams = [tuple(words[start:start + ngram_size]) for start in range(len(words) - ngram_size + 1)]
+    return 1 - len(set(ngrams)) / len(ngrams) if ngrams else 0.0
+
+
+def make_repetition_reward(ngram_size: int = 3, max_penalty: float = 1.0) -> RewardFn:
+    """n-gram repetition penalty, after open-r1's `get_repetition_penalty_reward`:
+    r = −max_penalty · (1 − unique n-grams / all n-grams), over the whole completion (thought included:
+    a looping thought is the failure this catches). 0 for no repetition, −max_penalty at the limit."""
+    if max_penalty < 0:
+        raise ValueError(f"max_penalty is a size, give it positive: got {max_penalty}")
+
+    def repetition(prompts: list[str], completions: list[str], **columns: Any) -> list[float | None]:
+        return [0.0 - max_penalty * repetition_fraction(completion, ngram_size) for completion in completions]
+    return repetition
+
+
+BUILTIN_REWARDS: dict[str, RewardFn] = {
+    "accuracy": accuracy_reward,
+    "format": format_reward,
+    "length": make_length_reward("cosine"),
+    "repetition": make_repetition_reward(),
+}
+
+
+# Loading and combining ----------------------------------------------------------------------------
+
+def load_reward(spec: str) -> RewardFn:
+    """A built-in reward by name, or `path/to/file.py:function` from a user file (imported by path)."""
+    if spec in BUILTIN_REWARDS:
+        return BUILTIN_REWARDS[spec]
+    if ":" not in spec:
+        raise AhaError(f"unknown reward {spec!r}: use one of {', '.join(BUILTIN_REWARDS)} "
+                       "or path/to/file.py:function")
+    file, name = spec.rsplit(":", 1)
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise AhaError(f"reward file {file} not found: give path/to/file.py:function")
+    module = _import_file(path)
+    function = getattr(module, name, None)
+    if not callable(function):
+        defined = [key for key, value in vars(module).items()
+                   if callable(value) and not key.startswith("_") and getattr(value, "__module__", None) == module.__name__]
+        raise AhaError(f"reward file {file} has no function {name!r} (it defines: {', '.join(defined) or 'none'})")
+    return function
+
+
+class RewardScores(NamedTuple):
+    totals: list[float]  # weighted sum per sample; NaN where a reward left the sample unscored
+    per_reward: dict[str, list[float | None]]  # each reward's values, None where unscored
+    errors: list[str]  # errors first seen in this call, one line each, for the loop to log
+
+
+class RewardSet:
+    """Weighted rewards scored together. A reward that raises for a batch is called again sample by
+    sample to find the samples it fails on; a sample a reward raises on or returns None (or NaN) for is
+    unscored: its total is NaN and `group_advantages` leaves it out of its group's baseline. Each
+    distinct error is reported once over the set's life (so `score` keeps that memory); a reward that
+    scores no sample of a batch stops the run with an AhaError.
+
+    Columns that are lists of len(completions) are per sample (sliced when isolating); others pass as is.
+    """
+
+    def __init__(self, specs: Sequence[str | RewardFn], weights: Sequence[float] | None = None):
+        if not specs:
+            raise AhaError("no reward given: name at least one (accuracy, format, length, repetition or a file)")
+        weights = [1.0] * len(specs) if weights is None else [float(weight) for weight in weights]
+        if len(weights) != len(specs):
+            raise AhaError(f"{len(specs)} rewards but {len(weights)} weights: give one weight per reward")
+        self.names = [_reward_name(spec) for spec in specs]
+        duplicates = sorted({name for name in self.names if self.names.count(name) > 1})
+        if duplicates:
+            raise AhaError(f"two rewards are named {duplicates[0]}: give each reward once, or rename a function")
+        self.functions = [load_reward(spec) if isinstance(spec, str) else spec for spec in specs]
+        self.weights = weights
+        self._builtin = [isinstance(spec, str) and spec in BUILTIN_REWARDS for spec in specs]
+        self._reported: dict[str, set[str]] = {name: set() for name in self.names}
+
+    def score(self, prompts: list[str], completions: list[str], **columns: Any) -> RewardScores:
+        count = len(completions)
+        per_reward: dict[str, list[float | None]] = {}
+        errors: list[str] = []
+        for name, function, builtin in zip(self.names, self.functions, self._builtin, strict=True):
+            values, failures = _run_reward(function, prompts, completions, columns)
+            if count and all(value is None for value in values):
+                _, message = failures[0]
+                advice = "check the dataset's columns" if builtin else "fix the reward file"
+                raise AhaError(f"reward {name} failed for every sample: {message}; {advice}")
+            errors += self._new_errors(name, failures, completions)
+            per_reward[name] = values
+        totals = []
+        for index in range(count):
+            values = [per_reward[name][index] for name in self.names]
+            totals.append(math.nan if None in values
+                          else sum(weight * value for weight, value in zip(self.weights, values, strict=True)))
+        return RewardScores(totals, per_reward, errors)
+
+    def _new_errors(self, name: str, failures: list[tuple[int, str]], completions: list[str]) -> list[str]:
+        """One line per error message not reported before for this reward, naming its first sample."""
+        reported, lines = self._reported[name], []
+        for index, message in failures:
+            if message in reported or len(reported) > MAX_REPORTED_ERRORS:
+                continue
+            if len(reported) == MAX_REPORTED_ERRORS:
+                reported.add("")  # marks the cut: later messages stop at the test above
+                lines.append(f"reward {name}: further distinct errors are not reported")
+                continue
+            reported.add(message)
+            completion = completions[index]
+            preview = repr(completion[:60]) + ("…" if len(completion) > 60 else "")
+            lines.append(f"reward {name} failed on sample {index} (completion {preview}): {message}")
+        return lines
+
+
+def _run_reward(function: RewardFn, prompts: list[str], completions: list[str],
+                columns: dict[str, Any]) -> tuple[list[float | None], list[tuple[int, str]]]:
+    """(values, failures): the batch call, or sample by sample when it raises or returns a wrong-sized list."""
+    count = len(completions)
+    try:
+        returned = list(function(prompts, completions, **columns))
+        if len(returned) != count:
+            raise ValueError(f"returned {len(returned)} values for {count} completions")
+    except Exception:  # a reward file's bug: isolate the samples below
+        returned = None
+    if returned is not None:
+        values, failures = [], []
+        for index, value in enumerate(returned):
+            number, failure = _as_score(value)
+            values.append(number)
+            if failure:
+                failures.append((index, failure))
+        return values, failures
+
+    values, failures = [], []
+    for index in range(count):
+        sample_columns = {key: value[index:index + 1] if _is_per_sample(value, count) else value
+                          for key, value in columns.items()}
+        try:
+            returned = list(function(prompts[index:index + 1], completions[index:index + 1], **sample_columns))
+            if len(returned) != 1:
+                raise ValueError(f"returned {len(returned)} values for 1 completion")
+            number, failure = _as_score(returned[0])
+        except Exception as error:  # the reward's own error, reported with the sample
+            number, failure = None, _describe(error)
+        values.append(number)
+        if failure:
+            failures.append((index, failure))
+    return values, failures
+
+
+def _as_score(value: Any) -> tuple[float | None, str | None]:
+    """(score, failure): None and NaN are unscored; anything not a real number is an error."""
+    if value is None:
+        return None, "returned None"
+    if not hasattr(value, "__float__"):
+        return None, f"returned {value!r} ({type(value).__name__}), not a number"
+    number = float(value)
+    return (number, None) if math.isfinite(number) else (None, f"returned {number}")
+
+
+def _describe(error: BaseException) -> str:
+    """`Type: message (file.py:line)` with the innermost frame outside this module and importlib."""
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+              if not frame.filename.startswith("<") and frame.filename != __file__]
+    where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return " ".join(f"{type(error).__name__}: {error}{where}".split())
+
+
+def _reward_name(spec: str | RewardFn) -> str:
+    if not isinstance(spec, str):
+        return getattr(spec, "__name__", type(spec).__name__)
+    return spec if spec in BUILTIN_REWARDS or ":" not in spec else spec.rsplit(":", 1)[1]
+
+
+def _import_file(path: Path):
+    """Import a Python file by path as its own module; any failure becomes a one-line AhaError."""
+    module_name = f"aha_reward_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}_{abs(hash(str(path.resolve()))):x}"
+    try:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError("not a Python file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # dataclasses and pickling look modules up here
+        spec.loader.exec_module(module)
+    except Exception as error:
+        sys.modules.pop(module_name, None)
+        raise AhaError(f"cannot import reward file {path}: {_describe(error)}") from error
+    return module
+
+
+def _per_sample(value: Any, count: int, column: str) -> list[Any]:
+    """A column as one value per sample: a list of len(completions), or one value for all."""
+    if isinstance(value, list | tuple):
+        if len(value) != count:
+            raise ValueError(f"column {column!r} has {len(value)} values for {count} completions")
+        return list(value)
+    return [value] * count
+
+
+def _is_per_sample(value: Any, count: int) -> bool:
+    return isinstance(value, list | tuple) and len(value) == count
+
+
+def _completion_lengths(columns: dict[str, Any], count: int) -> list[int]:
+    ids = columns.get("completion_ids")
+    if ids is None:
+        raise ValueError("length rewards need the 'completion_ids' column (token ids; the training loop passes it)")
+    return [len(row) for row in _per_sample(ids, count, "completion_ids")]
+
+
+def _strip_stop_tokens(text: str) -> str:
+    """Drop R1 stop tokens (`<｜end▁of▁sentence｜>` …) decoded at the end of a completion."""
+    text = text.rstrip()
+    while text.endswith(r1.STOPS):
+        text = next(text.removesuffix(stop) for stop in r1.STOPS if text.endswith(stop)).rstrip()
+    return text
+
+
+def _brace_group(text: str, start: int) -> tuple[str, int] | None:
+    """(content, index after the closing brace) of the balanced `{…}` opening at text[start]."""
+    depth = 0
+    for index in range(start, len(text)):
+        if text[index] == "{":
+            depth += 1
+        elif text[index] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1:index], index + 1
+    return None
+
+
+# Answer comparison (the fallback when math-verify is not installed) -------------------------------
+
+_NUMBER = re.compile(
+    r"(?:(?<![\w)\]}])-)?\\[dt]?frac\{-?\d+(?:\.\d+)?\}\{-?\d+(?:\.\d+)?\}"  # \frac{1}{2}
+    r"|(?:(?<![\w)\]}])-)?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)"  # 1,234,567.5
+    r"|(?:(?<![\w)\]}])-)?\d+(?:\.\d+)?(?:/\d+)?"  # 12, 0.5, 3/4
+)
+_TEXT_COMMANDS = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{")
+_DROP = ("\\left", "\\right", "\\displaystyle", "\\!", "\\,", "\\;", "\\:", "\\ ", "~", "$",
+         "^{\\circ}", "^\\circ", "°", "\\%", "%", "{,}")
+
+
+def _normalize(answer: str) -> str:
+    """Canonical text of an answer: LaTeX noise, units and thousands separators removed."""
+    text = answer.strip().replace("\u2212", "-")  # the Unicode minus sign
+    text = text.replace("\\{", "{").replace("\\}", "}")
+    text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    text = text.replace("\\(", "").replace("\\)", "").replace("\\[", "").replace("\\]", "").replace("\\$", "")
+    text = _unwrap_text_commands(text)
+    for noise in _DROP:
+        text = text.replace(noise, "")
+    text = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", text)  # \frac12
+    text = re.sub(r"(?<![\d.])(\d{1,3}(?:,\d{3})+)(?!\d)", lambda match: match[1].replace(",", ""), text)
+    text = text.strip().rstrip(".").strip()
+    if text.count("=") == 1:
+        text = re.sub(r"^[A-Za-z](?:_\{?\w+\}?)?\s*=\s*", "", text)  # x = 5
+    unit = re.fullmatch(r"(-?\d+(?:\.\d+)?)\s+[A-Za-z]+(?:\s+[A-Za-z]+)*", text)  # 5 cm, 12 apples
+    if unit:
+        text = unit[1]
+    return re.sub(r"\s+", "", text)
+
+
+def _unwrap_text_commands(text: str) -> str:
+    """`\\text{ cm}` → ` cm` (and \\mathrm, \\mbox …), nested braces respected."""
+    while (match := _TEXT_COMMANDS.search(text)) is not None:
+        group = _brace_group(text, match.end() - 1)
+        if group is None:
+            return text[:match.start()] + text[match.end():]
+        content, end = group
+        text = f"{text[:match.start()]} {content}{text[end:]}"
+    return text
+
+
+def _equal(prediction: str, gold: str) -> bool:
+    """Normalized answers: same text, same value, or same tuple element by element."""
+    if prediction == gold or (prediction.isalpha() and prediction.casefold() == gold.casefold()):
+        return True
+    prediction_brackets, prediction_parts = _split_answer(prediction)
+    gold_brackets, gold_parts = _split_answer(gold)
+    if len(prediction_parts) == 1 and len(gold_parts) == 1:
+        return _same_value(prediction, gold)
+    if len(prediction_parts) != len(gold_parts):
+        return False
+    if prediction_brackets and gold_brackets and prediction_brackets != gold_brackets:
+        return False  # the interval (1,2] is not [1,2]
+    return all(_same_value(a, b) for a, b in zip(prediction_parts, gold_parts, strict=True))
+
+
+def _split_answer(text: str) -> tuple[str, list[str]]:
+    """(outer brackets, top-level comma-separated parts): `(1,2]` → ("(]", ["1", "2"]), `5` → ("", ["5"])."""
+    if text[:1] in ("(", "[", "{") and _matching_close(text) == len(text) - 1:
+        return text[0] + text[-1], _split_top_level(text[1:-1])
+    return "", _split_top_level(text)
+
+
+def _matching_close(text: str) -> int:
+    depth = 0
+    for index, char in enumerate(text):
+        depth += (char in "([{") - (char in ")]}")
+        if depth == 0:
+            return index
+    return -1
+
+
+def _split_top_level(text: str) -> list[str]:
+    parts, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        depth += (char in "([{") - (char in ")]}")
+        if char == "," and depth == 0:
+            parts.append(text[start:index])
+            start = index + 1
+    return [*parts, text[start:]]
+
+
+def _same_value(prediction: str, gold: str) -> bool:
+    if prediction == gold:
+        return True
+    exact = _as_fraction(prediction), _as_fraction(gold)
+    if None not in exact:
+        return exact[0] == exact[1]
+    return _symbolic_equal(prediction, gold)
+
+
+def _as_fraction(text: str) -> Fraction | None:
+    """An exact number written as an integer, decimal, `a/b` or `\\frac{a}{b}` (signs allowed)."""
+    number = r"[-+]?\d+(?:\.\d+)?|[-+]?\.\d+"
+    try:
+        if re.fullmatch(number, text):
+            return Fraction(text)
+        match = re.fullmatch(rf"([-+]?)(?:\\frac\{{({number})\}}\{{({number})\}}|({number})/({number}))", text)
+        if match:
+            numerator, denominator = match[2] or match[4], match[3] or match[5]
+            value = Fraction(numerator) / Fraction(denominator)
+            return -value if match[1] == "-" else value
+    except ZeroDivisionError:
+        return None
+    return None
+
+
+def _symbolic_equal(prediction: str, gold: str) -> bool:
+    """Equal values for expressions our own parser reads: both sides evaluated with sympy to 30 digits
+    at three fixed points (one without symbols) and compared to a relative 1e-9. Evaluation, not
+    `simplify`: simplifying (x+y+z)^64 − (x+y+z+1)^64 takes minutes, evaluating it microseconds, and a
+    polynomial identity that holds at generic points holds everywhere (Schwartz–Zippel)."""
+    if max(len(prediction), len(gold)) > MAX_SYMBOLIC_CHARS:
+        return False
+    try:
+        import sympy
+
+        left, right = _parse_expression(prediction), _parse_expression(gold)
+    except Exception:  # unreadable: equal only as text, which the caller has checked
+        return False
+    symbols = sorted(left.free_symbols | right.free_symbols, key=str)
+    compared = 0
+    for trial in range(3 if symbols else 1):
+        point = {symbol: sympy.Rational(_SAMPLE_VALUES[(3 * trial + index) % len(_SAMPLE_VALUES)])
+                 for index, symbol in enumerate(symbols)}
+        try:
+            a, b = complex(left.evalf(30, subs=point)), complex(right.evalf(30, subs=point))
+        except Exception:  # a pole or an undefined value at this point: try the next one
+            continue
+        if not all(math.isfinite(part) for part in (a.real, a.imag, b.real, b.imag)):
+            continue
+        if abs(a - b) > 1e-9 * max(1.0, abs(a), abs(b)):
+            return False
+        compared += 1
+    return compared > 0
+
+
+_SAMPLE_VALUES = ("0.5377", "1.8339", "-2.2588", "0.8622", "0.3188", "-1.3077", "-0.4336", "0.3426",
+                  "3.5784", "2.7694", "-1.3499", "3.0349")
+
+
+class _Unreadable(Exception):
+    """The expression is outside what the small parser reads."""
+
+
+_COMMANDS = {"\\cdot": "*", "\\times": "*", "\\div": "/", "\\pi": " pi "}
+
+
+def _latex_to_plain(text: str) -> str:
+    """LaTeX arithmetic to plain infix: `\\frac{a}{b}` → `((a)/(b))`, `\\sqrt[n]{x}` → `((x)^(1/(n)))`,
+    `\\sqrt{x}` → `sqrt(x)`, braces → parentheses. Any other command is unreadable."""
+    out, index = [], 0
+    while index < len(text):
+        command = re.match(r"\\[A-Za-z]+", text[index:])
+        if command is None:
+            char = text[index]
+            out.append("(" if char == "{" else ")" if char == "}" else char)
+            index += 1
+            continue
+        name = command[0]
+        index += len(name)
+        if name in _COMMANDS:
+            out.append(_COMMANDS[name])
+        elif name == "\\frac":
+            numerator, index = _latex_argument(text, index)
+            denominator, index = _latex_argument(text, index)
+            out.append(f"(({_latex_to_plain(numerator)})/({_latex_to_plain(denominator)}))")
+        elif name == "\\sqrt":
+            degree = None
+            if text.startswith("[", index):
+                end = text.find("]", index)
+                if end < 0:
+                    raise _Unreadable(text)
+                degree, index = text[index + 1:end], end + 1
+            radicand, index = _latex_argument(text, index)
+            plain = _latex_to_plain(radicand)
+            out.append(f"sqrt({plain})" if degree is None else f"(({plain})^(1/({_latex_to_plain(degree)})))")
+        else:
+            raise _Unreadable(name)
+    return "".join(out)
+
+
+def _latex_argument(text: str, index: int) -> tuple[str, int]:
+    """A command's argument at text[index]: a `{…}` group or a single character."""
+    while index < len(text) and text[index] == " ":
+        index += 1
+    if index >= len(text):
+        raise _Unreadable(text)
+    if text[index] == "{":
+        group = _brace_group(text, index)
+        if group is None:
+            raise _Unreadable(text)
+        return group
+    return text[index], index + 1
+
+
+_TOKENS = re.compile(r"\s*(?:(\d+(?:\.\d+)?|\.\d+)|(sqrt|pi|[A-Za-z])|(\*\*|[-+*/^()]))")
+MAX_EXPONENT = 64  # larger powers are not compared: 9^9^9 must not be computed
+MAX_EXACT_BITS = 10_000  # nor an exact power of a number larger than this, like ((2^64)^64)^64
+
+
+def _parse_expression(text: str):
+    """A sympy expression from plain arithmetic: numbers (exact), one-letter symbols, pi, sqrt(…),
+    + − * / ^, parentheses and implicit multiplication (`2x`, `3(x+1)`). Built from sympy objects
+    directly, never through eval."""
+    import sympy
+
+    plain = _latex_to_plain(text).rstrip()
+    tokens, position = [], 0
+    while position < len(plain):
+        match = _TOKENS.match(plain, position)
+        if match is None or match.end() == position:
+            raise _Unreadable(plain)
+        number, name, operator = match.groups()
+        tokens.append(("number", number) if number else ("name", name) if name else ("op", "^" if operator == "**" else operator))
+        position = match.end()
+    parser = _ExpressionParser(tokens, sympy)
+    expression = parser.expression()
+    if parser.index != len(tokens):
+        raise _Unreadable(plain)
+    return expression
+
+
+class _ExpressionParser:
+    """Recursive descent: expression := term (±term)*; term := unary ((*|/)? power)*;
+    unary := ±unary | power; power := primary (^ unary)?; primary := number | name | (expression) | sqrt primary."""
+
+    def __init__(self, tokens: list[tuple[str, str]], sympy):
+        self.tokens, self.index, self.sympy = tokens, 0, sympy
+
+    def peek(self) -> tuple[str, str] | None:
+        return self.tokens[self.index] if self.index < len(self.tokens) else None
+
+    def take(self, kind: str, value: str | None = None) -> bool:
+        token = self.peek()
+        if token is not None and token[0] == kind and (value is None or token[1] == value):
+            self.index += 1
+            return True
+        return False
+
+    def expression(self):
+        value = self.term()
+        while True:
+            if self.take("op", "+"):
+                value = value + self.term()
+            elif self.take("op", "-"):
+                value = value - self.term()
+            else:
+                return value
+
+    def term(self):
+        value = self.unary()
+        while True:
+            if self.take("op", "*"):
+                value = value * self.unary()
+            elif self.take("op", "/"):
+                value = value / self.unary()
+            elif self.peek() is not None and (self.peek()[0] in ("number", "name") or self.peek() == ("op", "(")):
+                value = value * self.power()  # implicit multiplication: 2x, 3(x+1)
+            else:
+                return value
+
+    def unary(self):
+        if self.take("op", "-"):
+            return -self.unary()
+        if self.take("op", "+"):
+            return self.unary()
+        return self.power()
+
+    def power(self):
+        base = self.primary()
+        if not self.take("op", "^"):
+            return base
+        exponent = self.unary()
+        if exponent.is_Number and abs(exponent) > MAX_EXPONENT:
+            raise _Unreadable("exponent too large")
+        if base.is_Rational and exponent.is_Number and abs(exponent) * _bits(base) > MAX_EXACT_BITS:
+            raise _Unreadable("power too large")
+        return base ** exponent
+
+    def primary(self):
+        token = self.peek()
+        if token is None:
+            raise _Unreadable("unexpected end")
+        self.index += 1
+        kind, value = token
+        if kind == "number":
+            return self.sympy.Rational(value)
+        if kind == "name":
+            if value == "pi":
+                return self.sympy.pi
+            if value == "sqrt":
+                return self.sympy.sqrt(self.primary())
+            return self.sympy.Symbol(value)
+        if value == "(":
+            inner = self.expression()
+            if not self.take("op", ")"):
+                raise _Unreadable("unbalanced parenthesis")
+            return inner
+        raise _Unreadable(f"unexpected {value!r}")
+
+
+def _bits(number) -> int:
+    """Size of an exact rational in bits (numerator and denominator)."""
+    return int(number.p).bit_length() + int(number.q).bit_length()
+
+
+def _math_verify_equal(prediction: str, gold: str) -> bool:
+    """math-verify's verdict on the two answers (both wrapped in `\\boxed{}`); False when it is not
+    installed or fails on them."""
+    try:
+        import math_verify
+    except ImportError:
+        return False
+    try:
+        gold_parsed = math_verify.parse(f"\\boxed{{{gold}}}")
+        prediction_parsed = math_verify.parse(f"\\boxed{{{prediction}}}")
+        return bool(gold_parsed and prediction_parsed and math_verify.verify(gold_parsed, prediction_parsed))
+    except Exception:  # math-verify's own failure (timeouts, parse errors) is no verdict
+        return False
