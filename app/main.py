@@ -169,6 +169,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.chat.session.close()
         if hasattr(self, "compare"):
             self.compare.close_models()
+        if hasattr(self, "models"):
+            self.models.shutdown()
         super().closeEvent(event)
 
 
