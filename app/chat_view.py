@@ -323,6 +323,8 @@ class ChatPane(QtWidgets.QWidget):
         while self.message_layout.count() > 1:
             widget = self.message_layout.takeAt(0).widget()
             if widget is not None:
+                widget.hide()            # gone now, even before the deferred delete runs
+                widget.setParent(None)
                 widget.deleteLater()
         self.streaming = None
 

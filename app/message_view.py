@@ -9,6 +9,7 @@ re-layout of what is already shown); the answer's Markdown and math are rendered
 from __future__ import annotations
 
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal
+from app.rich_text import render_markdown
 from engine.conversation import status_for
 
 FLUSH_MS = 33              # ≤ 30 repaints a second while streaming
@@ -145,8 +146,12 @@ class ThinkBlock(QtWidgets.QFrame):
         self.header.setArrowType(Qt.ArrowType.DownArrow if expanded else Qt.ArrowType.RightArrow)
         self.body.setVisible(expanded)
         line = self.body.fontMetrics().lineSpacing()
-        self.body.setMaximumHeight(line * THINK_LINES_LIVE + 12 if self.live else line * 24)
-        self.body.setMinimumHeight(min(line * THINK_LINES_LIVE + 12, self.body.maximumHeight()))
+        if self.live:
+            height = line * THINK_LINES_LIVE + 12
+        else:  # as tall as the trace (a plain-text document's height is in lines), at most 24 lines
+            lines = int(self.body.document().size().height()) + 1
+            height = line * min(max(lines, 1), 24) + 12
+        self.body.setFixedHeight(height)
         self._update_header()
 
     def _tick(self) -> None:
@@ -178,6 +183,7 @@ class BranchNavigator(QtWidgets.QWidget):
         self.next.clicked.connect(lambda: self._go(+1))
         self._ids: list[int] = []
         self._index = 0
+        self.setVisible(False)  # until there are siblings to move between
 
     def set_siblings(self, ids: list[int], current: int) -> None:
         self._ids, self._index = ids, ids.index(current) if current in ids else 0
@@ -317,10 +323,5 @@ class AssistantMessageWidget(QtWidgets.QFrame):
 
 
 def render_answer(document: QtGui.QTextDocument, text: str, color: QtGui.QColor) -> None:
-    """Markdown with LaTeX math when app.rich_text is available; plain Markdown otherwise."""
-    try:
-        from app.rich_text import render_markdown
-    except ImportError:
-        document.setMarkdown(text)
-        return
+    """The answer's Markdown with its LaTeX math rendered."""
     render_markdown(document, text, color=color)

@@ -61,7 +61,7 @@ def stylesheet(c: Colors) -> str:
     """Widget styling by object name; layout stays in code."""
     return f"""
     #Sidebar {{ background: {c.surface_alt}; border-right: 1px solid {c.border}; }}
-    #Sidebar QListWidget {{ background: transparent; border: none; font-size: 13px; }}
+    #Sidebar QListWidget {{ background: transparent; border: none; font-size: 13px; outline: 0; }}
     #Sidebar QListWidget::item {{ padding: 10px 14px; border-radius: 8px; margin: 2px 8px; }}
     #Sidebar QListWidget::item:selected {{ background: {c.accent}; color: white; }}
     #ConversationList {{ background: {c.surface_alt}; border: none; }}
@@ -82,6 +82,7 @@ def stylesheet(c: Colors) -> str:
     #StopButton {{ background: {c.danger}; color: white; border: none; border-radius: 8px; padding: 6px 16px;
                    font-weight: 600; }}
     #EmptyTitle {{ font-size: 22px; font-weight: 700; }}
+    #SectionTitle {{ font-size: 15px; font-weight: 700; padding: 4px 0 8px 0; }}
     #Toast {{ background: {c.text}; color: {c.window}; border-radius: 8px; padding: 8px 12px; }}
     QToolButton#LinkButton {{ border: none; color: {c.accent}; }}
     """
