@@ -7,12 +7,32 @@ cancelled write leaves no partial file behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 from engine.errors import AhaError
+from engine.jobs import OnEvent, Progress, ignore
+
+HASH_CHUNK = 1 << 20  # 1 MiB
+
+
+def sha256_file(path: Path, on_event: OnEvent = ignore, *, stage: str = "sha256", cancel=None,
+                cancelled_message: str = "cancelled while hashing") -> str:
+    """The file's sha256 as hex, read in 1 MiB chunks, with `progress` events (bytes) for `stage`."""
+    path = Path(path)
+    progress = Progress(on_event, stage, path.stat().st_size, unit="B")
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(HASH_CHUNK):
+            if cancel is not None and cancel.cancelled:
+                raise AhaError(cancelled_message)
+            digest.update(chunk)
+            progress.advance(len(chunk))
+    progress.update(progress.done, force=True)
+    return digest.hexdigest()
 
 
 def check_output(path: Path, force: bool) -> None:

@@ -7,7 +7,6 @@ files, run or install Ollama, or check the answers a registered model gives.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import ipaddress
 import json
@@ -19,13 +18,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from engine.errors import AhaError
-from engine.fileio import atomic_write_text
+from engine.fileio import atomic_write_text, sha256_file
 from engine.jobs import OnEvent, Progress, ignore, make_event
 from engine.r1 import ASSISTANT, EOS, STOPS, TEMPERATURE, TOP_P, USER
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11434
-CHUNK_BYTES = 1 << 20  # 1 MiB: hashing and upload both stream the file in chunks of this size
+CHUNK_BYTES = 1 << 20  # 1 MiB: the upload streams the file in chunks of this size
 
 R1_STOPS = STOPS
 
@@ -129,19 +128,6 @@ def ollama_base_url(host: str | None = None) -> str:
     host, port = _split_host_port(hostport, default_port, value)
     base = f"{scheme}://{_connect_host(host)}:{port}"
     return f"{base}/{path.strip('/')}" if path.strip("/") else base
-
-
-def sha256_file(path: Path, on_event: OnEvent | None = None) -> str:
-    """The file's sha256 as hex, read in 1 MiB chunks; `progress` events (stage "sha256", bytes)."""
-    path = Path(path)
-    progress = Progress(on_event or ignore, "sha256", path.stat().st_size, unit="B")
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(CHUNK_BYTES):
-            digest.update(chunk)
-            progress.advance(len(chunk))
-    progress.update(progress.done, force=True)
-    return digest.hexdigest()
 
 
 def _full_digest(digest: str) -> str:

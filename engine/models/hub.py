@@ -5,14 +5,13 @@ Knows nothing about GGUF contents beyond the header check the library does when 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 from engine.errors import AhaError
-from engine.fileio import check_free_space
+from engine.fileio import check_free_space, sha256_file
 from engine.jobs import CancelToken, OnEvent, Progress, ignore, make_event
 from engine.models.library import Library
 from engine.paths import subdir
@@ -22,7 +21,6 @@ R1_DEFAULT = ("unsloth/DeepSeek-R1-Distill-Qwen-1.5B-GGUF", "DeepSeek-R1-Distill
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_HASH_CHUNK = 1 << 20
 
 
 class _Remote(NamedTuple):
@@ -139,16 +137,8 @@ def _remote_file(repo_id: str, filename: str, revision: str | None) -> _Remote:
 
 
 def _sha256(path: Path, on_event: OnEvent, cancel: CancelToken | None, label: str) -> str:
-    progress = Progress(on_event, "verify", path.stat().st_size, unit="B")
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(_HASH_CHUNK):
-            if cancel is not None and cancel.cancelled:
-                raise AhaError(f"download of {label} cancelled while verifying; the same pull finishes it.")
-            digest.update(chunk)
-            progress.advance(len(chunk))
-    progress.update(progress.done, force=True)
-    return digest.hexdigest()
+    return sha256_file(path, on_event, stage="verify", cancel=cancel,
+                       cancelled_message=f"download of {label} cancelled while verifying; the same pull finishes it.")
 
 
 def _mismatch(path: Path, remote: _Remote, on_event: OnEvent, cancel: CancelToken | None, label: str) -> str | None:
