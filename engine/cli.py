@@ -183,8 +183,113 @@ def _models_parser(subparsers) -> None:
     parser.set_defaults(func=_cmd_models)
 
 
+def _cmd_distill_generate(args: argparse.Namespace) -> int:
+    from engine.distill import DEFAULT_REWARDS, generate_traces, read_jsonl_rows
+    from engine.store import Store
+    from engine.teachers import Sampling, make_teacher
+    from engine.terminal import InterruptToCancel
+
+    on_event = sink_for(args.events)
+    rewards = args.reward or list(DEFAULT_REWARDS)
+    answer_column = args.answer_column or ("answer" if "accuracy" in rewards else None)
+    rows = read_jsonl_rows(args.dataset, args.prompt_column, answer_column)[: args.limit]
+    teacher = make_teacher(args.teacher, model=args.model, api_key_env=args.api_key_env,
+                           concurrency=args.concurrency, n_ctx=args.n_ctx, timeout_s=args.timeout)
+    sampling = Sampling(args.temperature, args.top_p, args.max_tokens, args.seed)
+    try:
+        with Store() as store, InterruptToCancel() as interrupt:
+            stats = generate_traces(teacher, rows, k=args.k, out_path=args.output, rewards=rewards, keep=args.keep,
+                                    sampling=sampling, on_event=on_event, cancel=interrupt.cancel, store=store,
+                                    force=args.force)
+    finally:
+        teacher.close()
+    on_event(make_event("done", **stats.as_dict()))
+    if args.events == "auto":
+        before = f"; {stats.skipped} prompts were done before" if stats.skipped else ""
+        print(f"kept {stats.kept} of {stats.samples} samples ({stats.acceptance_rate:.0%} accepted, "
+              f"{stats.samples_per_s:.2f} samples/s){before}", file=sys.stderr)
+        print(stats.output)
+    return 0 if stats.status == "complete" else 130
+
+
+def _distill_parser(subparsers) -> None:
+    from engine import r1
+
+    parser = subparsers.add_parser("distill", help="distillation: teacher traces with verification",
+                                   description="Distill a reasoning teacher into a student the way DeepSeek made "
+                                               "the R1 distills: sample traces, keep the verified ones.")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    generate = actions.add_parser(
+        "generate", help="sample k traces per prompt from a teacher, keep those the rewards accept (resumable)",
+        description="Ask a teacher for k replies per prompt, verify them with the GRPO rewards and append the "
+                    "accepted ones to a JSONL file. A rerun with the same output skips finished prompts.")
+    generate.add_argument("--teacher", required=True, metavar="KIND:TARGET",
+                          help="gguf:PATH (llama.cpp in-process), hf:FOLDER (transformers) or openai:BASE_URL "
+                               "(Ollama, llama.cpp server, vLLM, LM Studio; e.g. openai:http://localhost:11434/v1)")
+    generate.add_argument("--model", help="model name on an openai: endpoint (default: the one it serves)")
+    generate.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the endpoint's API key")
+    generate.add_argument("--dataset", required=True, help="JSONL file, one object per line with a prompt and an answer")
+    generate.add_argument("--prompt-column", default="prompt", help="column holding the prompt (default prompt)")
+    generate.add_argument("--answer-column", help="column holding the ground truth (default answer, needed by accuracy)")
+    generate.add_argument("--limit", type=int, help="use only the first N rows")
+    generate.add_argument("-k", type=int, default=4, help="samples per prompt (default 4)")
+    generate.add_argument("--keep", choices=("all", "shortest", "first"), default="all",
+                          help="which accepted samples of a prompt to write (default all; duplicates are dropped)")
+    generate.add_argument("--reward", action="append", metavar="NAME",
+                          help="verifier: accuracy, format, length, repetition or path.py:function; repeat for "
+                               "several (default: accuracy and format)")
+    generate.add_argument("--temperature", type=float, default=r1.TEMPERATURE, help=f"default {r1.TEMPERATURE}")
+    generate.add_argument("--top-p", type=float, default=r1.TOP_P, help=f"default {r1.TOP_P}")
+    generate.add_argument("--max-tokens", type=int, default=4096, help="reply budget in tokens (default 4096)")
+    generate.add_argument("--seed", type=int, help="sampling seed (sample i of a prompt uses seed + i)")
+    generate.add_argument("--concurrency", type=int, default=4, help="requests in flight to an endpoint (default 4)")
+    generate.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one endpoint reply")
+    generate.add_argument("--n-ctx", type=int, default=4096, help="context size of a gguf: teacher (default 4096)")
+    generate.add_argument("-o", "--output", required=True, help="traces .jsonl (resumed when it exists)")
+    generate.add_argument("--force", action="store_true", help="start over: delete an existing output first")
+    _add_events_flag(generate)
+    generate.set_defaults(func=_cmd_distill_generate)
+
+
+def _cmd_grpo(args: argparse.Namespace) -> int:
+    from engine.grpo import GRPOConfig, load_grpo_config, train
+    from engine.train import flag_overrides, main_process_sink
+
+    on_event = main_process_sink(sink_for(args.events))
+    overrides = flag_overrides(args, GRPOConfig)
+    if args.resume:
+        result = train(resume=args.resume, overrides=overrides, on_event=on_event)
+    else:
+        result = train(load_grpo_config(args.config, overrides), on_event=on_event)
+    on_event(make_event("done", **result))
+    if args.events == "auto":
+        print(result["run_dir"])
+    return 0 if result["status"] == "complete" else 130
+
+
+def _grpo_parser(subparsers) -> None:
+    from engine.grpo import GRPOConfig
+    from engine.train import add_config_flags
+
+    parser = subparsers.add_parser(
+        "grpo", help="GRPO: reinforcement learning with rule-based rewards (LoRA/QLoRA)",
+        description="Train a Hugging Face checkpoint with GRPO as in DeepSeek-R1. Settings come from a TOML "
+                    "file (--config) and flags; every setting is also a flag, e.g. --num-generations 8 "
+                    "--max-steps 100 --learning-rate 1e-5 --rewards accuracy format --reward-weights 1 0.2 "
+                    "--dataset addition --model path/to/checkpoint --output-dir runs/mine. Ctrl+C (or SIGTERM) "
+                    "stops after the current step with a checkpoint; --resume continues it.")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config", metavar="TOML", help="settings file (keys named as the flags, with _)")
+    source.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue the run in this directory from its last checkpoint (its saved settings; "
+                             "--max-steps may extend it)")
+    add_config_flags(parser, GRPOConfig)
+    _add_events_flag(parser)
+    parser.set_defaults(func=_cmd_grpo)
+
+
 # Each entry adds one subcommand; later modules (grpo, distill) add theirs here.
-SUBCOMMANDS: list[Callable] = [_chat_parser, _models_parser, _export_parser]
+SUBCOMMANDS: list[Callable] = [_chat_parser, _models_parser, _export_parser, _distill_parser, _grpo_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,391 @@
+"""Distillation: teacher traces with verification (rejection sampling), resumable, as a JSONL dataset.
+
+`generate_traces` asks a teacher (engine.teachers) for k replies per prompt, scores them with the GRPO
+rewards (engine.rewards), keeps the ones that pass (all, the shortest or the first, duplicates dropped)
+and appends them line by line, fsynced, beside a progress file that makes a rerun skip finished prompts.
+The logit-distillation loss lives in engine.distill_loss and is re-exported here as `kd_loss`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from engine.distill_loss import KD_KINDS as KD_KINDS
+from engine.distill_loss import kd_loss as kd_loss
+from engine.errors import AhaError
+from engine.jobs import OnEvent, Progress, ignore, make_event
+from engine.teachers import Sampling, Teacher, TeacherSample, is_cancelled
+
+KEEP_RULES = ("all", "shortest", "first")
+DEFAULT_REWARDS = ("accuracy", "format")
+
+
+# Datasets -----------------------------------------------------------------------------------------
+
+def read_jsonl_rows(path: str | Path, prompt_column: str = "prompt", answer_column: str | None = "answer") -> list[dict]:
+    """Rows of a JSONL file as dicts with `prompt` (and `answer`) taken from the named columns; the other
+    columns are kept. A bad line is a one-line AhaError naming the file, the line number and the fix."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise AhaError(f"dataset {path} not found; give a .jsonl file with one object per line")
+    rows = []
+    with open(path, encoding="utf-8") as stream:
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as error:
+                raise AhaError(f"{path.name} line {number} is not valid JSON ({error.msg}); "
+                               "each line must be one JSON object") from error
+            if not isinstance(record, dict):
+                raise AhaError(f"{path.name} line {number} is a JSON {type(record).__name__}, not an object")
+            for role, column in (("prompt", prompt_column), ("answer", answer_column)):
+                if column is None:
+                    continue
+                if column not in record or record[column] is None:
+                    present = ", ".join(record) or "none"
+                    raise AhaError(f"{path.name} line {number} has no {column!r} column (it has: {present}); "
+                                   f"name the {role} column with --{role}-column")
+            if not isinstance(record[prompt_column], str) or not record[prompt_column].strip():
+                raise AhaError(f"{path.name} line {number}: the {prompt_column!r} column is not a non-empty text")
+            row = {**record, "prompt": record[prompt_column]}
+            if answer_column is not None:
+                row["answer"] = record[answer_column]
+            rows.append(row)
+    if not rows:
+        raise AhaError(f"dataset {path} has no rows; it needs one JSON object per line")
+    return rows
+
+
+def prompt_id(row: dict) -> str:
+    """A row's identity across reruns: its `id` column, else a hash of its prompt and answer."""
+    if row.get("id") is not None:
+        return str(row["id"])
+    text = json.dumps([row["prompt"], row.get("answer")], ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# Verification and keep rules ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Verdict:
+    """One sample's fate: accepted, or the reason it was rejected."""
+
+    sample: TeacherSample
+    index: int                             # sample number within its prompt (0 … k−1)
+    rewards: dict[str, float | None]
+    reward: float | None                   # weighted total; None where a reward could not score
+    rejected: str | None                   # None, "truncated", "unscored" or the first failed reward's name
+
+
+# Row keys that are not passed on to rewards as extra columns (they are arguments of their own, or the id).
+_NOT_REWARD_COLUMNS = ("prompt", "answer", "id", "prefilled", "prompts", "completions")
+
+
+def verify(reward_set, prompt: str, row: dict, samples: Sequence[TeacherSample],
+           pass_threshold: float = 1.0) -> tuple[list[Verdict], list[str]]:
+    """Score a prompt's samples. A sample passes when it finished on its own (not cut by the token
+    budget) and every reward gives it at least `pass_threshold` (accuracy and format give 1.0 for a
+    pass). Returns the verdicts and the reward errors seen for the first time (one line each)."""
+    count = len(samples)
+    columns = {key: [value] * count for key, value in row.items() if key not in _NOT_REWARD_COLUMNS}
+    scores = reward_set.score([prompt] * count, [sample.raw for sample in samples],
+                              answer=[row.get("answer")] * count,
+                              prefilled=[sample.prefilled for sample in samples], **columns)
+    verdicts = []
+    for index, sample in enumerate(samples):
+        values = {name: scores.per_reward[name][index] for name in reward_set.names}
+        total = scores.totals[index]
+        reason = None
+        if sample.finish_reason != "stop":
+            reason = "truncated" if sample.finish_reason == "length" else sample.finish_reason
+        elif any(value is None for value in values.values()):
+            reason = "unscored"
+        else:
+            reason = next((name for name, value in values.items() if value < pass_threshold), None)
+        verdicts.append(Verdict(sample, index, values, None if math.isnan(total) else total, reason))
+    return verdicts, scores.errors
+
+
+def select_kept(verdicts: Sequence[Verdict], rule: str = "all") -> tuple[list[Verdict], int]:
+    """(kept, duplicates dropped) of the accepted samples: "all", the "shortest" (fewest characters of
+    thinking + answer; the first on a tie) or the "first". Duplicates share both thinking and answer."""
+    if rule not in KEEP_RULES:
+        raise AhaError(f"unknown keep rule {rule!r}; use one of {', '.join(KEEP_RULES)}")
+    unique, seen = [], set()
+    for verdict in verdicts:
+        if verdict.rejected is None:
+            key = (verdict.sample.thinking, verdict.sample.answer)
+            if key not in seen:
+                seen.add(key)
+                unique.append(verdict)
+    accepted = sum(verdict.rejected is None for verdict in verdicts)
+    duplicates = accepted - len(unique)
+    if rule == "first" or not unique:
+        return unique[:1], duplicates
+    if rule == "shortest":
+        return [min(unique, key=lambda v: len(v.sample.thinking) + len(v.sample.answer))], duplicates
+    return unique, duplicates
+
+
+# Resumable output ---------------------------------------------------------------------------------
+
+def progress_path(out_path: Path) -> Path:
+    """The sidecar of finished prompt ids: traces.jsonl → traces.progress.jsonl."""
+    return out_path.with_name(out_path.name.removesuffix(".jsonl") + ".progress.jsonl")
+
+
+def _append_line(stream, record: dict) -> None:
+    """One JSON line, flushed and fsynced: a crash loses at most the line being written."""
+    stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+    stream.flush()
+    os.fsync(stream.fileno())
+
+
+def _complete_lines(path: Path) -> tuple[list[tuple[str, dict]], bool]:
+    """(text, object) of each whole JSON line of a file, and whether anything after them was cut off
+    (a last line without its newline or not valid JSON: what a crash mid-write leaves)."""
+    lines, damaged = [], False
+    if not path.exists():
+        return lines, damaged
+    with open(path, encoding="utf-8", errors="replace") as stream:
+        for text in stream:
+            if not text.endswith("\n"):
+                damaged = True
+                break
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except ValueError:
+                damaged = True
+                continue
+            if isinstance(record, dict):
+                lines.append((text, record))
+    return lines, damaged
+
+
+def _rewrite(path: Path, lines: Sequence[str]) -> None:
+    """Replace a file by these lines atomically (temp file beside it, fsync, rename)."""
+    temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        with open(temp, "w", encoding="utf-8", newline="\n") as stream:
+            stream.writelines(lines)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+
+
+def _resume(out_path: Path, config: dict, force: bool, on_event: OnEvent) -> dict[str, dict]:
+    """Prepare the output for appending; returns the progress records of prompts finished before.
+    Trace lines of prompts that never finished (a crash between their lines and their progress record)
+    and a cut-off last line in either file are removed."""
+    sidecar = progress_path(out_path)
+    if force:
+        for path in (out_path, sidecar):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if sidecar.exists() and not out_path.exists():
+        sidecar.unlink()  # the traces were deleted: their progress means nothing any more
+    if not sidecar.exists():
+        if out_path.exists() and out_path.stat().st_size > 0:
+            raise AhaError(f"{out_path} exists but has no {sidecar.name} beside it, so it was not written by "
+                           "`aha distill generate`; pass --force to overwrite it or choose another output")
+        _rewrite(sidecar, [json.dumps({"config": config}, ensure_ascii=False) + "\n"])
+        return {}
+    progress_lines, progress_damaged = _complete_lines(sidecar)
+    header = next((record["config"] for _, record in progress_lines if "config" in record), None)
+    done = {record["prompt_id"]: record for _, record in progress_lines if "prompt_id" in record}
+    trace_lines, traces_damaged = _complete_lines(out_path)
+    kept = [text for text, record in trace_lines if record.get("prompt_id") in done]
+    if progress_damaged:
+        _rewrite(sidecar, [text for text, _ in progress_lines])
+    if traces_damaged or len(kept) != len(trace_lines):
+        _rewrite(out_path, kept)
+        dropped = len(trace_lines) - len(kept) + traces_damaged
+        on_event(make_event("log", level="warning", message=f"removed {dropped} line(s) of unfinished prompts or "
+                                                            f"cut off by a crash from {out_path.name}"))
+    if header is not None:
+        changed = sorted(key for key in set(header) | set(config) if key not in ("resumed", "output")
+                         and header.get(key) != config.get(key))
+        if changed:
+            on_event(make_event("log", level="warning",
+                                message=f"resuming {out_path.name} with different settings ({', '.join(changed)}); "
+                                        "use --force or another output to start over"))
+    return done
+
+
+# Trace generation ---------------------------------------------------------------------------------
+
+@dataclass
+class GenerateStats:
+    """What a trace-generation run did (this run only; `skipped` prompts were done before)."""
+
+    output: str
+    prompts: int = 0                       # distinct prompts in the dataset (a repeated row counts once)
+    skipped: int = 0                       # finished by an earlier run
+    prompts_done: int = 0                  # finished by this run
+    samples: int = 0                       # replies generated
+    accepted: int = 0                      # replies that passed verification
+    duplicates: int = 0                    # accepted replies equal to an earlier one of the same prompt
+    kept: int = 0                          # lines written
+    rejected: dict[str, int] = field(default_factory=dict)  # reason → count
+    seconds: float = 0.0
+    status: str = "running"                # "complete" | "cancelled" | "incomplete"
+    run_id: int | None = None
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.samples if self.samples else 0.0
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "acceptance_rate": round(self.acceptance_rate, 6),
+                "samples_per_s": round(self.samples_per_s, 6)}
+
+    def metrics(self) -> dict[str, float]:
+        return {"samples": self.samples, "accepted": self.accepted, "kept": self.kept,
+                "acceptance_rate": self.acceptance_rate, "samples_per_s": self.samples_per_s}
+
+
+def generate_traces(teacher: Teacher, rows: Iterable[dict], *, k: int, out_path: str | Path,
+                    rewards: Sequence = DEFAULT_REWARDS, reward_weights: Sequence[float] | None = None,
+                    keep: str = "all", sampling: Sampling | None = None, pass_threshold: float = 1.0,
+                    on_event: OnEvent = ignore, cancel=None, store=None, force: bool = False) -> GenerateStats:
+    """Sample k replies per prompt from `teacher`, verify them with `rewards` (engine.rewards specs:
+    built-in names or path.py:function), apply the `keep` rule, and append one JSON object per kept
+    reply to `out_path`:
+
+        {prompt_id, prompt, gold, thinking, answer, rewards{name: value}, reward, sample,
+         teacher{kind, name, …}, sampling{temperature, top_p, max_tokens, seed}, timing{…}, usage{…}}
+
+    Resumable: prompts listed in the progress file beside the output (finished ones, including those
+    whose replies were all rejected) are skipped. Emits progress/metrics/sample/log events; with a
+    `store`, records a "distill-generate" run with per-prompt metrics. Returns this run's stats."""
+    from engine.rewards import RewardSet
+
+    if k < 1:
+        raise AhaError(f"k must be at least 1 (samples per prompt), got {k}")
+    if keep not in KEEP_RULES:
+        raise AhaError(f"unknown keep rule {keep!r}; use one of {', '.join(KEEP_RULES)}")
+    reward_set = RewardSet(list(rewards), reward_weights)
+    rows = _checked_rows(rows, needs_answer="accuracy" in reward_set.names)
+    sampling = sampling or Sampling()
+    out_path = Path(out_path).expanduser()
+    config = {"teacher": teacher.describe(), "k": k, "keep": keep, "rewards": list(reward_set.names),
+              "reward_weights": reward_set.weights, "pass_threshold": pass_threshold,
+              "sampling": asdict(sampling), "output": str(out_path)}
+    done = _resume(out_path, config, force, on_event)
+    ids = [prompt_id(row) for row in rows]
+    first: dict[str, int] = {}
+    for index, identity in enumerate(ids):
+        first.setdefault(identity, index)  # a repeated row is one prompt
+    pending = [index for identity, index in first.items() if identity not in done]
+    stats = GenerateStats(output=str(out_path), prompts=len(first), skipped=len(first) - len(pending))
+    if stats.skipped:
+        on_event(make_event("log", message=f"resuming {out_path.name}: {stats.skipped} of {stats.prompts} prompts "
+                                           "done already"))
+    run_id = None
+    if store is not None:
+        run_id = store.create_run("distill-generate", config={**config, "resumed": stats.skipped},
+                                  dir=out_path.parent, status="running")
+        stats.run_id = run_id
+    progress = Progress(on_event, "generate", total=stats.prompts, unit="prompts")
+    progress.update(stats.skipped, force=True)
+    started = time.monotonic()
+    teacher_info = teacher.describe()
+    try:
+        with open(out_path, "a", encoding="utf-8", newline="\n") as traces, \
+                open(progress_path(out_path), "a", encoding="utf-8", newline="\n") as sidecar:
+            prompts = [rows[index]["prompt"] for index in pending]
+            for position, samples in teacher.generate(prompts, k, sampling, cancel):
+                row = rows[pending[position]]
+                identity = ids[pending[position]]
+                verdicts, errors = verify(reward_set, row["prompt"], row, samples, pass_threshold)
+                for line in errors:
+                    on_event(make_event("log", level="warning", message=line))
+                kept, duplicates = select_kept(verdicts, keep)
+                for verdict in kept:
+                    _append_line(traces, _trace_record(identity, row, verdict, teacher_info))
+                rejected: dict[str, int] = {}
+                for verdict in verdicts:
+                    if verdict.rejected is not None:
+                        rejected[verdict.rejected] = rejected.get(verdict.rejected, 0) + 1
+                accepted = len(verdicts) - sum(rejected.values())
+                _append_line(sidecar, {"prompt_id": identity, "samples": len(verdicts), "accepted": accepted,
+                                       "duplicates": duplicates, "kept": len(kept), "rejected": rejected})
+                stats.prompts_done += 1
+                stats.samples += len(verdicts)
+                stats.accepted += accepted
+                stats.duplicates += duplicates
+                stats.kept += len(kept)
+                for reason, count in rejected.items():
+                    stats.rejected[reason] = stats.rejected.get(reason, 0) + count
+                stats.seconds = time.monotonic() - started
+                _report(on_event, store, run_id, stats, identity, row, kept, accepted, rejected, progress)
+        stats.seconds = time.monotonic() - started
+        finished = stats.skipped + stats.prompts_done == stats.prompts
+        stats.status = "complete" if finished else "cancelled" if is_cancelled(cancel) else "incomplete"
+        if not finished:  # a finished run's last update was shown (done = total always is)
+            progress.update(stats.skipped + stats.prompts_done, force=True)
+    except BaseException:
+        if store is not None:
+            store.update_run_status(run_id, "error")
+        raise
+    if store is not None:
+        store.update_run_status(run_id, stats.status)
+        store.add_artifact("traces", out_path, run_id=run_id, meta={"kept": stats.kept, "samples": stats.samples})
+    on_event(make_event("artifact", kind="traces", path=str(out_path)))
+    return stats
+
+
+def _checked_rows(rows: Iterable[dict], needs_answer: bool) -> list[dict]:
+    rows = list(rows)
+    if not rows:
+        raise AhaError("the dataset has no rows; give at least one prompt")
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise AhaError(f"dataset row {number} has no 'prompt' text; each row needs a prompt")
+        if needs_answer and row.get("answer") is None:
+            raise AhaError(f"dataset row {number} has no 'answer' (the ground truth the accuracy reward checks); "
+                           "add one or leave out the accuracy reward")
+    return rows
+
+
+def _trace_record(identity: str, row: dict, verdict: Verdict, teacher_info: dict) -> dict:
+    sample = verdict.sample
+    return {"prompt_id": identity, "prompt": row["prompt"], "gold": row.get("answer"),
+            "thinking": sample.thinking, "answer": sample.answer, "rewards": verdict.rewards,
+            "reward": verdict.reward, "sample": verdict.index, "teacher": teacher_info,
+            "sampling": sample.sampling, "timing": sample.timing, "usage": sample.usage}
+
+
+def _report(on_event: OnEvent, store, run_id: int | None, stats: GenerateStats, identity: str, row: dict,
+            kept: list[Verdict], accepted: int, rejected: dict[str, int], progress: Progress) -> None:
+    step = stats.skipped + stats.prompts_done
+    on_event(make_event("sample", prompt_id=identity, prompt=row["prompt"], samples=accepted + sum(rejected.values()),
+                        accepted=accepted, kept=len(kept), rejected=rejected,
+                        answer=kept[0].sample.answer if kept else None))
+    on_event(make_event("metrics", step=step, **{name: round(value, 6) for name, value in stats.metrics().items()},
+                        rejected=dict(stats.rejected)))
+    progress.update(step, samples_per_s=round(stats.samples_per_s, 3),
+                    acceptance_rate=round(stats.acceptance_rate, 4))
+    if store is not None:
+        store.add_metrics(run_id, step, stats.metrics())
+

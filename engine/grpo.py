@@ -1,0 +1,453 @@
+"""GRPO (DeepSeekMath, arXiv 2402.03300; DeepSeek-R1, arXiv 2501.12948): the config, the rollouts and the
+training loop behind `aha grpo`, with the pure math re-exported from `engine.grpo_math`.
+
+One step: prompts_per_step prompts × num_generations completions from the KV-cache sampler → rewards
+(`engine.rewards`) → group advantages → num_iterations updates of the clipped surrogate loss. The model
+setup, checkpoints, resume, cancel and metrics plumbing are `engine.train`'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import AhaError
+from engine.grpo_math import (
+    frac_reward_zero_std,
+    group_advantages,
+    grpo_loss,
+    selective_log_softmax,
+)
+from engine.jobs import CancelToken, OnEvent, ignore
+from engine.train import StepAbandoned, TrainConfig
+
+__all__ = ["GRPOConfig", "LOSS_TYPES", "group_advantages", "grpo_loss", "load_grpo_config", "train"]
+
+# TRL's loss_type names → grpo_math aggregations.
+LOSS_TYPES = {"grpo": "sequence", "dapo": "token", "dr_grpo": "constant"}
+# grpo_loss's metric names → the names recorded per step.
+CLIP_METRICS = {"clip_ratio_low": "clip_ratio/low", "clip_ratio_high": "clip_ratio/high",
+                "clip_ratio_region": "clip_ratio/region"}
+
+
+@dataclass(frozen=True)
+class GRPOConfig(TrainConfig):
+    """`aha grpo` settings: TRL GRPOConfig names where the concept is the same. One step is one batch of
+    prompts_per_step × num_generations rollouts and num_iterations optimizer updates on it (with μ = 1,
+    the default, exactly one update: then a step is what TRL calls a step)."""
+
+    dataset: str = ""  # a .jsonl/.csv/.parquet file, or a built-in task: addition | arithmetic
+    prompt_column: str = "prompt"
+    answer_column: str = "answer"
+    system_prompt: str | None = None  # none by default: DeepSeek advises instructions in the user turn
+    rewards: tuple[str, ...] = ("accuracy", "format")  # built-in names or path/to/file.py:function
+    reward_weights: tuple[float, ...] | None = None  # one per reward; default 1.0 each
+    prompts_per_step: int = 16
+    num_generations: int = 8  # G: completions per prompt, one group
+    max_prompt_length: int | None = None  # longer prompts keep their last tokens
+    max_completion_length: int = 256
+    temperature: float = 0.7  # also divides the logits of the log-probs, so they match the sampler
+    top_p: float = 1.0
+    beta: float = 0.0  # KL coefficient; 0 needs no reference model and no reference forward pass
+    epsilon: float = 0.2  # ε_low of the clip
+    epsilon_high: float | None = None  # ε_high; unset = epsilon (DAPO's clip-higher uses 0.28)
+    loss_type: str = "dapo"  # grpo (per sequence) | dapo (per token) | dr_grpo (constant)
+    scale_rewards: str = "group"  # group | batch | none (Dr. GRPO)
+    num_iterations: int = 1  # μ: updates per batch of rollouts
+    mask_truncated_completions: bool = False  # clipped completions (no EOS) leave the loss
+    learning_rate: float = 1e-5
+    eval_steps: int = 0  # held-out greedy accuracy every N steps (built-in tasks or eval_dataset); 0: never
+    eval_dataset: str | None = None  # held-out rows for eval_steps when the dataset is a file
+    eval_samples: int = 200
+
+    MEMORY_SETTINGS: typing.ClassVar[dict[str, tuple[str, ...]]] = {
+        "generation": ("prompts_per_step", "num_generations", "max_completion_length"),
+        "training": ("prompts_per_step", "num_generations", "max_completion_length", "gradient_accumulation_steps"),
+    }
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.dataset:
+            raise AhaError("no dataset given: set dataset = \"file.jsonl\" (or a built-in task: addition, "
+                           "arithmetic) in the config or pass --dataset")
+        if self.loss_type not in LOSS_TYPES:
+            raise AhaError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise AhaError(f"scale_rewards must be group, batch or none, got {self.scale_rewards!r}")
+        if self.num_generations < 2:
+            raise AhaError("num_generations must be at least 2: GRPO compares completions of the same prompt")
+        for name in ("prompts_per_step", "max_completion_length", "num_iterations"):
+            if getattr(self, name) < 1:
+                raise AhaError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise AhaError("temperature must be > 0 for GRPO: greedy completions of a prompt are all equal")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            raise AhaError(f"{len(self.rewards)} rewards but {len(self.reward_weights)} reward_weights: give one each")
+        batch = self.prompts_per_step * self.num_generations
+        if batch % self.gradient_accumulation_steps:
+            raise AhaError(f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) must divide "
+                           f"prompts_per_step × num_generations ({batch})")
+
+
+def load_grpo_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> GRPOConfig:
+    """Defaults, then the TOML file, then flags; validated."""
+    from engine.train import load_config
+
+    config = load_config(GRPOConfig, path, overrides)
+    config.validate()
+    return config
+
+
+# The loop -----------------------------------------------------------------------------------------
+
+def train(config: GRPOConfig | None = None, *, resume: str | Path | None = None,
+          overrides: dict[str, Any] | None = None, on_event: OnEvent = ignore,
+          cancel: CancelToken | None = None) -> dict[str, Any]:
+    """Run GRPO for config (a new run) or continue the run in `resume` (its saved config; `overrides`
+    may change max_steps, save_steps, logging_steps and eval_steps). Returns {"status", "run_dir",
+    "step", "adapter"/"model"}; the caller emits `done`. SIGINT/SIGTERM cancel cleanly when called from
+    the main thread. Under `accelerate launch`/torchrun each process trains on its share of the prompts."""
+    from engine.data import PromptStream, open_dataset
+    from engine.rewards import RewardSet
+    from engine.train import (
+        Trainer,
+        cancel_on_signals,
+        check_model_folder,
+        close_distributed,
+        init_distributed,
+        reopen_run,
+        start_run,
+    )
+
+    cancel = cancel or CancelToken()
+    config = _resolved_config(config, resume, overrides)
+    # Everything a user can get wrong in the config fails here, before minutes of model loading.
+    check_model_folder(config.model)
+    rewards = RewardSet(list(config.rewards), list(config.reward_weights) if config.reward_weights else None)
+    needs_answer = "accuracy" in config.rewards or "length" in config.rewards
+    source = open_dataset(config.dataset, config.seed, config.prompt_column,
+                          config.answer_column if needs_answer else None)
+    heldout = _heldout_rows(config, source)
+    distributed = init_distributed(config.device)
+    try:
+        if config.prompts_per_step % distributed.world_size:
+            raise AhaError(f"prompts_per_step ({config.prompts_per_step}) must be a multiple of the number of "
+                           f"processes ({distributed.world_size})")
+        run = (reopen_run(resume, on_event, distributed) if resume is not None
+               else start_run("grpo", config, on_event, distributed))
+        with cancel_on_signals(cancel):
+            trainer = Trainer(config, run, cancel=cancel, resume=resume is not None, distributed=distributed)
+            stream = PromptStream(source, config.seed)
+            if trainer.resumed_state:
+                stream.load_state_dict(trainer.resumed_state["data"])
+            run.log(_describe(config, trainer))
+            reference = _reference_model(config, trainer)
+            step = GRPOStep(config, trainer, rewards, stream, reference, heldout)
+            status = trainer.fit(step, state=lambda: {"data": stream.state_dict()},
+                                 restore_state=lambda state: stream.load_state_dict(state["data"]), stage="grpo")
+            final = trainer.save_final() if status == "complete" else None
+    finally:
+        close_distributed(distributed)
+    result = {"status": status, "run_dir": str(run.dir), "step": trainer.step}
+    if final is not None:
+        result["adapter" if config.use_peft else "model"] = str(final)
+    return result
+
+
+def _resolved_config(config: GRPOConfig | None, resume: str | Path | None, overrides: dict[str, Any] | None) -> GRPOConfig:
+    """The config to run: the given one, or for a resume the run's saved one with the few settings that
+    may change (max_steps, save_steps, logging_steps, eval_steps)."""
+    from engine.train import load_config, saved_config
+
+    if resume is not None:
+        changed = {key: value for key, value in (overrides or {}).items() if value is not None}
+        fixed = sorted(set(changed) - {"max_steps", "save_steps", "logging_steps", "eval_steps"})
+        if fixed:
+            raise AhaError(f"--resume continues a run with its saved settings; {fixed[0]} cannot change "
+                           "(only max_steps, save_steps, logging_steps, eval_steps can)")
+        config = load_config(GRPOConfig, None, {**saved_config(resume), **changed})
+    elif config is None:
+        raise ValueError("train() needs a config or a run directory to resume")
+    config.validate()
+    return config
+
+
+def _describe(config: GRPOConfig, trainer) -> str:
+    adapter = f"LoRA r={config.lora_r}" if config.use_peft else "full fine-tuning"
+    if config.load_in_4bit:
+        adapter = f"QLoRA r={config.lora_r} on a 4-bit NF4 base"
+    processes = trainer.distributed.world_size
+    where = f"{trainer.device.type}" + (f" × {processes} processes" if processes > 1 else "")
+    return (f"GRPO on {config.model} ({adapter}, {trainer.trainable_parameters:,} trainable parameters, {where}), "
+            f"{config.prompts_per_step} prompts × {config.num_generations} per step, "
+            f"{config.max_steps - trainer.step} steps to go")
+
+
+def _heldout_rows(config: GRPOConfig, source) -> list[dict]:
+    from engine.data import TaskSource, load_rows
+
+    if not config.eval_steps:
+        return []
+    if config.eval_dataset:
+        return load_rows(config.eval_dataset, config.prompt_column, config.answer_column)[:config.eval_samples]
+    if isinstance(source, TaskSource):
+        return source.heldout(config.eval_samples)
+    raise AhaError("eval_steps needs held-out rows: set eval_dataset (or use a built-in task)")
+
+
+def _reference_model(config: GRPOConfig, trainer):
+    """None when β = 0 (no reference forward at all) or under LoRA (the adapter is disabled instead);
+    a frozen second copy only for full fine-tuning with β > 0."""
+    from engine.train import load_model
+
+    if config.beta == 0 or config.use_peft:
+        return None
+    model, _ = load_model(config, trainer.device, trainable=False)
+    return model
+
+
+class GRPOStep:
+    """One GRPO step as `Trainer.fit` calls it: step number in, metrics out."""
+
+    def __init__(self, config: GRPOConfig, trainer, rewards, stream, reference, heldout: list[dict]):
+        from engine.sampling import eos_token_ids, pad_token_id
+
+        self.config, self.trainer, self.rewards, self.stream = config, trainer, rewards, stream
+        self.reference, self.heldout = reference, heldout
+        self.model, self.tokenizer = trainer.model, trainer.tokenizer
+        self.eos = eos_token_ids(self.tokenizer, self.model)
+        self.pad = pad_token_id(self.tokenizer)
+        self.aggregation = LOSS_TYPES[config.loss_type]
+        self.epsilon_high = config.epsilon if config.epsilon_high is None else config.epsilon_high
+
+    def __call__(self, step: int) -> dict[str, float]:
+        import torch
+
+        config, trainer = self.config, self.trainer
+        group = config.num_generations
+        rows = self.stream.next(config.prompts_per_step)
+        distributed = trainer.distributed
+        rows = rows[distributed.rank::distributed.world_size]  # this process's share of the prompts
+
+        # 1. Rollouts: G consecutive completions per prompt (group_advantages' layout).
+        trainer.phase = "generation"
+        prompt_ids, rendered, prefilled = self._encode([row["prompt"] for row in rows])
+        rollout = _sample(self.model, [ids for ids in prompt_ids for _ in range(group)], config, self.eos,
+                          self.pad, trainer.step_cancel)
+        if rollout.cancelled:
+            raise StepAbandoned
+        generation_s = rollout.seconds
+        trainer.phase = "training"
+        started = time.perf_counter()
+        texts = _decode(self.tokenizer, rollout, self.eos)
+
+        # 2. Rewards (NaN: unscored) and advantages.
+        repeat = [index for index in range(len(rows)) for _ in range(group)]
+        keys = dict.fromkeys(key for row in rows for key in row if key != "prompt")  # every column, in order
+        columns = {key: [rows[index].get(key) for index in repeat] for key in keys}
+        columns.update(prefilled=[prefilled[index] for index in repeat],
+                       completion_ids=[ids[:length] for ids, length in
+                                       zip(rollout.completion_ids.tolist(), rollout.lengths.tolist(), strict=True)])
+        scores = self.rewards.score([rows[index]["prompt"] for index in repeat], texts, **columns)
+        for error in scores.errors:
+            trainer.run.log(error, "warning")
+        device = trainer.device
+        rewards = torch.tensor(scores.totals, dtype=torch.float32, device=device)  # (N,)
+        advantages = group_advantages(rewards, group, scale=config.scale_rewards)  # (N,)
+
+        # 3. μ updates on the batch.
+        ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], 1)  # (N, P + T)
+        attention = torch.cat([rollout.prompt_mask, rollout.mask], 1)  # (N, P + T)
+        loss_mask = rollout.mask * rollout.terminated[:, None] if config.mask_truncated_completions else rollout.mask  # (N, T)
+        update = self._updates(ids, attention, rollout.completion_ids, loss_mask, advantages)
+        training_s = time.perf_counter() - started
+
+        metrics = self._metrics(rewards, scores, rollout, update, generation_s, training_s)
+        trainer.run.log_samples(step, _samples(rows, rendered, texts, scores, advantages, rollout, group))
+        if config.eval_steps and (step % config.eval_steps == 0 or step == config.max_steps):
+            metrics.update(self.evaluate())
+        return metrics
+
+    def evaluate(self) -> dict[str, float]:
+        from engine.sampling import greedy_accuracy
+
+        accuracy, details = greedy_accuracy(self.model, self.tokenizer, self.heldout,
+                                            max_new_tokens=self.config.max_completion_length,
+                                            system_prompt=self.config.system_prompt)
+        return {"eval/accuracy": accuracy, "eval/format": details["format"], "eval/seconds": details["seconds"]}
+
+    def _encode(self, prompts: list) -> tuple[list[list[int]], list[str], list[bool]]:
+        from engine.sampling import encode_prompts
+
+        ids, rendered, prefilled = encode_prompts(self.tokenizer, prompts, self.config.system_prompt)
+        if self.config.max_prompt_length:
+            ids = [sequence[-self.config.max_prompt_length:] for sequence in ids]
+        return ids, rendered, prefilled
+
+    def _updates(self, ids, attention, completion_ids, loss_mask, advantages) -> dict[str, float]:
+        """num_iterations optimizer steps on one batch, each over gradient_accumulation_steps micro-batches.
+
+        old_logp: with μ = 1 it is logp.detach() (ρ ≡ 1, no extra forward); with μ > 1 it is computed once,
+        before the first update. ref_logp: only when β ≠ 0, with the adapter disabled (or the frozen copy).
+        Micro-batch losses are weighted so their sum is the loss of the whole batch for every aggregation.
+        Under several processes DDP averages the ranks' gradients: exact for "sequence" and "constant"
+        (equal shares), per-process token counts for "token".
+        """
+        import torch
+
+        config, trainer = self.config, self.trainer
+        batch, length = completion_ids.shape
+        chunks = [slice(start, start + batch // config.gradient_accumulation_steps)
+                  for start in range(0, batch, batch // config.gradient_accumulation_steps)]
+        total_tokens = loss_mask.sum().clamp(min=1)  # ()
+        old_logp = ref_logp = None
+        if config.num_iterations > 1:
+            with torch.no_grad():
+                old_logp = torch.cat([self._logp(self.model, ids[rows], attention[rows], completion_ids[rows])[0]
+                                      for rows in chunks])  # (N, T)
+        if config.beta != 0:
+            with torch.no_grad(), self._reference_context() as reference:
+                ref_logp = torch.cat([self._logp(reference, ids[rows], attention[rows], completion_ids[rows])[0]
+                                      for rows in chunks])  # (N, T)
+        totals: dict[str, float] = {}
+        entropy_sum = 0.0
+        steps = []
+        for iteration in range(config.num_iterations):
+            for index, rows in enumerate(chunks):
+                with trainer.accumulate(last=index == len(chunks) - 1):
+                    logp, entropy = self._logp(trainer.training_model, ids[rows], attention[rows], completion_ids[rows],
+                                               with_entropy=iteration == 0)  # (n, T), (n, T) | None
+                    old = old_logp[rows] if old_logp is not None else logp.detach()  # (n, T)
+                    loss, metrics = grpo_loss(logp, old, ref_logp[rows] if ref_logp is not None else None,
+                                              advantages[rows], loss_mask[rows], epsilon_low=config.epsilon,
+                                              epsilon_high=self.epsilon_high, beta=config.beta,
+                                              aggregation=self.aggregation, max_len=config.max_completion_length)
+                    share = (loss_mask[rows].sum() / total_tokens if self.aggregation == "token"
+                             else torch.tensor((rows.stop - rows.start) / batch))  # this micro-batch's weight
+                    (loss * share).backward()
+                weight = float(share) / config.num_iterations
+                totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) * weight
+                for key, value in metrics.items():
+                    totals[key] = totals.get(key, 0.0) + value * weight
+                if entropy is not None:
+                    entropy_sum += float((entropy * loss_mask[rows]).sum())
+            steps.append(trainer.optimizer_step())
+        totals["grad_norm"] = sum(update["grad_norm"] for update in steps) / len(steps)  # mean over the μ updates
+        totals["learning_rate"] = steps[0]["learning_rate"]
+        totals["entropy"] = entropy_sum / float(total_tokens)
+        return totals
+
+    def _logp(self, model, ids, attention, completion_ids, with_entropy: bool = False):
+        """Log-probs of the completion tokens under `model` at the sampling temperature, in fp32, chunked
+        over rows: ids (n, P + T) → logp (n, T); and the per-token entropy (n, T) when asked (no grad)."""
+        import torch
+
+        from engine.sampling import position_ids
+
+        length = completion_ids.shape[1]
+        logits = model(input_ids=ids, attention_mask=attention, position_ids=position_ids(attention),
+                       use_cache=False, logits_to_keep=length + 1).logits[:, :-1]  # (n, T, V)
+        logp = selective_log_softmax(logits, completion_ids, self.config.temperature)  # (n, T)
+        entropy = None
+        if with_entropy:
+            with torch.no_grad():
+                entropy = _entropy(logits.detach(), self.config.temperature)  # (n, T)
+        return logp, entropy
+
+    @contextlib.contextmanager
+    def _reference_context(self):
+        """The reference policy: the frozen copy (full fine-tuning), else the same model with its LoRA
+        adapter switched off (peft's disable_adapter), so no second copy is ever loaded."""
+        if self.reference is not None:
+            yield self.reference
+        else:
+            with self.model.disable_adapter():
+                yield self.model
+
+    def _metrics(self, rewards, scores, rollout, update, generation_s, training_s) -> dict[str, float]:
+        import torch
+
+        group = self.config.num_generations
+        scored = rewards[~torch.isnan(rewards)]  # (S,)
+        lengths = rollout.lengths.float()  # (N,)
+        terminated = rollout.terminated  # (N,)
+        metrics = {
+            "reward": float(scored.mean()) if scored.numel() else math.nan,
+            "reward_std": float(scored.std()) if scored.numel() > 1 else 0.0,
+            "frac_reward_zero_std": frac_reward_zero_std(rewards.cpu(), group),
+            "unscored": float(torch.isnan(rewards).float().mean()),
+        }
+        for name, values in scores.per_reward.items():
+            present = [value for value in values if value is not None]
+            metrics[f"rewards/{name}/mean"] = sum(present) / len(present) if present else math.nan
+        if "accuracy" in scores.per_reward:
+            metrics["accuracy"] = metrics["rewards/accuracy/mean"]
+        metrics.update({
+            "completions/mean_length": float(lengths.mean()),
+            "completions/min_length": float(lengths.min()),
+            "completions/max_length": float(lengths.max()),
+            "completions/clipped_ratio": float((~terminated).float().mean()),
+            "completions/mean_terminated_length": float(lengths[terminated].mean()) if terminated.any() else 0.0,
+            "completions/mean_clipped_length": float(lengths[~terminated].mean()) if (~terminated).any() else 0.0,
+        })
+        metrics.update({CLIP_METRICS.get(key, key): value for key, value in update.items()})
+        tokens = float(lengths.sum())
+        metrics.update({"generation_s": generation_s, "training_s": training_s,
+                        "tokens_per_s": tokens / generation_s if generation_s else 0.0})
+        return metrics
+
+
+def _sample(model, prompts, config: GRPOConfig, eos, pad, cancel):
+    from engine.sampling import sample
+
+    return sample(model, prompts, max_new_tokens=config.max_completion_length, eos_ids=eos, pad_id=pad,
+                  temperature=config.temperature, top_p=config.top_p, cancel=cancel)
+
+
+def _decode(tokenizer, rollout, eos) -> list[str]:
+    from engine.sampling import decode
+
+    return decode(tokenizer, rollout.completion_ids, rollout.mask, eos)
+
+
+def _entropy(logits, temperature: float, chunk_rows: int = 256):
+    """Entropy of softmax(logits/τ) per position, row-chunked in fp32: (n, T, V) → (n, T).
+    H = logsumexp(z) − Σ softmax(z)·z, z = logits/τ."""
+    import torch
+
+    out = torch.empty(logits.shape[:2], dtype=torch.float32, device=logits.device)  # (n, T)
+    for row in range(logits.shape[0]):
+        for start in range(0, logits.shape[1], chunk_rows):
+            z = logits[row, start:start + chunk_rows].float() / temperature  # (C, V)
+            out[row, start:start + chunk_rows] = z.logsumexp(-1) - (z.softmax(-1) * z).sum(-1)  # (C,)
+    return out
+
+
+def _samples(rows, rendered, texts, scores, advantages, rollout, group) -> list[dict]:
+    """One record per prompt for samples.jsonl: the prompt, its answer, and each completion with its
+    rewards and advantage (the rollout browser's rows)."""
+    lengths, terminated = rollout.lengths.tolist(), rollout.terminated.tolist()
+    records = []
+    for index, row in enumerate(rows):
+        completions = []
+        for offset in range(group):
+            sample = index * group + offset
+            total = scores.totals[sample]
+            completions.append({
+                "text": texts[sample],
+                "reward": None if math.isnan(total) else total,
+                "rewards": {name: values[sample] for name, values in scores.per_reward.items()},
+                "advantage": float(advantages[sample]),
+                "length": lengths[sample],
+                "terminated": terminated[sample],
+            })
+        record = {"prompt": rendered[index], "completions": completions}
+        if "answer" in row:
+            record["answer"] = row["answer"]
+        records.append(record)
+    return records

@@ -1,0 +1,211 @@
+"""Supervised fine-tuning on prompt → completion traces with the loss on the completion only: the cold
+start of the R1 recipe and the core of sequence-level distillation (FIELD-NOTES §7, §8). Batches come
+from a file or fresh from a built-in task's programmatic teacher; `stop_at_accuracy` ends the run once
+held-out greedy accuracy reaches it (a fixed step count lands anywhere from 12% to 81% on the tiny task).
+Setup, checkpoints, resume and cancel are `engine.train`'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import AhaError
+from engine.jobs import CancelToken, OnEvent, ignore
+from engine.train import TrainConfig
+
+__all__ = ["SFTConfig", "build_batch", "sft_loss", "train_sft"]
+
+
+@dataclass(frozen=True)
+class SFTConfig(TrainConfig):
+    """SFT settings, named as in TRL's SFTConfig where the concept is the same."""
+
+    dataset: str = ""  # .jsonl/.csv/.parquet with prompt and completion columns, or a built-in task
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    answer_column: str = "answer"  # the ground truth for held-out accuracy
+    system_prompt: str | None = None
+    per_device_train_batch_size: int = 8  # sequences per optimizer step (split by gradient_accumulation_steps)
+    max_length: int | None = 1024  # longer sequences are cut at the end
+    completion_only_loss: bool = True  # loss on the completion (assistant) tokens only
+    learning_rate: float = 2e-5
+    eval_steps: int = 0  # held-out greedy accuracy every N steps; 0: never
+    eval_dataset: str | None = None  # held-out rows when the dataset is a file
+    eval_samples: int = 200
+    max_completion_length: int = 256  # generation limit of the held-out evaluation
+    stop_at_accuracy: float | None = None  # end the run once held-out accuracy reaches this (0..1)
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.dataset:
+            raise AhaError("no dataset given: set dataset = \"traces.jsonl\" (or a built-in task: addition, arithmetic)")
+        if self.per_device_train_batch_size % self.gradient_accumulation_steps:
+            raise AhaError(f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) must divide "
+                           f"per_device_train_batch_size ({self.per_device_train_batch_size})")
+        if self.stop_at_accuracy is not None and not self.eval_steps:
+            raise AhaError("stop_at_accuracy needs eval_steps (how often to measure held-out accuracy)")
+
+
+def build_batch(tokenizer, rows: list[dict], *, system_prompt: str | None = None, max_length: int | None = None,
+                completion_only_loss: bool = True, device: Any = None):
+    """(ids, attention, loss_mask), each (B, L) right-padded: the rendered prompt (chat template, as at
+    inference), the completion and EOS. loss_mask is 1 on the completion and its EOS (everywhere real
+    with completion_only_loss=False)."""
+    import torch
+
+    from engine.sampling import encode_prompts, pad_token_id
+
+    prompt_ids, _, _ = encode_prompts(tokenizer, [row["prompt"] for row in rows], system_prompt)
+    sequences, targets = [], []
+    for prompt, row in zip(prompt_ids, rows, strict=True):
+        completion = tokenizer(row["completion"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        sequence = (prompt + completion)[:max_length] if max_length else prompt + completion
+        sequences.append(sequence)
+        targets.append([0 if completion_only_loss and index < len(prompt) else 1 for index in range(len(sequence))])
+    width = max(len(sequence) for sequence in sequences)
+    pad = pad_token_id(tokenizer)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)  # (B, L)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)  # (B, L)
+    loss_mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, L)
+    for row, (sequence, target) in enumerate(zip(sequences, targets, strict=True)):
+        ids[row, :len(sequence)] = torch.tensor(sequence)
+        attention[row, :len(sequence)] = 1
+        loss_mask[row, :len(sequence)] = torch.tensor(target)
+    return ids.to(device), attention.to(device), loss_mask.to(device)
+
+
+def sft_loss(model, ids, attention, loss_mask):
+    """Mean negative log-likelihood of the masked tokens: ids, attention, loss_mask (B, L).
+
+    1. logits at positions 0..L−2 predict the tokens at 1..L−1 (shift by one)
+    2. logp_t = log softmax(logits_{t−1})[ids_t], fp32 and row-chunked (selective_log_softmax)
+    3. loss = −Σ_t logp_t · m_t / Σ_t m_t   over the whole batch (every target token weighs the same)
+    Returns (loss, {"loss", "token_accuracy", "tokens"}).
+    """
+    import torch
+
+    from engine.grpo_math import selective_log_softmax
+
+    logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1]  # (B, L−1, V)
+    targets = ids[:, 1:]  # (B, L−1)
+    mask = loss_mask[:, 1:].float()  # (B, L−1)
+    logp = selective_log_softmax(logits, targets)  # (B, L−1)
+    tokens = mask.sum().clamp(min=1)  # ()
+    loss = -(torch.where(mask > 0, logp, 0.0) * mask).sum() / tokens  # ()
+    with torch.no_grad():
+        hits = ((logits.argmax(-1) == targets).float() * mask).sum() / tokens  # ()
+    return loss, {"loss": float(loss.detach()), "token_accuracy": float(hits), "tokens": float(tokens)}
+
+
+def train_sft(config: SFTConfig | None = None, *, resume: str | Path | None = None, on_event: OnEvent = ignore,
+              cancel: CancelToken | None = None) -> dict[str, Any]:
+    """Run SFT for config (a new run) or continue the run in `resume`. Returns {"status", "run_dir", "step",
+    "model"/"adapter", "eval_accuracy"} (the last held-out accuracy, when measured)."""
+    from engine.data import PromptStream, TaskSource, load_rows, open_dataset
+    from engine.train import (
+        Trainer,
+        cancel_on_signals,
+        check_model_folder,
+        close_distributed,
+        init_distributed,
+        load_config,
+        reopen_run,
+        saved_config,
+        start_run,
+    )
+
+    cancel = cancel or CancelToken()
+    if resume is not None:
+        config = load_config(SFTConfig, None, saved_config(resume))
+    elif config is None:
+        raise ValueError("train_sft() needs a config or a run directory to resume")
+    config.validate()
+    check_model_folder(config.model)
+    source = open_dataset(config.dataset, config.seed, config.prompt_column, None, required=(config.completion_column,))
+    if not isinstance(source, TaskSource) and config.completion_column != "completion":
+        source = [{**row, "completion": row[config.completion_column]} for row in source]
+    heldout: list[dict] = []
+    if config.eval_steps:
+        if config.eval_dataset:
+            heldout = load_rows(config.eval_dataset, config.prompt_column, config.answer_column)[:config.eval_samples]
+        elif isinstance(source, TaskSource):
+            heldout = source.heldout(config.eval_samples)
+        else:
+            raise AhaError("eval_steps needs held-out rows: set eval_dataset (or use a built-in task)")
+    distributed = init_distributed(config.device)
+    try:
+        run = (reopen_run(resume, on_event, distributed) if resume is not None
+               else start_run("sft", config, on_event, distributed))
+        with cancel_on_signals(cancel):
+            trainer = Trainer(config, run, cancel=cancel, resume=resume is not None, distributed=distributed)
+            stream = PromptStream(source, config.seed)
+            if trainer.resumed_state:
+                stream.load_state_dict(trainer.resumed_state["data"])
+            step = SFTStep(config, trainer, stream, heldout)
+            run.log(f"SFT on {config.model} ({trainer.trainable_parameters:,} trainable parameters, "
+                    f"{trainer.device.type}{f' × {distributed.world_size} processes' if distributed.enabled else ''})")
+            status = trainer.fit(step, state=lambda: {"data": stream.state_dict()},
+                                 restore_state=lambda state: stream.load_state_dict(state["data"]), stage="sft")
+            final = trainer.save_final() if status == "complete" else None
+    finally:
+        close_distributed(distributed)
+    result: dict[str, Any] = {"status": status, "run_dir": str(run.dir), "step": trainer.step}
+    if step.last_accuracy is not None:
+        result["eval_accuracy"] = step.last_accuracy
+    if final is not None:
+        result["adapter" if config.use_peft else "model"] = str(final)
+    return result
+
+
+class SFTStep:
+    """One SFT step as `Trainer.fit` calls it; evaluates and asks the trainer to stop at the target accuracy."""
+
+    def __init__(self, config: SFTConfig, trainer, stream, heldout: list[dict]):
+        self.config, self.trainer, self.stream, self.heldout = config, trainer, stream, heldout
+        self.last_accuracy: float | None = None
+
+    def __call__(self, step: int) -> dict[str, float]:
+        import time
+
+        from engine.train import StepAbandoned
+
+        config, trainer = self.config, self.trainer
+        if trainer.step_cancel is not None and trainer.step_cancel.cancelled:
+            raise StepAbandoned
+        started = time.perf_counter()
+        distributed = trainer.distributed  # per_device_train_batch_size rows for each process
+        rows = self.stream.next(config.per_device_train_batch_size * distributed.world_size)
+        rows = rows[distributed.rank::distributed.world_size]
+        micro = config.per_device_train_batch_size // config.gradient_accumulation_steps
+        batches = [build_batch(trainer.tokenizer, rows[start:start + micro], system_prompt=config.system_prompt,
+                               max_length=config.max_length, completion_only_loss=config.completion_only_loss,
+                               device=trainer.device) for start in range(0, len(rows), micro)]
+        total_tokens = sum(float(batch[2][:, 1:].sum()) for batch in batches)
+        metrics = {"loss": 0.0, "token_accuracy": 0.0}
+        for index, (ids, attention, loss_mask) in enumerate(batches):
+            with trainer.accumulate(last=index == len(batches) - 1):
+                loss, details = sft_loss(trainer.training_model, ids, attention, loss_mask)
+                share = details["tokens"] / max(total_tokens, 1.0)  # token-weighted, as one big batch
+                (loss * share).backward()
+            metrics["loss"] += details["loss"] * share
+            metrics["token_accuracy"] += details["token_accuracy"] * share
+        metrics.update(trainer.optimizer_step())
+        metrics["training_s"] = time.perf_counter() - started
+        if config.eval_steps and (step % config.eval_steps == 0 or step == config.max_steps):
+            metrics.update(self.evaluate())
+        return metrics
+
+    def evaluate(self) -> dict[str, float]:
+        from engine.sampling import greedy_accuracy
+
+        accuracy, details = greedy_accuracy(self.trainer.model, self.trainer.tokenizer, self.heldout,
+                                            max_new_tokens=self.config.max_completion_length,
+                                            system_prompt=self.config.system_prompt)
+        self.last_accuracy = accuracy
+        if self.config.stop_at_accuracy is not None and accuracy >= self.config.stop_at_accuracy:
+            self.trainer.should_stop = True
+            self.trainer.run.log(f"held-out accuracy {accuracy:.1%} reached stop_at_accuracy "
+                                 f"{self.config.stop_at_accuracy:.1%}: stopping")
+        return {"eval/accuracy": accuracy, "eval/format": details["format"], "eval/seconds": details["seconds"]}

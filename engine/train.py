@@ -1,0 +1,926 @@
+"""What GRPO and distillation share: config files and flags, model + LoRA/QLoRA setup, optimizer and LR
+schedule, the run directory (checkpoints, metrics, samples, log) with exact resume, and the step loop
+with cancel, progress and one-line errors.
+
+A trainer (`engine.grpo`, `engine.sft`) supplies one function that performs a training step and returns
+its metrics; `Trainer.fit` does everything around it. Nothing here knows rewards, rollouts or datasets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import AhaError
+from engine.jobs import CancelToken, OnEvent, Progress, ignore, make_event
+
+CHECKPOINTS = "checkpoints"
+# Set to 1 to let `load_in_4bit` run bitsandbytes on a CPU (tests only: slow, and not what a user wants).
+ALLOW_CPU_4BIT_ENV = "AHA_ALLOW_CPU_4BIT"
+SCHEDULES = ("linear", "cosine", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings every trainer shares; names as in TRL/transformers where the concept is the same."""
+
+    model: str = ""  # Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer)
+    output_dir: str | None = None  # the run directory; unset: <data dir>/runs/<kind>-<id>
+    device: str = "auto"  # auto | cpu | cuda (fp32 on CPU, bf16 on CUDA)
+    seed: int = 42
+    # Adapter: LoRA through peft, or full fine-tuning with use_peft = false (small models).
+    use_peft: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: tuple[str, ...] = ("all-linear",)
+    load_in_4bit: bool = False  # QLoRA: bitsandbytes NF4 base with bf16 compute (CUDA only)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    attn_implementation: str = "auto"  # auto: eager on CPU (sdpa stalls at tiny sizes), sdpa on CUDA
+    # Optimizer (AdamW) and schedule.
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    lr_scheduler_type: str = "linear"  # linear | cosine | constant, after the warmup
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0  # used when warmup_steps is 0
+    max_grad_norm: float = 1.0  # 0 turns clipping off
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 100
+    logging_steps: int = 1  # record metrics every N steps
+    save_steps: int = 50  # checkpoint every N steps (and always at the end and on cancel)
+    save_total_limit: int | None = 3  # checkpoints kept; None keeps all
+
+    # Settings a user can lower when CUDA runs out of memory, per phase of a step (see `Trainer.fit`).
+    MEMORY_SETTINGS: typing.ClassVar[dict[str, tuple[str, ...]]] = {"training": ("gradient_accumulation_steps",)}
+
+    def validate(self) -> None:
+        """Raise AhaError for values no run can use."""
+        if not self.model:
+            raise AhaError("no model given: set model = \"path/to/hf-checkpoint\" in the config or pass --model")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise AhaError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.lr_scheduler_type not in SCHEDULES:
+            raise AhaError(f"lr_scheduler_type must be one of {', '.join(SCHEDULES)}, got {self.lr_scheduler_type!r}")
+        for name in ("max_steps", "gradient_accumulation_steps", "logging_steps", "save_steps", "lora_r"):
+            if getattr(self, name) < 1:
+                raise AhaError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.load_in_4bit and not self.use_peft:
+            raise AhaError("load_in_4bit trains LoRA adapters on a frozen 4-bit base: set use_peft = true")
+
+
+# Config files and flags ---------------------------------------------------------------------------
+
+def config_fields(cls: type) -> dict[str, Any]:
+    """{name: type} of a config dataclass's settings (resolved annotations)."""
+    hints = typing.get_type_hints(cls)
+    return {field.name: hints[field.name] for field in dataclasses.fields(cls)}
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: Mapping[str, Any] | None = None):
+    """A config: the dataclass defaults, then the TOML file's keys, then `overrides` (flags). Unknown keys
+    and values of the wrong type are one-line AhaErrors naming the key and the file."""
+    values: dict[str, Any] = {}
+    source = "flags"
+    if path is not None:
+        path = Path(path).expanduser()
+        source = str(path)
+        try:
+            values.update(tomllib.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError as error:
+            raise AhaError(f"config file {path} not found") from error
+        except tomllib.TOMLDecodeError as error:
+            raise AhaError(f"config file {path} is not valid TOML: {error}") from error
+    fields = config_fields(cls)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise AhaError(f"unknown setting {unknown[0]!r} in {source}; known settings: {', '.join(fields)}")
+    values.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    converted = {key: _convert(value, fields[key], key, source) for key, value in values.items()}
+    return cls(**converted)
+
+
+def _convert(value: Any, kind: Any, key: str, source: str) -> Any:
+    """A TOML or flag value as the field's type: ints accepted for floats, lists become tuples."""
+    options = typing.get_args(kind) if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union else (kind,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        origin = typing.get_origin(option)
+        if origin is tuple and isinstance(value, list | tuple):
+            element = typing.get_args(option)[0]
+            return tuple(_convert(item, element, key, source) for item in value)
+        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if option in (int, str, bool) and type(value) is option:
+            return value
+    raise AhaError(f"setting {key!r} in {source} should be {_type_name(kind)}, got {value!r}")
+
+
+def _type_name(kind: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "unset"}
+    options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    return " or ".join(names.get(option, "a list") for option in options)
+
+
+def config_to_toml(config: Any) -> str:
+    """The config as TOML that `load_config` reads back (unset values are left out)."""
+    lines = []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if value is not None:
+            lines.append(f"{field.name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)  # a TOML basic string is a JSON string
+
+
+def add_config_flags(parser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One flag per setting (`num_generations` → `--num-generations`), every default None so only the
+    flags given override the TOML file. Booleans get `--x/--no-x`, lists take several values."""
+    import argparse
+
+    defaults = {field.name: field.default for field in dataclasses.fields(cls)}
+    group = parser.add_argument_group("settings (each overrides the TOML file's key of the same name)")
+    for name, kind in config_fields(cls).items():
+        if name in skip:
+            continue
+        flag = "--" + name.replace("_", "-")
+        options = [option for option in (typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,))
+                   if option is not type(None)]
+        base = options[0]
+        default = defaults[name]
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text = f"default: {shown}" if default not in (None, "") else None
+        if base is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(base) is tuple:
+            element = typing.get_args(base)[0]
+            group.add_argument(flag, nargs="+", type=element, default=None, metavar="X" if element is float else "TEXT",
+                               help=help_text)
+        else:
+            metavar = {int: "N", float: "X"}.get(base, "TEXT")
+            group.add_argument(flag, type=base, default=None, metavar=metavar, help=help_text)
+
+
+def flag_overrides(args: Any, cls: type) -> dict[str, Any]:
+    """The settings given as flags (argparse namespace → {name: value})."""
+    return {name: getattr(args, name) for name in config_fields(cls) if getattr(args, name, None) is not None}
+
+
+# Model, tokenizer, adapter ------------------------------------------------------------------------
+
+def resolve_device(name: str = "auto"):
+    """`auto` → cuda when available, else cpu; `cuda` without CUDA is a one-line error."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AhaError("device = cuda but torch sees no CUDA GPU: set device = \"cpu\" (slow) or install torch's CUDA build")
+    if name == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per process under accelerate launch / torchrun
+        name = f"cuda:{os.environ['LOCAL_RANK']}"
+    return torch.device(name)
+
+
+def check_model_folder(path: str | Path) -> Path:
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise AhaError(f"model folder {folder} not found: give a Hugging Face checkpoint folder (config.json, "
+                       "*.safetensors, tokenizer files)")
+    if not (folder / "config.json").is_file():
+        raise AhaError(f"{folder} has no config.json: give a Hugging Face checkpoint folder, not a GGUF file "
+                       "or an adapter folder")
+    return folder
+
+
+def load_tokenizer(path: str | Path):
+    """The checkpoint's tokenizer exactly as its tokenizer.json defines it. transformers 5's AutoTokenizer
+    rebuilds some model types' tokenizers (qwen2 among them) from code, dropping a custom pre-tokenizer."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    folder = Path(path)
+    tokenizer = (PreTrainedTokenizerFast.from_pretrained(folder) if (folder / "tokenizer.json").is_file()
+                 else AutoTokenizer.from_pretrained(folder))
+    if tokenizer.eos_token_id is None:
+        raise AhaError(f"the tokenizer in {folder} has no EOS token: sampling would never stop")
+    return tokenizer
+
+
+def load_model(config: TrainConfig, device, trainable: bool = True):
+    """(model, tokenizer) from config.model: fp32 on CPU, bf16 on CUDA, NF4 with bf16 compute for
+    load_in_4bit. The base is frozen when `trainable` is False (a reference model)."""
+    import torch
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    folder = check_model_folder(config.model)
+    on_cuda = device.type == "cuda"
+    if config.load_in_4bit and not on_cuda and os.environ.get(ALLOW_CPU_4BIT_ENV) != "1":
+        raise AhaError("4-bit needs CUDA: load_in_4bit (QLoRA) runs bitsandbytes NF4 on an NVIDIA GPU; set "
+                       "load_in_4bit = false to train LoRA on the full-precision model")
+    dtype = torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float32
+    attention = config.attn_implementation
+    if attention == "auto":
+        attention = "sdpa" if on_cuda else "eager"
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attention}
+    if config.load_in_4bit:
+        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if on_cuda else torch.float32)
+        kwargs["device_map"] = {"": device}
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    except (OSError, ValueError) as error:
+        raise AhaError(f"cannot load the model in {folder}: {str(error).splitlines()[0]}") from error
+    if not config.load_in_4bit:
+        model.to(device)
+    elif not on_cuda:  # bitsandbytes repacks CPU 4-bit weights for inference in eval mode, for good: the
+        for module in model.modules():  # training forward after a rollout then fails. Keep the plain layout.
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
+    if not trainable:
+        model.requires_grad_(False).eval()
+    return model, load_tokenizer(folder)
+
+
+def add_adapter(model, config: TrainConfig):
+    """LoRA on the target modules (peft), or the whole model trainable when use_peft is false."""
+    if not config.use_peft:
+        model.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if config.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    targets = config.lora_target_modules
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules="all-linear" if tuple(targets) == ("all-linear",) else list(targets),
+                      task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as error:
+        raise AhaError(f"cannot add LoRA: {str(error).splitlines()[0]}; check lora_target_modules") from error
+
+
+def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Factor on the learning rate after `step` optimizer steps:
+    warmup:   (step + 1) / (warmup + 1)       for step < warmup  (never 0: the first step moves)
+    linear:   (T − step) / (T − warmup)
+    cosine:   ½ · (1 + cos(π · (step − warmup) / (T − warmup)))
+    constant: 1
+    """
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        if schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+    return factor
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch (CPU and CUDA) generator states."""
+    import numpy
+    import torch
+
+    state = {"python": random.getstate(), "numpy": numpy.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    import numpy
+    import torch
+
+    random.setstate(state["python"])
+    numpy.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    import numpy
+    import torch
+
+    random.seed(seed)
+    numpy.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# Several processes ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torch.distributed job started by `accelerate launch` or torchrun (one
+    process: rank 0 of 1). Rank 0 owns the run directory and the store; every rank trains a shard."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed
+
+            torch.distributed.barrier()
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's value, on every rank (any picklable object)."""
+        if not self.enabled:
+            return value
+        import torch.distributed
+
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is True on one (a cancel seen by any process stops them all)."""
+        if not self.enabled:
+            return flag
+        import torch
+        import torch.distributed
+
+        value = torch.tensor([float(flag)], device=_collective_device())
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        return bool(value.item())
+
+
+def _collective_device():
+    import torch
+    import torch.distributed
+
+    return torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+
+
+def init_distributed(device: str = "auto") -> Distributed:
+    """Join the process group when launched with WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Distributed()
+    import torch
+    import torch.distributed
+
+    if not torch.distributed.is_initialized():
+        nccl = device != "cpu" and torch.cuda.is_available()
+        if nccl:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group("nccl" if nccl else "gloo")
+    return Distributed(torch.distributed.get_rank(), torch.distributed.get_world_size())
+
+
+def close_distributed(distributed: Distributed) -> None:
+    if distributed.enabled:
+        import torch.distributed
+
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def main_process_sink(on_event: OnEvent) -> OnEvent:
+    """The sink on rank 0, nothing on the other processes of a multi-process job (their events would repeat)."""
+    return on_event if int(os.environ.get("RANK", "0")) == 0 else ignore
+
+
+def start_run(kind: str, config: Any, on_event: OnEvent, distributed: Distributed) -> Run:
+    """A new run: rank 0 creates it (store row, directory) and tells the other ranks where it is."""
+    run, error = None, None
+    if distributed.is_main:
+        try:
+            run = Run.create(kind, config, on_event)
+        except AhaError as raised:
+            error = raised
+    directory, message = distributed.broadcast((str(run.dir) if run else None, str(error) if error else None))
+    if message is not None:
+        raise error if error is not None else AhaError(message)
+    return run if run is not None else Run.follower(directory, kind)
+
+
+def saved_config(directory: str | Path) -> dict[str, Any]:
+    """The settings a run directory was started with (its config.json)."""
+    directory = Path(directory).expanduser()
+    if not (directory / "run.json").is_file() or not (directory / "config.json").is_file():
+        raise AhaError(f"{directory} is not a run directory (no run.json/config.json): give a folder under runs/")
+    return json.loads((directory / "config.json").read_text(encoding="utf-8"))
+
+
+def reopen_run(directory: str | Path, on_event: OnEvent, distributed: Distributed) -> Run:
+    """An existing run for resume; the other ranks follow rank 0's."""
+    if distributed.is_main:
+        return Run.open(directory, on_event)
+    info = json.loads((Path(directory).expanduser() / "run.json").read_text(encoding="utf-8"))
+    return Run.follower(directory, info["kind"])
+
+
+# The run directory --------------------------------------------------------------------------------
+
+class Run:
+    """One training run: its directory (config, checkpoints, metrics.jsonl, samples.jsonl, run.log) and
+    its row in the store. The directory alone is enough to resume; the store is the index."""
+
+    def __init__(self, directory: Path, kind: str, store_id: int | None, on_event: OnEvent = ignore, store=None,
+                 writer: bool = True):
+        self.dir, self.kind, self.store_id, self._on_event = Path(directory), kind, store_id, on_event
+        self._store = store
+        self.writer = writer  # False on ranks > 0 of a multi-process job: they read the directory, never write
+
+    @classmethod
+    def follower(cls, directory: str | Path, kind: str) -> Run:
+        """The run as a rank > 0 sees it: checkpoints readable, every record and event left to rank 0."""
+        return cls(Path(directory).expanduser(), kind, None, ignore, writer=False)
+
+    # creating and opening
+
+    @classmethod
+    def create(cls, kind: str, config: Any, on_event: OnEvent = ignore) -> Run:
+        """A new run for config (a dataclass): a store row, then `output_dir` or <data dir>/runs/<kind>-<id>."""
+        from engine.paths import subdir
+        from engine.store import Store
+
+        store = Store()
+        store_id = store.create_run(kind, dataclasses.asdict(config), status="created")
+        directory = Path(config.output_dir).expanduser() if config.output_dir else subdir("runs") / f"{kind}-{store_id}"
+        if (directory / "run.json").exists():
+            store.update_run_status(store_id, "error")
+            raise AhaError(f"{directory} already holds a run: resume it with --resume {directory} or choose "
+                           "another output_dir")
+        directory.mkdir(parents=True, exist_ok=True)
+        _store_execute(store, "UPDATE runs SET dir = ? WHERE id = ?", (str(directory.resolve()), store_id))
+        run = cls(directory, kind, store_id, on_event, store)
+        _write_json(directory / "run.json", {"kind": kind, "store_id": store_id, "created_at": time.time()})
+        _write_json(directory / "config.json", dataclasses.asdict(config))
+        _atomic_text(directory / "config.toml", config_to_toml(config))
+        return run
+
+    @classmethod
+    def open(cls, directory: str | Path, on_event: OnEvent = ignore) -> Run:
+        """An existing run directory (for resume)."""
+        from engine.store import Store
+
+        directory = Path(directory).expanduser()
+        info_file = directory / "run.json"
+        if not info_file.is_file():
+            raise AhaError(f"{directory} is not a run directory (no run.json): give a folder under runs/")
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+        store = Store()
+        store_id = info.get("store_id")
+        try:
+            store.get_run(store_id)
+        except AhaError:  # a run directory copied from elsewhere: index it here
+            config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+            store_id = store.create_run(info["kind"], config, dir=directory.resolve(), status="created")
+            _write_json(info_file, {**info, "store_id": store_id})
+        return cls(directory, info["kind"], store_id, on_event, store)
+
+    def saved_config(self) -> dict[str, Any]:
+        return saved_config(self.dir)
+
+    @property
+    def store(self):
+        if self._store is None:
+            from engine.store import Store
+
+            self._store = Store()
+        return self._store
+
+    # events, metrics, samples
+
+    def emit(self, event: dict) -> None:
+        """Forward an event; log and error events also go to run.log."""
+        if not self.writer:
+            return
+        if event["type"] in ("log", "error"):
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            with open(self.dir / "run.log", "a", encoding="utf-8") as stream:
+                stream.write(f"{stamp} {event.get('level', event['type'])}: {event.get('message', '')}\n")
+        self._on_event(event)
+
+    def log(self, message: str, level: str = "info") -> None:
+        self.emit(make_event("log", message=message, level=level))
+
+    def set_status(self, status: str) -> None:
+        if not self.writer:
+            return
+        self.store.update_run_status(self.store_id, status)
+
+    def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        """One line in metrics.jsonl, the store's metrics table, and a `metrics` event."""
+        if not self.writer:
+            return
+        clean = {key: _finite(value) for key, value in metrics.items()}
+        _append_jsonl(self.dir / "metrics.jsonl", [{"step": step, "time": round(time.time(), 3), **clean}])
+        self.store.add_metrics(self.store_id, step, {key: value for key, value in clean.items() if value is not None})
+        self.emit(make_event("metrics", step=step, **clean))
+
+    def log_samples(self, step: int, samples: list[dict]) -> None:
+        """Rollouts of one step: samples.jsonl, the store, and one `sample` event per entry."""
+        if not self.writer:
+            return
+        _append_jsonl(self.dir / "samples.jsonl", [{"step": step, **sample} for sample in samples])
+        for sample in samples:
+            self.store.add_sample(self.store_id, step, sample)
+            self.emit(make_event("sample", step=step, **sample))
+
+    def artifact(self, kind: str, path: Path, **meta: Any) -> None:
+        if not self.writer:
+            return
+        self.store.add_artifact(kind, path, self.store_id, meta)
+        self.emit(make_event("artifact", kind=kind, path=str(path), **meta))
+
+    def truncate_logs(self, step: int) -> None:
+        """Drop metrics and samples recorded after `step` (written after the checkpoint a resume starts from)."""
+        if not self.writer:
+            return
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            path = self.dir / name
+            if path.exists():
+                lines = path.read_text(encoding="utf-8").splitlines()
+                kept = [line for line in lines if line.strip() and _line_step(line) <= step]
+                _atomic_text(path, "".join(line + "\n" for line in kept))
+        for table in ("samples", "metrics"):
+            _store_execute(self.store, f"DELETE FROM {table} WHERE run_id = ? AND step > ?", (self.store_id, step))
+
+    # checkpoints
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.dir / CHECKPOINTS
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first (a partial one is a hidden temp folder, never listed)."""
+        if not self.checkpoint_dir.is_dir():
+            return []
+        found = [path for path in self.checkpoint_dir.glob("step-*") if path.name[5:].isdigit()]
+        return sorted(found, key=lambda path: int(path.name[5:]))
+
+    def latest_checkpoint(self) -> Path | None:
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    @contextlib.contextmanager
+    def new_checkpoint(self, step: int, keep: int | None) -> Iterator[Path]:
+        """Yield a temp folder to fill; on success it is renamed to checkpoints/step-N in one step, and
+        checkpoints beyond `keep` are deleted oldest first. A crash leaves only a hidden temp folder."""
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        final = self.checkpoint_dir / f"step-{step}"
+        temp = self.checkpoint_dir / f".step-{step}.partial-{os.getpid()}"
+        shutil.rmtree(temp, ignore_errors=True)
+        temp.mkdir()
+        try:
+            yield temp
+            if final.exists():
+                old = self.checkpoint_dir / f".step-{step}.old-{os.getpid()}"
+                os.replace(final, old)
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(temp, final)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+        if keep is not None:
+            for path in self.checkpoints()[:-keep] if keep > 0 else []:
+                shutil.rmtree(path, ignore_errors=True)
+        for stale in self.checkpoint_dir.glob(".step-*"):  # left by a killed process
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _store_execute(store, sql: str, params: tuple) -> None:
+    """One committed statement the Store has no method for yet (a run's folder; rows after a resume point)."""
+    with store._write():
+        store.db.execute(sql, params)
+
+
+def _line_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return 0
+
+
+def _finite(value: Any) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _append_jsonl(path: Path, records: list[dict]) -> None:
+    with open(path, "a", encoding="utf-8") as stream:
+        for record in records:
+            stream.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        stream.flush()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _atomic_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    from engine.fileio import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+# Cancel -------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def cancel_on_signals(cancel: CancelToken) -> Iterator[CancelToken]:
+    """SIGINT and SIGTERM (the GUI's cancel) set the token while the block runs; a second SIGINT raises
+    KeyboardInterrupt. Outside the main thread signals cannot be caught and nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield cancel
+        return
+
+    def handler(signum, frame):
+        if signum == signal.SIGINT and cancel.cancelled:
+            raise KeyboardInterrupt
+        cancel.cancel()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield cancel
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class StepAbandoned(Exception):
+    """Raised by a step function that saw the cancel token before changing any weights."""
+
+
+# The trainer --------------------------------------------------------------------------------------
+
+class Trainer:
+    """Model (+ adapter), tokenizer, AdamW, LR schedule and the step loop around a trainer's step function.
+
+    `resume=True` restores the run's latest checkpoint: weights or adapter, optimizer, scheduler, RNG
+    states and the state the step function saved (data position), so the run continues exactly. Under
+    several processes the model is wrapped in DistributedDataParallel (`training_model`): step functions
+    run their gradient forward passes through it, inside `accumulate`, and sample with `model`.
+    """
+
+    def __init__(self, config: TrainConfig, run: Run, *, cancel: CancelToken | None = None, resume: bool = False,
+                 distributed: Distributed | None = None):
+        import torch
+
+        self.config, self.run = config, run
+        self.cancel = cancel or CancelToken()
+        self.distributed = distributed or Distributed()
+        self.device = resolve_device(config.device)
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(True)  # tiny models' denormals: a 12.5 s evaluation became 0.9 s
+        seed_everything(config.seed)
+        self.model, self.tokenizer = load_model(config, self.device)
+        self.model = add_adapter(self.model, config)
+        if config.gradient_checkpointing:
+            if hasattr(self.model, "activation_checkpointing_enable"):  # its name since transformers 5.2x
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.config.use_cache = False
+        self.model.train()
+        self.training_model = self.model
+        if self.distributed.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.training_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            seed_everything(config.seed + self.distributed.rank)  # the same weights, different samples
+        self.parameters = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                           betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon)
+        warmup = config.warmup_steps or math.ceil(config.warmup_ratio * config.max_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(config.lr_scheduler_type, warmup, config.max_steps))
+        self.step = 0
+        self.phase = "training"  # set by the step function: names the memory settings on a CUDA OOM
+        self.should_stop = False  # set by the step function to end the run early, as complete
+        self.resumed_state: dict[str, Any] = {}
+        if resume:
+            self._restore()
+
+    @property
+    def trainable_parameters(self) -> int:
+        return sum(parameter.numel() for parameter in self.parameters)
+
+    @property
+    def step_cancel(self) -> CancelToken | None:
+        """The token a step function may check mid-step (to abandon it); None under several processes,
+        where the ranks agree on a cancel at step boundaries only."""
+        return None if self.distributed.enabled else self.cancel
+
+    def accumulate(self, last: bool):
+        """Context for one micro-batch's gradient forward and backward: under several processes, only the
+        last micro-batch of an update all-reduces the gradients (DDP's no_sync for the others)."""
+        if self.distributed.enabled and not last:
+            return self.training_model.no_sync()
+        return contextlib.nullcontext()
+
+    # the step function's tools
+
+    def optimizer_step(self) -> dict[str, float]:
+        """Clip, step, advance the schedule, zero the gradients. Returns grad_norm (before clipping) and
+        the learning rate the step used."""
+        import torch
+
+        limit = self.config.max_grad_norm if self.config.max_grad_norm > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, limit)
+        learning_rate = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"grad_norm": float(grad_norm), "learning_rate": learning_rate}
+
+    # checkpoints
+
+    def save_checkpoint(self, state: Mapping[str, Any]) -> Path:
+        """checkpoints/step-N: adapter (or full model + tokenizer), optimizer, scheduler, RNG, `state`.
+        Under several processes each rank's RNG goes to rng-<rank>.pt and rank 0 writes the rest."""
+        import torch
+
+        path = self.run.checkpoint_dir / f"step-{self.step}"
+        staging = self.run.checkpoint_dir / f".rng-step-{self.step}"
+        if self.distributed.enabled:
+            staging.mkdir(parents=True, exist_ok=True)
+            torch.save(rng_state(), staging / f"rng-{self.distributed.rank}.pt")
+            self.distributed.barrier()
+        if not self.distributed.is_main:
+            self.distributed.barrier()  # until rank 0 has renamed the checkpoint into place
+            return path
+        with self.run.new_checkpoint(self.step, self.config.save_total_limit) as folder:
+            if self.config.use_peft:
+                self.model.save_pretrained(folder / "adapter")
+            else:
+                self.model.save_pretrained(folder / "model")
+                self.tokenizer.save_pretrained(folder / "model")
+            torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
+            if self.distributed.enabled:
+                for file in staging.glob("rng-*.pt"):
+                    os.replace(file, folder / file.name)
+                shutil.rmtree(staging, ignore_errors=True)
+            else:
+                torch.save(rng_state(), folder / "rng.pt")
+            _write_json(folder / "state.json", {"step": self.step, "world_size": self.distributed.world_size, **state})
+        self.distributed.barrier()
+        self.run.artifact("checkpoint", path, step=self.step)
+        return path
+
+    def save_final(self) -> Path:
+        """final/adapter (a PEFT adapter folder, for `aha export --adapter`) or final/model (a checkpoint)."""
+        target = self.run.dir / "final" / ("adapter" if self.config.use_peft else "model")
+        if not self.distributed.is_main:
+            return target
+        shutil.rmtree(target, ignore_errors=True)
+        self.model.save_pretrained(target)
+        if not self.config.use_peft:
+            self.tokenizer.save_pretrained(target)
+        self.run.artifact("adapter" if self.config.use_peft else "model", target, step=self.step)
+        return target
+
+    def _restore(self) -> None:
+        import torch
+
+        checkpoint = self.run.latest_checkpoint()
+        if checkpoint is None:
+            self.run.log("no checkpoint yet: starting the run from step 0", "warning")
+            return
+        if self.config.use_peft:
+            from peft import set_peft_model_state_dict
+            from peft.utils import load_peft_weights
+
+            set_peft_model_state_dict(self.model, load_peft_weights(str(checkpoint / "adapter"), device=str(self.device)))
+        else:
+            from safetensors.torch import load_file
+
+            weights = {}
+            for file in sorted((checkpoint / "model").glob("*.safetensors")):
+                weights.update(load_file(file, device=str(self.device)))
+            missing, unexpected = self.model.load_state_dict(weights, strict=False)
+            if unexpected or [key for key in missing if "lm_head" not in key]:
+                raise AhaError(f"checkpoint {checkpoint} does not fit the model {self.config.model}")
+        self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location=self.device))
+        self.scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt"))
+        state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+        self.step = int(state.pop("step"))
+        saved_world = int(state.pop("world_size", 1))
+        if saved_world != self.distributed.world_size:
+            raise AhaError(f"{checkpoint} was written by {saved_world} process(es); resume it with as many "
+                           f"(this job has {self.distributed.world_size})")
+        self.resumed_state = state
+        rng_file = checkpoint / (f"rng-{self.distributed.rank}.pt" if self.distributed.enabled else "rng.pt")
+        set_rng_state(torch.load(rng_file, weights_only=False))  # our own file: trusted
+        self.run.truncate_logs(self.step)
+        self.run.log(f"resumed from {checkpoint.name}")
+
+    # the loop
+
+    def fit(self, step_function: Callable[[int], dict[str, float]], state: Callable[[], dict[str, Any]],
+            restore_state: Callable[[dict[str, Any]], None], stage: str) -> str:
+        """Run step_function(step) until max_steps, `should_stop`, a cancel or an error; returns "complete"
+        or "cancelled".
+
+        Around each step: metrics to the run (every logging_steps), progress with ETA (split into the
+        step's `generation_s`/`training_s` when it reports them), a checkpoint every save_steps, at the
+        end and on cancel. A step that raises StepAbandoned is rolled back (RNG and `state`) so a resume
+        replays it exactly. A CUDA out-of-memory error becomes a one-line AhaError naming the settings.
+        """
+        config = self.config
+        start = self.step
+        progress = Progress(self.run.emit, stage, total=max(config.max_steps - start, 1), unit="steps")
+        timings: dict[str, float] = {}
+        saved_at = self.step if start else None
+        status = "complete"
+        self.run.set_status("running")
+        try:
+            while self.step < config.max_steps:
+                if self.distributed.any(self.cancel.cancelled):
+                    status = "cancelled"
+                    break
+                snapshot, data_snapshot = rng_state(), state()
+                try:
+                    metrics = self._guarded(step_function, self.step + 1)
+                except StepAbandoned:
+                    set_rng_state(snapshot)
+                    restore_state(data_snapshot)
+                    status = "cancelled"
+                    break
+                self.step += 1
+                for key in ("generation_s", "training_s"):
+                    if key in metrics:
+                        timings[key] = timings.get(key, 0.0) + metrics[key]
+                if self.step % config.logging_steps == 0 or self.step == config.max_steps:
+                    self.run.log_metrics(self.step, metrics)
+                done = self.step - start
+                elapsed = time.monotonic() - progress.started
+                progress.update(done, force=True, step=self.step, max_steps=config.max_steps,
+                                eta_s=round(elapsed / done * (config.max_steps - self.step), 1),
+                                **{key: round(value / done, 3) for key, value in timings.items()})
+                if self.step % config.save_steps == 0 or self.step == config.max_steps or self.should_stop:
+                    self.save_checkpoint(state())
+                    saved_at = self.step
+                if self.should_stop:
+                    break
+            if status == "cancelled" and saved_at != self.step:
+                self.save_checkpoint(state())
+        except BaseException:
+            self.run.set_status("error")
+            raise
+        self.run.set_status(status)
+        return status
+
+    def _guarded(self, step_function: Callable[[int], dict[str, float]], step: int) -> dict[str, float]:
+        import torch
+
+        try:
+            return step_function(step)
+        except torch.cuda.OutOfMemoryError as error:
+            raise AhaError(out_of_memory_message(self.config, self.phase, step)) from error
+
+
+def out_of_memory_message(config: TrainConfig, phase: str, step: int) -> str:
+    """'CUDA out of memory during generation at step 3: lower num_generations (now 8), …'."""
+    names = config.MEMORY_SETTINGS.get(phase) or next(iter(config.MEMORY_SETTINGS.values()))
+    lower = [f"{name} (now {getattr(config, name)})" for name in names if name != "gradient_accumulation_steps"]
+    advice = f"lower {', '.join(lower)}" if lower else ""
+    if "gradient_accumulation_steps" in names:
+        raise_it = f"raise gradient_accumulation_steps (now {config.gradient_accumulation_steps})"
+        advice = f"{advice} or {raise_it}" if advice else raise_it
+    extras = [name for name, value in (("gradient_checkpointing", config.gradient_checkpointing),
+                                       ("load_in_4bit", config.load_in_4bit)) if not value]
+    if extras:
+        advice += "; " + " and ".join(f"{name} = true" for name in extras) + " also save memory"
+    return f"CUDA out of memory during {phase} at step {step}: {advice}"

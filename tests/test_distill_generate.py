@@ -1,0 +1,462 @@
+"""`aha distill generate`: teacher traces verified with the rewards, resumable JSONL, three teacher kinds.
+
+The endpoint teacher talks to a real OpenAI-compatible server on loopback: llama-cpp-python's own
+`llama_cpp.server` serving the scripted GGUF (one server per module, with an API key). The GGUF and HF
+teachers run the same scripted model in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from engine import teachers
+from engine.cli import main
+from engine.distill import (
+    Verdict,
+    generate_traces,
+    progress_path,
+    prompt_id,
+    read_jsonl_rows,
+    select_kept,
+)
+from engine.errors import AhaError
+from engine.jobs import CancelToken
+from engine.store import Store
+from engine.teachers import GGUFTeacher, HFTeacher, OpenAITeacher, Sampling, TeacherSample, split_reply
+from tests.support.scripted_model import ANSWER, QUESTION, REPLY, THOUGHT
+
+KEY_ENV = "AHA_TEST_TEACHER_KEY"
+KEY = "sk-loopback-test"
+GREEDY = Sampling(temperature=0.0, max_tokens=200, seed=0)
+# The scripted model answers QUESTION with "…\boxed{4}": right for "4" and for "2+2" (checked
+# symbolically), wrong for "5". The third row repeats the question under its own id.
+ROWS = [{"prompt": QUESTION, "answer": "4"},
+        {"prompt": QUESTION, "answer": "5"},
+        {"id": "again", "prompt": QUESTION, "answer": "2+2"}]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    log: Path
+    process: subprocess.Popen
+
+    def chat_requests(self) -> int:
+        """Chat completions the server has answered (from uvicorn's access log)."""
+        return self.log.read_text(errors="replace").count("POST /v1/chat/completions")
+
+
+@pytest.fixture(scope="module")
+def server(scripted_gguf, tmp_path_factory):
+    """llama_cpp.server on a free loopback port, serving the scripted model behind an API key."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with open(log, "wb") as stream:
+        process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(scripted_gguf),
+                                    "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024",
+                                    "--n_threads", "1", "--api_key", KEY], stdout=stream, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            request = urllib.request.Request(f"{url}/models", headers={"Authorization": f"Bearer {KEY}"})
+            with urllib.request.urlopen(request, timeout=2):
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"llama_cpp.server did not start:\n{log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.1)
+    yield Server(url, log, process)
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(autouse=True)
+def _api_key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+# The endpoint teacher against llama_cpp.server ---------------------------------------------------
+
+def test_endpoint_traces_are_verified_written_and_resumed(server, tmp_path):
+    out = tmp_path / "traces.jsonl"
+    events: list[dict] = []
+    requests_before = server.chat_requests()
+    teacher = OpenAITeacher(server.url, api_key_env=KEY_ENV, concurrency=2)
+    with Store(tmp_path / "aha.db") as store:
+        stats = generate_traces(teacher, ROWS, k=2, out_path=out, sampling=GREEDY, on_event=events.append,
+                                store=store)
+        run = store.get_run(stats.run_id)
+        assert run["kind"] == "distill-generate" and run["status"] == "complete"
+        assert run["config"]["teacher"] == {"kind": "openai", "name": teacher.name, "url": server.url}
+        assert store.metric_series(stats.run_id, "acceptance_rate")[-1] == (3, pytest.approx(4 / 6))
+
+    # Greedy replies: both samples of a prompt agree, so each accepted prompt keeps one (the other is a duplicate).
+    assert (stats.prompts, stats.prompts_done, stats.skipped, stats.status) == (3, 3, 0, "complete")
+    assert (stats.samples, stats.accepted, stats.duplicates, stats.kept) == (6, 4, 2, 2)
+    assert stats.rejected == {"accuracy": 2} and stats.acceptance_rate == pytest.approx(4 / 6)
+    assert stats.samples_per_s > 0 and teacher.requests == 6
+    assert server.chat_requests() - requests_before == 6
+
+    records = {record["prompt_id"]: record for record in _lines(out)}  # prompts finish in any order
+    first, again = records[prompt_id(ROWS[0])], records["again"]
+    assert len(records) == 2
+    assert first["prompt"] == QUESTION and first["gold"] == "4" and again["gold"] == "2+2"
+    # llama_cpp.server renders the GGUF's R1 template (ending in `<think>\n`): the content holds only `</think>`.
+    assert first["thinking"] == THOUGHT.strip() and first["answer"] == ANSWER
+    assert first["rewards"] == {"accuracy": 1.0, "format": 1.0} and first["reward"] == 2.0
+    assert first["teacher"] == {"kind": "openai", "name": teacher.name, "url": server.url}
+    assert first["sampling"] == {"temperature": 0.0, "top_p": 0.95, "max_tokens": 200, "seed": 0}
+    assert first["sample"] == 0 and first["timing"]["seconds"] > 0
+    assert first["usage"]["completion_tokens"] > 0 and first["usage"]["prompt_tokens"] > 0
+    assert KEY not in out.read_text() and KEY not in progress_path(out).read_text()
+
+    # Every prompt is in the progress file, the fully rejected one included.
+    header, *progress = _lines(progress_path(out))
+    assert header["config"]["k"] == 2
+    by_id = {record["prompt_id"]: record for record in progress}
+    assert {identity: record["kept"] for identity, record in by_id.items()} == {
+        prompt_id(ROWS[0]): 1, prompt_id(ROWS[1]): 0, "again": 1}
+    assert by_id[prompt_id(ROWS[1])]["rejected"] == {"accuracy": 2}
+
+    kinds = [event["type"] for event in events]
+    assert {"progress", "metrics", "sample", "artifact"} <= set(kinds)
+    final = [event for event in events if event["type"] == "progress"][-1]
+    assert final["done"] == final["total"] == 3 and final["unit"] == "prompts"
+    metrics = [event for event in events if event["type"] == "metrics"]
+    assert [event["step"] for event in metrics] == [1, 2, 3] and metrics[-1]["acceptance_rate"] == pytest.approx(4 / 6, abs=1e-5)
+
+    # A rerun asks the teacher nothing and leaves the file as it was.
+    before = out.read_bytes()
+    rerun_teacher = OpenAITeacher(server.url, model=teacher.name, api_key_env=KEY_ENV)
+    rerun = generate_traces(rerun_teacher, ROWS, k=2, out_path=out, sampling=GREEDY)
+    assert (rerun.skipped, rerun.prompts_done, rerun.samples, rerun.status) == (3, 0, 0, "complete")
+    assert rerun_teacher.requests == 0 and server.chat_requests() - requests_before == 6
+    assert out.read_bytes() == before
+
+
+def test_a_crash_mid_write_is_cleaned_on_resume(server, tmp_path):
+    out = tmp_path / "traces.jsonl"
+    teacher = OpenAITeacher(server.url, api_key_env=KEY_ENV)
+    generate_traces(teacher, ROWS[:1], k=1, out_path=out, sampling=GREEDY)
+    done_line = out.read_text()
+    # A crash while writing the third prompt: one whole line (its progress record never came) and half a line.
+    orphan = {**json.loads(done_line), "prompt_id": "again"}
+    with open(out, "a", encoding="utf-8") as stream:
+        stream.write(json.dumps(orphan) + "\n" + '{"prompt_id": "again", "thinking": "Step 1: 2+')
+    with open(progress_path(out), "a", encoding="utf-8") as stream:
+        stream.write('{"prompt_id": "aga')
+    events: list[dict] = []
+    stats = generate_traces(teacher, ROWS, k=1, out_path=out, sampling=GREEDY, on_event=events.append)
+    assert (stats.skipped, stats.prompts_done, stats.kept) == (1, 2, 1)
+    assert any("removed 2 line(s)" in event.get("message", "") for event in events if event["type"] == "log")
+    records = _lines(out)  # every line parses again
+    assert [record["prompt_id"] for record in records] == [prompt_id(ROWS[0]), "again"]
+    assert out.read_text().startswith(done_line)
+    progress = [record.get("prompt_id") for record in _lines(progress_path(out))[1:]]
+    assert progress[0] == prompt_id(ROWS[0]) and sorted(progress[1:]) == sorted([prompt_id(ROWS[1]), "again"])
+
+
+def test_keep_rules_over_sampled_replies(server, tmp_path):
+    teacher = OpenAITeacher(server.url, api_key_env=KEY_ENV, concurrency=3)
+    sampled = Sampling(temperature=0.8, top_p=0.95, max_tokens=200, seed=7)
+    stats = generate_traces(teacher, ROWS[:1], k=3, out_path=tmp_path / "first.jsonl", keep="first", sampling=sampled)
+    records = _lines(tmp_path / "first.jsonl")
+    assert stats.samples == 3 and len(records) == min(stats.accepted, 1)
+    assert [record["sampling"]["seed"] for record in records] in ([7], [8], [9], [])
+
+
+def test_a_wrong_or_missing_api_key_is_one_line_naming_the_url(server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "wrong")
+    with pytest.raises(AhaError) as refused:
+        OpenAITeacher(server.url, api_key_env=KEY_ENV)
+    message = str(refused.value)
+    assert f"{server.url}/models" in message and "HTTP 401" in message and KEY_ENV in message and "\n" not in message
+    monkeypatch.delenv(KEY_ENV)
+    with pytest.raises(AhaError, match=f"environment variable {KEY_ENV} holds no API key"):
+        OpenAITeacher(server.url, api_key_env=KEY_ENV)
+
+
+def test_cli_generate_with_jsonl_events(server, tmp_path):
+    dataset = tmp_path / "data.jsonl"
+    dataset.write_text("".join(json.dumps({"question": row["prompt"], "solution": row["answer"]}) + "\n"
+                               for row in ROWS[:2]), encoding="utf-8")
+    out = tmp_path / "traces.jsonl"
+    command = [sys.executable, "-m", "engine.cli", "distill", "generate", "--teacher", f"openai:{server.url}",
+               "--api-key-env", KEY_ENV, "--dataset", str(dataset), "--prompt-column", "question",
+               "--answer-column", "solution", "-k", "2", "--keep", "shortest", "--reward", "accuracy",
+               "--reward", "format", "--temperature", "0", "--max-tokens", "200", "--concurrency", "2",
+               "-o", str(out), "--events", "jsonl"]
+    env = {**os.environ, "AHA_HOME": str(tmp_path / "home")}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {"progress", "metrics", "sample", "artifact", "done"} <= {event["type"] for event in events}
+    done = events[-1]
+    assert done["type"] == "done" and done["status"] == "complete"
+    assert (done["samples"], done["accepted"], done["kept"], done["rejected"]) == (4, 2, 1, {"accuracy": 2})
+    assert _lines(out)[0]["answer"] == ANSWER
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert again.returncode == 0 and json.loads(again.stdout.splitlines()[-1])["skipped"] == 2
+
+
+def test_cli_reports_a_dataset_without_the_column_with_its_line(tmp_path, capsys):
+    dataset = tmp_path / "data.jsonl"
+    dataset.write_text('{"prompt": "1+1?", "answer": "2"}\n\n{"prompt": "2+2?"}\n', encoding="utf-8")
+    code = main(["distill", "generate", "--teacher", "openai:http://127.0.0.1:9/v1", "--model", "m",
+                 "--dataset", str(dataset), "-o", str(tmp_path / "out.jsonl"), "--events", "jsonl"])
+    captured = capsys.readouterr()
+    assert code == 2
+    error = json.loads(captured.out.splitlines()[-1])
+    assert error["type"] == "error" and "line 3" in error["message"] and "'answer'" in error["message"]
+    assert "--answer-column" in captured.err and not (tmp_path / "out.jsonl").exists()
+
+
+# Errors that name what to fix ---------------------------------------------------------------------
+
+def test_an_unreachable_teacher_is_one_line_naming_the_url(tmp_path):
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    with pytest.raises(AhaError) as unreachable:
+        OpenAITeacher(url)  # asks the server which model it serves
+    assert f"cannot reach the teacher at {url}/models" in str(unreachable.value)
+    teacher = OpenAITeacher(url, model="deepseek-r1")
+    with Store(tmp_path / "aha.db") as store:
+        with pytest.raises(AhaError) as failed:
+            generate_traces(teacher, ROWS[:1], k=2, out_path=tmp_path / "out.jsonl", sampling=GREEDY, store=store)
+        assert store.get_run(1)["status"] == "error"
+    message = str(failed.value)
+    assert f"cannot reach the teacher at {url}/chat/completions" in message and "\n" not in message
+    assert (tmp_path / "out.jsonl").read_text() == ""  # nothing half-written
+
+
+def test_read_jsonl_rows_names_the_bad_line(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"question": "q1", "solution": "1", "level": 3}\n{"question": "q2"}\n', encoding="utf-8")
+    with pytest.raises(AhaError, match=r"data.jsonl line 2 has no 'solution' column \(it has: question\)"):
+        read_jsonl_rows(path, "question", "solution")
+    path.write_text('{"question": "q1", "solution": "1", "level": 3}\n{"question": "q2", "solution": \n', encoding="utf-8")
+    with pytest.raises(AhaError, match="data.jsonl line 2 is not valid JSON"):
+        read_jsonl_rows(path, "question", "solution")
+    path.write_text('{"question": "q1", "solution": "1", "level": 3}\n', encoding="utf-8")
+    assert read_jsonl_rows(path, "question", "solution") == [
+        {"question": "q1", "solution": "1", "level": 3, "prompt": "q1", "answer": "1"}]
+    assert read_jsonl_rows(path, "question", None)[0].get("answer") is None
+    with pytest.raises(AhaError, match="not found"):
+        read_jsonl_rows(tmp_path / "missing.jsonl")
+
+
+def test_an_existing_foreign_output_is_not_overwritten(tmp_path):
+    out = tmp_path / "notes.jsonl"
+    out.write_text('{"mine": true}\n', encoding="utf-8")
+    teacher = OpenAITeacher("http://127.0.0.1:9/v1", model="m")
+    with pytest.raises(AhaError, match="pass --force"):
+        generate_traces(teacher, ROWS[:1], k=1, out_path=out)
+    assert out.read_text() == '{"mine": true}\n'
+
+
+# The other two teachers, in-process -------------------------------------------------------------
+
+def test_gguf_teacher_generates_cancels_and_resumes(scripted_gguf, tmp_path):
+    out = tmp_path / "traces.jsonl"
+    teacher = GGUFTeacher(scripted_gguf, n_ctx=1024)
+    try:
+        cancel = CancelToken()
+
+        def on_event(event: dict) -> None:
+            if event["type"] == "sample":
+                cancel.cancel()  # stop after the first prompt
+
+        stats = generate_traces(teacher, ROWS, k=2, out_path=out, sampling=GREEDY, on_event=on_event, cancel=cancel)
+        assert (stats.status, stats.prompts_done, stats.kept) == ("cancelled", 1, 1)
+        record = _lines(out)[0]
+        assert record["thinking"] == THOUGHT.strip() and record["answer"] == ANSWER
+        assert record["teacher"]["kind"] == "gguf" and record["timing"]["thinking_s"] > 0
+        rest = generate_traces(teacher, ROWS, k=2, out_path=out, sampling=GREEDY)
+        assert (rest.status, rest.skipped, rest.prompts_done, rest.kept) == ("complete", 1, 2, 1)
+        # A reply cut by the token budget is never kept.
+        short = generate_traces(teacher, ROWS[:1], k=1, out_path=tmp_path / "short.jsonl",
+                                sampling=Sampling(temperature=0.0, max_tokens=10))
+        assert short.rejected == {"truncated": 1} and short.kept == 0
+        [(_, [sample])] = list(teacher.generate([QUESTION], 1, GREEDY))
+        assert sample.raw == REPLY and sample.prefilled and sample.finish_reason == "stop"
+    finally:
+        teacher.close()
+
+
+def test_hf_teacher_generates_traces(scripted_gguf, tiny_dir, tmp_path):
+    teacher = HFTeacher(tiny_dir / "scripted")  # the checkpoint the scripted GGUF was exported from
+    out = tmp_path / "traces.jsonl"
+    stats = generate_traces(teacher, ROWS[:2], k=2, out_path=out, sampling=GREEDY)
+    assert (stats.samples, stats.accepted, stats.duplicates, stats.kept) == (4, 2, 1, 1)
+    record = _lines(out)[0]
+    assert record["thinking"] == THOUGHT.strip() and record["answer"] == ANSWER
+    assert record["teacher"] == {"kind": "hf", "name": "scripted", "path": str(tiny_dir / "scripted")}
+    [(_, samples)] = list(teacher.generate([QUESTION], 2, Sampling(temperature=0.7, max_tokens=8, seed=3)))
+    assert [sample.finish_reason for sample in samples] == ["length", "length"]
+    assert all(sample.prefilled and sample.usage["completion_tokens"] == 8 for sample in samples)
+
+
+# Reply shapes, keep rules and a fake endpoint with a reasoning field ----------------------------
+
+def test_split_reply_shapes():
+    # Inline tags, as a template that does not open the thought makes a model write them.
+    assert split_reply("<think>\nhmm\n</think>\n\n42") == ("hmm", "42", "<think>\nhmm\n</think>\n\n42", False)
+    # Only the closing tag: the prompt opened the thought (R1 templates since Feb 2025).
+    assert split_reply("hmm\n</think>\n\n42") == ("hmm", "42", "hmm\n</think>\n\n42", True)
+    # A separate reasoning field (vLLM, DeepSeek's API, Ollama): put back inline for the verifier.
+    assert split_reply("42", reasoning="hmm") == ("hmm", "42", "<think>\nhmm\n</think>\n\n42", False)
+    # No thought at all: all answer, and the format reward will say so.
+    assert split_reply("42") == ("", "42", "42", False)
+
+
+def _sample(thinking: str, answer: str) -> TeacherSample:
+    return TeacherSample(thinking, answer, f"{thinking}</think>{answer}", True, "stop", {})
+
+
+def test_select_kept_rules_and_duplicates():
+    verdicts = [Verdict(_sample("long thought", "4"), 0, {}, 2.0, None),
+                Verdict(_sample("short", "4"), 1, {}, 2.0, None),
+                Verdict(_sample("wrong", "5"), 2, {}, 1.0, "accuracy"),
+                Verdict(_sample("short", "4"), 3, {}, 2.0, None)]
+    assert [v.index for v in select_kept(verdicts, "all")[0]] == [0, 1] and select_kept(verdicts, "all")[1] == 1
+    assert [v.index for v in select_kept(verdicts, "first")[0]] == [0]
+    assert [v.index for v in select_kept(verdicts, "shortest")[0]] == [1]
+    assert select_kept(verdicts[2:3], "shortest") == ([], 0)
+    with pytest.raises(AhaError, match="unknown keep rule"):
+        select_kept(verdicts, "best")
+
+
+class _FakeEndpoint(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint that returns reasoning in `reasoning_content` (as vLLM does) and
+    fails the first chat request with HTTP 503."""
+
+    bodies: list[dict] = []
+    headers_seen: list[str] = []
+    failures_left = 1
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).headers_seen.append(self.headers.get("Authorization", ""))
+        if type(self).failures_left:
+            type(self).failures_left -= 1
+            self._send(503, {"error": {"message": "warming up"}})
+            return
+        type(self).bodies.append(body)
+        self._send(200, {"choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": "The answer is \\boxed{4}.", "reasoning_content": "2 and 2 make 4."}}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 12}})
+
+    def _send(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_reasoning_field_endpoint_with_a_retried_failure(tmp_path, monkeypatch):
+    monkeypatch.setattr(teachers, "RETRY_BACKOFF_S", 0.0)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _FakeEndpoint)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        teacher = OpenAITeacher(f"http://127.0.0.1:{httpd.server_address[1]}", model="r1-fake", api_key_env=KEY_ENV,
+                                concurrency=1)
+        assert teacher.base_url.endswith("/v1")  # a bare host:port gets the OpenAI path
+        out = tmp_path / "traces.jsonl"
+        stats = generate_traces(teacher, ROWS[:1], k=2, out_path=out, keep="all",
+                                sampling=Sampling(temperature=0.6, top_p=0.9, max_tokens=64, seed=5))
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert (stats.samples, stats.accepted, stats.kept, stats.duplicates) == (2, 2, 1, 1)
+    record = _lines(out)[0]
+    assert record["thinking"] == "2 and 2 make 4." and record["answer"] == "The answer is \\boxed{4}."
+    assert record["usage"] == {"prompt_tokens": 9, "completion_tokens": 12}
+    bodies = sorted(_FakeEndpoint.bodies, key=lambda body: body["seed"])
+    assert [body["seed"] for body in bodies] == [5, 6]
+    assert bodies[0]["model"] == "r1-fake" and bodies[0]["messages"] == [{"role": "user", "content": QUESTION}]
+    assert (bodies[0]["temperature"], bodies[0]["top_p"], bodies[0]["max_tokens"]) == (0.6, 0.9, 64)
+    assert set(_FakeEndpoint.headers_seen) == {f"Bearer {KEY}"} and len(_FakeEndpoint.headers_seen) == 3
+
+
+class _ListTeacher:
+    """A teacher without a model: every prompt gets the same k replies, from a list."""
+
+    kind, name = "list", "replies"
+
+    def __init__(self, replies: list[str]):
+        self.replies, self.prompts_asked = replies, 0
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "name": self.name}
+
+    def generate(self, prompts, k, sampling, cancel=None):
+        for index, _ in enumerate(prompts):
+            self.prompts_asked += 1
+            samples = []
+            for sample_index in range(k):
+                thinking, answer, raw, prefilled = split_reply(self.replies[sample_index % len(self.replies)])
+                samples.append(TeacherSample(thinking, answer, raw, prefilled, "stop", sampling.for_sample(sample_index)))
+            yield index, samples
+
+    def close(self) -> None:
+        pass
+
+
+def test_deleted_traces_start_over_and_changed_settings_are_flagged(tmp_path):
+    out = tmp_path / "traces.jsonl"
+    teacher = _ListTeacher([REPLY, "no thought, just \\boxed{4}", "<think>\nshort\n</think>\n\n\\boxed{4}"])
+    stats = generate_traces(teacher, ROWS, k=3, out_path=out, keep="shortest")
+    assert stats.rejected == {"format": 2, "accuracy": 3} and stats.kept == 2  # one kept per prompt whose gold is 4
+    assert {record["thinking"] for record in _lines(out)} == {"short"}
+    out.unlink()
+    again = generate_traces(teacher, ROWS, k=3, out_path=out, keep="shortest")
+    assert (again.skipped, again.prompts_done, teacher.prompts_asked) == (0, 3, 6)
+    events: list[dict] = []
+    generate_traces(teacher, ROWS, k=2, out_path=out, keep="shortest", on_event=events.append)
+    warnings = [event["message"] for event in events if event.get("level") == "warning"]
+    assert any("different settings (k)" in message for message in warnings) and teacher.prompts_asked == 6
+
+
+def test_custom_reward_files_see_the_dataset_columns(tmp_path):
+    checker = tmp_path / "checker.py"
+    checker.write_text("def has_unit(prompts, completions, unit, **columns):\n"
+                       "    return [float(u in c) for c, u in zip(completions, unit)]\n", encoding="utf-8")
+    rows = [{"prompt": "How long?", "answer": "4", "unit": "cm"}, {"prompt": "How heavy?", "answer": "4", "unit": "kg"}]
+    teacher = _ListTeacher(["<think>\nmeasure\n</think>\n\n\\boxed{4} cm"])
+    stats = generate_traces(teacher, rows, k=1, out_path=tmp_path / "t.jsonl",
+                            rewards=["accuracy", "format", f"{checker}:has_unit"])
+    assert stats.kept == 1 and stats.rejected == {"has_unit": 1}
+    assert _lines(tmp_path / "t.jsonl")[0]["rewards"] == {"accuracy": 1.0, "format": 1.0, "has_unit": 1.0}

@@ -1,0 +1,304 @@
+"""The GRPO loop on the tiny char model: metrics and rollouts recorded, every loss type and option path
+runs, exact resume after SIGKILL and after SIGTERM, the `aha grpo` command with TOML + flags + JSON-lines
+events, and the one-line errors a user meets."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine import cli
+from engine.errors import AhaError
+from engine.grpo import GRPOConfig, group_advantages, grpo_loss, load_grpo_config, train
+from tests.support.char_model import make_char_model
+
+REPO = Path(__file__).resolve().parents[1]
+# Rewards the random-init model can earn, so advantages (and gradients) are not all zero.
+REWARD_FILE = """
+def sevens(prompts, completions, **columns):
+    return [completion.count("7") / 4 for completion in completions]
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("grpo")
+    model = make_char_model(folder / "char")
+    reward = folder / "reward.py"
+    reward.write_text(REWARD_FILE)
+    return model, reward
+
+
+def tiny(setup, **changes) -> GRPOConfig:
+    model, reward = setup
+    settings = dict(model=str(model), dataset="addition", rewards=(f"{reward}:sevens", "format"),
+                    reward_weights=(1.0, 0.2), prompts_per_step=4, num_generations=4, max_completion_length=12,
+                    max_steps=4, learning_rate=1e-2, lora_r=4, lora_alpha=8, lora_dropout=0.1, save_steps=1,
+                    seed=7, loss_type="grpo", lr_scheduler_type="constant")
+    return GRPOConfig(**{**settings, **changes})
+
+
+def adapter_weights(run_dir) -> dict[str, torch.Tensor]:
+    return load_file(Path(run_dir) / "final" / "adapter" / "adapter_model.safetensors")
+
+
+def test_public_api_reexports_the_math():
+    from engine import grpo_math
+
+    assert group_advantages is grpo_math.group_advantages and grpo_loss is grpo_math.grpo_loss
+
+
+def test_steps_record_every_metric_and_rollout(setup, tmp_path):
+    """β > 0 (reference = adapter disabled), μ = 2, gradient accumulation, DAPO aggregation, masked
+    truncations and a held-out evaluation, all in one short run."""
+    events = []
+    config = tiny(setup, output_dir=str(tmp_path / "run"), max_steps=2, beta=0.04, num_iterations=2,
+                  gradient_accumulation_steps=2, loss_type="dapo", mask_truncated_completions=True,
+                  rewards=("accuracy", "format", f"{setup[1]}:sevens"), reward_weights=(1.0, 0.2, 1.0),
+                  eval_steps=2, eval_samples=4)
+    result = train(config, on_event=events.append)
+    assert result["status"] == "complete" and result["step"] == 2
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in metrics] == [1, 2]
+    expected = {"reward", "reward_std", "rewards/accuracy/mean", "rewards/format/mean", "rewards/sevens/mean",
+                "accuracy", "frac_reward_zero_std", "completions/mean_length", "completions/min_length",
+                "completions/max_length", "completions/clipped_ratio", "completions/mean_terminated_length",
+                "kl", "clip_ratio/low", "clip_ratio/high", "clip_ratio/region", "ratio_mean", "entropy", "loss",
+                "grad_norm", "learning_rate", "generation_s", "training_s", "tokens_per_s", "eval/accuracy"}
+    assert expected <= set(metrics[-1]), expected - set(metrics[-1])
+    assert metrics[0]["kl"] >= 0 and metrics[-1]["kl"] > 0  # the policy moved away from the reference and metrics[-1]["entropy"] > 0 and metrics[-1]["completions/max_length"] <= 12
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 * 4 and all(len(sample["completions"]) == 4 for sample in samples)
+    completion = samples[0]["completions"][0]
+    assert {"text", "reward", "rewards", "advantage", "length", "terminated"} <= set(completion)
+    assert set(completion["rewards"]) == {"accuracy", "format", "sevens"}
+    for sample in samples:  # advantages are centred within each group
+        assert abs(sum(entry["advantage"] for entry in sample["completions"])) < 1e-4
+    assert {event["type"] for event in events} >= {"progress", "metrics", "sample", "artifact", "log"}
+    progress = [event for event in events if event["type"] == "progress"]
+    assert {"eta_s", "generation_s", "training_s", "step"} <= set(progress[-1])
+    weights = adapter_weights(result["run_dir"])
+    assert any("lora_B" in name and tensor.abs().sum() > 0 for name, tensor in weights.items())
+
+
+def test_full_fine_tuning_with_a_reference_copy(setup, tmp_path):
+    result = train(tiny(setup, output_dir=str(tmp_path / "run"), max_steps=1, use_peft=False, beta=0.1,
+                        loss_type="dr_grpo", learning_rate=1e-4))
+    assert result["status"] == "complete" and Path(result["model"], "model.safetensors").is_file()
+
+
+def test_gradient_checkpointing_gives_the_same_step(setup, tmp_path):
+    """Recomputing activations in backward changes memory, not the result."""
+    plain = train(tiny(setup, output_dir=str(tmp_path / "plain"), max_steps=2, lora_dropout=0.0))
+    checkpointed = train(tiny(setup, output_dir=str(tmp_path / "checkpointed"), max_steps=2, lora_dropout=0.0,
+                              gradient_checkpointing=True))
+    expected, actual = adapter_weights(plain["run_dir"]), adapter_weights(checkpointed["run_dir"])
+    assert all(torch.allclose(expected[name], actual[name], atol=1e-6) for name in expected)
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(setup, tmp_path):
+    """Run A uninterrupted in this process; run B in a child process killed with SIGKILL right after
+    step 2's checkpoint, then resumed with `aha grpo --resume`: B ends with A's adapter weights exactly.
+    Sampling, LoRA dropout (0.1) and the data order all depend on the restored state."""
+    straight = train(tiny(setup, output_dir=str(tmp_path / "straight")))
+    toml = tmp_path / "run.toml"
+    toml.write_text("\n".join(f"{key} = {json.dumps(value)}" for key, value in {
+        "model": str(setup[0]), "dataset": "addition", "rewards": [f"{setup[1]}:sevens", "format"],
+        "reward_weights": [1.0, 0.2], "prompts_per_step": 4, "num_generations": 4, "max_completion_length": 12,
+        "learning_rate": 0.01, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "save_steps": 1, "seed": 7,
+        "loss_type": "grpo", "lr_scheduler_type": "constant"}.items()) + "\n")
+    killed_dir = tmp_path / "killed"
+    environment = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    command = [sys.executable, "-m", "engine.cli", "grpo", "--config", str(toml), "--max-steps", "4",
+               "--output-dir", str(killed_dir), "--events", "jsonl"]
+    child = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True)
+    try:
+        for line in child.stdout:
+            event = json.loads(line)
+            if event["type"] == "artifact" and event.get("kind") == "checkpoint" and event["step"] == 2:
+                child.send_signal(signal.SIGKILL)
+                break
+    finally:
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    assert not (killed_dir / "final").exists()
+    resumed = subprocess.run([sys.executable, "-m", "engine.cli", "grpo", "--resume", str(killed_dir),
+                              "--events", "jsonl"], cwd=REPO, env=environment, capture_output=True, text=True,
+                             timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    done = json.loads(resumed.stdout.splitlines()[-1])
+    assert done["type"] == "done" and done["status"] == "complete" and done["step"] == 4
+    steps = [json.loads(line)["step"] for line in (killed_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    expected, actual = adapter_weights(straight["run_dir"]), adapter_weights(killed_dir)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    before = adapter_weights(straight["run_dir"])  # and the run did learn something
+    assert any("lora_B" in name and tensor.abs().sum() > 0 for name, tensor in before.items())
+
+
+def test_sigterm_cancels_with_a_checkpoint_and_resume_matches(setup, tmp_path):
+    straight = train(tiny(setup, output_dir=str(tmp_path / "straight"), max_steps=3))
+
+    def on_event(event):
+        if event["type"] == "metrics" and event["step"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # what the GUI's cancel sends
+
+    config = tiny(setup, output_dir=str(tmp_path / "cancelled"), max_steps=3, save_steps=100)
+    result = train(config, on_event=on_event)
+    assert result == {"status": "cancelled", "run_dir": str(tmp_path / "cancelled"), "step": 1}
+    assert (tmp_path / "cancelled" / "checkpoints" / "step-1" / "adapter").is_dir()
+    finished = train(resume=tmp_path / "cancelled")
+    assert finished["status"] == "complete" and finished["step"] == 3
+    expected, actual = adapter_weights(straight["run_dir"]), adapter_weights(finished["run_dir"])
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    with pytest.raises(AhaError, match="lora_r cannot change"):
+        train(resume=tmp_path / "cancelled", overrides={"lora_r": 8})
+
+
+def test_cli_toml_flags_and_jsonl_events(setup, tmp_path, capsys):
+    toml = tmp_path / "run.toml"
+    toml.write_text(f'model = "{setup[0]}"\ndataset = "addition"\nrewards = ["{setup[1]}:sevens"]\n'
+                    'num_generations = 8\nmax_steps = 50\nprompts_per_step = 2\nmax_completion_length = 8\n'
+                    "learning_rate = 1e-3\n")
+    code = cli.main(["grpo", "--config", str(toml), "--num-generations", "4", "--max-steps", "2",
+                     "--loss-type", "dr_grpo", "--no-use-peft", "--use-peft", "--events", "jsonl"])
+    assert code == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[-1]["type"] == "done" and events[-1]["status"] == "complete"
+    run_dir = Path(events[-1]["run_dir"])
+    assert run_dir.parent == Path(os.environ["AHA_HOME"]) / "runs"  # output_dir unset: under the data dir
+    assert [event["step"] for event in events if event["type"] == "metrics"] == [1, 2]
+    saved = load_grpo_config(run_dir / "config.toml")
+    assert (saved.num_generations, saved.max_steps, saved.loss_type, saved.learning_rate) == (4, 2, "dr_grpo", 1e-3)
+    assert {event["type"] for event in events} >= {"progress", "metrics", "sample", "artifact", "log", "done"}
+
+
+# One-line errors ----------------------------------------------------------------------------------
+
+
+def one_line_cli_error(args, capsys) -> str:
+    assert cli.main(args) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("aha: error: ") and "\n" not in error
+    return error
+
+
+def test_error_model_folder_missing(setup, tmp_path, capsys):
+    error = one_line_cli_error(["grpo", "--model", str(tmp_path / "nowhere"), "--dataset", "addition"], capsys)
+    assert f"model folder {tmp_path / 'nowhere'} not found" in error
+    assert not (Path(os.environ["AHA_HOME"]) / "runs").exists() or not any((Path(os.environ["AHA_HOME"]) / "runs").iterdir())
+
+
+def test_error_dataset_column_missing(setup, tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"question": "1+1=", "answer": "2"}\n')
+    error = one_line_cli_error(["grpo", "--model", str(setup[0]), "--dataset", str(data)], capsys)
+    assert f"{data} line 1 has no column 'prompt' (map yours with --prompt-column)" in error
+
+
+def test_error_reward_file_import(setup, tmp_path, capsys):
+    broken = tmp_path / "broken.py"
+    broken.write_text("def reward(prompts, completions:\n")
+    error = one_line_cli_error(["grpo", "--model", str(setup[0]), "--dataset", "addition",
+                                "--rewards", f"{broken}:reward"], capsys)
+    assert f"cannot import reward file {broken}" in error
+
+
+def test_error_4bit_without_cuda(setup, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("AHA_ALLOW_CPU_4BIT", raising=False)
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    error = one_line_cli_error(["grpo", "--model", str(setup[0]), "--dataset", "addition", "--load-in-4bit",
+                                "--output-dir", str(tmp_path / "run")], capsys)
+    assert error.startswith("aha: error: 4-bit needs CUDA")
+
+
+def test_error_cuda_out_of_memory(setup, tmp_path, monkeypatch):
+    import engine.grpo
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(engine.grpo, "_sample", out_of_memory)
+    with pytest.raises(AhaError) as error:
+        train(tiny(setup, output_dir=str(tmp_path / "run")))
+    assert str(error.value) == ("CUDA out of memory during generation at step 1: lower prompts_per_step (now 4), "
+                                "num_generations (now 4), max_completion_length (now 12); gradient_checkpointing = "
+                                "true and load_in_4bit = true also save memory")
+
+
+def test_config_errors(setup, tmp_path):
+    with pytest.raises(AhaError, match="no dataset given"):
+        load_grpo_config(None, {"model": "m"})
+    with pytest.raises(AhaError, match="loss_type must be one of grpo, dapo, dr_grpo"):
+        load_grpo_config(None, {"model": "m", "dataset": "addition", "loss_type": "ppo"})
+    with pytest.raises(AhaError, match="must divide prompts_per_step × num_generations"):
+        load_grpo_config(None, {"model": "m", "dataset": "addition", "gradient_accumulation_steps": 3})
+    with pytest.raises(AhaError, match="2 rewards but 1 reward_weights"):
+        load_grpo_config(None, {"model": "m", "dataset": "addition", "reward_weights": [1.0]})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text("{}")
+    with pytest.raises(AhaError, match="already holds a run: resume it with --resume"):
+        train(tiny(setup, output_dir=str(tmp_path / "run")))
+
+
+def test_qlora_step_on_a_4bit_base(setup, tmp_path, monkeypatch):
+    """QLoRA: a bitsandbytes NF4 base with LoRA on top runs GRPO steps (on CPU behind the test flag, as
+    bitsandbytes 0.50 supports it; a user on CPU gets the one-line "4-bit needs CUDA" instead)."""
+    monkeypatch.setenv("AHA_ALLOW_CPU_4BIT", "1")
+    events = []
+    result = train(tiny(setup, output_dir=str(tmp_path / "run"), max_steps=2, load_in_4bit=True, beta=0.04),
+                   on_event=events.append)
+    assert result["status"] == "complete"
+    assert any("QLoRA r=4 on a 4-bit NF4 base" in event.get("message", "") for event in events)
+    assert any("lora_B" in name and tensor.abs().sum() > 0 for name, tensor in adapter_weights(result["run_dir"]).items())
+
+
+def test_two_processes_under_accelerate_launch(setup, tmp_path):
+    """`accelerate launch` with 2 processes on CPU (gloo): each trains on half of the prompts with DDP's
+    averaged gradients, rank 0 alone writes the run, every rank's RNG is checkpointed, and the job
+    resumes under 2 processes. (`--cpu` would need mpirun in accelerate 1.15: `--multi_gpu` starts the
+    processes through torchrun, and device = "cpu" keeps them on the CPU.)"""
+    import socket
+
+    def free_port() -> str:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return str(probe.getsockname()[1])
+
+    toml = tmp_path / "run.toml"
+    toml.write_text(f'model = "{setup[0]}"\ndataset = "addition"\nrewards = ["{setup[1]}:sevens"]\n'
+                    'prompts_per_step = 4\nnum_generations = 4\nmax_completion_length = 12\nlearning_rate = 0.01\n'
+                    'lora_r = 4\nlora_alpha = 8\nsave_steps = 1\ndevice = "cpu"\n')
+    run_dir = tmp_path / "run"
+    accelerate = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+    def launch(*args: str) -> list[dict]:
+        done = subprocess.run([*accelerate, "--main_process_port", free_port(), "-m", "engine.cli", "grpo", *args,
+                               "--events", "jsonl"], cwd=REPO, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    events = launch("--config", str(toml), "--max-steps", "2", "--output-dir", str(run_dir))
+    assert [event["type"] for event in events].count("done") == 1  # rank 0 speaks for the job
+    assert events[-1]["status"] == "complete" and events[-1]["step"] == 2
+    assert any("× 2 processes" in event.get("message", "") for event in events)
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert [sample["step"] for sample in samples] == [1, 1, 2, 2]  # rank 0's half of 4 prompts per step
+    assert sorted(path.name for path in (run_dir / "checkpoints" / "step-2").glob("rng*")) == ["rng-0.pt", "rng-1.pt"]
+    assert any("lora_B" in name and tensor.abs().sum() > 0 for name, tensor in adapter_weights(run_dir).items())
+
+    events = launch("--resume", str(run_dir), "--max-steps", "3")
+    assert events[-1]["status"] == "complete" and events[-1]["step"] == 3
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]

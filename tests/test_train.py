@@ -1,0 +1,254 @@
+"""The shared training core: config files and flags, LR schedules, model and adapter setup with its
+one-line errors, the run directory with atomic checkpoints, RNG state, signals and the step loop."""
+
+import argparse
+import json
+import math
+import os
+import random
+import signal
+
+import pytest
+import torch
+
+from engine.errors import AhaError
+from engine.jobs import CancelToken
+from engine.sft import SFTConfig, build_batch, sft_loss, train_sft
+from engine.train import (
+    Run,
+    StepAbandoned,
+    TrainConfig,
+    Trainer,
+    add_config_flags,
+    cancel_on_signals,
+    config_to_toml,
+    flag_overrides,
+    load_config,
+    load_model,
+    load_tokenizer,
+    lr_lambda,
+    out_of_memory_message,
+    resolve_device,
+    rng_state,
+    set_rng_state,
+)
+from tests.support.char_model import make_char_model
+
+
+@pytest.fixture(scope="module")
+def char_folder(tmp_path_factory):
+    return make_char_model(tmp_path_factory.mktemp("char"))
+
+
+# Config -------------------------------------------------------------------------------------------
+
+
+def test_toml_then_flags(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('model = "m"\nlearning_rate = 1\nlora_target_modules = ["q_proj", "v_proj"]\nmax_steps = 5\n')
+    config = load_config(TrainConfig, path, {"max_steps": 7, "seed": None})
+    assert config.model == "m" and config.learning_rate == 1.0 and isinstance(config.learning_rate, float)
+    assert config.lora_target_modules == ("q_proj", "v_proj") and config.max_steps == 7 and config.seed == 42
+    assert load_config(TrainConfig, None, {}) == TrainConfig()
+    (tmp_path / "back.toml").write_text(config_to_toml(config))
+    assert load_config(TrainConfig, tmp_path / "back.toml") == config
+
+
+def test_config_errors_are_one_line(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("max_step = 5\n")
+    with pytest.raises(AhaError, match=r"unknown setting 'max_step' in .*run.toml"):
+        load_config(TrainConfig, path)
+    path.write_text('max_steps = "many"\n')
+    with pytest.raises(AhaError, match=r"setting 'max_steps' in .*run.toml should be an integer, got 'many'"):
+        load_config(TrainConfig, path)
+    path.write_text("max_steps = [\n")
+    with pytest.raises(AhaError, match="is not valid TOML"):
+        load_config(TrainConfig, path)
+    with pytest.raises(AhaError, match="not found"):
+        load_config(TrainConfig, tmp_path / "missing.toml")
+    with pytest.raises(AhaError, match="no model given"):
+        TrainConfig().validate()
+    with pytest.raises(AhaError, match="lr_scheduler_type"):
+        TrainConfig(model="m", lr_scheduler_type="step").validate()
+
+
+def test_flags_from_the_dataclass():
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, TrainConfig)
+    args = parser.parse_args(["--max-steps", "9", "--no-use-peft", "--lora-target-modules", "q_proj", "k_proj",
+                              "--learning-rate", "3e-4"])
+    assert flag_overrides(args, TrainConfig) == {"max_steps": 9, "use_peft": False, "learning_rate": 3e-4,
+                                                 "lora_target_modules": ["q_proj", "k_proj"]}
+    assert load_config(TrainConfig, None, flag_overrides(args, TrainConfig)).lora_target_modules == ("q_proj", "k_proj")
+
+
+def test_lr_schedules():
+    linear = lr_lambda("linear", warmup_steps=2, total_steps=10)
+    assert [linear(step) for step in (0, 1, 2, 6, 10)] == [1 / 3, 2 / 3, 1.0, 0.5, 0.0]
+    cosine = lr_lambda("cosine", warmup_steps=0, total_steps=10)
+    assert cosine(0) == 1.0 and math.isclose(cosine(5), 0.5) and math.isclose(cosine(10), 0.0, abs_tol=1e-12)
+    assert lr_lambda("constant", 3, 10)(1) == 0.5 and lr_lambda("constant", 3, 10)(7) == 1.0
+
+
+# Model and adapter --------------------------------------------------------------------------------
+
+
+def test_model_folder_errors(tmp_path):
+    with pytest.raises(AhaError, match=r"model folder .*nowhere not found"):
+        load_model(TrainConfig(model=str(tmp_path / "nowhere")), torch.device("cpu"))
+    (tmp_path / "adapter").mkdir()
+    with pytest.raises(AhaError, match="has no config.json"):
+        load_model(TrainConfig(model=str(tmp_path / "adapter")), torch.device("cpu"))
+
+
+def test_4bit_needs_cuda(char_folder, monkeypatch):
+    monkeypatch.delenv("AHA_ALLOW_CPU_4BIT", raising=False)
+    with pytest.raises(AhaError) as error:
+        load_model(TrainConfig(model=str(char_folder), load_in_4bit=True), torch.device("cpu"))
+    assert str(error.value).startswith("4-bit needs CUDA") and "\n" not in str(error.value)
+    if not torch.cuda.is_available():
+        with pytest.raises(AhaError, match="sees no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_out_of_memory_message_names_the_settings():
+    from engine.grpo import GRPOConfig
+
+    message = out_of_memory_message(GRPOConfig(model="m", dataset="addition"), "generation", 3)
+    assert message == ("CUDA out of memory during generation at step 3: lower prompts_per_step (now 16), "
+                       "num_generations (now 8), max_completion_length (now 256); gradient_checkpointing = true "
+                       "and load_in_4bit = true also save memory")
+    message = out_of_memory_message(GRPOConfig(model="m", dataset="addition", gradient_checkpointing=True), "training", 1)
+    assert "or raise gradient_accumulation_steps (now 1); load_in_4bit = true also save memory" in message
+
+
+def test_char_tokenizer_round_trip(char_folder):
+    tokenizer = load_tokenizer(char_folder)
+    text = "<think>\n5+8+1=14\n</think>\n1476"
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    assert len(ids) == len(text) - len("<think>") - len("</think>") + 2
+    assert tokenizer.decode(ids) == text and len(tokenizer) == 20
+
+
+# Run directory, checkpoints, RNG, signals ---------------------------------------------------------
+
+
+def test_checkpoints_are_atomic_and_pruned(tmp_path):
+    run = Run(tmp_path, "test", None)
+    for step in (1, 2, 3):
+        with run.new_checkpoint(step, keep=2) as folder:
+            assert folder.name.startswith(".step-")
+            (folder / "state.json").write_text("{}")
+            assert run.latest_checkpoint() == (None if step == 1 else tmp_path / "checkpoints" / f"step-{step - 1}")
+    assert [path.name for path in run.checkpoints()] == ["step-2", "step-3"]
+    with pytest.raises(RuntimeError), run.new_checkpoint(4, keep=2) as folder:
+        (folder / "state.json").write_text("{}")
+        raise RuntimeError("killed half-way")
+    assert run.latest_checkpoint().name == "step-3"
+    assert not list((tmp_path / "checkpoints").glob(".step-*"))
+
+
+def test_rng_state_round_trip():
+    state = rng_state()
+    expected = (random.random(), torch.rand(3).tolist())
+    set_rng_state(state)
+    assert (random.random(), torch.rand(3).tolist()) == expected
+
+
+def test_signals_set_the_cancel_token():
+    token = CancelToken()
+    before = signal.getsignal(signal.SIGTERM)
+    with cancel_on_signals(token):
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert token.cancelled
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_fit_records_checkpoints_and_cancels(char_folder, tmp_path):
+    """A toy step function through Trainer.fit: metrics every step, checkpoints every save_steps and on
+    cancel, an abandoned step rolled back, and a resume that restores weights, optimizer, RNG and state."""
+    config = TrainConfig(model=str(char_folder), output_dir=str(tmp_path / "run"), max_steps=5, save_steps=2,
+                         learning_rate=1e-2, lora_r=4, lora_alpha=8)
+    events = []
+    run = Run.create("test", config, events.append)
+    cancel = CancelToken()
+    trainer = Trainer(config, run, cancel=cancel)
+    position = {"rows": 0}
+
+    def step(number):
+        if number == 4:
+            torch.rand(1)  # RNG used before the cancel is seen: rolled back
+            position["rows"] += 99
+            cancel.cancel()
+            raise StepAbandoned
+        position["rows"] += 1
+        ids = torch.tensor([[5, 6, 7, 8]], device=trainer.device)
+        loss = trainer.model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return {"loss": float(loss.detach()), **trainer.optimizer_step()}
+
+    status = trainer.fit(step, state=lambda: dict(position), restore_state=lambda s: position.update(s), stage="test")
+    assert status == "cancelled" and trainer.step == 3 and position == {"rows": 3}
+    assert [path.name for path in run.checkpoints()] == ["step-2", "step-3"]
+    lines = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3] and "learning_rate" in lines[0]
+    assert {event["type"] for event in events} >= {"metrics", "progress", "artifact"}
+    assert run.store.get_run(run.store_id)["status"] == "cancelled"
+    expected_next = torch.rand(4)
+
+    resumed = Trainer(config, Run.open(run.dir), resume=True)
+    assert resumed.step == 3 and resumed.resumed_state == {"rows": 3}
+    assert torch.equal(torch.rand(4), expected_next)  # the RNG continues where the checkpoint left it
+    for (name, mine), theirs in zip(trainer.model.named_parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(mine, theirs), name
+    assert resumed.scheduler.state_dict()["last_epoch"] == 3
+
+
+def test_oom_in_a_step_becomes_one_line(char_folder, tmp_path):
+    config = TrainConfig(model=str(char_folder), output_dir=str(tmp_path / "run"), max_steps=2)
+    trainer = Trainer(config, Run.create("test", config))
+
+    def step(number):
+        trainer.phase = "training"
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(AhaError, match=r"^CUDA out of memory during training at step 1: raise gradient_accumulation"):
+        trainer.fit(step, state=dict, restore_state=lambda s: None, stage="test")
+    assert trainer.run.store.get_run(trainer.run.store_id)["status"] == "error"
+
+
+# SFT ----------------------------------------------------------------------------------------------
+
+
+def test_sft_loss_covers_the_completion_only(char_folder):
+    tokenizer = load_tokenizer(char_folder)
+    rows = [{"prompt": "1+2=", "completion": "<think>\n</think>\n3"}, {"prompt": "10+20=", "completion": "30"}]
+    ids, attention, loss_mask = build_batch(tokenizer, rows)
+    assert attention.sum(1).tolist() == [4 + 5 + 1, 6 + 2 + 1]  # <think> and </think> are one token each
+    assert loss_mask[0].tolist() == [0] * 4 + [1] * 6
+    assert loss_mask[1].tolist() == [0] * 6 + [1] * 3 + [0]  # right padding
+    assert ids[0, 9].item() == tokenizer.eos_token_id and ids[1, 9].item() == tokenizer.pad_token_id
+    full = build_batch(tokenizer, rows, completion_only_loss=False)[2]
+    assert torch.equal(full, attention)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(char_folder, attn_implementation="eager")
+    loss, metrics = sft_loss(model, ids, attention, loss_mask)
+    labels = torch.where(loss_mask.bool(), ids, -100)
+    with torch.no_grad():
+        reference = model(input_ids=ids, attention_mask=attention, labels=labels).loss
+    assert math.isclose(float(loss.detach()), float(reference), rel_tol=1e-5)
+    assert metrics["tokens"] == 6 + 3  # completion tokens and EOS, the targets of the shifted logits
+
+
+def test_sft_run_falls_and_writes_a_model(char_folder, tmp_path):
+    result = train_sft(SFTConfig(model=str(char_folder), dataset="addition", use_peft=False, learning_rate=2e-3,
+                                 per_device_train_batch_size=16, gradient_accumulation_steps=2, max_steps=12,
+                                 eval_steps=12, eval_samples=8, max_completion_length=8,
+                                 output_dir=str(tmp_path / "sft")))
+    assert result["status"] == "complete" and result["step"] == 12 and "eval_accuracy" in result
+    lines = [json.loads(line) for line in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["loss"] < lines[0]["loss"] - 0.5
+    assert (tmp_path / "sft" / "final" / "model" / "model.safetensors").is_file()
+    assert load_tokenizer(result["model"]).chat_template
