@@ -21,6 +21,7 @@ from pathlib import Path
 from engine.distill_loss import KD_KINDS as KD_KINDS
 from engine.distill_loss import kd_loss as kd_loss
 from engine.errors import AhaError
+from engine.fileio import atomic_write_text
 from engine.jobs import OnEvent, Progress, ignore, make_event
 from engine.teachers import Sampling, Teacher, TeacherSample, is_cancelled
 
@@ -176,16 +177,7 @@ def _complete_lines(path: Path) -> tuple[list[tuple[str, dict]], bool]:
 
 def _rewrite(path: Path, lines: Sequence[str]) -> None:
     """Replace a file by these lines atomically (temp file beside it, fsync, rename)."""
-    temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        with open(temp, "w", encoding="utf-8", newline="\n") as stream:
-            stream.writelines(lines)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
+    atomic_write_text(path, "".join(lines))
 
 
 def _resume(out_path: Path, config: dict, force: bool, on_event: OnEvent) -> dict[str, dict]:
