@@ -249,6 +249,59 @@ def _distill_parser(subparsers) -> None:
     generate.add_argument("--force", action="store_true", help="start over: delete an existing output first")
     _add_events_flag(generate)
     generate.set_defaults(func=_cmd_distill_generate)
+    _distill_sft_parser(actions)
+
+
+def _cmd_distill_sft(args: argparse.Namespace) -> int:
+    from engine.distill import KDConfig, TraceSFTConfig, train_kd_on_traces, train_sft_on_traces
+    from engine.train import flag_overrides, load_config, main_process_sink
+
+    kind, train = (KDConfig, train_kd_on_traces) if args.action == "kd" else (TraceSFTConfig, train_sft_on_traces)
+    on_event = main_process_sink(sink_for(args.events))
+    overrides = flag_overrides(args, kind)
+    if args.student:
+        overrides["model"] = args.student
+    if args.full:
+        overrides["use_peft"] = False
+    if args.resume:
+        result = train(resume=args.resume, overrides=overrides, on_event=on_event)
+    else:
+        result = train(load_config(kind, args.config, overrides), on_event=on_event)
+    on_event(make_event("done", **result))
+    if args.events == "auto":
+        print(result["run_dir"])
+    return 0 if result["status"] == "complete" else 130
+
+
+def _distill_sft_parser(actions) -> None:
+    from engine.distill import KDConfig, TraceSFTConfig
+
+    sft = actions.add_parser(
+        "sft", help="fine-tune a student on teacher traces (LoRA/QLoRA or --full), resumable",
+        description="SFT of a Hugging Face student on the traces of `aha distill generate`: the student's chat "
+                    "template as at inference, the assistant turn <think>\\n{thinking}\\n</think>\\n\\n{answer}, "
+                    "loss on it only; held-out loss and greedy accuracy on --dataset (a built-in task or a "
+                    "prompt/answer file) every --eval-steps. Ctrl+C stops with a checkpoint; --resume continues.")
+    kd = actions.add_parser(
+        "kd", help="logit distillation of a student from an HF teacher sharing its tokenizer, on traces",
+        description="Train the student to match the teacher's next-token distributions (kd_loss: forward_kl, "
+                    "reverse_kl or jsd, --temperature, --beta) on the assistant tokens of the traces; the same "
+                    "run, checkpoints and --resume as `aha distill sft`.")
+    for parser, kind in ((sft, TraceSFTConfig), (kd, KDConfig)):
+        _distill_training_flags(parser, kind)
+
+
+def _distill_training_flags(parser, kind) -> None:
+    from engine.train import add_config_flags
+
+    parser.add_argument("--student", metavar="HF_FOLDER", help="the student checkpoint folder (the model setting)")
+    parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (small models)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config", metavar="TOML", help="settings file (keys named as the flags, with _)")
+    source.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this directory from its last checkpoint")
+    add_config_flags(parser, kind, skip=("model", "completion_column"))
+    _add_events_flag(parser)
+    parser.set_defaults(func=_cmd_distill_sft)
 
 
 def _cmd_grpo(args: argparse.Namespace) -> int:

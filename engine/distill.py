@@ -4,6 +4,12 @@
 rewards (engine.rewards), keeps the ones that pass (all, the shortest or the first, duplicates dropped)
 and appends them line by line, fsynced, beside a progress file that makes a rerun skip finished prompts.
 The logit-distillation loss lives in engine.distill_loss and is re-exported here as `kd_loss`.
+
+`train_sft_on_traces` fine-tunes a student on such traces (`aha distill sft`): the student's chat template
+renders the prompt exactly as at inference, the assistant turn is `<think>\n{thinking}\n</think>\n\n{answer}`
+(after whatever the template already pre-filled), the loss covers it only, and held-out loss and greedy
+pass@1 are measured along the way. Model setup, checkpoints, resume and cancel are engine.train's, the
+step and batches engine.sft's.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from engine.distill_loss import KD_KINDS as KD_KINDS
 from engine.distill_loss import kd_loss as kd_loss
 from engine.errors import AhaError
 from engine.fileio import atomic_write_text
-from engine.jobs import OnEvent, Progress, ignore, make_event
+from engine.jobs import CancelToken, OnEvent, Progress, ignore, make_event
+from engine.sft import SFTConfig, SFTStep
 from engine.teachers import Sampling, Teacher, TeacherSample, is_cancelled
 
 KEEP_RULES = ("all", "shortest", "first")
@@ -381,3 +388,276 @@ def _report(on_event: OnEvent, store, run_id: int | None, stats: GenerateStats, 
     if store is not None:
         store.add_metrics(run_id, step, stats.metrics())
 
+
+
+# SFT on traces ------------------------------------------------------------------------------------
+
+# Settings a resumed run may change; the rest are the run's saved ones.
+RESUMABLE_SETTINGS = ("max_steps", "save_steps", "logging_steps", "eval_steps")
+
+
+@dataclass(frozen=True)
+class TraceSFTConfig(SFTConfig):
+    """`aha distill sft` settings: SFTConfig's (TRL names), with the traces file as the training data and
+    `dataset` as the held-out source (a built-in task, or a file with prompt and ground-truth answer)."""
+
+    traces: str = ""  # JSONL from `aha distill generate` (prompt, thinking, answer columns)
+    dataset: str = ""  # held-out evaluation: a built-in task (addition, arithmetic) or a prompt/answer file
+    thinking_column: str = "thinking"
+    answer_column: str = "answer"  # the teacher's final answer in the traces
+    gold_column: str = "answer"  # the ground truth in the held-out dataset file
+    min_reward: float | None = None  # drop traces whose `reward` is below this (or missing)
+
+    def validate(self) -> None:
+        super(SFTConfig, self).validate()
+        if not self.traces:
+            raise AhaError("no traces given: pass --traces traces.jsonl (written by `aha distill generate`)")
+        if self.per_device_train_batch_size % self.gradient_accumulation_steps:
+            raise AhaError(f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) must divide "
+                           f"per_device_train_batch_size ({self.per_device_train_batch_size})")
+        if self.eval_steps and not (self.dataset or self.eval_dataset):
+            raise AhaError("eval_steps needs held-out prompts: pass --dataset (a built-in task or a prompt/answer file)")
+        if self.stop_at_accuracy is not None and not self.eval_steps:
+            raise AhaError("stop_at_accuracy needs eval_steps (how often to measure held-out accuracy)")
+
+
+def trace_completion(thinking: str, answer: str) -> str:
+    """The assistant turn a student learns: `<think>\n{thinking}\n</think>\n\n{answer}`."""
+    return f"<think>\n{thinking.strip()}\n</think>\n\n{answer.strip()}"
+
+
+def completion_after_prefill(rendered_prompt: str, completion: str) -> str:
+    """The part of `completion` the model generates: a template that pre-fills `<think>\n` (R1 templates
+    since Feb 2025) already holds the opening, so the loss starts after it."""
+    from engine.sampling import is_prefilled
+    from engine.think import OPEN_TAG
+
+    if not is_prefilled(rendered_prompt):
+        return completion
+    prefill = rendered_prompt[rendered_prompt.rfind(OPEN_TAG):]
+    if completion.startswith(prefill):
+        return completion[len(prefill):]
+    return completion[len(OPEN_TAG):].lstrip("\n") if completion.startswith(OPEN_TAG) else completion
+
+
+def load_traces(config: TraceSFTConfig, tokenizer) -> list[dict]:
+    """Rows {prompt, answer (gold when present), completion} of the traces file: missing columns are an
+    AhaError with the line; rows with an empty answer, below min_reward or repeated are dropped; none
+    left is an AhaError."""
+    from engine.data import load_rows
+    from engine.sampling import render_prompt
+
+    rows = load_rows(config.traces, config.prompt_column, None, required=(config.thinking_column, config.answer_column))
+    kept, seen, rendered = [], set(), {}
+    for row in rows:
+        thinking, answer = str(row[config.thinking_column]), str(row[config.answer_column])
+        if not answer.strip() or not str(row["prompt"]).strip():
+            continue
+        if config.min_reward is not None and not (isinstance(row.get("reward"), int | float)
+                                                  and row["reward"] >= config.min_reward):
+            continue
+        key = (row["prompt"], thinking, answer)
+        if key in seen:
+            continue
+        seen.add(key)
+        if row["prompt"] not in rendered:
+            rendered[row["prompt"]] = render_prompt(tokenizer, row["prompt"], config.system_prompt)
+        completion = completion_after_prefill(rendered[row["prompt"]], trace_completion(thinking, answer))
+        kept.append({"prompt": row["prompt"], "answer": row.get("gold"), "completion": completion})
+    if not kept:
+        reward = f", min_reward {config.min_reward}" if config.min_reward is not None else ""
+        raise AhaError(f"no traces left in {config.traces} after filtering ({len(rows)} rows; empty answers, "
+                       f"duplicates{reward} dropped)")
+    return kept
+
+
+def heldout_rows(config: TraceSFTConfig, tokenizer) -> list[dict]:
+    """Held-out rows {prompt, answer, completion?}: a built-in task's fixed sample (with its teacher's
+    trace, for the held-out loss) or a file's first eval_samples rows."""
+    from engine.data import TASKS, TaskSource, load_rows
+    from engine.sampling import render_prompt
+
+    spec = config.eval_dataset or config.dataset
+    if not config.eval_steps or not spec:
+        return []
+    if spec in TASKS and not Path(spec).exists():
+        rows = []
+        for row in TaskSource(spec).heldout(config.eval_samples):
+            body = row["completion"].removeprefix("<think>\n")
+            thinking, _, answer = body.partition("</think>\n")
+            completion = trace_completion(thinking, answer)
+            rendered = render_prompt(tokenizer, row["prompt"], config.system_prompt)
+            rows.append({**row, "completion": completion_after_prefill(rendered, completion)})
+        return rows
+    return load_rows(spec, config.prompt_column, config.gold_column)[:config.eval_samples]
+
+
+class TraceSFTStep(SFTStep):
+    """SFTStep with the held-out loss beside held-out accuracy."""
+
+    def evaluate(self) -> dict[str, float]:
+        import torch
+
+        from engine.sft import build_batch, sft_loss
+
+        metrics = super().evaluate()
+        rows = [row for row in self.heldout if row.get("completion")]
+        if rows:
+            trainer, total, tokens = self.trainer, 0.0, 0.0
+            with torch.no_grad():
+                for start in range(0, len(rows), 64):
+                    batch = build_batch(trainer.tokenizer, rows[start:start + 64], system_prompt=self.config.system_prompt,
+                                        max_length=self.config.max_length, device=trainer.device)
+                    _, details = sft_loss(trainer.model, *batch)
+                    total += details["loss"] * details["tokens"]
+                    tokens += details["tokens"]
+            metrics["eval/loss"] = total / max(tokens, 1.0)
+        return metrics
+
+
+def load_trace_sft_config(path: str | Path | None = None, overrides: dict | None = None) -> TraceSFTConfig:
+    """Defaults, then the TOML file, then flags; validated."""
+    from engine.train import load_config
+
+    config = load_config(TraceSFTConfig, path, overrides)
+    config.validate()
+    return config
+
+
+def train_sft_on_traces(config: TraceSFTConfig | None = None, *, resume: str | Path | None = None,
+                        overrides: dict | None = None, on_event: OnEvent = ignore,
+                        cancel: CancelToken | None = None) -> dict:
+    """SFT of config.model (the student) on config.traces, a new run or the run in `resume` (its saved
+    settings; `overrides` may change max_steps, save_steps, logging_steps, eval_steps). Returns {"status",
+    "run_dir", "step", "adapter"/"model", "eval_accuracy"}; the caller emits `done`."""
+    from engine.sft import run_sft
+    from engine.train import check_model_folder, load_config, load_tokenizer, saved_config
+
+    if resume is not None:
+        changed = {key: value for key, value in (overrides or {}).items() if value is not None}
+        fixed = sorted(set(changed) - set(RESUMABLE_SETTINGS))
+        if fixed:
+            raise AhaError(f"--resume continues a run with its saved settings; {fixed[0]} cannot change "
+                           f"(only {', '.join(RESUMABLE_SETTINGS)} can)")
+        config = load_config(TraceSFTConfig, None, {**saved_config(resume), **changed})
+    elif config is None:
+        raise ValueError("train_sft_on_traces() needs a config or a run directory to resume")
+    config.validate()
+    tokenizer = load_tokenizer(check_model_folder(config.model))
+    rows = load_traces(config, tokenizer)
+    heldout = heldout_rows(config, tokenizer)
+    return run_sft(config, rows, heldout, resume=resume, on_event=on_event, cancel=cancel, kind="distill-sft",
+                   make_step=TraceSFTStep)
+
+
+# Logit distillation on traces ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KDConfig(TraceSFTConfig):
+    """`aha distill kd` settings: TraceSFTConfig's, plus the teacher and kd_loss's settings (GKD's names)."""
+
+    teacher: str = ""  # HF checkpoint folder sharing the student's tokenizer
+    kd_kind: str = "forward_kl"  # forward_kl | reverse_kl | jsd
+    beta: float = 0.5  # the JSD interpolation
+    temperature: float = 1.0
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.teacher:
+            raise AhaError("no teacher given: pass --teacher HF_FOLDER (a model sharing the student's tokenizer)")
+        if self.kd_kind not in KD_KINDS:
+            raise AhaError(f"kd_kind must be one of {', '.join(KD_KINDS)}, got {self.kd_kind!r}")
+
+
+def check_same_tokenizer(student, teacher, student_name: str = "student", teacher_name: str = "teacher") -> None:
+    """Refuse a teacher whose tokenizer differs from the student's, saying how (vocabulary or special ids)."""
+    student_vocab, teacher_vocab = student.get_vocab(), teacher.get_vocab()
+    if student_vocab != teacher_vocab:
+        only = sorted(set(student_vocab) ^ set(teacher_vocab))
+        what = (f"{len(student_vocab)} vs {len(teacher_vocab)} tokens" if only
+                else "the same tokens with different ids")
+        example = f", e.g. {only[0]!r}" if only else ""
+        raise AhaError(f"the {teacher_name}'s tokenizer differs from the {student_name}'s ({what}{example}); logit "
+                       "distillation needs a teacher with the same tokenizer")
+    for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
+        if getattr(student, name) != getattr(teacher, name):
+            raise AhaError(f"the {teacher_name}'s {name} ({getattr(teacher, name)}) differs from the {student_name}'s "
+                           f"({getattr(student, name)}); logit distillation needs the same tokenizer")
+
+
+class KDStep(TraceSFTStep):
+    """One logit-distillation step: kd_loss between the student and the frozen teacher on the traces'
+    assistant tokens (teacher logits under no_grad)."""
+
+    def __init__(self, config: KDConfig, trainer, stream, heldout: list[dict]):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        super().__init__(config, trainer, stream, heldout)
+        self.teacher = AutoModelForCausalLM.from_pretrained(config.teacher, dtype=torch.float32).to(trainer.device).eval()
+
+    def __call__(self, step: int) -> dict[str, float]:
+        import time
+
+        import torch
+
+        from engine.sft import build_batch
+        from engine.train import StepAbandoned
+
+        config, trainer = self.config, self.trainer
+        if trainer.step_cancel is not None and trainer.step_cancel.cancelled:
+            raise StepAbandoned
+        started = time.perf_counter()
+        distributed = trainer.distributed
+        rows = self.stream.next(config.per_device_train_batch_size * distributed.world_size)
+        rows = rows[distributed.rank::distributed.world_size]
+        micro = config.per_device_train_batch_size // config.gradient_accumulation_steps
+        batches = [build_batch(trainer.tokenizer, rows[start:start + micro], system_prompt=config.system_prompt,
+                               max_length=config.max_length, device=trainer.device)
+                   for start in range(0, len(rows), micro)]
+        total_tokens = sum(float(batch[2][:, 1:].sum()) for batch in batches)
+        metrics = {"kd_loss": 0.0}
+        for index, (ids, attention, loss_mask) in enumerate(batches):
+            with torch.no_grad():
+                teacher_logits = self.teacher(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1]
+            with trainer.accumulate(last=index == len(batches) - 1):
+                student_logits = trainer.training_model(input_ids=ids, attention_mask=attention,
+                                                        use_cache=False).logits[:, :-1]  # (B, L−1, V)
+                mask = loss_mask[:, 1:].float()  # (B, L−1)
+                loss = kd_loss(student_logits.float(), teacher_logits.float(), mask, kind=config.kd_kind,
+                               beta=config.beta, temperature=config.temperature)
+                share = float(mask.sum()) / max(total_tokens, 1.0)
+                (loss * share).backward()
+            metrics["kd_loss"] += float(loss.detach()) * share
+        metrics["loss"] = metrics["kd_loss"]
+        metrics.update(trainer.optimizer_step())
+        metrics["training_s"] = time.perf_counter() - started
+        if config.eval_steps and (step % config.eval_steps == 0 or step == config.max_steps):
+            metrics.update(self.evaluate())
+        return metrics
+
+
+def train_kd_on_traces(config: KDConfig | None = None, *, resume: str | Path | None = None,
+                       overrides: dict | None = None, on_event: OnEvent = ignore,
+                       cancel: CancelToken | None = None) -> dict:
+    """Logit distillation of config.model from config.teacher on config.traces (`aha distill kd`); the same
+    run, resume and result as train_sft_on_traces."""
+    from engine.sft import run_sft
+    from engine.train import check_model_folder, load_config, load_tokenizer, saved_config
+
+    if resume is not None:
+        changed = {key: value for key, value in (overrides or {}).items() if value is not None}
+        fixed = sorted(set(changed) - set(RESUMABLE_SETTINGS))
+        if fixed:
+            raise AhaError(f"--resume continues a run with its saved settings; {fixed[0]} cannot change "
+                           f"(only {', '.join(RESUMABLE_SETTINGS)} can)")
+        config = load_config(KDConfig, None, {**saved_config(resume), **changed})
+    elif config is None:
+        raise ValueError("train_kd_on_traces() needs a config or a run directory to resume")
+    config.validate()
+    tokenizer = load_tokenizer(check_model_folder(config.model))
+    check_same_tokenizer(tokenizer, load_tokenizer(check_model_folder(config.teacher)))
+    rows = load_traces(config, tokenizer)
+    heldout = heldout_rows(config, tokenizer)
+    return run_sft(config, rows, heldout, resume=resume, on_event=on_event, cancel=cancel, kind="distill-kd",
+                   make_step=KDStep)

@@ -15,7 +15,7 @@ from engine.errors import AhaError
 from engine.jobs import CancelToken, OnEvent, ignore
 from engine.train import TrainConfig
 
-__all__ = ["SFTConfig", "build_batch", "sft_loss", "train_sft"]
+__all__ = ["SFTConfig", "build_batch", "run_sft", "sft_loss", "train_sft"]
 
 
 @dataclass(frozen=True)
@@ -103,20 +103,9 @@ def train_sft(config: SFTConfig | None = None, *, resume: str | Path | None = No
               cancel: CancelToken | None = None) -> dict[str, Any]:
     """Run SFT for config (a new run) or continue the run in `resume`. Returns {"status", "run_dir", "step",
     "model"/"adapter", "eval_accuracy"} (the last held-out accuracy, when measured)."""
-    from engine.data import PromptStream, TaskSource, load_rows, open_dataset
-    from engine.train import (
-        Trainer,
-        cancel_on_signals,
-        check_model_folder,
-        close_distributed,
-        init_distributed,
-        load_config,
-        reopen_run,
-        saved_config,
-        start_run,
-    )
+    from engine.data import TaskSource, load_rows, open_dataset
+    from engine.train import check_model_folder, load_config, saved_config
 
-    cancel = cancel or CancelToken()
     if resume is not None:
         config = load_config(SFTConfig, None, saved_config(resume))
     elif config is None:
@@ -134,16 +123,38 @@ def train_sft(config: SFTConfig | None = None, *, resume: str | Path | None = No
             heldout = source.heldout(config.eval_samples)
         else:
             raise AhaError("eval_steps needs held-out rows: set eval_dataset (or use a built-in task)")
+    return run_sft(config, source, heldout, resume=resume, on_event=on_event, cancel=cancel)
+
+
+def run_sft(config: SFTConfig, source, heldout: list[dict], *, resume: str | Path | None = None,
+            on_event: OnEvent = ignore, cancel: CancelToken | None = None, kind: str = "sft",
+            make_step=None) -> dict[str, Any]:
+    """The SFT loop on prepared rows: `source` (a TaskSource or rows with prompt and completion), `heldout`
+    (rows with prompt and answer). Sets up the run (new, or `resume`'s), the trainer and the data stream,
+    fits, saves the final adapter/model. `make_step(config, trainer, stream, heldout)` builds the step
+    (default SFTStep). Returns train_sft's result."""
+    from engine.data import PromptStream
+    from engine.train import (
+        Trainer,
+        cancel_on_signals,
+        close_distributed,
+        init_distributed,
+        reopen_run,
+        start_run,
+    )
+
+    cancel = cancel or CancelToken()
+    make_step = make_step or SFTStep
     distributed = init_distributed(config.device)
     try:
         run = (reopen_run(resume, on_event, distributed) if resume is not None
-               else start_run("sft", config, on_event, distributed))
+               else start_run(kind, config, on_event, distributed))
         with cancel_on_signals(cancel):
             trainer = Trainer(config, run, cancel=cancel, resume=resume is not None, distributed=distributed)
             stream = PromptStream(source, config.seed)
             if trainer.resumed_state:
                 stream.load_state_dict(trainer.resumed_state["data"])
-            step = SFTStep(config, trainer, stream, heldout)
+            step = make_step(config, trainer, stream, heldout)
             run.log(f"SFT on {config.model} ({trainer.trainable_parameters:,} trainable parameters, "
                     f"{trainer.device.type}{f' × {distributed.world_size} processes' if distributed.enabled else ''})")
             status = trainer.fit(step, state=lambda: {"data": stream.state_dict()},

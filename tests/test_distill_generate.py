@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -35,6 +31,7 @@ from engine.errors import AhaError
 from engine.jobs import CancelToken
 from engine.store import Store
 from engine.teachers import GGUFTeacher, HFTeacher, OpenAITeacher, Sampling, TeacherSample, split_reply
+from tests.support.llama_server import free_port, serve_gguf
 from tests.support.scripted_model import ANSWER, QUESTION, REPLY, THOUGHT
 
 KEY_ENV = "AHA_TEST_TEACHER_KEY"
@@ -47,51 +44,11 @@ ROWS = [{"prompt": QUESTION, "answer": "4"},
         {"id": "again", "prompt": QUESTION, "answer": "2+2"}]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@dataclass
-class Server:
-    url: str
-    log: Path
-    process: subprocess.Popen
-
-    def chat_requests(self) -> int:
-        """Chat completions the server has answered (from uvicorn's access log)."""
-        return self.log.read_text(errors="replace").count("POST /v1/chat/completions")
-
-
 @pytest.fixture(scope="module")
 def server(scripted_gguf, tmp_path_factory):
     """llama_cpp.server on a free loopback port, serving the scripted model behind an API key."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with open(log, "wb") as stream:
-        process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(scripted_gguf),
-                                    "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024",
-                                    "--n_threads", "1", "--api_key", KEY], stdout=stream, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            request = urllib.request.Request(f"{url}/models", headers={"Authorization": f"Bearer {KEY}"})
-            with urllib.request.urlopen(request, timeout=2):
-                break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"llama_cpp.server did not start:\n{log.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.1)
-    yield Server(url, log, process)
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    with serve_gguf(scripted_gguf, tmp_path_factory.mktemp("server") / "server.log", KEY) as running:
+        yield running
 
 
 @pytest.fixture(autouse=True)
@@ -242,7 +199,7 @@ def test_cli_reports_a_dataset_without_the_column_with_its_line(tmp_path, capsys
 # Errors that name what to fix ---------------------------------------------------------------------
 
 def test_an_unreachable_teacher_is_one_line_naming_the_url(tmp_path):
-    url = f"http://127.0.0.1:{_free_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(AhaError) as unreachable:
         OpenAITeacher(url)  # asks the server which model it serves
     assert f"cannot reach the teacher at {url}/models" in str(unreachable.value)

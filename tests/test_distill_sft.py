@@ -1,0 +1,204 @@
+"""`aha distill sft`: SFT of a student on teacher traces, built on engine.train and engine.sft.
+
+End to end: traces from the scripted GGUF teacher (verified by the rewards), then LoRA SFT of the tiny
+qwen2 student (an R1 template that pre-fills `<think>\\n`): the loss on the traces falls, and a run killed
+with SIGKILL and resumed ends with the uninterrupted run's adapter weights exactly. Also the assistant turn
+and its prefill, the one-line errors, and (slow) a programmatic teacher's addition traces teaching the
+char-level student from scratch. `aha distill kd`: a few logit-distillation steps from the scripted
+teacher lower kd_loss; a teacher with another tokenizer is refused with the reason.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.cli import main
+from engine.data import TaskSource
+from engine.distill import (
+    KDConfig,
+    TraceSFTConfig,
+    completion_after_prefill,
+    generate_traces,
+    load_traces,
+    trace_completion,
+    train_kd_on_traces,
+    train_sft_on_traces,
+)
+from engine.errors import AhaError
+from engine.teachers import OpenAITeacher, Sampling
+from engine.train import load_tokenizer
+from tests.support.char_model import make_char_model
+from tests.support.llama_server import serve_gguf
+from tests.support.scripted_model import ANSWER, QUESTION, THOUGHT
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = {"learning_rate": 0.01, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "save_steps": 1, "seed": 7,
+            "per_device_train_batch_size": 2, "lr_scheduler_type": "constant", "max_length": 256}
+
+
+@pytest.fixture(scope="module")
+def traces(scripted_gguf, tmp_path_factory) -> Path:
+    """Verified traces of the scripted teacher, served by llama_cpp.server on loopback: QUESTION is answered
+    right for "4" and "2+2", wrong for "5"."""
+    work = tmp_path_factory.mktemp("distill-sft")
+    out = work / "traces.jsonl"
+    rows = [{"prompt": QUESTION, "answer": "4"}, {"prompt": QUESTION, "answer": "5"},
+            {"id": "again", "prompt": QUESTION, "answer": "2+2"}]
+    os.environ["AHA_TEST_SFT_TEACHER_KEY"] = "sk-loopback"
+    with serve_gguf(scripted_gguf, work / "server.log", "sk-loopback") as server:
+        teacher = OpenAITeacher(server.url, api_key_env="AHA_TEST_SFT_TEACHER_KEY", concurrency=1)
+        try:
+            stats = generate_traces(teacher, rows, k=1, out_path=out,
+                                    sampling=Sampling(temperature=0.0, max_tokens=200))
+        finally:
+            teacher.close()
+    assert stats.kept == 2
+    return out
+
+
+def config(student, traces, **changes) -> TraceSFTConfig:
+    return TraceSFTConfig(model=str(student), traces=str(traces), **{**SETTINGS, **changes})
+
+
+def adapter_weights(run_dir) -> dict[str, torch.Tensor]:
+    return load_file(Path(run_dir) / "final" / "adapter" / "adapter_model.safetensors")
+
+
+def losses(run_dir) -> list[float]:
+    return [json.loads(line)["loss"] for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_assistant_turn_after_the_templates_prefill(checkpoint, traces):
+    assert trace_completion(" think ", "42\n") == "<think>\nthink\n</think>\n\n42"
+    assert completion_after_prefill("<｜User｜>q<｜Assistant｜><think>\n", "<think>\nx\n</think>\n\n1") == "x\n</think>\n\n1"
+    assert completion_after_prefill("q", "<think>\nx\n</think>\n\n1") == "<think>\nx\n</think>\n\n1"
+    tokenizer = load_tokenizer(checkpoint("qwen2"))  # the R1 template pre-fills <think>\n
+    [row] = load_traces(config(checkpoint("qwen2"), traces), tokenizer)  # the two lines are one trace
+    assert row == {"prompt": QUESTION, "answer": "4", "completion": f"{THOUGHT.strip()}\n</think>\n\n{ANSWER}"}
+
+
+def test_sft_loss_falls_and_resume_after_sigkill_matches(checkpoint, traces, tmp_path, capsys):
+    """Run A uninterrupted in this process; run B in a child `aha distill sft` killed with SIGKILL right after
+    step 2's checkpoint, then resumed with --resume: B ends with A's adapter weights exactly."""
+    student = checkpoint("qwen2")
+    straight = train_sft_on_traces(config(student, traces, max_steps=4, output_dir=str(tmp_path / "straight")))
+    assert straight["status"] == "complete" and straight["step"] == 4
+    curve = losses(straight["run_dir"])
+    assert curve[-1] < curve[0] * 0.9, curve
+    with capsys.disabled():
+        print(f"\n[distill-sft] LoRA SFT loss on the traces {curve[0]:.3f} → {curve[-1]:.3f} in 4 steps")
+
+    killed_dir = tmp_path / "killed"
+    environment = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in SETTINGS.items()]
+    command = [sys.executable, "-m", "engine.cli", "distill", "sft", "--student", str(student), "--traces",
+               str(traces), *flags, "--max-steps", "4", "--output-dir", str(killed_dir), "--events", "jsonl"]
+    child = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True)
+    try:
+        for line in child.stdout:
+            event = json.loads(line)
+            if event["type"] == "artifact" and event.get("kind") == "checkpoint" and event["step"] == 2:
+                child.send_signal(signal.SIGKILL)
+                break
+    finally:
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    assert not (killed_dir / "final").exists()
+    resumed = subprocess.run([sys.executable, "-m", "engine.cli", "distill", "sft", "--resume", str(killed_dir),
+                              "--events", "jsonl"], cwd=REPO, env=environment, capture_output=True, text=True,
+                             timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    done = json.loads(resumed.stdout.splitlines()[-1])
+    assert done["type"] == "done" and done["status"] == "complete" and done["step"] == 4
+    steps = [json.loads(line)["step"] for line in (killed_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    expected, actual = adapter_weights(straight["run_dir"]), adapter_weights(killed_dir)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+
+
+def test_errors_are_one_line(checkpoint, tmp_path, capsys):
+    student = checkpoint("qwen2")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "q", "thinking": "t", "answer": "a"}) + "\n"
+                   + json.dumps({"prompt": "q", "answer": "a"}) + "\n")
+    with pytest.raises(AhaError, match=r"line 2 has no column 'thinking'"):
+        train_sft_on_traces(config(student, bad, output_dir=str(tmp_path / "a")))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps({"prompt": "q", "thinking": "t", "answer": " ", "reward": 1.0}) + "\n"
+                     + json.dumps({"prompt": "q2", "thinking": "t", "answer": "a", "reward": 0.5}) + "\n")
+    with pytest.raises(AhaError, match="no traces left"):
+        train_sft_on_traces(config(student, empty, min_reward=1.0, output_dir=str(tmp_path / "b")))
+    assert main(["distill", "sft", "--student", str(student), "--traces", str(bad), "--output-dir",
+                 str(tmp_path / "c")]) == 2
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and "line 2" in message
+    with pytest.raises(AhaError, match="eval_steps needs held-out prompts"):
+        config(student, bad, eval_steps=5).validate()
+    with pytest.raises(AhaError, match="cannot change"):
+        train_sft_on_traces(resume=tmp_path, overrides={"learning_rate": 1.0})
+
+
+def test_kd_steps_lower_kd_loss_and_a_foreign_tokenizer_is_refused(checkpoint, traces, tiny_dir, tmp_path, capsys):
+    student, teacher = checkpoint("qwen2"), tmp_path / "teacher"
+    shutil.copytree(tiny_dir / "scripted", teacher)  # the scripted teacher is the qwen2 student fine-tuned;
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        if (student / name).exists():  # its saved tokenizer gained <|endoftext|>: give it the student's
+            shutil.copy(student / name, teacher / name)
+    result = train_kd_on_traces(KDConfig(model=str(student), teacher=str(teacher), traces=str(traces), max_steps=4,
+                                         output_dir=str(tmp_path / "kd"), **SETTINGS))
+    assert result["status"] == "complete" and Path(result["adapter"]).is_dir()
+    records = [json.loads(line) for line in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    curve = [record["kd_loss"] for record in records]
+    assert curve[-1] < curve[0] * 0.9, curve
+    with capsys.disabled():
+        print(f"\n[distill-kd] kd_loss {curve[0]:.3f} → {curve[-1]:.3f} in 4 steps")
+    char = make_char_model(tmp_path / "char")
+    with pytest.raises(AhaError, match=r"teacher's tokenizer differs from the student's \(\d+ vs 20 tokens"):
+        train_kd_on_traces(KDConfig(model=str(student), teacher=str(char), traces=str(traces),
+                                    output_dir=str(tmp_path / "refused")))
+    with pytest.raises(AhaError, match="kd_kind must be one of"):
+        KDConfig(model=str(student), teacher=str(teacher), traces=str(traces), kd_kind="l2").validate()
+
+
+@pytest.mark.slow
+def test_programmatic_teacher_traces_teach_the_char_student(tmp_path, capsys):
+    """FIELD-NOTES §8: the addition task's teacher traces, written as a traces file, teach the random-init
+    char-level student (~0.86M parameters, full fine-tuning) to ≥ 25% held-out greedy accuracy in < 60 s."""
+    torch.set_flush_denormal(True)
+    source = TaskSource("addition", seed=0)
+    path = tmp_path / "addition.jsonl"
+    with open(path, "w", encoding="utf-8") as stream:
+        for index in range(16_000):
+            row = source.row(index)
+            thinking, _, answer = row["completion"].removeprefix("<think>\n").partition("</think>\n")
+            stream.write(json.dumps({"prompt": row["prompt"], "thinking": thinking, "answer": answer,
+                                     "gold": row["answer"]}) + "\n")
+    student = make_char_model(tmp_path / "char", seed=0)
+    started = time.perf_counter()
+    result = train_sft_on_traces(TraceSFTConfig(
+        model=str(student), traces=str(path), dataset="addition", use_peft=False, learning_rate=2e-3,
+        lr_scheduler_type="constant", per_device_train_batch_size=64, max_steps=1000, eval_steps=10,
+        eval_samples=200, stop_at_accuracy=0.25, max_completion_length=48, seed=0, save_steps=10_000,
+        output_dir=str(tmp_path / "run")))
+    seconds = time.perf_counter() - started
+    records = [json.loads(line) for line in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    evals = [record for record in records if "eval/loss" in record]
+    with capsys.disabled():
+        print(f"\n[distill-sft] {result['step']} steps in {seconds:.1f} s ({torch.get_num_threads()} threads): "
+              f"held-out accuracy {result['eval_accuracy']:.1%}, train loss {records[0]['loss']:.3f} → "
+              f"{records[-1]['loss']:.3f}, held-out loss {evals[0]['eval/loss']:.3f} → {evals[-1]['eval/loss']:.3f}")
+    assert result["status"] == "complete" and result["eval_accuracy"] >= 0.25
+    assert evals[-1]["eval/loss"] < evals[0]["eval/loss"]
+    assert seconds < 60
