@@ -285,7 +285,8 @@ def _distill_sft_parser(actions) -> None:
     kd = actions.add_parser(
         "kd", help="logit distillation of a student from an HF teacher sharing its tokenizer, on traces",
         description="Train the student to match the teacher's next-token distributions (kd_loss: forward_kl, "
-                    "reverse_kl or jsd, --temperature, --beta) on the assistant tokens of the traces; the same "
+                    "reverse_kl or jsd, --temperature, --beta) on the assistant tokens of the traces, or with "
+                    "probability --lmbda on the student's own samples of the prompts (on-policy, GKD); the same "
                     "run, checkpoints and --resume as `aha distill sft`.")
     for parser, kind in ((sft, TraceSFTConfig), (kd, KDConfig)):
         _distill_training_flags(parser, kind)

@@ -392,10 +392,6 @@ def _report(on_event: OnEvent, store, run_id: int | None, stats: GenerateStats, 
 
 # SFT on traces ------------------------------------------------------------------------------------
 
-# Settings a resumed run may change; the rest are the run's saved ones.
-RESUMABLE_SETTINGS = ("max_steps", "save_steps", "logging_steps", "eval_steps")
-
-
 @dataclass(frozen=True)
 class TraceSFTConfig(SFTConfig):
     """`aha distill sft` settings: SFTConfig's (TRL names), with the traces file as the training data and
@@ -508,7 +504,7 @@ class TraceSFTStep(SFTStep):
                 for start in range(0, len(rows), 64):
                     batch = build_batch(trainer.tokenizer, rows[start:start + 64], system_prompt=self.config.system_prompt,
                                         max_length=self.config.max_length, device=trainer.device)
-                    _, details = sft_loss(trainer.model, *batch)
+                    _, details = sft_loss(trainer.model, batch)
                     total += details["loss"] * details["tokens"]
                     tokens += details["tokens"]
             metrics["eval/loss"] = total / max(tokens, 1.0)
@@ -531,18 +527,9 @@ def train_sft_on_traces(config: TraceSFTConfig | None = None, *, resume: str | P
     settings; `overrides` may change max_steps, save_steps, logging_steps, eval_steps). Returns {"status",
     "run_dir", "step", "adapter"/"model", "eval_accuracy"}; the caller emits `done`."""
     from engine.sft import run_sft
-    from engine.train import check_model_folder, load_config, load_tokenizer, saved_config
+    from engine.train import check_model_folder, load_tokenizer, run_config
 
-    if resume is not None:
-        changed = {key: value for key, value in (overrides or {}).items() if value is not None}
-        fixed = sorted(set(changed) - set(RESUMABLE_SETTINGS))
-        if fixed:
-            raise AhaError(f"--resume continues a run with its saved settings; {fixed[0]} cannot change "
-                           f"(only {', '.join(RESUMABLE_SETTINGS)} can)")
-        config = load_config(TraceSFTConfig, None, {**saved_config(resume), **changed})
-    elif config is None:
-        raise ValueError("train_sft_on_traces() needs a config or a run directory to resume")
-    config.validate()
+    config = run_config(TraceSFTConfig, config, resume, overrides)
     tokenizer = load_tokenizer(check_model_folder(config.model))
     rows = load_traces(config, tokenizer)
     heldout = heldout_rows(config, tokenizer)
@@ -559,7 +546,8 @@ class KDConfig(TraceSFTConfig):
     teacher: str = ""  # HF checkpoint folder sharing the student's tokenizer
     kd_kind: str = "forward_kl"  # forward_kl | reverse_kl | jsd
     beta: float = 0.5  # the JSD interpolation
-    temperature: float = 1.0
+    temperature: float = 1.0  # of kd_loss, and of the student's on-policy samples (as in TRL's GKD)
+    lmbda: float = 0.0  # share of steps on the student's own samples of the prompts (GKD's on-policy fraction)
 
     def validate(self) -> None:
         super().validate()
@@ -567,6 +555,10 @@ class KDConfig(TraceSFTConfig):
             raise AhaError("no teacher given: pass --teacher HF_FOLDER (a model sharing the student's tokenizer)")
         if self.kd_kind not in KD_KINDS:
             raise AhaError(f"kd_kind must be one of {', '.join(KD_KINDS)}, got {self.kd_kind!r}")
+        if not 0.0 <= self.lmbda <= 1.0:
+            raise AhaError(f"lmbda is the fraction of on-policy steps, between 0 and 1; got {self.lmbda}")
+        if self.temperature <= 0:
+            raise AhaError(f"temperature must be > 0, got {self.temperature}")
 
 
 def check_same_tokenizer(student, teacher, student_name: str = "student", teacher_name: str = "teacher") -> None:
@@ -586,8 +578,9 @@ def check_same_tokenizer(student, teacher, student_name: str = "student", teache
 
 
 class KDStep(TraceSFTStep):
-    """One logit-distillation step: kd_loss between the student and the frozen teacher on the traces'
-    assistant tokens (teacher logits under no_grad)."""
+    """One logit-distillation step: kd_loss between the student and the frozen teacher on assistant
+    tokens (teacher logits under no_grad). With probability lmbda the step's sequences are the student's
+    own samples of the prompts (on-policy, GKD) instead of the traces' completions."""
 
     def __init__(self, config: KDConfig, trainer, stream, heldout: list[dict]):
         import torch
@@ -595,46 +588,68 @@ class KDStep(TraceSFTStep):
 
         super().__init__(config, trainer, stream, heldout)
         self.teacher = AutoModelForCausalLM.from_pretrained(config.teacher, dtype=torch.float32).to(trainer.device).eval()
+        self.vocabulary = shared_vocabulary(trainer.tokenizer, trainer.model, self.teacher)
+        self.on_policy = False
 
-    def __call__(self, step: int) -> dict[str, float]:
-        import time
+    def batches(self, rows: list[dict], micro: int):
+        import random
 
-        import torch
+        self.on_policy = self.config.lmbda > 0 and random.random() < self.config.lmbda
+        if not self.on_policy:
+            return super().batches(rows, micro)
+        return [self._student_batch(rows[start:start + micro]) for start in range(0, len(rows), micro)]
 
-        from engine.sft import build_batch
+    def _student_batch(self, rows: list[dict]):
+        """The student's samples of the rows' prompts (temperature, max_completion_length), the loss on
+        every sampled token up to and including EOS."""
+        from engine.sampling import encode_prompts, eos_token_ids, pad_token_id, sample
+        from engine.sft import pad_batch
         from engine.train import StepAbandoned
 
         config, trainer = self.config, self.trainer
-        if trainer.step_cancel is not None and trainer.step_cancel.cancelled:
+        prompts, _, _ = encode_prompts(trainer.tokenizer, [row["prompt"] for row in rows], config.system_prompt)
+        pad = pad_token_id(trainer.tokenizer)
+        with trainer.sampling():
+            rollout = sample(trainer.model, prompts, max_new_tokens=config.max_completion_length,
+                             eos_ids=eos_token_ids(trainer.tokenizer, trainer.model), pad_id=pad,
+                             temperature=config.temperature, cancel=trainer.step_cancel)
+        if rollout.cancelled:
             raise StepAbandoned
-        started = time.perf_counter()
-        distributed = trainer.distributed
-        rows = self.stream.next(config.per_device_train_batch_size * distributed.world_size)
-        rows = rows[distributed.rank::distributed.world_size]
-        micro = config.per_device_train_batch_size // config.gradient_accumulation_steps
-        batches = [build_batch(trainer.tokenizer, rows[start:start + micro], system_prompt=config.system_prompt,
-                               max_length=config.max_length, device=trainer.device)
-                   for start in range(0, len(rows), micro)]
-        total_tokens = sum(float(batch[2][:, 1:].sum()) for batch in batches)
-        metrics = {"kd_loss": 0.0}
-        for index, (ids, attention, loss_mask) in enumerate(batches):
-            with torch.no_grad():
-                teacher_logits = self.teacher(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1]
-            with trainer.accumulate(last=index == len(batches) - 1):
-                student_logits = trainer.training_model(input_ids=ids, attention_mask=attention,
-                                                        use_cache=False).logits[:, :-1]  # (B, L−1, V)
-                mask = loss_mask[:, 1:].float()  # (B, L−1)
-                loss = kd_loss(student_logits.float(), teacher_logits.float(), mask, kind=config.kd_kind,
-                               beta=config.beta, temperature=config.temperature)
-                share = float(mask.sum()) / max(total_tokens, 1.0)
-                (loss * share).backward()
-            metrics["kd_loss"] += float(loss.detach()) * share
-        metrics["loss"] = metrics["kd_loss"]
-        metrics.update(trainer.optimizer_step())
-        metrics["training_s"] = time.perf_counter() - started
-        if config.eval_steps and (step % config.eval_steps == 0 or step == config.max_steps):
-            metrics.update(self.evaluate())
-        return metrics
+        sequences, targets = [], []
+        for prompt, completion, length in zip(prompts, rollout.completion_ids.tolist(), rollout.lengths.tolist(),
+                                              strict=True):
+            sequence = (prompt + completion[:length])[:config.max_length] if config.max_length else prompt + completion[:length]
+            sequences.append(sequence)
+            targets.append([0] * len(prompt) + [1] * (len(sequence) - len(prompt)))
+        return pad_batch(sequences, targets, pad, trainer.device)
+
+    def loss(self, batch):
+        import torch
+
+        from engine.sft import model_logits
+
+        with torch.no_grad():
+            teacher_logits = model_logits(self.teacher, batch)[..., :self.vocabulary]  # (B, L−1, V)
+        student_logits = model_logits(self.trainer.training_model, batch)[..., :self.vocabulary]  # (B, L−1, V)
+        mask = batch.loss_mask[:, 1:].float()  # (B, L−1)
+        config = self.config
+        loss = kd_loss(student_logits.float(), teacher_logits.float(), mask, kind=config.kd_kind, beta=config.beta,
+                       temperature=config.temperature)
+        value = float(loss.detach())
+        return loss, {"loss": value, "kd_loss": value, "on_policy": float(self.on_policy), "tokens": float(mask.sum())}
+
+
+def shared_vocabulary(tokenizer, student, teacher) -> int:
+    """The logit columns kd_loss compares: the tokenizer's tokens. Output layers are often padded past
+    them (Qwen2.5-1.5B has 151,936 rows, -7B 152,064, for one 151,665-token tokenizer); those rows are
+    never real tokens and are cut. A layer smaller than the tokenizer is refused."""
+    size = len(tokenizer)
+    for name, model in (("student", student), ("teacher", teacher)):
+        rows = model.get_output_embeddings().weight.shape[0]
+        if rows < size:
+            raise AhaError(f"the {name}'s output layer has {rows} rows but the tokenizer has {size} tokens; "
+                           "logit distillation needs a model that covers the whole tokenizer")
+    return size
 
 
 def train_kd_on_traces(config: KDConfig | None = None, *, resume: str | Path | None = None,
@@ -643,18 +658,9 @@ def train_kd_on_traces(config: KDConfig | None = None, *, resume: str | Path | N
     """Logit distillation of config.model from config.teacher on config.traces (`aha distill kd`); the same
     run, resume and result as train_sft_on_traces."""
     from engine.sft import run_sft
-    from engine.train import check_model_folder, load_config, load_tokenizer, saved_config
+    from engine.train import check_model_folder, load_tokenizer, run_config
 
-    if resume is not None:
-        changed = {key: value for key, value in (overrides or {}).items() if value is not None}
-        fixed = sorted(set(changed) - set(RESUMABLE_SETTINGS))
-        if fixed:
-            raise AhaError(f"--resume continues a run with its saved settings; {fixed[0]} cannot change "
-                           f"(only {', '.join(RESUMABLE_SETTINGS)} can)")
-        config = load_config(KDConfig, None, {**saved_config(resume), **changed})
-    elif config is None:
-        raise ValueError("train_kd_on_traces() needs a config or a run directory to resume")
-    config.validate()
+    config = run_config(KDConfig, config, resume, overrides)
     tokenizer = load_tokenizer(check_model_folder(config.model))
     check_same_tokenizer(tokenizer, load_tokenizer(check_model_folder(config.teacher)))
     rows = load_traces(config, tokenizer)

@@ -121,11 +121,12 @@ def train(config: GRPOConfig | None = None, *, resume: str | Path | None = None,
         close_distributed,
         init_distributed,
         reopen_run,
+        run_config,
         start_run,
     )
 
     cancel = cancel or CancelToken()
-    config = _resolved_config(config, resume, overrides)
+    config = run_config(GRPOConfig, config, resume, overrides)
     # Everything a user can get wrong in the config fails here, before minutes of model loading.
     check_model_folder(config.model)
     rewards = RewardSet(list(config.rewards), list(config.reward_weights) if config.reward_weights else None)
@@ -157,24 +158,6 @@ def train(config: GRPOConfig | None = None, *, resume: str | Path | None = None,
     if final is not None:
         result["adapter" if config.use_peft else "model"] = str(final)
     return result
-
-
-def _resolved_config(config: GRPOConfig | None, resume: str | Path | None, overrides: dict[str, Any] | None) -> GRPOConfig:
-    """The config to run: the given one, or for a resume the run's saved one with the few settings that
-    may change (max_steps, save_steps, logging_steps, eval_steps)."""
-    from engine.train import load_config, saved_config
-
-    if resume is not None:
-        changed = {key: value for key, value in (overrides or {}).items() if value is not None}
-        fixed = sorted(set(changed) - {"max_steps", "save_steps", "logging_steps", "eval_steps"})
-        if fixed:
-            raise AhaError(f"--resume continues a run with its saved settings; {fixed[0]} cannot change "
-                           "(only max_steps, save_steps, logging_steps, eval_steps can)")
-        config = load_config(GRPOConfig, None, {**saved_config(resume), **changed})
-    elif config is None:
-        raise ValueError("train() needs a config or a run directory to resume")
-    config.validate()
-    return config
 
 
 def _describe(config: GRPOConfig, trainer) -> str:
@@ -211,6 +194,38 @@ def _reference_model(config: GRPOConfig, trainer):
     return model
 
 
+class MicroBatch(typing.NamedTuple):
+    """Rows of one forward/backward: ids and attention (n, P + T), completion_ids and loss_mask (n, T),
+    advantages (n,); T is the longest completion among these rows."""
+
+    ids: typing.Any
+    attention: typing.Any
+    completion_ids: typing.Any
+    loss_mask: typing.Any
+    advantages: typing.Any
+
+
+def micro_batches(ids, attention, completion_ids, loss_mask, advantages, count: int) -> list[MicroBatch]:
+    """The batch as `count` micro-batches of equal row counts, rows grouped by completion length (shortest
+    first) and each micro-batch cut after its own longest completion, so short completions do not pay for
+    the padding of long ones. The loss is a weighted sum over micro-batches, so order does not change it.
+    ids/attention (N, P + T), completion_ids/loss_mask (N, T) with the completion's tokens (and its EOS)
+    counted by attention[:, P:], advantages (N,)."""
+    import torch
+
+    batch, prompt = ids.shape[0], ids.shape[1] - completion_ids.shape[1]
+    lengths = attention[:, prompt:].sum(1)  # (N,)
+    order = torch.argsort(lengths, stable=True) if count > 1 else torch.arange(batch, device=ids.device)  # (N,)
+    size = batch // count
+    parts = []
+    for start in range(0, batch, size):
+        rows = order[start:start + size]  # (n,)
+        width = max(int(lengths[rows].max()), 1)
+        parts.append(MicroBatch(ids[rows, :prompt + width], attention[rows, :prompt + width],
+                                completion_ids[rows, :width], loss_mask[rows, :width], advantages[rows]))
+    return parts
+
+
 class GRPOStep:
     """One GRPO step as `Trainer.fit` calls it: step number in, metrics out."""
 
@@ -237,8 +252,9 @@ class GRPOStep:
         # 1. Rollouts: G consecutive completions per prompt (group_advantages' layout).
         trainer.phase = "generation"
         prompt_ids, rendered, prefilled = self._encode([row["prompt"] for row in rows])
-        rollout = _sample(self.model, [ids for ids in prompt_ids for _ in range(group)], config, self.eos,
-                          self.pad, trainer.step_cancel)
+        with trainer.sampling():
+            rollout = _sample(self.model, [ids for ids in prompt_ids for _ in range(group)], config, self.eos,
+                              self.pad, trainer.step_cancel)
         if rollout.cancelled:
             raise StepAbandoned
         generation_s = rollout.seconds
@@ -254,11 +270,14 @@ class GRPOStep:
                        completion_ids=[ids[:length] for ids, length in
                                        zip(rollout.completion_ids.tolist(), rollout.lengths.tolist(), strict=True)])
         scores = self.rewards.score([rows[index]["prompt"] for index in repeat], texts, **columns)
-        for error in scores.errors:
-            trainer.run.log(error, "warning")
-        device = trainer.device
-        rewards = torch.tensor(scores.totals, dtype=torch.float32, device=device)  # (N,)
-        advantages = group_advantages(rewards, group, scale=config.scale_rewards)  # (N,)
+        rewards = torch.tensor(scores.totals, dtype=torch.float32, device=trainer.device)  # (N,)
+        if config.scale_rewards == "batch" and distributed.enabled:  # the std of every process's rewards
+            every = torch.tensor([total for totals in distributed.gather(scores.totals) for total in totals],
+                                 dtype=torch.float32, device=trainer.device)  # (world · N,)
+            mine = slice(distributed.rank * len(rewards), (distributed.rank + 1) * len(rewards))
+            advantages = group_advantages(every, group, scale="batch")[mine]  # (N,)
+        else:
+            advantages = group_advantages(rewards, group, scale=config.scale_rewards)  # (N,)
 
         # 3. μ updates on the batch.
         ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], 1)  # (N, P + T)
@@ -267,8 +286,15 @@ class GRPOStep:
         update = self._updates(ids, attention, rollout.completion_ids, loss_mask, advantages)
         training_s = time.perf_counter() - started
 
-        metrics = self._metrics(rewards, scores, rollout, update, generation_s, training_s)
-        trainer.run.log_samples(step, _samples(rows, rendered, texts, scores, advantages, rollout, group))
+        # Every process's rollouts go into the step's metrics and samples (rank 0 records them).
+        shares = distributed.gather({
+            "totals": scores.totals, "per_reward": scores.per_reward, "lengths": rollout.lengths.tolist(),
+            "terminated": rollout.terminated.tolist(), "update": update, "errors": scores.errors,
+            "samples": _samples(rows, rendered, texts, scores, advantages, rollout, group)})
+        for error in dict.fromkeys(error for share in shares for error in share["errors"]):
+            trainer.run.log(error, "warning")
+        metrics = _metrics(shares, group, generation_s, training_s)
+        trainer.run.log_samples(step, [record for share in shares for record in share["samples"]])
         if config.eval_steps and (step % config.eval_steps == 0 or step == config.max_steps):
             metrics.update(self.evaluate())
         return metrics
@@ -276,9 +302,10 @@ class GRPOStep:
     def evaluate(self) -> dict[str, float]:
         from engine.sampling import greedy_accuracy
 
-        accuracy, details = greedy_accuracy(self.model, self.tokenizer, self.heldout,
-                                            max_new_tokens=self.config.max_completion_length,
-                                            system_prompt=self.config.system_prompt)
+        with self.trainer.sampling():
+            accuracy, details = greedy_accuracy(self.model, self.tokenizer, self.heldout,
+                                                max_new_tokens=self.config.max_completion_length,
+                                                system_prompt=self.config.system_prompt)
         return {"eval/accuracy": accuracy, "eval/format": details["format"], "eval/seconds": details["seconds"]}
 
     def _encode(self, prompts: list) -> tuple[list[list[int]], list[str], list[bool]]:
@@ -301,56 +328,54 @@ class GRPOStep:
         import torch
 
         config, trainer = self.config, self.trainer
-        batch, length = completion_ids.shape
-        chunks = [slice(start, start + batch // config.gradient_accumulation_steps)
-                  for start in range(0, batch, batch // config.gradient_accumulation_steps)]
+        batch = completion_ids.shape[0]
+        parts = micro_batches(ids, attention, completion_ids, loss_mask, advantages, config.gradient_accumulation_steps)
         total_tokens = loss_mask.sum().clamp(min=1)  # ()
-        old_logp = ref_logp = None
+        old_logp: list = [None] * len(parts)
+        ref_logp: list = [None] * len(parts)
         if config.num_iterations > 1:
             with torch.no_grad():
-                old_logp = torch.cat([self._logp(self.model, ids[rows], attention[rows], completion_ids[rows])[0]
-                                      for rows in chunks])  # (N, T)
+                old_logp = [self._logp(self.model, part)[0] for part in parts]  # (n, T_part) each
         if config.beta != 0:
             with torch.no_grad(), self._reference_context() as reference:
-                ref_logp = torch.cat([self._logp(reference, ids[rows], attention[rows], completion_ids[rows])[0]
-                                      for rows in chunks])  # (N, T)
+                ref_logp = [self._logp(reference, part)[0] for part in parts]  # (n, T_part) each
         totals: dict[str, float] = {}
         entropy_sum = 0.0
         steps = []
         for iteration in range(config.num_iterations):
-            for index, rows in enumerate(chunks):
-                with trainer.accumulate(last=index == len(chunks) - 1):
-                    logp, entropy = self._logp(trainer.training_model, ids[rows], attention[rows], completion_ids[rows],
-                                               with_entropy=iteration == 0)  # (n, T), (n, T) | None
-                    old = old_logp[rows] if old_logp is not None else logp.detach()  # (n, T)
-                    loss, metrics = grpo_loss(logp, old, ref_logp[rows] if ref_logp is not None else None,
-                                              advantages[rows], loss_mask[rows], epsilon_low=config.epsilon,
-                                              epsilon_high=self.epsilon_high, beta=config.beta,
-                                              aggregation=self.aggregation, max_len=config.max_completion_length)
-                    share = (loss_mask[rows].sum() / total_tokens if self.aggregation == "token"
-                             else torch.tensor((rows.stop - rows.start) / batch))  # this micro-batch's weight
+            for index, part in enumerate(parts):
+                with trainer.accumulate(last=index == len(parts) - 1):
+                    logp, entropy = self._logp(trainer.training_model, part, with_entropy=iteration == 0)  # (n, T) ×2
+                    old = old_logp[index] if old_logp[index] is not None else logp.detach()  # (n, T)
+                    loss, metrics = grpo_loss(logp, old, ref_logp[index], part.advantages, part.loss_mask,
+                                              epsilon_low=config.epsilon, epsilon_high=self.epsilon_high,
+                                              beta=config.beta, aggregation=self.aggregation,
+                                              max_len=config.max_completion_length)
+                    share = (part.loss_mask.sum() / total_tokens if self.aggregation == "token"
+                             else torch.tensor(len(part.advantages) / batch))  # this micro-batch's weight
                     (loss * share).backward()
                 weight = float(share) / config.num_iterations
                 totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) * weight
                 for key, value in metrics.items():
                     totals[key] = totals.get(key, 0.0) + value * weight
                 if entropy is not None:
-                    entropy_sum += float((entropy * loss_mask[rows]).sum())
+                    entropy_sum += float((entropy * part.loss_mask).sum())
             steps.append(trainer.optimizer_step())
         totals["grad_norm"] = sum(update["grad_norm"] for update in steps) / len(steps)  # mean over the μ updates
         totals["learning_rate"] = steps[0]["learning_rate"]
         totals["entropy"] = entropy_sum / float(total_tokens)
         return totals
 
-    def _logp(self, model, ids, attention, completion_ids, with_entropy: bool = False):
+    def _logp(self, model, part: MicroBatch, with_entropy: bool = False):
         """Log-probs of the completion tokens under `model` at the sampling temperature, in fp32, chunked
         over rows: ids (n, P + T) → logp (n, T); and the per-token entropy (n, T) when asked (no grad)."""
         import torch
 
         from engine.sampling import position_ids
 
+        completion_ids = part.completion_ids  # (n, T)
         length = completion_ids.shape[1]
-        logits = model(input_ids=ids, attention_mask=attention, position_ids=position_ids(attention),
+        logits = model(input_ids=part.ids, attention_mask=part.attention, position_ids=position_ids(part.attention),
                        use_cache=False, logits_to_keep=length + 1).logits[:, :-1]  # (n, T, V)
         logp = selective_log_softmax(logits, completion_ids, self.config.temperature)  # (n, T)
         entropy = None
@@ -369,37 +394,42 @@ class GRPOStep:
             with self.model.disable_adapter():
                 yield self.model
 
-    def _metrics(self, rewards, scores, rollout, update, generation_s, training_s) -> dict[str, float]:
-        import torch
+def _metrics(shares: list[dict], group: int, generation_s: float, training_s: float) -> dict[str, float]:
+    """The step's metrics over every process's share (one share alone): rewards, each reward's mean,
+    completion lengths, and the update's loss/clip/KL/entropy averaged over the processes (their shares
+    are equal). Unscored samples (NaN) count in `unscored` only."""
+    import torch
 
-        group = self.config.num_generations
-        scored = rewards[~torch.isnan(rewards)]  # (S,)
-        lengths = rollout.lengths.float()  # (N,)
-        terminated = rollout.terminated  # (N,)
-        metrics = {
-            "reward": float(scored.mean()) if scored.numel() else math.nan,
-            "reward_std": float(scored.std()) if scored.numel() > 1 else 0.0,
-            "frac_reward_zero_std": frac_reward_zero_std(rewards.cpu(), group),
-            "unscored": float(torch.isnan(rewards).float().mean()),
-        }
-        for name, values in scores.per_reward.items():
-            present = [value for value in values if value is not None]
-            metrics[f"rewards/{name}/mean"] = sum(present) / len(present) if present else math.nan
-        if "accuracy" in scores.per_reward:
-            metrics["accuracy"] = metrics["rewards/accuracy/mean"]
-        metrics.update({
-            "completions/mean_length": float(lengths.mean()),
-            "completions/min_length": float(lengths.min()),
-            "completions/max_length": float(lengths.max()),
-            "completions/clipped_ratio": float((~terminated).float().mean()),
-            "completions/mean_terminated_length": float(lengths[terminated].mean()) if terminated.any() else 0.0,
-            "completions/mean_clipped_length": float(lengths[~terminated].mean()) if (~terminated).any() else 0.0,
-        })
-        metrics.update({CLIP_METRICS.get(key, key): value for key, value in update.items()})
-        tokens = float(lengths.sum())
-        metrics.update({"generation_s": generation_s, "training_s": training_s,
-                        "tokens_per_s": tokens / generation_s if generation_s else 0.0})
-        return metrics
+    rewards = torch.tensor([total for share in shares for total in share["totals"]], dtype=torch.float32)  # (N,)
+    scored = rewards[~torch.isnan(rewards)]  # (S,)
+    lengths = torch.tensor([length for share in shares for length in share["lengths"]], dtype=torch.float32)  # (N,)
+    terminated = torch.tensor([done for share in shares for done in share["terminated"]], dtype=torch.bool)  # (N,)
+    metrics = {
+        "reward": float(scored.mean()) if scored.numel() else math.nan,
+        "reward_std": float(scored.std()) if scored.numel() > 1 else 0.0,
+        "frac_reward_zero_std": frac_reward_zero_std(rewards, group),
+        "unscored": float(torch.isnan(rewards).float().mean()),
+    }
+    for name in shares[0]["per_reward"]:
+        present = [value for share in shares for value in share["per_reward"][name] if value is not None]
+        metrics[f"rewards/{name}/mean"] = sum(present) / len(present) if present else math.nan
+    if "rewards/accuracy/mean" in metrics:
+        metrics["accuracy"] = metrics["rewards/accuracy/mean"]
+    metrics.update({
+        "completions/mean_length": float(lengths.mean()),
+        "completions/min_length": float(lengths.min()),
+        "completions/max_length": float(lengths.max()),
+        "completions/clipped_ratio": float((~terminated).float().mean()),
+        "completions/mean_terminated_length": float(lengths[terminated].mean()) if terminated.any() else 0.0,
+        "completions/mean_clipped_length": float(lengths[~terminated].mean()) if (~terminated).any() else 0.0,
+    })
+    for key in shares[0]["update"]:
+        value = sum(share["update"][key] for share in shares) / len(shares)
+        metrics[CLIP_METRICS.get(key, key)] = value
+    tokens = float(lengths.sum())  # every process generated at the same time
+    metrics.update({"generation_s": generation_s, "training_s": training_s,
+                    "tokens_per_s": tokens / generation_s if generation_s else 0.0})
+    return metrics
 
 
 def _sample(model, prompts, config: GRPOConfig, eos, pad, cancel):

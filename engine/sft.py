@@ -7,15 +7,19 @@ Setup, checkpoints, resume and cancel are `engine.train`'s.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.errors import AhaError
 from engine.jobs import CancelToken, OnEvent, ignore
 from engine.train import TrainConfig
 
-__all__ = ["SFTConfig", "build_batch", "run_sft", "sft_loss", "train_sft"]
+if typing.TYPE_CHECKING:
+    import torch
+
+__all__ = ["Batch", "SFTConfig", "build_batch", "pack_batch", "pad_batch", "run_sft", "sft_loss", "train_sft"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class SFTConfig(TrainConfig):
     per_device_train_batch_size: int = 8  # sequences per optimizer step (split by gradient_accumulation_steps)
     max_length: int | None = 1024  # longer sequences are cut at the end
     completion_only_loss: bool = True  # loss on the completion (assistant) tokens only
+    packing: bool = False  # several sequences per row of max_length tokens (no padding; never attending across)
     learning_rate: float = 2e-5
     eval_steps: int = 0  # held-out greedy accuracy every N steps; 0: never
     eval_dataset: str | None = None  # held-out rows when the dataset is a file
@@ -48,14 +53,22 @@ class SFTConfig(TrainConfig):
             raise AhaError("stop_at_accuracy needs eval_steps (how often to measure held-out accuracy)")
 
 
-def build_batch(tokenizer, rows: list[dict], *, system_prompt: str | None = None, max_length: int | None = None,
-                completion_only_loss: bool = True, device: Any = None):
-    """(ids, attention, loss_mask), each (B, L) right-padded: the rendered prompt (chat template, as at
-    inference), the completion and EOS. loss_mask is 1 on the completion and its EOS (everywhere real
-    with completion_only_loss=False)."""
-    import torch
+class Batch(NamedTuple):
+    """One micro-batch, right-padded: ids, attention and loss_mask (B, L). Packed batches have no attention
+    mask: their position ids (B, L) restart at 0 for every sequence, and transformers turns that into a
+    block-diagonal causal mask, so packed sequences never see each other."""
 
-    from engine.sampling import encode_prompts, pad_token_id
+    ids: torch.Tensor
+    attention: torch.Tensor | None
+    loss_mask: torch.Tensor
+    positions: torch.Tensor | None = None
+
+
+def tokenize_rows(tokenizer, rows: list[dict], *, system_prompt: str | None = None, max_length: int | None = None,
+                  completion_only_loss: bool = True) -> tuple[list[list[int]], list[list[int]]]:
+    """(sequences, targets): the rendered prompt (chat template, as at inference), the completion and EOS,
+    cut at max_length; targets 1 on the completion and its EOS (everywhere with completion_only_loss=False)."""
+    from engine.sampling import encode_prompts
 
     prompt_ids, _, _ = encode_prompts(tokenizer, [row["prompt"] for row in rows], system_prompt)
     sequences, targets = [], []
@@ -64,20 +77,85 @@ def build_batch(tokenizer, rows: list[dict], *, system_prompt: str | None = None
         sequence = (prompt + completion)[:max_length] if max_length else prompt + completion
         sequences.append(sequence)
         targets.append([0 if completion_only_loss and index < len(prompt) else 1 for index in range(len(sequence))])
+    return sequences, targets
+
+
+def pad_batch(sequences: list[list[int]], targets: list[list[int]], pad: int, device: Any = None) -> Batch:
+    """One sequence per row, right-padded with `pad` (attention and loss_mask 0 there)."""
+    import torch
+
     width = max(len(sequence) for sequence in sequences)
-    pad = pad_token_id(tokenizer)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)  # (B, L)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)  # (B, L)
-    loss_mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, L)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)  # (B, L)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)  # (B, L)
+    loss_mask = torch.zeros((len(sequences), width), dtype=torch.long)  # (B, L)
     for row, (sequence, target) in enumerate(zip(sequences, targets, strict=True)):
         ids[row, :len(sequence)] = torch.tensor(sequence)
         attention[row, :len(sequence)] = 1
         loss_mask[row, :len(sequence)] = torch.tensor(target)
-    return ids.to(device), attention.to(device), loss_mask.to(device)
+    return Batch(ids.to(device), attention.to(device), loss_mask.to(device))
 
 
-def sft_loss(model, ids, attention, loss_mask):
-    """Mean negative log-likelihood of the masked tokens: ids, attention, loss_mask (B, L).
+def pack_bins(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Best-fit decreasing: sequence indices grouped into bins whose lengths sum to ≤ capacity (a longer
+    sequence gets a bin of its own). Each bin is one row of a packed batch."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        fits = [b for b in range(len(bins)) if room[b] >= lengths[index]]
+        if fits:
+            best = min(fits, key=lambda b: room[b])
+            bins[best].append(index)
+            room[best] -= lengths[index]
+        else:
+            bins.append([index])
+            room.append(capacity - lengths[index])
+    return bins
+
+
+def pack_batch(sequences: list[list[int]], targets: list[list[int]], capacity: int, pad: int,
+               device: Any = None) -> Batch:
+    """Sequences packed into rows of up to `capacity` tokens (pack_bins), position ids restarting at each
+    sequence; a row's tail padding continues as a sequence of its own that no loss covers."""
+    import torch
+
+    rows = pack_bins([len(sequence) for sequence in sequences], capacity)
+    width = max(sum(len(sequences[index]) for index in row) for row in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)  # (R, L)
+    loss_mask = torch.zeros((len(rows), width), dtype=torch.long)  # (R, L)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)  # (R, L)
+    for row, members in enumerate(rows):
+        start = 0
+        for index in members:
+            end = start + len(sequences[index])
+            ids[row, start:end] = torch.tensor(sequences[index])
+            loss_mask[row, start:end] = torch.tensor(targets[index])
+            positions[row, start:end] = torch.arange(end - start)
+            start = end
+        positions[row, start:] = torch.arange(width - start)
+    return Batch(ids.to(device), None, loss_mask.to(device), positions.to(device))
+
+
+def build_batch(tokenizer, rows: list[dict], *, system_prompt: str | None = None, max_length: int | None = None,
+                completion_only_loss: bool = True, packing: bool = False, device: Any = None) -> Batch:
+    """The micro-batch of `rows` (prompt, completion): padded, or packed into rows of max_length tokens."""
+    from engine.sampling import pad_token_id
+
+    sequences, targets = tokenize_rows(tokenizer, rows, system_prompt=system_prompt, max_length=max_length,
+                                       completion_only_loss=completion_only_loss)
+    if packing:
+        capacity = max_length or sum(len(sequence) for sequence in sequences)
+        return pack_batch(sequences, targets, capacity, pad_token_id(tokenizer), device)
+    return pad_batch(sequences, targets, pad_token_id(tokenizer), device)
+
+
+def model_logits(model, batch: Batch):
+    """Logits (B, L−1, V) at positions 0..L−2, the predictions of tokens 1..L−1."""
+    return model(input_ids=batch.ids, attention_mask=batch.attention, position_ids=batch.positions,
+                 use_cache=False).logits[:, :-1]
+
+
+def sft_loss(model, batch: Batch):
+    """Mean negative log-likelihood of the masked tokens of `batch`.
 
     1. logits at positions 0..L−2 predict the tokens at 1..L−1 (shift by one)
     2. logp_t = log softmax(logits_{t−1})[ids_t], fp32 and row-chunked (selective_log_softmax)
@@ -88,9 +166,9 @@ def sft_loss(model, ids, attention, loss_mask):
 
     from engine.grpo_math import selective_log_softmax
 
-    logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1]  # (B, L−1, V)
-    targets = ids[:, 1:]  # (B, L−1)
-    mask = loss_mask[:, 1:].float()  # (B, L−1)
+    logits = model_logits(model, batch)  # (B, L−1, V)
+    targets = batch.ids[:, 1:]  # (B, L−1)
+    mask = batch.loss_mask[:, 1:].float()  # (B, L−1)
     logp = selective_log_softmax(logits, targets)  # (B, L−1)
     tokens = mask.sum().clamp(min=1)  # ()
     loss = -(torch.where(mask > 0, logp, 0.0) * mask).sum() / tokens  # ()
@@ -104,13 +182,9 @@ def train_sft(config: SFTConfig | None = None, *, resume: str | Path | None = No
     """Run SFT for config (a new run) or continue the run in `resume`. Returns {"status", "run_dir", "step",
     "model"/"adapter", "eval_accuracy"} (the last held-out accuracy, when measured)."""
     from engine.data import TaskSource, load_rows, open_dataset
-    from engine.train import check_model_folder, load_config, saved_config
+    from engine.train import check_model_folder, run_config
 
-    if resume is not None:
-        config = load_config(SFTConfig, None, saved_config(resume))
-    elif config is None:
-        raise ValueError("train_sft() needs a config or a run directory to resume")
-    config.validate()
+    config = run_config(SFTConfig, config, resume)
     check_model_folder(config.model)
     source = open_dataset(config.dataset, config.seed, config.prompt_column, None, required=(config.completion_column,))
     if not isinstance(source, TaskSource) and config.completion_column != "completion":
@@ -190,30 +264,41 @@ class SFTStep:
         rows = self.stream.next(config.per_device_train_batch_size * distributed.world_size)
         rows = rows[distributed.rank::distributed.world_size]
         micro = config.per_device_train_batch_size // config.gradient_accumulation_steps
-        batches = [build_batch(trainer.tokenizer, rows[start:start + micro], system_prompt=config.system_prompt,
-                               max_length=config.max_length, completion_only_loss=config.completion_only_loss,
-                               device=trainer.device) for start in range(0, len(rows), micro)]
-        total_tokens = sum(float(batch[2][:, 1:].sum()) for batch in batches)
-        metrics = {"loss": 0.0, "token_accuracy": 0.0}
-        for index, (ids, attention, loss_mask) in enumerate(batches):
+        batches = self.batches(rows, micro)
+        total_tokens = sum(float(batch.loss_mask[:, 1:].sum()) for batch in batches)
+        metrics: dict[str, float] = {}
+        for index, batch in enumerate(batches):
             with trainer.accumulate(last=index == len(batches) - 1):
-                loss, details = sft_loss(trainer.training_model, ids, attention, loss_mask)
-                share = details["tokens"] / max(total_tokens, 1.0)  # token-weighted, as one big batch
+                loss, details = self.loss(batch)
+                share = details.pop("tokens") / max(total_tokens, 1.0)  # token-weighted, as one big batch
                 (loss * share).backward()
-            metrics["loss"] += details["loss"] * share
-            metrics["token_accuracy"] += details["token_accuracy"] * share
+            for key, value in details.items():
+                metrics[key] = metrics.get(key, 0.0) + value * share
         metrics.update(trainer.optimizer_step())
         metrics["training_s"] = time.perf_counter() - started
         if config.eval_steps and (step % config.eval_steps == 0 or step == config.max_steps):
             metrics.update(self.evaluate())
         return metrics
 
+    def batches(self, rows: list[dict], micro: int) -> list[Batch]:
+        """The step's micro-batches of `micro` rows each."""
+        config = self.config
+        return [build_batch(self.trainer.tokenizer, rows[start:start + micro], system_prompt=config.system_prompt,
+                            max_length=config.max_length, completion_only_loss=config.completion_only_loss,
+                            packing=config.packing, device=self.trainer.device)
+                for start in range(0, len(rows), micro)]
+
+    def loss(self, batch: Batch):
+        """(loss, details with "tokens", the masked target count) of one micro-batch."""
+        return sft_loss(self.trainer.training_model, batch)
+
     def evaluate(self) -> dict[str, float]:
         from engine.sampling import greedy_accuracy
 
-        accuracy, details = greedy_accuracy(self.trainer.model, self.trainer.tokenizer, self.heldout,
-                                            max_new_tokens=self.config.max_completion_length,
-                                            system_prompt=self.config.system_prompt)
+        with self.trainer.sampling():
+            accuracy, details = greedy_accuracy(self.trainer.model, self.trainer.tokenizer, self.heldout,
+                                                max_new_tokens=self.config.max_completion_length,
+                                                system_prompt=self.config.system_prompt)
         self.last_accuracy = accuracy
         if self.config.stop_at_accuracy is not None and accuracy >= self.config.stop_at_accuracy:
             self.trainer.should_stop = True

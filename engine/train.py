@@ -52,6 +52,9 @@ class TrainConfig:
     load_in_4bit: bool = False  # QLoRA: bitsandbytes NF4 base with bf16 compute (CUDA only)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     attn_implementation: str = "auto"  # auto: eager on CPU (sdpa stalls at tiny sizes), sdpa on CUDA
+    # Sampling with LoRA folded into a copy of the base weights (one matmul per layer instead of three):
+    # auto = on CPU; on CUDA it costs a copy of every adapted weight, so only when asked; never for 4-bit.
+    merge_adapter_for_sampling: str = "auto"  # auto | on | off
     # Optimizer (AdamW) and schedule.
     learning_rate: float = 1e-5
     weight_decay: float = 0.0
@@ -67,6 +70,7 @@ class TrainConfig:
     logging_steps: int = 1  # record metrics every N steps
     save_steps: int = 50  # checkpoint every N steps (and always at the end and on cancel)
     save_total_limit: int | None = 3  # checkpoints kept; None keeps all
+    report_to: tuple[str, ...] = ()  # also record metrics to: tensorboard (runs/<id>/tensorboard; pip install tensorboard)
 
     # Settings a user can lower when CUDA runs out of memory, per phase of a step (see `Trainer.fit`).
     MEMORY_SETTINGS: typing.ClassVar[dict[str, tuple[str, ...]]] = {"training": ("gradient_accumulation_steps",)}
@@ -84,6 +88,11 @@ class TrainConfig:
                 raise AhaError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.load_in_4bit and not self.use_peft:
             raise AhaError("load_in_4bit trains LoRA adapters on a frozen 4-bit base: set use_peft = true")
+        unknown = sorted(set(self.report_to) - {"tensorboard", "none"})
+        if unknown:
+            raise AhaError(f"report_to knows tensorboard (or none), not {unknown[0]!r}")
+        if self.merge_adapter_for_sampling not in ("auto", "on", "off"):
+            raise AhaError(f"merge_adapter_for_sampling must be auto, on or off, got {self.merge_adapter_for_sampling!r}")
 
 
 # Config files and flags ---------------------------------------------------------------------------
@@ -115,6 +124,26 @@ def load_config(cls: type, path: str | Path | None = None, overrides: Mapping[st
     values.update({key: value for key, value in (overrides or {}).items() if value is not None})
     converted = {key: _convert(value, fields[key], key, source) for key, value in values.items()}
     return cls(**converted)
+
+
+# Settings a resumed run may change; the rest are the run's saved ones.
+RESUMABLE_SETTINGS = ("max_steps", "save_steps", "logging_steps", "eval_steps")
+
+
+def run_config(cls: type, config: Any, resume: str | Path | None, overrides: Mapping[str, Any] | None = None) -> Any:
+    """The validated config to run: `config` for a new run; for `resume`, the run's saved config with
+    `overrides` of RESUMABLE_SETTINGS (any other override is a one-line error)."""
+    if resume is not None:
+        changed = {key: value for key, value in (overrides or {}).items() if value is not None}
+        fixed = sorted(set(changed) - set(RESUMABLE_SETTINGS))
+        if fixed:
+            raise AhaError(f"--resume continues a run with its saved settings; {fixed[0]} cannot change "
+                           f"(only {', '.join(RESUMABLE_SETTINGS)} can)")
+        config = load_config(cls, None, {**saved_config(resume), **changed})
+    elif config is None:
+        raise ValueError("a new run needs a config (or give the run directory to resume)")
+    config.validate()
+    return config
 
 
 def _convert(value: Any, kind: Any, key: str, source: str) -> Any:
@@ -200,11 +229,11 @@ def resolve_device(name: str = "auto"):
     import torch
 
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() and not _accelerate_cpu() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise AhaError("device = cuda but torch sees no CUDA GPU: set device = \"cpu\" (slow) or install torch's CUDA build")
-    if name == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per process under accelerate launch / torchrun
-        name = f"cuda:{os.environ['LOCAL_RANK']}"
+    if name == "cuda" and launch_environment()[1] > 1:  # one GPU per process under accelerate launch / torchrun
+        name = f"cuda:{launch_environment()[2]}"
     return torch.device(name)
 
 
@@ -286,6 +315,52 @@ def add_adapter(model, config: TrainConfig):
         return get_peft_model(model, lora)
     except ValueError as error:
         raise AhaError(f"cannot add LoRA: {str(error).splitlines()[0]}; check lora_target_modules") from error
+
+
+def merges_for_sampling(config: TrainConfig, device) -> bool:
+    """merge_adapter_for_sampling resolved: auto is on for CPU, off for CUDA (the weight copies cost
+    memory); a 4-bit base or full fine-tuning has nothing to merge."""
+    if not config.use_peft or config.load_in_4bit or config.merge_adapter_for_sampling == "off":
+        return False
+    return config.merge_adapter_for_sampling == "on" or device.type == "cpu"
+
+
+@contextlib.contextmanager
+def merged_adapter(model, enabled: bool = True) -> Iterator[None]:
+    """For sampling only (no grad): every plain LoRA layer runs on a merged copy W' = W + s·B·A of its
+    base weight, so a forward is one matmul where LoRA takes three (x·Wᵀ + s·(x·Aᵀ)·Bᵀ). The original W
+    is put back untouched afterwards (peft's own merge/unmerge adds and subtracts in place, which drifts);
+    the copies cost the adapted weights' memory once. Layers peft merges differently (DoRA, biases,
+    quantized bases) are left alone."""
+    import torch
+
+    swapped = []
+    if enabled:
+        from peft.tuners.lora import LoraLayer
+
+        with torch.no_grad():
+            for module in model.modules():
+                if not isinstance(module, LoraLayer) or module.merged or module.disable_adapters:
+                    continue
+                names = [name for name in module.active_adapters if name in module.lora_A]
+                base = module.get_base_layer()
+                if (not names or any(name in module.lora_variant or module.lora_bias[name] for name in names)
+                        or type(base) is not torch.nn.Linear or type(base.weight) is not torch.nn.Parameter):
+                    continue
+                original = base.weight.data
+                merged = original.clone()
+                for name in names:
+                    merged += module.get_delta_weight(name).to(original.dtype)
+                base.weight.data = merged
+                module.merged_adapters.extend(names)
+                swapped.append((module, base, original, names))
+    try:
+        yield
+    finally:
+        for module, base, original, names in swapped:
+            base.weight.data = original
+            for name in names:
+                module.merged_adapters.remove(name)
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -372,6 +447,16 @@ class Distributed:
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's value (any picklable object) in rank order, on every rank."""
+        if not self.enabled:
+            return [value]
+        import torch.distributed
+
+        values: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(values, value)
+        return values
+
     def any(self, flag: bool) -> bool:
         """True on every rank when it is True on one (a cancel seen by any process stops them all)."""
         if not self.enabled:
@@ -391,19 +476,49 @@ def _collective_device():
     return torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
 
 
+# Where each launcher puts a process's rank, the job's size and the rank on this machine: torchrun
+# (accelerate launch --multi_gpu), then MPI (accelerate launch --cpu --mpirun_hostfile: Open MPI, MVAPICH,
+# MPICH/Intel MPI), as accelerate's own PartialState reads them.
+RANK_VARIABLES = ("RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "PMI_RANK")
+SIZE_VARIABLES = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMI_SIZE")
+LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID")
+
+
+def launch_environment(environ: Mapping[str, str] | None = None) -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) of this process as its launcher set them; (0, 1, 0) alone."""
+    environ = os.environ if environ is None else environ
+
+    def first(names: tuple[str, ...], default: int) -> int:
+        return next((int(environ[name]) for name in names if environ.get(name, "").strip()), default)
+
+    return first(RANK_VARIABLES, 0), first(SIZE_VARIABLES, 1), first(LOCAL_RANK_VARIABLES, 0)
+
+
 def init_distributed(device: str = "auto") -> Distributed:
-    """Join the process group when launched with WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    """Join the process group when launched with several processes (gloo on CPU, nccl on CUDA). Under MPI
+    the torchrun variables torch.distributed reads are set from MPI's; MASTER_ADDR/PORT come from
+    accelerate launch (default 127.0.0.1:29500)."""
+    rank, world_size, local_rank = launch_environment()
+    if world_size <= 1:
         return Distributed()
     import torch
     import torch.distributed
 
+    for name, value in (("RANK", rank), ("WORLD_SIZE", world_size), ("LOCAL_RANK", local_rank)):
+        os.environ.setdefault(name, str(value))
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
     if not torch.distributed.is_initialized():
-        nccl = device != "cpu" and torch.cuda.is_available()
+        nccl = device != "cpu" and not _accelerate_cpu() and torch.cuda.is_available()
         if nccl:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(local_rank)
         torch.distributed.init_process_group("nccl" if nccl else "gloo")
     return Distributed(torch.distributed.get_rank(), torch.distributed.get_world_size())
+
+
+def _accelerate_cpu() -> bool:
+    """`accelerate launch --cpu` asked for the CPU."""
+    return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
 
 
 def close_distributed(distributed: Distributed) -> None:
@@ -416,7 +531,7 @@ def close_distributed(distributed: Distributed) -> None:
 
 def main_process_sink(on_event: OnEvent) -> OnEvent:
     """The sink on rank 0, nothing on the other processes of a multi-process job (their events would repeat)."""
-    return on_event if int(os.environ.get("RANK", "0")) == 0 else ignore
+    return on_event if launch_environment()[0] == 0 else ignore
 
 
 def start_run(kind: str, config: Any, on_event: OnEvent, distributed: Distributed) -> Run:
@@ -460,6 +575,7 @@ class Run:
         self.dir, self.kind, self.store_id, self._on_event = Path(directory), kind, store_id, on_event
         self._store = store
         self.writer = writer  # False on ranks > 0 of a multi-process job: they read the directory, never write
+        self._tensorboard = None
 
     @classmethod
     def follower(cls, directory: str | Path, kind: str) -> Run:
@@ -547,7 +663,29 @@ class Run:
         clean = {key: _finite(value) for key, value in metrics.items()}
         _append_jsonl(self.dir / "metrics.jsonl", [{"step": step, "time": round(time.time(), 3), **clean}])
         self.store.add_metrics(self.store_id, step, {key: value for key, value in clean.items() if value is not None})
+        if self._tensorboard is not None:
+            for key, value in clean.items():
+                if value is not None:
+                    self._tensorboard.add_scalar(key, value, step)
+            self._tensorboard.flush()
         self.emit(make_event("metrics", step=step, **clean))
+
+    def report_to_tensorboard(self, resumed_step: int = 0) -> None:
+        """Also write every metric as a TensorBoard scalar under <run>/tensorboard (`tensorboard --logdir`).
+        A resume purges the events written after its checkpoint, as metrics.jsonl is truncated."""
+        if not self.writer:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as error:
+            raise AhaError("report_to = tensorboard needs the tensorboard package: pip install tensorboard") from error
+        self._tensorboard = SummaryWriter(str(self.dir / "tensorboard"), purge_step=resumed_step + 1 if resumed_step else None)
+
+    def close(self) -> None:
+        """Flush and close what the run holds open (the TensorBoard writer)."""
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
 
     def log_samples(self, step: int, samples: list[dict]) -> None:
         """Rollouts of one step: samples.jsonl, the store, and one `sample` event per entry."""
@@ -736,6 +874,11 @@ class Trainer:
     def trainable_parameters(self) -> int:
         return sum(parameter.numel() for parameter in self.parameters)
 
+    def sampling(self):
+        """Context for generating with self.model: the adapter merged into weight copies when
+        merge_adapter_for_sampling resolves on (merges_for_sampling)."""
+        return merged_adapter(self.model, merges_for_sampling(self.config, self.device))
+
     @property
     def step_cancel(self) -> CancelToken | None:
         """The token a step function may check mid-step (to abandon it); None under several processes,
@@ -865,6 +1008,8 @@ class Trainer:
         saved_at = self.step if start else None
         status = "complete"
         self.run.set_status("running")
+        if "tensorboard" in config.report_to:
+            self.run.report_to_tensorboard(resumed_step=start)
         try:
             while self.step < config.max_steps:
                 if self.distributed.any(self.cancel.cancelled):
@@ -899,6 +1044,8 @@ class Trainer:
         except BaseException:
             self.run.set_status("error")
             raise
+        finally:
+            self.run.close()
         self.run.set_status(status)
         return status
 

@@ -5,7 +5,9 @@ qwen2 student (an R1 template that pre-fills `<think>\\n`): the loss on the trac
 with SIGKILL and resumed ends with the uninterrupted run's adapter weights exactly. Also the assistant turn
 and its prefill, the one-line errors, and (slow) a programmatic teacher's addition traces teaching the
 char-level student from scratch. `aha distill kd`: a few logit-distillation steps from the scripted
-teacher lower kd_loss; a teacher with another tokenizer is refused with the reason.
+teacher lower kd_loss; a teacher with another tokenizer is refused with the reason; on-policy steps (lmbda)
+train on the student's own samples, and `aha distill kd --resume` after a cut matches an uninterrupted run;
+a teacher whose output layer is padded past the tokenizer (as Qwen's are) works.
 """
 
 import json
@@ -150,12 +152,20 @@ def test_errors_are_one_line(checkpoint, tmp_path, capsys):
         train_sft_on_traces(resume=tmp_path, overrides={"learning_rate": 1.0})
 
 
-def test_kd_steps_lower_kd_loss_and_a_foreign_tokenizer_is_refused(checkpoint, traces, tiny_dir, tmp_path, capsys):
+@pytest.fixture
+def kd_teacher(checkpoint, tiny_dir, tmp_path):
+    """The scripted teacher: the qwen2 student fine-tuned, whose saved tokenizer gained <|endoftext|>; it
+    gets the student's tokenizer files."""
     student, teacher = checkpoint("qwen2"), tmp_path / "teacher"
-    shutil.copytree(tiny_dir / "scripted", teacher)  # the scripted teacher is the qwen2 student fine-tuned;
+    shutil.copytree(tiny_dir / "scripted", teacher)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
-        if (student / name).exists():  # its saved tokenizer gained <|endoftext|>: give it the student's
+        if (student / name).exists():
             shutil.copy(student / name, teacher / name)
+    return teacher
+
+
+def test_kd_steps_lower_kd_loss_and_a_foreign_tokenizer_is_refused(checkpoint, traces, kd_teacher, tmp_path, capsys):
+    student, teacher = checkpoint("qwen2"), kd_teacher
     result = train_kd_on_traces(KDConfig(model=str(student), teacher=str(teacher), traces=str(traces), max_steps=4,
                                          output_dir=str(tmp_path / "kd"), **SETTINGS))
     assert result["status"] == "complete" and Path(result["adapter"]).is_dir()
@@ -170,6 +180,57 @@ def test_kd_steps_lower_kd_loss_and_a_foreign_tokenizer_is_refused(checkpoint, t
                                     output_dir=str(tmp_path / "refused")))
     with pytest.raises(AhaError, match="kd_kind must be one of"):
         KDConfig(model=str(student), teacher=str(teacher), traces=str(traces), kd_kind="l2").validate()
+
+
+def test_kd_on_policy_steps_and_cli_resume_match(checkpoint, kd_teacher, traces, tmp_path):
+    """lmbda = 0.5: some steps train on the student's own samples (the choice and the samples come from
+    the checkpointed RNG). `aha distill kd` cut after 2 steps and resumed to 4 ends with the weights of an
+    uninterrupted 4-step run."""
+    student = checkpoint("qwen2")
+    settings = dict(model=str(student), teacher=str(kd_teacher), traces=str(traces), lmbda=0.5,
+                    max_completion_length=24, kd_kind="jsd", **SETTINGS)
+    whole = train_kd_on_traces(KDConfig(max_steps=4, output_dir=str(tmp_path / "whole"), **settings))
+    records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert sorted({record["on_policy"] for record in records}) == [0.0, 1.0], records
+    assert all(record["kd_loss"] >= 0 for record in records)
+
+    toml = tmp_path / "kd.toml"
+    toml.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items()))
+    cut = tmp_path / "cut"
+    assert main(["distill", "kd", "--config", str(toml), "--max-steps", "2", "--output-dir", str(cut),
+                 "--events", "jsonl"]) == 0
+    assert main(["distill", "kd", "--resume", str(cut), "--max-steps", "4", "--events", "jsonl"]) == 0
+    expected, actual = adapter_weights(whole["run_dir"]), adapter_weights(cut)
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    resumed = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert [r["on_policy"] for r in resumed] == [r["on_policy"] for r in records]
+
+    # On-policy only: every step's sequences are the student's samples (the traces' answers are not used).
+    only = train_kd_on_traces(KDConfig(**{**settings, "lmbda": 1.0}, max_steps=1, output_dir=str(tmp_path / "only")))
+    assert json.loads((Path(only["run_dir"]) / "metrics.jsonl").read_text().splitlines()[0])["on_policy"] == 1.0
+    with pytest.raises(AhaError, match="lmbda is the fraction of on-policy steps"):
+        KDConfig(**{**settings, "lmbda": 1.5}).validate()
+
+
+def test_kd_teacher_with_an_output_layer_padded_past_the_tokenizer(checkpoint, kd_teacher, traces, tmp_path):
+    """Qwen2.5-1.5B and -7B pad their output layers to different sizes for one tokenizer: the logits are
+    compared over the tokenizer's tokens only."""
+    from transformers import AutoModelForCausalLM
+
+    student = checkpoint("qwen2")
+    model = AutoModelForCausalLM.from_pretrained(kd_teacher)
+    size = len(load_tokenizer(student))
+    model.resize_token_embeddings(size + 13)
+    model.save_pretrained(kd_teacher)
+    result = train_kd_on_traces(KDConfig(model=str(student), teacher=str(kd_teacher), traces=str(traces), max_steps=2,
+                                         output_dir=str(tmp_path / "kd"), **SETTINGS))
+    assert result["status"] == "complete"
+    model.resize_token_embeddings(size - 1)
+    model.save_pretrained(kd_teacher)
+    with pytest.raises(AhaError, match=rf"teacher's output layer has {size - 1} rows but the tokenizer has {size} tokens"):
+        train_kd_on_traces(KDConfig(model=str(student), teacher=str(kd_teacher), traces=str(traces), max_steps=1,
+                                    output_dir=str(tmp_path / "small")))
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ events, and the one-line errors a user meets."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,6 +88,34 @@ def test_steps_record_every_metric_and_rollout(setup, tmp_path):
     assert any("lora_B" in name and tensor.abs().sum() > 0 for name, tensor in weights.items())
 
 
+def test_tensorboard_scalars_and_a_resume_purges_the_replayed_steps(setup, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    train(tiny(setup, output_dir=str(run_dir), max_steps=3, report_to=("tensorboard",)))
+    # As after a crash between step 2's checkpoint and step 3's: the resume replays step 3.
+    shutil.rmtree(run_dir / "checkpoints" / "step-3")
+    train(resume=run_dir, overrides={"max_steps": 4})
+
+    def scalars(name: str) -> list[tuple[int, float]]:
+        events = EventAccumulator(str(run_dir / "tensorboard"))
+        events.Reload()
+        return [(event.step, event.value) for event in events.Scalars(name)]
+
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [step for step, _ in scalars("reward")] == [1, 2, 3, 4]  # step 3 once: the first one was purged
+    assert [value for _, value in scalars("reward")] == pytest.approx([line["reward"] for line in logged], abs=1e-6)
+    assert {"loss", "grad_norm", "completions/mean_length"} <= set(EventAccumulator(str(run_dir / "tensorboard")).Reload().Tags()["scalars"])
+
+
+def test_tensorboard_missing_is_one_line(setup, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    with pytest.raises(AhaError, match=r"^report_to = tensorboard needs the tensorboard package: pip install tensorboard$"):
+        train(tiny(setup, output_dir=str(tmp_path / "run"), max_steps=1, report_to=("tensorboard",)))
+    with pytest.raises(AhaError, match="report_to knows tensorboard"):
+        tiny(setup, report_to=("wandb",)).validate()
+
+
 def test_full_fine_tuning_with_a_reference_copy(setup, tmp_path):
     result = train(tiny(setup, output_dir=str(tmp_path / "run"), max_steps=1, use_peft=False, beta=0.1,
                         loss_type="dr_grpo", learning_rate=1e-4))
@@ -100,6 +129,47 @@ def test_gradient_checkpointing_gives_the_same_step(setup, tmp_path):
                               gradient_checkpointing=True))
     expected, actual = adapter_weights(plain["run_dir"]), adapter_weights(checkpointed["run_dir"])
     assert all(torch.allclose(expected[name], actual[name], atol=1e-6) for name in expected)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
+def test_length_grouped_micro_batches_give_the_whole_batchs_gradient(setup, tmp_path, monkeypatch, loss_type):
+    """gradient_accumulation_steps = 4 sorts the 16 rollouts by length and cuts each micro-batch after its
+    longest completion; the weighted micro-batch losses add up to the whole batch's, for every aggregation:
+    the first step's accumulated gradient (same rollouts) is the whole batch's. (Weights after AdamW are no
+    test: its first step moves every parameter by ±lr whatever the gradient's size, rounding noise too.)"""
+    from engine.train import Trainer
+
+    gradients: list[dict[str, torch.Tensor]] = []
+    original = Trainer.optimizer_step
+
+    def record(self):
+        gradients.append({name: parameter.grad.clone() for name, parameter in self.model.named_parameters()
+                          if parameter.grad is not None})
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "optimizer_step", record)
+    for name, accumulation in (("whole", 1), ("parts", 4)):
+        train(tiny(setup, output_dir=str(tmp_path / name), max_steps=1, lora_dropout=0.0, loss_type=loss_type,
+                   beta=0.04, gradient_accumulation_steps=accumulation))
+    whole, parts = gradients
+    assert whole.keys() == parts.keys() and any(tensor.abs().sum() > 0 for tensor in whole.values())
+    for name in whole:
+        assert torch.allclose(whole[name], parts[name], rtol=1e-4, atol=1e-7), name
+
+
+def test_micro_batches_cut_padding_after_each_ones_longest_completion():
+    from engine.grpo import micro_batches
+
+    lengths = [5, 1, 3, 2]
+    completion = torch.zeros(4, 5, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        completion[row, :length] = 10 + row
+    prompt = torch.ones(4, 2, dtype=torch.long)
+    ids, attention = torch.cat([prompt, completion], 1), torch.cat([prompt, (completion > 0).long()], 1)
+    parts = micro_batches(ids, attention, completion, (completion > 0).long(), torch.arange(4.0), 2)
+    assert [part.advantages.tolist() for part in parts] == [[1.0, 3.0], [2.0, 0.0]]  # shortest first
+    assert [tuple(part.ids.shape) for part in parts] == [(2, 2 + 2), (2, 2 + 5)]
+    assert parts[0].completion_ids.tolist() == [[11, 0], [13, 13]]
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(setup, tmp_path):
@@ -264,10 +334,10 @@ def test_qlora_step_on_a_4bit_base(setup, tmp_path, monkeypatch):
 
 
 def test_two_processes_under_accelerate_launch(setup, tmp_path):
-    """`accelerate launch` with 2 processes on CPU (gloo): each trains on half of the prompts with DDP's
-    averaged gradients, rank 0 alone writes the run, every rank's RNG is checkpointed, and the job
-    resumes under 2 processes. (`--cpu` would need mpirun in accelerate 1.15: `--multi_gpu` starts the
-    processes through torchrun, and device = "cpu" keeps them on the CPU.)"""
+    """`accelerate launch --cpu --num_processes 2`: two CPU processes (gloo; accelerate starts them through
+    mpirun, from the mpich wheel of the dev extra) each train on half of the prompts with DDP's averaged
+    gradients; rank 0 alone writes the run, with every process's rollouts in its samples and metrics;
+    every rank's RNG is checkpointed, and the job resumes under 2 processes."""
     import socket
 
     def free_port() -> str:
@@ -278,23 +348,34 @@ def test_two_processes_under_accelerate_launch(setup, tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text(f'model = "{setup[0]}"\ndataset = "addition"\nrewards = ["{setup[1]}:sevens"]\n'
                     'prompts_per_step = 4\nnum_generations = 4\nmax_completion_length = 12\nlearning_rate = 0.01\n'
-                    'lora_r = 4\nlora_alpha = 8\nsave_steps = 1\ndevice = "cpu"\n')
+                    'lora_r = 4\nlora_alpha = 8\nsave_steps = 1\n')
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost:2\n")  # MPICH's format: this machine, 2 slots
     run_dir = tmp_path / "run"
-    accelerate = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
-                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    bin_dir = Path(sys.executable).parent
+    accelerate = [str(bin_dir / "accelerate"), "launch", "--cpu", "--num_processes", "2", "--mpirun_hostfile",
+                  str(hostfile), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    environment = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
 
     def launch(*args: str) -> list[dict]:
         done = subprocess.run([*accelerate, "--main_process_port", free_port(), "-m", "engine.cli", "grpo", *args,
-                               "--events", "jsonl"], cwd=REPO, capture_output=True, text=True, timeout=180)
+                               "--events", "jsonl"], cwd=REPO, capture_output=True, text=True, timeout=180,
+                              env=environment)
         assert done.returncode == 0, done.stderr[-2000:]
-        return [json.loads(line) for line in done.stdout.splitlines()]
+        return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
     events = launch("--config", str(toml), "--max-steps", "2", "--output-dir", str(run_dir))
     assert [event["type"] for event in events].count("done") == 1  # rank 0 speaks for the job
     assert events[-1]["status"] == "complete" and events[-1]["step"] == 2
-    assert any("× 2 processes" in event.get("message", "") for event in events)
+    assert any("cpu × 2 processes" in event.get("message", "") for event in events)
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
-    assert [sample["step"] for sample in samples] == [1, 1, 2, 2]  # rank 0's half of 4 prompts per step
+    assert [sample["step"] for sample in samples] == [1] * 4 + [2] * 4  # both halves of 4 prompts per step
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for step in (1, 2):  # the logged reward is the mean over both processes' 16 completions
+        rewards = [c["reward"] for s in samples if s["step"] == step for c in s["completions"]]
+        assert len(rewards) == 16
+        logged = next(m for m in metrics if m["step"] == step)
+        assert logged["reward"] == pytest.approx(sum(rewards) / 16, abs=1e-6)
     assert sorted(path.name for path in (run_dir / "checkpoints" / "step-2").glob("rng*")) == ["rng-0.pt", "rng-1.pt"]
     assert any("lora_B" in name and tensor.abs().sum() > 0 for name, tensor in adapter_weights(run_dir).items())
 
@@ -302,3 +383,15 @@ def test_two_processes_under_accelerate_launch(setup, tmp_path):
     assert events[-1]["status"] == "complete" and events[-1]["step"] == 3
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
+
+
+@pytest.mark.parametrize(("environ", "expected"), [
+    ({}, (0, 1, 0)),
+    ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, (3, 4, 1)),  # torchrun
+    ({"PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALRANKID": "1"}, (1, 2, 1)),  # MPICH / Intel MPI
+    ({"OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "3", "OMPI_COMM_WORLD_LOCAL_RANK": "0"}, (2, 3, 0)),
+])
+def test_launch_environment_reads_torchrun_and_mpi(environ, expected):
+    from engine.train import launch_environment
+
+    assert launch_environment(environ) == expected

@@ -13,7 +13,7 @@ import torch
 
 from engine.errors import AhaError
 from engine.jobs import CancelToken
-from engine.sft import SFTConfig, build_batch, sft_loss, train_sft
+from engine.sft import SFTConfig, build_batch, pack_bins, sft_loss, train_sft
 from engine.train import (
     Run,
     StepAbandoned,
@@ -27,6 +27,8 @@ from engine.train import (
     load_model,
     load_tokenizer,
     lr_lambda,
+    merged_adapter,
+    merges_for_sampling,
     out_of_memory_message,
     resolve_device,
     rng_state,
@@ -224,22 +226,87 @@ def test_oom_in_a_step_becomes_one_line(char_folder, tmp_path):
 def test_sft_loss_covers_the_completion_only(char_folder):
     tokenizer = load_tokenizer(char_folder)
     rows = [{"prompt": "1+2=", "completion": "<think>\n</think>\n3"}, {"prompt": "10+20=", "completion": "30"}]
-    ids, attention, loss_mask = build_batch(tokenizer, rows)
+    ids, attention, loss_mask, positions = build_batch(tokenizer, rows)
+    assert positions is None
     assert attention.sum(1).tolist() == [4 + 5 + 1, 6 + 2 + 1]  # <think> and </think> are one token each
     assert loss_mask[0].tolist() == [0] * 4 + [1] * 6
     assert loss_mask[1].tolist() == [0] * 6 + [1] * 3 + [0]  # right padding
     assert ids[0, 9].item() == tokenizer.eos_token_id and ids[1, 9].item() == tokenizer.pad_token_id
-    full = build_batch(tokenizer, rows, completion_only_loss=False)[2]
+    full = build_batch(tokenizer, rows, completion_only_loss=False).loss_mask
     assert torch.equal(full, attention)
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(char_folder, attn_implementation="eager")
-    loss, metrics = sft_loss(model, ids, attention, loss_mask)
+    loss, metrics = sft_loss(model, build_batch(tokenizer, rows))
     labels = torch.where(loss_mask.bool(), ids, -100)
     with torch.no_grad():
         reference = model(input_ids=ids, attention_mask=attention, labels=labels).loss
     assert math.isclose(float(loss.detach()), float(reference), rel_tol=1e-5)
     assert metrics["tokens"] == 6 + 3  # completion tokens and EOS, the targets of the shifted logits
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_packed_batch_gives_the_padded_batchs_loss_and_gradient(char_folder, attention):
+    """Packing puts several sequences in a row with position ids restarting at 0; transformers makes the
+    mask block-diagonal from them, so the loss and its gradient equal the padded batch's."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(char_folder)
+    rows = [{"prompt": f"{a}+{b}=", "completion": f"<think>\n{a}+{b}\n</think>\n{a + b}"}
+            for a, b in ((1, 2), (345, 678), (12, 9), (7, 70), (999, 1), (40, 40))]
+    model = AutoModelForCausalLM.from_pretrained(char_folder, attn_implementation=attention)
+    padded, packed = build_batch(tokenizer, rows), build_batch(tokenizer, rows, packing=True, max_length=48)
+    assert packed.attention is None and packed.ids.shape[0] < len(rows)  # fewer rows
+    assert int(packed.loss_mask.sum()) == int(padded.loss_mask.sum())
+    gradients = []
+    for batch in (padded, packed):
+        model.zero_grad()
+        loss, metrics = sft_loss(model, batch)
+        loss.backward()
+        gradients.append((float(loss.detach()), metrics["tokens"], [p.grad.clone() for p in model.parameters()]))
+    (loss_a, tokens_a, grads_a), (loss_b, tokens_b, grads_b) = gradients
+    assert tokens_a == tokens_b and math.isclose(loss_a, loss_b, rel_tol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(grads_a, grads_b, strict=True))
+
+
+def test_pack_bins_best_fit_decreasing():
+    lengths = [30, 10, 25, 5, 20, 60, 15]
+    bins = pack_bins(lengths, 60)
+    assert sorted(index for bin_ in bins for index in bin_) == list(range(len(lengths)))
+    assert all(sum(lengths[index] for index in bin_) <= 60 for bin_ in bins)
+    assert len(bins) == 3  # 165 tokens in 60-token rows: the fewest possible
+    assert pack_bins([70, 5], 60) == [[0], [1]]  # too long for any row: a row of its own
+
+
+def test_merged_adapter_samples_like_lora_and_restores_the_base_exactly(char_folder):
+    """During sampling each LoRA layer runs on W + s·B·A (one matmul); afterwards the base weights are
+    the very tensors they were, bit for bit, and LoRA is back in the forward."""
+    from engine.train import add_adapter
+
+    config = TrainConfig(model=str(char_folder), lora_r=4, lora_alpha=8)
+    model, _ = load_model(config, torch.device("cpu"))
+    model = add_adapter(model, config)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:  # a trained-looking adapter (lora_B starts at zero)
+            parameter.data.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    ids = torch.tensor([[3, 4, 5, 6, 7, 8]])
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        with merged_adapter(model):
+            merged = model(input_ids=ids).logits
+            layers = [module for module in model.modules() if hasattr(module, "merged_adapters")]
+            assert layers and all(layer.merged for layer in layers)
+        after = model(input_ids=ids).logits
+    assert torch.allclose(merged, expected, atol=1e-5)
+    assert torch.equal(after, expected)
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+    assert not any(layer.merged for layer in layers)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert merges_for_sampling(config, cpu) and not merges_for_sampling(config, cuda)
+    assert merges_for_sampling(TrainConfig(model="m", merge_adapter_for_sampling="on"), cuda)
+    assert not merges_for_sampling(TrainConfig(model="m", load_in_4bit=True, merge_adapter_for_sampling="on"), cuda)
+    assert not merges_for_sampling(TrainConfig(model="m", merge_adapter_for_sampling="off"), cpu)
 
 
 def test_sft_run_falls_and_writes_a_model(char_folder, tmp_path):
