@@ -21,7 +21,6 @@ from engine.grpo_math import (
     frac_reward_zero_std,
     group_advantages,
     grpo_loss,
-    selective_log_softmax,
 )
 from engine.jobs import CancelToken, OnEvent, ignore
 from engine.train import StepAbandoned, TrainConfig
@@ -317,7 +316,8 @@ class GRPOStep:
         return ids, rendered, prefilled
 
     def _updates(self, ids, attention, completion_ids, loss_mask, advantages) -> dict[str, float]:
-        """num_iterations optimizer steps on one batch, each over gradient_accumulation_steps micro-batches.
+        """num_iterations optimizer steps on one batch, each over gradient_accumulation_steps micro-batches
+        (micro_batches: grouped by completion length, each cut after its longest completion).
 
         old_logp: with μ = 1 it is logp.detach() (ρ ≡ 1, no extra forward); with μ > 1 it is computed once,
         before the first update. ref_logp: only when β ≠ 0, with the adapter disabled (or the frozen copy).
@@ -367,22 +367,15 @@ class GRPOStep:
         return totals
 
     def _logp(self, model, part: MicroBatch, with_entropy: bool = False):
-        """Log-probs of the completion tokens under `model` at the sampling temperature, in fp32, chunked
-        over rows: ids (n, P + T) → logp (n, T); and the per-token entropy (n, T) when asked (no grad)."""
-        import torch
-
+        """Log-probs of the completion tokens under `model` at the sampling temperature, in fp32, with the
+        output layer fused into the log-softmax and chunked (engine.fused_head: no (n, T, V) logits):
+        ids (n, P + T) → logp (n, T); and the per-token entropy (n, T) when asked (no grad)."""
+        from engine.fused_head import token_logp
         from engine.sampling import position_ids
 
-        completion_ids = part.completion_ids  # (n, T)
-        length = completion_ids.shape[1]
-        logits = model(input_ids=part.ids, attention_mask=part.attention, position_ids=position_ids(part.attention),
-                       use_cache=False, logits_to_keep=length + 1).logits[:, :-1]  # (n, T, V)
-        logp = selective_log_softmax(logits, completion_ids, self.config.temperature)  # (n, T)
-        entropy = None
-        if with_entropy:
-            with torch.no_grad():
-                entropy = _entropy(logits.detach(), self.config.temperature)  # (n, T)
-        return logp, entropy
+        logp, entropy, _ = token_logp(model, part.completion_ids, self.config.temperature, input_ids=part.ids,
+                                      attention_mask=part.attention, position_ids=position_ids(part.attention))
+        return logp, entropy if with_entropy else None
 
     @contextlib.contextmanager
     def _reference_context(self):
@@ -443,19 +436,6 @@ def _decode(tokenizer, rollout, eos) -> list[str]:
     from engine.sampling import decode
 
     return decode(tokenizer, rollout.completion_ids, rollout.mask, eos)
-
-
-def _entropy(logits, temperature: float, chunk_rows: int = 256):
-    """Entropy of softmax(logits/τ) per position, row-chunked in fp32: (n, T, V) → (n, T).
-    H = logsumexp(z) − Σ softmax(z)·z, z = logits/τ."""
-    import torch
-
-    out = torch.empty(logits.shape[:2], dtype=torch.float32, device=logits.device)  # (n, T)
-    for row in range(logits.shape[0]):
-        for start in range(0, logits.shape[1], chunk_rows):
-            z = logits[row, start:start + chunk_rows].float() / temperature  # (C, V)
-            out[row, start:start + chunk_rows] = z.logsumexp(-1) - (z.softmax(-1) * z).sum(-1)  # (C,)
-    return out
 
 
 def _samples(rows, rendered, texts, scores, advantages, rollout, group) -> list[dict]:

@@ -157,24 +157,24 @@ def model_logits(model, batch: Batch):
 def sft_loss(model, batch: Batch):
     """Mean negative log-likelihood of the masked tokens of `batch`.
 
-    1. logits at positions 0..L−2 predict the tokens at 1..L−1 (shift by one)
-    2. logp_t = log softmax(logits_{t−1})[ids_t], fp32 and row-chunked (selective_log_softmax)
+    1. the hidden states at positions 0..L−2 predict the tokens at 1..L−1 (shift by one)
+    2. logp_t = log softmax(logits_{t−1})[ids_t], fp32, the output layer fused in and chunked
+       (engine.fused_head.token_logp: no (B, L, V) logits)
     3. loss = −Σ_t logp_t · m_t / Σ_t m_t   over the whole batch (every target token weighs the same)
     Returns (loss, {"loss", "token_accuracy", "tokens"}).
     """
     import torch
 
-    from engine.grpo_math import selective_log_softmax
+    from engine.fused_head import token_logp
 
-    logits = model_logits(model, batch)  # (B, L−1, V)
     targets = batch.ids[:, 1:]  # (B, L−1)
+    logp, _, hits = token_logp(model, targets, input_ids=batch.ids, attention_mask=batch.attention,
+                               position_ids=batch.positions)  # (B, L−1) each
     mask = batch.loss_mask[:, 1:].float()  # (B, L−1)
-    logp = selective_log_softmax(logits, targets)  # (B, L−1)
     tokens = mask.sum().clamp(min=1)  # ()
     loss = -(torch.where(mask > 0, logp, 0.0) * mask).sum() / tokens  # ()
-    with torch.no_grad():
-        hits = ((logits.argmax(-1) == targets).float() * mask).sum() / tokens  # ()
-    return loss, {"loss": float(loss.detach()), "token_accuracy": float(hits), "tokens": float(tokens)}
+    accuracy = (hits.float() * mask).sum() / tokens  # ()
+    return loss, {"loss": float(loss.detach()), "token_accuracy": float(accuracy), "tokens": float(tokens)}
 
 
 def train_sft(config: SFTConfig | None = None, *, resume: str | Path | None = None, on_event: OnEvent = ignore,

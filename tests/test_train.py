@@ -309,11 +309,12 @@ def test_merged_adapter_samples_like_lora_and_restores_the_base_exactly(char_fol
     assert not merges_for_sampling(TrainConfig(model="m", merge_adapter_for_sampling="off"), cpu)
 
 
-def test_sft_run_falls_and_writes_a_model(char_folder, tmp_path):
+@pytest.mark.parametrize("packing", [False, True])
+def test_sft_run_falls_and_writes_a_model(char_folder, tmp_path, packing):
     result = train_sft(SFTConfig(model=str(char_folder), dataset="addition", use_peft=False, learning_rate=2e-3,
                                  per_device_train_batch_size=16, gradient_accumulation_steps=2, max_steps=12,
-                                 eval_steps=12, eval_samples=8, max_completion_length=8,
-                                 output_dir=str(tmp_path / "sft")))
+                                 eval_steps=12, eval_samples=8, max_completion_length=8, packing=packing,
+                                 max_length=128, output_dir=str(tmp_path / "sft")))
     assert result["status"] == "complete" and result["step"] == 12 and "eval_accuracy" in result
     lines = [json.loads(line) for line in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["loss"] < lines[0]["loss"] - 0.5
