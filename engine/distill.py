@@ -583,11 +583,13 @@ class KDStep(TraceSFTStep):
     own samples of the prompts (on-policy, GKD) instead of the traces' completions."""
 
     def __init__(self, config: KDConfig, trainer, stream, heldout: list[dict]):
-        import torch
-        from transformers import AutoModelForCausalLM
+        import dataclasses
+
+        from engine.train import load_model
 
         super().__init__(config, trainer, stream, heldout)
-        self.teacher = AutoModelForCausalLM.from_pretrained(config.teacher, dtype=torch.float32).to(trainer.device).eval()
+        # Frozen, in the student's precision (fp32 on CPU, bf16 on CUDA; NF4 when the student is QLoRA).
+        self.teacher, _ = load_model(dataclasses.replace(config, model=config.teacher), trainer.device, trainable=False)
         self.vocabulary = shared_vocabulary(trainer.tokenizer, trainer.model, self.teacher)
         self.on_policy = False
 
@@ -624,19 +626,36 @@ class KDStep(TraceSFTStep):
         return pad_batch(sequences, targets, pad, trainer.device)
 
     def loss(self, batch):
+        """kd_loss on the batch's assistant tokens; from the two models' hidden states, chunk by chunk
+        (fused_head_kd: no (B, L, V) logits), where both output layers allow it."""
         import torch
 
+        from engine.fused_head import fused_head_kd, head_outputs_hidden
         from engine.sft import model_logits
 
-        with torch.no_grad():
-            teacher_logits = model_logits(self.teacher, batch)[..., :self.vocabulary]  # (B, L−1, V)
-        student_logits = model_logits(self.trainer.training_model, batch)[..., :self.vocabulary]  # (B, L−1, V)
+        config, student = self.config, self.trainer.training_model
         mask = batch.loss_mask[:, 1:].float()  # (B, L−1)
-        config = self.config
-        loss = kd_loss(student_logits.float(), teacher_logits.float(), mask, kind=config.kd_kind, beta=config.beta,
-                       temperature=config.temperature)
+        settings = dict(kind=config.kd_kind, beta=config.beta, temperature=config.temperature)
+        with torch.no_grad(), head_outputs_hidden(self.teacher) as teacher_head:
+            teacher_out = model_logits(self.teacher, batch)  # (B, L−1, Ht) or (B, L−1, V)
+        with head_outputs_hidden(student) as student_head:
+            student_out = model_logits(student, batch)  # (B, L−1, Hs) or (B, L−1, V)
+        if teacher_head is not None and student_head is not None:
+            loss = fused_head_kd(student_out, student_head, teacher_out, teacher_head, mask,
+                                 vocabulary=self.vocabulary, **settings)
+        else:
+            with torch.no_grad():
+                teacher_logits = _logits(teacher_out, teacher_head)[..., :self.vocabulary]  # (B, L−1, V)
+            student_logits = _logits(student_out, student_head)[..., :self.vocabulary]  # (B, L−1, V)
+            loss = kd_loss(student_logits.float(), teacher_logits.float(), mask, **settings)
         value = float(loss.detach())
         return loss, {"loss": value, "kd_loss": value, "on_policy": float(self.on_policy), "tokens": float(mask.sum())}
+
+
+def _logits(output, head):
+    """Logits from a forward's output: the output itself, or the head applied to the hidden states it is
+    when head_outputs_hidden swapped that head out."""
+    return output if head is None else head(output)
 
 
 def shared_vocabulary(tokenizer, student, teacher) -> int:

@@ -149,6 +149,49 @@ def head_outputs_hidden(model) -> Iterator[torch.nn.Linear | None]:
         del head.forward
 
 
+def fused_head_kd(student_hidden: torch.Tensor, student_head, teacher_hidden: torch.Tensor, teacher_head,
+                  mask: torch.Tensor, *, kind: str = "forward_kl", beta: float = 0.5, temperature: float = 1.0,
+                  vocabulary: int | None = None, chunk: int = CHUNK) -> torch.Tensor:
+    """kd_loss (engine.distill_loss) from the two models' final hidden states (B, T, Hs) and (B, T, Ht) and
+    output layers, `chunk` masked positions at a time:
+
+        loss = τ² · Σ_chunks Σ_{t ∈ chunk} D(student_t, teacher_t) / (masked positions)
+
+    with D the per-position divergence of `kind` over the first `vocabulary` logits (the tokenizer's; the
+    rest of a padded head is cut). Each chunk runs under activation checkpointing, so its (C, V) logits
+    exist only while that chunk is computed, in the forward pass and again in the backward pass; the
+    teacher's side never needs a gradient. Equal to kd_loss on the full logits."""
+    import functools
+
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    selected = mask.bool()  # (B, T)
+    student = student_hidden[selected]  # (N, Hs)
+    teacher = teacher_hidden[selected].detach()  # (N, Ht)
+    count = selected.sum().clamp(min=1)  # ()
+    piece = functools.partial(_kd_chunk, kind=kind, beta=beta, temperature=temperature, vocabulary=vocabulary)
+    loss = student_hidden.new_zeros((), dtype=torch.float32)  # ()
+    for start in range(0, student.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        loss = loss + checkpoint(piece, student[rows], teacher[rows], student_head.weight, student_head.bias,
+                                 teacher_head.weight, teacher_head.bias, use_reentrant=False)
+    return loss / count * temperature ** 2
+
+
+def _kd_chunk(student, teacher, student_weight, student_bias, teacher_weight, teacher_bias, *, kind: str,
+              beta: float, temperature: float, vocabulary: int | None):
+    """Σ of the per-position divergences of one chunk: hidden (C, Hs) and (C, Ht) → ()."""
+    import torch
+
+    from engine.distill_loss import token_divergence
+
+    student_logits = torch.nn.functional.linear(student, student_weight, student_bias)[:, :vocabulary]  # (C, V)
+    with torch.no_grad():
+        teacher_logits = torch.nn.functional.linear(teacher, teacher_weight, teacher_bias)[:, :vocabulary]  # (C, V)
+    return token_divergence(student_logits, teacher_logits, kind, beta, temperature).sum()  # ()
+
+
 def token_logp(model, targets: torch.Tensor, temperature: float = 1.0, **inputs: torch.Tensor):
     """(logp, entropy, hits), each (B, T), of `targets` (B, T), the model's tokens after position P − 1 of
     its inputs (input_ids (B, P + T), attention_mask, position_ids): the last T + 1 positions predict them.

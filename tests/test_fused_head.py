@@ -4,14 +4,22 @@ Against plain float64 autograd on the full logits: the log-probs, entropy, top-1
 wrt hidden states, weight and bias, for every chunk size. Through a real transformers model: the same
 log-probs and gradients as the unfused path, and no tensor of B·T·V elements is ever created (a torch
 dispatch mode watches every op of forward and backward; the unfused path, watched the same way, does
-create one, so the watch can fail).
+create one, so the watch can fail). The same for logit distillation from two models' hidden states.
 """
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from engine.fused_head import CHUNK, fused_head_logp, head_outputs_hidden, output_layer, token_logp
+from engine.distill_loss import kd_loss
+from engine.fused_head import (
+    CHUNK,
+    fused_head_kd,
+    fused_head_logp,
+    head_outputs_hidden,
+    output_layer,
+    token_logp,
+)
 from engine.grpo_math import selective_log_softmax
 
 
@@ -127,3 +135,41 @@ def test_heads_that_cannot_be_fused_keep_the_plain_path(checkpoint):
     assert entropy.shape == hits.shape == (1, 3)
     model.config.final_logit_softcapping = 30.0
     assert output_layer(model) is None
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
+def test_kd_from_hidden_states_equals_kd_loss_on_the_logits(kind):
+    """Chunks of 3 masked positions, heads of different widths (student H = 6, teacher H = 10) padded
+    past a 40-token vocabulary: the same loss and student gradients as kd_loss on the full logits."""
+    generator = torch.Generator().manual_seed(len(kind))
+    student = torch.randn(2, 7, 6, generator=generator, requires_grad=True)
+    teacher = torch.randn(2, 7, 10, generator=generator)
+    student_head, teacher_head = torch.nn.Linear(6, 44), torch.nn.Linear(10, 48, bias=False)
+    mask = torch.tensor([[0, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1]], dtype=torch.float32)
+
+    loss = fused_head_kd(student, student_head, teacher, teacher_head, mask, kind=kind, beta=0.3, temperature=2.0,
+                         vocabulary=40, chunk=3)
+    loss.backward()
+    fused = [tensor.grad.clone() for tensor in (student, student_head.weight, student_head.bias)]
+    for tensor in (student, student_head.weight, student_head.bias):
+        tensor.grad = None
+    expected = kd_loss(student_head(student)[..., :40], teacher_head(teacher)[..., :40].detach(), mask, kind=kind,
+                       beta=0.3, temperature=2.0)
+    expected.backward()
+    assert torch.allclose(loss, expected, atol=1e-6)
+    for grad, tensor in zip(fused, (student, student_head.weight, student_head.bias), strict=True):
+        assert torch.allclose(grad, tensor.grad, atol=1e-6)
+    assert teacher_head.weight.grad is None
+
+
+def test_kd_from_hidden_states_never_holds_the_logits():
+    hidden, vocabulary = 8, 300
+    generator = torch.Generator().manual_seed(0)
+    student = torch.randn(4, 600, hidden, generator=generator, requires_grad=True)
+    teacher = torch.randn(4, 600, hidden, generator=generator)
+    head = torch.nn.Linear(hidden, vocabulary)
+    mask = torch.ones(4, 600)
+    with LargestLogits(vocabulary) as watch:
+        fused_head_kd(student, head, teacher, head, mask, kind="jsd").backward()
+    # One chunk at a time; the JSD's mixture stacks the chunk's two distributions: (2, CHUNK, V).
+    assert watch.largest <= 2 * CHUNK * vocabulary < mask.numel() * vocabulary
