@@ -254,7 +254,8 @@ def _distill_parser(subparsers) -> None:
 
 def _cmd_distill_sft(args: argparse.Namespace) -> int:
     from engine.distill import KDConfig, TraceSFTConfig, train_kd_on_traces, train_sft_on_traces
-    from engine.train import flag_overrides, load_config, main_process_sink
+    from engine.distributed import main_process_sink
+    from engine.train_config import flag_overrides, load_config
 
     kind, train = (KDConfig, train_kd_on_traces) if args.action == "kd" else (TraceSFTConfig, train_sft_on_traces)
     on_event = main_process_sink(sink_for(args.events))
@@ -293,7 +294,7 @@ def _distill_sft_parser(actions) -> None:
 
 
 def _distill_training_flags(parser, kind) -> None:
-    from engine.train import add_config_flags
+    from engine.train_config import add_config_flags
 
     parser.add_argument("--student", metavar="HF_FOLDER", help="the student checkpoint folder (the model setting)")
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (small models)")
@@ -306,8 +307,9 @@ def _distill_training_flags(parser, kind) -> None:
 
 
 def _cmd_grpo(args: argparse.Namespace) -> int:
+    from engine.distributed import main_process_sink
     from engine.grpo import GRPOConfig, load_grpo_config, train
-    from engine.train import flag_overrides, main_process_sink
+    from engine.train_config import flag_overrides
 
     on_event = main_process_sink(sink_for(args.events))
     overrides = flag_overrides(args, GRPOConfig)
@@ -323,7 +325,7 @@ def _cmd_grpo(args: argparse.Namespace) -> int:
 
 def _grpo_parser(subparsers) -> None:
     from engine.grpo import GRPOConfig
-    from engine.train import add_config_flags
+    from engine.train_config import add_config_flags
 
     parser = subparsers.add_parser(
         "grpo", help="GRPO: reinforcement learning with rule-based rewards (LoRA/QLoRA)",

@@ -513,7 +513,7 @@ class TraceSFTStep(SFTStep):
 
 def load_trace_sft_config(path: str | Path | None = None, overrides: dict | None = None) -> TraceSFTConfig:
     """Defaults, then the TOML file, then flags; validated."""
-    from engine.train import load_config
+    from engine.train_config import load_config
 
     config = load_config(TraceSFTConfig, path, overrides)
     config.validate()
@@ -527,7 +527,8 @@ def train_sft_on_traces(config: TraceSFTConfig | None = None, *, resume: str | P
     settings; `overrides` may change max_steps, save_steps, logging_steps, eval_steps). Returns {"status",
     "run_dir", "step", "adapter"/"model", "eval_accuracy"}; the caller emits `done`."""
     from engine.sft import run_sft
-    from engine.train import check_model_folder, load_tokenizer, run_config
+    from engine.train import check_model_folder, load_tokenizer
+    from engine.train_config import run_config
 
     config = run_config(TraceSFTConfig, config, resume, overrides)
     tokenizer = load_tokenizer(check_model_folder(config.model))
@@ -677,7 +678,8 @@ def train_kd_on_traces(config: KDConfig | None = None, *, resume: str | Path | N
     """Logit distillation of config.model from config.teacher on config.traces (`aha distill kd`); the same
     run, resume and result as train_sft_on_traces."""
     from engine.sft import run_sft
-    from engine.train import check_model_folder, load_tokenizer, run_config
+    from engine.train import check_model_folder, load_tokenizer
+    from engine.train_config import run_config
 
     config = run_config(KDConfig, config, resume, overrides)
     tokenizer = load_tokenizer(check_model_folder(config.model))

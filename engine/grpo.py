@@ -95,7 +95,7 @@ class GRPOConfig(TrainConfig):
 
 def load_grpo_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> GRPOConfig:
     """Defaults, then the TOML file, then flags; validated."""
-    from engine.train import load_config
+    from engine.train_config import load_config
 
     config = load_config(GRPOConfig, path, overrides)
     config.validate()
@@ -112,17 +112,11 @@ def train(config: GRPOConfig | None = None, *, resume: str | Path | None = None,
     "step", "adapter"/"model"}; the caller emits `done`. SIGINT/SIGTERM cancel cleanly when called from
     the main thread. Under `accelerate launch`/torchrun each process trains on its share of the prompts."""
     from engine.data import PromptStream, open_dataset
+    from engine.distributed import close_distributed, init_distributed
     from engine.rewards import RewardSet
-    from engine.train import (
-        Trainer,
-        cancel_on_signals,
-        check_model_folder,
-        close_distributed,
-        init_distributed,
-        reopen_run,
-        run_config,
-        start_run,
-    )
+    from engine.runs import reopen_run, start_run
+    from engine.train import Trainer, cancel_on_signals, check_model_folder
+    from engine.train_config import run_config
 
     cancel = cancel or CancelToken()
     config = run_config(GRPOConfig, config, resume, overrides)

@@ -182,7 +182,8 @@ def train_sft(config: SFTConfig | None = None, *, resume: str | Path | None = No
     """Run SFT for config (a new run) or continue the run in `resume`. Returns {"status", "run_dir", "step",
     "model"/"adapter", "eval_accuracy"} (the last held-out accuracy, when measured)."""
     from engine.data import TaskSource, load_rows, open_dataset
-    from engine.train import check_model_folder, run_config
+    from engine.train import check_model_folder
+    from engine.train_config import run_config
 
     config = run_config(SFTConfig, config, resume)
     check_model_folder(config.model)
@@ -208,14 +209,9 @@ def run_sft(config: SFTConfig, source, heldout: list[dict], *, resume: str | Pat
     fits, saves the final adapter/model. `make_step(config, trainer, stream, heldout)` builds the step
     (default SFTStep). Returns train_sft's result."""
     from engine.data import PromptStream
-    from engine.train import (
-        Trainer,
-        cancel_on_signals,
-        close_distributed,
-        init_distributed,
-        reopen_run,
-        start_run,
-    )
+    from engine.distributed import close_distributed, init_distributed
+    from engine.runs import reopen_run, start_run
+    from engine.train import Trainer, cancel_on_signals
 
     cancel = cancel or CancelToken()
     make_step = make_step or SFTStep

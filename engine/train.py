@@ -1,15 +1,16 @@
-"""What GRPO and distillation share: config files and flags, model + LoRA/QLoRA setup, optimizer and LR
-schedule, the run directory (checkpoints, metrics, samples, log) with exact resume, and the step loop
-with cancel, progress and one-line errors.
+"""What GRPO and distillation share: the common settings (TrainConfig), model + LoRA/QLoRA setup,
+sampling with the adapter merged, optimizer and LR schedule, RNG state, cancel on signals, and the step
+loop (`Trainer.fit`) with checkpoints, exact resume, progress and one-line errors.
 
 A trainer (`engine.grpo`, `engine.sft`) supplies one function that performs a training step and returns
 its metrics; `Trainer.fit` does everything around it. Nothing here knows rewards, rollouts or datasets.
+Config files and flags are `engine.train_config`'s, the run directory `engine.runs`'s, several processes
+`engine.distributed`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -18,18 +19,17 @@ import shutil
 import signal
 import threading
 import time
-import tomllib
-import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.distributed import Distributed, accelerate_cpu, launch_environment
 from engine.errors import AhaError
-from engine.jobs import CancelToken, OnEvent, Progress, ignore, make_event
+from engine.jobs import CancelToken, Progress
+from engine.runs import Run, write_json
 
-CHECKPOINTS = "checkpoints"
 # Set to 1 to let `load_in_4bit` run bitsandbytes on a CPU (tests only: slow, and not what a user wants).
 ALLOW_CPU_4BIT_ENV = "AHA_ALLOW_CPU_4BIT"
 SCHEDULES = ("linear", "cosine", "constant")
@@ -95,133 +95,6 @@ class TrainConfig:
             raise AhaError(f"merge_adapter_for_sampling must be auto, on or off, got {self.merge_adapter_for_sampling!r}")
 
 
-# Config files and flags ---------------------------------------------------------------------------
-
-def config_fields(cls: type) -> dict[str, Any]:
-    """{name: type} of a config dataclass's settings (resolved annotations)."""
-    hints = typing.get_type_hints(cls)
-    return {field.name: hints[field.name] for field in dataclasses.fields(cls)}
-
-
-def load_config(cls: type, path: str | Path | None = None, overrides: Mapping[str, Any] | None = None):
-    """A config: the dataclass defaults, then the TOML file's keys, then `overrides` (flags). Unknown keys
-    and values of the wrong type are one-line AhaErrors naming the key and the file."""
-    values: dict[str, Any] = {}
-    source = "flags"
-    if path is not None:
-        path = Path(path).expanduser()
-        source = str(path)
-        try:
-            values.update(tomllib.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError as error:
-            raise AhaError(f"config file {path} not found") from error
-        except tomllib.TOMLDecodeError as error:
-            raise AhaError(f"config file {path} is not valid TOML: {error}") from error
-    fields = config_fields(cls)
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise AhaError(f"unknown setting {unknown[0]!r} in {source}; known settings: {', '.join(fields)}")
-    values.update({key: value for key, value in (overrides or {}).items() if value is not None})
-    converted = {key: _convert(value, fields[key], key, source) for key, value in values.items()}
-    return cls(**converted)
-
-
-# Settings a resumed run may change; the rest are the run's saved ones.
-RESUMABLE_SETTINGS = ("max_steps", "save_steps", "logging_steps", "eval_steps")
-
-
-def run_config(cls: type, config: Any, resume: str | Path | None, overrides: Mapping[str, Any] | None = None) -> Any:
-    """The validated config to run: `config` for a new run; for `resume`, the run's saved config with
-    `overrides` of RESUMABLE_SETTINGS (any other override is a one-line error)."""
-    if resume is not None:
-        changed = {key: value for key, value in (overrides or {}).items() if value is not None}
-        fixed = sorted(set(changed) - set(RESUMABLE_SETTINGS))
-        if fixed:
-            raise AhaError(f"--resume continues a run with its saved settings; {fixed[0]} cannot change "
-                           f"(only {', '.join(RESUMABLE_SETTINGS)} can)")
-        config = load_config(cls, None, {**saved_config(resume), **changed})
-    elif config is None:
-        raise ValueError("a new run needs a config (or give the run directory to resume)")
-    config.validate()
-    return config
-
-
-def _convert(value: Any, kind: Any, key: str, source: str) -> Any:
-    """A TOML or flag value as the field's type: ints accepted for floats, lists become tuples."""
-    options = typing.get_args(kind) if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union else (kind,)
-    if value is None and type(None) in options:
-        return None
-    for option in options:
-        origin = typing.get_origin(option)
-        if origin is tuple and isinstance(value, list | tuple):
-            element = typing.get_args(option)[0]
-            return tuple(_convert(item, element, key, source) for item in value)
-        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if option in (int, str, bool) and type(value) is option:
-            return value
-    raise AhaError(f"setting {key!r} in {source} should be {_type_name(kind)}, got {value!r}")
-
-
-def _type_name(kind: Any) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "unset"}
-    options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
-    return " or ".join(names.get(option, "a list") for option in options)
-
-
-def config_to_toml(config: Any) -> str:
-    """The config as TOML that `load_config` reads back (unset values are left out)."""
-    lines = []
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if value is not None:
-            lines.append(f"{field.name} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, tuple | list):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    return json.dumps(str(value), ensure_ascii=False)  # a TOML basic string is a JSON string
-
-
-def add_config_flags(parser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One flag per setting (`num_generations` → `--num-generations`), every default None so only the
-    flags given override the TOML file. Booleans get `--x/--no-x`, lists take several values."""
-    import argparse
-
-    defaults = {field.name: field.default for field in dataclasses.fields(cls)}
-    group = parser.add_argument_group("settings (each overrides the TOML file's key of the same name)")
-    for name, kind in config_fields(cls).items():
-        if name in skip:
-            continue
-        flag = "--" + name.replace("_", "-")
-        options = [option for option in (typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,))
-                   if option is not type(None)]
-        base = options[0]
-        default = defaults[name]
-        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        help_text = f"default: {shown}" if default not in (None, "") else None
-        if base is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif typing.get_origin(base) is tuple:
-            element = typing.get_args(base)[0]
-            group.add_argument(flag, nargs="+", type=element, default=None, metavar="X" if element is float else "TEXT",
-                               help=help_text)
-        else:
-            metavar = {int: "N", float: "X"}.get(base, "TEXT")
-            group.add_argument(flag, type=base, default=None, metavar=metavar, help=help_text)
-
-
-def flag_overrides(args: Any, cls: type) -> dict[str, Any]:
-    """The settings given as flags (argparse namespace → {name: value})."""
-    return {name: getattr(args, name) for name in config_fields(cls) if getattr(args, name, None) is not None}
-
-
 # Model, tokenizer, adapter ------------------------------------------------------------------------
 
 def resolve_device(name: str = "auto"):
@@ -229,7 +102,7 @@ def resolve_device(name: str = "auto"):
     import torch
 
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() and not _accelerate_cpu() else "cpu"
+        name = "cuda" if torch.cuda.is_available() and not accelerate_cpu() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise AhaError("device = cuda but torch sees no CUDA GPU: set device = \"cpu\" (slow) or install torch's CUDA build")
     if name == "cuda" and launch_environment()[1] > 1:  # one GPU per process under accelerate launch / torchrun
@@ -413,385 +286,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# Several processes ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place in a torch.distributed job started by `accelerate launch` or torchrun (one
-    process: rank 0 of 1). Rank 0 owns the run directory and the store; every rank trains a shard."""
-
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            import torch.distributed
-
-            torch.distributed.barrier()
-
-    def broadcast(self, value: Any) -> Any:
-        """Rank 0's value, on every rank (any picklable object)."""
-        if not self.enabled:
-            return value
-        import torch.distributed
-
-        box = [value]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def gather(self, value: Any) -> list[Any]:
-        """Every rank's value (any picklable object) in rank order, on every rank."""
-        if not self.enabled:
-            return [value]
-        import torch.distributed
-
-        values: list[Any] = [None] * self.world_size
-        torch.distributed.all_gather_object(values, value)
-        return values
-
-    def any(self, flag: bool) -> bool:
-        """True on every rank when it is True on one (a cancel seen by any process stops them all)."""
-        if not self.enabled:
-            return flag
-        import torch
-        import torch.distributed
-
-        value = torch.tensor([float(flag)], device=_collective_device())
-        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-        return bool(value.item())
-
-
-def _collective_device():
-    import torch
-    import torch.distributed
-
-    return torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
-
-
-# Where each launcher puts a process's rank, the job's size and the rank on this machine: torchrun
-# (accelerate launch --multi_gpu), then MPI (accelerate launch --cpu --mpirun_hostfile: Open MPI, MVAPICH,
-# MPICH/Intel MPI), as accelerate's own PartialState reads them.
-RANK_VARIABLES = ("RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "PMI_RANK")
-SIZE_VARIABLES = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMI_SIZE")
-LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID")
-
-
-def launch_environment(environ: Mapping[str, str] | None = None) -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) of this process as its launcher set them; (0, 1, 0) alone."""
-    environ = os.environ if environ is None else environ
-
-    def first(names: tuple[str, ...], default: int) -> int:
-        return next((int(environ[name]) for name in names if environ.get(name, "").strip()), default)
-
-    return first(RANK_VARIABLES, 0), first(SIZE_VARIABLES, 1), first(LOCAL_RANK_VARIABLES, 0)
-
-
-def init_distributed(device: str = "auto") -> Distributed:
-    """Join the process group when launched with several processes (gloo on CPU, nccl on CUDA). Under MPI
-    the torchrun variables torch.distributed reads are set from MPI's; MASTER_ADDR/PORT come from
-    accelerate launch (default 127.0.0.1:29500)."""
-    rank, world_size, local_rank = launch_environment()
-    if world_size <= 1:
-        return Distributed()
-    import torch
-    import torch.distributed
-
-    for name, value in (("RANK", rank), ("WORLD_SIZE", world_size), ("LOCAL_RANK", local_rank)):
-        os.environ.setdefault(name, str(value))
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29500")
-    if not torch.distributed.is_initialized():
-        nccl = device != "cpu" and not _accelerate_cpu() and torch.cuda.is_available()
-        if nccl:
-            torch.cuda.set_device(local_rank)
-        torch.distributed.init_process_group("nccl" if nccl else "gloo")
-    return Distributed(torch.distributed.get_rank(), torch.distributed.get_world_size())
-
-
-def _accelerate_cpu() -> bool:
-    """`accelerate launch --cpu` asked for the CPU."""
-    return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-
-
-def close_distributed(distributed: Distributed) -> None:
-    if distributed.enabled:
-        import torch.distributed
-
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-
-
-def main_process_sink(on_event: OnEvent) -> OnEvent:
-    """The sink on rank 0, nothing on the other processes of a multi-process job (their events would repeat)."""
-    return on_event if launch_environment()[0] == 0 else ignore
-
-
-def start_run(kind: str, config: Any, on_event: OnEvent, distributed: Distributed) -> Run:
-    """A new run: rank 0 creates it (store row, directory) and tells the other ranks where it is."""
-    run, error = None, None
-    if distributed.is_main:
-        try:
-            run = Run.create(kind, config, on_event)
-        except AhaError as raised:
-            error = raised
-    directory, message = distributed.broadcast((str(run.dir) if run else None, str(error) if error else None))
-    if message is not None:
-        raise error if error is not None else AhaError(message)
-    return run if run is not None else Run.follower(directory, kind)
-
-
-def saved_config(directory: str | Path) -> dict[str, Any]:
-    """The settings a run directory was started with (its config.json)."""
-    directory = Path(directory).expanduser()
-    if not (directory / "run.json").is_file() or not (directory / "config.json").is_file():
-        raise AhaError(f"{directory} is not a run directory (no run.json/config.json): give a folder under runs/")
-    return json.loads((directory / "config.json").read_text(encoding="utf-8"))
-
-
-def reopen_run(directory: str | Path, on_event: OnEvent, distributed: Distributed) -> Run:
-    """An existing run for resume; the other ranks follow rank 0's."""
-    if distributed.is_main:
-        return Run.open(directory, on_event)
-    info = json.loads((Path(directory).expanduser() / "run.json").read_text(encoding="utf-8"))
-    return Run.follower(directory, info["kind"])
-
-
-# The run directory --------------------------------------------------------------------------------
-
-class Run:
-    """One training run: its directory (config, checkpoints, metrics.jsonl, samples.jsonl, run.log) and
-    its row in the store. The directory alone is enough to resume; the store is the index."""
-
-    def __init__(self, directory: Path, kind: str, store_id: int | None, on_event: OnEvent = ignore, store=None,
-                 writer: bool = True):
-        self.dir, self.kind, self.store_id, self._on_event = Path(directory), kind, store_id, on_event
-        self._store = store
-        self.writer = writer  # False on ranks > 0 of a multi-process job: they read the directory, never write
-        self._tensorboard = None
-
-    @classmethod
-    def follower(cls, directory: str | Path, kind: str) -> Run:
-        """The run as a rank > 0 sees it: checkpoints readable, every record and event left to rank 0."""
-        return cls(Path(directory).expanduser(), kind, None, ignore, writer=False)
-
-    # creating and opening
-
-    @classmethod
-    def create(cls, kind: str, config: Any, on_event: OnEvent = ignore) -> Run:
-        """A new run for config (a dataclass): a store row, then `output_dir` or <data dir>/runs/<kind>-<id>."""
-        from engine.paths import subdir
-        from engine.store import Store
-
-        store = Store()
-        store_id = store.create_run(kind, dataclasses.asdict(config), status="created")
-        directory = Path(config.output_dir).expanduser() if config.output_dir else subdir("runs") / f"{kind}-{store_id}"
-        if (directory / "run.json").exists():
-            store.update_run_status(store_id, "error")
-            raise AhaError(f"{directory} already holds a run: resume it with --resume {directory} or choose "
-                           "another output_dir")
-        directory.mkdir(parents=True, exist_ok=True)
-        _store_execute(store, "UPDATE runs SET dir = ? WHERE id = ?", (str(directory.resolve()), store_id))
-        run = cls(directory, kind, store_id, on_event, store)
-        _write_json(directory / "run.json", {"kind": kind, "store_id": store_id, "created_at": time.time()})
-        _write_json(directory / "config.json", dataclasses.asdict(config))
-        _atomic_text(directory / "config.toml", config_to_toml(config))
-        return run
-
-    @classmethod
-    def open(cls, directory: str | Path, on_event: OnEvent = ignore) -> Run:
-        """An existing run directory (for resume)."""
-        from engine.store import Store
-
-        directory = Path(directory).expanduser()
-        info_file = directory / "run.json"
-        if not info_file.is_file():
-            raise AhaError(f"{directory} is not a run directory (no run.json): give a folder under runs/")
-        info = json.loads(info_file.read_text(encoding="utf-8"))
-        store = Store()
-        store_id = info.get("store_id")
-        try:
-            store.get_run(store_id)
-        except AhaError:  # a run directory copied from elsewhere: index it here
-            config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-            store_id = store.create_run(info["kind"], config, dir=directory.resolve(), status="created")
-            _write_json(info_file, {**info, "store_id": store_id})
-        return cls(directory, info["kind"], store_id, on_event, store)
-
-    def saved_config(self) -> dict[str, Any]:
-        return saved_config(self.dir)
-
-    @property
-    def store(self):
-        if self._store is None:
-            from engine.store import Store
-
-            self._store = Store()
-        return self._store
-
-    # events, metrics, samples
-
-    def emit(self, event: dict) -> None:
-        """Forward an event; log and error events also go to run.log."""
-        if not self.writer:
-            return
-        if event["type"] in ("log", "error"):
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            with open(self.dir / "run.log", "a", encoding="utf-8") as stream:
-                stream.write(f"{stamp} {event.get('level', event['type'])}: {event.get('message', '')}\n")
-        self._on_event(event)
-
-    def log(self, message: str, level: str = "info") -> None:
-        self.emit(make_event("log", message=message, level=level))
-
-    def set_status(self, status: str) -> None:
-        if not self.writer:
-            return
-        self.store.update_run_status(self.store_id, status)
-
-    def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
-        """One line in metrics.jsonl, the store's metrics table, and a `metrics` event."""
-        if not self.writer:
-            return
-        clean = {key: _finite(value) for key, value in metrics.items()}
-        _append_jsonl(self.dir / "metrics.jsonl", [{"step": step, "time": round(time.time(), 3), **clean}])
-        self.store.add_metrics(self.store_id, step, {key: value for key, value in clean.items() if value is not None})
-        if self._tensorboard is not None:
-            for key, value in clean.items():
-                if value is not None:
-                    self._tensorboard.add_scalar(key, value, step)
-            self._tensorboard.flush()
-        self.emit(make_event("metrics", step=step, **clean))
-
-    def report_to_tensorboard(self, resumed_step: int = 0) -> None:
-        """Also write every metric as a TensorBoard scalar under <run>/tensorboard (`tensorboard --logdir`).
-        A resume purges the events written after its checkpoint, as metrics.jsonl is truncated."""
-        if not self.writer:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as error:
-            raise AhaError("report_to = tensorboard needs the tensorboard package: pip install tensorboard") from error
-        self._tensorboard = SummaryWriter(str(self.dir / "tensorboard"), purge_step=resumed_step + 1 if resumed_step else None)
-
-    def close(self) -> None:
-        """Flush and close what the run holds open (the TensorBoard writer)."""
-        if self._tensorboard is not None:
-            self._tensorboard.close()
-            self._tensorboard = None
-
-    def log_samples(self, step: int, samples: list[dict]) -> None:
-        """Rollouts of one step: samples.jsonl, the store, and one `sample` event per entry."""
-        if not self.writer:
-            return
-        _append_jsonl(self.dir / "samples.jsonl", [{"step": step, **sample} for sample in samples])
-        for sample in samples:
-            self.store.add_sample(self.store_id, step, sample)
-            self.emit(make_event("sample", step=step, **sample))
-
-    def artifact(self, kind: str, path: Path, **meta: Any) -> None:
-        if not self.writer:
-            return
-        self.store.add_artifact(kind, path, self.store_id, meta)
-        self.emit(make_event("artifact", kind=kind, path=str(path), **meta))
-
-    def truncate_logs(self, step: int) -> None:
-        """Drop metrics and samples recorded after `step` (written after the checkpoint a resume starts from)."""
-        if not self.writer:
-            return
-        for name in ("metrics.jsonl", "samples.jsonl"):
-            path = self.dir / name
-            if path.exists():
-                lines = path.read_text(encoding="utf-8").splitlines()
-                kept = [line for line in lines if line.strip() and _line_step(line) <= step]
-                _atomic_text(path, "".join(line + "\n" for line in kept))
-        for table in ("samples", "metrics"):
-            _store_execute(self.store, f"DELETE FROM {table} WHERE run_id = ? AND step > ?", (self.store_id, step))
-
-    # checkpoints
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.dir / CHECKPOINTS
-
-    def checkpoints(self) -> list[Path]:
-        """Complete checkpoints, oldest first (a partial one is a hidden temp folder, never listed)."""
-        if not self.checkpoint_dir.is_dir():
-            return []
-        found = [path for path in self.checkpoint_dir.glob("step-*") if path.name[5:].isdigit()]
-        return sorted(found, key=lambda path: int(path.name[5:]))
-
-    def latest_checkpoint(self) -> Path | None:
-        found = self.checkpoints()
-        return found[-1] if found else None
-
-    @contextlib.contextmanager
-    def new_checkpoint(self, step: int, keep: int | None) -> Iterator[Path]:
-        """Yield a temp folder to fill; on success it is renamed to checkpoints/step-N in one step, and
-        checkpoints beyond `keep` are deleted oldest first. A crash leaves only a hidden temp folder."""
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        final = self.checkpoint_dir / f"step-{step}"
-        temp = self.checkpoint_dir / f".step-{step}.partial-{os.getpid()}"
-        shutil.rmtree(temp, ignore_errors=True)
-        temp.mkdir()
-        try:
-            yield temp
-            if final.exists():
-                old = self.checkpoint_dir / f".step-{step}.old-{os.getpid()}"
-                os.replace(final, old)
-                shutil.rmtree(old, ignore_errors=True)
-            os.replace(temp, final)
-        finally:
-            shutil.rmtree(temp, ignore_errors=True)
-        if keep is not None:
-            for path in self.checkpoints()[:-keep] if keep > 0 else []:
-                shutil.rmtree(path, ignore_errors=True)
-        for stale in self.checkpoint_dir.glob(".step-*"):  # left by a killed process
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def _store_execute(store, sql: str, params: tuple) -> None:
-    """One committed statement the Store has no method for yet (a run's folder; rows after a resume point)."""
-    with store._write():
-        store.db.execute(sql, params)
-
-
-def _line_step(line: str) -> int:
-    try:
-        return int(json.loads(line).get("step", 0))
-    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
-        return 0
-
-
-def _finite(value: Any) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _append_jsonl(path: Path, records: list[dict]) -> None:
-    with open(path, "a", encoding="utf-8") as stream:
-        for record in records:
-            stream.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        stream.flush()
-
-
-def _write_json(path: Path, data: Any) -> None:
-    _atomic_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    from engine.fileio import atomic_write_text
-
-    atomic_write_text(path, text)
-
-
 # Cancel -------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -937,7 +431,7 @@ class Trainer:
                 shutil.rmtree(staging, ignore_errors=True)
             else:
                 torch.save(rng_state(), folder / "rng.pt")
-            _write_json(folder / "state.json", {"step": self.step, "world_size": self.distributed.world_size, **state})
+            write_json(folder / "state.json", {"step": self.step, "world_size": self.distributed.world_size, **state})
         self.distributed.barrier()
         self.run.artifact("checkpoint", path, step=self.step)
         return path

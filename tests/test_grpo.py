@@ -392,6 +392,6 @@ def test_two_processes_under_accelerate_launch(setup, tmp_path):
     ({"OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "3", "OMPI_COMM_WORLD_LOCAL_RANK": "0"}, (2, 3, 0)),
 ])
 def test_launch_environment_reads_torchrun_and_mpi(environ, expected):
-    from engine.train import launch_environment
+    from engine.distributed import launch_environment
 
     assert launch_environment(environ) == expected

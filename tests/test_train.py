@@ -13,17 +13,13 @@ import torch
 
 from engine.errors import AhaError
 from engine.jobs import CancelToken
+from engine.runs import Run
 from engine.sft import SFTConfig, build_batch, pack_bins, sft_loss, train_sft
 from engine.train import (
-    Run,
     StepAbandoned,
     TrainConfig,
     Trainer,
-    add_config_flags,
     cancel_on_signals,
-    config_to_toml,
-    flag_overrides,
-    load_config,
     load_model,
     load_tokenizer,
     lr_lambda,
@@ -34,6 +30,7 @@ from engine.train import (
     rng_state,
     set_rng_state,
 )
+from engine.train_config import add_config_flags, config_to_toml, flag_overrides, load_config
 from tests.support.char_model import make_char_model
 
 
