@@ -88,7 +88,7 @@ class Run:
             raise AhaError(f"{directory} already holds a run: resume it with --resume {directory} or choose "
                            "another output_dir")
         directory.mkdir(parents=True, exist_ok=True)
-        _store_execute(store, "UPDATE runs SET dir = ? WHERE id = ?", (str(directory.resolve()), store_id))
+        store.set_run_dir(store_id, directory.resolve())
         run = cls(directory, kind, store_id, on_event, store)
         write_json(directory / "run.json", {"kind": kind, "store_id": store_id, "created_at": time.time()})
         write_json(directory / "config.json", dataclasses.asdict(config))
@@ -202,8 +202,7 @@ class Run:
                 lines = path.read_text(encoding="utf-8").splitlines()
                 kept = [line for line in lines if line.strip() and _line_step(line) <= step]
                 _atomic_text(path, "".join(line + "\n" for line in kept))
-        for table in ("samples", "metrics"):
-            _store_execute(self.store, f"DELETE FROM {table} WHERE run_id = ? AND step > ?", (self.store_id, step))
+        self.store.forget_steps_after(self.store_id, step)
 
     # checkpoints
 
@@ -245,12 +244,6 @@ class Run:
                 shutil.rmtree(path, ignore_errors=True)
         for stale in self.checkpoint_dir.glob(".step-*"):  # left by a killed process
             shutil.rmtree(stale, ignore_errors=True)
-
-
-def _store_execute(store, sql: str, params: tuple) -> None:
-    """One committed statement the Store has no method for yet (a run's folder; rows after a resume point)."""
-    with store._write():
-        store.db.execute(sql, params)
 
 
 def _line_step(line: str) -> int:

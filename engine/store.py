@@ -466,6 +466,17 @@ class Store:
             raise AhaError(f"run {run_id} does not exist; list runs with `aha runs`")
         return {**rows[0], "config": json.loads(rows[0]["config"])}
 
+    def set_run_dir(self, run_id: int, directory: str | Path) -> None:
+        with self._write():
+            self.db.execute("UPDATE runs SET dir = ?, updated_at = ? WHERE id = ?", (str(directory), time.time(), run_id))
+
+    def forget_steps_after(self, run_id: int, step: int) -> None:
+        """Drop a run's metrics and samples of steps after `step` (recorded after the checkpoint a resume
+        starts from; the resumed run records them again)."""
+        with self._write():
+            for table in ("samples", "metrics"):
+                self.db.execute(f"DELETE FROM {table} WHERE run_id = ? AND step > ?", (run_id, step))
+
     def update_run_status(self, run_id: int, status: str) -> None:
         with self._write():
             self.db.execute("UPDATE runs SET status = ?, updated_at = ? WHERE id = ?",

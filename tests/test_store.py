@@ -253,6 +253,12 @@ def test_runs_metrics_samples_artifacts(store, tmp_path):
     store.add_metrics(run_id, 2, {"reward": 0.8})  # a resumed run logs step 2 again
     assert store.metric_series(run_id, "reward") == [(1, 0.5), (2, 0.8)]
     assert store.add_sample(run_id, 2, {"completion": "<think>…</think>4", "reward": 1.0}) > 0
+    store.add_sample(run_id, 1, {"completion": "3"})
+    store.forget_steps_after(run_id, 1)  # a resume from step 1's checkpoint
+    assert store.metric_series(run_id, "reward") == [(1, 0.5)]
+    assert [row["step"] for row in store.db.query("SELECT step FROM samples WHERE run_id = ?", [run_id])] == [1]
+    store.set_run_dir(run_id, tmp_path / "elsewhere")
+    assert store.get_run(run_id)["dir"] == str(tmp_path / "elsewhere")
     artifact_id = store.add_artifact("gguf", tmp_path / "model.gguf", run_id=run_id, meta={"quant": "Q4_K_M"})
     assert store.add_artifact("modelfile", tmp_path / "Modelfile") > artifact_id
     row = store.db.table("artifacts").get(artifact_id)
