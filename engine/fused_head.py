@@ -52,7 +52,8 @@ def _scaled_logits(hidden_rows, weight, bias, temperature: float):
     """z = (h·Wᵀ + b)/τ in float32 for a chunk: (C, H) → (C, V)."""
     import torch
 
-    logits = torch.nn.functional.linear(hidden_rows, weight, bias)  # (C, V)  the model's dtype, as its head
+    # In the head's dtype, as the model's own head computes them (QLoRA keeps the head in fp32).
+    logits = torch.nn.functional.linear(hidden_rows.to(weight.dtype), weight, bias)  # (C, V)
     return logits.float().div_(temperature)  # (C, V)
 
 

@@ -173,3 +173,17 @@ def test_kd_from_hidden_states_never_holds_the_logits():
         fused_head_kd(student, head, teacher, head, mask, kind="jsd").backward()
     # One chunk at a time; the JSD's mixture stacks the chunk's two distributions: (2, CHUNK, V).
     assert watch.largest <= 2 * CHUNK * vocabulary < mask.numel() * vocabulary
+
+
+def test_bf16_hidden_states_with_an_fp32_head():
+    """QLoRA keeps the output layer in fp32 while hidden states may be bf16: computed in the head's dtype,
+    the gradient comes back in the hidden states' dtype."""
+    generator = torch.Generator().manual_seed(3)
+    hidden = torch.randn(2, 4, 8, generator=generator).bfloat16().requires_grad_()
+    weight = torch.randn(30, 8, generator=generator)
+    ids = torch.randint(0, 30, (2, 4), generator=generator)
+    logp, _, _ = fused_head_logp(hidden, weight, None, ids)
+    logp.sum().backward()
+    expected, _, _ = reference(hidden.detach().float(), weight, None, ids, 1.0)
+    assert torch.allclose(logp.double(), expected, atol=1e-5)
+    assert hidden.grad.dtype == torch.bfloat16
