@@ -25,6 +25,7 @@ bench: $(STAMP) $(REF)
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/chat.py
 	$(BIN)/python -c "import trl" 2>/dev/null && $(BIN)/python bench/grpo_vs_trl.py || echo "bench/grpo_vs_trl.py skipped: pip install trl==1.16.0"
+	$(BIN)/python -c "import trl" 2>/dev/null && $(BIN)/python bench/sft_vs_trl.py || echo "bench/sft_vs_trl.py skipped: pip install trl==1.16.0"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
