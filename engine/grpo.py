@@ -132,6 +132,11 @@ def train(config: GRPOConfig | None = None, *, resume: str | Path | None = None,
         if config.prompts_per_step % distributed.world_size:
             raise AhaError(f"prompts_per_step ({config.prompts_per_step}) must be a multiple of the number of "
                            f"processes ({distributed.world_size})")
+        rows = config.prompts_per_step // distributed.world_size * config.num_generations  # each process's batch
+        if rows % config.gradient_accumulation_steps:
+            raise AhaError(f"gradient_accumulation_steps ({config.gradient_accumulation_steps}) must divide each "
+                           f"process's {rows} rollouts (prompts_per_step / {distributed.world_size} processes × "
+                           "num_generations)")
         run = (reopen_run(resume, on_event, distributed) if resume is not None
                else start_run("grpo", config, on_event, distributed))
         with cancel_on_signals(cancel):

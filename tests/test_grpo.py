@@ -385,6 +385,17 @@ def test_two_processes_under_accelerate_launch(setup, tmp_path):
     assert steps == [1, 2, 3]
 
 
+def test_micro_batches_must_divide_each_processs_share(setup, monkeypatch):
+    """4 prompts × 4 generations over 2 processes are 8 rollouts each: 16 micro-batches cannot split them
+    (caught before any collective, so faked processes suffice)."""
+    from engine import distributed
+
+    monkeypatch.setattr(distributed, "init_distributed", lambda device="auto": distributed.Distributed(0, 2))
+    monkeypatch.setattr(distributed, "close_distributed", lambda job: None)
+    with pytest.raises(AhaError, match=r"gradient_accumulation_steps \(16\) must divide each process's 8 rollouts"):
+        train(tiny(setup, gradient_accumulation_steps=16))
+
+
 @pytest.mark.parametrize(("environ", "expected"), [
     ({}, (0, 1, 0)),
     ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, (3, 4, 1)),  # torchrun
