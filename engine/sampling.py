@@ -173,7 +173,7 @@ def encode_prompts(tokenizer, prompts: Sequence[str | Sequence[dict]],
     """(token ids, rendered texts, prefilled flags) of each prompt. The rendered text already holds the
     template's BOS, so the tokenizer adds no special tokens of its own."""
     rendered = [render_prompt(tokenizer, prompt, system_prompt) for prompt in prompts]
-    ids = [tokenizer(text, add_special_tokens=False).input_ids for text in rendered]
+    ids = tokenizer(rendered, add_special_tokens=False).input_ids if rendered else []  # one batched call
     return ids, rendered, [is_prefilled(text) for text in rendered]
 
 

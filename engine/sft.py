@@ -71,9 +71,10 @@ def tokenize_rows(tokenizer, rows: list[dict], *, system_prompt: str | None = No
     from engine.sampling import encode_prompts
 
     prompt_ids, _, _ = encode_prompts(tokenizer, [row["prompt"] for row in rows], system_prompt)
+    completions = tokenizer([row["completion"] for row in rows], add_special_tokens=False).input_ids  # one call
     sequences, targets = [], []
-    for prompt, row in zip(prompt_ids, rows, strict=True):
-        completion = tokenizer(row["completion"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    for prompt, completion in zip(prompt_ids, completions, strict=True):
+        completion = completion + [tokenizer.eos_token_id]
         sequence = (prompt + completion)[:max_length] if max_length else prompt + completion
         sequences.append(sequence)
         targets.append([0 if completion_only_loss and index < len(prompt) else 1 for index in range(len(sequence))])
