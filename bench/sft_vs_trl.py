@@ -10,13 +10,8 @@ TRL is needed only here: `pip install trl==1.16.0`. Prints median step time, pea
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -85,61 +80,8 @@ def run_trl(model: Path, steps: int, out: Path, checkpointing: bool) -> list[flo
     return marks
 
 
-def child(which: str, model: Path, steps: int, checkpointing: bool) -> None:
-    import torch
-
-    torch.set_num_threads(2)
-    torch.set_flush_denormal(True)
-    with tempfile.TemporaryDirectory() as out:
-        marks = (run_aha if which == "aha" else run_trl)(model, steps, Path(out), checkpointing)
-    print(json.dumps({"step_s": [b - a for a, b in zip(marks, marks[1:], strict=False)]}))
-
-
-def measure(which: str, model: Path, steps: int, checkpointing: bool) -> tuple[float, float]:
-    """(median step seconds after the warm-up, peak RSS MB) of one child run."""
-    process = subprocess.Popen([sys.executable, __file__, "--child", which, "--model", str(model),
-                                "--steps", str(steps), *(["--gradient-checkpointing"] if checkpointing else [])],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    if status != 0:
-        raise SystemExit(f"{which} run failed (status {status}); run it alone with --child {which} to see why")
-    step_s = json.loads(output.strip().splitlines()[-1])["step_s"]
-    return statistics.median(step_s[WARMUP:]), usage.ru_maxrss / 1024
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--gradient-checkpointing", action="store_true",
-                        help="both with gradient checkpointing (TRL's SFTConfig default; aha's is off)")
-    parser.add_argument("--child", choices=("aha", "trl"))
-    parser.add_argument("--model", type=Path)
-    args = parser.parse_args()
-    if args.child:
-        child(args.child, args.model, args.steps, args.gradient_checkpointing)
-        return
-    with tempfile.TemporaryDirectory() as work:
-        model = Path(work) / "char-model"
-        subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
-                        "from tests.support.char_model import make_char_model; "
-                        f"make_char_model(__import__('pathlib').Path({str(model)!r}))"], check=True)
-        results: dict[str, list[tuple[float, float]]] = {"trl": [], "aha": []}
-        for _ in range(args.rounds):
-            for which in ("trl", "aha"):
-                results[which].append(measure(which, model, args.steps, args.gradient_checkpointing))
-    summary = {}
-    for which, rows in results.items():
-        step = statistics.median(r[0] for r in rows)
-        rss = max(r[1] for r in rows)
-        summary[which] = (step, rss)
-        print(f"{which:4s} step {step * 1000:6.1f} ms (runs: {', '.join(f'{r[0] * 1000:.1f}' for r in rows)})   "
-              f"peak RSS {rss:6.0f} MB")
-    print(f"ratio aha/TRL: step time {summary['aha'][0] / summary['trl'][0]:.2f}x, "
-          f"peak memory {summary['aha'][1] / summary['trl'][1]:.2f}x (batch {BATCH} traces, full fine-tuning, "
-          f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, CPU, 2 threads)")
-
-
 if __name__ == "__main__":
-    main()
+    from versus_trl import main
+
+    main(__file__, __doc__, {"aha": run_aha, "trl": run_trl}, steps=20, warmup=4,
+         settings=f"batch {BATCH} traces, full fine-tuning")
