@@ -12,11 +12,12 @@ TRL is needed only here: `pip install trl==1.16.0`. Prints median step time, pea
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from versus_trl import main, step_marks  # noqa: E402  (bench/ is the script's folder, on sys.path)
 
 PROMPTS, GENERATIONS, MAX_TOKENS = 16, 8, 32
 ACCUMULATION = 4  # the 128 rollouts of a step go through forward/backward as 4 micro-batches of 32
@@ -26,31 +27,27 @@ SETTINGS = dict(learning_rate=1e-3, temperature=0.7, beta=0.0, lora_r=16, lora_a
 def run_aha(model: Path, steps: int, out: Path, checkpointing: bool) -> list[float]:
     from engine.grpo import load_grpo_config, train
 
-    marks: list[float] = []
+    marks, on_event, _ = step_marks()
     config = load_grpo_config(None, {
         "model": str(model), "dataset": "addition", "rewards": ["accuracy", "format"], "reward_weights": [1.0, 0.2],
         "prompts_per_step": PROMPTS, "num_generations": GENERATIONS, "max_completion_length": MAX_TOKENS,
         "max_steps": steps, "save_steps": 10_000, "device": "cpu", "output_dir": str(out), "lora_dropout": 0.0,
         "gradient_accumulation_steps": ACCUMULATION, "gradient_checkpointing": checkpointing, **SETTINGS})
-    train(config, on_event=lambda event: marks.append(time.perf_counter()) if event["type"] == "metrics" else None)
+    train(config, on_event=on_event)
     return marks
 
 
 def run_trl(model: Path, steps: int, out: Path, checkpointing: bool) -> list[float]:
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoModelForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
     from engine.data import TaskSource
     from engine.rewards import accuracy_reward, format_reward
     from engine.train import load_tokenizer
 
-    marks: list[float] = []
-
-    class Marks(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            marks.append(time.perf_counter())
+    marks, _, callback = step_marks()
 
     def format_weighted(prompts, completions, **columns):
         return [0.2 * r if r is not None else None for r in format_reward(prompts, completions, **columns)]
@@ -74,13 +71,11 @@ def run_trl(model: Path, steps: int, out: Path, checkpointing: bool) -> list[flo
                           reward_funcs=[accuracy_reward, format_weighted], args=args, train_dataset=dataset,
                           processing_class=tokenizer,
                           peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0),
-                          callbacks=[Marks()])
+                          callbacks=[callback])
     trainer.train()
     return marks
 
 
 if __name__ == "__main__":
-    from versus_trl import main
-
     main(__file__, __doc__, {"aha": run_aha, "trl": run_trl}, steps=6, warmup=1,
          settings=f"{PROMPTS} prompts x {GENERATIONS} generations x {MAX_TOKENS} tokens, {ACCUMULATION} micro-batches")

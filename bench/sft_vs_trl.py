@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from versus_trl import main, step_marks  # noqa: E402  (bench/ is the script's folder, on sys.path)
 
 BATCH, ROWS, WARMUP = 64, 64 * 40, 3
 
@@ -37,30 +38,25 @@ def traces(path: Path) -> list[dict]:
 def run_aha(model: Path, steps: int, out: Path, checkpointing: bool) -> list[float]:
     from engine.distill import TraceSFTConfig, train_sft_on_traces
 
-    marks: list[float] = []
+    marks, on_event, _ = step_marks()
     traces(out / "traces.jsonl")
     config = TraceSFTConfig(model=str(model), traces=str(out / "traces.jsonl"), use_peft=False, learning_rate=2e-3,
                             lr_scheduler_type="constant", per_device_train_batch_size=BATCH, max_steps=steps,
                             save_steps=10_000, max_length=256, seed=0, device="cpu",
                             gradient_checkpointing=checkpointing, output_dir=str(out / "run"))
-    train_sft_on_traces(config, on_event=lambda event: marks.append(time.perf_counter())
-                        if event["type"] == "metrics" else None)
+    train_sft_on_traces(config, on_event=on_event)
     return marks
 
 
 def run_trl(model: Path, steps: int, out: Path, checkpointing: bool) -> list[float]:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     from engine.distill import trace_completion
     from engine.train import load_tokenizer
 
-    marks: list[float] = []
-
-    class Marks(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            marks.append(time.perf_counter())
+    marks, _, callback = step_marks()
 
     rows = traces(out / "traces.jsonl")
     # The completion exactly as aha builds it (trace_completion); the char model's template renders just
@@ -75,13 +71,11 @@ def run_trl(model: Path, steps: int, out: Path, checkpointing: bool) -> list[flo
                      gradient_checkpointing=checkpointing, dataloader_num_workers=0)
     trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model, attn_implementation="eager"), args=args,
                          train_dataset=Dataset.from_list(records), processing_class=load_tokenizer(model),
-                         callbacks=[Marks()])
+                         callbacks=[callback])
     trainer.train()
     return marks
 
 
 if __name__ == "__main__":
-    from versus_trl import main
-
     main(__file__, __doc__, {"aha": run_aha, "trl": run_trl}, steps=20, warmup=4,
          settings=f"batch {BATCH} traces, full fine-tuning")

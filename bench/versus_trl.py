@@ -58,6 +58,24 @@ def main(script: str, description: str, sides: dict[str, Side], *, steps: int, w
           f"{'on' if args.gradient_checkpointing else 'off'}, CPU, 2 threads)")
 
 
+def step_marks():
+    """(marks, on_event, callback): aha's `on_event` and TRL's TrainerCallback both append the time at the
+    end of each optimizer step to `marks`, the list a side returns."""
+    from transformers import TrainerCallback
+
+    marks: list[float] = []
+
+    class Marks(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            marks.append(time.perf_counter())
+
+    def on_event(event: dict) -> None:
+        if event["type"] == "metrics":
+            marks.append(time.perf_counter())
+
+    return marks, on_event, Marks()
+
+
 def _child(side: Side, model: Path, steps: int, checkpointing: bool) -> None:
     import torch
 
