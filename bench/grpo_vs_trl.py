@@ -2,10 +2,11 @@
 
 The char-level Qwen2 of the learning test (random weights), the built-in 3-digit addition task,
 reward = accuracy + 0.2·format, 16 prompts × 8 generations of up to 32 tokens at temperature 0.7,
-LoRA r=16 α=32 on all linear layers, lr 1e-3, β=0, one update per batch in 4 micro-batches of 32
-(gradient checkpointing off in both, as aha's default; --gradient-checkpointing turns it on in both, TRL's
-default), CPU. Each run is a child
-process (so peak RSS is its own), the two alternate, and the first step of each run is warm-up.
+LoRA r=16 α=32 on all linear layers, lr 1e-3, β=0, one update per batch in --micro-batches 4 of 32
+(gradient_accumulation_steps in both; aha sorts the rollouts by length into them), gradient
+checkpointing off in both as aha's default (--gradient-checkpointing turns it on in both, TRL's
+default), CPU. Each run is a child process (so peak RSS is its own), the two alternate, and the first
+step of each run is warm-up.
 TRL is needed only here: `pip install trl==1.16.0`. Prints median step time, peak RSS and the ratios.
 """
 
@@ -20,11 +21,10 @@ sys.path.insert(0, str(ROOT))
 from versus_trl import main, step_marks  # noqa: E402  (bench/ is the script's folder, on sys.path)
 
 PROMPTS, GENERATIONS, MAX_TOKENS = 16, 8, 32
-ACCUMULATION = 4  # the 128 rollouts of a step go through forward/backward as 4 micro-batches of 32
 SETTINGS = dict(learning_rate=1e-3, temperature=0.7, beta=0.0, lora_r=16, lora_alpha=32, seed=0)
 
 
-def run_aha(model: Path, steps: int, out: Path, checkpointing: bool) -> list[float]:
+def run_aha(model: Path, steps: int, out: Path, checkpointing: bool, micro_batches: int) -> list[float]:
     from engine.grpo import load_grpo_config, train
 
     marks, on_event, _ = step_marks()
@@ -32,12 +32,12 @@ def run_aha(model: Path, steps: int, out: Path, checkpointing: bool) -> list[flo
         "model": str(model), "dataset": "addition", "rewards": ["accuracy", "format"], "reward_weights": [1.0, 0.2],
         "prompts_per_step": PROMPTS, "num_generations": GENERATIONS, "max_completion_length": MAX_TOKENS,
         "max_steps": steps, "save_steps": 10_000, "device": "cpu", "output_dir": str(out), "lora_dropout": 0.0,
-        "gradient_accumulation_steps": ACCUMULATION, "gradient_checkpointing": checkpointing, **SETTINGS})
+        "gradient_accumulation_steps": micro_batches, "gradient_checkpointing": checkpointing, **SETTINGS})
     train(config, on_event=on_event)
     return marks
 
 
-def run_trl(model: Path, steps: int, out: Path, checkpointing: bool) -> list[float]:
+def run_trl(model: Path, steps: int, out: Path, checkpointing: bool, micro_batches: int) -> list[float]:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
@@ -60,8 +60,8 @@ def run_trl(model: Path, steps: int, out: Path, checkpointing: bool) -> list[flo
     tokenizer = load_tokenizer(model)  # the char tokenizer as written (AutoTokenizer would rebuild it)
     # One generation of PROMPTS × GENERATIONS per optimizer step (TRL's steps_per_generation defaults to
     # gradient_accumulation_steps), as in aha.
-    args = GRPOConfig(output_dir=str(out), per_device_train_batch_size=PROMPTS * GENERATIONS // ACCUMULATION,
-                      gradient_accumulation_steps=ACCUMULATION,
+    args = GRPOConfig(output_dir=str(out), per_device_train_batch_size=PROMPTS * GENERATIONS // micro_batches,
+                      gradient_accumulation_steps=micro_batches,
                       num_generations=GENERATIONS, max_completion_length=MAX_TOKENS, max_steps=steps,
                       learning_rate=SETTINGS["learning_rate"], temperature=SETTINGS["temperature"],
                       beta=SETTINGS["beta"], num_iterations=1, use_cpu=True, bf16=False, report_to="none",
@@ -78,4 +78,6 @@ def run_trl(model: Path, steps: int, out: Path, checkpointing: bool) -> list[flo
 
 if __name__ == "__main__":
     main(__file__, __doc__, {"aha": run_aha, "trl": run_trl}, steps=6, warmup=1,
-         settings=f"{PROMPTS} prompts x {GENERATIONS} generations x {MAX_TOKENS} tokens, {ACCUMULATION} micro-batches")
+         options={"micro_batches": (int, 4, "forward/backward passes per step (gradient_accumulation_steps)")},
+         settings=lambda micro_batches: f"{PROMPTS} prompts x {GENERATIONS} generations x {MAX_TOKENS} tokens, "
+                                        f"{micro_batches} micro-batches")

@@ -78,4 +78,4 @@ def run_trl(model: Path, steps: int, out: Path, checkpointing: bool) -> list[flo
 
 if __name__ == "__main__":
     main(__file__, __doc__, {"aha": run_aha, "trl": run_trl}, steps=20, warmup=4,
-         settings=f"batch {BATCH} traces, full fine-tuning")
+         settings=lambda: f"batch {BATCH} traces, full fine-tuning")
