@@ -60,13 +60,15 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_ids: int | Sequence[int],
            pad_id: int, temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None,
-           cancel: CancelToken | None = None) -> Rollout:
+           cancel: CancelToken | None = None, compact: bool = True) -> Rollout:
     """Sample up to `max_new_tokens` after each prompt (token-id lists), all rows in one batch.
 
     temperature 0 is greedy. top_p < 1 keeps the smallest set of tokens whose probability reaches top_p
     (nucleus sampling). Randomness comes from `generator` (else torch's global RNG). The model is put in
     eval mode for the call (no dropout) and given back in its previous mode. `cancel` is checked every
-    token; a cancelled rollout is marked and must be thrown away.
+    token; a cancelled rollout is marked and must be thrown away. With `compact`, rows that finished
+    leave the forward batch (and the KV cache) once they are a quarter of it, so the long tail of a few
+    long completions does not pay for the finished ones; the random draws stay those of the full batch.
     """
     import torch
 
@@ -77,36 +79,68 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_
     batch = prompt_ids.shape[0]
     was_training = model.training
     model.eval()
-    tokens: list[torch.Tensor] = []  # T × (B,)
+    completion = torch.full((batch, max(max_new_tokens, 0)), pad_id, dtype=torch.long, device=device)  # (B, T)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)  # (B,)
-    cancelled = False
+    active = torch.arange(batch, device=device)  # (A,) the rows still in the forward batch
+    produced, cancelled = 0, False
     try:
         with torch.no_grad():
-            cache = {_cache_argument(model): _new_cache(model)}
-            attention = prompt_mask  # (B, L)
+            cache = _new_cache(model)
+            past = {_cache_argument(model): cache}
+            attention = prompt_mask  # (A, L)
             positions = position_ids(attention)  # (B, P)
-            logits = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions,
-                           use_cache=True, logits_to_keep=1, **cache).logits[:, -1]  # (B, V)
-            next_position = positions[:, -1:] + 1  # (B, 1)
+            logits = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                           logits_to_keep=1, **past).logits[:, -1]  # (A, V)
+            next_position = positions[:, -1:] + 1  # (A, 1)
             for step in range(max_new_tokens):
-                chosen = _pick(logits, temperature, top_p, generator)  # (B,)
-                chosen = torch.where(finished, pad_id, chosen)  # (B,)
-                tokens.append(chosen)
-                finished |= torch.isin(chosen, eos)
+                chosen = _pick(_rows_of(logits, active, batch), temperature, top_p, generator)[active]  # (A,)
+                chosen = torch.where(finished[active], pad_id, chosen)  # (A,)
+                completion[active, step] = chosen
+                finished[active] = finished[active] | torch.isin(chosen, eos)
+                produced = step + 1
                 if bool(finished.all()) or step == max_new_tokens - 1:
                     break
                 if cancel is not None and cancel.cancelled:
                     cancelled = True
                     break
-                attention = torch.cat([attention, torch.ones_like(attention[:, :1])], 1)  # (B, L + 1)
+                if compact and _worth_compacting(finished[active]) and _can_select_rows(cache):
+                    keep = (~finished[active]).nonzero().squeeze(1)  # (K,) positions in the active batch
+                    for layer in cache.layers:
+                        layer.batch_select_indices(keep)
+                    active, attention, next_position, chosen = (active[keep], attention[keep], next_position[keep],
+                                                                chosen[keep])
+                attention = torch.cat([attention, torch.ones_like(attention[:, :1])], 1)  # (A, L + 1)
                 logits = model(input_ids=chosen[:, None], attention_mask=attention, position_ids=next_position,
-                               use_cache=True, **cache).logits[:, -1]  # (B, V)
-                next_position = next_position + 1  # (B, 1)
+                               use_cache=True, **past).logits[:, -1]  # (A, V)
+                next_position = next_position + 1  # (A, 1)
     finally:
         model.train(was_training)
-    completion_ids = torch.stack(tokens, 1) if tokens else prompt_ids.new_zeros((batch, 0))  # (B, T)
+    completion_ids = completion[:, :produced]  # (B, T)
     return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask(completion_ids, eos.tolist()),
                    finished.clone(), time.perf_counter() - started, cancelled)
+
+
+def _rows_of(logits: torch.Tensor, active: torch.Tensor, batch: int) -> torch.Tensor:
+    """The active rows' logits (A, V) placed in a (B, V) block (zeros for the finished rows), so every call
+    of _pick draws for all B rows and a row's samples never depend on when the others finished."""
+    if active.numel() == batch:
+        return logits
+    rows = logits.new_zeros((batch, logits.shape[-1]))  # (B, V)
+    rows[active] = logits
+    return rows
+
+
+def _worth_compacting(done: torch.Tensor) -> bool:
+    """Drop finished rows from the forward batch once they are a quarter of it: done (A,) bool."""
+    return int(done.sum()) * 4 >= done.numel() > 0 and not bool(done.all())
+
+
+def _can_select_rows(cache) -> bool:
+    """Whether every layer of the cache is a plain dynamic layer, whose rows can be selected."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(isinstance(layer, DynamicLayer) for layer in layers)
 
 
 def _cache_argument(model) -> str:

@@ -130,6 +130,30 @@ def test_seeded_sampling_repeats_and_tiny_top_p_is_greedy(char_model):
     assert torch.equal(greedy.completion_ids, nucleus.completion_ids)
 
 
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_finished_rows_leave_the_batch_without_changing_any_row(char_model, top_p):
+    """Compaction: once a quarter of the rows have emitted EOS they leave the forward batch and the KV
+    cache; every row's tokens are those of the uncompacted run (the draws are made for the full batch)."""
+    model, tokenizer = char_model
+    rows = TaskSource("addition", seed=5).heldout(16)
+    ids, _, _ = encode_prompts(tokenizer, [row["prompt"] for row in rows])
+    prompts = [sequence for sequence in ids for _ in range(4)]  # 64 rows
+    sizes: list[int] = []
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]),
+                                           with_kwargs=True)
+    try:
+        runs = [sample(model, prompts, max_new_tokens=40, eos_ids=1, pad_id=0, temperature=1.0, top_p=top_p,
+                       generator=torch.Generator().manual_seed(11), compact=compact) for compact in (False, True)]
+    finally:
+        hook.remove()
+    plain, compacted = runs
+    assert torch.equal(plain.completion_ids, compacted.completion_ids)
+    assert torch.equal(plain.terminated, compacted.terminated) and torch.equal(plain.mask, compacted.mask)
+    steps = plain.completion_ids.shape[1]
+    assert set(sizes[:steps]) == {64} and min(sizes[steps:]) < 64  # only the compacted run shrank its batch
+    assert 16 <= int(plain.terminated.sum()) < 64 and plain.lengths.min() < steps  # rows ended at many steps
+
+
 def test_prompts_render_through_the_chat_template(char_model, checkpoint):
     _, tokenizer = char_model
     ids, rendered, prefilled = encode_prompts(tokenizer, ["12+3="])
