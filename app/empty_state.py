@@ -31,24 +31,25 @@ class EmptyState(QtWidgets.QWidget):
         title = QtWidgets.QLabel("Welcome to Aha", objectName="EmptyTitle", alignment=Qt.AlignmentFlag.AlignCenter)
         subtitle = QtWidgets.QLabel("Chat with reasoning models and watch them think. Pick a model to begin.",
                                     objectName="Muted", alignment=Qt.AlignmentFlag.AlignCenter, wordWrap=True)
-        open_file = QtWidgets.QPushButton("Open a GGUF file…", objectName="PrimaryButton")
-        open_file.clicked.connect(self._on_open)
+        self.open_button = QtWidgets.QPushButton("Open a GGUF file…", objectName="PrimaryButton")
+        self.open_button.clicked.connect(self._on_open)
         repo, filename = R1_DEFAULT
-        download = QtWidgets.QPushButton("Download DeepSeek-R1-Distill-Qwen-1.5B (Q4_K_M, 1.1 GB)")
-        download.clicked.connect(lambda: self.download_requested.emit(repo, filename))
+        self.download_button = QtWidgets.QPushButton("Download DeepSeek-R1-Distill-Qwen-1.5B (Q4_K_M, 1.1 GB)")
+        self.download_button.clicked.connect(lambda: self.download_requested.emit(repo, filename))
         self.found_label = QtWidgets.QLabel("Looking for models on this machine…", objectName="Muted")
         self.found = QtWidgets.QListWidget()
         self.found.setMaximumHeight(180)
         self.found.itemActivated.connect(self._on_found)
         self.found.itemDoubleClicked.connect(self._on_found)
-        use = QtWidgets.QPushButton("Use the selected model")
-        use.clicked.connect(lambda: self.found.currentItem() and self._on_found(self.found.currentItem()))
+        self.use_button = QtWidgets.QPushButton("Use the selected model")
+        self.use_button.clicked.connect(lambda: self.found.currentItem() and self._on_found(self.found.currentItem()))
         card = QtWidgets.QFrame(objectName="MessageCard")
         card.setMaximumWidth(560)
         layout = QtWidgets.QVBoxLayout(card)
         layout.setContentsMargins(28, 24, 28, 24)
         layout.setSpacing(12)
-        for widget in (title, subtitle, open_file, download, self.found_label, self.found, use):
+        for widget in (title, subtitle, self.open_button, self.download_button, self.found_label, self.found,
+                       self.use_button):
             layout.addWidget(widget)
         outer = QtWidgets.QVBoxLayout(self)
         outer.addStretch()

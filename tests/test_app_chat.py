@@ -155,15 +155,61 @@ def test_restart_finds_the_conversation_again(qtbot, window, scripted_gguf):
     again.close()
 
 
-def test_first_run_offers_open_found_and_download(qtbot, tmp_path, monkeypatch):
-    import shutil
-
+@pytest.fixture
+def first_run(qtbot, tmp_path, monkeypatch):
+    """A window on a machine with no library, no conversations and nothing in Ollama, LM Studio or the HF cache."""
     monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "no-ollama"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    main = MainWindow()
-    qtbot.addWidget(main)
-    assert main.chat_stack.currentWidget() is main.empty
-    qtbot.waitUntil(lambda: "No models found" in main.empty.found_label.text() or main.empty.found.count() > 0)
-    del shutil
+
+    def open_window() -> MainWindow:
+        main = MainWindow()
+        qtbot.addWidget(main)
+        main.show()
+        assert main.chat_stack.currentWidget() is main.empty
+        return main
+    return open_window
+
+
+def test_first_run_with_nothing_found_says_so_and_opens_a_file(qtbot, first_run, scripted_gguf, monkeypatch):
+    from app.qt import QtWidgets
+
+    main = first_run()
+    qtbot.waitUntil(lambda: main.empty.found_label.text() != "Looking for models on this machine…")
+    assert main.empty.found_label.text() == "No models found in Ollama, LM Studio or the Hugging Face cache."
+    assert main.empty.found.count() == 0
+    monkeypatch.setattr(QtWidgets.QFileDialog, "getOpenFileName", lambda *a, **k: (str(scripted_gguf), ""))
+    main.empty.open_button.click()
+    assert main.chat_stack.currentWidget() is main.chat
+    assert main.chat.settings.model.currentData() == str(scripted_gguf)
+    assert [str(entry.path) for entry in main.library.entries()] == [str(scripted_gguf)]
+    main.close()
+
+
+def test_first_run_uses_a_model_found_in_the_hf_cache(qtbot, first_run, scripted_gguf, tmp_path):
+    snapshot = tmp_path / "hf" / "models--someone--tiny-r1-GGUF" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "tiny-r1.gguf").symlink_to(scripted_gguf)  # the cache links snapshots to blobs
+    main = first_run()
+    qtbot.waitUntil(lambda: main.empty.found.count() == 1)
+    assert main.empty.found_label.text() == "Found on this machine (1):"
+    assert "hf-cache" in main.empty.found.item(0).text()
+    assert not main.library.entries()  # offered, not added
+    main.empty.found.setCurrentRow(0)
+    main.empty.use_button.click()
+    assert main.chat_stack.currentWidget() is main.chat
+    assert main.chat.settings.model.currentData() == str(scripted_gguf.resolve())
+    assert [entry.path for entry in main.library.entries()] == [scripted_gguf.resolve()]
+    main.close()
+
+
+def test_first_run_download_starts_the_r1_download_in_the_models_pane(qtbot, first_run, monkeypatch):
+    from engine.models import R1_DEFAULT
+
+    main = first_run()
+    started = []
+    monkeypatch.setattr(main.models, "start_download", lambda repo, filename: started.append((repo, filename)))
+    main.empty.download_button.click()
+    assert started == [R1_DEFAULT]
+    assert main.stack.currentWidget() is main.models
     main.close()

@@ -158,10 +158,13 @@ def test_prefill_detection():
     assert not ends_inside_thinking("<think>x</think> then <think>thought already")
 
 
-@pytest.mark.parametrize("content,reason", [(b"", "empty"), (b"PK\x03\x04zipzip", "not a GGUF")])
+@pytest.mark.parametrize("content,reason", [(b"", "is empty (0 bytes)"),
+                                            (b"PK\x03\x04zipzip", "is not a GGUF file (starts with b'PK\\x03\\x04')"),
+                                            (b"GGU", "is truncated")])
 def test_unreadable_files_give_one_line(tmp_path, content, reason):
     path = tmp_path / "broken.gguf"
     path.write_bytes(content)
     with pytest.raises(AhaError) as raised:
         ChatModel(path)
-    assert "\n" not in str(raised.value)
+    message = str(raised.value)
+    assert "\n" not in message and f"{path} {reason}" in message, message

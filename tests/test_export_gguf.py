@@ -39,20 +39,27 @@ def test_tokens_and_logits_match_transformers(arch, out_type, checkpoint, gguf_f
     assert nmse(ours, reference) <= LIMITS[out_type]
 
 
+# NMSE of a quantized file's logits against the f32 file's, on the same tokens. Measured on the tiny random
+# fixtures (whose small dimensions make quantization noise large): q8_0 8e-4 / 6e-4, q6_k 6e-3 / 4e-3,
+# q4_k_m 0.049 / 0.046, q4_0 0.092 / 0.080 (qwen2 / llama). q4_k_m's bound sits between its own error and
+# q4_0's: a file that fell back to a cruder type, or got a tensor's scales wrong, is caught.
+QUANTIZED_LIMITS = {"q8_0": 1e-3, "q4_k_m": 0.075}
+
+
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
-def test_quantized_files_load_generate_and_stay_close(arch, gguf_file, tokenizers, llama_logits):
+@pytest.mark.parametrize("out_type", ["q8_0", "q4_k_m"])
+def test_quantized_files_load_generate_and_stay_close(arch, out_type, gguf_file, tokenizers, llama_logits):
     import llama_cpp
 
     ids = [tokenizers[arch].bos_token_id, *tokenizers[arch]("Please reason step by step: 12+35=").input_ids[1:]]
     f32 = llama_logits(gguf_file(arch, "f32"), ids)
-    assert nmse(llama_logits(gguf_file(arch, "q8_0"), ids), f32) <= 1e-3
-    for out_type in ("q8_0", "q4_k_m"):
-        llm = llama_cpp.Llama(str(gguf_file(arch, out_type)), n_ctx=128, verbose=False, n_threads=2)
-        try:
-            result = llm.create_completion("12+35=", max_tokens=8, temperature=0.0)
-            assert result["usage"]["completion_tokens"] > 0
-        finally:
-            llm.close()
+    assert nmse(llama_logits(gguf_file(arch, out_type), ids), f32) <= QUANTIZED_LIMITS[out_type]
+    llm = llama_cpp.Llama(str(gguf_file(arch, out_type)), n_ctx=128, verbose=False, n_threads=2)
+    try:
+        result = llm.create_completion("12+35=", max_tokens=8, temperature=0.0)
+        assert result["usage"]["completion_tokens"] > 0
+    finally:
+        llm.close()
 
 
 def test_q4_k_m_is_really_k_quantized(gguf_file):

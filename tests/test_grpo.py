@@ -62,7 +62,7 @@ def test_steps_record_every_metric_and_rollout(setup, tmp_path):
     config = tiny(setup, output_dir=str(tmp_path / "run"), max_steps=2, beta=0.04, num_iterations=2,
                   gradient_accumulation_steps=2, loss_type="dapo", mask_truncated_completions=True,
                   rewards=("accuracy", "format", f"{setup[1]}:sevens"), reward_weights=(1.0, 0.2, 1.0),
-                  eval_steps=2, eval_samples=4)
+                  eval_steps=2, eval_samples=4, lora_dropout=0.0)  # no dropout noise in the KL below
     result = train(config, on_event=events.append)
     assert result["status"] == "complete" and result["step"] == 2
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -73,7 +73,8 @@ def test_steps_record_every_metric_and_rollout(setup, tmp_path):
                 "kl", "clip_ratio/low", "clip_ratio/high", "clip_ratio/region", "ratio_mean", "entropy", "loss",
                 "grad_norm", "learning_rate", "generation_s", "training_s", "tokens_per_s", "eval/accuracy"}
     assert expected <= set(metrics[-1]), expected - set(metrics[-1])
-    assert metrics[0]["kl"] >= 0 and metrics[-1]["kl"] > 0  # the policy moved away from the reference and metrics[-1]["entropy"] > 0 and metrics[-1]["completions/max_length"] <= 12
+    assert metrics[-1]["kl"] > 1e-6  # logged, and positive once the policy has moved (see the next test)
+    assert metrics[-1]["entropy"] > 0 and 0 < metrics[-1]["completions/max_length"] <= 12
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 2 * 4 and all(len(sample["completions"]) == 4 for sample in samples)
     completion = samples[0]["completions"][0]
@@ -86,6 +87,15 @@ def test_steps_record_every_metric_and_rollout(setup, tmp_path):
     assert {"eta_s", "generation_s", "training_s", "step"} <= set(progress[-1])
     weights = adapter_weights(result["run_dir"])
     assert any("lora_B" in name and tensor.abs().sum() > 0 for name, tensor in weights.items())
+
+
+def test_kl_is_measured_against_the_model_with_its_adapter_disabled(setup, tmp_path):
+    """μ = 1, no dropout: at step 1 the adapter is still the identity (lora_B = 0), so the policy equals the
+    reference and the k3 KL is exactly 0; after one update it is positive. A reference forward that left the
+    adapter on would be the policy itself and give 0 at step 2 too."""
+    train(tiny(setup, output_dir=str(tmp_path / "run"), max_steps=2, beta=0.04, lora_dropout=0.0))
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0]["kl"] == pytest.approx(0, abs=1e-7) and metrics[1]["kl"] > 1e-7, metrics
 
 
 def test_tensorboard_scalars_and_a_resume_purges_the_replayed_steps(setup, tmp_path):
@@ -117,9 +127,14 @@ def test_tensorboard_missing_is_one_line(setup, tmp_path, monkeypatch):
 
 
 def test_full_fine_tuning_with_a_reference_copy(setup, tmp_path):
-    result = train(tiny(setup, output_dir=str(tmp_path / "run"), max_steps=1, use_peft=False, beta=0.1,
+    """No adapter to disable: β > 0 needs a frozen copy of the starting weights. Step 1 compares the model
+    with an identical copy (KL 0); after one update the KL against the copy is positive (a reference that
+    shared the policy's weights, or followed its updates, would stay at 0)."""
+    result = train(tiny(setup, output_dir=str(tmp_path / "run"), max_steps=2, use_peft=False, beta=0.1,
                         loss_type="dr_grpo", learning_rate=1e-4))
     assert result["status"] == "complete" and Path(result["model"], "model.safetensors").is_file()
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0]["kl"] == pytest.approx(0, abs=1e-7) and metrics[1]["kl"] > 1e-7, metrics
 
 
 def test_gradient_checkpointing_gives_the_same_step(setup, tmp_path):
