@@ -141,13 +141,18 @@ def test_a_crash_mid_write_is_cleaned_on_resume(server, tmp_path):
     assert progress[0] == prompt_id(ROWS[0]) and sorted(progress[1:]) == sorted([prompt_id(ROWS[1]), "again"])
 
 
-def test_keep_rules_over_sampled_replies(server, tmp_path):
+def test_keep_first_over_sampled_replies(server, tmp_path):
+    """k = 3 replies sampled from llama_cpp.server at temperature 0.8 (seeds 7, 8, 9): the scripted model is
+    so sure of its one reply that all three agree, so all are accepted and two are dropped as duplicates;
+    "first" keeps sample 0 with its own seed. (The rules choosing among distinct replies:
+    test_keep_rules_choose_among_distinct_replies.)"""
     teacher = OpenAITeacher(server.url, api_key_env=KEY_ENV, concurrency=3)
     sampled = Sampling(temperature=0.8, top_p=0.95, max_tokens=200, seed=7)
     stats = generate_traces(teacher, ROWS[:1], k=3, out_path=tmp_path / "first.jsonl", keep="first", sampling=sampled)
-    records = _lines(tmp_path / "first.jsonl")
-    assert stats.samples == 3 and len(records) == min(stats.accepted, 1)
-    assert [record["sampling"]["seed"] for record in records] in ([7], [8], [9], [])
+    assert (stats.samples, stats.accepted, stats.duplicates, stats.kept) == (3, 3, 2, 1)
+    [record] = _lines(tmp_path / "first.jsonl")
+    assert (record["sample"], record["sampling"]["seed"]) == (0, 7)
+    assert record["thinking"] == THOUGHT.strip() and record["answer"] == ANSWER
 
 
 def test_a_wrong_or_missing_api_key_is_one_line_naming_the_url(server, monkeypatch):
@@ -390,6 +395,19 @@ class _ListTeacher:
 
     def close(self) -> None:
         pass
+
+
+def test_keep_rules_choose_among_distinct_replies(tmp_path):
+    """Three distinct replies per prompt, the first two right: "all" keeps both right ones in sample order,
+    "first" the long one (sample 0), "shortest" the short one (sample 2)."""
+    short = "<think>\nshort\n</think>\n\n\\boxed{4}"
+    teacher = _ListTeacher([REPLY, "<think>\nwrong\n</think>\n\n\\boxed{5}", short])
+    kept = {}
+    for rule in ("all", "first", "shortest"):
+        generate_traces(teacher, ROWS[:1], k=3, out_path=tmp_path / f"{rule}.jsonl", keep=rule)
+        kept[rule] = [(record["sample"], record["thinking"]) for record in _lines(tmp_path / f"{rule}.jsonl")]
+    assert kept == {"all": [(0, THOUGHT.strip()), (2, "short")], "first": [(0, THOUGHT.strip())],
+                    "shortest": [(2, "short")]}
 
 
 def test_deleted_traces_start_over_and_changed_settings_are_flagged(tmp_path):
