@@ -11,6 +11,7 @@ from app.main import MainWindow
 from app.message_view import AssistantMessageWidget, UserMessageWidget
 from engine.models import Library
 from engine.store import Store
+from tests.support import platforms
 from tests.support.scripted_model import ANSWER, QUESTION, THOUGHT
 
 
@@ -186,6 +187,7 @@ def test_first_run_with_nothing_found_says_so_and_opens_a_file(qtbot, first_run,
     main.close()
 
 
+@platforms.symlinks
 def test_first_run_uses_a_model_found_in_the_hf_cache(qtbot, first_run, scripted_gguf, tmp_path):
     snapshot = tmp_path / "hf" / "models--someone--tiny-r1-GGUF" / "snapshots" / "abc123"
     snapshot.mkdir(parents=True)

@@ -39,6 +39,7 @@ from engine.distill import (
 from engine.errors import AhaError
 from engine.teachers import OpenAITeacher, Sampling
 from engine.train import load_tokenizer
+from tests.support import platforms
 from tests.support.char_model import make_char_model
 from tests.support.llama_server import serve_gguf
 from tests.support.scripted_model import ANSWER, QUESTION, THOUGHT
@@ -90,6 +91,7 @@ def test_assistant_turn_after_the_templates_prefill(checkpoint, traces):
     assert row == {"prompt": QUESTION, "answer": "4", "completion": f"{THOUGHT.strip()}\n</think>\n\n{ANSWER}"}
 
 
+@platforms.posix_signals
 def test_sft_loss_falls_and_resume_after_sigkill_matches(checkpoint, traces, tmp_path, capsys):
     """Run A uninterrupted in this process; run B in a child `aha distill sft` killed with SIGKILL right after
     step 2's checkpoint, then resumed with --resume: B ends with A's adapter weights exactly."""

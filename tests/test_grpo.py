@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from engine import cli
 from engine.errors import AhaError
 from engine.grpo import GRPOConfig, group_advantages, grpo_loss, load_grpo_config, train
+from tests.support import platforms
 from tests.support.char_model import make_char_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,6 +188,7 @@ def test_micro_batches_cut_padding_after_each_ones_longest_completion():
     assert parts[0].completion_ids.tolist() == [[11, 0], [13, 13]]
 
 
+@platforms.posix_signals
 def test_resume_after_sigkill_matches_an_uninterrupted_run(setup, tmp_path):
     """Run A uninterrupted in this process; run B in a child process killed with SIGKILL right after
     step 2's checkpoint, then resumed with `aha grpo --resume`: B ends with A's adapter weights exactly.
@@ -230,6 +232,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(setup, tmp_path):
     assert any("lora_B" in name and tensor.abs().sum() > 0 for name, tensor in before.items())
 
 
+@platforms.posix_signals
 def test_sigterm_cancels_with_a_checkpoint_and_resume_matches(setup, tmp_path):
     straight = train(tiny(setup, output_dir=str(tmp_path / "straight"), max_steps=3))
 
@@ -348,6 +351,7 @@ def test_qlora_step_on_a_4bit_base(setup, tmp_path, monkeypatch):
     assert any("lora_B" in name and tensor.abs().sum() > 0 for name, tensor in adapter_weights(result["run_dir"]).items())
 
 
+@platforms.mpi_on_linux
 def test_two_processes_under_accelerate_launch(setup, tmp_path):
     """`accelerate launch --cpu --num_processes 2`: two CPU processes (gloo; accelerate starts them through
     mpirun, from the mpich wheel of the dev extra) each train on half of the prompts with DDP's averaged

@@ -39,6 +39,7 @@ from engine.models import (
     pull,
     read_gguf_info,
 )
+from tests.support import platforms
 from tests.support.fake_hub import COMMIT, FakeHub
 
 REPO = "unsloth/Tiny-R1-GGUF"
@@ -361,6 +362,7 @@ def hf_cache(root: Path, tiny_bytes: bytes) -> Path:
     return blob
 
 
+@platforms.symlinks
 def test_discover_hf_cache_resolves_links_to_blobs(tmp_path, tiny_bytes):
     blob = hf_cache(tmp_path / "hub", tiny_bytes)
     found, skipped = discover_hf_cache(tmp_path / "hub")
@@ -369,6 +371,7 @@ def test_discover_hf_cache_resolves_links_to_blobs(tmp_path, tiny_bytes):
     assert read_gguf_info(found[0].path).vocab_size == 576
 
 
+@platforms.symlinks
 def test_scan_adds_refreshes_and_keeps_user_entries(tmp_path, tiny_bytes, tiny_gguf):
     roots = {"ollama": [tmp_path / "ollama"], "lmstudio": [tmp_path / "nowhere"], "hf-cache": [tmp_path / "hub"]}
     ollama_store(tmp_path / "ollama", tiny_bytes, [("registry.ollama.ai", "library", "deepseek-r1", "1.5b")])

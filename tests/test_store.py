@@ -16,6 +16,7 @@ import pytest
 import engine.store as store_module
 from engine.errors import AhaError
 from engine.store import SCHEMA_VERSION, Store, fts_query
+from tests.support import platforms
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -365,6 +366,7 @@ while True:
 """
 
 
+@platforms.posix_signals
 def test_sigkill_mid_answer_loses_at_most_the_last_second(tmp_path):
     env = {**os.environ, "AHA_HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
     child = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True, env=env,

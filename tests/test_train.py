@@ -31,6 +31,7 @@ from engine.train import (
     set_rng_state,
 )
 from engine.train_config import add_config_flags, config_to_toml, flag_overrides, load_config
+from tests.support import platforms
 from tests.support.char_model import make_char_model
 
 
@@ -155,6 +156,7 @@ def test_rng_state_round_trip():
     assert (random.random(), torch.rand(3).tolist()) == expected
 
 
+@platforms.posix_signals
 def test_signals_set_the_cancel_token():
     token = CancelToken()
     before = signal.getsignal(signal.SIGTERM)
