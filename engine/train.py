@@ -30,7 +30,12 @@ from engine.errors import AhaError
 from engine.jobs import CancelToken, Progress
 from engine.runs import Run, write_json
 
-# Set to 1 to let `load_in_4bit` run bitsandbytes on a CPU (tests only: slow, and not what a user wants).
+# A test and benchmark switch, not a user setting: no config key or flag sets it and the README does not
+# offer it. AHA_ALLOW_CPU_4BIT=1 lets load_in_4bit run on bitsandbytes' CPU 4-bit kernels (fp32 compute,
+# slow), so that the QLoRA code path (NF4 loading, prepare_model_for_kbit_training, LoRA over Linear4bit)
+# runs in the CPU test suite (tests/test_grpo.py::test_qlora_step_on_a_4bit_base) and in
+# `bench/gpu_grpo.py --small` without a GPU. It is not what QLoRA on CUDA runs (bf16 compute, CUDA
+# kernels): tests/test_gpu.py tests that. Unset, load_in_4bit on a CPU is the one-line "4-bit needs CUDA".
 ALLOW_CPU_4BIT_ENV = "AHA_ALLOW_CPU_4BIT"
 SCHEDULES = ("linear", "cosine", "constant")
 
@@ -143,7 +148,7 @@ def load_model(config: TrainConfig, device, trainable: bool = True):
     transformers.utils.logging.disable_progress_bar()
     folder = check_model_folder(config.model)
     on_cuda = device.type == "cuda"
-    if config.load_in_4bit and not on_cuda and os.environ.get(ALLOW_CPU_4BIT_ENV) != "1":
+    if config.load_in_4bit and not on_cuda and os.environ.get(ALLOW_CPU_4BIT_ENV) != "1":  # tests/bench only
         raise AhaError("4-bit needs CUDA: load_in_4bit (QLoRA) runs bitsandbytes NF4 on an NVIDIA GPU; set "
                        "load_in_4bit = false to train LoRA on the full-precision model")
     dtype = torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float32
@@ -162,7 +167,7 @@ def load_model(config: TrainConfig, device, trainable: bool = True):
         raise AhaError(f"cannot load the model in {folder}: {str(error).splitlines()[0]}") from error
     if not config.load_in_4bit:
         model.to(device)
-    elif not on_cuda:  # bitsandbytes repacks CPU 4-bit weights for inference in eval mode, for good: the
+    elif not on_cuda:  # (ALLOW_CPU_4BIT_ENV) bitsandbytes repacks CPU 4-bit weights for eval, for good: the
         for module in model.modules():  # training forward after a rollout then fails. Keep the plain layout.
             if hasattr(module, "support_avx512bf16_for_cpu"):
                 module.support_avx512bf16_for_cpu = False

@@ -122,3 +122,21 @@ def gguf_with_template(tiny_dir, checkpoint):
         export(folder, path, "f16")
         return path
     return build
+
+
+def pytest_collection_modifyitems(config, items):
+    """Items marked `gpu` are skipped where torch sees no CUDA GPU (the marker's promise in pyproject.toml).
+    torch is imported only when such an item was collected, so other runs' collection stays fast."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    try:
+        import torch
+    except ImportError:
+        reason = "needs a CUDA GPU (torch is not installed: pip install -e '.[train]')"
+    else:
+        if torch.cuda.is_available():
+            return
+        reason = "needs a CUDA GPU (torch.cuda.is_available() is False)"
+    for item in gpu_items:
+        item.add_marker(pytest.mark.skip(reason=reason))

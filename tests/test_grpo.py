@@ -340,8 +340,9 @@ def test_config_errors(setup, tmp_path):
 
 
 def test_qlora_step_on_a_4bit_base(setup, tmp_path, monkeypatch):
-    """QLoRA: a bitsandbytes NF4 base with LoRA on top runs GRPO steps (on CPU behind the test flag, as
-    bitsandbytes 0.50 supports it; a user on CPU gets the one-line "4-bit needs CUDA" instead)."""
+    """QLoRA's code path — a bitsandbytes NF4 base with LoRA on top — runs GRPO steps on CPU behind the
+    test/bench-only switch AHA_ALLOW_CPU_4BIT (bitsandbytes' CPU kernels, fp32 compute). The CUDA path
+    (bf16 compute) is tests/test_gpu.py's; a user on CPU gets the one-line "4-bit needs CUDA" instead."""
     monkeypatch.setenv("AHA_ALLOW_CPU_4BIT", "1")
     events = []
     result = train(tiny(setup, output_dir=str(tmp_path / "run"), max_steps=2, load_in_4bit=True, beta=0.04),
