@@ -124,6 +124,32 @@ def gguf_with_template(tiny_dir, checkpoint):
     return build
 
 
+# pytest-qt waits 5 s by default. A wait's time limit is there to end a hang, not to time the app: on a
+# machine running two test suites at once a model load or a child process can take longer than 5 s.
+QT_WAIT_MS = 60_000
+
+
+@pytest.fixture
+def qtbot(qapp, request):
+    """pytest-qt's qtbot with QT_WAIT_MS as the default limit of waitUntil / waitSignal(s) / waitCallback."""
+    from pytestqt.qtbot import QtBot
+
+    class PatientQtBot(QtBot):
+        def waitUntil(self, callback, *, timeout=QT_WAIT_MS):  # noqa: N802 - pytest-qt's names
+            return super().waitUntil(callback, timeout=timeout)
+
+        def waitSignal(self, signal, *, timeout=QT_WAIT_MS, **kwargs):  # noqa: N802
+            return super().waitSignal(signal, timeout=timeout, **kwargs)
+
+        def waitSignals(self, signals, *, timeout=QT_WAIT_MS, **kwargs):  # noqa: N802
+            return super().waitSignals(signals, timeout=timeout, **kwargs)
+
+        def waitCallback(self, *, timeout=QT_WAIT_MS, **kwargs):  # noqa: N802
+            return super().waitCallback(timeout=timeout, **kwargs)
+
+    return PatientQtBot(request)
+
+
 def pytest_collection_modifyitems(config, items):
     """Items marked `gpu` are skipped where torch sees no CUDA GPU (the marker's promise in pyproject.toml).
     torch is imported only when such an item was collected, so other runs' collection stays fast."""

@@ -35,7 +35,7 @@ def send(qtbot, pane, text=QUESTION):
 
 
 def wait_idle(qtbot, pane):
-    qtbot.waitUntil(lambda: not pane.session.busy and pane.streaming is None, timeout=20000)
+    qtbot.waitUntil(lambda: not pane.session.busy and pane.streaming is None)
     qtbot.wait(50)
 
 

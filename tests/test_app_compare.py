@@ -21,7 +21,7 @@ def test_compare_two_sampling_settings_side_by_side(qtbot, scripted_gguf, gguf_f
     pane.max_tokens.setValue(200)
     pane.prompt.setPlainText(QUESTION)
     pane.run()
-    qtbot.waitUntil(lambda: not pane.job.is_running(), timeout=20000)
+    qtbot.waitUntil(lambda: not pane.job.is_running())
     assert set(pane.results) == {"A", "B"}
     assert a.reply.think.text() == THOUGHT and a.reply.answer_text.strip() == ANSWER
     assert b.reply.think.text()

@@ -1,58 +1,40 @@
-"""A 300 tokens/s stream for 10 s keeps the window responsive and shows the final text promptly."""
+"""A 300 tokens/s stream into the Chat pane: the text is shown as it streams, in batches (≤ 30 document
+updates a second, not one per token), the event loop keeps running, and the final text comes right after
+`done`. Times here are loose bounds that end a hang on a loaded machine; the measured lateness, and the
+comparison with a widget that takes every token as it comes, are bench/ui_stream.py's."""
 
 from __future__ import annotations
 
 import time
 
 from app.chat_view import ChatPane
+from app.message_view import FLUSH_MS
 from app.qt import Qt, QtCore
 from app.workers import ThreadJob
-from engine.chat import ChatEvent
 from engine.store import Store
+from tests.support.synthetic_stream import synthetic_stream
 
-RATE, SECONDS = 300, 10.0
-WORDS = ("Let me check the carry again: 7 + 8 = 15, so we write 5 and carry 1. Next column: "
-         "2 + 9 + 1 = 12. ").split(" ")
-ANSWER = ("The sum is $\\frac{1}{2} + x^2$, and so the final answer is $$\\boxed{1275}$$ — see the table:\n\n"
-          "| a | b |\n|---|---|\n| 1 | 2 |\n\n```python\nprint(1275)\n```\n")
+RATE, SECONDS = 300, 4.0
 
 
-def synthetic_stream(emit, cancel, marks: dict):
-    """ChatEvents at RATE per second: 60% thinking, then the answer word by word, then done."""
-    total = int(RATE * SECONDS)
-    answer_words = ANSWER.split(" ")
-    start = time.perf_counter()
-    for index in range(total):
-        target = start + index / RATE
-        delay = target - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        if index < total * 0.6:
-            emit(ChatEvent("thinking", WORDS[index % len(WORDS)] + " "))
-        else:
-            position = index - int(total * 0.6)
-            emit(ChatEvent("answer", answer_words[position % len(answer_words)] + " "))
-    marks["done_at"] = time.perf_counter()
-    emit(ChatEvent("done", stats={"stop_reason": "eos", "thinking_tokens": int(total * 0.6),
-                                  "thinking_s": SECONDS * 0.6, "answer_tokens": int(total * 0.4),
-                                  "answer_s": SECONDS * 0.4, "ttft_s": 0.01, "tokens_per_s": RATE,
-                                  "context_used": total + 20, "context_size": 4096}))
-
-
-def test_a_300_tokens_per_second_stream_keeps_the_window_responsive(qtbot, tmp_path):
+def test_a_300_tokens_per_second_stream_is_shown_in_batches_as_it_streams(qtbot, tmp_path):
     pane = ChatPane(Store(tmp_path / "aha.db"))
     qtbot.addWidget(pane)
     pane.resize(1100, 760)
     pane.show()
-    lateness: list[float] = []
-    last = [time.perf_counter()]
+    pane._start_stream()
+    widget = pane.streaming
+    updates = []  # (time, kind) of every change to the thought's or the answer's document
+    for kind, owner, name in (("thinking", widget.think, "append"), ("answer", widget.answer, "append_plain")):
+        original = getattr(owner, name)
 
-    def tick():
-        now = time.perf_counter()
-        lateness.append(now - last[0] - 0.010)
-        last[0] = now
+        def counted(text, original=original, kind=kind):
+            updates.append((time.perf_counter(), kind))
+            return original(text)
+        setattr(owner, name, counted)
 
-    timer = QtCore.QTimer(interval=10, timerType=Qt.TimerType.PreciseTimer, timeout=tick)
+    ticks: list[float] = []
+    timer = QtCore.QTimer(interval=10, timerType=Qt.TimerType.PreciseTimer, timeout=lambda: ticks.append(time.perf_counter()))
     marks: dict = {}
     shown: dict = {}
 
@@ -60,21 +42,22 @@ def test_a_300_tokens_per_second_stream_keeps_the_window_responsive(qtbot, tmp_p
         shown["at"] = time.perf_counter()
         shown["text"] = widget.answer.toPlainText()
 
-    pane._start_stream()
-    widget = pane.streaming
-    job = ThreadJob(lambda emit, cancel: synthetic_stream(emit, cancel, marks), pane)
+    job = ThreadJob(lambda emit, cancel: synthetic_stream(emit, cancel, marks, RATE, SECONDS), pane)
     job.event.connect(pane.session._on_event)
     pane.session.finished.connect(on_finished)  # after the pane's own slot: sees what the pane shows
+    started = time.perf_counter()
     timer.start()
-    last[0] = time.perf_counter()
     job.start()
-    qtbot.waitUntil(lambda: "at" in shown, timeout=int(SECONDS * 1000) + 10000)
+    qtbot.waitUntil(lambda: "at" in shown)
     timer.stop()
-    lateness.sort()
-    p99 = lateness[int(len(lateness) * 0.99)]
-    print(f"timer ticks {len(lateness)}, p50 lateness {lateness[len(lateness) // 2] * 1000:.1f} ms, "
-          f"p99 {p99 * 1000:.1f} ms, final text after done: {(shown['at'] - marks['done_at']) * 1000:.1f} ms")
-    assert p99 < 0.050
-    assert shown["at"] - marks["done_at"] < 0.100
+
+    tokens = int(RATE * SECONDS)
+    assert len(updates) <= (SECONDS + 1) * 1000 / FLUSH_MS, len(updates)  # batched: not one update per token
+    thinking_times = [at for at, kind in updates if kind == "thinking"]
+    assert thinking_times[0] - started < SECONDS / 2 and len(thinking_times) > 10  # live, not all at the end
+    assert len({kind for _, kind in updates}) == 2 and len(updates) < tokens / 10
+    gaps = sorted(later - earlier for earlier, later in zip(ticks, ticks[1:], strict=False))
+    assert gaps[int(len(gaps) * 0.99)] < 0.5  # the event loop never stalled for half a second
+    assert shown["at"] - marks["done_at"] < 1.0
     assert "final answer is" in shown["text"] and "print(1275)" in shown["text"]
     assert widget.think.header.text().startswith("Thought for")

@@ -52,7 +52,7 @@ def cells(pane, row=0) -> list[str]:
 
 
 def add_and_wait(qtbot, pane, paths) -> None:
-    with qtbot.waitSignal(pane.library_changed, timeout=5000):
+    with qtbot.waitSignal(pane.library_changed):
         pane.add_paths(paths)
     qtbot.waitUntil(lambda: pane.model.rowCount() > 0 and not pane.is_busy())
 
@@ -186,7 +186,7 @@ def test_rescan_summarizes_what_it_found_and_skipped(qtbot, pane, tiny, tmp_path
     (snapshot / "gone.gguf").symlink_to(tmp_path / "hub" / "missing-blob")
     roots = {"lmstudio": [studio], "hf-cache": [tmp_path / "hub"]}
     monkeypatch.setattr("engine.models.library.default_roots", lambda: roots)
-    with qtbot.waitSignal(pane.library_changed, timeout=5000):
+    with qtbot.waitSignal(pane.library_changed):
         pane.rescan_button.click()
     qtbot.waitUntil(lambda: pane.model.rowCount() == 1 and not pane.is_busy())
     assert pane.status.full_text() == "1 added · 1 skipped" and "blob is missing" in pane.status.toolTip()
@@ -251,7 +251,7 @@ def test_a_download_shows_progress_then_selects_the_new_model(qtbot, pane, gguf_
     with server as endpoint:
         hub_env.setenv("HF_ENDPOINT", endpoint)
         row = pane.start_download(REPO, FILE)
-        with qtbot.waitSignal(row.downloaded, timeout=15000) as done:
+        with qtbot.waitSignal(row.downloaded) as done:
             pass
     assert row.bar.value() == row.bar.maximum() and row.state == DownloadState.DONE
     qtbot.waitUntil(lambda: pane.model.rowCount() == 1 and pane.selected_row() is not None)
@@ -266,9 +266,9 @@ def test_cancel_stops_the_download_and_adds_nothing(qtbot, pane, hub_env):
     with server as endpoint:
         hub_env.setenv("HF_ENDPOINT", endpoint)
         row = pane.start_download(REPO, FILE)
-        qtbot.waitUntil(lambda: "MB" in row.detail.full_text(), timeout=10000)   # the first progress event
+        qtbot.waitUntil(lambda: "MB" in row.detail.full_text())   # the first progress event
         row.cancel_button.click()
-        qtbot.waitUntil(lambda: row.state == DownloadState.CANCELLED, timeout=10000)
+        qtbot.waitUntil(lambda: row.state == DownloadState.CANCELLED)
     assert "cancelled" in row.detail.full_text().lower() and row.bar.format() == "cancelled"
     assert Library().entries() == [] and pane.model.rowCount() == 0 and not pane.is_busy()
 
@@ -279,7 +279,7 @@ def test_a_failed_download_shows_its_one_line_error(qtbot, pane, hub_env):
     with server as endpoint:
         hub_env.setenv("HF_ENDPOINT", endpoint)
         row = pane.start_download(REPO, "Missing-Q4_K_M.gguf")
-        qtbot.waitUntil(lambda: row.state == DownloadState.FAILED, timeout=15000)
+        qtbot.waitUntil(lambda: row.state == DownloadState.FAILED)
     assert "has no file Missing-Q4_K_M.gguf" in row.detail.full_text() and row.detail.objectName() == "Warning"
     assert "\n" not in row.detail.full_text()
 
