@@ -242,7 +242,9 @@ def test_kd_teacher_with_an_output_layer_padded_past_the_tokenizer(checkpoint, k
 @pytest.mark.slow
 def test_programmatic_teacher_traces_teach_the_char_student(tmp_path, capsys):
     """FIELD-NOTES §8: the addition task's teacher traces, written as a traces file, teach the random-init
-    char-level student (~0.86M parameters, full fine-tuning) to ≥ 25% held-out greedy accuracy in < 60 s."""
+    char-level student (~0.86M parameters, full fine-tuning) from 0 to ≥ 25% held-out greedy accuracy
+    within 1,000 steps (~45 s on 2 quiet cores; the time, and how far it goes without the stop at 25%, are
+    bench/learning.py's: a time limit here would only test how busy the machine is)."""
     torch.set_flush_denormal(True)
     source = TaskSource("addition", seed=0)
     path = tmp_path / "addition.jsonl"
@@ -267,5 +269,4 @@ def test_programmatic_teacher_traces_teach_the_char_student(tmp_path, capsys):
               f"held-out accuracy {result['eval_accuracy']:.1%}, train loss {records[0]['loss']:.3f} → "
               f"{records[-1]['loss']:.3f}, held-out loss {evals[0]['eval/loss']:.3f} → {evals[-1]['eval/loss']:.3f}")
     assert result["status"] == "complete" and result["eval_accuracy"] >= 0.25
-    assert evals[-1]["eval/loss"] < evals[0]["eval/loss"]
-    assert seconds < 60
+    assert evals[0]["eval/accuracy"] < 0.05 and evals[-1]["eval/loss"] < evals[0]["eval/loss"]
