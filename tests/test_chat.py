@@ -168,3 +168,64 @@ def test_unreadable_files_give_one_line(tmp_path, content, reason):
         ChatModel(path)
     message = str(raised.value)
     assert "\n" not in message and f"{path} {reason}" in message, message
+
+
+def test_deepseek_sampling_defaults_reach_llama_cpp(model, monkeypatch):
+    """With no sampling given, ChatModel.stream (and a conversation turn with default settings) hands
+    llama.cpp's generate DeepSeek's advice: temperature 0.6, top_p 0.95."""
+    from engine.conversation import send
+    from engine.store import Store
+
+    calls: list[dict] = []
+    original = model._llm.generate
+
+    def recording(tokens, **kwargs):
+        calls.append(kwargs)
+        return original(tokens, **kwargs)
+
+    monkeypatch.setattr(model._llm, "generate", recording)
+    complete(model, ASK, max_tokens=4)
+    with Store() as store:
+        conversation = store.create_conversation()
+        for _ in send(store, model, conversation.id, QUESTION, settings=None):
+            pass
+        saved = store.get_message(store.get_conversation(conversation.id).leaf_id).sampling
+    assert [(call["temp"], call["top_p"]) for call in calls] == [(0.6, 0.95), (0.6, 0.95)]
+    assert (saved["temperature"], saved["top_p"]) == (0.6, 0.95)  # and the store records what was used
+
+
+def test_a_runtime_failure_mid_stream_ends_with_error_and_keeps_the_text(scripted_gguf, monkeypatch):
+    """llama.cpp's decode fails at the 6th generated token (llama_decode returns -1, which llama-cpp-python
+    raises as RuntimeError): the stream does not raise, the five tokens' thinking is kept, and the done
+    event says stop_reason "error" with the failure; a conversation turn saves it with status `error`."""
+    import llama_cpp._internals
+
+    from engine.conversation import TurnSettings, send
+    from engine.store import Store
+
+    real_decode = llama_cpp._internals.llama_cpp.llama_decode
+    decodes = {"count": 0, "fail_at": None}
+
+    def failing_decode(ctx, batch):
+        decodes["count"] += 1
+        if decodes["fail_at"] is not None and decodes["count"] >= decodes["fail_at"]:
+            return -1
+        return real_decode(ctx, batch)
+
+    monkeypatch.setattr(llama_cpp._internals.llama_cpp, "llama_decode", failing_decode)
+    with ChatModel(scripted_gguf, n_ctx=1024) as chat_model:
+        decodes.update(count=0, fail_at=6)  # decode 1: the prompt; decodes 2–5: tokens 1–4 fed back
+        result = complete(chat_model, ASK, temperature=0.0, max_tokens=400)
+        stats = result.stats
+        assert stats["stop_reason"] == "error" and "llama_decode returned -1" in stats["error"]
+        assert stats["thinking_tokens"] == 5 and stats["thinking_unfinished"] and result.answer == ""
+        assert result.thinking and THOUGHT.startswith(result.thinking) and len(result.thinking) < len(THOUGHT)
+
+        decodes.update(count=0, fail_at=6)
+        with Store() as store:
+            conversation = store.create_conversation()
+            events = list(send(store, chat_model, conversation.id, QUESTION, settings=TurnSettings(temperature=0.0)))
+            saved = store.get_message(events[-1].stats["message_id"])
+        assert events[-1].stats["stop_reason"] == "error"
+        assert (saved.status, saved.thinking, saved.content) == ("error", result.thinking, "")
+        assert "llama_decode returned -1" in saved.stats["error"]

@@ -316,12 +316,19 @@ def test_select_kept_rules_and_duplicates():
 
 
 class _FakeEndpoint(BaseHTTPRequestHandler):
-    """An OpenAI-compatible endpoint that returns reasoning in `reasoning_content` (as vLLM does) and
-    fails the first chat request with HTTP 503."""
+    """An OpenAI-compatible endpoint that returns reasoning apart from the answer, in the message field
+    `reasoning_field` (`reasoning_content`: DeepSeek's API, vLLM, llama.cpp's server; `reasoning`: Ollama's /v1,
+    newer vLLM; `thinking`: others), and fails the first chat request with HTTP 503. Its state is per class:
+    `reset` it for each case."""
 
     bodies: list[dict] = []
     headers_seen: list[str] = []
     failures_left = 1
+    reasoning_field = "reasoning_content"
+
+    @classmethod
+    def reset(cls, reasoning_field: str) -> None:
+        cls.bodies, cls.headers_seen, cls.failures_left, cls.reasoning_field = [], [], 1, reasoning_field
 
     def do_POST(self):  # noqa: N802 - http.server's name
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -332,7 +339,7 @@ class _FakeEndpoint(BaseHTTPRequestHandler):
             return
         type(self).bodies.append(body)
         self._send(200, {"choices": [{"index": 0, "finish_reason": "stop", "message": {
-            "role": "assistant", "content": "The answer is \\boxed{4}.", "reasoning_content": "2 and 2 make 4."}}],
+            "role": "assistant", "content": "The answer is \\boxed{4}.", type(self).reasoning_field: "2 and 2 make 4."}}],
             "usage": {"prompt_tokens": 9, "completion_tokens": 12}})
 
     def _send(self, status: int, payload: dict) -> None:
@@ -347,8 +354,12 @@ class _FakeEndpoint(BaseHTTPRequestHandler):
         pass
 
 
-def test_reasoning_field_endpoint_with_a_retried_failure(tmp_path, monkeypatch):
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning", "thinking"])
+def test_reasoning_field_endpoint_with_a_retried_failure(tmp_path, monkeypatch, field):
+    """The reply's reasoning in any of the fields servers use is the trace's thinking, the content its answer;
+    a 503 is retried; each sample has its own seed; the API key is sent with every request."""
     monkeypatch.setattr(teachers, "RETRY_BACKOFF_S", 0.0)
+    _FakeEndpoint.reset(field)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _FakeEndpoint)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

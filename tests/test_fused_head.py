@@ -187,3 +187,45 @@ def test_bf16_hidden_states_with_an_fp32_head():
     expected, _, _ = reference(hidden.detach().float(), weight, None, ids, 1.0)
     assert torch.allclose(logp.double(), expected, atol=1e-5)
     assert hidden.grad.dtype == torch.bfloat16
+
+
+def test_sft_loss_never_holds_the_logits(checkpoint):
+    """engine.sft.sft_loss on a real batch from build_batch (tiny Qwen2's chat template, 4 traces of ~300
+    tokens, right-padded: more positions than one chunk), forward and backward under the watch: no more than one chunk's
+    logits (CHUNK × V) ever exist, and the loss and gradients are those of the unfused loss on
+    engine.sft.model_logits — whose (B, L − 1, V) logits the same watch does see."""
+    from transformers import AutoModelForCausalLM
+
+    from engine.sft import build_batch, model_logits, sft_loss
+    from engine.train import load_tokenizer
+
+    folder = checkpoint("qwen2")
+    tokenizer = load_tokenizer(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
+    vocabulary = model.get_output_embeddings().weight.shape[0]
+    rows = [{"prompt": f"What is {a}+{b}?",
+             "completion": f"<think>\n{f'{a}+{b}: add the units, then the tens. ' * 12}\n</think>\n\n\\boxed{{{a + b}}}"}
+            for a, b in ((12, 35), (7, 70), (345, 678), (999, 1))]
+    batch = build_batch(tokenizer, rows)
+    positions = batch.ids.shape[0] * (batch.ids.shape[1] - 1)
+    assert positions > CHUNK and batch.attention is not None and 0 < batch.loss_mask.sum() < batch.attention.sum()
+
+    def run(fused: bool):
+        model.zero_grad()
+        with LargestLogits(vocabulary) as watch:
+            if fused:
+                loss, _ = sft_loss(model, batch)
+            else:
+                logp = model_logits(model, batch).float().log_softmax(-1)  # (B, L − 1, V)
+                chosen = logp.gather(-1, batch.ids[:, 1:, None]).squeeze(-1)
+                mask = batch.loss_mask[:, 1:].float()
+                loss = -(chosen * mask).sum() / mask.sum()
+            loss.backward()
+        return float(loss.detach()), [p.grad.clone() for p in model.parameters()], watch.largest
+
+    fused_loss, fused_grads, fused_largest = run(True)
+    plain_loss, plain_grads, plain_largest = run(False)
+    assert fused_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(fused_grads, plain_grads, strict=True))
+    assert plain_largest >= positions * vocabulary  # the watch sees the logits when they exist
+    assert fused_largest <= CHUNK * vocabulary < positions * vocabulary

@@ -1,6 +1,7 @@
-"""The GRPO loop on the tiny char model: metrics and rollouts recorded, every loss type and option path
-runs, exact resume after SIGKILL and after SIGTERM, the `aha grpo` command with TOML + flags + JSON-lines
-events, and the one-line errors a user meets."""
+"""The GRPO loop on the tiny char model: metrics and rollouts recorded (in the run directory and the store),
+every loss type and option path runs, no reference forward when β = 0, exact resume after SIGKILL and after
+SIGTERM or SIGINT, the `aha grpo` command with TOML + flags + JSON-lines events, and the one-line errors a
+user meets."""
 
 import json
 import os
@@ -233,12 +234,15 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(setup, tmp_path):
 
 
 @platforms.posix_signals
-def test_sigterm_cancels_with_a_checkpoint_and_resume_matches(setup, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_or_sigint_cancels_with_a_checkpoint_and_resume_matches(setup, tmp_path, signum):
+    """SIGTERM (what the GUI's cancel sends) or SIGINT (Ctrl+C) during step 1: the run stops after that step
+    with status `cancelled` and a checkpoint of it, and a resume ends with the uninterrupted run's weights."""
     straight = train(tiny(setup, output_dir=str(tmp_path / "straight"), max_steps=3))
 
     def on_event(event):
         if event["type"] == "metrics" and event["step"] == 1:
-            os.kill(os.getpid(), signal.SIGTERM)  # what the GUI's cancel sends
+            os.kill(os.getpid(), signum)
 
     config = tiny(setup, output_dir=str(tmp_path / "cancelled"), max_steps=3, save_steps=100)
     result = train(config, on_event=on_event)
@@ -426,3 +430,63 @@ def test_launch_environment_reads_torchrun_and_mpi(environ, expected):
     from engine.distributed import launch_environment
 
     assert launch_environment(environ) == expected
+
+
+def test_beta_zero_runs_no_reference_forward(setup, tmp_path, monkeypatch):
+    """β = 0: in a real run of 2 steps × 2 micro-batches the reference context (adapter disabled) is never
+    entered, peft's disable_adapter is never called and the only log-prob forwards are the policy's, one per
+    micro-batch. β = 0.04, counted the same way: one reference context per step and a reference forward per
+    micro-batch (so the counters do see the reference when there is one)."""
+    from peft import PeftModel
+
+    from engine.grpo import GRPOStep
+
+    counts = {"context": 0, "disable_adapter": 0, "logp": 0}
+    reference_context, disable_adapter, logp = GRPOStep._reference_context, PeftModel.disable_adapter, GRPOStep._logp
+
+    def counting_context(self):
+        counts["context"] += 1
+        return reference_context(self)
+
+    def counting_disable(self, *args, **kwargs):
+        counts["disable_adapter"] += 1
+        return disable_adapter(self, *args, **kwargs)
+
+    def counting_logp(self, *args, **kwargs):
+        counts["logp"] += 1
+        return logp(self, *args, **kwargs)
+
+    monkeypatch.setattr(GRPOStep, "_reference_context", counting_context)
+    monkeypatch.setattr(PeftModel, "disable_adapter", counting_disable)
+    monkeypatch.setattr(GRPOStep, "_logp", counting_logp)
+    seen = {}
+    for beta in (0.0, 0.04):
+        counts.update(context=0, disable_adapter=0, logp=0)
+        result = train(tiny(setup, output_dir=str(tmp_path / f"beta-{beta}"), max_steps=2, beta=beta,
+                            gradient_accumulation_steps=2))
+        assert result["status"] == "complete"
+        seen[beta] = dict(counts)
+    assert seen[0.0] == {"context": 0, "disable_adapter": 0, "logp": 2 * 2}
+    assert seen[0.04] == {"context": 2, "disable_adapter": 2, "logp": 2 * 2 + 2 * 2}
+
+
+def test_metrics_go_to_the_store_as_to_metrics_jsonl(setup, tmp_path):
+    """Every metric of every step is in the store's metrics table under the run's id (run.json's store_id),
+    with the value metrics.jsonl has; the run's store row points at the directory and ends `complete`."""
+    from engine.store import Store
+
+    run_dir = tmp_path / "run"
+    train(tiny(setup, output_dir=str(run_dir), max_steps=2))
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    names = {name for line in lines for name in line} - {"step", "time"}
+    assert [line["step"] for line in lines] == [1, 2] and {"reward", "loss", "grad_norm", "entropy"} <= names
+    run_id = json.loads((run_dir / "run.json").read_text())["store_id"]
+    with Store() as store:
+        run = store.get_run(run_id)
+        assert Path(run["dir"]) == run_dir.resolve() and run["status"] == "complete"
+        stored_names = {row[0] for row in store.db.execute("SELECT DISTINCT name FROM metrics WHERE run_id = ?",
+                                                           (run_id,))}
+        assert stored_names == {name for name in names if any(line.get(name) is not None for line in lines)}
+        for name in names:
+            expected = [(line["step"], line[name]) for line in lines if line.get(name) is not None]
+            assert store.metric_series(run_id, name) == expected, name

@@ -29,3 +29,5 @@ symlinks = pytest.mark.skipif(
 mpi_on_linux = pytest.mark.skipif(
     not sys.platform.startswith("linux"),
     reason="accelerate launch --cpu starts its processes through mpirun; the dev extra installs MPICH on Linux only")
+pseudo_terminal = pytest.mark.skipif(
+    sys.platform == "win32", reason="runs `aha` on a pseudo-terminal (the pty module): POSIX only")
