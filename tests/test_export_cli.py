@@ -1,4 +1,6 @@
-"""`aha export` from the command line: bad input gives one line and no partial file; events; Ollama."""
+"""`aha export` from the command line: bad input gives one line and no partial file; events; Ollama; the types
+that go through llama.cpp's quantizer (real files of that type, the f16 intermediate removed after); the free
+disk space check."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +109,153 @@ def test_events_jsonl_and_ollama_registration(checkpoint, tmp_path, monkeypatch)
 def test_aha_without_arguments_prints_help():
     result = aha()
     assert result.returncode == 0 and "export" in result.stdout and "usage: aha" in result.stdout
+
+
+# Types through llama.cpp's quantizer ---------------------------------------------------------------
+
+# type → (the tensor type of the weight matrices, general.file_type's LLAMA_FTYPE constant name, what
+# read_gguf_info reports, an NMSE bound against the f32 file's logits). llama.cpp keeps norms and biases
+# in F32 and puts output.weight (and, for the _M mixes, some attn_v/ffn_down) in Q6_K. Measured NMSE on the
+# tiny qwen2 fixture: q4_0 0.092, q5_k_m 0.014, q6_k 0.0057; a file that fell back to a cruder type, or
+# whose blocks were scrambled, is caught.
+QUANTIZED = {
+    "q4_0": ("Q4_0", "LLAMA_FTYPE_MOSTLY_Q4_0", "Q4_0", 0.15),
+    "q5_k_m": ("Q5_K", "LLAMA_FTYPE_MOSTLY_Q5_K_M", "Q5_K_M", 0.03),
+    "q6_k": ("Q6_K", "LLAMA_FTYPE_MOSTLY_Q6_K", "Q6_K", 0.012),
+}
+
+
+@pytest.mark.parametrize("out_type", sorted(QUANTIZED))
+def test_quantizer_types_are_really_that_type_and_run(out_type, gguf_file, checkpoint, llama_logits):
+    """q4_0, q5_k_m and q6_k exports (through llama.cpp's quantizer) are files of that type: the weight
+    matrices' tensor types as GGUFReader reads them, general.file_type, the quantization Aha's library
+    reports; llama.cpp loads them, their logits stay close to the f32 file's, and they generate."""
+    import llama_cpp
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer
+
+    from engine.models import read_gguf_info
+    from tests.conftest import nmse
+
+    weights_type, ftype_name, reported, bound = QUANTIZED[out_type]
+    path = gguf_file("qwen2", out_type)
+    reader = GGUFReader(path)
+    types = {tensor.name: tensor.tensor_type.name for tensor in reader.tensors}
+    matrices = {name: kind for name, kind in types.items() if name.endswith(".weight") and kind != "F32"}
+    assert types["token_embd.weight"] == types["blk.0.attn_q.weight"] == types["blk.1.ffn_up.weight"] == weights_type
+    assert set(matrices.values()) <= {weights_type, "Q6_K"}, matrices
+    assert sum(kind == weights_type for kind in matrices.values()) > len(matrices) / 2
+    assert {kind for name, kind in types.items() if name not in matrices} == {"F32"}  # norms and biases
+    assert int(reader.fields["general.file_type"].parts[-1][0]) == getattr(llama_cpp, ftype_name)
+    assert read_gguf_info(path).quantization == reported
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint("qwen2"))
+    ids = [tokenizer.bos_token_id, *tokenizer("Please reason step by step: 12+35=").input_ids[1:]]
+    assert nmse(llama_logits(path, ids), llama_logits(gguf_file("qwen2", "f32"), ids)) <= bound
+    llm = llama_cpp.Llama(str(path), n_ctx=128, verbose=False, n_threads=2)
+    try:
+        assert llm.create_completion("12+35=", max_tokens=8, temperature=0.0)["usage"]["completion_tokens"] > 0
+    finally:
+        llm.close()
+
+
+@pytest.mark.parametrize("outcome", ["quantized", "quantizer failed"])
+def test_k_quant_intermediate_f16_is_removed(outcome, checkpoint, tmp_path, monkeypatch):
+    """A k-quant export writes an f16 GGUF first (in a hidden work folder beside the output) and quantizes
+    that; afterwards — done, or failed in the quantizer — the output folder holds only the result and its
+    Modelfile (or nothing), and the temp dir nothing."""
+    import tempfile
+
+    import llama_cpp
+    from gguf import GGUFReader
+
+    from engine.errors import AhaError
+    from engine.export import export, quantize
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setenv("TMPDIR", str(temp))
+    seen = {}
+    real_quantize = quantize.quantize_gguf
+
+    def watching(src, out, quant_type, **kwargs):
+        seen.update(path=Path(src), existed=Path(src).is_file(),
+                    file_type=int(GGUFReader(src).fields["general.file_type"].parts[-1][0]))
+        return real_quantize(src, out, quant_type, **kwargs)
+
+    monkeypatch.setattr(quantize, "quantize_gguf", watching)
+    if outcome == "quantizer failed":
+        monkeypatch.setattr(llama_cpp, "llama_model_quantize", lambda *args: 1)
+    out = tmp_path / "out" / "m.gguf"
+    if outcome == "quantized":
+        export(checkpoint("qwen2"), out, "q5_k_m")
+        assert sorted(path.name for path in out.parent.iterdir()) == ["m.Modelfile", "m.gguf"]
+        assert GGUFReader(out).fields["general.file_type"].parts[-1][0] == llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M
+    else:
+        with pytest.raises(AhaError, match="could not quantize"):
+            export(checkpoint("qwen2"), out, "q5_k_m")
+        assert list(out.parent.iterdir()) == []
+    assert seen["existed"] and seen["file_type"] == llama_cpp.LLAMA_FTYPE_MOSTLY_F16
+    assert seen["path"].parent.parent == out.parent and not seen["path"].exists()
+    assert list(temp.iterdir()) == []
+
+
+# Free disk space -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("out_type", ["f16", "q4_k_m"])
+def test_too_little_disk_space_refuses_the_export(out_type, checkpoint, tmp_path, monkeypatch, capsys):
+    """With the disk's free space faked (shutil.disk_usage, as engine.fileio reads it) below the file's size
+    plus the margin, `aha export` stops with one line saying how much is needed and free, exit 2, and leaves
+    no file (no partial, no f16 intermediate); with enough free space the same export goes through."""
+    import types
+
+    from engine import cli
+
+    free = {"bytes": 10 * 10**6}  # a ~3 MB f16 file + the 64 MiB margin does not fit
+    monkeypatch.setattr("engine.fileio.shutil.disk_usage",
+                        lambda path: types.SimpleNamespace(total=10**12, used=10**12 - free["bytes"],
+                                                           free=free["bytes"]))
+    out = tmp_path / "out" / "m.gguf"
+    base = checkpoint("qwen2")
+    capsys.readouterr()  # what building the fixture printed
+    assert cli.main(["export", str(base), "-o", str(out), "--type", out_type]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aha: error: not enough disk space in "), lines
+    assert "need about 0.07 GB, 0.01 GB free; free some space or write elsewhere." in lines[0]
+    assert list(out.parent.iterdir()) == []
+    free["bytes"] = 100 * 10**6
+    assert cli.main(["export", str(base), "-o", str(out), "--type", out_type]) == 0
+    assert sorted(path.name for path in out.parent.iterdir()) == ["m.Modelfile", "m.gguf"]
+
+
+@pytest.mark.parametrize("step", ["quantize", "merge"])
+def test_every_file_an_export_writes_checks_the_space_it_needs(step, checkpoint, tmp_path, monkeypatch, capsys):
+    """A k-quant export writes the quantized file while the f16 intermediate is still on disk, and --adapter
+    first writes the merged checkpoint: each checks its own size against the disk's free space (faked: ample
+    until the step under test asks), so a full disk is one line before the step, never a failed write."""
+    import types
+
+    from engine import cli
+    from tests.tiny_models import make_lora_adapter
+
+    base = checkpoint("qwen2")
+    adapter = make_lora_adapter(base, tmp_path / "adapter") if step == "merge" else None
+    calls = []
+
+    def disk_usage(path):
+        calls.append(str(path))
+        full = (step == "quantize" and len(calls) == 2) or (step == "merge" and len(calls) == 1)
+        free = 10**6 if full else 10**12
+        return types.SimpleNamespace(total=10**12, used=10**12 - free, free=free)
+
+    monkeypatch.setattr("engine.fileio.shutil.disk_usage", disk_usage)
+    out = tmp_path / "out" / "m.gguf"
+    args = ["export", str(base), "-o", str(out), "--type", "q4_k_m" if step == "quantize" else "f16"]
+    capsys.readouterr()  # what building the fixtures printed
+    assert cli.main(args + (["--adapter", str(adapter)] if adapter else [])) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("aha: error: not enough disk space in "), errors
+    assert len(calls) == (2 if step == "quantize" else 1)  # stopped at the step under test
+    assert list(out.parent.iterdir()) == []  # no output, no intermediate left

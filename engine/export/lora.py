@@ -18,6 +18,7 @@ import numpy as np
 from engine.errors import AhaError
 from engine.export.checkpoint import Checkpoint, index_tensors, load_tensor, open_checkpoint
 from engine.export.gguf_writer import DIRECT_TYPES, PlannedTensor, output_qtype, permute_rope, write_planned
+from engine.fileio import check_free_space
 from engine.jobs import OnEvent, ignore, make_event
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -113,11 +114,13 @@ def merge_adapter(base_dir: Path | str, adapter_dir: Path | str, out_dir: Path |
         raise AhaError(f"base {ckpt.folder} is a quantized checkpoint; merge into the 16/32-bit model it was "
                        "quantized from.")
     check_matches_base(adapter, ckpt)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    elements = sum(int(np.prod(tensor.shape)) for tensor in ckpt.tensors.values())
+    check_free_space(out_dir, elements * getattr(torch, dtype).itemsize)  # before minutes of merging
     on_event(make_event("log", message=f"merging {adapter.folder.name} into {ckpt.folder.name} in float32"))
     model = AutoModelForCausalLM.from_pretrained(ckpt.folder, dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, adapter.folder).merge_and_unload()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     merged.to(getattr(torch, dtype)).save_pretrained(out_dir)
     for name in TOKENIZER_FILES:
         if (ckpt.folder / name).is_file():

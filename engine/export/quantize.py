@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from engine.errors import AhaError
-from engine.fileio import atomic_output
+from engine.fileio import atomic_output, check_free_space
 from engine.jobs import OnEvent, Progress, ignore, make_event
 
 # name → (LLAMA_FTYPE constant name, approximate bits per weight for the size estimate)
@@ -65,6 +65,7 @@ def quantize_gguf(src: Path | str, out: Path | str, quant_type: str, *, force: b
     params.nthread = n_threads or os.cpu_count() or 1
     params.ftype = getattr(llama_cpp, ftype_name)
     expected = src.stat().st_size * bits / 16
+    check_free_space(out.parent, int(expected))  # beside the f16 input, which is still on disk
     with atomic_output(out, force) as temp:
         progress = Progress(on_event, f"quantizing to {key}", expected, unit="B")
         stop = threading.Event()
