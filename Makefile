@@ -6,10 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.aha-installed
 # llama.cpp's own converter (from the llama-cpp-python sdist we build against): the reference our
 # GGUF writer is compared with in tests/test_export_reference.py and bench/export.py.
-LLAMA_CPP_VERSION := 0.3.36
 REF    := .cache/llama.cpp/convert_hf_to_gguf.py
 
-.PHONY: run test lint bench screenshots clean
+.PHONY: run test lint bench gpu-check screenshots clean
 
 run: $(STAMP)
 	$(BIN)/aha
@@ -24,8 +23,17 @@ lint: $(STAMP)
 bench: $(STAMP) $(REF)
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/chat.py
-	$(BIN)/python -c "import trl" 2>/dev/null && $(BIN)/python bench/grpo_vs_trl.py || echo "bench/grpo_vs_trl.py skipped: pip install trl==1.16.0"
-	$(BIN)/python -c "import trl" 2>/dev/null && $(BIN)/python bench/sft_vs_trl.py || echo "bench/sft_vs_trl.py skipped: pip install trl==1.16.0"
+	$(BIN)/python bench/sampling.py
+	$(BIN)/python bench/rich_text.py
+	$(BIN)/python bench/ui_stream.py
+	$(BIN)/python bench/learning.py
+	@if .cache/bench-venv/bin/python -c "import trl" 2>/dev/null; then \
+	    set -x; .cache/bench-venv/bin/python bench/grpo_vs_trl.py && .cache/bench-venv/bin/python bench/sft_vs_trl.py; \
+	else echo "bench/grpo_vs_trl.py and bench/sft_vs_trl.py skipped: they need TRL, in its own environment;" \
+	    "make it once with: sh bench/trl_venv.sh"; fi
+
+gpu-check: $(STAMP)                  # on a machine with an NVIDIA GPU: the gpu tests and bench/gpu_grpo.py
+	bash bench/gpu_check.sh
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,13 +42,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 $(REF): | $(STAMP)
-	$(BIN)/python -m pip download -q --no-binary :all: --no-deps llama-cpp-python==$(LLAMA_CPP_VERSION) -d .cache/sdist
-	mkdir -p .cache/llama.cpp
-	tar -xzf .cache/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C .cache/llama.cpp --strip-components=3 \
-	    llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/convert_hf_to_gguf.py \
-	    llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/conversion \
-	    llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/gguf-py
-	touch $@
+	$(BIN)/python tests/support/reference_converter.py --fetch
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

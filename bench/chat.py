@@ -1,8 +1,15 @@
 """Benchmark: ChatModel.stream vs raw llama-cpp-python create_chat_completion(stream=True).
 
 Same GGUF (a random 0.3B Qwen2 as Q8_0, whose every token is a real piece of text), same prompt, greedy,
-the same number of generated tokens, runs alternating. Reports generation speed (first → last token)
-and time to first token for both, and the ratios. Goal: ≥ 0.97 of raw tokens/s, ≤ 10 ms extra TTFT.
+the same number of generated tokens, runs alternating (which side goes first alternates too). Every timed
+run starts from an empty KV cache on both sides (`Llama.reset()`; ChatModel keeps its llama.cpp context
+between streams, and llama-cpp-python reuses the longest cached prefix of a prompt, so a repeated prompt
+would otherwise cost one decode): time to first token is a fresh prompt's, prompt evaluation included.
+Checked on every run: both sides evaluate every prompt token (llama.cpp's perf counters), both stop at the
+token budget, and their texts are identical (Aha's thinking + answer, with the `<think>` tags its parser
+routes on put back, against raw's content); a difference exits non-zero. Reports generation speed
+(first → last token), time to first token next to the prompt evaluation time, and the ratios.
+Goal: ≥ 0.97 of raw tokens/s, ≤ 10 ms extra TTFT.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import argparse
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,33 +42,90 @@ def prepare(work: Path) -> Path:
     return gguf
 
 
-def timed(deltas) -> tuple[float, float, int]:
-    """(time to first delta, first→last delta seconds, deltas) of an iterator of text deltas."""
-    start = time.perf_counter()
-    first = last = None
-    count = 0
-    for _ in deltas:
-        last = time.perf_counter()
-        first = first or last
-        count += 1
-    return first - start, last - first, count
+class Side:
+    """One peer: `run(messages, max_tokens)` streams a reply from an empty KV cache and returns a Run."""
+
+    def __init__(self, llm):
+        self.llm = llm  # the llama_cpp.Llama whose context this side uses
+
+    def deltas(self, messages, max_tokens: int, end: dict):
+        """The reply's text deltas as they arrive; fills `end` with "stop" (and whatever `text` needs)."""
+        raise NotImplementedError
+
+    def text(self, deltas: list[str], end: dict) -> str:
+        return "".join(deltas)
+
+    def run(self, messages, max_tokens: int) -> Run:
+        import llama_cpp
+
+        self.llm.reset()  # forget the cached prefix: the whole prompt is evaluated again
+        llama_cpp.llama_perf_context_reset(self.llm.ctx)
+        end: dict = {}
+        deltas = []
+        start = time.perf_counter()
+        first = last = None
+        for delta in self.deltas(messages, max_tokens, end):
+            last = time.perf_counter()
+            first = first or last
+            deltas.append(delta)
+        perf = llama_cpp.llama_perf_context(self.llm.ctx)
+        # llama.cpp decodes each generated token but the last one in a batch of its own (n_eval).
+        return Run(first - start, last - first, self.text(deltas, end), perf.n_eval + 1, end["stop"],
+                   perf.n_p_eval, perf.t_p_eval_ms / 1000)
 
 
-def ours(model, messages, max_tokens: int, tokens: list):
-    for event in model.stream(messages, temperature=0.0, max_tokens=max_tokens):
-        if event.kind == "done":
-            tokens.append(event.stats["thinking_tokens"] + event.stats["answer_tokens"])
-        else:
-            yield event.text
+@dataclass(frozen=True)
+class Run:
+    ttft_s: float        # call → first delta
+    span_s: float        # first → last delta
+    text: str
+    tokens: int          # generated
+    stop: str | None     # "length" at the token budget
+    prompt_tokens: int   # as llama.cpp evaluated the prompt
+    prompt_s: float
 
 
-def raw(llm, messages, max_tokens: int, reasons: list):
-    for chunk in llm.create_chat_completion(messages, stream=True, temperature=0.0, max_tokens=max_tokens):
-        choice = chunk["choices"][0]
-        if choice.get("finish_reason"):
-            reasons.append(choice["finish_reason"])
-        if choice["delta"].get("content"):
-            yield choice["delta"]["content"]
+class Aha(Side):
+    def __init__(self, model):
+        super().__init__(model._llm)  # ChatModel's llama.cpp context, which it keeps between its streams
+        self.model = model
+
+    def deltas(self, messages, max_tokens: int, end: dict):
+        kinds = end["kinds"] = []
+        for event in self.model.stream(messages, temperature=0.0, max_tokens=max_tokens):
+            if event.kind == "done":
+                end["stop"] = "length" if event.stats["stop_reason"] == "max_tokens" else event.stats["stop_reason"]
+                end["prefilled"] = event.stats["prefilled"]
+            else:
+                kinds.append(event.kind)
+                yield event.text
+
+    def text(self, deltas: list[str], end: dict) -> str:
+        """Thinking + answer as the model wrote them: the `<think>`/`</think>` tags that the parser routes on
+        (and drops) put back where the kind changes; a prefilled prompt opened the first thought itself."""
+        kind, parts = "thinking" if end["prefilled"] else "answer", []
+        for delta, delta_kind in zip(deltas, end["kinds"], strict=True):
+            if delta_kind != kind:
+                parts.append("<think>" if delta_kind == "thinking" else "</think>")
+                kind = delta_kind
+            parts.append(delta)
+        return "".join(parts)
+
+
+class Raw(Side):
+    def deltas(self, messages, max_tokens: int, end: dict):
+        end["stop"] = None
+        for chunk in self.llm.create_chat_completion(messages, stream=True, temperature=0.0, max_tokens=max_tokens):
+            choice = chunk["choices"][0]
+            if choice.get("finish_reason"):
+                end["stop"] = choice["finish_reason"]
+            if choice["delta"].get("content"):
+                yield choice["delta"]["content"]
+
+
+def first_difference(a: str, b: str) -> str:
+    index = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return f"at character {index}: raw {a[index:index + 40]!r} vs aha {b[index:index + 40]!r}"
 
 
 def main() -> None:
@@ -78,34 +143,39 @@ def main() -> None:
     model = ChatModel(gguf, n_ctx=2048, n_threads=args.threads)
     llm = llama_cpp.Llama(str(gguf), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads,
                           verbose=False, n_gpu_layers=-1 if model.gpu_offload else 0)
+    sides = {"raw": Raw(llm), "aha": Aha(model)}
     messages = None
-    for prompt in PROMPTS:
-        candidate, reasons, counts = [{"role": "user", "content": prompt}], [], []
-        "".join(raw(llm, candidate, args.max_tokens, reasons))
-        "".join(ours(model, candidate, args.max_tokens, counts))
-        if reasons == ["length"] and counts == [args.max_tokens]:
+    for prompt in PROMPTS:  # these runs are the warm-up too
+        candidate = [{"role": "user", "content": prompt}]
+        runs = {name: side.run(candidate, args.max_tokens) for name, side in sides.items()}
+        if all(run.stop == "length" and run.tokens == args.max_tokens for run in runs.values()):
             messages = candidate
             break
     if messages is None:
         raise SystemExit("every prompt ended early on this random model; try --max-tokens 100")
-    texts = {"aha": "".join(ours(model, messages, args.max_tokens, [])),
-             "raw": "".join(raw(llm, messages, args.max_tokens, []))}
-    rows = {"aha": [], "raw": []}
-    tokens, reasons = [], []
-    for _ in range(args.rounds):
-        rows["raw"].append(timed(raw(llm, messages, args.max_tokens, reasons)))
-        rows["aha"].append(timed(ours(model, messages, args.max_tokens, tokens)))
-    n = tokens[0]
-    assert all(t == args.max_tokens for t in tokens) and set(reasons) == {"length"}, (tokens, reasons)
-    same = texts["raw"] == texts["aha"].replace("<think>", "")
-    print(f"{gguf.name}: {n} greedy tokens per run, {args.rounds} alternating runs each, {args.threads} threads, "
-          f"GPU offload: {model.gpu_offload}; identical text: {same}")
+    prompt_tokens = len(model.render(messages).tokens)
+    rows: dict[str, list[Run]] = {"raw": [], "aha": []}
+    for round_ in range(args.rounds):
+        for name in ("raw", "aha") if round_ % 2 == 0 else ("aha", "raw"):
+            rows[name].append(sides[name].run(messages, args.max_tokens))
+        raw, aha = rows["raw"][-1], rows["aha"][-1]
+        for name, run in (("raw", raw), ("aha", aha)):
+            if run.prompt_tokens != prompt_tokens or run.stop != "length" or run.tokens != args.max_tokens:
+                raise SystemExit(f"run {round_ + 1}, {name}: evaluated {run.prompt_tokens} of {prompt_tokens} prompt "
+                                 f"tokens, generated {run.tokens} of {args.max_tokens}, stop {run.stop!r}")
+        if raw.text != aha.text:
+            raise SystemExit(f"run {round_ + 1}: the two sides' texts differ {first_difference(raw.text, aha.text)}")
+    print(f"{gguf.name}: prompt of {prompt_tokens} tokens evaluated in full on every run by both sides (empty KV "
+          f"cache), {args.max_tokens} greedy tokens per run, {args.rounds} alternating runs each, {args.threads} "
+          f"threads, GPU offload: {model.gpu_offload}; texts identical on every run ({len(raw.text)} characters)")
     summary = {}
     for name, runs in rows.items():
-        speed = statistics.median((n - 1) / span for _, span, _ in runs)
-        ttft = statistics.median(first for first, _, _ in runs) * 1000
+        speed = statistics.median((run.tokens - 1) / run.span_s for run in runs)
+        ttft = statistics.median(run.ttft_s for run in runs) * 1000
+        prompt_ms = statistics.median(run.prompt_s for run in runs) * 1000
         summary[name] = (speed, ttft)
-        print(f"  {name}: {speed:7.1f} tok/s, time to first token {ttft:6.1f} ms")
+        print(f"  {name}: {speed:7.1f} tok/s ({1000 / speed:5.1f} ms a token), time to first token {ttft:6.1f} ms "
+              f"(of which llama.cpp's prompt evaluation {prompt_ms:6.1f} ms)")
     print(f"ratio aha/raw tokens/s: {summary['aha'][0] / summary['raw'][0]:.3f}; "
           f"time-to-first-token overhead: {summary['aha'][1] - summary['raw'][1]:+.1f} ms")
     model.close()

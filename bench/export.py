@@ -1,7 +1,8 @@
 """Benchmark: HF → GGUF f16 of a ~0.3B-parameter random Qwen2 checkpoint, Aha vs llama.cpp's converter.
 
-Both run as child processes on the same checkpoint, alternating, so each gets a fresh memory count;
-prints wall time and peak RSS for each and the ratio Aha / llama.cpp. Not a test: run `make bench`.
+Both run as child processes on the same checkpoint, alternating for --rounds rounds (default 6), so each
+gets a fresh memory count; prints the number of rounds, the median wall time and the peak RSS of each and
+the ratios Aha / llama.cpp. Not a test: run `make bench`.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def run(command: list[str]) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "bench")
     args = parser.parse_args()
     source = build_checkpoint(args.work / "qwen2-0.3b")
@@ -75,7 +76,8 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, command in commands.items():
             results[name].append(run(command))
-    print(f"checkpoint: {params:.0f}M parameters, {sum(p.stat().st_size for p in source.iterdir()) / 1e6:.0f} MB")
+    print(f"checkpoint: {params:.0f}M parameters, {sum(p.stat().st_size for p in source.iterdir()) / 1e6:.0f} MB; "
+          f"median of {args.rounds} alternating rounds")
     for name, rows in results.items():
         wall = statistics.median(r[0] for r in rows)
         rss = max(r[1] for r in rows)

@@ -7,7 +7,11 @@ LoRA r=16 α=32 on all linear layers, lr 1e-3, β=0, one update per batch in --m
 checkpointing off in both as aha's default (--gradient-checkpointing turns it on in both, TRL's
 default), CPU. Each run is a child process (so peak RSS is its own), the two alternate, and the first
 step of each run is warm-up.
-TRL is needed only here: `pip install trl==1.16.0`. Prints median step time, peak RSS and the ratios.
+Prints median step time, peak RSS and the ratios, and next to them each side's mean completion length
+over the timed steps (`completions/mean_length`, which both trainers log): the step time is only
+comparable while the two sample completions of about the same length.
+TRL is needed only here, in its own environment: `sh bench/trl_venv.sh`, then run this with
+.cache/bench-venv/bin/python (as `make bench` does).
 """
 
 from __future__ import annotations
@@ -18,16 +22,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from versus_trl import main, step_marks  # noqa: E402  (bench/ is the script's folder, on sys.path)
+from versus_trl import Marks, main, step_marks  # noqa: E402  (bench/ is the script's folder, on sys.path)
 
 PROMPTS, GENERATIONS, MAX_TOKENS = 16, 8, 32
 SETTINGS = dict(learning_rate=1e-3, temperature=0.7, beta=0.0, lora_r=16, lora_alpha=32, seed=0)
 
 
-def run_aha(model: Path, steps: int, out: Path, checkpointing: bool, micro_batches: int) -> list[float]:
+LOGGED = ("completions/mean_length",)  # the same metric, by the same name, in both trainers' logs
+
+
+def run_aha(model: Path, steps: int, out: Path, checkpointing: bool, micro_batches: int) -> Marks:
     from engine.grpo import load_grpo_config, train
 
-    marks, on_event, _ = step_marks()
+    marks, on_event, _ = step_marks(LOGGED)
     config = load_grpo_config(None, {
         "model": str(model), "dataset": "addition", "rewards": ["accuracy", "format"], "reward_weights": [1.0, 0.2],
         "prompts_per_step": PROMPTS, "num_generations": GENERATIONS, "max_completion_length": MAX_TOKENS,
@@ -37,7 +44,7 @@ def run_aha(model: Path, steps: int, out: Path, checkpointing: bool, micro_batch
     return marks
 
 
-def run_trl(model: Path, steps: int, out: Path, checkpointing: bool, micro_batches: int) -> list[float]:
+def run_trl(model: Path, steps: int, out: Path, checkpointing: bool, micro_batches: int) -> Marks:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
@@ -47,7 +54,7 @@ def run_trl(model: Path, steps: int, out: Path, checkpointing: bool, micro_batch
     from engine.rewards import accuracy_reward, format_reward
     from engine.train import load_tokenizer
 
-    marks, _, callback = step_marks()
+    marks, _, callback = step_marks(LOGGED)
 
     def format_weighted(prompts, completions, **columns):
         return [0.2 * r if r is not None else None for r in format_reward(prompts, completions, **columns)]

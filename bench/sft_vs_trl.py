@@ -5,7 +5,11 @@ addition task's teacher traces (prompt → `<think>` one line per column `</thin
 prompt/completion dataset, loss on the completion only, batch 64, lr 2e-3 constant, AdamW, no gradient
 checkpointing (--gradient-checkpointing turns it on in both, TRL's default), CPU. Each run is a child
 process (so peak RSS is its own), the two alternate, and the first steps of each run are warm-up.
-TRL is needed only here: `pip install trl==1.16.0`. Prints median step time, peak RSS and the ratios.
+Prints median step time, peak RSS and the ratios, and next to them the tokens each side fed the model per
+step over the timed steps, without and with padding (counted the same way in both: the ids every
+nn.Embedding looks up), so that equal work is visible.
+TRL is needed only here, in its own environment: `sh bench/trl_venv.sh`, then run this with
+.cache/bench-venv/bin/python (as `make bench` does).
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from versus_trl import main, step_marks  # noqa: E402  (bench/ is the script's folder, on sys.path)
+from versus_trl import Marks, embedded_tokens, main, step_marks  # noqa: E402  (bench/ is the script's folder, on sys.path)
 
-BATCH, ROWS, WARMUP = 64, 64 * 40, 3
+BATCH, ROWS, WARMUP = 64, 64 * 40, 4
 
 
 def traces(path: Path) -> list[dict]:
@@ -35,10 +39,16 @@ def traces(path: Path) -> list[dict]:
     return rows
 
 
-def run_aha(model: Path, steps: int, out: Path, checkpointing: bool) -> list[float]:
+def counters(model: Path):
+    from engine.train import load_tokenizer
+
+    return embedded_tokens(load_tokenizer(model).pad_token_id)
+
+
+def run_aha(model: Path, steps: int, out: Path, checkpointing: bool) -> Marks:
     from engine.distill import TraceSFTConfig, train_sft_on_traces
 
-    marks, on_event, _ = step_marks()
+    marks, on_event, _ = step_marks(counted=counters(model))
     traces(out / "traces.jsonl")
     config = TraceSFTConfig(model=str(model), traces=str(out / "traces.jsonl"), use_peft=False, learning_rate=2e-3,
                             lr_scheduler_type="constant", per_device_train_batch_size=BATCH, max_steps=steps,
@@ -48,7 +58,7 @@ def run_aha(model: Path, steps: int, out: Path, checkpointing: bool) -> list[flo
     return marks
 
 
-def run_trl(model: Path, steps: int, out: Path, checkpointing: bool) -> list[float]:
+def run_trl(model: Path, steps: int, out: Path, checkpointing: bool) -> Marks:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
@@ -56,7 +66,7 @@ def run_trl(model: Path, steps: int, out: Path, checkpointing: bool) -> list[flo
     from engine.distill import trace_completion
     from engine.train import load_tokenizer
 
-    marks, _, callback = step_marks()
+    marks, _, callback = step_marks(counted=counters(model))
 
     rows = traces(out / "traces.jsonl")
     # The completion exactly as aha builds it (trace_completion); the char model's template renders just
@@ -77,5 +87,5 @@ def run_trl(model: Path, steps: int, out: Path, checkpointing: bool) -> list[flo
 
 
 if __name__ == "__main__":
-    main(__file__, __doc__, {"aha": run_aha, "trl": run_trl}, steps=20, warmup=4,
+    main(__file__, __doc__, {"aha": run_aha, "trl": run_trl}, steps=20, warmup=WARMUP,
          settings=lambda: f"batch {BATCH} traces, full fine-tuning")
