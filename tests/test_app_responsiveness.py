@@ -51,11 +51,10 @@ def test_a_300_tokens_per_second_stream_is_shown_in_batches_as_it_streams(qtbot,
     qtbot.waitUntil(lambda: "at" in shown)
     timer.stop()
 
-    tokens = int(RATE * SECONDS)
-    assert len(updates) <= (SECONDS + 1) * 1000 / FLUSH_MS, len(updates)  # batched: not one update per token
+    assert len(updates) <= (SECONDS + 1) * 1000 / FLUSH_MS, len(updates)  # batched: not one per token (1200)
     thinking_times = [at for at, kind in updates if kind == "thinking"]
     assert thinking_times[0] - started < SECONDS / 2 and len(thinking_times) > 10  # live, not all at the end
-    assert len({kind for _, kind in updates}) == 2 and len(updates) < tokens / 10
+    assert {kind for _, kind in updates} == {"thinking", "answer"}
     gaps = sorted(later - earlier for earlier, later in zip(ticks, ticks[1:], strict=False))
     assert gaps[int(len(gaps) * 0.99)] < 0.5  # the event loop never stalled for half a second
     assert shown["at"] - marks["done_at"] < 1.0
