@@ -10,11 +10,13 @@ import pytest
 from tests import tiny_models
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-# torch's OpenMP threads spin while they wait for work. On a machine with more busy threads than cores (two
-# test suites at once, or a test beside its own child processes) the spinning starves the thread doing the
-# work: a 60-step training loop measured 10× slower (12 s → 127 s) than with passive waits. Set before
-# anything imports torch; child processes inherit it.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# torch's OpenMP threads (libgomp) spin for a long while when they wait for work. With more busy threads
+# than cores (two test suites at once, or a test beside its own child processes) the spinning starves the
+# thread doing the work: a small training loop ran 3× slower beside a second copy of itself (15.9 s vs
+# 5.3 s alone). A short spin keeps that to 1.5× (8.0 s) and costs nothing alone; sleeping at once
+# (OMP_WAIT_POLICY=PASSIVE) made token-by-token sampling 25 % slower. Set before anything imports torch;
+# child processes inherit it.
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 ARCHS = ("qwen2", "llama", "qwen3")
 
 
