@@ -28,3 +28,34 @@ def test_compare_two_sampling_settings_side_by_side(qtbot, scripted_gguf, gguf_f
     assert pane.table.item(0, 0).text().startswith(f"{pane.results['A']['thinking_tokens']} tokens")
     assert "A thought" in pane.status.text()
     pane.close_models()
+
+
+def test_compare_two_models_shows_each_ones_own_tokens_and_times(qtbot, scripted_gguf, gguf_file):
+    """Two different models on one prompt: each side's table column holds that side's own measured stats
+    (tokens with their seconds, first token, speed), and the two columns differ where the models do."""
+    other = gguf_file("llama", "q8_0")
+    Library().add(scripted_gguf)
+    Library().add(other)
+    pane = ComparePane()
+    qtbot.addWidget(pane)
+    pane.show()
+    for name, path in (("A", scripted_gguf), ("B", other)):
+        side = pane.sides[name]
+        side.model.setCurrentIndex(side.model.findData(str(path)))
+        side.sampling.setCurrentText("Greedy (0 · 1.0)")
+    pane.max_tokens.setValue(24)
+    pane.prompt.setPlainText(QUESTION)
+    pane.run()
+    qtbot.waitUntil(lambda: not pane.job.is_running())
+    a, b = pane.results["A"], pane.results["B"]
+    assert a["thinking_tokens"] + a["answer_tokens"] == 24 and b["thinking_tokens"] + b["answer_tokens"] == 24
+    columns = {name: [pane.table.item(row, column).text() for row in range(pane.table.rowCount())]
+               for column, name in enumerate("AB")}
+    for name, stats in (("A", a), ("B", b)):
+        thinking, answer, first_token, speed, stopped = columns[name]
+        assert thinking == f"{stats['thinking_tokens']} tokens · {stats['thinking_s']:.1f} s"
+        assert answer == f"{stats['answer_tokens']} tokens · {stats['answer_s']:.1f} s"
+        assert first_token == f"{stats['ttft_s'] * 1000:.0f} ms" and speed == f"{stats['tokens_per_s']:.1f} tok/s"
+        assert stopped == "max_tokens"
+    assert pane.sides["A"].reply.think.text() != pane.sides["B"].reply.think.text()
+    pane.close_models()
