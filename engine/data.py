@@ -23,6 +23,7 @@ from engine.errors import AhaError
 # held-out split is disjoint from training whatever the seeds.
 HELDOUT_EVERY = 20
 FILE_KINDS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+TASK_ROWS = 100  # problems of a built-in task that a command needing a finite list takes by default
 
 
 # Built-in tasks -----------------------------------------------------------------------------------
@@ -217,16 +218,31 @@ def _read_records(path: Path, kind: str):
 
 # The stream a training loop reads -----------------------------------------------------------------
 
+def is_task(spec: str | None) -> bool:
+    """Whether a dataset name means a built-in task (a file of that name in the working folder wins)."""
+    return spec in TASKS and not Path(spec).exists()
+
+
 def open_dataset(spec: str, seed: int = 0, prompt_column: str = "prompt", answer_column: str | None = "answer",
                  required: Sequence[str] = ()) -> TaskSource | list[dict[str, Any]]:
-    """A built-in task by name (`addition`, `arithmetic`), a file's rows, or a Hugging Face dataset
-    `owner/name` (`owner/name:split`, default train) when the `datasets` package is installed."""
-    if spec in TASKS and not Path(spec).exists():
+    """The one resolver of dataset names, for every command: a built-in task by name (`addition`,
+    `arithmetic`), a file's rows, or a Hugging Face dataset `owner/name` (`owner/name:split`, default
+    train) when the `datasets` package is installed."""
+    if is_task(spec):
         return TaskSource(spec, seed)
     path = Path(spec).expanduser()
     if not path.exists() and "/" in spec and not path.suffix:
         return _hub_rows(spec, prompt_column, answer_column, required)
     return load_rows(path, prompt_column, answer_column, required)
+
+
+def first_rows(source: TaskSource | list[dict[str, Any]], count: int | None,
+               task_default: int = TASK_ROWS) -> list[dict[str, Any]]:
+    """A finite list of a dataset's rows: a file's first `count` (all when None), or a task's first
+    `count` training problems (`task_default` when None: a task never ends)."""
+    if isinstance(source, TaskSource):
+        return [source.row(index) for index in range(task_default if count is None else count)]
+    return source[:count]
 
 
 def _hub_rows(spec: str, prompt_column: str, answer_column: str | None, required: Sequence[str]) -> list[dict[str, Any]]:
@@ -244,11 +260,12 @@ def _hub_rows(spec: str, prompt_column: str, answer_column: str | None, required
 
 
 class PromptStream:
-    """Rows in a deterministic order, `count` at a time. A task yields row(0), row(1), …; a file's rows
-    are reshuffled each epoch with Random((seed, epoch)). `position` (rows handed out so far) is the
-    whole state, so a checkpoint can store it and a resumed run continues with the same rows."""
+    """Rows in a deterministic order, `count` at a time. An endless source (a TaskSource, or anything with
+    `row(index)`) yields row(0), row(1), …; a list of rows is reshuffled each epoch with Random((seed,
+    epoch)). `position` (rows handed out so far) is the whole state, so a checkpoint can store it and a
+    resumed run continues with the same rows."""
 
-    def __init__(self, source: TaskSource | list[dict[str, Any]], seed: int = 0, shuffle: bool = True):
+    def __init__(self, source, seed: int = 0, shuffle: bool = True):
         self.source, self.seed, self.shuffle = source, seed, shuffle
         self.position = 0
         self._epoch_order: tuple[int, list[int]] | None = None
@@ -265,7 +282,7 @@ class PromptStream:
         self.position = int(state["position"])
 
     def _row(self, index: int) -> dict[str, Any]:
-        if isinstance(self.source, TaskSource):
+        if not isinstance(self.source, list):
             return self.source.row(index)
         epoch, offset = divmod(index, len(self.source))
         if self._epoch_order is None or self._epoch_order[0] != epoch:

@@ -5,10 +5,11 @@ rewards (engine.rewards), keeps the ones that pass (all, the shortest or the fir
 and appends them line by line, fsynced, beside a progress file that makes a rerun skip finished prompts.
 The logit-distillation loss lives in engine.distill_loss and is re-exported here as `kd_loss`.
 
-`train_sft_on_traces` fine-tunes a student on such traces (`aha distill sft`): the student's chat template
-renders the prompt exactly as at inference, the assistant turn is `<think>\n{thinking}\n</think>\n\n{answer}`
-(after whatever the template already pre-filled), the loss covers it only, and held-out loss and greedy
-pass@1 are measured along the way. Model setup, checkpoints, resume and cancel are engine.train's, the
+`train_sft_on_traces` fine-tunes a student on such traces, or on a built-in task's programmatic teacher
+traces (`aha distill sft --dataset addition`): the student's chat template renders the prompt exactly as
+at inference, the assistant turn is `<think>\n{thinking}\n</think>\n\n{answer}` (after whatever the
+template already pre-filled), the loss covers it only, and held-out loss and greedy pass@1 are measured
+along the way. Model setup, checkpoints, resume and cancel are engine.train's, the
 step and batches engine.sft's.
 """
 
@@ -24,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from engine.data import TASKS, TaskSource, is_task, open_dataset
 from engine.distill_loss import KD_KINDS as KD_KINDS
 from engine.distill_loss import kd_loss as kd_loss
 from engine.errors import AhaError
@@ -31,48 +33,13 @@ from engine.fileio import atomic_write_text
 from engine.jobs import CancelToken, OnEvent, Progress, ignore, make_event
 from engine.sft import SFTConfig, SFTStep
 from engine.teachers import Sampling, Teacher, TeacherSample, is_cancelled
+from engine.train_config import setting
 
 KEEP_RULES = ("all", "shortest", "first")
 DEFAULT_REWARDS = ("accuracy", "format")
 
 
 # Datasets -----------------------------------------------------------------------------------------
-
-def read_jsonl_rows(path: str | Path, prompt_column: str = "prompt", answer_column: str | None = "answer") -> list[dict]:
-    """Rows of a JSONL file as dicts with `prompt` (and `answer`) taken from the named columns; the other
-    columns are kept. A bad line is a one-line AhaError naming the file, the line number and the fix."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise AhaError(f"dataset {path} not found; give a .jsonl file with one object per line")
-    rows = []
-    with open(path, encoding="utf-8") as stream:
-        for number, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as error:
-                raise AhaError(f"{path.name} line {number} is not valid JSON ({error.msg}); "
-                               "each line must be one JSON object") from error
-            if not isinstance(record, dict):
-                raise AhaError(f"{path.name} line {number} is a JSON {type(record).__name__}, not an object")
-            for role, column in (("prompt", prompt_column), ("answer", answer_column)):
-                if column is None:
-                    continue
-                if column not in record or record[column] is None:
-                    present = ", ".join(record) or "none"
-                    raise AhaError(f"{path.name} line {number} has no {column!r} column (it has: {present}); "
-                                   f"name the {role} column with --{role}-column")
-            if not isinstance(record[prompt_column], str) or not record[prompt_column].strip():
-                raise AhaError(f"{path.name} line {number}: the {prompt_column!r} column is not a non-empty text")
-            row = {**record, "prompt": record[prompt_column]}
-            if answer_column is not None:
-                row["answer"] = record[answer_column]
-            rows.append(row)
-    if not rows:
-        raise AhaError(f"dataset {path} has no rows; it needs one JSON object per line")
-    return rows
-
 
 def prompt_id(row: dict) -> str:
     """A row's identity across reruns: its `id` column, else a hash of its prompt and answer."""
@@ -395,19 +362,23 @@ def _report(on_event: OnEvent, store, run_id: int | None, stats: GenerateStats, 
 @dataclass(frozen=True)
 class TraceSFTConfig(SFTConfig):
     """`aha distill sft` settings: SFTConfig's (TRL names), with the traces file as the training data and
-    `dataset` as the held-out source (a built-in task, or a file with prompt and ground-truth answer)."""
+    `dataset` as the held-out source (a built-in task, or a file with prompt and ground-truth answer). A
+    built-in task without a traces file is both: its programmatic teacher's traces are the training data."""
 
-    traces: str = ""  # JSONL from `aha distill generate` (prompt, thinking, answer columns)
-    dataset: str = ""  # held-out evaluation: a built-in task (addition, arithmetic) or a prompt/answer file
-    thinking_column: str = "thinking"
-    answer_column: str = "answer"  # the teacher's final answer in the traces
-    gold_column: str = "answer"  # the ground truth in the held-out dataset file
-    min_reward: float | None = None  # drop traces whose `reward` is below this (or missing)
+    traces: str = setting("", "the training traces: JSONL from `aha distill generate` (prompt, thinking, answer "
+                              "columns); unset with a built-in --dataset: the task's own teacher traces")
+    dataset: str = setting("", "held-out prompts: a built-in task (addition, arithmetic: also its traces when no "
+                               "--traces) or a prompt/answer file")
+    thinking_column: str = setting("thinking", "the traces' column holding the teacher's reasoning")
+    answer_column: str = setting("answer", "the traces' column holding the teacher's final answer")
+    gold_column: str = setting("answer", "the held-out dataset file's column holding the ground truth")
+    min_reward: float | None = setting(None, "drop traces whose `reward` is below this (or missing); unset keeps all")
 
     def validate(self) -> None:
         super(SFTConfig, self).validate()
-        if not self.traces:
-            raise AhaError("no traces given: pass --traces traces.jsonl (written by `aha distill generate`)")
+        if not self.traces and not is_task(self.dataset):
+            raise AhaError("no traces given: pass --traces traces.jsonl (written by `aha distill generate`), or "
+                           f"--dataset {' or '.join(TASKS)} to learn a built-in task's own teacher traces")
         if self.per_device_train_batch_size % self.gradient_accumulation_steps:
             raise AhaError(f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) must divide "
                            f"per_device_train_batch_size ({self.per_device_train_batch_size})")
@@ -434,6 +405,35 @@ def completion_after_prefill(rendered_prompt: str, completion: str) -> str:
     if completion.startswith(prefill):
         return completion[len(prefill):]
     return completion[len(OPEN_TAG):].lstrip("\n") if completion.startswith(OPEN_TAG) else completion
+
+
+def task_trace(row: dict, tokenizer, system_prompt: str | None = None) -> dict:
+    """A built-in task's row with its programmatic teacher's completion (`<think>\n6+0=6\n</think>\n6`) in
+    the student's format: trace_completion's, after what the student's template pre-fills."""
+    from engine.sampling import render_prompt
+
+    thinking, _, answer = row["completion"].removeprefix("<think>\n").partition("</think>\n")
+    rendered = render_prompt(tokenizer, row["prompt"], system_prompt)
+    return {**row, "completion": completion_after_prefill(rendered, trace_completion(thinking, answer))}
+
+
+class TaskTraces:
+    """A built-in task's endless stream of teacher traces in the student's format (PromptStream reads
+    row(index)): the training data of `aha distill sft --dataset addition` without a traces file."""
+
+    def __init__(self, task: TaskSource, tokenizer, system_prompt: str | None = None):
+        self.task, self.tokenizer, self.system_prompt = task, tokenizer, system_prompt
+
+    def row(self, index: int) -> dict:
+        return task_trace(self.task.row(index), self.tokenizer, self.system_prompt)
+
+
+def training_rows(config: TraceSFTConfig, tokenizer) -> list[dict] | TaskTraces:
+    """What the student learns: the traces file's rows (load_traces), or without one the built-in task's
+    teacher traces (config.dataset, drawn with config.seed)."""
+    if config.traces:
+        return load_traces(config, tokenizer)
+    return TaskTraces(TaskSource(config.dataset, config.seed), tokenizer, config.system_prompt)
 
 
 def load_traces(config: TraceSFTConfig, tokenizer) -> list[dict]:
@@ -469,23 +469,14 @@ def load_traces(config: TraceSFTConfig, tokenizer) -> list[dict]:
 
 def heldout_rows(config: TraceSFTConfig, tokenizer) -> list[dict]:
     """Held-out rows {prompt, answer, completion?}: a built-in task's fixed sample (with its teacher's
-    trace, for the held-out loss) or a file's first eval_samples rows."""
-    from engine.data import TASKS, TaskSource, load_rows
-    from engine.sampling import render_prompt
-
+    trace, for the held-out loss) or a dataset's first eval_samples rows."""
     spec = config.eval_dataset or config.dataset
     if not config.eval_steps or not spec:
         return []
-    if spec in TASKS and not Path(spec).exists():
-        rows = []
-        for row in TaskSource(spec).heldout(config.eval_samples):
-            body = row["completion"].removeprefix("<think>\n")
-            thinking, _, answer = body.partition("</think>\n")
-            completion = trace_completion(thinking, answer)
-            rendered = render_prompt(tokenizer, row["prompt"], config.system_prompt)
-            rows.append({**row, "completion": completion_after_prefill(rendered, completion)})
-        return rows
-    return load_rows(spec, config.prompt_column, config.gold_column)[:config.eval_samples]
+    source = open_dataset(spec, config.seed, config.prompt_column, config.gold_column)
+    if isinstance(source, TaskSource):
+        return [task_trace(row, tokenizer, config.system_prompt) for row in source.heldout(config.eval_samples)]
+    return source[:config.eval_samples]
 
 
 class TraceSFTStep(SFTStep):
@@ -532,7 +523,7 @@ def train_sft_on_traces(config: TraceSFTConfig | None = None, *, resume: str | P
 
     config = run_config(TraceSFTConfig, config, resume, overrides)
     tokenizer = load_tokenizer(check_model_folder(config.model))
-    rows = load_traces(config, tokenizer)
+    rows = training_rows(config, tokenizer)
     heldout = heldout_rows(config, tokenizer)
     return run_sft(config, rows, heldout, resume=resume, on_event=on_event, cancel=cancel, kind="distill-sft",
                    make_step=TraceSFTStep)
@@ -544,11 +535,14 @@ def train_sft_on_traces(config: TraceSFTConfig | None = None, *, resume: str | P
 class KDConfig(TraceSFTConfig):
     """`aha distill kd` settings: TraceSFTConfig's, plus the teacher and kd_loss's settings (GKD's names)."""
 
-    teacher: str = ""  # HF checkpoint folder sharing the student's tokenizer
-    kd_kind: str = "forward_kl"  # forward_kl | reverse_kl | jsd
-    beta: float = 0.5  # the JSD interpolation
-    temperature: float = 1.0  # of kd_loss, and of the student's on-policy samples (as in TRL's GKD)
-    lmbda: float = 0.0  # share of steps on the student's own samples of the prompts (GKD's on-policy fraction)
+    teacher: str = setting("", "the teacher: a Hugging Face checkpoint folder sharing the student's tokenizer")
+    kd_kind: str = setting("forward_kl", "the divergence to the teacher's next-token distribution: forward_kl, "
+                                         "reverse_kl or jsd")
+    beta: float = setting(0.5, "the JSD interpolation between the two distributions (kd_kind = jsd)")
+    temperature: float = setting(1.0, "softens both distributions in the loss, and samples the student's "
+                                      "on-policy sequences (as in TRL's GKD)")
+    lmbda: float = setting(0.0, "share of steps on the student's own samples of the prompts instead of the traces "
+                                "(GKD's on-policy fraction, 0 to 1)")
 
     def validate(self) -> None:
         super().validate()
@@ -684,7 +678,7 @@ def train_kd_on_traces(config: KDConfig | None = None, *, resume: str | Path | N
     config = run_config(KDConfig, config, resume, overrides)
     tokenizer = load_tokenizer(check_model_folder(config.model))
     check_same_tokenizer(tokenizer, load_tokenizer(check_model_folder(config.teacher)))
-    rows = load_traces(config, tokenizer)
+    rows = training_rows(config, tokenizer)
     heldout = heldout_rows(config, tokenizer)
     return run_sft(config, rows, heldout, resume=resume, on_event=on_event, cancel=cancel, kind="distill-kd",
                    make_step=KDStep)

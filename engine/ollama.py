@@ -240,6 +240,12 @@ def _chunks(stream: BinaryIO, progress: Progress) -> Iterator[bytes]:
         progress.advance(len(chunk))
 
 
+def check_reachable(host: str | None = None, timeout_s: float = 5.0) -> str:
+    """The server's version, or the one-line "cannot reach Ollama" AhaError within `timeout_s`: asked
+    before an export starts, so an Ollama that is not running is said first, not after the work."""
+    return OllamaClient(ollama_base_url(host), timeout_s=timeout_s).version()
+
+
 def register(gguf_path: Path, name: str, *, num_ctx: int, host: str | None = None,
              on_event: OnEvent | None = None) -> dict:
     """Hash, upload when missing, create `name` with the R1 template, then return Ollama's /api/show.

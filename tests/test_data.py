@@ -9,11 +9,14 @@ import re
 import pytest
 
 from engine.data import (
+    TASK_ROWS,
     PromptStream,
     TaskSource,
     addition_problem,
     arithmetic_problem,
+    first_rows,
     is_heldout,
+    is_task,
     load_rows,
     open_dataset,
     teacher_trace,
@@ -153,6 +156,24 @@ def test_open_dataset_errors(tmp_path):
     with pytest.raises(AhaError, match="unknown file type"):
         open_dataset(str(tmp_path / "data.txt"))
     assert isinstance(open_dataset("addition"), TaskSource)
+
+
+def test_a_finite_list_of_rows_from_a_task_or_a_file(tmp_path, monkeypatch):
+    """distill generate needs a list: a task's first training problems (TASK_ROWS unless told), a file's first
+    rows (all unless told). A file named like a task, in the working folder, is the file."""
+    task = open_dataset("arithmetic", seed=2)
+    assert first_rows(task, 3) == [TaskSource("arithmetic", seed=2).row(index) for index in range(3)]
+    assert len(first_rows(task, None)) == TASK_ROWS
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"{n}+1=", "answer": str(n + 1)}) + "\n" for n in range(5)))
+    assert [row["prompt"] for row in first_rows(open_dataset(str(path)), 2)] == ["0+1=", "1+1="]
+    assert len(first_rows(open_dataset(str(path)), None)) == 5
+    monkeypatch.chdir(tmp_path)
+    assert is_task("addition") and not is_task("data.jsonl") and not is_task(None)
+    (tmp_path / "addition").write_text(json.dumps({"prompt": "mine", "answer": "1"}) + "\n")
+    assert not is_task("addition")
+    with pytest.raises(AhaError, match="unknown file type"):
+        open_dataset("addition")  # the file, not the task
 
 
 # The stream ---------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -19,12 +20,12 @@ import pytest
 
 from engine import teachers
 from engine.cli import main
+from engine.data import TASK_ROWS, TaskSource
 from engine.distill import (
     Verdict,
     generate_traces,
     progress_path,
     prompt_id,
-    read_jsonl_rows,
     select_kept,
 )
 from engine.errors import AhaError
@@ -218,22 +219,6 @@ def test_an_unreachable_teacher_is_one_line_naming_the_url(tmp_path):
     assert (tmp_path / "out.jsonl").read_text() == ""  # nothing half-written
 
 
-def test_read_jsonl_rows_names_the_bad_line(tmp_path):
-    path = tmp_path / "data.jsonl"
-    path.write_text('{"question": "q1", "solution": "1", "level": 3}\n{"question": "q2"}\n', encoding="utf-8")
-    with pytest.raises(AhaError, match=r"data.jsonl line 2 has no 'solution' column \(it has: question\)"):
-        read_jsonl_rows(path, "question", "solution")
-    path.write_text('{"question": "q1", "solution": "1", "level": 3}\n{"question": "q2", "solution": \n', encoding="utf-8")
-    with pytest.raises(AhaError, match="data.jsonl line 2 is not valid JSON"):
-        read_jsonl_rows(path, "question", "solution")
-    path.write_text('{"question": "q1", "solution": "1", "level": 3}\n', encoding="utf-8")
-    assert read_jsonl_rows(path, "question", "solution") == [
-        {"question": "q1", "solution": "1", "level": 3, "prompt": "q1", "answer": "1"}]
-    assert read_jsonl_rows(path, "question", None)[0].get("answer") is None
-    with pytest.raises(AhaError, match="not found"):
-        read_jsonl_rows(tmp_path / "missing.jsonl")
-
-
 def test_an_existing_foreign_output_is_not_overwritten(tmp_path):
     out = tmp_path / "notes.jsonl"
     out.write_text('{"mine": true}\n', encoding="utf-8")
@@ -382,6 +367,49 @@ def test_reasoning_field_endpoint_with_a_retried_failure(tmp_path, monkeypatch, 
     assert bodies[0]["model"] == "r1-fake" and bodies[0]["messages"] == [{"role": "user", "content": QUESTION}]
     assert (bodies[0]["temperature"], bodies[0]["top_p"], bodies[0]["max_tokens"]) == (0.6, 0.9, 64)
     assert set(_FakeEndpoint.headers_seen) == {f"Bearer {KEY}"} and len(_FakeEndpoint.headers_seen) == 3
+
+
+class _AddingEndpoint(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint that adds: "123+456=" gets a thought and "\\boxed{579}"."""
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        a, b = map(int, re.fullmatch(r"(\d+)\+(\d+)=", body["messages"][-1]["content"]).groups())
+        data = json.dumps({"choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": f"\\boxed{{{a + b}}}", "reasoning_content": f"{a} plus {b}"}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_cli_generate_from_the_built_in_task(tmp_path):
+    """`aha distill generate --dataset addition` asks the teacher the task's training problems (the first
+    TASK_ROWS without --limit, as `aha grpo --dataset addition` would draw them) and checks the replies
+    against the task's sums."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _AddingEndpoint)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    out = tmp_path / "traces.jsonl"
+    command = [sys.executable, "-m", "engine.cli", "distill", "generate", "--teacher",
+               f"openai:http://127.0.0.1:{httpd.server_address[1]}/v1", "--model", "adder", "--dataset", "addition",
+               "-k", "1", "-o", str(out), "--events", "jsonl"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "AHA_HOME": str(tmp_path / "home")})
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert result.returncode == 0, result.stderr
+    done = json.loads(result.stdout.splitlines()[-1])
+    assert (done["type"], done["status"], done["prompts"], done["kept"]) == ("done", "complete", TASK_ROWS, TASK_ROWS)
+    traces = {record["prompt"]: record for record in _lines(out)}  # in the order the replies came
+    task = [TaskSource("addition").row(index) for index in range(TASK_ROWS)]
+    assert {prompt: (record["gold"], record["answer"]) for prompt, record in traces.items()} == {
+        row["prompt"]: (row["answer"], f"\\boxed{{{row['answer']}}}") for row in task}
 
 
 class _ListTeacher:

@@ -27,6 +27,7 @@ from engine.cli import main
 from engine.data import TaskSource
 from engine.distill import (
     KDConfig,
+    TaskTraces,
     TraceSFTConfig,
     completion_after_prefill,
     generate_traces,
@@ -135,6 +136,7 @@ def test_sft_loss_falls_and_resume_after_sigkill_matches(checkpoint, traces, tmp
 
 def test_errors_are_one_line(checkpoint, tmp_path, capsys):
     student = checkpoint("qwen2")
+    capsys.readouterr()  # what building the fixture printed (when this test is the first to need it)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "q", "thinking": "t", "answer": "a"}) + "\n"
                    + json.dumps({"prompt": "q", "answer": "a"}) + "\n")
@@ -153,6 +155,29 @@ def test_errors_are_one_line(checkpoint, tmp_path, capsys):
         config(student, bad, eval_steps=5).validate()
     with pytest.raises(AhaError, match="cannot change"):
         train_sft_on_traces(resume=tmp_path, overrides={"learning_rate": 1.0})
+
+
+def test_cli_sft_learns_the_built_in_tasks_own_traces(checkpoint, tmp_path, capsys):
+    """`aha distill sft --dataset addition` without --traces trains on the task's programmatic teacher traces
+    (after the student template's `<think>\\n` prefill) and evaluates on the task's held-out split."""
+    student = checkpoint("qwen2")
+    run_dir = tmp_path / "run"
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in SETTINGS.items()]
+    assert main(["distill", "sft", "--student", str(student), "--dataset", "addition", *flags, "--max-steps", "2",
+                 "--eval-steps", "2", "--eval-samples", "2", "--max-completion-length", "8",
+                 "--output-dir", str(run_dir), "--events", "jsonl"]) == 0
+    done = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (done["type"], done["status"], done["step"]) == ("done", "complete", 2)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records if "loss" in record] == [1, 2]
+    assert math.isfinite(records[-1]["eval/loss"]) and "eval/accuracy" in records[-1]
+
+    row = TaskSource("addition", seed=SETTINGS["seed"]).row(0)  # "<think>\n5+8=13\n…\n</think>\n1376"
+    thinking, answer = row["completion"].removeprefix("<think>\n").split("</think>\n")
+    assert TaskTraces(TaskSource("addition", seed=SETTINGS["seed"]), load_tokenizer(student)).row(0) == {
+        **row, "completion": f"{thinking}</think>\n\n{answer}"}
+    with pytest.raises(AhaError, match=r"no traces given: pass --traces .* or --dataset addition or arithmetic"):
+        TraceSFTConfig(model=str(student), dataset=str(tmp_path / "heldout.jsonl")).validate()
 
 
 @pytest.fixture

@@ -106,6 +106,23 @@ def test_events_jsonl_and_ollama_registration(checkpoint, tmp_path, monkeypatch)
     assert modelfile.startswith("FROM ./r1.gguf") and modelfile.count("PARAMETER stop") == 4
 
 
+def test_an_unreachable_ollama_is_said_first_and_nothing_is_written(checkpoint, tmp_path):
+    """With --ollama and no Ollama listening, the one "cannot reach Ollama" line comes before any work:
+    nothing converted (no progress line), no folder or file made."""
+    import os
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed once the block ends
+    env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{port}"}
+    out = tmp_path / "out" / "r1.gguf"
+    result = aha("export", str(checkpoint("qwen2")), "-o", str(out), "--type", "q4_k_m", "--ollama", "aha-r1",
+                 env=env)
+    assert_one_line_error(result, f"cannot reach Ollama at http://127.0.0.1:{port}", "ollama serve")
+    assert result.stdout == "" and not (tmp_path / "out").exists()
+
+
 def test_aha_without_arguments_prints_help():
     result = aha()
     assert result.returncode == 0 and "export" in result.stdout and "usage: aha" in result.stdout
@@ -157,6 +174,41 @@ def test_quantizer_types_are_really_that_type_and_run(out_type, gguf_file, check
         assert llm.create_completion("12+35=", max_tokens=8, temperature=0.0)["usage"]["completion_tokens"] > 0
     finally:
         llm.close()
+
+
+def test_a_k_quant_export_shows_only_ahas_lines_and_names_the_file_once(tmp_path):
+    """`aha export --type q4_k_m` in a child process, its stdout and stderr read at the file descriptors:
+    none of llama.cpp's loader or per-tensor log, only Aha's lines (a warning, the bars, "wrote …"), the
+    fallback quantization llama.cpp reports for a model 128 wide summed up in one warning, and the output
+    path named once."""
+    from tests.tiny_models import TinySpec, make_checkpoint
+
+    narrow = make_checkpoint(tmp_path / "narrow", TinySpec("qwen2", tied=False, hidden=128, ffn=384))
+    out = tmp_path / "out" / "m.gguf"
+    result = aha("export", str(narrow), "-o", str(out), "--type", "q4_k_m")
+    assert result.returncode == 0, result.stderr
+    lines = (result.stdout + result.stderr).splitlines()
+    assert not [line for line in lines if "llama_model" in line or "converting to" in line or "kv " in line], lines
+    assert all(line.startswith(("warning: ", "writing f16.gguf ", "quantizing to q4_k_m ", "wrote "))
+               for line in lines), lines
+    assert [line for line in lines if "llama.cpp:" in line] == [
+        "warning: llama.cpp: 15 of 27 tensor(s) required fallback quantization"]
+    assert (result.stdout + result.stderr).count(str(out)) == 1
+    # The f16 intermediate, removed after, is no result: only the two files left are named.
+    assert [line for line in lines if line.startswith("wrote ")] == [f"wrote {out}",
+                                                                     f"wrote {out.with_suffix('.Modelfile')}"]
+
+
+def test_a_quantizer_error_names_llama_cpps_reason(tmp_path):
+    """llama.cpp's log is silenced during quantization, but its error still reaches the user's one line."""
+    from engine.errors import AhaError
+    from engine.export.quantize import quantize_gguf
+
+    not_gguf = tmp_path / "config.gguf"
+    not_gguf.write_text("{}" * 64)
+    with pytest.raises(AhaError, match=r"could not quantize config.gguf to q4_k_m: invalid magic characters"):
+        quantize_gguf(not_gguf, tmp_path / "m.gguf", "q4_k_m")
+    assert not (tmp_path / "m.gguf").exists()
 
 
 @pytest.mark.parametrize("outcome", ["quantized", "quantizer failed"])

@@ -23,6 +23,7 @@ from engine.ollama import (
     R1_GO_TEMPLATE,
     R1_STOPS,
     OllamaClient,
+    check_reachable,
     modelfile_text,
     ollama_base_url,
     r1_parameters,
@@ -286,6 +287,15 @@ def test_unreachable_server_is_one_line_naming_the_url(gguf):
     message = str(caught.value)
     assert "\n" not in message
     assert url in message and "connection refused" in message and "ollama serve" in message
+
+
+def test_check_reachable_answers_with_the_version_or_one_line(fake, monkeypatch):
+    """What `aha export --ollama` asks before any work: the server from OLLAMA_HOST, or the one line."""
+    monkeypatch.setenv("OLLAMA_HOST", fake.base_url)
+    assert check_reachable() == fake.version
+    url = f"http://127.0.0.1:{_closed_port()}"
+    with pytest.raises(AhaError, match=rf"^cannot reach Ollama at {url} \(connection refused\); start it"):
+        check_reachable(url)
 
 
 def test_digest_mismatch_is_an_aha_error(gguf, fake):

@@ -35,15 +35,18 @@ def export(src: Path | str, out: Path | str, out_type: str = "f16", *, adapter: 
     from engine.export.lora import merge_adapter, write_lora_gguf
     from engine.export.quantize import quantize_gguf
     from engine.fileio import check_output
+    from engine.ollama import check_reachable
 
     key = check_type(out_type)
     out = Path(out).expanduser()
+    if adapter_only and adapter is None:
+        raise AhaError("--adapter-only needs --adapter ADAPTER_DIR.")
+    if adapter_only and ollama:
+        raise AhaError("--ollama registers a whole model; export without --adapter-only to register it.")
+    if ollama:
+        check_reachable()  # before merging, converting and hashing, which take minutes on a real model
     check_output(out, force)
     if adapter_only:
-        if adapter is None:
-            raise AhaError("--adapter-only needs --adapter ADAPTER_DIR.")
-        if ollama:
-            raise AhaError("--ollama registers a whole model; export without --adapter-only to register it.")
         return {"gguf": write_lora_gguf(src, adapter, out, key, force=force, on_event=on_event),
                 "modelfile": None, "ollama": None}
     ckpt = open_checkpoint(src)
@@ -54,12 +57,18 @@ def export(src: Path | str, out: Path | str, out_type: str = "f16", *, adapter: 
         if key in DIRECT_TYPES:
             write_gguf(ckpt, out, key, force=force, on_event=on_event, cancel=cancel)
         else:
-            f16 = write_gguf(ckpt, scratch / "f16.gguf", "f16", force=True, on_event=on_event, cancel=cancel)
+            f16 = write_gguf(ckpt, scratch / "f16.gguf", "f16", force=True, on_event=_without_artifacts(on_event),
+                             cancel=cancel)
             quantize_gguf(f16, out, key, force=force, on_event=on_event)
     finally:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(scratch)
     return finish_export(out, ckpt.hparams.get("max_position_embeddings"), ollama, num_ctx, on_event)
+
+
+def _without_artifacts(on_event: OnEvent) -> OnEvent:
+    """on_event for an intermediate file: its progress is shown, but it is no result ("wrote …")."""
+    return lambda event: None if event["type"] == "artifact" else on_event(event)
 
 
 def finish_export(out: Path, context_length: int | None, ollama: str | None, num_ctx: int | None,

@@ -2,13 +2,19 @@
 
 Knows the type names users type (q4_k_m, q6_k…) and which types need an importance matrix (refused:
 Aha does not compute one). Progress is reported from the growing output file against the expected
-size, since llama.cpp's quantizer has no callback.
+size, since llama.cpp's quantizer has no callback; llama.cpp's own log (a line per metadata key and per
+tensor) is kept off the terminal: its last warning (the summary) is one log line, its first error goes
+into the AhaError.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from engine.errors import AhaError
@@ -47,6 +53,44 @@ def check_quant_type(name: str) -> str:
     return key
 
 
+# ggml_log_level in the llama.cpp that llama-cpp-python ships (its _logger.py still has the older numbering).
+LOG_WARN, LOG_ERROR, LOG_CONT = 3, 4, 5
+
+
+@contextlib.contextmanager
+def quiet_llama_log() -> Iterator[dict[str, list[str]]]:
+    """Route llama.cpp's log (llama_log_set also sets ggml's) into lists instead of stderr while the block
+    runs: yields {"warnings": [...], "errors": [...]}, one entry per message (continuations joined), info
+    and debug dropped. The previous handler, llama-cpp-python's, is put back afterwards."""
+    import llama_cpp
+    import llama_cpp._logger
+
+    kept: dict[str, list[str]] = {"warnings": [], "errors": []}
+    previous: list[list[str] | None] = [None]  # where the last message went (None: dropped), for LOG_CONT
+
+    @llama_cpp.llama_log_callback
+    def collect(level: int, text: bytes, user_data) -> None:
+        message = text.decode("utf-8", "replace")
+        if level != LOG_CONT:
+            previous[0] = {LOG_WARN: kept["warnings"], LOG_ERROR: kept["errors"]}.get(level)
+            if previous[0] is not None:
+                previous[0].append(message)
+        elif previous[0] is not None:
+            previous[0][-1] += message
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield kept
+    finally:
+        llama_cpp.llama_log_set(llama_cpp._logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def log_line(message: str) -> str:
+    """A llama.cpp log message as one line, without its function prefix: "llama_model_quantize_impl:
+    WARNING: 3 of 9 tensor(s) …" → "3 of 9 tensor(s) …"."""
+    return re.sub(r"^\w+: (WARNING: )?", "", " ".join(message.split()))
+
+
 def _watch_size(path: Path, progress: Progress, stop: threading.Event) -> None:
     while not stop.wait(0.2):
         if path.exists():
@@ -72,13 +116,17 @@ def quantize_gguf(src: Path | str, out: Path | str, quant_type: str, *, force: b
         watcher = threading.Thread(target=_watch_size, args=(temp, progress, stop), daemon=True)
         watcher.start()
         try:
-            status = llama_cpp.llama_model_quantize(str(src).encode(), str(temp).encode(), params)
+            with quiet_llama_log() as log:
+                status = llama_cpp.llama_model_quantize(str(src).encode(), str(temp).encode(), params)
         finally:
             stop.set()
             watcher.join()
         if status != 0:
-            raise AhaError(f"llama.cpp could not quantize {src.name} to {key} (status {status}); "
+            reason = f": {log_line(log['errors'][0])}" if log["errors"] else f" (status {status})"
+            raise AhaError(f"llama.cpp could not quantize {src.name} to {key}{reason}; "
                            "check that the input is a complete f16/bf16/f32 GGUF.")
         progress.update(expected, force=True)
+    if log["warnings"]:  # the last one sums up the others ("15 of 27 tensor(s) required fallback quantization")
+        on_event(make_event("log", level="warning", message=f"llama.cpp: {log_line(log['warnings'][-1])}"))
     on_event(make_event("artifact", kind="gguf", path=str(out), bytes=out.stat().st_size, gguf_type=key))
     return out
