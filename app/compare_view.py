@@ -2,7 +2,8 @@
 think traces, their lengths and times, and the two final answers next to each other.
 
 The two runs go one after the other on one worker thread (fair timings on a shared CPU/GPU), each with
-its own loaded model; events are tagged with their side. Nothing here is saved to the store.
+its own loaded model; events are tagged with their side. Nothing here is saved to the store. The model
+lists are read again whenever the pane is shown (models added from `aha models …` or a rescan appear).
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ from app.message_view import AssistantMessageWidget
 from app.qt import Qt, QtWidgets
 from app.workers import ThreadJob
 from engine import r1
+from engine.conversation import counted, stop_wording
+from engine.errors import AhaError
 
 SAMPLINGS = {"DeepSeek R1 (0.6 · 0.95)": {"temperature": r1.TEMPERATURE, "top_p": r1.TOP_P},
              "Greedy (0 · 1.0)": {"temperature": 0.0, "top_p": 1.0},
              "Hot (1.0 · 0.95)": {"temperature": 1.0, "top_p": 0.95}}
-ROWS = (("Thinking", lambda s: f"{s.get('thinking_tokens', 0)} tokens · {s.get('thinking_s', 0):.1f} s"),
-        ("Answer", lambda s: f"{s.get('answer_tokens', 0)} tokens · {s.get('answer_s', 0):.1f} s"),
+ROWS = (("Thinking", lambda s: f"{counted(s.get('thinking_tokens', 0), 'token')} · {s.get('thinking_s', 0):.1f} s"),
+        ("Answer", lambda s: f"{counted(s.get('answer_tokens', 0), 'token')} · {s.get('answer_s', 0):.1f} s"),
         ("First token", lambda s: f"{(s.get('ttft_s') or 0) * 1000:.0f} ms"),
         ("Speed", lambda s: f"{s.get('tokens_per_s') or 0:.1f} tok/s"),
-        ("Stopped by", lambda s: s.get("stop_reason", "")))
+        ("How it ended", stop_wording))
 
 
 class Side(QtWidgets.QFrame):
@@ -98,17 +101,28 @@ class ComparePane(QtWidgets.QWidget):
         self.results: dict[str, dict] = {}
         self.refresh_models()
 
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        self.refresh_models()
+
     def refresh_models(self) -> None:
+        """The library's models in both lists again, each side keeping its choice while that model is listed."""
         from engine.models import Library
 
-        entries = Library().entries()
+        try:
+            items = [(entry.name, str(entry.path)) for entry in Library().entries()]
+        except AhaError as error:
+            self.status.setText(str(error))
+            return
         for index, side in enumerate(self.sides.values()):
+            if items == [(side.model.itemText(i), side.model.itemData(i)) for i in range(side.model.count())]:
+                continue
             current = side.model.currentData()
             side.model.clear()
-            for entry in entries:
-                side.model.addItem(entry.name, str(entry.path))
-            if current:
-                side.model.setCurrentIndex(max(side.model.findData(current), 0))
+            for name, path in items:
+                side.model.addItem(name, path)
+            if current and side.model.findData(current) >= 0:
+                side.model.setCurrentIndex(side.model.findData(current))
             elif side.model.count() > index:
                 side.model.setCurrentIndex(index)
 
@@ -164,16 +178,16 @@ class ComparePane(QtWidgets.QWidget):
         self.stop_button.hide()
         for name, side in self.sides.items():
             if name not in self.results and side.reply is not None and side.reply.status == "streaming":
-                side.reply.finish({"stop_reason": "error" if error else "cancelled", "error": error} if error
-                                  else {"stop_reason": "cancelled", "thinking_unfinished": True})
+                stats = {"stop_reason": "error" if error else "cancelled", "thinking_unfinished": side.reply.think.in_thought}
+                side.reply.finish({**stats, "error": error} if error else stats)
         self.status.setText(error or self._summary())
 
     def _summary(self) -> str:
         a, b = self.results.get("A"), self.results.get("B")
         if not (a and b):
             return ""
-        return (f"A thought {a.get('thinking_tokens', 0)} tokens, B {b.get('thinking_tokens', 0)}; "
-                f"A answered in {a.get('answer_tokens', 0)} tokens, B in {b.get('answer_tokens', 0)}.")
+        return (f"A thought {counted(a.get('thinking_tokens', 0), 'token')}, B {b.get('thinking_tokens', 0)}; "
+                f"A answered in {counted(a.get('answer_tokens', 0), 'token')}, B in {b.get('answer_tokens', 0)}.")
 
     def close_models(self) -> None:
         self.stop()

@@ -1,37 +1,27 @@
 """Message widgets: a user bubble, and an assistant reply with its think block, answer and stats.
 
-The think block reads "Thinking… 3.2 s" with the last lines of the trace while streaming, collapses to
-"Thought for 12.3 s · 842 tokens" when the answer starts, and says why when a thought was cut. Streamed
-text is buffered and flushed at most 30 times a second, appended at the end of the documents (no
-re-layout of what is already shown); the answer's Markdown and math are rendered when it is done.
+The think block reads "Thinking… 3.2 s" (timed from the first thinking token) with the last lines of the
+trace while streaming, as tall as its lines; it collapses to "Thought for 12.3 s · 842 tokens" when the
+answer starts, and says why (engine.conversation's wording) when a thought did not finish. Streamed text
+is buffered and flushed at most 30 times a second, appended at the end of the documents (no re-layout of
+what is already shown); the answer's Markdown and math are rendered when it is done.
 """
 
 from __future__ import annotations
 
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal
 from app.rich_text import render_markdown
-from engine.conversation import status_for
+from engine.conversation import status_for, stop_wording, thought_summary
 
 FLUSH_MS = 33              # ≤ 30 repaints a second while streaming
 LIVE_MARKDOWN_MS = 750     # the answer's Markdown is re-rendered this often while it streams
 THINK_LINES_LIVE = 4       # lines of the trace shown while thinking
-
-CUT_REASONS = {"cancelled": "Stopped", "max_tokens": "Cut by the token budget",
-               "context_full": "Cut: the context is full", "error": "Failed"}
+THINK_LINES_DONE = 24      # at most this many lines of a finished trace before it scrolls
 
 
-def thought_summary(stats: dict, live_seconds: float | None = None) -> str:
-    """Header of a think block: "Thought for 12.3 s · 842 tokens", or why the thought was cut."""
-    seconds = stats.get("thinking_s", live_seconds or 0.0) or 0.0
-    tokens = stats.get("thinking_tokens", 0)
-    if stats.get("thinking_unfinished"):
-        reason = CUT_REASONS.get(stats.get("stop_reason"), "Stopped")
-        return f"{reason} while thinking · {seconds:.1f} s · {tokens} tokens"
-    return f"Thought for {seconds:.1f} s · {tokens} tokens"
-
-
-def stats_summary(stats: dict) -> str:
-    """Line under an answer: time to first token, thinking, answer, speed."""
+def stats_summary(stats: dict, reason_in_header: bool = False) -> str:
+    """Line under an answer: time to first token, thinking, answer, speed, and why the reply ended when it
+    did not end by itself (unless the think header already says so)."""
     parts = []
     if stats.get("ttft_s") is not None:
         parts.append(f"first token {stats['ttft_s'] * 1000:.0f} ms")
@@ -41,9 +31,9 @@ def stats_summary(stats: dict) -> str:
         parts.append(f"answer {stats['answer_s']:.1f} s · {stats['answer_tokens']} tok")
     if stats.get("tokens_per_s"):
         parts.append(f"{stats['tokens_per_s']:.1f} tok/s")
-    reason = stats.get("stop_reason")
-    if reason not in (None, "eos") and not stats.get("thinking_unfinished"):
-        parts.append(CUT_REASONS.get(reason, reason).lower())
+    ended_by_itself = stats.get("stop_reason") == "eos" and not stats.get("thinking_unfinished")
+    if stop_wording(stats) and not ended_by_itself and not reason_in_header:
+        parts.append(stop_wording(stats))
     if stats.get("error"):
         parts.append(stats["error"])
     return "  ·  ".join(parts)
@@ -80,18 +70,22 @@ class AutoHeightText(QtWidgets.QTextBrowser):
 
 
 class ThinkBlock(QtWidgets.QFrame):
-    """The collapsible think trace. Live: a timer and the last lines; done: a one-line summary."""
+    """The collapsible think trace. Live: a timer from the first thinking token and the last lines; done: a
+    one-line summary. The body is as tall as its lines (none while nothing has come)."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setObjectName("ThinkBlock")
+        self.setSizePolicy(QtWidgets.QSizePolicy.Policy.Preferred, QtWidgets.QSizePolicy.Policy.Fixed)  # never taller
         self.header = QtWidgets.QToolButton(objectName="ThinkHeader")
         self.header.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        self.header.setSizePolicy(QtWidgets.QSizePolicy.Policy.Expanding, QtWidgets.QSizePolicy.Policy.Fixed)
+        # Ignored: a long header ("The model ended inside its thought · …") never widens a narrow column
+        self.header.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Fixed)
         self.header.clicked.connect(self.toggle)
         self.body = QtWidgets.QPlainTextEdit(objectName="ThinkBody", readOnly=True)
-        self.body.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.body.setContextMenuPolicy(Qt.ContextMenuPolicy.DefaultContextMenu)
+        self.body.document().documentLayout().documentSizeChanged.connect(lambda _: self._fit_body())  # rewrapped
+        self.body.verticalScrollBar().rangeChanged.connect(self._show_last_lines)  # ranges settle after layout
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(8, 4, 8, 6)
         layout.setSpacing(2)
@@ -105,25 +99,31 @@ class ThinkBlock(QtWidgets.QFrame):
 
     # -- state -------------------------------------------------------------------------------------
     def start_live(self) -> None:
+        """The reply was asked for: "Thinking…" until the first thinking token starts the timer."""
         self.live = True
-        self._clock.start()
-        self._ticker.start()
+        self._clock.invalidate()
         self.set_expanded(True)
-        self._tick()
+
+    def thinking_started(self) -> None:
+        """The first thinking token came: the timer starts now (model load and prompt time are not thought)."""
+        if self.live and not self._clock.isValid():
+            self._clock.start()
+            self._ticker.start()
+            self._tick()
 
     def append(self, text: str) -> None:
         cursor = QtGui.QTextCursor(self.body.document())
         cursor.movePosition(QtGui.QTextCursor.MoveOperation.End)
         cursor.insertText(text)
-        if self.live:
-            self.body.verticalScrollBar().setValue(self.body.verticalScrollBar().maximum())
+        self._fit_body()
 
     def answer_started(self) -> None:
         """The answer began: the thought is over; collapse to the summary (timer stops)."""
         if self.live:
             self._ticker.stop()
             self.live = False
-            self.stats = {"thinking_s": self._clock.elapsed() / 1000, "thinking_tokens": self.stats.get("thinking_tokens", 0)}
+            seconds = self._clock.elapsed() / 1000 if self._clock.isValid() else 0.0
+            self.stats = {"thinking_s": seconds, "thinking_tokens": self.stats.get("thinking_tokens", 0)}
             self.set_expanded(False)
 
     def finish(self, stats: dict) -> None:
@@ -137,6 +137,11 @@ class ThinkBlock(QtWidgets.QFrame):
     def text(self) -> str:
         return self.body.toPlainText()
 
+    @property
+    def in_thought(self) -> bool:
+        """A thought is under way: thinking tokens came (the timer runs) and no answer yet."""
+        return self.live and self._clock.isValid()
+
     # -- view --------------------------------------------------------------------------------------
     def toggle(self) -> None:
         self.set_expanded(not self.expanded)
@@ -144,24 +149,51 @@ class ThinkBlock(QtWidgets.QFrame):
     def set_expanded(self, expanded: bool) -> None:
         self.expanded = expanded
         self.header.setArrowType(Qt.ArrowType.DownArrow if expanded else Qt.ArrowType.RightArrow)
-        self.body.setVisible(expanded)
-        line = self.body.fontMetrics().lineSpacing()
-        if self.live:
-            height = line * THINK_LINES_LIVE + 12
-        else:  # as tall as the trace (a plain-text document's height is in lines), at most 24 lines
-            lines = int(self.body.document().size().height()) + 1
-            height = line * min(max(lines, 1), 24) + 12
-        self.body.setFixedHeight(height)
+        self._fit_body(from_top=not self.live)
         self._update_header()
+
+    def _fit_body(self, from_top: bool = False) -> None:
+        """The body as tall as the trace's lines, at most THINK_LINES_LIVE while live (the last ones, no
+        scroll bar) and THINK_LINES_DONE when done (then it scrolls); hidden while empty or collapsed. The
+        empty line after a trailing line break counts for nothing: it stays just below the view."""
+        document, lines = self.body.document(), self._text_lines()
+        limit = THINK_LINES_LIVE if self.live else THINK_LINES_DONE
+        self.body.setVisible(self.expanded and document.characterCount() > 1)
+        policy = (Qt.ScrollBarPolicy.ScrollBarAlwaysOff if self.live or lines <= limit
+                  else Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        if self.body.verticalScrollBarPolicy() != policy:
+            self.body.setVerticalScrollBarPolicy(policy)
+        margins = self.body.contentsMargins()
+        height = (self.body.fontMetrics().lineSpacing() * min(lines, limit) + 2 * document.documentMargin()
+                  + margins.top() + margins.bottom())
+        self.body.setFixedHeight(round(height))
+        if self.live:
+            self._show_last_lines()
+        elif from_top:
+            self.body.verticalScrollBar().setValue(0)
+
+    def _text_lines(self) -> int:
+        """The trace's (wrapped) lines, not counting the empty one after a trailing line break."""
+        document = self.body.document()
+        trailing = 1 if document.blockCount() > 1 and not document.lastBlock().text() else 0
+        return max(int(document.size().height()) - trailing, 1)  # a plain-text document's height is in lines
+
+    def _show_last_lines(self) -> None:
+        """While live, the last lines of the trace are in view (a plain-text view scrolls by lines)."""
+        if self.live:
+            lines = self._text_lines()
+            self.body.verticalScrollBar().setValue(lines - min(lines, THINK_LINES_LIVE))
 
     def _tick(self) -> None:
         self._update_header()
 
     def _update_header(self) -> None:
         if self.live:
-            self.header.setText(f"Thinking… {self._clock.elapsed() / 1000:.1f} s")
+            timed = f" {self._clock.elapsed() / 1000:.1f} s" if self._clock.isValid() else ""
+            self.header.setText(f"Thinking…{timed}")
         else:
             self.header.setText(thought_summary(self.stats))
+        self.header.setToolTip(self.header.text())
 
 
 class BranchNavigator(QtWidgets.QWidget):
@@ -246,11 +278,11 @@ class AssistantMessageWidget(QtWidgets.QFrame):
         actions.addWidget(self.branches)
         actions.addWidget(self.copy_button)
         actions.addWidget(self.regenerate_button)
-        title = QtWidgets.QLabel("Assistant", objectName="Muted")
+        self.author = QtWidgets.QLabel("Assistant", objectName="Muted")  # the chat view names the model
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(12, 8, 12, 8)
         layout.setSpacing(6)
-        layout.addWidget(title)
+        layout.addWidget(self.author)
         layout.addWidget(self.think)
         layout.addWidget(self.answer)
         layout.addLayout(actions)
@@ -273,6 +305,8 @@ class AssistantMessageWidget(QtWidgets.QFrame):
 
     def add_delta(self, kind: str, text: str) -> None:
         """Buffer a thinking/answer delta; the flush timer shows it (≤ 30 times a second)."""
+        if kind == "thinking":
+            self.think.thinking_started()
         self._pending[kind].append(text)
 
     def flush(self) -> None:
@@ -303,7 +337,8 @@ class AssistantMessageWidget(QtWidgets.QFrame):
         self._answer_dirty = True
         self._render_answer()
         self.answer.setVisible(bool(self.answer_text.strip()))
-        self.stats_label.setText(stats_summary(stats))
+        self.stats_label.setText(stats_summary(stats, reason_in_header=not self.think.isHidden()
+                                               and bool(stats.get("thinking_unfinished"))))
         self.regenerate_button.setEnabled(True)
 
     def _render_answer(self) -> None:

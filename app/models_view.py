@@ -28,6 +28,7 @@ from engine.models import (
     format_count,
     read_gguf_info,
 )
+from engine.models.discovery import export_command, is_hf_checkpoint
 
 COLUMNS = ("Name", "Architecture", "Parameters", "Quantization", "Context", "Size", "Source")
 NAME, ARCHITECTURE, PARAMETERS, QUANTIZATION, CONTEXT, SIZE, SOURCE = range(len(COLUMNS))
@@ -56,6 +57,11 @@ class ModelRow:
 
 
 CacheKey = tuple[str, int, int]   # path, mtime_ns, size: a header is read again only when the file changed
+
+
+def _row_key(entry: LibraryEntry) -> tuple[str, str | None]:
+    """A row's identity: its file and, for Ollama, its name (one blob can carry several tags)."""
+    return str(entry.path), entry.ollama_name
 
 
 def _cache_key(path: Path) -> CacheKey | None:
@@ -88,18 +94,21 @@ def read_rows(library: Library, cache: Mapping[CacheKey, GGUFInfo]) -> tuple[lis
     return rows, fresh
 
 
-def add_to_library(library: Library, paths: Iterable[str]) -> tuple[list[LibraryEntry], list[str]]:
-    """Add files and folders; a file that cannot be added becomes a skipped line instead of an error."""
-    added, skipped = [], []
+def add_to_library(library: Library, paths: Iterable[str]) -> tuple[list[LibraryEntry], list[str], list[str]]:
+    """Add files and folders; a file that cannot be added becomes a skipped line instead of an error.
+    Returns (added, skipped, the Hugging Face checkpoint folders among the paths, which need `aha export`)."""
+    added, skipped, checkpoints = [], [], []
     for path in paths:
         try:
             changes = library.add(path)
         except AhaError as error:
             skipped.append(str(error))
+            if Path(path).is_dir() and is_hf_checkpoint(Path(path)):
+                checkpoints.append(str(path))
             continue
         added += changes.added
         skipped += changes.skipped
-    return added, skipped
+    return added, skipped, checkpoints
 
 
 def human_size(n: int) -> str:
@@ -137,11 +146,17 @@ def source_label(entry: LibraryEntry) -> str:
     return SOURCE_LABELS.get(entry.source, entry.source)
 
 
-def summary(added: int, skipped: int, removed: int = 0) -> str:
-    """ "3 added · 1 skipped", or "No new models" when nothing changed."""
-    parts = [f"{count} {what}" for count, what in ((added, "added"), (removed, "removed"), (skipped, "skipped"))
-             if count]
-    return " · ".join(parts) if added or removed else " · ".join(["No new models", *parts])
+def summary(added: int, skipped: int) -> str:
+    """What adding files and folders did: "3 added · 1 skipped", or "No new models" when nothing was added."""
+    parts = [f"{count} {what}" for count, what in ((added, "added"), (skipped, "skipped")) if count]
+    return " · ".join(parts) if added else " · ".join(["No new models", *parts])
+
+
+def scan_summary(found: int, removed: int, skipped: int) -> str:
+    """What a rescan changed in the table: "Found 2 new models · 1 removed · 1 skipped", or "No new models"."""
+    head = f"Found {found} new {'model' if found == 1 else 'models'}" if found else "No new models"
+    tail = [f"{count} {what}" for count, what in ((removed, "removed"), (skipped, "skipped")) if count]
+    return " · ".join([head, *tail])
 
 
 def _metadata_value(value: object) -> str:
@@ -568,6 +583,8 @@ class DownloadRow(QtWidgets.QFrame):
         self.bar.setFixedWidth(220)
         self.detail = ElidedLabel("Connecting to the Hub…")
         self.detail.setObjectName("Muted")
+        self.problem = QtWidgets.QLabel(objectName="Warning", wordWrap=True, visible=False)  # a failure, in full
+        self.problem.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.cancel_button = QtWidgets.QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
         self.dismiss_button = QtWidgets.QPushButton("Dismiss")
@@ -584,6 +601,7 @@ class DownloadRow(QtWidgets.QFrame):
         text.setSpacing(2)
         text.addWidget(self.title)
         text.addWidget(self.detail)
+        text.addWidget(self.problem)
         layout = QtWidgets.QHBoxLayout(self)
         layout.setContentsMargins(10, 6, 10, 6)
         layout.addLayout(text, 1)
@@ -653,7 +671,9 @@ class DownloadRow(QtWidgets.QFrame):
             self.bar.setFormat("failed")
             _set_style_name(self.detail, "Warning")
             self.detail.set_full_text(message)
-            self.detail.setToolTip(message)
+            self.detail.hide()                       # one elided line would hide what to do: wrap it instead
+            self.problem.setText(message)
+            self.problem.show()
         self._ended()
 
     def _ended(self) -> None:
@@ -682,6 +702,7 @@ class ModelsPane(QtWidgets.QWidget):
         self._jobs: set[ThreadJob] = set()
         self._select_after_refresh: str | None = None
         self._shown_once = False
+        self.export_offer: QtWidgets.QMessageBox | None = None   # the last "convert this checkpoint" offer
         self._build()
         self._connect()
         self.refresh()
@@ -818,12 +839,29 @@ class ModelsPane(QtWidgets.QWidget):
             self._start_job(lambda emit, cancel: add_to_library(library, paths), self._on_paths_added)
 
     def rescan(self) -> None:
-        """Look for models in Ollama, LM Studio and the HF cache (Library.scan) off the GUI thread."""
-        library = self.library
+        """Look for models in Ollama, LM Studio and the HF cache (Library.scan) off the GUI thread, then say what
+        is new to the table: models another program (`aha models add`, a scan) put in the library count too."""
+        library, shown = self.library, {_row_key(row.entry) for row in self.model.rows()}
         self.rescan_button.setEnabled(False)
         self.empty.scan_button.setEnabled(False)
         self._show_status("Looking for models in Ollama, LM Studio and the Hugging Face cache…")
-        self._start_job(lambda emit, cancel: library.scan(), self._on_scanned, self._on_scan_failed)
+        self._start_job(lambda emit, cancel: (shown, library.scan(), library.entries()), self._on_scanned,
+                        self._on_scan_failed)
+
+    def offer_export(self, folder: str) -> QtWidgets.QMessageBox:
+        """A Hugging Face checkpoint was picked: say so and offer its `aha export` command (Copy command)."""
+        command = export_command(Path(folder))
+        box = QtWidgets.QMessageBox(QtWidgets.QMessageBox.Icon.Information, "A Hugging Face checkpoint",
+                                    f"{Path(folder).name} is a Hugging Face checkpoint (config.json and safetensors "
+                                    "weights), not a GGUF model. Convert it to GGUF, then add the .gguf file:",
+                                    QtWidgets.QMessageBox.StandardButton.Close, self)
+        box.setInformativeText(command)
+        box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        copy = box.addButton("Copy command", QtWidgets.QMessageBox.ButtonRole.AcceptRole)   # copies, then closes
+        copy.clicked.connect(lambda: QtWidgets.QApplication.clipboard().setText(command))
+        box.open()
+        self.export_offer = box
+        return box
 
     def start_download(self, repo: str, filename: str) -> DownloadRow:
         """Download repo/filename in a child process (`aha models pull`); the new model is selected when done."""
@@ -911,8 +949,10 @@ class ModelsPane(QtWidgets.QWidget):
         self._show_status(message, warning=True)
 
     @Slot(object)
-    def _on_paths_added(self, result: tuple[list[LibraryEntry], list[str]]) -> None:
-        added, skipped = result
+    def _on_paths_added(self, result: tuple[list[LibraryEntry], list[str], list[str]]) -> None:
+        added, skipped, checkpoints = result
+        if checkpoints and not added:
+            self.offer_export(checkpoints[0])
         if not added and not skipped:
             self._show_status("Already in the library.")
         elif len(skipped) == 1 and not added:
@@ -924,11 +964,14 @@ class ModelsPane(QtWidgets.QWidget):
             self.refresh(select=str(added[0].path))
 
     @Slot(object)
-    def _on_scanned(self, changes) -> None:
+    def _on_scanned(self, result) -> None:
+        shown, changes, entries = result
         self._scan_ended()
-        self._show_status(summary(len(changes.added), len(changes.skipped), len(changes.removed)),
-                          warning=bool(changes.skipped), details=changes.skipped)
-        if changes.added or changes.removed:
+        now = {_row_key(entry) for entry in entries}
+        found, gone = len(now - shown), len(shown - now)
+        self._show_status(scan_summary(found, gone, len(changes.skipped)), warning=bool(changes.skipped),
+                          details=changes.skipped)
+        if found or gone or changes.added or changes.removed:
             self.library_changed.emit()
         self.refresh()
 

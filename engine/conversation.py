@@ -4,7 +4,8 @@
 same user message (the old one is kept: branches, not overwrites). The assistant message is written
 through the store's batched writer and always finished — `complete`, `stopped` (cancel, budget or a
 full context: the thinking so far is kept) or `error` — even when the consumer stops iterating.
-Knows nothing of Qt or terminals.
+`stop_wording` and `thought_summary` say why a reply ended, one wording for every view. Knows nothing of Qt
+or terminals.
 """
 
 from __future__ import annotations
@@ -50,6 +51,36 @@ def status_for(stop_reason: str | None) -> str:
     if stop_reason == "eos":
         return "complete"
     return "error" if stop_reason in ("error", None) else "stopped"
+
+
+# Why a reply ended, in the one wording the Chat view, Compare and `aha chat` share.
+STOP_WORDING = {"eos": "Finished", "cancelled": "Stopped by you", "max_tokens": "Cut by the token budget",
+                "context_full": "Cut: the context is full", "error": "Failed"}
+ENDED_IN_THOUGHT = "The model ended inside its thought"   # EOS before </think>: nobody stopped it
+
+
+def stop_wording(stats: dict) -> str:
+    """Why a reply ended: "Stopped by you", "Cut by the token budget while thinking", "The model ended inside
+    its thought" (EOS inside <think>) …; "" when the stats say nothing (a message saved without stats)."""
+    reason = stats.get("stop_reason")
+    if reason is None:
+        return ""
+    if stats.get("thinking_unfinished"):
+        return ENDED_IN_THOUGHT if reason == "eos" else f"{STOP_WORDING.get(reason, reason)} while thinking"
+    return STOP_WORDING.get(reason, reason)
+
+
+def counted(count: int, noun: str) -> str:
+    """ "1 token", "0 tokens", "842 tokens"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def thought_summary(stats: dict) -> str:
+    """Header of a finished thought: "Thought for 12.3 s · 842 tokens", or why it did not finish
+    ("Stopped by you while thinking · 3.1 s · 120 tokens")."""
+    seconds, tokens = stats.get("thinking_s") or 0.0, counted(stats.get("thinking_tokens") or 0, "token")
+    reason = stop_wording(stats) if stats.get("thinking_unfinished") else ""
+    return f"{reason} · {seconds:.1f} s · {tokens}" if reason else f"Thought for {seconds:.1f} s · {tokens}"
 
 
 def messages_for(store: Store, leaf_id: int | None, system_prompt: str = "") -> list[dict]:

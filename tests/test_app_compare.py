@@ -1,10 +1,31 @@
-"""Compare: the same prompt to two settings of the scripted model, both replies and the table."""
+"""Compare: the same prompt to two settings of the scripted model, both replies and the table; how each reply
+ended in the one wording of the Chat view; model lists that follow the library."""
 
 from __future__ import annotations
 
-from app.compare_view import ComparePane
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.compare_view import ROWS, ComparePane
+from engine.chat import ChatModel
 from engine.models import Library
+from tests.support import ends_in_thought
 from tests.support.scripted_model import ANSWER, QUESTION, THOUGHT
+
+REPO = Path(__file__).resolve().parents[1]
+DESCRIBE = dict(ROWS)
+
+
+@pytest.fixture(scope="session")
+def ends_model(tiny_dir, checkpoint):
+    return ends_in_thought.ends_in_thought_gguf(tiny_dir, checkpoint("qwen2"))
+
+
+def column(pane, name: str) -> dict[str, str]:
+    return {label: pane.table.item(row, "AB".index(name)).text() for row, (label, _) in enumerate(ROWS)}
 
 
 def test_compare_two_sampling_settings_side_by_side(qtbot, scripted_gguf, gguf_file):
@@ -52,10 +73,61 @@ def test_compare_two_models_shows_each_ones_own_tokens_and_times(qtbot, scripted
     columns = {name: [pane.table.item(row, column).text() for row in range(pane.table.rowCount())]
                for column, name in enumerate("AB")}
     for name, stats in (("A", a), ("B", b)):
-        thinking, answer, first_token, speed, stopped = columns[name]
+        thinking, answer, first_token, speed, ended = columns[name]
         assert thinking == f"{stats['thinking_tokens']} tokens · {stats['thinking_s']:.1f} s"
         assert answer == f"{stats['answer_tokens']} tokens · {stats['answer_s']:.1f} s"
         assert first_token == f"{stats['ttft_s'] * 1000:.0f} ms" and speed == f"{stats['tokens_per_s']:.1f} tok/s"
-        assert stopped == "max_tokens"
+        assert stats["stop_reason"] == "max_tokens" and stats["thinking_unfinished"]
+        assert ended == "Cut by the token budget while thinking"
     assert pane.sides["A"].reply.think.text() != pane.sides["B"].reply.think.text()
     pane.close_models()
+
+
+def test_a_reply_that_ends_inside_its_thought_is_not_called_stopped(qtbot, ends_model):
+    """EOS inside <think> on both sides: the think header and "How it ended" say the model ended it."""
+    Library().add(ends_model)
+    pane = ComparePane()
+    qtbot.addWidget(pane)
+    pane.show()
+    for side in pane.sides.values():
+        side.sampling.setCurrentText("Greedy (0 · 1.0)")
+    pane.prompt.setPlainText(ends_in_thought.QUESTION)
+    pane.run()
+    qtbot.waitUntil(lambda: not pane.job.is_running())
+    for name in "AB":
+        stats, reply = pane.results[name], pane.sides[name].reply
+        assert stats["stop_reason"] == "eos" and stats["thinking_unfinished"]
+        assert column(pane, name)["How it ended"] == "The model ended inside its thought"
+        assert reply.think.header.text() == (f"The model ended inside its thought · {stats['thinking_s']:.1f} s · "
+                                             f"{stats['thinking_tokens']} tokens")
+        assert "Stopped" not in reply.stats_label.text()
+    pane.close_models()
+
+
+def test_the_table_says_1_token(scripted_gguf):
+    with ChatModel(scripted_gguf) as model:
+        *_, done = model.stream([{"role": "user", "content": QUESTION}], temperature=0, max_tokens=1)
+    stats = done.stats
+    assert DESCRIBE["Thinking"](stats) == f"1 token · {stats['thinking_s']:.1f} s"
+    assert DESCRIBE["Answer"](stats) == "0 tokens · 0.0 s"
+    assert DESCRIBE["How it ended"](stats) == "Cut by the token budget while thinking"
+
+
+def test_models_added_from_the_command_line_appear_when_compare_is_shown_again(qtbot, scripted_gguf, gguf_file):
+    """`aha models add` while the window is open: Compare lists the new model the next time it is shown, and
+    each side keeps the model it had."""
+    Library().add(scripted_gguf)
+    pane = ComparePane()
+    qtbot.addWidget(pane)
+    pane.show()
+    a, b = pane.sides["A"], pane.sides["B"]
+    assert a.model.count() == b.model.count() == 1 and a.model.currentData() == str(scripted_gguf)
+    pane.hide()                                            # another pane is in front
+    other = gguf_file("llama", "q8_0")
+    added = subprocess.run([sys.executable, "-m", "engine.cli", "models", "add", str(other)], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert added.returncode == 0, added.stderr
+    pane.show()
+    for side in (a, b):
+        assert [side.model.itemData(i) for i in range(side.model.count())] == [str(scripted_gguf), str(other)]
+        assert side.model.currentData() == str(scripted_gguf)

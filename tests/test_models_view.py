@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +24,7 @@ from app.models_view import (
     DownloadDialog,
     DownloadState,
     ModelsPane,
+    scan_summary,
     summary,
 )
 from app.qt import Qt, QtCore, QtGui, QtWidgets
@@ -29,6 +33,7 @@ from tests.support import platforms
 from tests.support.fake_hub import FakeHub
 
 REPO, FILE = "unsloth/Tiny-R1-GGUF", "Tiny-R1-Q8_0.gguf"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -189,7 +194,7 @@ def test_rescan_summarizes_what_it_found_and_skipped(qtbot, pane, tiny, tmp_path
     with qtbot.waitSignal(pane.library_changed):
         pane.rescan_button.click()
     qtbot.waitUntil(lambda: pane.model.rowCount() == 1 and not pane.is_busy())
-    assert pane.status.full_text() == "1 added · 1 skipped" and "blob is missing" in pane.status.toolTip()
+    assert pane.status.full_text() == "Found 1 new model · 1 skipped" and "blob is missing" in pane.status.toolTip()
     assert cells(pane)[SOURCE] == "LM Studio" and pane.rescan_button.isEnabled()
     pane.table.selectRow(0)
     assert pane.details.fields()["source"] == "LM Studio · bartowski/Tiny-GGUF"
@@ -198,6 +203,56 @@ def test_rescan_summarizes_what_it_found_and_skipped(qtbot, pane, tiny, tmp_path
 def test_summary_lines():
     assert summary(3, 1) == "3 added · 1 skipped"
     assert summary(0, 0) == "No new models" and summary(0, 2) == "No new models · 2 skipped"
+    assert scan_summary(2, 0, 0) == "Found 2 new models" and scan_summary(1, 1, 2) == "Found 1 new model · 1 removed · 2 skipped"
+    assert scan_summary(0, 0, 0) == "No new models" and scan_summary(0, 1, 0) == "No new models · 1 removed"
+
+
+def aha(*args: str) -> subprocess.CompletedProcess:
+    """The `aha` command line in a child process (same data directory: AHA_HOME is inherited)."""
+    done = subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_rescan_reports_the_models_the_command_line_added_meanwhile(qtbot, pane, tiny, gguf_file, monkeypatch):
+    """`aha models add` twice while the pane is open; Rescan (no Ollama, LM Studio or HF cache here) shows
+    them, says "Found 2 new models" and tells the window the library changed (Compare, Settings)."""
+    add_and_wait(qtbot, pane, [tiny])
+    monkeypatch.setattr("engine.models.library.default_roots", lambda: {})
+    aha("models", "add", str(gguf_file("llama", "q8_0")))
+    aha("models", "add", str(gguf_file("qwen3", "q8_0")))
+    with qtbot.waitSignal(pane.library_changed):
+        pane.rescan_button.click()
+    qtbot.waitUntil(lambda: pane.model.rowCount() == 3 and not pane.is_busy())
+    assert pane.status.full_text() == "Found 2 new models"
+    pane.rescan_button.click()
+    qtbot.waitUntil(lambda: pane.rescan_button.isEnabled() and not pane.is_busy())
+    assert pane.status.full_text() == "No new models"
+
+
+def test_add_folder_on_a_hugging_face_checkpoint_offers_the_export_command(qtbot, pane, checkpoint, tmp_path):
+    """A checkpoint folder (config.json + safetensors, no .gguf): the pane says what it is and offers the
+    `aha export` command; the copied command, run as it is, makes a GGUF the pane then adds."""
+    folder = Path(shutil.copytree(checkpoint("qwen2"), tmp_path / "Tiny-R1-Qwen2"))
+    pane.add_paths([folder])
+    qtbot.waitUntil(lambda: pane.export_offer is not None and pane.export_offer.isVisible())
+    offer = pane.export_offer
+    assert "Hugging Face checkpoint" in offer.text() and "not a GGUF model" in offer.text()
+    command = offer.informativeText()
+    assert command.startswith(f"aha export {folder} -o ") and command.endswith(" --type q8_0")
+    assert pane.status.full_text().startswith(f"Not added: {folder} is a Hugging Face checkpoint")
+    assert f"`{command}`" in pane.status.full_text() and pane.status.objectName() == "Warning"
+    clipboard = QtWidgets.QApplication.clipboard()
+    clipboard.clear()
+    copy = next(button for button in offer.buttons() if button.text() == "Copy command")
+    copy.click()
+    assert clipboard.text() == command and not offer.isVisible()
+    aha(*command.split()[1:])                              # the paths have no spaces: split is the shell's split
+    converted = tmp_path / "Tiny-R1-Qwen2-q8_0.gguf"
+    assert read_gguf_info(converted).quantization == "Q8_0"
+    add_and_wait(qtbot, pane, [converted])
+    assert cells(pane)[NAME] == "Tiny-R1-Qwen2-q8_0" and cells(pane)[QUANTIZATION] == "Q8_0"
 
 
 # --- Downloads (a child process talking to the fake Hub) ---------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 
 from engine.store import Message, Store
 from engine.terminal import DIM, RESET
-from tests.support import platforms
+from tests.support import ends_in_thought, platforms
 from tests.support.scripted_model import ANSWER, QUESTION, THOUGHT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,7 +178,7 @@ def test_ctrl_c_stops_a_reply_mid_thought_and_keeps_it_as_stopped(chat):
     assert reply.stats["stop_reason"] == "cancelled" and reply.stats["thinking_unfinished"] is True
     assert f"{DIM}Thinking…\n{reply.thinking}{RESET}\n{DIM}" in text, text
     stats = text.split(f"{reply.thinking}{RESET}\n{DIM}", 1)[1].split(RESET, 1)[0]
-    assert stats.startswith("Thought (cut off) for ") and stats.endswith(" · stopped"), stats
+    assert stats.startswith("Stopped by you while thinking · ") and stats.count("Stopped") == 1, stats
     assert "Traceback" not in text and "cancelled" not in text  # not the "aha: cancelled" of a second Ctrl+C
 
 
@@ -200,3 +200,35 @@ def test_one_shot_json_lines(scripted_gguf):
     reply = the_reply()
     assert reply.id == stats["message_id"] and reply.conversation_id == stats["conversation_id"]
     assert (reply.status, reply.thinking) == ("complete", THOUGHT)
+
+
+@pytest.fixture(scope="session")
+def ends_model(tiny_dir, checkpoint):
+    return ends_in_thought.ends_in_thought_gguf(tiny_dir, checkpoint("qwen2"))
+
+
+def one_shot(model: Path, *flags: str) -> list[str]:
+    """`aha chat MODEL -p … FLAGS` with stdout a pipe (no terminal codes): the lines it printed."""
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "chat", str(model), "--temperature", "0", *flags],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_a_reply_that_ends_inside_its_thought_says_the_model_ended_it(ends_model):
+    """EOS inside <think>: the stats line says so in the window's words, and nothing says it was stopped."""
+    lines = one_shot(ends_model, "-p", ends_in_thought.QUESTION)
+    stats = the_reply().stats
+    assert stats["stop_reason"] == "eos" and stats["thinking_unfinished"]
+    assert lines[:2] == ["Thinking…", ends_in_thought.THOUGHT.strip()]
+    assert lines[-1].startswith(f"The model ended inside its thought · {stats['thinking_s']:.1f} s · "
+                                f"{stats['thinking_tokens']} tokens · first token "), lines
+    assert not any("topped" in line or "cut off" in line for line in lines)
+
+
+def test_a_one_token_reply_says_1_token_and_that_the_budget_cut_it(scripted_gguf):
+    """--max-tokens 1: one thinking token, cut by the budget while thinking."""
+    line = one_shot(scripted_gguf, "-p", QUESTION, "--max-tokens", "1")[-1]
+    stats = the_reply().stats
+    assert stats["thinking_tokens"] == 1 and stats["stop_reason"] == "max_tokens"
+    assert line.startswith(f"Cut by the token budget while thinking · {stats['thinking_s']:.1f} s · 1 token · "), line

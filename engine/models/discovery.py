@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,6 +61,19 @@ def gguf_files(folder: Path) -> list[Path]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(Path(parent) / name for name in sorted(files) if is_model_file(Path(name)))
     return found
+
+
+def is_hf_checkpoint(folder: Path) -> bool:
+    """A Hugging Face checkpoint folder (config.json beside *.safetensors): no GGUF yet, `aha export` makes one."""
+    folder = Path(folder)
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def export_command(folder: Path) -> str:
+    """The `aha export` command that converts a checkpoint folder to a Q8_0 GGUF beside it."""
+    folder = Path(folder)
+    return shlex.join(["aha", "export", str(folder), "-o", str(folder.parent / f"{folder.name}-q8_0.gguf"),
+                       "--type", "q8_0"])
 
 
 def discover_folder(root: Path, source: str = "folder") -> Discovery:

@@ -20,7 +20,9 @@ from engine.models.discovery import (
     Found,
     default_roots,
     discover_folder,
+    export_command,
     gguf_files,
+    is_hf_checkpoint,
     model_name,
     normalize_ollama_name,
 )
@@ -140,6 +142,9 @@ class Library:
         path = Path(path).expanduser().absolute()
         if path.is_dir():
             files = gguf_files(path)
+            if not files and is_hf_checkpoint(path):
+                raise AhaError(f"{path} is a Hugging Face checkpoint (config.json + safetensors), not a GGUF model; "
+                               f"convert it with `{export_command(path)}`, then add the .gguf.")
             if not files:
                 raise AhaError(f"{path} holds no .gguf model files (projectors and later shards of split "
                                "models do not count); pick another folder.")
