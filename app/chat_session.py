@@ -88,9 +88,14 @@ class ChatSession(QtCore.QObject):
         if self.job is not None:
             self.job.stop()
 
-    def preview_prompt(self, conversation_id: int | None, settings: dict, pending_text: str = "") -> None:
-        """Render the exact prompt the model will see (on the worker thread); emits prompt_ready."""
-        leaf = self.store.get_conversation(conversation_id).leaf_id if conversation_id else None
+    def preview_prompt(self, conversation_id: int | None, settings: dict, pending_text: str = "",
+                       parent_id: int | str | None = LEAF) -> None:
+        """Render the exact prompt the model will see when `pending_text` is sent after `parent_id` (as in
+        `send`), on the worker thread; emits prompt_ready."""
+        if conversation_id is None or parent_id is None:
+            leaf = None
+        else:
+            leaf = self.store.get_conversation(conversation_id).leaf_id if parent_id == LEAF else parent_id
         turn = settings_for(settings)
         messages = messages_for(self.store, leaf, turn.system_prompt)
         if pending_text.strip():

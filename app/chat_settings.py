@@ -6,7 +6,7 @@ A form and nothing more: values go out as a plain dict (the conversation's `sett
 
 from __future__ import annotations
 
-from app.qt import QtGui, QtWidgets, Signal
+from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal
 from engine import r1
 
 PRESETS = {"DeepSeek R1 (0.6 · 0.95)": (r1.TEMPERATURE, r1.TOP_P), "Greedy (0 · 1.0)": (0.0, 1.0), "Custom": None}
@@ -20,7 +20,7 @@ class SettingsPanel(QtWidgets.QScrollArea):
         super().__init__(parent)
         self.setWidgetResizable(True)
         self.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
-        self.setMinimumWidth(260)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # never narrower than its form
         body = QtWidgets.QWidget()
         outer = QtWidgets.QVBoxLayout(body)
         form = QtWidgets.QFormLayout()
@@ -67,6 +67,11 @@ class SettingsPanel(QtWidgets.QScrollArea):
             signal.connect(self._on_changed)
         self._on_changed()
 
+    def minimumSizeHint(self) -> QtCore.QSize:  # noqa: N802 - Qt override
+        """As wide as the form needs (with room for the vertical scroll bar): the splitter never cuts it off."""
+        width = self.widget().minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+        return QtCore.QSize(max(width, 260), super().minimumSizeHint().height())
+
     def refresh_models(self) -> None:
         """Fill the model list from the library (keeps the current choice)."""
         from engine.models import Library
@@ -79,6 +84,13 @@ class SettingsPanel(QtWidgets.QScrollArea):
         if current:
             self.set_model(current)
         self._loading = False
+
+    def model_names(self) -> dict[str, str]:
+        """File name → the name shown in the model list, for every model in it."""
+        from pathlib import Path
+
+        return {Path(self.model.itemData(index)).name: self.model.itemText(index)
+                for index in range(self.model.count())}
 
     def set_model(self, path: str) -> None:
         index = self.model.findData(path)
@@ -112,23 +124,33 @@ class SettingsPanel(QtWidgets.QScrollArea):
         self._loading = False
         self._on_changed()
 
-    def show_prompt(self, rendered) -> None:
-        """A dialog with the exact prompt text the model will see, and its size in tokens."""
-        dialog = QtWidgets.QDialog(self, windowTitle="The exact prompt the model will see")
+    def show_prompt(self, rendered, with_message: bool = True) -> None:
+        """A dialog with the exact prompt of the next message, and its size in tokens; `with_message`: the
+        composer's text is in it as the last user turn."""
+        dialog = QtWidgets.QDialog(self, windowTitle="The prompt of your next message")
+        about = ("The exact prompt the model gets when you send the message in the composer: the history, "
+                 "your message as the last user turn, then the start of the reply." if with_message else
+                 "The composer is empty, so this is the history and the start of the reply without your message; "
+                 "type it first to see it in place.")
         text = QtWidgets.QPlainTextEdit(readOnly=True)
         text.setFont(QtGui.QFontDatabase.systemFont(QtGui.QFontDatabase.SystemFont.FixedFont))
         text.setPlainText(rendered.text)
         notes = [f"{len(rendered.tokens)} tokens", f"history: {rendered.history}",
                  "ends inside <think> (pre-filled)" if rendered.prefilled else "not pre-filled", *rendered.warnings]
         layout = QtWidgets.QVBoxLayout(dialog)
+        layout.addWidget(QtWidgets.QLabel(about, wordWrap=True))
         layout.addWidget(text)
         layout.addWidget(QtWidgets.QLabel(" · ".join(notes), objectName="Muted", wordWrap=True))
         buttons = QtWidgets.QDialogButtonBox(QtWidgets.QDialogButtonBox.StandardButton.Close)
         buttons.rejected.connect(dialog.reject)
         layout.addWidget(buttons)
         dialog.resize(640, 420)
+        if getattr(self, "prompt_dialog", None) is not None:  # one at a time: the last one asked for
+            self.prompt_dialog.close()
+            self.prompt_dialog.deleteLater()
         self.prompt_dialog = dialog
         dialog.show()
+        dialog.activateWindow()  # Esc and the keyboard go to it, not to the window behind
 
     def _on_preset(self, name: str) -> None:
         values = PRESETS.get(name)

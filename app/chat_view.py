@@ -1,5 +1,5 @@
 """The Chat pane: conversations (search, rename, delete with undo, export), the message view, the composer
-with Send/Stop, per-conversation settings and a context meter.
+with Send/Stop, per-conversation settings, the model that answers and a context meter.
 
 Everything it shows comes from engine.store and engine.chat through ChatSession signals; it decides
 layout and nothing else.
@@ -8,16 +8,32 @@ layout and nothing else.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from app.chat_session import DEFAULT_N_CTX, ChatSession
 from app.chat_settings import SettingsPanel
 from app.message_view import AssistantMessageWidget, UserMessageWidget
+from app.models_view import ElidedLabel
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal
 from engine.conversation import LEAF
 from engine.errors import AhaError
 from engine.fileio import atomic_write_text
-from engine.store import Store
+from engine.store import Store, group_by_conversation
+
+SEARCH_LIMIT = 200  # matching messages looked at; the list shows one row per conversation
+
+
+def model_label(file_name: str | None, names: Mapping[str, str]) -> str:
+    """Who wrote a reply: the model list's name for the file it was written with, else the file name without
+    .gguf (a model since removed from the library), "Assistant" when no model was recorded."""
+    if not file_name:
+        return "Assistant"
+    return names.get(file_name) or file_name.removesuffix(".gguf")
+
+
+def matches_text(count: int) -> str:
+    return f"{count} match" if count == 1 else f"{count} matches"
 
 
 class Composer(QtWidgets.QPlainTextEdit):
@@ -40,31 +56,49 @@ class Composer(QtWidgets.QPlainTextEdit):
 
 
 class ContextMeter(QtWidgets.QWidget):
-    """How full the context window is, and how much of it is the current reply's reasoning."""
+    """How full the context window is, and how much of it is the last reply's reasoning: a bar and its numbers
+    ("Context 1,234 / 4,096")."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.used = self.reasoning = 0
         self.size_tokens = DEFAULT_N_CTX
-        self.setFixedSize(150, 18)
+        self.bar = _MeterBar(self)
+        self.label = QtWidgets.QLabel(objectName="Muted")
+        layout = QtWidgets.QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(6)
+        layout.addWidget(self.bar)
+        layout.addWidget(self.label)
+        self.set_usage(0, 0, DEFAULT_N_CTX)
 
     def set_usage(self, used: int, reasoning: int, size: int) -> None:
         self.used, self.reasoning, self.size_tokens = used, reasoning, max(size, 1)
+        self.label.setText(f"Context {used:,} / {size:,}")
         self.setToolTip(f"context: {used:,} of {size:,} tokens, {reasoning:,} of them reasoning")
-        self.update()
+        self.bar.update()
+
+
+class _MeterBar(QtWidgets.QWidget):
+    """The bar of a ContextMeter: used context in the accent colour, its reasoning part muted."""
+
+    def __init__(self, meter: ContextMeter):
+        super().__init__(meter)
+        self.meter = meter
+        self.setFixedSize(110, 18)
 
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt override
         from app.theme import colors
 
-        c = colors()
+        c, meter = colors(), self.meter
         painter = QtGui.QPainter(self)
         painter.setRenderHint(QtGui.QPainter.RenderHint.Antialiasing)
         bar = QtCore.QRectF(0, 5, self.width() - 1, 8)
         painter.setPen(Qt.PenStyle.NoPen)
         painter.setBrush(QtGui.QColor(c.border))
         painter.drawRoundedRect(bar, 4, 4)
-        used = min(self.used / self.size_tokens, 1.0) * bar.width()
-        reasoning = min(self.reasoning / self.size_tokens, 1.0) * bar.width()
+        used = min(meter.used / meter.size_tokens, 1.0) * bar.width()
+        reasoning = min(meter.reasoning / meter.size_tokens, 1.0) * bar.width()
         painter.setBrush(QtGui.QColor(c.accent))
         painter.drawRoundedRect(QtCore.QRectF(bar.left(), bar.top(), used, bar.height()), 4, 4)
         painter.setBrush(QtGui.QColor(c.muted))
@@ -72,11 +106,22 @@ class ContextMeter(QtWidgets.QWidget):
         painter.end()
 
 
+class _FitWidthDelegate(QtWidgets.QStyledItemDelegate):
+    """Rows as wide as the list (a row is at least as wide as the view, and asks for no more): a long title
+    elides ("…") instead of scrolling the list sideways."""
+
+    def sizeHint(self, option, index) -> QtCore.QSize:  # noqa: N802 - Qt override
+        size = super().sizeHint(option, index)
+        size.setWidth(0)
+        return size
+
+
 class ConversationList(QtWidgets.QWidget):
     """Search box, "New chat" and the list of conversations (or search hits)."""
 
     opened = Signal(int, object)  # conversation id, message id to reveal (or None)
     new_requested = Signal()
+    status_message = Signal(str)  # what an export did
 
     def __init__(self, store: Store, parent=None):
         super().__init__(parent)
@@ -86,6 +131,9 @@ class ConversationList(QtWidgets.QWidget):
         new = QtWidgets.QPushButton("New chat", objectName="PrimaryButton")
         new.clicked.connect(self.new_requested.emit)
         self.list = QtWidgets.QListWidget(objectName="ConversationList")
+        self.list.setItemDelegate(_FitWidthDelegate(self.list))
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.list.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.list.customContextMenuRequested.connect(self._on_menu)
         self.list.itemActivated.connect(self._on_item)
@@ -99,16 +147,20 @@ class ConversationList(QtWidgets.QWidget):
     def refresh(self) -> None:
         query = self.search.text().strip()
         self.list.clear()
-        if query:
-            for hit in self.store.search(query):
-                title = self.store.get_conversation(hit.conversation_id).title
-                item = QtWidgets.QListWidgetItem(f"{title}\n{hit.snippet}")
-                item.setData(Qt.ItemDataRole.UserRole, (hit.conversation_id, hit.message_id))
+        if query:  # one row per conversation: its title, how many messages match, the best match
+            for group in group_by_conversation(self.store.search(query, limit=SEARCH_LIMIT)):
+                best = group.hits[0]
+                title = self.store.get_conversation(group.conversation_id).title
+                snippet = " ".join(best.snippet.split())  # one line
+                item = QtWidgets.QListWidgetItem(f"{title}\n{matches_text(len(group.hits))} · {snippet}")
+                item.setData(Qt.ItemDataRole.UserRole, (group.conversation_id, best.message_id))
+                item.setToolTip(title)
                 self.list.addItem(item)
             return
         for conversation in self.store.list_conversations():
             item = QtWidgets.QListWidgetItem(conversation.title)
             item.setData(Qt.ItemDataRole.UserRole, (conversation.id, None))
+            item.setToolTip(conversation.title)
             self.list.addItem(item)
 
     def select(self, conversation_id: int | None) -> None:
@@ -156,7 +208,13 @@ class ConversationList(QtWidgets.QWidget):
             return
         text = (self.store.export_markdown(conversation_id) if kind == "md"
                 else json.dumps(self.store.export_json(conversation_id), indent=2, ensure_ascii=False))
-        atomic_write_text(Path(path), text)
+        try:
+            atomic_write_text(Path(path), text)
+        except OSError as error:
+            self.status_message.emit(f"Could not save the chat to {path} ({error.strerror or error}); "
+                                     "choose another folder.")
+            return
+        self.status_message.emit(f"Exported “{title}” to {path}")
 
 
 class Toast(QtWidgets.QFrame):
@@ -212,7 +270,7 @@ class ChatPane(QtWidgets.QWidget):
         self.session.failed.connect(self._on_failed)
         self.session.status.connect(self._on_status)
         self.session.busy_changed.connect(self._on_busy)
-        self.session.prompt_ready.connect(self.settings.show_prompt)
+        self.session.prompt_ready.connect(self._on_prompt_ready)
         self.conversations.refresh()
 
     # -- layout ------------------------------------------------------------------------------------
@@ -220,17 +278,35 @@ class ChatPane(QtWidgets.QWidget):
         self.conversations = ConversationList(self.store)
         self.conversations.opened.connect(self.open_conversation)
         self.conversations.new_requested.connect(self.new_conversation)
+        self.conversations.status_message.connect(self.status_message)
         self.settings = SettingsPanel()
         self.settings.changed.connect(self._on_settings_changed)
         self.settings.preview_requested.connect(self._on_preview)
-        self.title = QtWidgets.QLabel(objectName="EmptyTitle")
+        self.settings.model.currentTextChanged.connect(self._show_model)
+        self.title = ElidedLabel()                      # a long title elides instead of widening the window
+        self.title.setObjectName("EmptyTitle")
+        self.model_name = ElidedLabel()                 # the model that writes the next reply
+        self.model_name.setObjectName("Muted")
         self.meter = ContextMeter()
+        details = QtWidgets.QHBoxLayout()               # under the title: who answers, how full the context is
+        details.addWidget(self.model_name, 1)
+        details.addWidget(self.meter)
+        heading = QtWidgets.QVBoxLayout()
+        heading.setSpacing(0)
+        heading.addWidget(self.title)
+        heading.addLayout(details)
+        self.export_button = QtWidgets.QToolButton(text="Export", autoRaise=True,
+                                                   popupMode=QtWidgets.QToolButton.ToolButtonPopupMode.InstantPopup)
+        export_menu = QtWidgets.QMenu(self.export_button)
+        export_menu.addAction("Export as Markdown…", lambda: self._export("md"))
+        export_menu.addAction("Export as JSON…", lambda: self._export("json"))
+        self.export_button.setMenu(export_menu)
         self.settings_button = QtWidgets.QToolButton(text="Settings", checkable=True, autoRaise=True)
         self.settings_button.toggled.connect(self.settings.setVisible)
         top = QtWidgets.QHBoxLayout()
-        top.addWidget(self.title, 1)
-        top.addWidget(self.meter)
-        top.addWidget(self.settings_button)
+        top.addLayout(heading, 1)
+        top.addWidget(self.export_button, 0, Qt.AlignmentFlag.AlignTop)
+        top.addWidget(self.settings_button, 0, Qt.AlignmentFlag.AlignTop)
         self.messages = QtWidgets.QWidget()
         self.message_layout = QtWidgets.QVBoxLayout(self.messages)
         self.message_layout.setContentsMargins(16, 8, 16, 8)
@@ -275,7 +351,12 @@ class ChatPane(QtWidgets.QWidget):
         layout.addWidget(self.splitter)
         self.toast = Toast(self)
         self.edit_label.hide()
+        # Esc stops the reply wherever the focus is in the window (a window shortcut, not a key handler of
+        # this pane: the focus may be on the sidebar, or nowhere after the focused reply was replaced).
+        QtGui.QShortcut(QtGui.QKeySequence(Qt.Key.Key_Escape), self, activated=self._on_escape)
+        self._preview_with_message = False
         self._show_title()
+        self._show_model()
 
     # -- conversations -----------------------------------------------------------------------------
     def new_conversation(self) -> None:
@@ -338,14 +419,14 @@ class ChatPane(QtWidgets.QWidget):
             self._show_title()
             return
         last_stats = {}
+        names = self.settings.model_names()
         for message in self.store.branch_path(conversation.leaf_id):
             siblings = [m.id for m in self.store.siblings(message.id)]
             if message.role == "user":
                 widget = UserMessageWidget(message.id, message.content)
                 widget.edit_requested.connect(self._on_edit)
             else:
-                widget = AssistantMessageWidget(message.id)
-                widget.show_saved(message.thinking, message.content, message.stats, message.status)
+                widget = self._saved_reply(message, names)
                 widget.regenerate_requested.connect(self.regenerate)
                 last_stats = message.stats
             widget.branches.set_siblings(siblings, message.id)
@@ -353,6 +434,12 @@ class ChatPane(QtWidgets.QWidget):
             self._add_widget(widget)
         self._update_meter(last_stats)
         self._show_title()
+
+    def _saved_reply(self, message, names: Mapping[str, str]) -> AssistantMessageWidget:
+        widget = AssistantMessageWidget(message.id)
+        widget.author.setText(model_label(message.model, names))
+        widget.show_saved(message.thinking, message.content, message.stats, message.status)
+        return widget
 
     def _reveal(self, message_id: int, query: str) -> None:
         """Scroll to a search hit; expand its thought and select the words when they are in it."""
@@ -385,18 +472,23 @@ class ChatPane(QtWidgets.QWidget):
             self.conversation_id = self.store.create_conversation(settings=settings).id
         else:
             self.store.update_settings(self.conversation_id, settings)
-        parent = self.editing_parent
-        if parent is not None:
-            self._show_branch_until(parent)
+        parent = self._send_parent()
+        if self.editing_parent is not None:
+            self._show_branch_until(self.editing_parent)
         self._add_widget(UserMessageWidget(0, text))
         self._start_stream()
         self.composer.clear()
         self._end_edit()
         try:
-            self.session.send(self.conversation_id, text,
-                              parent_id=LEAF if parent is None else (None if parent == -1 else parent))
+            self.session.send(self.conversation_id, text, parent_id=parent)
         except AhaError as error:
             self._on_failed(str(error))
+
+    def _send_parent(self) -> int | str | None:
+        """Where the composer's message goes: after the leaf, or beside the earlier question being edited."""
+        if self.editing_parent is None:
+            return LEAF
+        return None if self.editing_parent == -1 else self.editing_parent
 
     def regenerate(self, assistant_message_id: int) -> None:
         if self.session.busy or not assistant_message_id:
@@ -411,6 +503,7 @@ class ChatPane(QtWidgets.QWidget):
 
     def _start_stream(self) -> None:
         self.streaming = AssistantMessageWidget()
+        self.streaming.author.setText(self.settings.model.currentText() or "Assistant")
         self.streaming.regenerate_requested.connect(self.regenerate)
         self._add_widget(self.streaming)
         self.streaming.start_stream()
@@ -421,12 +514,12 @@ class ChatPane(QtWidgets.QWidget):
         self._clear_messages()
         if message_id in (None, -1):
             return
+        names = self.settings.model_names()
         for message in self.store.branch_path(message_id):
             if message.role == "user":
                 widget = UserMessageWidget(message.id, message.content)
             else:
-                widget = AssistantMessageWidget(message.id)
-                widget.show_saved(message.thinking, message.content, message.stats, message.status)
+                widget = self._saved_reply(message, names)
             self._add_widget(widget)
 
     def _on_edit(self, message_id: int, text: str) -> None:
@@ -445,15 +538,16 @@ class ChatPane(QtWidgets.QWidget):
         self.editing_parent = None
         self.edit_label.hide()
 
-    def keyPressEvent(self, event: QtGui.QKeyEvent) -> None:  # noqa: N802 - Qt override
-        if event.key() == Qt.Key.Key_Escape:
-            if self.session.busy:
-                self.stop()
-            elif self.editing_parent is not None:
-                self._end_edit()
-                self.composer.clear()
-            return
-        super().keyPressEvent(event)
+    def _on_escape(self) -> None:
+        """Esc: stop the reply; else close the prompt dialog; else cancel editing an earlier question."""
+        dialog = getattr(self.settings, "prompt_dialog", None)
+        if self.session.busy:
+            self.stop()
+        elif dialog is not None and dialog.isVisible():
+            dialog.close()
+        elif self.editing_parent is not None:
+            self._end_edit()
+            self.composer.clear()
 
     # -- session signals ---------------------------------------------------------------------------
     def _on_delta(self, kind: str, text: str) -> None:
@@ -513,14 +607,30 @@ class ChatPane(QtWidgets.QWidget):
         self.pending_settings = settings
 
     def _on_preview(self) -> None:
-        self.session.preview_prompt(self.conversation_id, self.settings.values(), self.composer.toPlainText())
+        """The prompt of the next message: the composer's text (as `send` would send it) in place."""
+        text = self.composer.toPlainText().strip()
+        self._preview_with_message = bool(text)
+        self.session.preview_prompt(self.conversation_id, self.settings.values(), text, self._send_parent())
+
+    def _on_prompt_ready(self, rendered) -> None:
+        self.settings.show_prompt(rendered, with_message=self._preview_with_message)
 
     def _update_meter(self, stats: dict) -> None:
         size = stats.get("context_size") or self.settings.values().get("n_ctx", DEFAULT_N_CTX)
         self.meter.set_usage(stats.get("context_used", 0), stats.get("thinking_tokens", 0), size)
 
     def _show_title(self) -> None:
-        if self.conversation_id is None:
-            self.title.setText("New chat")
-        else:
-            self.title.setText(self.store.get_conversation(self.conversation_id).title)
+        conversation_id = self.conversation_id
+        title = "New chat" if conversation_id is None else self.store.get_conversation(conversation_id).title
+        self.title.set_full_text(title)
+        self.title.setToolTip(title)
+        self.export_button.setEnabled(self.conversation_id is not None)
+
+    def _show_model(self) -> None:
+        name = self.settings.model.currentText()
+        self.model_name.set_full_text(name or "No model chosen")
+        self.model_name.setToolTip(self.settings.model.currentData() or "Choose a model in Settings")
+
+    def _export(self, kind: str) -> None:
+        if self.conversation_id is not None:
+            self.conversations.export(self.conversation_id, kind)

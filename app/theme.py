@@ -84,6 +84,9 @@ def stylesheet(c: Colors) -> str:
     #EmptyTitle {{ font-size: 22px; font-weight: 700; }}
     #SectionTitle {{ font-size: 15px; font-weight: 700; padding: 4px 0 8px 0; }}
     #Toast {{ background: {c.text}; color: {c.window}; border-radius: 8px; padding: 8px 12px; }}
+    #Toast QLabel {{ color: {c.window}; background: transparent; }}
+    #Toast QPushButton {{ color: {c.window}; background: transparent; border: 1px solid {c.window};
+                          border-radius: 6px; padding: 2px 10px; font-weight: 600; }}
     QToolButton#LinkButton {{ border: none; color: {c.accent}; }}
     """
 

@@ -160,6 +160,27 @@ class SearchHit(NamedTuple):
     snippet: str
 
 
+class ConversationHits(NamedTuple):
+    """The search hits of one conversation, best first (a search result list shows one row per chat)."""
+
+    conversation_id: int
+    hits: tuple[SearchHit, ...]
+
+
+def group_by_conversation(hits: list[SearchHit]) -> list[ConversationHits]:
+    """Hits (best first) grouped per conversation, the conversations in the order of their best hit.
+
+    Example:
+    >>> hits = [SearchHit(1, 11, "a"), SearchHit(2, 21, "b"), SearchHit(1, 12, "c")]
+    >>> [(group.conversation_id, [hit.message_id for hit in group.hits]) for group in group_by_conversation(hits)]
+    [(1, [11, 12]), (2, [21])]
+    """
+    groups: dict[int, list[SearchHit]] = {}
+    for hit in hits:
+        groups.setdefault(hit.conversation_id, []).append(hit)
+    return [ConversationHits(conversation_id, tuple(group)) for conversation_id, group in groups.items()]
+
+
 def _conversation(row: dict) -> Conversation:
     return Conversation(row["id"], row["title"], json.loads(row["settings"]), row["leaf_id"],
                         row["created_at"], row["updated_at"], row["deleted_at"])
@@ -272,13 +293,14 @@ class Store:
         return _conversation(rows[0])
 
     def list_conversations(self, include_deleted: bool = False) -> list[Conversation]:
-        """Most recently updated first."""
+        """Most recently updated first: a new message or a rename updates a conversation; opening it, changing
+        its settings, switching its branch or a trip to the trash and back do not."""
         where = "" if include_deleted else "WHERE deleted_at IS NULL"
         rows = self._rows(f"SELECT * FROM conversations {where} ORDER BY updated_at DESC, id DESC")
         return [_conversation(row) for row in rows]
 
     def rename_conversation(self, conversation_id: int, title: str) -> None:
-        self._update_conversation(conversation_id, title=title)
+        self._update_conversation(conversation_id, touch=True, title=title)
 
     def update_settings(self, conversation_id: int, settings: Mapping) -> None:
         self._update_conversation(conversation_id, settings=_json(settings))
@@ -297,10 +319,13 @@ class Store:
                                      (time.time() - older_than_s,))
             return cursor.rowcount
 
-    def _update_conversation(self, conversation_id: int, **fields: Any) -> None:
+    def _update_conversation(self, conversation_id: int, *, touch: bool = False, **fields: Any) -> None:
+        """Change fields; `touch` also sets updated_at (the list's order)."""
         self.get_conversation(conversation_id)
+        if touch:
+            fields["updated_at"] = time.time()
         with self._write():
-            self.db.table("conversations").update(conversation_id, {**fields, "updated_at": time.time()})
+            self.db.table("conversations").update(conversation_id, fields)
 
     # --- messages ---------------------------------------------------------------------------------
 
@@ -321,6 +346,8 @@ class Store:
             table = self.db.table("messages")
             table.insert(row)
             message_id = table.last_pk
+            self.db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?",
+                            (row["created_at"], conversation_id))
             if make_leaf:
                 self._set_leaf(conversation_id, message_id)
         return self.get_message(message_id)
@@ -371,8 +398,7 @@ class Store:
             self._set_leaf(conversation_id, message_id)
 
     def _set_leaf(self, conversation_id: int, message_id: int) -> None:
-        self.db.execute("UPDATE conversations SET leaf_id = ?, updated_at = ? WHERE id = ?",
-                        (message_id, time.time(), conversation_id))
+        self.db.execute("UPDATE conversations SET leaf_id = ? WHERE id = ?", (message_id, conversation_id))
 
     def begin_assistant_message(self, conversation_id: int, parent_id: int | None, model: str | None = None,
                                 sampling: Mapping | None = None, *, flush_interval_s: float = 0.25,

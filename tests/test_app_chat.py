@@ -9,10 +9,13 @@ import pytest
 
 from app.main import MainWindow
 from app.message_view import AssistantMessageWidget, UserMessageWidget
+from app.qt import Qt, QtWidgets
 from engine.models import Library
 from engine.store import Store
 from tests.support import platforms
 from tests.support.scripted_model import ANSWER, QUESTION, THOUGHT
+
+CTRL = Qt.KeyboardModifier.ControlModifier
 
 
 @pytest.fixture
@@ -63,7 +66,7 @@ def test_stop_mid_thought_says_so_and_keeps_the_thought(qtbot, window):
     pane.stop()                      # before the first token: the model is still loading
     wait_idle(qtbot, pane)
     reply = widgets(pane, AssistantMessageWidget)[-1]
-    assert reply.think.header.text().startswith("Stopped while thinking")
+    assert reply.think.header.text().startswith("Stopped by you while thinking")
     assert reply.think.expanded and reply.think.text() and THOUGHT.startswith(reply.think.text())
     saved = window.store.get_message(reply.message_id)
     assert saved.status == "stopped" and saved.thinking == reply.think.text()
@@ -215,3 +218,314 @@ def test_first_run_download_starts_the_r1_download_in_the_models_pane(qtbot, fir
     assert started == [R1_DEFAULT]
     assert main.stack.currentWidget() is main.models
     main.close()
+
+
+# -- issue 11: what a new user hit -------------------------------------------------------------------
+
+LONG_TITLE = ("A very long title " * 12)[:199] + "."  # 200 characters, one line
+
+
+def saved_chat(store, title=QUESTION, replies=1, model="scripted.gguf"):
+    """A conversation in the store: QUESTION and `replies` sibling replies (regenerated) with THOUGHT."""
+    conversation = store.create_conversation(title)
+    user = store.add_message(conversation.id, None, "user", QUESTION)
+    for _ in range(replies):
+        store.add_message(conversation.id, user.id, "assistant", ANSWER, thinking=THOUGHT, model=model)
+    return conversation
+
+
+def list_titles(pane):
+    listing = pane.conversations.list
+    return [listing.item(row).text() for row in range(listing.count())]
+
+
+def click_row(qtbot, pane, row):
+    listing = pane.conversations.list
+    qtbot.mouseClick(listing.viewport(), Qt.MouseButton.LeftButton, pos=listing.visualItemRect(listing.item(row)).center())
+
+
+def activate(qtbot, window):
+    """Window shortcuts only fire in the active window."""
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow)
+
+
+def press(qtbot, window, key, modifier=Qt.KeyboardModifier.NoModifier):
+    """A key press where the user's focus is (the window when nothing has focus)."""
+    qtbot.keyClick(QtWidgets.QApplication.focusWidget() or window, key, modifier)
+
+
+def test_a_long_title_elides_and_opening_settings_keeps_the_window_width(qtbot, window):
+    pane = window.chat
+    conversation = saved_chat(window.store, LONG_TITLE)
+    pane.conversations.refresh()
+    pane.open_conversation(conversation.id)
+    window.resize(1200, 780)
+    qtbot.wait(50)
+    width = window.width()
+    assert width == 1200
+    pane.settings_button.setChecked(True)
+    qtbot.wait(50)
+    assert window.width() == width and pane.settings.isVisible()
+    assert pane.title.full_text() == LONG_TITLE and pane.title.text().endswith("…")
+    assert pane.title.toolTip() == LONG_TITLE
+    panel = pane.settings
+    for window_width in (width, window.minimumSizeHint().width()):  # nothing in it cut off, even at the narrowest
+        window.resize(window_width, 780)
+        qtbot.wait(50)
+        assert window.width() == window_width and not panel.horizontalScrollBar().isVisible()
+        assert panel.viewport().width() >= panel.widget().minimumSizeHint().width()
+        assert pane.splitter.sizes()[0] >= pane.conversations.minimumSizeHint().width()
+
+
+def test_long_titles_elide_in_the_conversation_list(qtbot, window):
+    pane = window.chat
+    saved_chat(window.store, LONG_TITLE)
+    pane.conversations.refresh()
+    qtbot.wait(50)
+    listing = pane.conversations.list
+    item = listing.item(0)
+    assert item.text() == LONG_TITLE and item.toolTip() == LONG_TITLE
+    assert listing.visualItemRect(item).width() <= listing.viewport().width()  # the view elides it to fit
+    assert not listing.horizontalScrollBar().isVisible()
+
+
+@pytest.fixture
+def restyled(qapp):
+    """theme.apply restyles the whole application: put its palette, style sheet and style back after."""
+    from app.qt import QtGui
+
+    palette, sheet, style = QtGui.QPalette(qapp.palette()), qapp.styleSheet(), qapp.style().name()
+    yield qapp
+    qapp.setStyleSheet(sheet)
+    qapp.setPalette(palette)
+    if style:
+        qapp.setStyle(style)
+
+
+def ink(image, rect, background):
+    """The largest difference (0-255, any channel) between a pixel inside rect and the background colour."""
+    from app.qt import QtGui
+
+    largest = 0
+    for x in range(rect.left(), rect.right() + 1):
+        for y in range(rect.top(), rect.bottom() + 1):
+            pixel = QtGui.QColor(image.pixel(x, y))
+            largest = max(largest, abs(pixel.red() - background.red()), abs(pixel.green() - background.green()),
+                          abs(pixel.blue() - background.blue()))
+    return largest
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_undo_toast_shows_its_text_in_both_themes(qtbot, window, restyled, monkeypatch, scheme):
+    from app import theme
+    from app.qt import QtGui
+
+    monkeypatch.setenv("AHA_THEME", scheme)
+    colors = theme.apply(restyled)
+    pane = window.chat
+    conversation = saved_chat(window.store)
+    pane.conversations.refresh()
+    pane.delete_conversation(conversation.id)
+    toast = pane.toast
+    assert toast.isVisible() and toast.label.text() == f"Deleted “{QUESTION}”" and toast.button.text() == "Undo"
+    image = toast.grab().toImage()
+    background = QtGui.QColor(image.pixel(4, toast.height() // 2))
+    assert background.name() == colors.text  # the toast is the inverse of the window
+    assert ink(image, toast.label.geometry(), background) > 100
+    assert ink(image, toast.button.geometry(), background) > 100
+
+
+def test_opening_a_conversation_keeps_its_place_in_the_list(qtbot, window):
+    store, pane = window.store, window.chat
+    older = saved_chat(store, "Older")
+    newer = saved_chat(store, "Newer")
+    pane.conversations.refresh()
+    before = {c.id: c.updated_at for c in store.list_conversations()}
+    assert list_titles(pane) == ["Newer", "Older"]
+    click_row(qtbot, pane, 1)                       # open the older one
+    assert pane.conversation_id == older.id and widgets(pane, AssistantMessageWidget)
+    pane.conversations.search.setText("Step")      # and a search hit in it, which shows its branch
+    row = next(r for r in range(pane.conversations.list.count())
+               if pane.conversations.list.item(r).text().startswith("Older"))
+    click_row(qtbot, pane, row)
+    pane.conversations.search.clear()
+    assert {c.id: c.updated_at for c in store.list_conversations()} == before
+    assert list_titles(pane) == ["Newer", "Older"] and pane.conversation_id == older.id != newer.id
+
+
+def test_search_shows_one_row_per_conversation_with_its_number_of_matches(qtbot, window):
+    store, pane = window.store, window.chat
+    three = saved_chat(store, "Three replies", replies=3)   # regenerated twice: the same thought three times
+    one = saved_chat(store, "One reply")
+    pane.conversations.refresh()
+    pane.conversations.search.setText("Step")
+    rows = list_titles(pane)
+    assert len(rows) == 2 and all(row.count("\n") == 1 for row in rows)  # a title and one line of its matches
+    assert sorted(row.split("\n")[0] for row in rows) == ["One reply", "Three replies"]
+    counts = {row.split("\n")[0]: row.split("\n")[1].split(" · ")[0] for row in rows}
+    assert counts == {"Three replies": "3 matches", "One reply": "1 match"}
+    assert all("[Step]" in row.split("\n")[1] for row in rows)  # the best match, the word marked
+    row = rows.index(next(r for r in rows if r.startswith("Three")))
+    click_row(qtbot, pane, row)
+    assert pane.conversation_id == three.id != one.id
+
+
+def test_replies_and_the_header_name_the_model_and_the_meter_shows_its_numbers(qtbot, window, gguf_file):
+    pane = window.chat
+    send(qtbot, pane)
+    first = widgets(pane, AssistantMessageWidget)[-1]
+    assert first.author.text() == "scripted" and pane.model_name.full_text() == "scripted"
+    assert pane.meter.label.isVisible()
+    assert pane.meter.label.text() == f"Context {pane.meter.used:,} / {pane.meter.size_tokens:,}"
+    assert pane.meter.used > 0
+    other = gguf_file("qwen3", "q8_0")
+    Library().add(other)
+    pane.settings.refresh_models()
+    pane.set_model(str(other))
+    assert pane.model_name.full_text() == "qwen3-q8_0"
+    pane.settings.max_tokens.setValue(16)
+    send(qtbot, pane, "Hello")
+    pane.open_conversation(pane.conversation_id)    # shown again from the store
+    assert [reply.author.text() for reply in widgets(pane, AssistantMessageWidget)] == ["scripted", "qwen3-q8_0"]
+
+
+def test_model_label_falls_back_to_the_file_name_or_assistant():
+    from app.chat_view import model_label
+
+    names = {"scripted.gguf": "scripted", "sha256-abc": "deepseek-r1:7b"}
+    assert model_label("sha256-abc", names) == "deepseek-r1:7b"     # an Ollama blob: its tag
+    assert model_label("gone-q4_k_m.gguf", names) == "gone-q4_k_m"   # no longer in the library
+    assert model_label(None, names) == "Assistant"                   # nothing recorded
+
+
+def test_export_from_the_header_says_where_it_saved(qtbot, window, tmp_path, monkeypatch):
+    pane = window.chat
+    assert pane.export_button.isVisible() and not pane.export_button.isEnabled()  # nothing to export yet
+    send(qtbot, pane)
+    assert pane.export_button.isEnabled()
+    actions = {action.text(): action for action in pane.export_button.menu().actions()}
+    assert set(actions) == {"Export as Markdown…", "Export as JSON…"}
+    target = tmp_path / "chat.md"
+    monkeypatch.setattr(QtWidgets.QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), ""))
+    actions["Export as Markdown…"].trigger()
+    assert ANSWER in target.read_text()
+    assert window.statusBar().currentMessage() == f"Exported “{QUESTION}” to {target}"
+    missing = tmp_path / "no-such-folder" / "chat.json"
+    monkeypatch.setattr(QtWidgets.QFileDialog, "getSaveFileName", lambda *a, **k: (str(missing), ""))
+    actions["Export as JSON…"].trigger()
+    message = window.statusBar().currentMessage()
+    assert message.startswith(f"Could not save the chat to {missing}") and message.endswith("choose another folder.")
+
+
+def focus_sidebar(pane, window):
+    window.sidebar.setFocus()
+
+
+def focus_nothing(pane, window):
+    if QtWidgets.QApplication.focusWidget() is not None:
+        QtWidgets.QApplication.focusWidget().clearFocus()
+
+
+def focus_think_body(pane, window):
+    widgets(pane, AssistantMessageWidget)[-1].think.body.setFocus()
+
+
+def focus_search(pane, window):
+    pane.conversations.search.setFocus()
+
+
+def focus_settings(pane, window):
+    pane.settings_button.setChecked(True)
+    pane.settings.max_tokens.setFocus()
+
+
+FOCUS = {"sidebar": focus_sidebar, "nothing": focus_nothing, "think text": focus_think_body,
+         "search box": focus_search, "settings": focus_settings,
+         "composer": lambda pane, window: pane.composer.setFocus()}
+
+
+@pytest.mark.parametrize("focus", FOCUS)
+def test_esc_stops_a_reply_wherever_the_focus_is(qtbot, window, focus):
+    pane = window.chat
+    send(qtbot, pane)
+    activate(qtbot, window)
+    reply = widgets(pane, AssistantMessageWidget)[-1]
+    first_id = reply.message_id
+    qtbot.mouseClick(reply.think.header, Qt.MouseButton.LeftButton)    # what the user did before it failed
+    qtbot.mouseClick(reply.regenerate_button, Qt.MouseButton.LeftButton)
+    assert pane.session.busy
+    FOCUS[focus](pane, window)
+    press(qtbot, window, Qt.Key.Key_Escape)
+    wait_idle(qtbot, pane)
+    saved = window.store.get_message(widgets(pane, AssistantMessageWidget)[-1].message_id)
+    assert saved.id != first_id and saved.stats["stop_reason"] == "cancelled"
+
+
+@pytest.mark.parametrize("focus", FOCUS)
+def test_shortcuts_work_wherever_the_focus_is(qtbot, window, focus):
+    pane = window.chat
+    send(qtbot, pane)
+    activate(qtbot, window)
+    FOCUS[focus](pane, window)
+    press(qtbot, window, Qt.Key.Key_F, CTRL)
+    assert pane.conversations.search.hasFocus()
+    FOCUS[focus](pane, window)
+    press(qtbot, window, Qt.Key.Key_L, CTRL)
+    assert pane.composer.hasFocus()
+    FOCUS[focus](pane, window)
+    shown = pane.settings.isVisible()
+    press(qtbot, window, Qt.Key.Key_Comma, CTRL)
+    assert pane.settings.isVisible() != shown
+    FOCUS[focus](pane, window)
+    press(qtbot, window, Qt.Key.Key_N, CTRL)
+    assert pane.conversation_id is None and pane.composer.hasFocus()
+
+
+def open_prompt_dialog(qtbot, pane):
+    pane.settings_button.setChecked(True)
+    button = next(b for b in pane.settings.findChildren(QtWidgets.QPushButton) if b.text() == "Show the exact prompt…")
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: getattr(pane.settings, "prompt_dialog", None) is not None
+                    and pane.settings.prompt_dialog.isVisible())
+    return pane.settings.prompt_dialog
+
+
+def test_esc_closes_the_exact_prompt_dialog(qtbot, window):
+    pane = window.chat
+    dialog = open_prompt_dialog(qtbot, pane)
+    qtbot.keyClick(dialog.findChild(QtWidgets.QPlainTextEdit), Qt.Key.Key_Escape)   # the keyboard in the dialog
+    assert not dialog.isVisible()
+    dialog = open_prompt_dialog(qtbot, pane)
+    activate(qtbot, window)       # the keyboard on the window behind it (no window manager gave it the focus)
+    press(qtbot, window, Qt.Key.Key_Escape)
+    assert not dialog.isVisible()
+
+
+def test_the_exact_prompt_is_the_next_messages_with_the_composer_text_in_place(qtbot, window):
+    from engine.chat import ChatModel
+    from engine.conversation import messages_for
+
+    pane = window.chat
+    send(qtbot, pane)
+    dialog = open_prompt_dialog(qtbot, pane)       # an empty composer: said so
+    assert "next message" in dialog.windowTitle()
+    notes = " ".join(label.text() for label in dialog.findChildren(QtWidgets.QLabel))
+    assert "The composer is empty" in notes
+    dialog.close()
+    user = widgets(pane, UserMessageWidget)[0]
+    user.edit_requested.emit(user.message_id, QUESTION)   # edit the first question: no history before it
+    pane.composer.setPlainText("What is 5+5?")
+    dialog = open_prompt_dialog(qtbot, pane)
+    shown = dialog.findChild(QtWidgets.QPlainTextEdit).toPlainText()
+    notes = " ".join(label.text() for label in dialog.findChildren(QtWidgets.QLabel))
+    dialog.close()
+    assert "your message as the last user turn" in notes
+    assert "What is 5+5?" in shown and ANSWER not in shown and QUESTION not in shown
+    with ChatModel(pane.settings.values()["model"]) as model:
+        expected = model.render([{"role": "user", "content": "What is 5+5?"}], "strip").text
+    assert shown == expected
+    pane.send()
+    wait_idle(qtbot, pane)
+    saved = window.store.get_message(widgets(pane, AssistantMessageWidget)[-1].message_id)
+    assert messages_for(window.store, saved.parent_id) == [{"role": "user", "content": "What is 5+5?", "thinking": ""}]

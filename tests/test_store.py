@@ -15,7 +15,7 @@ import pytest
 
 import engine.store as store_module
 from engine.errors import AhaError
-from engine.store import SCHEMA_VERSION, Store, fts_query
+from engine.store import SCHEMA_VERSION, Store, fts_query, group_by_conversation
 from tests.support import platforms
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,6 +147,46 @@ def test_regenerate_and_edit_make_siblings_and_keep_the_old_branch(store):
     store.set_leaf(conversation.id, follow_up.id)
     assert store.get_conversation(conversation.id).leaf_id == follow_up.id
     assert fts_is_consistent(store)
+
+
+def test_only_new_messages_and_renames_move_a_conversation_up(store):
+    first, first_user, first_answer = chat(store, "First")
+    second, _, _ = chat(store, "Second")
+
+    def order():
+        return [c.title for c in store.list_conversations()]
+
+    def stamps():
+        return {c.id: c.updated_at for c in store.list_conversations(include_deleted=True)}
+
+    assert order() == ["Second", "First"]
+    before = stamps()
+    store.update_settings(first.id, {"history": "keep"})           # what opening a conversation may write
+    store.set_leaf(first.id, first_user.id)                         # showing another branch
+    store.delete_conversation(first.id)
+    store.restore_conversation(first.id)                            # undo puts it back where it was
+    assert order() == ["Second", "First"] and stamps() == before
+    store.add_message(first.id, first_answer.id, "user", "And 3+3?", make_leaf=False)
+    assert order() == ["First", "Second"]
+    store.rename_conversation(second.id, "Renamed")
+    assert order() == ["Renamed", "First"]
+    writer = store.begin_assistant_message(first.id, first_user.id)  # a reply starts streaming in First,
+    store.rename_conversation(second.id, "Renamed again")            # Second is renamed meanwhile,
+    writer.finish("complete")                                        # and the reply's end counts last
+    assert order() == ["First", "Renamed again"]
+
+
+def test_search_hits_group_per_conversation(store):
+    three, user, _ = chat(store, "Three")
+    for _ in range(2):                                               # two regenerated replies: the same words
+        store.add_message(three.id, user.id, "assistant", "It is 4.", thinking="Two plus two makes four.")
+    one, _, _ = chat(store, "One")
+    hits = store.search("makes")
+    groups = group_by_conversation(hits)
+    assert sorted((g.conversation_id, len(g.hits)) for g in groups) == sorted([(three.id, 3), (one.id, 1)])
+    assert groups[0].hits[0] == hits[0]                              # the conversation of the best hit first
+    for group in groups:                                             # each group in the order of the search
+        assert list(group.hits) == [hit for hit in hits if hit.conversation_id == group.conversation_id]
 
 
 def test_delete_hides_restore_brings_back_purge_removes(store):
