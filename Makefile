@@ -47,5 +47,9 @@ $(REF): | $(STAMP)
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
 
+# A real X server when there is one: $$DISPLAY, else Xvfb via xvfb-run (Debian/Ubuntu: apt-get install xvfb
+# libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1); without either, Qt's offscreen platform.
 screenshots: $(STAMP)
-	QT_QPA_PLATFORM=offscreen $(BIN)/python -m app.screenshots docs/screenshots
+	@if [ -z "$$DISPLAY" ] && command -v xvfb-run >/dev/null; then \
+	    set -x; xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python -m app.screenshots docs/screenshots; \
+	else set -x; $(BIN)/python -m app.screenshots docs/screenshots; fi

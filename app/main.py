@@ -13,7 +13,8 @@ from app import theme
 from app.chat_view import ChatPane
 from app.empty_state import EmptyState
 from app.qt import Qt, QtCore, QtGui, QtWidgets, check_qt_version
-from engine.models import Library
+from engine.errors import AhaError
+from engine.models import Library, read_gguf_info
 from engine.paths import data_dir
 from engine.store import Store
 
@@ -36,7 +37,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.chat = ChatPane(self.store)
         self.chat.status_message.connect(lambda text: self.statusBar().showMessage(text, 8000))
         self.empty = EmptyState(self.library)
-        self.empty.model_chosen.connect(self._on_model_chosen)
+        self.empty.model_chosen.connect(self._on_model_opened)
+        self.empty.folder_chosen.connect(self._on_folder_chosen)
         self.empty.download_requested.connect(self._on_download_requested)
         self.panes: dict[str, QtWidgets.QWidget] = {}
         self.sidebar = QtWidgets.QListWidget()
@@ -103,13 +105,48 @@ class MainWindow(QtWidgets.QMainWindow):
     def show_pane(self, key: str) -> None:
         self.sidebar.setCurrentRow(list(self.panes).index(key))
 
+    def show_problem(self, text: str) -> None:
+        """A failed action's one line: on the welcome screen while it shows, else in the status bar."""
+        if self.chat_stack.currentWidget() is self.empty:
+            self.empty.show_problem(text)
+        else:
+            self.statusBar().showMessage(text, 15000)
+
+    def _on_model_opened(self, path: str) -> None:
+        """A file opened (or a found model picked) on the welcome screen: check it, add it, chat with it."""
+        try:
+            info = read_gguf_info(path)
+            if info.kind != "model":
+                what = "a LoRA adapter" if info.kind == "adapter" else f"a {info.kind} file"
+                raise AhaError(f"{path} is {what}, not a model; open the model's own GGUF file.")
+            added = not any(str(entry.path) == path for entry in self.library.entries())
+            if added:
+                self.library.add(path)
+        except AhaError as error:
+            self.show_problem(str(error))
+            return
+        if added:                                   # the other panes list the new model too
+            self._on_library_changed()
+            if "models" in self.panes:
+                self.models.refresh(select=path)
+        self._on_model_chosen(path)
+
     def _on_model_chosen(self, path: str) -> None:
-        self.library.add(path) if not any(str(e.path) == path for e in self.library.entries()) else None
+        if self.chat.session.busy:
+            self.show_problem("A reply is still being written; stop it (Esc) before starting a chat with "
+                              "another model.")
+            return
         self.chat.settings.refresh_models()
         self.chat.new_conversation()
         self.chat.set_model(path)
         self.chat_stack.setCurrentWidget(self.chat)
         self.show_pane("chat")
+
+    def _on_folder_chosen(self, folder: str) -> None:
+        """Add every model in a folder; the Models pane shows what was added, or why nothing was."""
+        if "models" in self.panes:
+            self.show_pane("models")
+            self.models.add_paths([folder])
 
     def _on_download_requested(self, repo: str, filename: str) -> None:
         if "models" in self.panes:
@@ -183,6 +220,11 @@ def run(argv: list[str] | None = None) -> int:
     app.setWindowIcon(QtGui.QIcon(str(ICON)))
     theme.apply(app)
     app.styleHints().colorSchemeChanged.connect(lambda _: theme.apply(app))
-    window = MainWindow()
+    try:
+        window = MainWindow()
+    except AhaError as error:                  # a library or database this Aha cannot read: say which, and why
+        print(f"aha: error: {error}", file=sys.stderr)
+        QtWidgets.QMessageBox.critical(None, "Aha cannot start", str(error))
+        return 1
     window.show()
     return app.exec()

@@ -1,6 +1,7 @@
 """README's "The window", checked on the real window driven offscreen with the scripted tiny GGUF: the
 think block live and done, cut thoughts, Markdown tables, the stats line, per-conversation settings and
-the exact-prompt dialog, keyboard shortcuts, forced light/dark, restored geometry, and `aha` itself.
+the exact-prompt dialog, keyboard shortcuts, forced light/dark, restored geometry, the welcome screen (what it
+says when a file is broken, nothing is found or the Hub is unreachable), and `aha` itself.
 A held stream (the real model's, paused mid-thought) makes "while it streams" deterministic."""
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ from engine.conversation import messages_for
 from engine.store import Store
 from tests import test_app_chat
 from tests.conftest import QT_WAIT_MS
+from tests.support import platforms
+from tests.support.llama_server import free_port
 from tests.support.scripted_model import ANSWER, QUESTION, THOUGHT
 from tests.test_app_chat import send, wait_idle, widgets
 
 window = test_app_chat.window  # the shared fixture: a shown MainWindow using the scripted model, greedy
+first_run = test_app_chat.first_run  # a shown MainWindow on a machine with no models anywhere: the welcome screen
 CTRL = Qt.KeyboardModifier.ControlModifier
 R1_PRESET, GREEDY_PRESET = "DeepSeek R1 (0.6 · 0.95)", "Greedy (0 · 1.0)"
 ROOT = Path(__file__).resolve().parents[1]
@@ -354,7 +358,7 @@ def test_esc_and_ctrl_period_stop_a_streaming_reply(qtbot, window, spy, key, mod
     wait_idle(qtbot, pane)
     reply, saved = last_reply(window)
     assert saved.status == "stopped" and saved.stats["stop_reason"] == "cancelled"
-    assert reply.think.header.text().startswith("Stopped while thinking · ")
+    assert reply.think.header.text().startswith("Stopped by you while thinking · ")
     assert saved.thinking.count("\n") >= 3 and THOUGHT.startswith(saved.thinking) and len(saved.thinking) < len(THOUGHT)
 
 
@@ -472,3 +476,146 @@ def test_aha_without_arguments_opens_the_window(tmp_path):
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen == {"code": 0, "windows": ["Aha"], "window": theme.DARK.window, "sheet": theme.stylesheet(theme.DARK)}
+
+
+# -- the welcome screen ------------------------------------------------------------------------------
+# pytest-qt fails a test when an exception escapes a slot: each failure here must arrive as a visible line.
+
+def open_from_welcome(monkeypatch, main, path) -> None:
+    """The user clicks "Open a GGUF file…" and picks `path` in the file dialog."""
+    monkeypatch.setattr(QtWidgets.QFileDialog, "getOpenFileName", lambda *a, **k: (str(path), ""))
+    main.empty.open_button.click()
+
+
+def write_adapter(path: Path) -> Path:
+    """A small GGUF whose general.type says it is a LoRA adapter, written with gguf-py."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_type("adapter")
+    writer.add_tensor("blk.0.attn_q.weight.lora_a", np.ones((4, 32), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize(("make", "expected"), [
+    (lambda path, model: path.write_bytes(model.read_bytes()[:3000]), "is truncated"),
+    (lambda path, model: path.write_text("not a model\n"), "is not a GGUF file"),
+    (lambda path, model: write_adapter(path), "is a LoRA adapter, not a model"),
+], ids=["truncated", "not-gguf", "lora-adapter"])
+def test_opening_a_broken_file_on_the_welcome_screen_says_why_in_the_window(qtbot, first_run, monkeypatch, tmp_path,
+                                                                             scripted_gguf, make, expected):
+    main = first_run()
+    broken = tmp_path / "broken.gguf"
+    make(broken, scripted_gguf)
+    open_from_welcome(monkeypatch, main, broken)
+    problem = main.empty.problem
+    assert problem.isVisible() and expected in problem.text() and str(broken) in problem.text()
+    assert "\n" not in problem.text() and problem.objectName() == "Warning"
+    assert main.chat_stack.currentWidget() is main.empty and main.library.entries() == []
+    open_from_welcome(monkeypatch, main, scripted_gguf)  # then a good file: the line goes, the chat opens
+    assert main.chat_stack.currentWidget() is main.chat and not main.empty.problem.isVisibleTo(main)
+    assert main.chat.settings.model.currentData() == str(scripted_gguf)
+    main.close()
+
+
+def test_welcome_screen_with_nothing_found_hides_the_empty_list_and_says_what_to_do(qtbot, first_run):
+    main = first_run()
+    empty = main.empty
+    qtbot.waitUntil(lambda: empty.hint.isVisible())
+    assert not empty.found.isVisible() and not empty.use_button.isVisible()
+    assert empty.hint.text().startswith("Open a GGUF file you already have, add a folder that holds some, or "
+                                        "download DeepSeek-R1")
+    assert all(button.isVisible() and button.isEnabled()
+               for button in (empty.open_button, empty.folder_button, empty.download_button))
+    main.close()
+
+
+@platforms.symlinks
+def test_welcome_screen_with_models_found_selects_the_first_so_use_works_at_once(qtbot, first_run, scripted_gguf,
+                                                                                 tmp_path):
+    snapshot = tmp_path / "hf" / "models--someone--tiny-r1-GGUF" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "tiny-r1.gguf").symlink_to(scripted_gguf)
+    main = first_run()
+    empty = main.empty
+    qtbot.waitUntil(lambda: empty.found.isVisible())
+    assert empty.use_button.isVisible() and empty.use_button.isEnabled() and not empty.hint.isVisible()
+    qtbot.mouseClick(empty.use_button, Qt.MouseButton.LeftButton)
+    assert main.chat_stack.currentWidget() is main.chat
+    assert main.chat.settings.model.currentData() == str(scripted_gguf.resolve())
+    qtbot.waitUntil(lambda: main.models.model.rowCount() == 1)   # the Models pane lists it too
+    main.close()
+
+
+def test_adding_a_folder_with_no_models_from_the_welcome_screen_says_so_in_the_models_pane(qtbot, first_run,
+                                                                                           monkeypatch, tmp_path):
+    main = first_run()
+    folder = tmp_path / "nothing-here"
+    folder.mkdir()
+    monkeypatch.setattr(QtWidgets.QFileDialog, "getExistingDirectory", lambda *a, **k: str(folder))
+    main.empty.folder_button.click()
+    assert main.stack.currentWidget() is main.models
+    status = main.models.status
+    qtbot.waitUntil(lambda: "holds no .gguf model files" in status.full_text())
+    assert status.isVisible() and status.objectName() == "Warning" and str(folder) in status.full_text()
+    main.close()
+
+
+def test_an_offline_download_from_the_welcome_screen_says_in_full_what_to_do(qtbot, first_run, monkeypatch, tmp_path):
+    """The real `aha models pull` child, with the Hub unreachable (nothing listens on HF_ENDPOINT's port)."""
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    main = first_run()
+    main.empty.download_button.click()
+    assert main.stack.currentWidget() is main.models
+    (row,) = main.models.download_rows()
+    qtbot.waitUntil(lambda: not row.is_running())
+    qtbot.wait(50)                                         # the wrapped label's new height is laid out
+    problem = row.problem
+    assert problem.isVisible() and not row.detail.isVisible() and problem.objectName() == "Warning"
+    assert "cannot reach http://127.0.0.1:" in problem.text()
+    assert "Offline, open a GGUF file you already have or add a folder of models" in problem.text()
+    assert problem.wordWrap() and problem.height() >= problem.heightForWidth(problem.width())  # not cut short
+    main.close()
+
+
+def test_choosing_a_model_while_a_reply_streams_says_to_stop_it_first(qtbot, window, spy, scripted_gguf):
+    pane = window.chat
+    hold_mid_thought(qtbot, pane, spy, lines=2)
+    conversation, model = pane.conversation_id, pane.settings.values()["model"]
+    window.models.chat_requested.emit(str(scripted_gguf))
+    assert "A reply is still being written" in window.statusBar().currentMessage()
+    assert pane.conversation_id == conversation and pane.settings.values()["model"] == model
+    spy.release()
+    wait_idle(qtbot, pane)
+
+
+# `aha` as the console script runs it, on a library file it cannot read; the message box records instead of waiting.
+UNREADABLE_PROBE = r"""
+import json
+from app.launch import main
+from app.qt import QtWidgets
+shown = []
+QtWidgets.QMessageBox.critical = lambda parent, title, text: shown.append([title, text])
+code = main()
+print(json.dumps({"code": code, "shown": shown}))
+"""
+
+
+def test_a_library_aha_cannot_read_stops_the_start_with_its_one_line(tmp_path):
+    home = tmp_path / "aha-home"
+    home.mkdir(exist_ok=True)
+    (home / "library.json").write_text("{ not json")
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "AHA_HOME": str(home), "HOME": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, "-c", UNREADABLE_PROBE], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=QT_WAIT_MS / 1000)
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    ((title, text),) = seen["shown"]
+    assert seen["code"] == 1 and title == "Aha cannot start"
+    assert text.startswith(f"cannot read the model library {home / 'library.json'}") and "\n" not in text
+    assert done.stderr == f"aha: error: {text}\n"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -85,6 +86,25 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
+def _unreachable_errors() -> tuple[type[BaseException], ...]:
+    """What a request raises when no answer came at all: no network, no DNS, refused, timed out."""
+    errors: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, socket.gaierror)
+    with contextlib.suppress(ImportError):
+        import httpx2
+
+        errors += (httpx2.TransportError,)
+    return errors
+
+
+def _network_failure(label: str, exc: BaseException, endpoint: str | None) -> AhaError:
+    """One line for a failed request; when the Hub cannot be reached at all, what an offline user can do."""
+    if isinstance(exc, _unreachable_errors()):
+        return AhaError(f"cannot download {label}: cannot reach {endpoint or 'the Hugging Face Hub'} "
+                        f"({_reason(exc)}); check the connection or set HF_ENDPOINT. Offline, open a GGUF file you "
+                        "already have or add a folder of models, and download this one when online.")
+    return AhaError(f"cannot download {label}: {_reason(exc)}; check the connection or set HF_ENDPOINT.")
+
+
 def _reason(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0].rstrip(".") if lines else exc.__class__.__name__
@@ -127,7 +147,7 @@ def _remote_file(repo_id: str, filename: str, revision: str | None) -> _Remote:
     except hub.HFValidationError as exc:
         raise AhaError(f"cannot download {label}: {_reason(exc)}.") from None
     except _network_errors() as exc:
-        raise AhaError(f"cannot download {label}: {_reason(exc)}; check the connection or set HF_ENDPOINT.") from None
+        raise _network_failure(label, exc, endpoint) from None
     if not meta.commit_hash:
         raise AhaError(f"cannot download {label}: {endpoint or 'the Hub'} did not answer like the Hugging Face "
                        "Hub (no X-Repo-Commit header); check the connection or set HF_ENDPOINT.")
@@ -176,8 +196,7 @@ def _fetch(remote: _Remote, partial: Path, on_event: OnEvent, cancel: CancelToke
             raise AhaError(f"download of {label} cancelled at {raw.tell() / 1e6:.1f} MB; the same pull resumes "
                            "it.") from None
         except _network_errors() as exc:
-            raise AhaError(f"cannot download {label}: {_reason(exc)}; check the connection or set "
-                           "HF_ENDPOINT.") from None
+            raise _network_failure(label, exc, os.environ.get("HF_ENDPOINT", "").rstrip("/") or None) from None
     progress.update(progress.done, force=True)
 
 
