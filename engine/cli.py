@@ -28,9 +28,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     on_event = sink_for(args.events)
     result = export(args.src, args.output, args.type, adapter=args.adapter, adapter_only=args.adapter_only,
                     ollama=args.ollama, num_ctx=args.num_ctx, force=args.force, on_event=on_event)
+    # Each file written is named once, by its "wrote …" line (the GGUF's included).
     on_event(make_event("done", status="complete", **{k: str(v) for k, v in result.items() if v and k != "ollama"}))
-    if args.events == "auto":
-        print(result["gguf"])
     return 0
 
 
@@ -184,7 +183,8 @@ def _models_parser(subparsers) -> None:
 
 
 def _cmd_distill_generate(args: argparse.Namespace) -> int:
-    from engine.distill import DEFAULT_REWARDS, generate_traces, read_jsonl_rows
+    from engine.data import first_rows, open_dataset
+    from engine.distill import DEFAULT_REWARDS, generate_traces
     from engine.store import Store
     from engine.teachers import Sampling, make_teacher
     from engine.terminal import InterruptToCancel
@@ -192,7 +192,7 @@ def _cmd_distill_generate(args: argparse.Namespace) -> int:
     on_event = sink_for(args.events)
     rewards = args.reward or list(DEFAULT_REWARDS)
     answer_column = args.answer_column or ("answer" if "accuracy" in rewards else None)
-    rows = read_jsonl_rows(args.dataset, args.prompt_column, answer_column)[: args.limit]
+    rows = first_rows(open_dataset(args.dataset, 0, args.prompt_column, answer_column), args.limit)
     teacher = make_teacher(args.teacher, model=args.model, api_key_env=args.api_key_env,
                            concurrency=args.concurrency, n_ctx=args.n_ctx, timeout_s=args.timeout)
     sampling = Sampling(args.temperature, args.top_p, args.max_tokens, args.seed)
@@ -214,6 +214,7 @@ def _cmd_distill_generate(args: argparse.Namespace) -> int:
 
 def _distill_parser(subparsers) -> None:
     from engine import r1
+    from engine.data import TASK_ROWS, TASKS
 
     parser = subparsers.add_parser("distill", help="distillation: teacher traces with verification",
                                    description="Distill a reasoning teacher into a student the way DeepSeek made "
@@ -228,18 +229,23 @@ def _distill_parser(subparsers) -> None:
                                "(Ollama, llama.cpp server, vLLM, LM Studio; e.g. openai:http://localhost:11434/v1)")
     generate.add_argument("--model", help="model name on an openai: endpoint (default: the one it serves)")
     generate.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the endpoint's API key")
-    generate.add_argument("--dataset", required=True, help="JSONL file, one object per line with a prompt and an answer")
+    generate.add_argument("--dataset", required=True,
+                          help=f"the prompts: a built-in task ({', '.join(TASKS)}), a .jsonl/.csv/.parquet file "
+                               "with a prompt and an answer column, or a Hugging Face dataset owner/name[:split]")
     generate.add_argument("--prompt-column", default="prompt", help="column holding the prompt (default prompt)")
     generate.add_argument("--answer-column", help="column holding the ground truth (default answer, needed by accuracy)")
-    generate.add_argument("--limit", type=int, help="use only the first N rows")
+    generate.add_argument("--limit", type=int, help="use only the first N rows (a built-in task: N problems, "
+                                                     f"default {TASK_ROWS})")
     generate.add_argument("-k", type=int, default=4, help="samples per prompt (default 4)")
     generate.add_argument("--keep", choices=("all", "shortest", "first"), default="all",
                           help="which accepted samples of a prompt to write (default all; duplicates are dropped)")
     generate.add_argument("--reward", action="append", metavar="NAME",
                           help="verifier: accuracy, format, length, repetition or path.py:function; repeat for "
                                "several (default: accuracy and format)")
-    generate.add_argument("--temperature", type=float, default=r1.TEMPERATURE, help=f"default {r1.TEMPERATURE}")
-    generate.add_argument("--top-p", type=float, default=r1.TOP_P, help=f"default {r1.TOP_P}")
+    generate.add_argument("--temperature", type=float, default=r1.TEMPERATURE,
+                          help=f"the teacher's sampling temperature (default {r1.TEMPERATURE}, DeepSeek's advice)")
+    generate.add_argument("--top-p", type=float, default=r1.TOP_P,
+                          help=f"nucleus sampling: the smallest token set with this much probability (default {r1.TOP_P})")
     generate.add_argument("--max-tokens", type=int, default=4096, help="reply budget in tokens (default 4096)")
     generate.add_argument("--seed", type=int, help="sampling seed (sample i of a prompt uses seed + i)")
     generate.add_argument("--concurrency", type=int, default=4, help="requests in flight to an endpoint (default 4)")
@@ -268,9 +274,7 @@ def _cmd_distill_sft(args: argparse.Namespace) -> int:
         result = train(resume=args.resume, overrides=overrides, on_event=on_event)
     else:
         result = train(load_config(kind, args.config, overrides), on_event=on_event)
-    on_event(make_event("done", **result))
-    if args.events == "auto":
-        print(result["run_dir"])
+    on_event(make_event("done", **result))  # the terminal's summary ends with the run directory
     return 0 if result["status"] == "complete" else 130
 
 
@@ -317,9 +321,7 @@ def _cmd_grpo(args: argparse.Namespace) -> int:
         result = train(resume=args.resume, overrides=overrides, on_event=on_event)
     else:
         result = train(load_grpo_config(args.config, overrides), on_event=on_event)
-    on_event(make_event("done", **result))
-    if args.events == "auto":
-        print(result["run_dir"])
+    on_event(make_event("done", **result))  # the terminal's summary ends with the run directory
     return 0 if result["status"] == "complete" else 130
 
 
@@ -332,8 +334,11 @@ def _grpo_parser(subparsers) -> None:
         description="Train a Hugging Face checkpoint with GRPO as in DeepSeek-R1. Settings come from a TOML "
                     "file (--config) and flags; every setting is also a flag, e.g. --num-generations 8 "
                     "--max-steps 100 --learning-rate 1e-5 --rewards accuracy format --reward-weights 1 0.2 "
-                    "--dataset addition --model path/to/checkpoint --output-dir runs/mine. Ctrl+C (or SIGTERM) "
-                    "stops after the current step with a checkpoint; --resume continues it.")
+                    "--dataset addition --model path/to/checkpoint --output-dir runs/mine. The terminal shows "
+                    "the run directory, one line per logged step (rewards, accuracy, lengths, time) and a summary "
+                    "at the end. On a CPU start small: --prompts-per-step 4 --num-generations 4 "
+                    "--max-completion-length 128. Ctrl+C (or SIGTERM) stops after the current step with a "
+                    "checkpoint; --resume continues it.")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--config", metavar="TOML", help="settings file (keys named as the flags, with _)")
     source.add_argument("--resume", metavar="RUN_DIR",

@@ -22,8 +22,9 @@ from engine.grpo_math import (
     group_advantages,
     grpo_loss,
 )
-from engine.jobs import CancelToken, OnEvent, ignore
+from engine.jobs import CancelToken, OnEvent, count, ignore
 from engine.train import StepAbandoned, TrainConfig
+from engine.train_config import setting
 
 __all__ = ["GRPOConfig", "LOSS_TYPES", "group_advantages", "grpo_loss", "load_grpo_config", "train"]
 
@@ -40,34 +41,44 @@ class GRPOConfig(TrainConfig):
     prompts_per_step × num_generations rollouts and num_iterations optimizer updates on it (with μ = 1,
     the default, exactly one update: then a step is what TRL calls a step)."""
 
-    dataset: str = ""  # a .jsonl/.csv/.parquet file, or a built-in task: addition | arithmetic
-    prompt_column: str = "prompt"
-    answer_column: str = "answer"
-    system_prompt: str | None = None  # none by default: DeepSeek advises instructions in the user turn
-    rewards: tuple[str, ...] = ("accuracy", "format")  # built-in names or path/to/file.py:function
-    reward_weights: tuple[float, ...] | None = None  # one per reward; default 1.0 each
-    prompts_per_step: int = 16
-    num_generations: int = 8  # G: completions per prompt, one group
-    max_prompt_length: int | None = None  # longer prompts keep their last tokens
-    max_completion_length: int = 256
-    temperature: float = 0.7  # also divides the logits of the log-probs, so they match the sampler
-    top_p: float = 1.0
-    beta: float = 0.0  # KL coefficient; 0 needs no reference model and no reference forward pass
-    epsilon: float = 0.2  # ε_low of the clip
-    epsilon_high: float | None = None  # ε_high; unset = epsilon (DAPO's clip-higher uses 0.28)
-    loss_type: str = "dapo"  # grpo (per sequence) | dapo (per token) | dr_grpo (constant)
-    scale_rewards: str = "group"  # group | batch | none (Dr. GRPO)
-    num_iterations: int = 1  # μ: updates per batch of rollouts
-    mask_truncated_completions: bool = False  # clipped completions (no EOS) leave the loss
-    learning_rate: float = 1e-5
-    eval_steps: int = 0  # held-out greedy accuracy every N steps (built-in tasks or eval_dataset); 0: never
-    eval_dataset: str | None = None  # held-out rows for eval_steps when the dataset is a file
-    eval_samples: int = 200
+    dataset: str = setting("", "the prompts: a .jsonl/.csv/.parquet file, or a built-in task (addition, arithmetic)")
+    prompt_column: str = setting("prompt", "the dataset's column holding the prompt")
+    answer_column: str = setting("answer", "the dataset's column holding the ground truth (for the accuracy and "
+                                           "length rewards)")
+    system_prompt: str | None = setting(None, "a system message before each prompt; none by default, as DeepSeek "
+                                              "advises instructions in the user turn")
+    rewards: tuple[str, ...] = setting(("accuracy", "format"), "reward functions: accuracy, format, length, "
+                                                               "repetition or path/to/file.py:function")
+    reward_weights: tuple[float, ...] | None = setting(None, "one weight per reward, summed into the reward "
+                                                             "(default 1 each)")
+    prompts_per_step: int = setting(16, "prompts sampled per step (the batch is prompts_per_step × num_generations)")
+    num_generations: int = setting(8, "G: completions per prompt, compared with each other for the advantages")
+    max_prompt_length: int | None = setting(None, "longer prompts keep their last N tokens (unset: no limit)")
+    max_completion_length: int = setting(256, "token budget of each completion; longer ones are cut (clipped)")
+    temperature: float = setting(0.7, "sampling temperature of the completions (the log-probs use it too)")
+    top_p: float = setting(1.0, "nucleus sampling: sample from the smallest token set with this much probability")
+    beta: float = setting(0.0, "KL penalty towards the starting model; 0 needs no reference forward pass")
+    epsilon: float = setting(0.2, "clip range ε (ε_low): how far one update may move a token's probability ratio")
+    epsilon_high: float | None = setting(None, "upper clip ε_high (DAPO's clip-higher uses 0.28); unset: epsilon")
+    loss_type: str = setting("dapo", "loss normalisation: grpo (per sequence), dapo (per token) or dr_grpo "
+                                     "(a constant)")
+    scale_rewards: str = setting("group", "divide advantages by the reward std of the group, the batch, or none "
+                                          "(Dr. GRPO)")
+    num_iterations: int = setting(1, "μ: optimizer updates on each batch of rollouts")
+    mask_truncated_completions: bool = setting(False, "leave clipped completions (no EOS within the budget) out "
+                                                      "of the loss")
+    learning_rate: float = setting(1e-5, "AdamW's peak learning rate (after the warmup)")
+    eval_steps: int = setting(0, "held-out greedy accuracy every N steps (a built-in task's held-out prompts or "
+                                 "eval_dataset); 0: never")
+    eval_dataset: str | None = setting(None, "held-out prompts and answers for eval_steps when the dataset is a file")
+    eval_samples: int = setting(200, "held-out prompts per evaluation")
 
     MEMORY_SETTINGS: typing.ClassVar[dict[str, tuple[str, ...]]] = {
         "generation": ("prompts_per_step", "num_generations", "max_completion_length"),
         "training": ("prompts_per_step", "num_generations", "max_completion_length", "gradient_accumulation_steps"),
     }
+    CPU_SETTINGS: typing.ClassVar[dict[str, int]] = {"prompts_per_step": 4, "num_generations": 4,
+                                                     "max_completion_length": 128, "eval_samples": 50}
 
     def validate(self) -> None:
         super().validate()
@@ -159,14 +170,11 @@ def train(config: GRPOConfig | None = None, *, resume: str | Path | None = None,
 
 
 def _describe(config: GRPOConfig, trainer) -> str:
-    adapter = f"LoRA r={config.lora_r}" if config.use_peft else "full fine-tuning"
-    if config.load_in_4bit:
-        adapter = f"QLoRA r={config.lora_r} on a 4-bit NF4 base"
-    processes = trainer.distributed.world_size
-    where = f"{trainer.device.type}" + (f" × {processes} processes" if processes > 1 else "")
-    return (f"GRPO on {config.model} ({adapter}, {trainer.trainable_parameters:,} trainable parameters, {where}), "
-            f"{config.prompts_per_step} prompts × {config.num_generations} per step, "
-            f"{config.max_steps - trainer.step} steps to go")
+    """'GRPO on MODEL (LoRA r=16, 40,960 trainable parameters, cpu), 16 prompts × 8 completions of up to 256
+    tokens per step, 100 steps to go'."""
+    return (f"GRPO on {config.model} ({trainer.describe()}), {config.prompts_per_step} prompts × "
+            f"{config.num_generations} completions of up to {config.max_completion_length} tokens per step, "
+            f"{count(config.max_steps - trainer.step, 'steps')} to go")
 
 
 def _heldout_rows(config: GRPOConfig, source) -> list[dict]:

@@ -1,8 +1,9 @@
 """The event protocol every long job speaks, its two sinks (terminal bar, JSON lines) and cancel tokens.
 
 An event is a plain dict: `{"type": "progress"|"metrics"|"sample"|"log"|"artifact"|"done"|"error", ...}`.
-Jobs take `on_event` and `cancel`; they never print. The CLI picks a sink: a progress bar with ETA when
-stderr is a terminal, one JSON object per line on stdout with `--events jsonl` (what the GUI reads).
+Jobs take `on_event` and `cancel`; they never print. The CLI picks a sink: a progress bar with ETA (and a
+training run's step lines, engine.run_report) on stderr, or one JSON object per line on stdout with
+`--events jsonl` (what the GUI reads). The rate and time formats here are the ones every view shows.
 """
 
 from __future__ import annotations
@@ -72,7 +73,48 @@ def _human(value: float, unit: str) -> str:
             if abs(value) < 1000 or prefix == "TB":
                 return f"{value:.1f} {prefix}" if prefix != "B" else f"{value:.0f} B"
             value /= 1000
-    return f"{value:g}{(' ' + unit) if unit else ''}"
+    return f"{_plain(value)}{(' ' + unit) if unit else ''}"
+
+
+def _plain(value: float) -> str:
+    """A count as people write it: 7, 1,234, 2.5."""
+    return f"{value:,.0f}" if float(value).is_integer() or abs(value) >= 1000 else f"{value:.3g}"
+
+
+def _short(value: float) -> str:
+    """Two or three significant digits, no trailing .0: 3.2, 5, 16, 1,234."""
+    return f"{value:.1f}".removesuffix(".0") if value < 10 else f"{value:,.0f}"
+
+
+def singular(unit: str) -> str:
+    """'steps' → 'step' (units are named in the plural)."""
+    return unit[:-1] if unit.endswith("s") and unit != "B" else unit
+
+
+def count(value: float, unit: str) -> str:
+    """'1 step', '5 steps'."""
+    return f"{_plain(value)} {singular(unit) if value == 1 else unit}"
+
+
+def format_rate(rate: float, unit: str = "") -> str:
+    """A rate a person reads at a glance: '3.2 steps/s' at one or more a second, '16 s/step' below it,
+    '3.0 MB/s' for bytes."""
+    if unit == "B":
+        return f"{_human(rate, unit)}/s"
+    if rate >= 1:
+        shown = _short(rate)
+        name = singular(unit) if shown == "1" else unit
+        return f"{shown} {name}/s" if name else f"{shown}/s"
+    return f"{_short(1 / rate)} s/{singular(unit)}" if unit else f"{_short(1 / rate)} s each"
+
+
+def format_seconds(seconds: float) -> str:
+    """'0.47 s', '1.7 s', '16 s', then m:ss from a minute on."""
+    if seconds >= 59.5:
+        return _clock(seconds)
+    if seconds >= 10:
+        return f"{seconds:.0f} s"
+    return f"{seconds:.1f} s" if seconds >= 1 else f"{seconds:.2f} s"
 
 
 def _clock(seconds: float) -> str:
@@ -82,7 +124,7 @@ def _clock(seconds: float) -> str:
 
 
 def format_bar(done: float, total: float, elapsed_s: float, unit: str = "", label: str = "", width: int = 28) -> str:
-    """One line: label [#####.....] 45% 12.3/27.0 MB · 3.2 MB/s · ETA 0:05.
+    """One line: label [#####.....] 45% · 12.3 MB/27.0 MB · 3.2 MB/s · ETA 0:05 (or 1/5 steps · 16 s/step).
 
     ETA = elapsed · (total − done) / done, the rate measured over the whole stage so far.
     """
@@ -90,44 +132,61 @@ def format_bar(done: float, total: float, elapsed_s: float, unit: str = "", labe
     filled = int(round(fraction * width))
     rate = done / elapsed_s if elapsed_s > 0 else 0.0
     eta = elapsed_s * (total - done) / done if done > 0 else float("nan")
-    parts = [f"{label} [{'#' * filled}{'.' * (width - filled)}] {fraction * 100:3.0f}%",
-             f"{_human(done, unit)}/{_human(total, unit)}"]
+    counts = (f"{_human(done, unit)}/{_human(total, unit)}" if unit == "B"
+              else f"{_plain(done)}/{count(total, unit)}" if unit else f"{_plain(done)}/{_plain(total)}")
+    parts = [f"{label} [{'#' * filled}{'.' * (width - filled)}] {fraction * 100:3.0f}%", counts]
     if rate > 0:
-        parts.append(f"{_human(rate, unit)}/s")
+        parts.append(format_rate(rate, unit))
     parts.append(f"ETA {_clock(eta)}" if eta == eta else "ETA --:--")
     return " · ".join(parts).strip()
 
 
+ERASE_LINE = "\r\x1b[2K"  # carriage return + erase line: the bar redraws itself in place
+
+
 class TerminalSink:
-    """Draws progress events as a bar on a terminal (or prints plain lines when not a TTY)."""
+    """Draws progress events as a bar on a terminal (or prints plain lines when not a TTY), and a training
+    run's metrics as one line per logged step and a summary at `done` (engine.run_report). On a terminal
+    a message is printed above the bar, which is then drawn again below it."""
 
     def __init__(self, stream: TextIO | None = None):
+        from engine.run_report import RunReport
+
         self.stream = stream or sys.stderr
         self.is_tty = self.stream.isatty()
-        self._bar_shown = False
+        self._bar: str | None = None  # the unfinished bar on screen (terminal only)
+        self.report = RunReport()
 
     def __call__(self, event: dict) -> None:
         kind = event["type"]
         if kind == "progress":
+            self.report.progress(event)
             line = format_bar(event["done"], event["total"], event.get("elapsed_s", 0.0),
                               event.get("unit", ""), event.get("stage", ""))
+            finished = event["done"] >= event["total"]
             if self.is_tty:
-                self.stream.write("\r\x1b[2K" + line)
-                self._bar_shown = True
-                if event["done"] >= event["total"]:
-                    self.stream.write("\n")
-                    self._bar_shown = False
-            elif event["done"] >= event["total"]:
+                self.stream.write(ERASE_LINE + line + ("\n" if finished else ""))
+                self._bar = None if finished else line
+            elif finished:
                 self.stream.write(line + "\n")
+        elif kind == "metrics":
+            for line in self.report.metrics(event):
+                self._print(line)
+        elif kind == "done":
+            for line in self.report.summary(event):
+                self._print(line)
         elif kind in ("log", "artifact", "error"):
-            if self._bar_shown:
-                self.stream.write("\n")
-                self._bar_shown = False
             text = event.get("message") or event.get("path") or json.dumps(event, ensure_ascii=False)
             prefix = {"log": "", "artifact": "wrote ", "error": "error: "}[kind]
             level = event.get("level")
-            self.stream.write(f"{'warning: ' if level == 'warning' else ''}{prefix}{text}\n")
+            self._print(f"{'warning: ' if level == 'warning' else ''}{prefix}{text}")
         self.stream.flush()
+
+    def _print(self, line: str) -> None:
+        if self._bar is None:
+            self.stream.write(line + "\n")
+        else:
+            self.stream.write(f"{ERASE_LINE}{line}\n{self._bar}")
 
 
 class JsonlSink:

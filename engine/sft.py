@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from engine.errors import AhaError
-from engine.jobs import CancelToken, OnEvent, ignore
+from engine.jobs import CancelToken, OnEvent, count, ignore
 from engine.train import TrainConfig
+from engine.train_config import setting
 
 if typing.TYPE_CHECKING:
     import torch
@@ -26,21 +27,29 @@ __all__ = ["Batch", "SFTConfig", "build_batch", "pack_batch", "pad_batch", "run_
 class SFTConfig(TrainConfig):
     """SFT settings, named as in TRL's SFTConfig where the concept is the same."""
 
-    dataset: str = ""  # .jsonl/.csv/.parquet with prompt and completion columns, or a built-in task
-    prompt_column: str = "prompt"
-    completion_column: str = "completion"
-    answer_column: str = "answer"  # the ground truth for held-out accuracy
-    system_prompt: str | None = None
-    per_device_train_batch_size: int = 8  # sequences per optimizer step (split by gradient_accumulation_steps)
-    max_length: int | None = 1024  # longer sequences are cut at the end
-    completion_only_loss: bool = True  # loss on the completion (assistant) tokens only
-    packing: bool = False  # several sequences per row of max_length tokens (no padding; never attending across)
-    learning_rate: float = 2e-5
-    eval_steps: int = 0  # held-out greedy accuracy every N steps; 0: never
-    eval_dataset: str | None = None  # held-out rows when the dataset is a file
-    eval_samples: int = 200
-    max_completion_length: int = 256  # generation limit of the held-out evaluation
-    stop_at_accuracy: float | None = None  # end the run once held-out accuracy reaches this (0..1)
+    dataset: str = setting("", "the training rows: a .jsonl/.csv/.parquet file with prompt and completion "
+                               "columns, or a built-in task (addition, arithmetic)")
+    prompt_column: str = setting("prompt", "the dataset's column holding the prompt")
+    completion_column: str = setting("completion", "the dataset's column holding the completion to learn")
+    answer_column: str = setting("answer", "the held-out rows' column holding the ground truth (for held-out "
+                                           "accuracy)")
+    system_prompt: str | None = setting(None, "a system message before each prompt (none by default)")
+    per_device_train_batch_size: int = setting(8, "sequences per optimizer step (split into "
+                                                  "gradient_accumulation_steps micro-batches)")
+    max_length: int | None = setting(1024, "longer sequences (prompt + completion) are cut to this many tokens")
+    completion_only_loss: bool = setting(True, "loss on the completion (assistant) tokens only, not the prompt's")
+    packing: bool = setting(False, "pack several sequences into each row of max_length tokens (no padding; they "
+                                   "never attend to each other)")
+    learning_rate: float = setting(2e-5, "AdamW's peak learning rate (after the warmup)")
+    eval_steps: int = setting(0, "held-out greedy accuracy every N steps; 0: never")
+    eval_dataset: str | None = setting(None, "held-out prompts and answers when the dataset is a file")
+    eval_samples: int = setting(200, "held-out prompts per evaluation")
+    max_completion_length: int = setting(256, "token budget of each greedy reply in the held-out evaluation")
+    stop_at_accuracy: float | None = setting(None, "end the run once held-out accuracy reaches this (0 to 1; "
+                                                   "needs eval_steps)")
+
+    CPU_SETTINGS: typing.ClassVar[dict[str, int]] = {"per_device_train_batch_size": 4, "max_length": 512,
+                                                     "eval_samples": 50}
 
     def validate(self) -> None:
         super().validate()
@@ -226,8 +235,7 @@ def run_sft(config: SFTConfig, source, heldout: list[dict], *, resume: str | Pat
             if trainer.resumed_state:
                 stream.load_state_dict(trainer.resumed_state["data"])
             step = make_step(config, trainer, stream, heldout)
-            run.log(f"SFT on {config.model} ({trainer.trainable_parameters:,} trainable parameters, "
-                    f"{trainer.device.type}{f' × {distributed.world_size} processes' if distributed.enabled else ''})")
+            run.log(_describe(config, trainer))
             status = trainer.fit(step, state=lambda: {"data": stream.state_dict()},
                                  restore_state=lambda state: stream.load_state_dict(state["data"]), stage="sft")
             final = trainer.save_final() if status == "complete" else None
@@ -239,6 +247,17 @@ def run_sft(config: SFTConfig, source, heldout: list[dict], *, resume: str | Pat
     if final is not None:
         result["adapter" if config.use_peft else "model"] = str(final)
     return result
+
+
+def _describe(config: SFTConfig, trainer) -> str:
+    """'SFT on MODEL (LoRA r=16, 40,960 trainable parameters, cpu), 8 sequences of up to 1024 tokens per
+    step, 100 steps to go'."""
+    teacher = getattr(config, "teacher", "")
+    what = f"Logit distillation of {config.model} from {teacher}" if teacher else f"SFT on {config.model}"
+    lengths = f" of up to {config.max_length} tokens" if config.max_length else ""
+    sequences = config.per_device_train_batch_size * trainer.distributed.world_size
+    return (f"{what} ({trainer.describe()}), {count(sequences, 'sequences')}{lengths} per step, "
+            f"{count(config.max_steps - trainer.step, 'steps')} to go")
 
 
 class SFTStep:
@@ -273,6 +292,8 @@ class SFTStep:
                 metrics[key] = metrics.get(key, 0.0) + value * share
         metrics.update(trainer.optimizer_step())
         metrics["training_s"] = time.perf_counter() - started
+        metrics["tokens"] = sum(distributed.gather(total_tokens))  # the loss tokens of every process
+        metrics["tokens_per_s"] = metrics["tokens"] / metrics["training_s"]
         if config.eval_steps and (step % config.eval_steps == 0 or step == config.max_steps):
             metrics.update(self.evaluate())
         return metrics

@@ -27,8 +27,9 @@ from typing import Any
 
 from engine.distributed import Distributed, accelerate_cpu, launch_environment
 from engine.errors import AhaError
-from engine.jobs import CancelToken, Progress
+from engine.jobs import CancelToken, Progress, make_event
 from engine.runs import Run, write_json
+from engine.train_config import setting
 
 # A test and benchmark switch, not a user setting: no config key or flag sets it and the README does not
 # offer it. AHA_ALLOW_CPU_4BIT=1 lets load_in_4bit run on bitsandbytes' CPU 4-bit kernels (fp32 compute,
@@ -44,41 +45,65 @@ SCHEDULES = ("linear", "cosine", "constant")
 class TrainConfig:
     """Settings every trainer shares; names as in TRL/transformers where the concept is the same."""
 
-    model: str = ""  # Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer)
-    output_dir: str | None = None  # the run directory; unset: <data dir>/runs/<kind>-<id>
-    device: str = "auto"  # auto | cpu | cuda (fp32 on CPU, bf16 on CUDA)
-    seed: int = 42
+    model: str = setting("", "the Hugging Face checkpoint folder to train (config.json, *.safetensors, tokenizer)")
+    output_dir: str | None = setting(None, "the run directory (checkpoints, metrics, samples, final adapter); "
+                                           "unset: <data dir>/runs/<kind>-<id>")
+    device: str = setting("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N; fp32 on CPU, bf16 on CUDA")
+    seed: int = setting(42, "seed of the data order, sampling and LoRA initialisation: the same seed repeats a run")
     # Adapter: LoRA through peft, or full fine-tuning with use_peft = false (small models).
-    use_peft: bool = True
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: tuple[str, ...] = ("all-linear",)
-    load_in_4bit: bool = False  # QLoRA: bitsandbytes NF4 base with bf16 compute (CUDA only)
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
-    attn_implementation: str = "auto"  # auto: eager on CPU (sdpa stalls at tiny sizes), sdpa on CUDA
+    use_peft: bool = setting(True, "train a LoRA adapter (--no-use-peft: full fine-tuning of every weight, small "
+                                   "models only)")
+    lora_r: int = setting(16, "LoRA rank: the adapter's size and capacity")
+    lora_alpha: int = setting(32, "LoRA scale numerator: the update is scaled by lora_alpha / lora_r")
+    lora_dropout: float = setting(0.0, "dropout on the LoRA branch's input while training")
+    lora_target_modules: tuple[str, ...] = setting(("all-linear",), "layers that get LoRA: all-linear, or module "
+                                                                    "names such as q_proj v_proj")
+    load_in_4bit: bool = setting(False, "QLoRA: load the base in 4-bit NF4 (bitsandbytes, bf16 compute; CUDA only) "
+                                        "to train on less memory")
+    gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less memory, "
+                                                  "about 30% slower")
+    attn_implementation: str = setting("auto", "attention kernel: auto (eager on CPU, sdpa on CUDA) or a "
+                                               "transformers attn_implementation such as eager or sdpa")
+    # (auto is eager on CPU because sdpa stalls at tiny sizes there)
     # Sampling with LoRA folded into a copy of the base weights (one matmul per layer instead of three):
     # auto = on CPU; on CUDA it costs a copy of every adapted weight, so only when asked; never for 4-bit.
-    merge_adapter_for_sampling: str = "auto"  # auto | on | off
+    merge_adapter_for_sampling: str = setting("auto", "sample with LoRA merged into a copy of the weights (faster, "
+                                                      "costs their memory): auto (on for CPU), on or off")
     # Optimizer (AdamW) and schedule.
-    learning_rate: float = 1e-5
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    lr_scheduler_type: str = "linear"  # linear | cosine | constant, after the warmup
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0  # used when warmup_steps is 0
-    max_grad_norm: float = 1.0  # 0 turns clipping off
-    gradient_accumulation_steps: int = 1
-    max_steps: int = 100
-    logging_steps: int = 1  # record metrics every N steps
-    save_steps: int = 50  # checkpoint every N steps (and always at the end and on cancel)
-    save_total_limit: int | None = 3  # checkpoints kept; None keeps all
-    report_to: tuple[str, ...] = ()  # also record metrics to: tensorboard (runs/<id>/tensorboard; pip install tensorboard)
+    learning_rate: float = setting(1e-5, "AdamW's peak learning rate (after the warmup)")
+    weight_decay: float = setting(0.0, "AdamW weight decay: how strongly weights are pulled towards 0")
+    adam_beta1: float = setting(0.9, "AdamW β1: decay of the gradients' running mean (momentum)")
+    adam_beta2: float = setting(0.999, "AdamW β2: decay of the squared gradients' running mean")
+    adam_epsilon: float = setting(1e-8, "AdamW ε: added to the denominator, for numerical stability")
+    lr_scheduler_type: str = setting("linear", "learning rate after the warmup: linear (down to 0 at max_steps), "
+                                               "cosine or constant")
+    warmup_steps: int = setting(0, "steps over which the learning rate ramps up from near 0")
+    warmup_ratio: float = setting(0.0, "warmup as a fraction of max_steps, used when warmup_steps is 0")
+    max_grad_norm: float = setting(1.0, "clip the gradient norm to this (0: no clipping)")
+    gradient_accumulation_steps: int = setting(1, "split each step's batch into this many micro-batches: the same "
+                                                  "update on less memory")
+    max_steps: int = setting(100, "optimizer steps to train (a resumed run may raise it)")
+    logging_steps: int = setting(1, "record metrics (metrics.jsonl, the terminal's step line) every N steps")
+    save_steps: int = setting(50, "write a checkpoint every N steps (and always at the end and on Ctrl+C)")
+    save_total_limit: int | None = setting(3, "checkpoints kept, oldest deleted first; unset keeps all")
+    report_to: tuple[str, ...] = setting((), "also record metrics to: tensorboard (<run>/tensorboard; pip install "
+                                             "tensorboard)")
 
     # Settings a user can lower when CUDA runs out of memory, per phase of a step (see `Trainer.fit`).
     MEMORY_SETTINGS: typing.ClassVar[dict[str, tuple[str, ...]]] = {"training": ("gradient_accumulation_steps",)}
+    # Values for a first run on a CPU, where a step at the defaults takes minutes (see `smaller_for_cpu`).
+    CPU_SETTINGS: typing.ClassVar[dict[str, int]] = {}
+
+    def smaller_for_cpu(self) -> dict[str, int]:
+        """The CPU_SETTINGS this config is above ({name: suggested value}); eval_samples only when it evaluates."""
+        larger = {}
+        for name, value in self.CPU_SETTINGS.items():
+            current = getattr(self, name)
+            if name == "eval_samples" and not getattr(self, "eval_steps", 0):
+                continue
+            if current is None or current > value:
+                larger[name] = value
+        return larger
 
     def validate(self) -> None:
         """Raise AhaError for values no run can use."""
@@ -115,6 +140,26 @@ def resolve_device(name: str = "auto"):
     return torch.device(name)
 
 
+def cpu_note(config: TrainConfig, resume: bool = False) -> tuple[str, dict[str, int]]:
+    """(what to tell a user whose run trains on the CPU, the smaller settings it suggests): a new run above
+    the config's CPU_SETTINGS gets their exact flags; a resumed run keeps its settings, so only the fact.
+
+    Example: GRPO at its defaults → "training on the CPU (no CUDA GPU found), where a step at these settings
+    can take minutes: for a first run try --prompts-per-step 4 --num-generations 4 --max-completion-length
+    128 (now 16, 8 and 256)".
+    """
+    reason = "device = cpu" if config.device == "cpu" else "no CUDA GPU found"
+    note = f"training on the CPU ({reason})"
+    smaller = {} if resume else config.smaller_for_cpu()
+    if not smaller:
+        return note, smaller
+    flags = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in smaller.items())
+    now = [str(getattr(config, name)) if getattr(config, name) is not None else "unset" for name in smaller]
+    now_text = now[0] if len(now) == 1 else f"{', '.join(now[:-1])} and {now[-1]}"
+    return (f"{note}, where a step at these settings can take minutes: for a first run try {flags} "
+            f"(now {now_text})", smaller)
+
+
 def check_model_folder(path: str | Path) -> Path:
     folder = Path(path).expanduser()
     if not folder.is_dir():
@@ -139,6 +184,13 @@ def load_tokenizer(path: str | Path):
     return tokenizer
 
 
+def check_4bit(config: TrainConfig, device) -> None:
+    """load_in_4bit off CUDA is a one-line AhaError (unless ALLOW_CPU_4BIT_ENV, for tests and benchmarks)."""
+    if config.load_in_4bit and device.type != "cuda" and os.environ.get(ALLOW_CPU_4BIT_ENV) != "1":
+        raise AhaError("4-bit needs CUDA: load_in_4bit (QLoRA) runs bitsandbytes NF4 on an NVIDIA GPU; set "
+                       "load_in_4bit = false to train LoRA on the full-precision model")
+
+
 def load_model(config: TrainConfig, device, trainable: bool = True):
     """(model, tokenizer) from config.model: fp32 on CPU, bf16 on CUDA, NF4 with bf16 compute for
     load_in_4bit. The base is frozen when `trainable` is False (a reference model)."""
@@ -148,9 +200,7 @@ def load_model(config: TrainConfig, device, trainable: bool = True):
     transformers.utils.logging.disable_progress_bar()
     folder = check_model_folder(config.model)
     on_cuda = device.type == "cuda"
-    if config.load_in_4bit and not on_cuda and os.environ.get(ALLOW_CPU_4BIT_ENV) != "1":  # tests/bench only
-        raise AhaError("4-bit needs CUDA: load_in_4bit (QLoRA) runs bitsandbytes NF4 on an NVIDIA GPU; set "
-                       "load_in_4bit = false to train LoRA on the full-precision model")
+    check_4bit(config, device)
     dtype = torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float32
     attention = config.attn_implementation
     if attention == "auto":
@@ -337,8 +387,12 @@ class Trainer:
         self.cancel = cancel or CancelToken()
         self.distributed = distributed or Distributed()
         self.device = resolve_device(config.device)
+        check_4bit(config, self.device)  # settings that cannot run fail before the run is announced
+        run.emit(make_event("log", message=f"run directory: {run.dir}", level="info", run_dir=str(run.dir)))
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)  # tiny models' denormals: a 12.5 s evaluation became 0.9 s
+            note, smaller = cpu_note(config, resume)
+            run.log(note, "warning" if smaller else "info")
         seed_everything(config.seed)
         self.model, self.tokenizer = load_model(config, self.device)
         self.model = add_adapter(self.model, config)
@@ -372,6 +426,16 @@ class Trainer:
     @property
     def trainable_parameters(self) -> int:
         return sum(parameter.numel() for parameter in self.parameters)
+
+    def describe(self) -> str:
+        """'LoRA r=16, 40,960 trainable parameters, cpu' (× N processes under several)."""
+        config = self.config
+        adapter = f"LoRA r={config.lora_r}" if config.use_peft else "full fine-tuning"
+        if config.load_in_4bit:
+            adapter = f"QLoRA r={config.lora_r} on a 4-bit NF4 base"
+        processes = self.distributed.world_size
+        where = self.device.type + (f" × {processes} processes" if processes > 1 else "")
+        return f"{adapter}, {self.trainable_parameters:,} trainable parameters, {where}"
 
     def sampling(self):
         """Context for generating with self.model: the adapter merged into weight copies when
@@ -503,6 +567,7 @@ class Trainer:
         config = self.config
         start = self.step
         progress = Progress(self.run.emit, stage, total=max(config.max_steps - start, 1), unit="steps")
+        progress.update(0, force=True, step=start, max_steps=config.max_steps)  # the bar shows from the start
         timings: dict[str, float] = {}
         saved_at = self.step if start else None
         status = "complete"

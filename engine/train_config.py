@@ -1,5 +1,6 @@
-"""Config dataclasses as files and flags: TOML in, TOML out, one argparse flag per setting, and the
-config a resumed run continues with. Knows the dataclass fields only, nothing of training.
+"""Config dataclasses as files and flags: TOML in, TOML out, one argparse flag per setting (its help from
+the field's `setting(default, help)`), and the config a resumed run continues with. Knows the dataclass
+fields only, nothing of training.
 """
 
 from __future__ import annotations
@@ -14,6 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import AhaError
+
+
+def setting(default: Any, help: str) -> Any:
+    """A config field that describes itself: `help` says what it does (its default is added by --help)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def setting_help(cls: type) -> dict[str, str]:
+    """{name: help} of a config dataclass's settings; a field declared without `setting` has none."""
+    return {field.name: field.metadata.get("help", "") for field in dataclasses.fields(cls)}
 
 
 def config_fields(cls: type) -> dict[str, Any]:
@@ -116,6 +127,7 @@ def add_config_flags(parser, cls: type, skip: tuple[str, ...] = ()) -> None:
     import argparse
 
     defaults = {field.name: field.default for field in dataclasses.fields(cls)}
+    helps = setting_help(cls)
     group = parser.add_argument_group("settings (each overrides the TOML file's key of the same name)")
     for name, kind in config_fields(cls).items():
         if name in skip:
@@ -125,8 +137,10 @@ def add_config_flags(parser, cls: type, skip: tuple[str, ...] = ()) -> None:
                    if option is not type(None)]
         base = options[0]
         default = defaults[name]
-        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        help_text = f"default: {shown}" if default not in (None, "") else None
+        shown = (" ".join(map(str, default)) if isinstance(default, tuple)
+                 else str(default).lower() if isinstance(default, bool) else default)
+        parts = [helps[name].replace("%", "%%"), f"(default: {shown})" if shown not in (None, "") else ""]
+        help_text = " ".join(part for part in parts if part) or None
         if base is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(base) is tuple:

@@ -20,6 +20,7 @@ from engine.train import (
     TrainConfig,
     Trainer,
     cancel_on_signals,
+    cpu_note,
     load_model,
     load_tokenizer,
     lr_lambda,
@@ -81,6 +82,42 @@ def test_flags_from_the_dataclass():
     assert flag_overrides(args, TrainConfig) == {"max_steps": 9, "use_peft": False, "learning_rate": 3e-4,
                                                  "lora_target_modules": ["q_proj", "k_proj"]}
     assert load_config(TrainConfig, None, flag_overrides(args, TrainConfig)).lora_target_modules == ("q_proj", "k_proj")
+
+
+def test_help_of_a_flag_is_its_settings_description_and_default():
+    """--help shows what a setting does (its `setting(default, help)`) and then its default, as TOML writes it."""
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, TrainConfig)
+    helps = {action.dest: action.help for action in parser._actions}
+    assert helps["max_steps"] == "optimizer steps to train (a resumed run may raise it) (default: 100)"
+    assert helps["use_peft"].endswith("(default: true)") and helps["report_to"].endswith("tensorboard)")
+    assert helps["gradient_checkpointing"] == ("recompute activations in the backward pass: less memory, about 30%% "
+                                               "slower (default: false)")  # argparse prints 30%
+
+
+def test_cpu_note_names_the_flags_of_a_smaller_setting():
+    """On a CPU a new run at GRPO's defaults is told the exact flags of a setting a CPU can run, and those
+    flags parse back into exactly the suggested settings; eval_samples only when the run evaluates; a run
+    already that small, or a resumed one (its settings are fixed), hears only that it trains on the CPU."""
+    from engine import cli
+    from engine.grpo import GRPOConfig
+
+    config = GRPOConfig(model="m", dataset="addition")
+    note, smaller = cpu_note(config)
+    assert note == ("training on the CPU (no CUDA GPU found), where a step at these settings can take minutes: for "
+                    "a first run try --prompts-per-step 4 --num-generations 4 --max-completion-length 128 (now 16, "
+                    "8 and 256)")
+    flags = note.split("try ")[1].split(" (now")[0].split()
+    args = cli.build_parser().parse_args(["grpo", *flags])
+    assert flag_overrides(args, GRPOConfig) == smaller == {"prompts_per_step": 4, "num_generations": 4,
+                                                            "max_completion_length": 128}
+    assert cpu_note(GRPOConfig(model="m", dataset="addition", eval_steps=10))[1]["eval_samples"] == 50
+    small = GRPOConfig(model="m", dataset="addition", device="cpu", prompts_per_step=2, max_completion_length=64)
+    assert cpu_note(small) == ("training on the CPU (device = cpu), where a step at these settings can take minutes: "
+                               "for a first run try --num-generations 4 (now 8)", {"num_generations": 4})
+    assert cpu_note(config, resume=True) == ("training on the CPU (no CUDA GPU found)", {})
+    assert cpu_note(SFTConfig(model="m", dataset="addition", max_length=None))[1] == {
+        "per_device_train_batch_size": 4, "max_length": 512}  # no limit is above any
 
 
 def test_lr_schedules():
