@@ -14,8 +14,8 @@ from pathlib import Path
 from app.chat_session import DEFAULT_N_CTX, ChatSession
 from app.chat_settings import SettingsPanel
 from app.message_view import AssistantMessageWidget, UserMessageWidget
-from app.models_view import ElidedLabel
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal
+from app.widgets import ElidedLabel
 from engine.conversation import LEAF
 from engine.errors import AhaError
 from engine.fileio import atomic_write_text
@@ -362,6 +362,7 @@ class ChatPane(QtWidgets.QWidget):
     def new_conversation(self) -> None:
         """Start a fresh chat (created in the store with the first message)."""
         if self.session.busy:
+            self.status_message.emit("A reply is still being written; stop it (Esc) before starting a new chat.")
             return
         self.conversation_id = None
         self.pending_settings = {**self.settings.values()}
@@ -389,10 +390,12 @@ class ChatPane(QtWidgets.QWidget):
         if conversation_id == self.conversation_id:
             self.new_conversation()
         self.conversations.refresh()
+        self.conversations.select(self.conversation_id)  # the open chat stays highlighted
 
         def undo():
             self.store.restore_conversation(conversation_id)
             self.conversations.refresh()
+            self.conversations.select(self.conversation_id)
         self.toast.show_message(f"Deleted “{title}”", "Undo", undo)
 
     def set_model(self, path: str) -> None:

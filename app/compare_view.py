@@ -53,6 +53,7 @@ class Side(QtWidgets.QFrame):
         if self.reply is not None:
             self.reply.deleteLater()
         self.reply = AssistantMessageWidget()
+        self.reply.author.setText(f"{self.model.currentText() or 'Assistant'} · {self.sampling.currentText()}")
         self.reply.regenerate_button.hide()
         self.holder_layout.insertWidget(0, self.reply)
         self.reply.start_stream()

@@ -157,6 +157,19 @@ def qtbot(qapp, request):
     return PatientQtBot(request)
 
 
+@pytest.fixture
+def restyled(qapp):
+    """theme.apply restyles the whole application: put its palette, style sheet and style back after."""
+    from app.qt import QtGui
+
+    palette, sheet, style = QtGui.QPalette(qapp.palette()), qapp.styleSheet(), qapp.style().name()
+    yield qapp
+    qapp.setStyleSheet(sheet)
+    qapp.setPalette(palette)
+    if style:
+        qapp.setStyle(style)
+
+
 def pytest_collection_modifyitems(config, items):
     """Items marked `gpu` are skipped where torch sees no CUDA GPU (the marker's promise in pyproject.toml).
     torch is imported only when such an item was collected, so other runs' collection stays fast."""

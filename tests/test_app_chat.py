@@ -146,6 +146,39 @@ def test_delete_with_undo(qtbot, window):
     assert window.store.get_conversation(conversation_id).deleted_at is None
 
 
+def test_deleting_another_chat_keeps_the_open_one_highlighted(qtbot, window):
+    pane = window.chat
+    send(qtbot, pane, "first")
+    other = pane.conversation_id
+    pane.new_conversation()
+    send(qtbot, pane)
+    opened = pane.conversation_id
+
+    def highlighted():
+        item = pane.conversations.list.currentItem()
+        return item is not None and item.isSelected() and item.data(Qt.ItemDataRole.UserRole)[0]
+
+    assert highlighted() == opened
+    pane.delete_conversation(other)
+    assert pane.conversations.list.count() == 1 and highlighted() == opened
+    pane.toast.button.click()
+    assert pane.conversations.list.count() == 2 and highlighted() == opened
+
+
+def test_new_chat_while_a_reply_streams_says_why_it_waits(qtbot, window):
+    pane = window.chat
+    said = []
+    pane.status_message.connect(said.append)
+    pane.composer.setPlainText(QUESTION)
+    pane.send()
+    conversation_id = pane.conversation_id
+    pane.new_conversation()
+    assert said == ["A reply is still being written; stop it (Esc) before starting a new chat."]
+    pane.stop()
+    wait_idle(qtbot, pane)
+    assert pane.conversation_id == conversation_id
+
+
 def test_restart_finds_the_conversation_again(qtbot, window, scripted_gguf):
     pane = window.chat
     send(qtbot, pane)
@@ -288,19 +321,6 @@ def test_long_titles_elide_in_the_conversation_list(qtbot, window):
     assert item.text() == LONG_TITLE and item.toolTip() == LONG_TITLE
     assert listing.visualItemRect(item).width() <= listing.viewport().width()  # the view elides it to fit
     assert not listing.horizontalScrollBar().isVisible()
-
-
-@pytest.fixture
-def restyled(qapp):
-    """theme.apply restyles the whole application: put its palette, style sheet and style back after."""
-    from app.qt import QtGui
-
-    palette, sheet, style = QtGui.QPalette(qapp.palette()), qapp.styleSheet(), qapp.style().name()
-    yield qapp
-    qapp.setStyleSheet(sheet)
-    qapp.setPalette(palette)
-    if style:
-        qapp.setStyle(style)
 
 
 def ink(image, rect, background):

@@ -80,6 +80,10 @@ def test_compare_two_models_shows_each_ones_own_tokens_and_times(qtbot, scripted
         assert stats["stop_reason"] == "max_tokens" and stats["thinking_unfinished"]
         assert ended == "Cut by the token budget while thinking"
     assert pane.sides["A"].reply.think.text() != pane.sides["B"].reply.think.text()
+    for name in "AB":  # each reply says which model and setting wrote it
+        side = pane.sides[name]
+        assert side.reply.author.text() == f"{side.model.currentText()} · Greedy (0 · 1.0)"
+    assert pane.sides["A"].reply.author.text() != pane.sides["B"].reply.author.text()
     pane.close_models()
 
 

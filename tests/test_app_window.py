@@ -30,7 +30,7 @@ from tests.conftest import QT_WAIT_MS
 from tests.support import platforms
 from tests.support.llama_server import free_port
 from tests.support.scripted_model import ANSWER, QUESTION, THOUGHT
-from tests.test_app_chat import send, wait_idle, widgets
+from tests.test_app_chat import activate, press, send, wait_idle, widgets
 
 window = test_app_chat.window  # the shared fixture: a shown MainWindow using the scripted model, greedy
 first_run = test_app_chat.first_run  # a shown MainWindow on a machine with no models anywhere: the welcome screen
@@ -91,17 +91,6 @@ def last_reply(window) -> tuple[AssistantMessageWidget, object]:
     """The last reply's widget and its message as saved in the store."""
     reply = widgets(window.chat, AssistantMessageWidget)[-1]
     return reply, window.store.get_message(reply.message_id)
-
-
-def activate(qtbot, window) -> None:
-    """Window shortcuts only fire in the active window."""
-    window.activateWindow()
-    qtbot.waitUntil(window.isActiveWindow)
-
-
-def press(qtbot, window, key, modifier=Qt.KeyboardModifier.NoModifier) -> None:
-    """A key press where the user's focus is (the window when nothing has focus)."""
-    qtbot.keyClick(QtWidgets.QApplication.focusWidget() or window, key, modifier)
 
 
 def click_conversation(qtbot, pane, conversation_id: int) -> None:
@@ -391,17 +380,6 @@ def test_shortcuts_for_panes_search_composer_settings_and_new_chat(qtbot, window
 
 
 # -- look and state ----------------------------------------------------------------------------------
-
-@pytest.fixture
-def restyled(qapp):
-    """theme.apply restyles the whole application: put its palette, style sheet and style back after."""
-    palette, sheet, style = QtGui.QPalette(qapp.palette()), qapp.styleSheet(), qapp.style().name()
-    yield qapp
-    qapp.setStyleSheet(sheet)
-    qapp.setPalette(palette)
-    if style:
-        qapp.setStyle(style)
-
 
 @pytest.mark.parametrize(("forced", "system", "expected"), [
     ("dark", Qt.ColorScheme.Light, theme.DARK), ("light", Qt.ColorScheme.Dark, theme.LIGHT),
