@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import select
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +17,7 @@ import pytest
 from engine import cli
 from tests.support import platforms
 from tests.support.char_model import make_char_model
+from tests.support.on_a_terminal import run_on_a_terminal
 
 REPO = Path(__file__).resolve().parents[1]
 ERASE = "\r\x1b[2K"
@@ -59,35 +58,6 @@ def screen(text: str) -> list[str]:
         else:
             lines[-1] += token
     return lines[:-1] if lines[-1] == "" else lines
-
-
-def run_on_a_terminal(*args: str) -> tuple[int, str, str]:
-    """`aha ARGS` in a child with stderr on a pseudo-terminal: (exit code, stdout, what the terminal got)."""
-    import pty
-
-    master, slave = pty.openpty()
-    child = subprocess.Popen([sys.executable, "-m", "engine.cli", *args], cwd=REPO, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=slave)
-    os.close(slave)
-    received = bytearray()
-    try:
-        while True:
-            ready, _, _ = select.select([master], [], [], 300)
-            assert ready, "the child wrote nothing for 300 s"
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:  # EIO: every writer of the terminal is gone
-                break
-            if not chunk:
-                break
-            received += chunk
-        stdout = child.stdout.read().decode()
-        child.wait(timeout=60)
-    finally:
-        os.close(master)
-        if child.poll() is None:
-            child.kill()
-    return child.returncode, stdout, received.decode().replace("\r\n", "\n")
 
 
 @platforms.pseudo_terminal

@@ -369,22 +369,14 @@ def test_reasoning_field_endpoint_with_a_retried_failure(tmp_path, monkeypatch, 
     assert set(_FakeEndpoint.headers_seen) == {f"Bearer {KEY}"} and len(_FakeEndpoint.headers_seen) == 3
 
 
-class _AddingEndpoint(BaseHTTPRequestHandler):
+class _AddingEndpoint(_FakeEndpoint):
     """An OpenAI-compatible endpoint that adds: "123+456=" gets a thought and "\\boxed{579}"."""
 
     def do_POST(self):  # noqa: N802 - http.server's name
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         a, b = map(int, re.fullmatch(r"(\d+)\+(\d+)=", body["messages"][-1]["content"]).groups())
-        data = json.dumps({"choices": [{"index": 0, "finish_reason": "stop", "message": {
-            "role": "assistant", "content": f"\\boxed{{{a + b}}}", "reasoning_content": f"{a} plus {b}"}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
+        self._send(200, {"choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": f"\\boxed{{{a + b}}}", "reasoning_content": f"{a} plus {b}"}}]})
 
 
 def test_cli_generate_from_the_built_in_task(tmp_path):

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import select
-import subprocess
 import sys
 
 import pytest
@@ -24,6 +21,7 @@ from engine.jobs import (
     sink_for,
 )
 from tests.support import platforms
+from tests.support.on_a_terminal import run_on_a_terminal
 
 ERASE = "\r\x1b[2K"  # carriage return + erase line: the bar redraws itself in place
 
@@ -292,33 +290,8 @@ def test_sink_for_picks_the_sink_and_its_stream():
 
 
 def export_on_a_terminal(source, out, *flags: str) -> tuple[int, str, str]:
-    """Run `aha export` in a child process with stderr on a pseudo-terminal and stdout on a pipe; returns
-    (exit code, stdout, what the terminal received)."""
-    import pty
-
-    master, slave = pty.openpty()
-    child = subprocess.Popen([sys.executable, "-m", "engine.cli", "export", str(source), "-o", str(out), *flags],
-                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
-    os.close(slave)
-    received = bytearray()
-    try:
-        while True:
-            ready, _, _ = select.select([master], [], [], 120)
-            assert ready, "the child wrote nothing for 120 s"
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:  # EIO: every writer of the terminal is gone
-                break
-            if not chunk:
-                break
-            received += chunk
-        stdout = child.stdout.read().decode()
-        child.wait(timeout=60)
-    finally:
-        os.close(master)
-        if child.poll() is None:
-            child.kill()
-    return child.returncode, stdout, received.decode().replace("\r\n", "\n")
+    """`aha export` with stderr on a pseudo-terminal: (exit code, stdout, what the terminal received)."""
+    return run_on_a_terminal("export", str(source), "-o", str(out), *flags, silence_s=120)
 
 
 @platforms.pseudo_terminal
