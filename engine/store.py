@@ -211,6 +211,16 @@ def fts_query(text: str) -> str:
 # --- the store ------------------------------------------------------------------------------------
 
 
+def _open_failure(path: Path, exc: sqlite3.DatabaseError) -> str:
+    """What to do when the store cannot be opened: a damaged file is moved aside, anything else (a missing or
+    read-only folder, another program's lock) is fixed where it is."""
+    if "not a database" in str(exc) or "malformed" in str(exc):
+        return (f"the conversation store {path} is damaged ({exc}); move it aside (Aha then starts a new one) "
+                "or restore it from a backup")
+    return (f"cannot open the conversation store {path} ({exc}); check that its folder exists and is writable "
+            "and that no other program holds it")
+
+
 class Store:
     """One connection to `aha.db`. Safe to share between threads (calls are serialized); other
     processes may open the same file at the same time (WAL, busy timeout)."""
@@ -218,13 +228,16 @@ class Store:
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path is not None else data_dir() / "aha.db"
         self._lock = threading.RLock()
-        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
-        self.db = sqlite_utils.Database(connection, execute_plugins=False)
-        self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        self.db.enable_wal()
-        self.db.execute("PRAGMA synchronous = NORMAL")  # in WAL mode: durable across process crashes
-        self.db.execute("PRAGMA foreign_keys = ON")
-        self.migrate()
+        try:
+            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+            self.db = sqlite_utils.Database(connection, execute_plugins=False)
+            self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self.db.enable_wal()
+            self.db.execute("PRAGMA synchronous = NORMAL")  # in WAL mode: durable across process crashes
+            self.db.execute("PRAGMA foreign_keys = ON")
+            self.migrate()
+        except sqlite3.DatabaseError as exc:  # one line, and the file is left as it is
+            raise AhaError(_open_failure(self.path, exc)) from exc
 
     def close(self) -> None:
         with self._lock:
@@ -463,12 +476,14 @@ class Store:
             "messages": [_message_json(message) for message in messages],
         }
 
-    def export_markdown(self, conversation_id: int, leaf_id: int | None = None) -> str:
-        """The shown branch as Markdown; each thought in a collapsed `<details>` block."""
+    def export_markdown(self, conversation_id: int, leaf_id: int | None = None,
+                        names: Mapping[str, str] | None = None) -> str:
+        """The shown branch as Markdown; each thought in a collapsed `<details>` block; a reply's heading names
+        its model by `names` (file name → the name the user knows, e.g. an Ollama tag for a sha256 blob)."""
         conversation = self.get_conversation(conversation_id)
         parts = [f"# {conversation.title or 'Untitled chat'}",
                  f"*Exported from Aha · created {_iso(conversation.created_at)}*"]
-        parts += [_message_markdown(message) for message in self._export_path(conversation, leaf_id)]
+        parts += [_message_markdown(message, names or {}) for message in self._export_path(conversation, leaf_id)]
         return "\n\n".join(parts) + "\n"
 
     def _export_path(self, conversation: Conversation, leaf_id: int | None) -> list[Message]:
@@ -654,10 +669,10 @@ def _message_json(message: Message) -> dict:
             "created_at": _iso(message.created_at)}
 
 
-def _message_markdown(message: Message) -> str:
+def _message_markdown(message: Message, names: Mapping[str, str]) -> str:
     heading = f"## {message.role.capitalize()}"
     if message.model:
-        heading += f" · {message.model}"
+        heading += f" · {names.get(message.model, message.model)}"
     parts = [heading]
     if message.thinking:
         parts.append(f"<details>\n<summary>{_thought_label(message)}</summary>\n\n"

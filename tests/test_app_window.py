@@ -585,15 +585,22 @@ print(json.dumps({"code": code, "shown": shown}))
 """
 
 
-def test_a_library_aha_cannot_read_stops_the_start_with_its_one_line(tmp_path):
+@pytest.mark.parametrize("damaged, said", [
+    ("library.json", "cannot read the model library {path}"),
+    ("aha.db", "the conversation store {path} is damaged"),
+])
+def test_a_file_aha_cannot_read_stops_the_start_with_its_one_line(tmp_path, damaged, said):
     home = tmp_path / "aha-home"
     home.mkdir(exist_ok=True)
-    (home / "library.json").write_text("{ not json")
+    path = home / damaged
+    path.write_text("{ not json, not a database" * 200)
+    before = path.read_bytes()
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "AHA_HOME": str(home), "HOME": str(tmp_path / "home")}
     done = subprocess.run([sys.executable, "-c", UNREADABLE_PROBE], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=QT_WAIT_MS / 1000)
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     ((title, text),) = seen["shown"]
     assert seen["code"] == 1 and title == "Aha cannot start"
-    assert text.startswith(f"cannot read the model library {home / 'library.json'}") and "\n" not in text
+    assert text.startswith(said.format(path=path)) and "\n" not in text
     assert done.stderr == f"aha: error: {text}\n"
+    assert path.read_bytes() == before  # what the user had is left as it was

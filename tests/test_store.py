@@ -279,6 +279,8 @@ def test_export_markdown_folds_the_thought(store):
     assert ("## Assistant · r1-1.5b\n\n<details>\n<summary>Thought for 3.2 s</summary>\n\n"
             "Two plus two makes four.\n\n</details>\n\nIt is **4**.") in markdown
     assert "<summary>Thought (stopped)</summary>" in markdown and "*(stopped)*" in markdown
+    named = store.export_markdown(conversation.id, leaf_id=stopped.id, names={"r1-1.5b": "deepseek-r1:1.5b"})
+    assert "## Assistant · deepseek-r1:1.5b\n" in named and "r1-1.5b" not in named  # the name the user knows
 
 
 # --- runs -------------------------------------------------------------------------------------------
@@ -444,3 +446,15 @@ def test_sigkill_mid_answer_loses_at_most_the_last_second(tmp_path):
     old_enough = [index for index, stamp in produced if stamp <= last_stamp - 1.0]
     assert len(saved) >= max(old_enough) + 1, (len(saved), max(old_enough) + 1, len(produced))
     assert len(saved) > 100  # killed mid-answer, not mid-thought
+
+
+def test_a_store_that_cannot_be_opened_says_so_in_one_line_and_leaves_the_file(tmp_path):
+    damaged = tmp_path / "aha.db"
+    damaged.write_bytes(b"this is not an SQLite file" * 100)
+    with pytest.raises(AhaError, match=r"^the conversation store .*aha\.db is damaged \(file is not a database\); "
+                                       r"move it aside") as caught:
+        Store(damaged)
+    assert "\n" not in str(caught.value) and damaged.read_bytes() == b"this is not an SQLite file" * 100
+    with pytest.raises(AhaError, match=r"^cannot open the conversation store .*missing.*; check that its folder "
+                                       r"exists and is writable"):
+        Store(tmp_path / "missing" / "aha.db")
