@@ -202,6 +202,20 @@ def test_one_shot_json_lines(scripted_gguf):
     assert (reply.status, reply.thinking) == ("complete", THOUGHT)
 
 
+def test_a_reader_that_goes_away_ends_the_chat_quietly(scripted_gguf):
+    """`aha chat … --json | head -1`: when the reader closes the pipe, aha stops with the shell's 141 and no
+    traceback, and the reply so far is saved as stopped."""
+    child = subprocess.Popen([sys.executable, "-m", "engine.cli", "chat", str(scripted_gguf), "-p", QUESTION, "--json",
+                              "--temperature", "0"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = json.loads(child.stdout.readline())
+    child.stdout.close()                                  # as head does after its line
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 141, stderr
+    assert first["type"] == "thinking" and stderr == ""
+    reply = the_reply()
+    assert reply.status == "stopped" and THOUGHT.startswith(reply.thinking) and reply.thinking
+
+
 @pytest.fixture(scope="session")
 def ends_model(tiny_dir, checkpoint):
     return ends_in_thought.ends_in_thought_gguf(tiny_dir, checkpoint("qwen2"))
