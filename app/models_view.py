@@ -674,6 +674,7 @@ class ModelsPane(QtWidgets.QWidget):
         self.library = library if library is not None else Library()
         self._cache: dict[CacheKey, GGUFInfo] = {}
         self._generation = 0
+        self._rows_read = False  # whether the table has shown the library once
         self._jobs: set[ThreadJob] = set()
         self._select_after_refresh: str | None = None
         self._shown_once = False
@@ -817,11 +818,16 @@ class ModelsPane(QtWidgets.QWidget):
         """Look for models in Ollama, LM Studio and the HF cache (Library.scan) off the GUI thread, then say what
         is new to the table: models another program (`aha models add`, a scan) put in the library count too."""
         library, shown = self.library, {_row_key(row.entry) for row in self.model.rows()}
+        listed = self._rows_read  # before the table's first read, "new" is measured against the library itself
+
+        def scan(emit, cancel):
+            before = shown if listed else {_row_key(entry) for entry in library.entries()}
+            return before, library.scan(), library.entries()
+
         self.rescan_button.setEnabled(False)
         self.empty.scan_button.setEnabled(False)
         self._show_status("Looking for models in Ollama, LM Studio and the Hugging Face cache…")
-        self._start_job(lambda emit, cancel: (shown, library.scan(), library.entries()), self._on_scanned,
-                        self._on_scan_failed)
+        self._start_job(scan, self._on_scanned, self._on_scan_failed)
 
     def offer_export(self, folder: str) -> QtWidgets.QMessageBox:
         """A Hugging Face checkpoint was picked: say so and offer its `aha export` command (Copy command)."""
@@ -893,6 +899,7 @@ class ModelsPane(QtWidgets.QWidget):
         self._select_after_refresh = None
         self._cache = cache
         self.model.set_rows(rows)
+        self._rows_read = True
         self._fit_name_column()
         if selected:
             self.select(selected)

@@ -231,6 +231,18 @@ def test_rescan_reports_the_models_the_command_line_added_meanwhile(qtbot, pane,
     assert pane.status.full_text() == "No new models"
 
 
+def test_rescan_before_the_table_is_read_counts_only_new_models(qtbot, tiny, monkeypatch):
+    """Rescan clicked at once, before the table has shown the library: the model already in it is not "new"."""
+    Library().add(tiny)
+    monkeypatch.setattr("engine.models.library.default_roots", lambda: {})
+    widget = ModelsPane(Library())
+    qtbot.addWidget(widget, before_close_func=lambda w: w.shutdown())
+    assert widget.model.rowCount() == 0  # the first read is still on its way
+    widget.rescan_button.click()
+    qtbot.waitUntil(lambda: widget.rescan_button.isEnabled() and not widget.is_busy())
+    assert widget.status.full_text() == "No new models" and widget.model.rowCount() == 1
+
+
 def test_add_folder_on_a_hugging_face_checkpoint_offers_the_export_command(qtbot, pane, checkpoint, tmp_path):
     """A checkpoint folder (config.json + safetensors, no .gguf): the pane says what it is and offers the
     `aha export` command; the copied command, run as it is, makes a GGUF the pane then adds."""
