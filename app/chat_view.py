@@ -8,7 +8,7 @@ layout and nothing else.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from app.chat_session import DEFAULT_N_CTX, ChatSession
@@ -126,6 +126,7 @@ class ConversationList(QtWidgets.QWidget):
     def __init__(self, store: Store, parent=None):
         super().__init__(parent)
         self.store = store
+        self.model_names: Callable[[], Mapping[str, str]] = dict  # file name → shown name, for exports
         self.search = QtWidgets.QLineEdit(placeholderText="Search chats and thoughts…", clearButtonEnabled=True)
         self.search.textChanged.connect(self.refresh)
         new = QtWidgets.QPushButton("New chat", objectName="PrimaryButton")
@@ -206,7 +207,7 @@ class ConversationList(QtWidgets.QWidget):
                                                         "Markdown (*.md)" if kind == "md" else "JSON (*.json)")
         if not path:
             return
-        text = (self.store.export_markdown(conversation_id) if kind == "md"
+        text = (self.store.export_markdown(conversation_id, names=self.model_names()) if kind == "md"
                 else json.dumps(self.store.export_json(conversation_id), indent=2, ensure_ascii=False))
         try:
             atomic_write_text(Path(path), text)
@@ -280,6 +281,7 @@ class ChatPane(QtWidgets.QWidget):
         self.conversations.new_requested.connect(self.new_conversation)
         self.conversations.status_message.connect(self.status_message)
         self.settings = SettingsPanel()
+        self.conversations.model_names = self.settings.model_names
         self.settings.changed.connect(self._on_settings_changed)
         self.settings.preview_requested.connect(self._on_preview)
         self.settings.model.currentTextChanged.connect(self._show_model)

@@ -119,6 +119,8 @@ def test_export_markdown_and_json(qtbot, window, tmp_path, monkeypatch):
         monkeypatch.setattr(QtWidgets.QFileDialog, "getSaveFileName", lambda *a, t=target, **k: (str(t), ""))
         pane.conversations.export(pane.conversation_id, kind)
     assert "Step 1" in (tmp_path / "chat.md").read_text() and ANSWER in (tmp_path / "chat.md").read_text()
+    shown_name = pane.settings.model.currentText()
+    assert f"## Assistant · {shown_name}\n" in (tmp_path / "chat.md").read_text()  # the model list's name
     exported = json.loads((tmp_path / "chat.json").read_text())
     assert any(m.get("thinking") == THOUGHT for m in exported["messages"])
 
