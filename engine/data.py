@@ -236,6 +236,19 @@ def open_dataset(spec: str, seed: int = 0, prompt_column: str = "prompt", answer
     return load_rows(path, prompt_column, answer_column, required)
 
 
+def heldout_rows(source: TaskSource | list[dict[str, Any]], eval_dataset: str | None, count: int, seed: int = 0,
+                 prompt_column: str = "prompt", answer_column: str | None = "answer") -> list[dict[str, Any]]:
+    """The held-out rows of an evaluation: `count` from `eval_dataset` (any name open_dataset takes; a task's
+    held-out split), else from the training source when it is a task; a file has no held-out split of its own."""
+    if eval_dataset:
+        source = open_dataset(eval_dataset, seed, prompt_column, answer_column)
+    if isinstance(source, TaskSource):
+        return source.heldout(count)
+    if eval_dataset:
+        return source[:count]
+    raise AhaError("eval_steps needs held-out rows: set eval_dataset (or use a built-in task)")
+
+
 def first_rows(source: TaskSource | list[dict[str, Any]], count: int | None,
                task_default: int = TASK_ROWS) -> list[dict[str, Any]]:
     """A finite list of a dataset's rows: a file's first `count` (all when None), or a task's first

@@ -178,15 +178,12 @@ def _describe(config: GRPOConfig, trainer) -> str:
 
 
 def _heldout_rows(config: GRPOConfig, source) -> list[dict]:
-    from engine.data import TaskSource, load_rows
+    from engine.data import heldout_rows
 
     if not config.eval_steps:
         return []
-    if config.eval_dataset:
-        return load_rows(config.eval_dataset, config.prompt_column, config.answer_column)[:config.eval_samples]
-    if isinstance(source, TaskSource):
-        return source.heldout(config.eval_samples)
-    raise AhaError("eval_steps needs held-out rows: set eval_dataset (or use a built-in task)")
+    return heldout_rows(source, config.eval_dataset, config.eval_samples, config.seed, config.prompt_column,
+                        config.answer_column)
 
 
 def _reference_model(config: GRPOConfig, trainer):

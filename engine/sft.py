@@ -191,7 +191,7 @@ def train_sft(config: SFTConfig | None = None, *, resume: str | Path | None = No
               cancel: CancelToken | None = None) -> dict[str, Any]:
     """Run SFT for config (a new run) or continue the run in `resume`. Returns {"status", "run_dir", "step",
     "model"/"adapter", "eval_accuracy"} (the last held-out accuracy, when measured)."""
-    from engine.data import TaskSource, load_rows, open_dataset
+    from engine.data import TaskSource, heldout_rows, open_dataset
     from engine.train import check_model_folder
     from engine.train_config import run_config
 
@@ -200,14 +200,8 @@ def train_sft(config: SFTConfig | None = None, *, resume: str | Path | None = No
     source = open_dataset(config.dataset, config.seed, config.prompt_column, None, required=(config.completion_column,))
     if not isinstance(source, TaskSource) and config.completion_column != "completion":
         source = [{**row, "completion": row[config.completion_column]} for row in source]
-    heldout: list[dict] = []
-    if config.eval_steps:
-        if config.eval_dataset:
-            heldout = load_rows(config.eval_dataset, config.prompt_column, config.answer_column)[:config.eval_samples]
-        elif isinstance(source, TaskSource):
-            heldout = source.heldout(config.eval_samples)
-        else:
-            raise AhaError("eval_steps needs held-out rows: set eval_dataset (or use a built-in task)")
+    heldout = heldout_rows(source, config.eval_dataset, config.eval_samples, config.seed, config.prompt_column,
+                           config.answer_column) if config.eval_steps else []
     return run_sft(config, source, heldout, resume=resume, on_event=on_event, cancel=cancel)
 
 

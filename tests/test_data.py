@@ -15,6 +15,7 @@ from engine.data import (
     addition_problem,
     arithmetic_problem,
     first_rows,
+    heldout_rows,
     is_heldout,
     is_task,
     load_rows,
@@ -194,3 +195,17 @@ def test_prompt_stream_state_resumes_the_same_rows():
     copy = PromptStream(TaskSource("addition", seed=1))
     copy.load_state_dict(task.state_dict())
     assert copy.next(4) == task.next(4)
+
+
+def test_held_out_rows_come_from_any_dataset_name(tmp_path):
+    """eval_dataset takes what dataset takes (a task's held-out split too); without it only a task has held-out
+    rows, and a file says what to set."""
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"{n}+1=", "answer": str(n + 1)}) + "\n" for n in range(5)))
+    rows = open_dataset(str(path))
+    task = TaskSource("addition", seed=0)
+    assert heldout_rows(rows, "addition", 4) == task.heldout(4)
+    assert heldout_rows(task, None, 3) == task.heldout(3)
+    assert [row["prompt"] for row in heldout_rows(task, str(path), 2)] == ["0+1=", "1+1="]
+    with pytest.raises(AhaError, match="^eval_steps needs held-out rows: set eval_dataset"):
+        heldout_rows(rows, None, 3)
