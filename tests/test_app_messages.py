@@ -17,6 +17,7 @@ from tests import test_app_chat
 from tests.support import ends_in_thought
 from tests.support.scripted_model import QUESTION
 from tests.test_app_chat import send, wait_idle, widgets
+from tests.test_app_window import visible_lines
 
 window = test_app_chat.window  # the shared fixture: a shown MainWindow using the scripted model, greedy
 LOAD_S = 2.0                   # how long the slowed stream keeps the window waiting for its first token
@@ -44,18 +45,6 @@ def body_content_height(reply: AssistantMessageWidget, lines: int) -> int:
     """The height `lines` lines of the think body's text take, with the document's margins."""
     body = reply.think.body
     return body.fontMetrics().lineSpacing() * lines + round(2 * body.document().documentMargin())
-
-
-def shown_lines(reply: AssistantMessageWidget) -> list[str]:
-    """The lines of text the think body's viewport shows, top to bottom (empty ones left out)."""
-    body = reply.think.body
-    step = body.fontMetrics().lineSpacing()
-    lines: list[str] = []
-    for y in range(step // 2, body.viewport().height(), step):
-        text = body.cursorForPosition(QtCore.QPoint(4, y)).block().text()
-        if text and text not in lines:
-            lines.append(text)
-    return lines
 
 
 def test_a_reply_that_ends_inside_its_thought_says_the_model_ended_it(qtbot, window, ends_model):
@@ -114,12 +103,12 @@ def test_a_one_line_thought_gets_a_one_line_block_while_streaming_and_when_done(
     qtbot.wait(50)
     assert think.live and think.body.isVisible()
     assert abs(think.body.height() - body_content_height(reply, 1)) <= 2
-    assert shown_lines(reply) == [ends_in_thought.THOUGHT.strip()]   # the line itself, not the empty one after it
+    assert visible_lines(reply.think.body) == [ends_in_thought.THOUGHT.strip()]   # the line itself, not the empty one after it
     reply.finish(events[-1].stats)
     qtbot.wait(50)
     assert think.expanded and think.body.isVisible()         # an unfinished thought stays open
     assert abs(think.body.height() - body_content_height(reply, 1)) <= 2
-    assert shown_lines(reply) == [ends_in_thought.THOUGHT.strip()]
+    assert visible_lines(reply.think.body) == [ends_in_thought.THOUGHT.strip()]
     assert not think.body.verticalScrollBar().isVisible()
     assert think.height() <= think.header.height() + think.body.height() + 16
 
