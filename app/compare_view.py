@@ -13,17 +13,13 @@ from app.message_view import AssistantMessageWidget
 from app.qt import Qt, QtWidgets
 from app.workers import ThreadJob
 from engine import r1
-from engine.conversation import counted, stop_wording
+from engine.conversation import counted, stats_fields
 from engine.errors import AhaError
 
 SAMPLINGS = {"DeepSeek R1 (0.6 · 0.95)": {"temperature": r1.TEMPERATURE, "top_p": r1.TOP_P},
              "Greedy (0 · 1.0)": {"temperature": 0.0, "top_p": 1.0},
              "Hot (1.0 · 0.95)": {"temperature": 1.0, "top_p": 0.95}}
-ROWS = (("Thinking", lambda s: f"{counted(s.get('thinking_tokens', 0), 'token')} · {s.get('thinking_s', 0):.1f} s"),
-        ("Answer", lambda s: f"{counted(s.get('answer_tokens', 0), 'token')} · {s.get('answer_s', 0):.1f} s"),
-        ("First token", lambda s: f"{(s.get('ttft_s') or 0) * 1000:.0f} ms"),
-        ("Speed", lambda s: f"{s.get('tokens_per_s') or 0:.1f} tok/s"),
-        ("How it ended", stop_wording))
+ROWS = tuple(stats_fields({}))  # the table's rows: "Thinking", "Answer", …, "How it ended"
 
 
 class Side(QtWidgets.QFrame):
@@ -77,7 +73,7 @@ class ComparePane(QtWidgets.QWidget):
         self.sides = {"A": Side("A"), "B": Side("B")}
         self.table = QtWidgets.QTableWidget(len(ROWS), 2)
         self.table.setHorizontalHeaderLabels(["A", "B"])
-        self.table.setVerticalHeaderLabels([name for name, _ in ROWS])
+        self.table.setVerticalHeaderLabels(ROWS)
         self.table.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.Stretch)
         self.table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setMaximumHeight(self.table.verticalHeader().length() + self.table.horizontalHeader().height() + 4)
@@ -169,8 +165,8 @@ class ComparePane(QtWidgets.QWidget):
         elif kind == "done":
             reply.finish(payload)
             self.results[name] = payload
-            for row, (_, describe) in enumerate(ROWS):
-                self.table.setItem(row, "AB".index(name), QtWidgets.QTableWidgetItem(describe(payload)))
+            for row, text in enumerate(stats_fields(payload).values()):
+                self.table.setItem(row, "AB".index(name), QtWidgets.QTableWidgetItem(text))
         else:
             reply.add_delta(kind, payload)
 

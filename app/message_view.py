@@ -11,32 +11,12 @@ from __future__ import annotations
 
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal
 from app.rich_text import render_markdown
-from engine.conversation import status_for, stop_wording, thought_summary
+from engine.conversation import stats_line, status_for, thought_summary
 
 FLUSH_MS = 33              # ≤ 30 repaints a second while streaming
 LIVE_MARKDOWN_MS = 750     # the answer's Markdown is re-rendered this often while it streams
 THINK_LINES_LIVE = 4       # lines of the trace shown while thinking
 THINK_LINES_DONE = 24      # at most this many lines of a finished trace before it scrolls
-
-
-def stats_summary(stats: dict, reason_in_header: bool = False) -> str:
-    """Line under an answer: time to first token, thinking, answer, speed, and why the reply ended when it
-    did not end by itself (unless the think header already says so)."""
-    parts = []
-    if stats.get("ttft_s") is not None:
-        parts.append(f"first token {stats['ttft_s'] * 1000:.0f} ms")
-    if stats.get("thinking_tokens"):
-        parts.append(f"thinking {stats['thinking_s']:.1f} s · {stats['thinking_tokens']} tok")
-    if stats.get("answer_tokens"):
-        parts.append(f"answer {stats['answer_s']:.1f} s · {stats['answer_tokens']} tok")
-    if stats.get("tokens_per_s"):
-        parts.append(f"{stats['tokens_per_s']:.1f} tok/s")
-    ended_by_itself = stats.get("stop_reason") == "eos" and not stats.get("thinking_unfinished")
-    if stop_wording(stats) and not ended_by_itself and not reason_in_header:
-        parts.append(stop_wording(stats))
-    if stats.get("error"):
-        parts.append(stats["error"])
-    return "  ·  ".join(parts)
 
 
 class AutoHeightText(QtWidgets.QTextBrowser):
@@ -337,8 +317,7 @@ class AssistantMessageWidget(QtWidgets.QFrame):
         self._answer_dirty = True
         self._render_answer()
         self.answer.setVisible(bool(self.answer_text.strip()))
-        self.stats_label.setText(stats_summary(stats, reason_in_header=not self.think.isHidden()
-                                               and bool(stats.get("thinking_unfinished"))))
+        self.stats_label.setText(stats_line(stats, thought_above=not self.think.isHidden(), separator="  ·  "))
         self.regenerate_button.setEnabled(True)
 
     def _render_answer(self) -> None:

@@ -18,7 +18,7 @@ from app.theme import colors
 from app.widgets import ElidedLabel
 from app.workers import ProcessJob, ThreadJob
 from engine.errors import AhaError
-from engine.jobs import format_bar
+from engine.jobs import format_bar, format_bytes
 from engine.models import (
     R1_DEFAULT,
     GGUFArray,
@@ -110,14 +110,6 @@ def add_to_library(library: Library, paths: Iterable[str]) -> tuple[list[Library
         added += changes.added
         skipped += changes.skipped
     return added, skipped, checkpoints
-
-
-def human_size(n: int) -> str:
-    """1_117_322_624 → "1.12 GB", 1_592_192 → "1.59 MB"."""
-    for scale, unit in ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "KB")):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n} B"
 
 
 def _home_relative(path: Path) -> str:
@@ -267,7 +259,7 @@ def cell_text(row: ModelRow, column: int) -> str:
             PARAMETERS: format_count(info.parameter_count),
             QUANTIZATION: info.quantization,
             CONTEXT: f"{info.context_length:,}" if info.context_length else "—",
-            SIZE: human_size(info.file_size)}[column]
+            SIZE: format_bytes(info.file_size)}[column]
 
 
 def sort_key(row: ModelRow, column: int) -> str | float:
@@ -413,11 +405,10 @@ class DetailsPanel(QtWidgets.QWidget):
 
     @staticmethod
     def _form_rows(row: ModelRow) -> list[tuple[str, str]]:
-        """describe()'s rows (its size in GB reads "0.00 GB" for a small file: shown in fitting units here)."""
+        """describe()'s rows, the source after the path."""
         if row.info is None:
             return [("path", row.path), ("source", source_text(row.entry))]
-        rows = [(label, human_size(row.info.file_size) if label == "file size" else value)
-                for label, value in describe(row.info)]
+        rows = describe(row.info)
         return rows[:1] + [("source", source_text(row.entry))] + rows[1:]
 
     def _fill_grid(self, rows: list[tuple[str, str]]) -> None:

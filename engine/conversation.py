@@ -4,8 +4,8 @@
 same user message (the old one is kept: branches, not overwrites). The assistant message is written
 through the store's batched writer and always finished — `complete`, `stopped` (cancel, budget or a
 full context: the thinking so far is kept) or `error` — even when the consumer stops iterating.
-`stop_wording` and `thought_summary` say why a reply ended, one wording for every view. Knows nothing of Qt
-or terminals.
+`stop_wording`, `thought_summary`, `stats_fields` and `stats_line` put a reply's stats and why it ended into
+words, one wording for the window, Compare and `aha chat`. Knows nothing of Qt or terminals.
 """
 
 from __future__ import annotations
@@ -75,12 +75,53 @@ def counted(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
+def stats_fields(stats: dict) -> dict[str, str]:
+    """A reply's stats in words, one wording for every view: Compare's table shows them as its rows, and
+    stats_line and thought_summary are made of them. A value the stats lack reads as zero.
+
+    Example:
+    >>> stats_fields({"thinking_s": 3.14, "thinking_tokens": 120, "answer_s": 2.0, "answer_tokens": 1,
+    ...               "ttft_s": 0.012, "tokens_per_s": 45.3, "stop_reason": "max_tokens"})  # doctest: +NORMALIZE_WHITESPACE
+    {'Thinking': '3.1 s · 120 tokens', 'Answer': '2.0 s · 1 token', 'First token': '12 ms',
+     'Speed': '45.3 tok/s', 'How it ended': 'Cut by the token budget'}
+    """
+    return {"Thinking": f"{stats.get('thinking_s') or 0.0:.1f} s · {counted(stats.get('thinking_tokens') or 0, 'token')}",
+            "Answer": f"{stats.get('answer_s') or 0.0:.1f} s · {counted(stats.get('answer_tokens') or 0, 'token')}",
+            "First token": f"{(stats.get('ttft_s') or 0.0) * 1000:.0f} ms",
+            "Speed": f"{stats.get('tokens_per_s') or 0.0:.1f} tok/s",
+            "How it ended": stop_wording(stats)}
+
+
 def thought_summary(stats: dict) -> str:
     """Header of a finished thought: "Thought for 12.3 s · 842 tokens", or why it did not finish
     ("Stopped by you while thinking · 3.1 s · 120 tokens")."""
-    seconds, tokens = stats.get("thinking_s") or 0.0, counted(stats.get("thinking_tokens") or 0, "token")
+    thinking = stats_fields(stats)["Thinking"]
     reason = stop_wording(stats) if stats.get("thinking_unfinished") else ""
-    return f"{reason} · {seconds:.1f} s · {tokens}" if reason else f"Thought for {seconds:.1f} s · {tokens}"
+    return f"{reason} · {thinking}" if reason else f"Thought for {thinking}"
+
+
+def stats_line(stats: dict, thought_above: bool = False, separator: str = " · ") -> str:
+    """The line under a reply: the thought, the answer, first token, speed, why the reply ended when it did not
+    end by itself, an error. A view that shows thought_summary above the reply (the window's think header)
+    passes thought_above: the line then gives the thought's time and tokens only, and a thought that did not
+    finish says why once, in that header (without a header, the line starts with the summary)."""
+    fields, unfinished = stats_fields(stats), bool(stats.get("thinking_unfinished"))
+    parts = []
+    if thought_above and stats.get("thinking_tokens"):
+        parts.append(f"thinking {fields['Thinking']}")
+    elif not thought_above and (stats.get("thinking_tokens") or unfinished):
+        parts.append(thought_summary(stats))
+    if stats.get("answer_tokens"):
+        parts.append(f"answer {fields['Answer']}")
+    if stats.get("ttft_s") is not None:
+        parts.append(f"first token {fields['First token']}")
+    if stats.get("tokens_per_s"):
+        parts.append(fields["Speed"])
+    if stats.get("stop_reason") not in (None, "eos") and not unfinished:
+        parts.append(fields["How it ended"])
+    if stats.get("error"):
+        parts.append(stats["error"])
+    return separator.join(parts)
 
 
 def messages_for(store: Store, leaf_id: int | None, system_prompt: str = "") -> list[dict]:

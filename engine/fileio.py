@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from engine.errors import AhaError
-from engine.jobs import OnEvent, Progress, ignore
+from engine.jobs import OnEvent, Progress, format_bytes, ignore
 
 HASH_CHUNK = 1 << 20  # 1 MiB
 
@@ -48,8 +48,8 @@ def check_free_space(folder: Path, needed_bytes: int, margin_bytes: int = 64 << 
     """Raise when the disk holding `folder` has less than needed + margin free."""
     free = shutil.disk_usage(folder).free
     if free < needed_bytes + margin_bytes:
-        raise AhaError(f"not enough disk space in {folder}: need about {(needed_bytes + margin_bytes) / 1e9:.2f} GB, "
-                       f"{free / 1e9:.2f} GB free; free some space or write elsewhere.")
+        raise AhaError(f"not enough disk space in {folder}: need about "
+                       f"{format_bytes(needed_bytes + margin_bytes)}, {format_bytes(free)} free; free some space or write elsewhere.")
 
 
 @contextlib.contextmanager

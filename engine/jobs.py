@@ -3,7 +3,7 @@
 An event is a plain dict: `{"type": "progress"|"metrics"|"sample"|"log"|"artifact"|"done"|"error", ...}`.
 Jobs take `on_event` and `cancel`; they never print. The CLI picks a sink: a progress bar with ETA (and a
 training run's step lines, engine.run_report) on stderr, or one JSON object per line on stdout with
-`--events jsonl` (what the GUI reads). The rate and time formats here are the ones every view shows.
+`--events jsonl` (what the GUI reads). The rate, time and size formats here are the ones every view shows.
 """
 
 from __future__ import annotations
@@ -67,12 +67,20 @@ class Progress:
                                      unit=self.unit, elapsed_s=round(now - self.started, 3), **fields))
 
 
+def format_bytes(value: float) -> str:
+    """A size in decimal units, as every view shows one: '512 B', '12.3 MB', '1.1 GB'."""
+    if abs(value) < 1000:
+        return f"{value:.0f} B"
+    for prefix in ("KB", "MB", "GB"):
+        value /= 1000
+        if abs(value) < 1000:
+            return f"{value:.1f} {prefix}"
+    return f"{value / 1000:.1f} TB"
+
+
 def _human(value: float, unit: str) -> str:
     if unit == "B":
-        for prefix in ("B", "KB", "MB", "GB", "TB"):
-            if abs(value) < 1000 or prefix == "TB":
-                return f"{value:.1f} {prefix}" if prefix != "B" else f"{value:.0f} B"
-            value /= 1000
+        return format_bytes(value)
     return f"{_plain(value)}{(' ' + unit) if unit else ''}"
 
 

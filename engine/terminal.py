@@ -15,29 +15,9 @@ from collections.abc import Iterator
 from typing import TextIO
 
 from engine.chat import ChatEvent
-from engine.conversation import counted, stop_wording, thought_summary
+from engine.conversation import stats_line
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"
-
-
-def stats_line(stats: dict) -> str:
-    """One line under a reply: the thought (or why it did not finish), answer time/tokens, first token, speed,
-    and why the reply ended when it did not end by itself (engine.conversation's wording, as in the window)."""
-    parts = []
-    unfinished = bool(stats.get("thinking_unfinished"))
-    if stats.get("thinking_tokens") or unfinished:
-        parts.append(thought_summary(stats))
-    if stats.get("answer_tokens"):
-        parts.append(f"answer {stats['answer_s']:.1f} s · {counted(stats['answer_tokens'], 'token')}")
-    if stats.get("ttft_s") is not None:
-        parts.append(f"first token {stats['ttft_s'] * 1000:.0f} ms")
-    if stats.get("tokens_per_s"):
-        parts.append(f"{stats['tokens_per_s']:.1f} tok/s")
-    if stats.get("stop_reason") != "eos" and not unfinished and stop_wording(stats):
-        parts.append(stop_wording(stats))
-    if stats.get("error"):
-        parts.append(stats["error"])
-    return " · ".join(parts)
 
 
 class TerminalChatView:

@@ -11,12 +11,12 @@ import pytest
 
 from app.compare_view import ROWS, ComparePane
 from engine.chat import ChatModel
+from engine.conversation import stats_fields
 from engine.models import Library
 from tests.support import ends_in_thought
 from tests.support.scripted_model import ANSWER, QUESTION, THOUGHT
 
 REPO = Path(__file__).resolve().parents[1]
-DESCRIBE = dict(ROWS)
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +25,7 @@ def ends_model(tiny_dir, checkpoint):
 
 
 def column(pane, name: str) -> dict[str, str]:
-    return {label: pane.table.item(row, "AB".index(name)).text() for row, (label, _) in enumerate(ROWS)}
+    return {label: pane.table.item(row, "AB".index(name)).text() for row, label in enumerate(ROWS)}
 
 
 def test_compare_two_sampling_settings_side_by_side(qtbot, scripted_gguf, gguf_file):
@@ -46,7 +46,7 @@ def test_compare_two_sampling_settings_side_by_side(qtbot, scripted_gguf, gguf_f
     assert set(pane.results) == {"A", "B"}
     assert a.reply.think.text() == THOUGHT and a.reply.answer_text.strip() == ANSWER
     assert b.reply.think.text()
-    assert pane.table.item(0, 0).text().startswith(f"{pane.results['A']['thinking_tokens']} tokens")
+    assert pane.table.item(0, 0).text().startswith(f"{pane.results['A']['thinking_s']:.1f} s · ")
     assert "A thought" in pane.status.text()
     pane.close_models()
 
@@ -74,8 +74,8 @@ def test_compare_two_models_shows_each_ones_own_tokens_and_times(qtbot, scripted
                for column, name in enumerate("AB")}
     for name, stats in (("A", a), ("B", b)):
         thinking, answer, first_token, speed, ended = columns[name]
-        assert thinking == f"{stats['thinking_tokens']} tokens · {stats['thinking_s']:.1f} s"
-        assert answer == f"{stats['answer_tokens']} tokens · {stats['answer_s']:.1f} s"
+        assert thinking == f"{stats['thinking_s']:.1f} s · {stats['thinking_tokens']} tokens"
+        assert answer == f"{stats['answer_s']:.1f} s · {stats['answer_tokens']} tokens"
         assert first_token == f"{stats['ttft_s'] * 1000:.0f} ms" and speed == f"{stats['tokens_per_s']:.1f} tok/s"
         assert stats["stop_reason"] == "max_tokens" and stats["thinking_unfinished"]
         assert ended == "Cut by the token budget while thinking"
@@ -112,9 +112,10 @@ def test_the_table_says_1_token(scripted_gguf):
     with ChatModel(scripted_gguf) as model:
         *_, done = model.stream([{"role": "user", "content": QUESTION}], temperature=0, max_tokens=1)
     stats = done.stats
-    assert DESCRIBE["Thinking"](stats) == f"1 token · {stats['thinking_s']:.1f} s"
-    assert DESCRIBE["Answer"](stats) == "0 tokens · 0.0 s"
-    assert DESCRIBE["How it ended"](stats) == "Cut by the token budget while thinking"
+    rows = stats_fields(stats)
+    assert rows["Thinking"] == f"{stats['thinking_s']:.1f} s · 1 token"
+    assert rows["Answer"] == "0.0 s · 0 tokens"
+    assert rows["How it ended"] == "Cut by the token budget while thinking"
 
 
 def test_models_added_from_the_command_line_appear_when_compare_is_shown_again(qtbot, scripted_gguf, gguf_file):

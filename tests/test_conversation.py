@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from engine.chat import ChatModel
-from engine.conversation import TurnSettings, regenerate, send, title_from
+from engine.conversation import TurnSettings, regenerate, send, stats_fields, stats_line, title_from
 from engine.store import Store
 from tests.support.scripted_model import ANSWER, QUESTION, THOUGHT
 
@@ -120,3 +120,25 @@ def test_cli_chat_text_view(scripted_gguf, tmp_path):
 def test_title_from_first_line():
     assert title_from("  What is\n the answer?") == "What is"
     assert title_from("word " * 30).endswith("…") and len(title_from("word " * 30)) <= 61
+
+
+STATS = {"thinking_s": 3.14, "thinking_tokens": 120, "answer_s": 2.0, "answer_tokens": 1, "ttft_s": 0.012,
+         "tokens_per_s": 45.3, "stop_reason": "max_tokens"}
+
+
+def test_stats_read_the_same_in_the_table_and_in_both_stats_lines():
+    """One wording for Compare's rows, the window's stats line (the thought's header above it) and `aha chat`'s
+    (the thought's summary first); why the reply ended is said once."""
+    assert stats_fields(STATS) == {"Thinking": "3.1 s · 120 tokens", "Answer": "2.0 s · 1 token",
+                                   "First token": "12 ms", "Speed": "45.3 tok/s",
+                                   "How it ended": "Cut by the token budget"}
+    assert stats_line(STATS, thought_above=True) == ("thinking 3.1 s · 120 tokens · answer 2.0 s · 1 token · "
+                                                     "first token 12 ms · 45.3 tok/s · Cut by the token budget")
+    assert stats_line(STATS) == ("Thought for 3.1 s · 120 tokens · answer 2.0 s · 1 token · first token 12 ms · "
+                                 "45.3 tok/s · Cut by the token budget")
+    in_thought = {**STATS, "answer_tokens": 0, "thinking_unfinished": True}
+    assert stats_line(in_thought) == ("Cut by the token budget while thinking · 3.1 s · 120 tokens · "
+                                      "first token 12 ms · 45.3 tok/s")
+    assert stats_line(in_thought, thought_above=True) == "thinking 3.1 s · 120 tokens · first token 12 ms · 45.3 tok/s"
+    ended = {**STATS, "stop_reason": "eos"}
+    assert stats_line(ended).endswith("45.3 tok/s") and stats_line({}) == ""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 from engine.errors import AhaError
+from engine.jobs import format_bytes
 from engine.models.discovery import model_name
 
 GGUF_MAGIC = b"GGUF"
@@ -391,7 +392,7 @@ def describe(info: GGUFInfo) -> list[tuple[str, str]]:
             ("reasoning", reasoning), ("chat template", "yes" if info.chat_template else "none"),
             ("tokenizer", info.tokenizer_pre or "unknown"),
             ("vocabulary", str(info.vocab_size) if info.vocab_size is not None else "none"),
-            ("file size", f"{info.file_size / 1e9:.2f} GB"), ("GGUF version", str(info.version)),
+            ("file size", format_bytes(info.file_size)), ("GGUF version", str(info.version)),
             ("tensors", str(info.tensor_count))]
     if info.split_count > 1:
         rows.append(("split", f"{info.split_count} files (parameters count this file only)"))

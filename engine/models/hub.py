@@ -13,7 +13,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 from engine.errors import AhaError
 from engine.fileio import check_free_space, sha256_file
-from engine.jobs import CancelToken, OnEvent, Progress, ignore, make_event
+from engine.jobs import CancelToken, OnEvent, Progress, format_bytes, ignore, make_event
 from engine.models.library import Library
 from engine.paths import subdir
 
@@ -182,7 +182,7 @@ def _fetch(remote: _Remote, partial: Path, on_event: OnEvent, cancel: CancelToke
         partial.unlink()
         resume = 0
     if resume:
-        on_event(make_event("log", message=f"resuming {label} at {resume / 1e6:.1f} MB"))
+        on_event(make_event("log", message=f"resuming {label} at {format_bytes(resume)}"))
     partial.parent.mkdir(parents=True, exist_ok=True)
     check_free_space(partial.parent, (remote.size or 0) - resume)
     progress = Progress(on_event, "download", remote.size or 0, unit="B")
@@ -193,7 +193,7 @@ def _fetch(remote: _Remote, partial: Path, on_event: OnEvent, cancel: CancelToke
                      headers=build_hf_headers(), expected_size=remote.size,
                      displayed_filename=partial.name, tqdm_class=_QuietBar)
         except _Cancelled:
-            raise AhaError(f"download of {label} cancelled at {raw.tell() / 1e6:.1f} MB; the same pull resumes "
+            raise AhaError(f"download of {label} cancelled at {format_bytes(raw.tell())}; the same pull resumes "
                            "it.") from None
         except _network_errors() as exc:
             raise _network_failure(label, exc, os.environ.get("HF_ENDPOINT", "").rstrip("/") or None) from None
