@@ -1,9 +1,9 @@
-"""Compare: one prompt to two models (or one model with two sampling settings), side by side — both
+"""Compare pane: one prompt to two models (or one model with two sampling settings), side by side — both
 think traces, their lengths and times, and the two final answers next to each other.
 
-The two runs go one after the other on one worker thread (fair timings on a shared CPU/GPU), each with
-its own loaded model; events are tagged with their side. Nothing here is saved to the store. The model
-lists are read again whenever the pane is shown (models added from `aha models …` or a rescan appear).
+Widgets only: engine.compare runs the two sides (one after the other, on one worker thread here, each with
+its own loaded model) and sums them up. The model lists are read again whenever the pane is shown (models
+added from `aha models …` or a rescan appear).
 """
 
 from __future__ import annotations
@@ -12,13 +12,10 @@ from app.chat_session import ModelHost
 from app.message_view import AssistantMessageWidget
 from app.qt import Qt, QtWidgets
 from app.workers import ThreadJob
-from engine import r1
-from engine.conversation import counted, stats_fields
+from engine import compare
+from engine.conversation import stats_fields
 from engine.errors import AhaError
 
-SAMPLINGS = {"DeepSeek R1 (0.6 · 0.95)": {"temperature": r1.TEMPERATURE, "top_p": r1.TOP_P},
-             "Greedy (0 · 1.0)": {"temperature": 0.0, "top_p": 1.0},
-             "Hot (1.0 · 0.95)": {"temperature": 1.0, "top_p": 0.95}}
 ROWS = tuple(stats_fields({}))  # the table's rows: "Thinking", "Answer", …, "How it ended"
 
 
@@ -29,7 +26,7 @@ class Side(QtWidgets.QFrame):
         super().__init__(parent)
         self.model = QtWidgets.QComboBox()
         self.sampling = QtWidgets.QComboBox()
-        self.sampling.addItems(SAMPLINGS)
+        self.sampling.addItems(compare.SAMPLINGS)
         header = QtWidgets.QHBoxLayout()
         header.addWidget(QtWidgets.QLabel(label, objectName="EmptyTitle"))
         header.addWidget(self.model, 1)
@@ -55,8 +52,8 @@ class Side(QtWidgets.QFrame):
         self.reply.start_stream()
         return self.reply
 
-    def settings(self) -> dict:
-        return {"model": self.model.currentData() or "", **SAMPLINGS[self.sampling.currentText()]}
+    def plan(self) -> compare.Plan:
+        return compare.Plan(self.model.currentData() or "", **compare.SAMPLINGS[self.sampling.currentText()])
 
 
 class ComparePane(QtWidgets.QWidget):
@@ -127,8 +124,8 @@ class ComparePane(QtWidgets.QWidget):
         text = self.prompt.toPlainText().strip()
         if not text or (self.job is not None and self.job.is_running()):
             return
-        plans = {name: side.settings() for name, side in self.sides.items()}
-        if not all(plan["model"] for plan in plans.values()):
+        plans = {name: side.plan() for name, side in self.sides.items()}
+        if not all(plan.model for plan in plans.values()):
             self.status.setText("Pick a model for both sides (add models in the Models pane).")
             return
         self.results = {}
@@ -137,14 +134,9 @@ class ComparePane(QtWidgets.QWidget):
         max_tokens = self.max_tokens.value()
 
         def work(emit, cancel):
-            for name, plan in plans.items():
-                if cancel.cancelled:
-                    break
-                emit((name, "status", f"Running {name}…"))
-                model = self.hosts[name].get(plan["model"])
-                for event in model.stream([{"role": "user", "content": text}], temperature=plan["temperature"],
-                                          top_p=plan["top_p"], max_tokens=max_tokens, cancel=cancel):
-                    emit((name, event.kind, event.stats if event.kind == "done" else event.text))
+            for event in compare.stream(text, plans, lambda side, path: self.hosts[side].get(path), max_tokens,
+                                        cancel):
+                emit(event)
         self.job = ThreadJob(work, self)
         self.job.event.connect(self._on_event)
         self.job.finished.connect(lambda _: self._on_end(""))
@@ -157,18 +149,17 @@ class ComparePane(QtWidgets.QWidget):
         if self.job is not None:
             self.job.stop()
 
-    def _on_event(self, event: tuple) -> None:
-        name, kind, payload = event
-        reply = self.sides[name].reply
-        if kind == "status":
-            self.status.setText(payload)
-        elif kind == "done":
-            reply.finish(payload)
-            self.results[name] = payload
-            for row, text in enumerate(stats_fields(payload).values()):
-                self.table.setItem(row, "AB".index(name), QtWidgets.QTableWidgetItem(text))
+    def _on_event(self, event: compare.SideEvent) -> None:
+        reply = self.sides[event.side].reply
+        if event.kind == "start":
+            self.status.setText(f"Running {event.side}…")
+        elif event.kind == "done":
+            reply.finish(event.stats)
+            self.results[event.side] = event.stats
+            for row, text in enumerate(stats_fields(event.stats).values()):
+                self.table.setItem(row, "AB".index(event.side), QtWidgets.QTableWidgetItem(text))
         else:
-            reply.add_delta(kind, payload)
+            reply.add_delta(event.kind, event.text)
 
     def _on_end(self, error: str) -> None:
         self.run_button.show()
@@ -177,14 +168,7 @@ class ComparePane(QtWidgets.QWidget):
             if name not in self.results and side.reply is not None and side.reply.status == "streaming":
                 stats = {"stop_reason": "error" if error else "cancelled", "thinking_unfinished": side.reply.think.in_thought}
                 side.reply.finish({**stats, "error": error} if error else stats)
-        self.status.setText(error or self._summary())
-
-    def _summary(self) -> str:
-        a, b = self.results.get("A"), self.results.get("B")
-        if not (a and b):
-            return ""
-        return (f"A thought {counted(a.get('thinking_tokens', 0), 'token')}, B {b.get('thinking_tokens', 0)}; "
-                f"A answered in {counted(a.get('answer_tokens', 0), 'token')}, B in {b.get('answer_tokens', 0)}.")
+        self.status.setText(error or compare.summary(self.results))
 
     def close_models(self) -> None:
         self.stop()
