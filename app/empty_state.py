@@ -10,22 +10,12 @@ from __future__ import annotations
 
 from app.qt import Qt, QtWidgets, Signal
 from app.workers import ThreadJob
-from engine.models import DISCOVERERS, R1_DEFAULT, Library, default_roots
+from engine.models import R1_DEFAULT, Library, discover
 
 SCANNING = "Looking for models on this machine…"
 NOTHING_FOUND = "No models found in Ollama, LM Studio or the Hugging Face cache."
 WHAT_TO_DO = ("Open a GGUF file you already have, add a folder that holds some, or download DeepSeek-R1 "
               "above (this needs an internet connection).")
-
-
-def discover_all() -> list:
-    """Everything the discovery sources find under their default roots (nothing is added)."""
-    found = []
-    for source, roots in default_roots().items():
-        for root in roots:
-            if root.exists():
-                found.extend(DISCOVERERS[source](root).found)
-    return found
 
 
 class EmptyState(QtWidgets.QWidget):
@@ -91,7 +81,7 @@ class EmptyState(QtWidgets.QWidget):
     def start_scan(self) -> None:
         if self._job is not None and self._job.is_running():
             return
-        self._job = ThreadJob(lambda emit, cancel: discover_all(), self)
+        self._job = ThreadJob(lambda emit, cancel: discover().found, self)
         self._job.finished.connect(self._on_found_models)
         self._job.failed.connect(self._on_scan_failed)
         self._job.start()

@@ -25,6 +25,7 @@ from engine.models import (
     Library,
     check_gguf,
     describe,
+    discover,
     discover_hf_cache,
     discover_lmstudio,
     discover_ollama,
@@ -369,6 +370,21 @@ def test_discover_hf_cache_resolves_links_to_blobs(tmp_path, tiny_bytes):
     assert [(f.path, f.name, f.origin) for f in found] == [(blob, "Tiny-R1-Q8_0", "unsloth/Tiny-R1-GGUF")]
     assert len(skipped) == 1 and "Tiny-R1-F16.gguf" in skipped[0]
     assert read_gguf_info(found[0].path).vocab_size == 576
+
+
+def test_discover_reads_every_source_root_and_adds_nothing(tmp_path, tiny_bytes, tiny_gguf):
+    """discover(): what each source finds under its roots, in one list with what was skipped; a root that is
+    not there is passed over, and the library stays as it was."""
+    ollama_store(tmp_path / "ollama", tiny_bytes, [("registry.ollama.ai", "library", "deepseek-r1", "1.5b")])
+    (tmp_path / "ollama" / "manifests" / "registry.ollama.ai" / "library" / "broken").mkdir()
+    (tmp_path / "ollama" / "manifests" / "registry.ollama.ai" / "library" / "broken" / "latest").write_text("{")
+    repo = tmp_path / "lmstudio" / "lmstudio-community" / "Tiny-R1-GGUF"
+    repo.mkdir(parents=True)
+    shutil.copy(tiny_gguf, repo / "Tiny-R1-Q8_0.gguf")
+    found, skipped = discover({"ollama": [tmp_path / "ollama"], "lmstudio": [tmp_path / "nowhere", tmp_path / "lmstudio"]})
+    assert [(f.source, f.name) for f in found] == [("ollama", "deepseek-r1:1.5b"), ("lmstudio", "Tiny-R1-Q8_0")]
+    assert len(skipped) == 1 and "broken" in skipped[0]
+    assert Library().entries() == []
 
 
 @platforms.symlinks

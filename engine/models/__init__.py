@@ -1,7 +1,7 @@
 """Models: read GGUF headers, find models on disk, keep the library index, download from the Hub; never run one.
 
 gguf_info — what a .gguf file says about itself, from its header alone (read_gguf_info, describe)
-discovery — GGUF files in Ollama, LM Studio, the HF hub cache and user folders (Found, default_roots)
+discovery — GGUF files in Ollama, LM Studio, the HF hub cache and user folders (Found, discover, default_roots)
 library — the JSON index of a user's models and name lookup (Library, LibraryEntry, match_entries)
 hub — pull(): a resumable, sha256-verified Hugging Face download added to the library
 """
@@ -15,6 +15,7 @@ from engine.models.discovery import (
     Discovery,
     Found,
     default_roots,
+    discover,
     discover_folder,
     discover_hf_cache,
     discover_lmstudio,
@@ -53,7 +54,7 @@ __all__ = [
     "reasoning_evidence",
     # discovery
     "DISCOVERERS", "DISCOVERY_SOURCES", "OLLAMA_MODEL_LAYER", "OLLAMA_REGISTRY", "SOURCES",
-    "Discovery", "Found", "default_roots", "discover_folder", "discover_hf_cache", "discover_lmstudio",
+    "Discovery", "Found", "default_roots", "discover", "discover_folder", "discover_hf_cache", "discover_lmstudio",
     "discover_ollama", "gguf_files", "hf_cache_root", "is_model_file", "lmstudio_roots", "model_name",
     "normalize_ollama_name", "ollama_display_name", "ollama_roots",
     # library

@@ -10,7 +10,7 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -205,3 +205,17 @@ def hf_cache_root(env: Mapping[str, str] | None = None, home: Path | None = None
 def default_roots() -> dict[str, list[Path]]:
     """Where `scan` looks on this machine, per discovery source."""
     return {"ollama": ollama_roots(), "lmstudio": lmstudio_roots(), "hf-cache": [hf_cache_root()]}
+
+
+def discover(roots: Mapping[str, Sequence[Path]] | None = None) -> Discovery:
+    """What the discovery sources find under `roots` (source → folders; by default default_roots()), added to
+    nothing; a root that is not a folder is passed over."""
+    roots = default_roots() if roots is None else roots
+    found, skipped = [], []
+    for source, source_roots in roots.items():
+        for root in source_roots:
+            if Path(root).is_dir():
+                discovery = DISCOVERERS[source](Path(root))
+                found += discovery.found
+                skipped += discovery.skipped
+    return Discovery(found, skipped)

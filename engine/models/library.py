@@ -15,10 +15,10 @@ from typing import Any
 from engine.errors import AhaError
 from engine.fileio import atomic_write_text
 from engine.models.discovery import (
-    DISCOVERERS,
     DISCOVERY_SOURCES,
     Found,
     default_roots,
+    discover,
     discover_folder,
     export_command,
     gguf_files,
@@ -187,13 +187,7 @@ class Library:
         """Discover models in Ollama, LM Studio and the HF hub cache (`roots`, by default default_roots()) and
         in `extra_folders`; add new ones and drop entries of the scanned sources whose model is gone."""
         roots = default_roots() if roots is None else roots
-        found, skipped = [], []
-        for source, source_roots in roots.items():
-            for root in source_roots:
-                if Path(root).is_dir():
-                    discovery = DISCOVERERS[source](Path(root))
-                    found += discovery.found
-                    skipped += discovery.skipped
+        found, skipped = discover(roots)
         for folder in extra_folders:
             folder = Path(folder).expanduser().absolute()
             if not folder.is_dir():
