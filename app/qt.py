@@ -1,7 +1,8 @@
 """The one place the app takes its PySide6 names from: a version check and the shared imports.
 
-App modules write `from app.qt import QtCore, QtGui, QtWidgets, Signal, Slot`; nothing here knows
-about Aha itself.
+App modules, tests and benchmarks write `from app.qt import QtCore, QtGui, QtWidgets, Signal, Slot`; ruff's
+banned-api rule (TID251 in pyproject.toml) refuses a PySide6 import anywhere else. Nothing here knows about
+Aha itself.
 """
 
 from __future__ import annotations

@@ -13,21 +13,7 @@ from collections import OrderedDict
 from functools import lru_cache
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
-from PySide6.QtCore import QRect, Qt, QUrl
-from PySide6.QtGui import (
-    QColor,
-    QFont,
-    QFontDatabase,
-    QFontMetricsF,
-    QGuiApplication,
-    QImage,
-    QTextBlockFormat,
-    QTextCharFormat,
-    QTextCursor,
-    QTextDocument,
-    QTextFormat,
-    QTextImageFormat,
-)
+from app.qt import Qt, QtCore, QtGui
 
 if TYPE_CHECKING:
     import numpy as np
@@ -186,7 +172,7 @@ def _closing_brace(text: str, index: int) -> int | None:
 
 
 class MathImage(NamedTuple):
-    image: QImage  # premultiplied ARGB, transparent, devicePixelRatio set
+    image: QtGui.QImage  # premultiplied ARGB, transparent, devicePixelRatio set
     depth: float  # logical pixels below the baseline
 
 
@@ -253,7 +239,7 @@ class MathRenderer:
         self.capacity = capacity
         self._cache: OrderedDict[tuple, MathImage | None] = OrderedDict()
 
-    def render(self, latex: str, *, display: bool = False, color: QColor, device_pixel_ratio: float = 1.0,
+    def render(self, latex: str, *, display: bool = False, color: QtGui.QColor, device_pixel_ratio: float = 1.0,
                font_size: float = 13.0) -> MathImage | None:
         """`font_size` is the surrounding text's size in logical pixels (its em)."""
         key = (latex, display, color.rgba(), round(device_pixel_ratio, 3), round(font_size, 2))
@@ -270,7 +256,8 @@ class MathRenderer:
         return result
 
 
-def _draw(latex: str, display: bool, color: QColor, device_pixel_ratio: float, font_size: float) -> MathImage | None:
+def _draw(latex: str, display: bool, color: QtGui.QColor, device_pixel_ratio: float,
+          font_size: float) -> MathImage | None:
     if not latex.strip() or len(latex) > _MAX_SOURCE:
         return None
     size = font_size * (_DISPLAY_SCALE if display else 1.0) * device_pixel_ratio  # device pixels per em
@@ -442,7 +429,7 @@ def _stacked(rows: list[list[_Box]], size: float) -> _Box:
     return _Box(canvas, canvas.shape[0] - (last.alpha.shape[0] - last.ascent))
 
 
-def _colored(box: _Box, color: QColor, device_pixel_ratio: float) -> MathImage | None:
+def _colored(box: _Box, color: QtGui.QColor, device_pixel_ratio: float) -> MathImage | None:
     import numpy as np
 
     rows, cols = box.alpha.shape
@@ -454,8 +441,8 @@ def _colored(box: _Box, color: QColor, device_pixel_ratio: float) -> MathImage |
         pixels[..., channel] = alpha * value // 255
     pixels[..., 3] = alpha
     data = pixels.tobytes()
-    image = QImage(data, cols, rows, 4 * cols, QImage.Format.Format_RGBA8888_Premultiplied)
-    image = image.convertToFormat(QImage.Format.Format_ARGB32_Premultiplied)  # a deep copy
+    image = QtGui.QImage(data, cols, rows, 4 * cols, QtGui.QImage.Format.Format_RGBA8888_Premultiplied)
+    image = image.convertToFormat(QtGui.QImage.Format.Format_ARGB32_Premultiplied)  # a deep copy
     image.setDevicePixelRatio(device_pixel_ratio)
     return MathImage(image, (rows - box.ascent) / device_pixel_ratio)
 
@@ -471,7 +458,7 @@ class _Formula(NamedTuple):
     display: bool  # own centred paragraph, larger
 
 
-def render_markdown(document: QTextDocument, text: str, *, color: QColor,
+def render_markdown(document: QtGui.QTextDocument, text: str, *, color: QtGui.QColor,
                     renderer: MathRenderer | None = None) -> None:
     """Replace `document`'s content with `text` as GitHub Markdown, its formulas as images.
 
@@ -481,9 +468,9 @@ def render_markdown(document: QTextDocument, text: str, *, color: QColor,
     """
     renderer = renderer if renderer is not None else _shared_renderer()
     markdown, formulas = _with_placeholders(split_math(text))
-    document.setMarkdown(markdown, QTextDocument.MarkdownFeature.MarkdownDialectGitHub)
+    document.setMarkdown(markdown, QtGui.QTextDocument.MarkdownFeature.MarkdownDialectGitHub)
     code_blocks, code_spans, placeholders = _scan(document, len(formulas))
-    cursor = QTextCursor(document)
+    cursor = QtGui.QTextCursor(document)
     cursor.beginEditBlock()  # one relayout for all the edits
     try:
         _style_code(cursor, code_blocks, code_spans, color)
@@ -521,15 +508,15 @@ def _with_placeholders(pieces: list[Piece]) -> tuple[str, list[_Formula]]:
     return "".join(parts), formulas
 
 
-def _scan(document: QTextDocument, formula_count: int):
+def _scan(document: QtGui.QTextDocument, formula_count: int):
     """Code blocks (start, end), inline code spans (start, end) and formula placeholders
     (position, format, number) in what the Markdown importer built."""
     code_blocks, code_spans, placeholders = [], [], []
     block = document.begin()
     while block.isValid():
         block_format = block.blockFormat()
-        if block_format.hasProperty(QTextFormat.Property.BlockCodeFence) or block_format.hasProperty(
-                QTextFormat.Property.BlockCodeLanguage):
+        if block_format.hasProperty(QtGui.QTextFormat.Property.BlockCodeFence) or block_format.hasProperty(
+                QtGui.QTextFormat.Property.BlockCodeLanguage):
             code_blocks.append((block.position(), block.position() + block.length() - 1))
             block = block.next()
             continue
@@ -547,31 +534,31 @@ def _scan(document: QTextDocument, formula_count: int):
     return code_blocks, code_spans, placeholders
 
 
-def _style_code(cursor: QTextCursor, code_blocks, code_spans, color: QColor) -> None:
+def _style_code(cursor: QtGui.QTextCursor, code_blocks, code_spans, color: QtGui.QColor) -> None:
     """Code: fixed-pitch text on a faint tint of the text colour (for light and dark themes)."""
-    band = QTextBlockFormat()
+    band = QtGui.QTextBlockFormat()
     band.setBackground(_tint(color, 20))
-    fixed = QTextCharFormat()
+    fixed = QtGui.QTextCharFormat()
     fixed.setFontFixedPitch(True)
     for start, end in code_blocks:
         _select(cursor, start, end)
         cursor.mergeBlockFormat(band)
         cursor.mergeCharFormat(fixed)
-    span = QTextCharFormat()
+    span = QtGui.QTextCharFormat()
     span.setBackground(_tint(color, 24))
     for start, end in code_spans:
         _select(cursor, start, end)
         cursor.mergeCharFormat(span)
 
 
-def _select(cursor: QTextCursor, start: int, end: int) -> None:
+def _select(cursor: QtGui.QTextCursor, start: int, end: int) -> None:
     cursor.setPosition(start)
-    cursor.setPosition(end, QTextCursor.MoveMode.KeepAnchor)
+    cursor.setPosition(end, QtGui.QTextCursor.MoveMode.KeepAnchor)
 
 
-def _place_formulas(document: QTextDocument, cursor: QTextCursor, placeholders, color: QColor,
-                    renderer: MathRenderer) -> None:
-    app = QGuiApplication.instance()
+def _place_formulas(document: QtGui.QTextDocument, cursor: QtGui.QTextCursor, placeholders,
+                    color: QtGui.QColor, renderer: MathRenderer) -> None:
+    app = QtGui.QGuiApplication.instance()
     device_pixel_ratio = app.devicePixelRatio() if app is not None else 1.0
     for position, image_format, formula in reversed(placeholders):  # replacements shift what follows
         font = image_format.font()
@@ -582,22 +569,23 @@ def _place_formulas(document: QTextDocument, cursor: QTextCursor, placeholders, 
             cursor.insertText(formula.source, _code_format(font, color))
             continue
         image, baseline_font = _on_baseline(math, font)
-        document.addResource(QTextDocument.ResourceType.ImageResource, QUrl(image_format.name()), image)
-        placed = QTextImageFormat(image_format)
+        document.addResource(QtGui.QTextDocument.ResourceType.ImageResource, QtCore.QUrl(image_format.name()),
+                             image)
+        placed = QtGui.QTextImageFormat(image_format)
         placed.setWidth(image.width() / image.devicePixelRatio())
         placed.setHeight(image.height() / image.devicePixelRatio())
-        placed.setVerticalAlignment(QTextCharFormat.VerticalAlignment.AlignBaseline)
-        placed.clearProperty(QTextFormat.Property.FontSizeAdjustment)
+        placed.setVerticalAlignment(QtGui.QTextCharFormat.VerticalAlignment.AlignBaseline)
+        placed.clearProperty(QtGui.QTextFormat.Property.FontSizeAdjustment)
         placed.setFont(baseline_font)
         placed.setToolTip(formula.source)
         cursor.setCharFormat(placed)
         if formula.display and cursor.block().text() == "\ufffc":
-            centred = QTextBlockFormat()
+            centred = QtGui.QTextBlockFormat()
             centred.setAlignment(Qt.AlignmentFlag.AlignHCenter)
             cursor.mergeBlockFormat(centred)
 
 
-def _on_baseline(math: MathImage, font: QFont) -> tuple[QImage, QFont]:
+def _on_baseline(math: MathImage, font: QtGui.QFont) -> tuple[QtGui.QImage, QtGui.QFont]:
     """The image, padded, and the font for its format that put the formula's baseline on the text's.
 
     Qt draws an AlignBaseline object with its bottom one descent *of the format's font* below the
@@ -605,19 +593,19 @@ def _on_baseline(math: MathImage, font: QFont) -> tuple[QImage, QFont]:
     is otherwise unused, so a deep formula gets one sized to make this descent its depth. Padding to
     at least the text's ascent and descent keeps a line (or table cell) of only math like a text line.
     """
-    metrics = QFontMetricsF(font)
+    metrics = QtGui.QFontMetricsF(font)
     if math.depth <= metrics.descent():
         baseline_font, descent = font, metrics.descent()
     else:
         point_size, descent = _descent_font_size(font.toString(), round(math.depth, 2))
-        baseline_font = QFont(font)
+        baseline_font = QtGui.QFont(font)
         baseline_font.setPointSizeF(point_size)
     image = math.image
     ratio = image.devicePixelRatio()
     bottom = round((descent - math.depth) * ratio)
     top = max(0, round((metrics.ascent() + math.depth) * ratio) - image.height())
     if top or bottom:
-        image = image.copy(QRect(0, -top, image.width(), image.height() + top + bottom))  # transparent
+        image = image.copy(QtCore.QRect(0, -top, image.width(), image.height() + top + bottom))  # transparent
         image.setDevicePixelRatio(ratio)
     return image, baseline_font
 
@@ -625,38 +613,38 @@ def _on_baseline(math: MathImage, font: QFont) -> tuple[QImage, QFont]:
 @lru_cache(maxsize=1024)
 def _descent_font_size(font_description: str, depth: float) -> tuple[float, float]:
     """(point size, its descent ≥ depth) of the font described, in steps of a quarter point."""
-    font = QFont()
+    font = QtGui.QFont()
     font.fromString(font_description)
     font.setPointSizeF(100.0)
-    per_point = QFontMetricsF(font).descent() / 100.0
+    per_point = QtGui.QFontMetricsF(font).descent() / 100.0
     point_size = max(1.0, round(depth / per_point * 4 + 0.5) / 4)
     for _ in range(8):
         font.setPointSizeF(point_size)
-        descent = QFontMetricsF(font).descent()
+        descent = QtGui.QFontMetricsF(font).descent()
         if descent >= depth:
             break
         point_size += 0.25
     return point_size, descent
 
 
-def _pixel_size(font: QFont) -> float:
+def _pixel_size(font: QtGui.QFont) -> float:
     if font.pixelSize() > 0:
         return float(font.pixelSize())
-    screen = QGuiApplication.primaryScreen()
+    screen = QtGui.QGuiApplication.primaryScreen()
     dpi = screen.logicalDotsPerInchY() if screen is not None else 96.0
     return font.pointSizeF() * dpi / 72.0
 
 
-def _tint(color: QColor, alpha: int) -> QColor:
-    background = QColor(color)
+def _tint(color: QtGui.QColor, alpha: int) -> QtGui.QColor:
+    background = QtGui.QColor(color)
     background.setAlpha(alpha)
     return background
 
 
-def _code_format(font: QFont, color: QColor) -> QTextCharFormat:
-    code = QTextCharFormat()
+def _code_format(font: QtGui.QFont, color: QtGui.QColor) -> QtGui.QTextCharFormat:
+    code = QtGui.QTextCharFormat()
     code.setFont(font)
-    code.setFontFamilies(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont).families())
+    code.setFontFamilies(QtGui.QFontDatabase.systemFont(QtGui.QFontDatabase.SystemFont.FixedFont).families())
     code.setFontFixedPitch(True)
     code.setBackground(_tint(color, 24))
     return code

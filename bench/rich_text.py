@@ -24,17 +24,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    from PySide6.QtGui import QColor, QTextDocument
-    from PySide6.QtWidgets import QApplication
-
+    from app.qt import QtGui, QtWidgets
     from app.rich_text import MathRenderer, render_markdown
     from tests.support.long_answer import long_answer
 
-    QApplication.instance() or QApplication([])
-    answer, black = long_answer(), QColor("black")
+    QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    answer, black = long_answer(), QtGui.QColor("black")
 
     def timed(render) -> float:
-        document = QTextDocument()
+        document = QtGui.QTextDocument()
         document.setTextWidth(700)
         started = time.perf_counter()
         render(document)

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PySide6.QtCore import Qt, QUrl
-from PySide6.QtGui import QColor, QFontInfo, QImage, QTextDocument
-from PySide6.QtWidgets import QTextBrowser
 
 from app import rich_text
+from app.qt import Qt, QtCore, QtGui, QtWidgets
 from app.rich_text import MathRenderer, Piece, render_markdown, split_math
 from tests.support.long_answer import long_answer
 
-BLACK = QColor("black")
+BLACK = QtGui.QColor("black")
 
 
 def text(source):
@@ -64,22 +62,22 @@ def test_split_math(qtbot, answer, pieces):
     assert split_math(answer) == pieces
 
 
-def resources(document: QTextDocument) -> list[QImage]:
+def resources(document: QtGui.QTextDocument) -> list[QtGui.QImage]:
     images = []
-    while (image := document.resource(QTextDocument.ResourceType.ImageResource,
-                                       QUrl(f"aha-math:{len(images)}"))) is not None:
+    while (image := document.resource(QtGui.QTextDocument.ResourceType.ImageResource,
+                                       QtCore.QUrl(f"aha-math:{len(images)}"))) is not None:
         images.append(image)
     return images
 
 
-def alpha(image: QImage) -> np.ndarray:
-    image = image.convertToFormat(QImage.Format.Format_RGBA8888)
+def alpha(image: QtGui.QImage) -> np.ndarray:
+    image = image.convertToFormat(QtGui.QImage.Format.Format_RGBA8888)
     pixels = np.frombuffer(image.constBits(), np.uint8).reshape(image.height(), image.bytesPerLine() // 4, 4)
     return pixels[:, : image.width(), 3].copy()  # the converted image dies with this call
 
 
 def test_formulas_become_images_in_the_text(qtbot):
-    document = QTextDocument()
+    document = QtGui.QTextDocument()
     render_markdown(document, "Let $x^2$ be the start; then\n\n$$\\frac{a}{b}$$\n\nand finally \\boxed{42} here.",
                     color=BLACK, renderer=MathRenderer())
     inline_image, display_image, boxed = resources(document)
@@ -103,7 +101,7 @@ def test_formulas_become_images_in_the_text(qtbot):
 
 
 def test_display_math_is_centred_on_its_own_line(qtbot):
-    document = QTextDocument()
+    document = QtGui.QTextDocument()
     render_markdown(document, "1. Compute:\n   $$\\sum_{i=1}^{n} i$$\n2. Done", color=BLACK, renderer=MathRenderer())
     blocks = [document.findBlockByNumber(number) for number in range(document.blockCount())]
     (math_block,) = [block for block in blocks if block.text() == "\ufffc"]
@@ -130,7 +128,7 @@ def test_unsupported_left_right_falls_back_to_plain_delimiters(qtbot, monkeypatc
 
 
 def test_malformed_formulas_show_their_source_as_code(qtbot):
-    document = QTextDocument()
+    document = QtGui.QTextDocument()
     answer = "bad $\\frac{$ and $\\notacommand{x}$ and fine $y$"
     render_markdown(document, answer, color=BLACK, renderer=MathRenderer())
     plain = document.toPlainText()
@@ -142,13 +140,13 @@ def test_malformed_formulas_show_their_source_as_code(qtbot):
 
 
 def test_fenced_code_block_is_fixed_pitch(qtbot):
-    document = QTextDocument()
+    document = QtGui.QTextDocument()
     render_markdown(document, "Code:\n\n```python\nprint($x$)\n```\n", color=BLACK, renderer=MathRenderer())
     (block,) = [document.findBlockByNumber(n) for n in range(document.blockCount())
                 if document.findBlockByNumber(n).text() == "print($x$)"]
     (item,) = list(block)
     font = item.fragment().charFormat().font()
-    assert QFontInfo(font).fixedPitch()
+    assert QtGui.QFontInfo(font).fixedPitch()
     assert block.blockFormat().background().color().alpha() > 0
     assert resources(document) == []
 
@@ -164,9 +162,9 @@ def test_cache_calls_matplotlib_once_per_formula(qtbot, monkeypatch):
     monkeypatch.setattr(rich_text, "_rasterize", counting)
     renderer = MathRenderer()
     answer = "Let $x^2$ be… $$\\frac{a}{b}$$ … \\boxed{42} and $x^2$ again"
-    render_markdown(QTextDocument(), answer, color=BLACK, renderer=renderer)
+    render_markdown(QtGui.QTextDocument(), answer, color=BLACK, renderer=renderer)
     assert len(calls) == 3
-    document = QTextDocument()
+    document = QtGui.QTextDocument()
     render_markdown(document, answer, color=BLACK, renderer=renderer)
     assert len(calls) == 3
     assert len(resources(document)) == 4
@@ -174,7 +172,7 @@ def test_cache_calls_matplotlib_once_per_formula(qtbot, monkeypatch):
 
 def test_streaming_rerenders_into_a_browser(qtbot):
     """Every prefix of an answer, as a stream delivers it, renders without error or Qt warning."""
-    browser = QTextBrowser()
+    browser = QtWidgets.QTextBrowser()
     qtbot.addWidget(browser)
     browser.resize(500, 400)
     browser.show()
@@ -182,9 +180,9 @@ def test_streaming_rerenders_into_a_browser(qtbot):
     answer = ("## Result $\\boxed{x=2}$\n\nWe have $a^2 + b^2 = c^2$, so\n\n$$c = \\sqrt{a^2+b^2}$$\n\n"
               "| n | $n^2$ |\n|---|---|\n| 3 | $9$ |\n\n```python\nprint('$5')\n```\nCost: $5 and $10.")
     for end in range(0, len(answer) + 1, 5):
-        render_markdown(browser.document(), answer[:end], color=QColor("#e6e6e6"), renderer=renderer)
+        render_markdown(browser.document(), answer[:end], color=QtGui.QColor("#e6e6e6"), renderer=renderer)
         browser.viewport().repaint()
-    render_markdown(browser.document(), answer, color=QColor("#e6e6e6"), renderer=renderer)
+    render_markdown(browser.document(), answer, color=QtGui.QColor("#e6e6e6"), renderer=renderer)
     assert not browser.grab().isNull()
     assert "Cost: $5 and $10." in browser.document().toPlainText()
 
@@ -201,7 +199,7 @@ def test_a_long_answer_draws_each_formula_once_and_renders_again_from_the_cache(
     formulas = [piece.source for piece in split_math(answer) if piece.kind != "text"]
     documents = []
     for _ in range(3):
-        document = QTextDocument()
+        document = QtGui.QTextDocument()
         document.setTextWidth(700)
         render_markdown(document, answer, color=BLACK, renderer=renderer)
         documents.append(document.toPlainText())
