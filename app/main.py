@@ -11,7 +11,9 @@ from pathlib import Path
 
 from app import theme
 from app.chat_view import ChatPane
+from app.compare_view import ComparePane
 from app.empty_state import EmptyState
+from app.models_view import ModelsPane
 from app.qt import Qt, QtCore, QtGui, QtWidgets, check_qt_version
 from engine.errors import AhaError
 from engine.models import Library, read_gguf_info
@@ -44,7 +46,12 @@ class MainWindow(QtWidgets.QMainWindow):
         self.sidebar = QtWidgets.QListWidget()
         self.stack = QtWidgets.QStackedWidget()
         self._add_pane("Chat", self._chat_or_empty(), "chat")
-        self._add_optional_panes()
+        self.compare = ComparePane()
+        self._add_pane("Compare", self.compare, "compare")
+        self.models = ModelsPane(self.library)
+        self.models.chat_requested.connect(self._on_model_chosen)
+        self.models.library_changed.connect(self._on_library_changed)
+        self._add_pane("Models", self.models, "models")
         self.sidebar.currentRowChanged.connect(self.stack.setCurrentIndex)
         side = QtWidgets.QWidget(objectName="Sidebar")
         side.setFixedWidth(150)
@@ -84,24 +91,6 @@ class MainWindow(QtWidgets.QMainWindow):
         self.stack.addWidget(widget)
         self.sidebar.addItem(title)
 
-    def _add_optional_panes(self) -> None:
-        """Panes that exist in this build: Compare and Models."""
-        try:
-            from app.compare_view import ComparePane
-        except ImportError:
-            ComparePane = None  # noqa: N806
-        if ComparePane is not None:
-            self.compare = ComparePane()
-            self._add_pane("Compare", self.compare, "compare")
-        try:
-            from app.models_view import ModelsPane
-        except ImportError:
-            return
-        self.models = ModelsPane(self.library)
-        self.models.chat_requested.connect(self._on_model_chosen)
-        self.models.library_changed.connect(self._on_library_changed)
-        self._add_pane("Models", self.models, "models")
-
     def show_pane(self, key: str) -> None:
         self.sidebar.setCurrentRow(list(self.panes).index(key))
 
@@ -127,8 +116,7 @@ class MainWindow(QtWidgets.QMainWindow):
             return
         if added:                                   # the other panes list the new model too
             self._on_library_changed()
-            if "models" in self.panes:
-                self.models.refresh(select=path)
+            self.models.refresh(select=path)
         self._on_model_chosen(path)
 
     def _on_model_chosen(self, path: str) -> None:
@@ -144,19 +132,16 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _on_folder_chosen(self, folder: str) -> None:
         """Add every model in a folder; the Models pane shows what was added, or why nothing was."""
-        if "models" in self.panes:
-            self.show_pane("models")
-            self.models.add_paths([folder])
+        self.show_pane("models")
+        self.models.add_paths([folder])
 
     def _on_download_requested(self, repo: str, filename: str) -> None:
-        if "models" in self.panes:
-            self.show_pane("models")
-            self.models.start_download(repo, filename)
+        self.show_pane("models")
+        self.models.start_download(repo, filename)
 
     def _on_library_changed(self) -> None:
         self.chat.settings.refresh_models()
-        if hasattr(self, "compare"):
-            self.compare.refresh_models()
+        self.compare.refresh_models()
         self._update_empty_state()
 
     # -- keyboard ----------------------------------------------------------------------------------
