@@ -164,7 +164,7 @@ def selective_log_softmax(logits: torch.Tensor, ids: torch.Tensor, temperature: 
     """log softmax(logits / temperature)[id] for each position: logits (B, T, V), ids (B, T) → (B, T) float32.
 
     logits[b, t] must be the distribution that sampled ids[b, t] (the caller shifts by one). Divide by
-    the sampling temperature so the log-probs match the sampler (FIELD-NOTES §6). Computed in float32
+    the sampling temperature so the log-probs match the sampler (as GRPO's ratio assumes). Computed in float32
     `chunk_rows` rows at a time, forward and backward (a custom autograd function recomputes each chunk's
     softmax), so no (B, T, V) float32 tensor ever exists — Unsloth's main memory trick. The gradient
     wrt the logits, (onehot(id) − softmax(logits/τ)) / τ per row, is written in the logits' dtype.

@@ -1,7 +1,9 @@
 """Facts of the DeepSeek-R1 format shared by chat, rewards, export and Ollama (data, no logic).
 
 Special-token texts (fullwidth bar U+FF5C, U+2581), DeepSeek's sampling advice, and the known R1 chat
-template used when a GGUF carries none. See ../shared/docs/FIELD-NOTES.md §1.
+template used when a GGUF carries none. Since February 2025 the official templates end the generation prompt
+with `<think>\n`, so a reply may hold only `</think>`: whether it starts inside a thought is read from the
+rendered prompt, never from the model's name.
 """
 
 BOS = "<｜begin▁of▁sentence｜>"

@@ -2,8 +2,9 @@
 
 A plain loop over `model(…, past_key_values=cache)`: left-padded prompts with an attention mask and
 position ids, temperature and top-p, stop once every row has produced EOS. At the sizes Aha trains on a
-CPU it is several times faster than `model.generate` (FIELD-NOTES §8; tests/test_sampling.py measures
-both). Token ids in, token ids out: chat templates and decoding live in `encode_prompts`/`decode`.
+CPU it is several times faster than `model.generate` (3–40× on the char model; tests/test_sampling.py
+measures both, bench/sampling.py reports it). Token ids in, token ids out: chat templates and decoding
+live in `encode_prompts`/`decode`.
 """
 
 from __future__ import annotations

@@ -209,8 +209,8 @@ class HFTeacher:
             raise AhaError(f"{self.name}'s tokenizer has no chat template; a teacher needs one to be prompted "
                            "as at inference")
         if not on_cuda:
-            torch.set_flush_denormal(True)  # tiny models' denormals slow CPU math many times over (FIELD-NOTES §8)
-        # Eager attention on CPU: sdpa had erratic 60× slow calls there at small sizes (FIELD-NOTES §8).
+            torch.set_flush_denormal(True)  # tiny models' denormals slow CPU math over ten times
+        # Eager attention on CPU: sdpa had erratic 60× slow calls there at small sizes (2 threads).
         self.model = AutoModelForCausalLM.from_pretrained(
             self.folder, dtype=torch.bfloat16 if on_cuda else torch.float32,
             attn_implementation="sdpa" if on_cuda else "eager").to(self.device).eval()

@@ -27,8 +27,8 @@ from engine.errors import AhaError
 # Built-in tasks -----------------------------------------------------------------------------------
 
 
-def test_addition_trace_is_field_notes_format():
-    """One line per column, ones first, the carry written out: FIELD-NOTES §8's example exactly."""
+def test_addition_trace_writes_one_line_per_column():
+    """One line per column, ones first, the carry written out (625 + 751 = 1376)."""
     assert teacher_trace(["6+0=6", "2+5=7", "5+8=13"], 1376) == "<think>\n6+0=6\n2+5=7\n5+8=13\n</think>\n1376"
 
     class Fixed(random.Random):

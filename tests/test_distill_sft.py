@@ -285,7 +285,7 @@ def programmatic_distillation(work: Path, seed: int = 0, target: float = 0.25, m
 
 @pytest.mark.slow
 def test_programmatic_teacher_traces_teach_the_char_student(tmp_path, capsys):
-    """FIELD-NOTES §8: the addition task's teacher traces, written as a traces file, teach the random-init
+    """The addition task's teacher traces, written as a traces file, teach the random-init
     char-level student (~0.86M parameters, full fine-tuning) from 0 to ≥ 25% held-out greedy accuracy
     within 1,000 steps. How long it takes, and how far it goes without the stop at 25%, are
     bench/learning.py's: a time limit here would only test how busy the machine is."""

@@ -1,4 +1,4 @@
-"""The DeepSeek-R1 recipe in miniature (issue 5's learning test; FIELD-NOTES §8): a random-init char-level
+"""The DeepSeek-R1 recipe in miniature (issue 5's learning test): a random-init char-level
 Qwen2 (~0.86M parameters) learns 3-digit addition from a programmatic teacher by SFT until held-out greedy
 accuracy passes 30%, then 100 GRPO steps with LoRA must raise held-out accuracy on 500 problems by ≥ 15
 points. The suite runs seed 0; bench/learning.py runs the same stages (this module's functions) over seeds

@@ -1,4 +1,5 @@
-"""A character-level tiny Qwen2 for the learning tests: the R1 recipe in miniature (FIELD-NOTES §8).
+"""A character-level tiny Qwen2 for the learning tests (tests/test_grpo_learning.py): the R1 recipe in
+miniature.
 
 `make_char_model(folder)` writes a real HF checkpoint folder: a random-init `Qwen2ForCausalLM` (4 layers,
 hidden 128, 4 heads, ffn 384, tied embeddings, ~0.86M parameters, eager attention) and a real `tokenizers`
