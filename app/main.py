@@ -2,6 +2,7 @@
 
 `run()` creates the QApplication, styles it for the system's light/dark scheme and shows the window.
 Window state lives in `ui.ini` in the data directory; everything else lives in the engine's store.
+Closing asks first while child jobs run, then leaves them running (ProcessJob.detach).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from app.compare_view import ComparePane
 from app.empty_state import EmptyState
 from app.models_view import ModelsPane
 from app.qt import Qt, QtCore, QtGui, QtWidgets, check_qt_version
+from app.workers import ProcessJob, running_jobs
 from engine.errors import AhaError
 from engine.models import Library, read_gguf_info
 from engine.paths import data_dir
@@ -187,13 +189,36 @@ class MainWindow(QtWidgets.QMainWindow):
         settings.sync()
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 - Qt override
+        jobs = running_jobs()
+        if jobs and not self.confirm_close(jobs):
+            event.ignore()
+            return
         self.save_state()
         self.chat.session.close()
         if hasattr(self, "compare"):
             self.compare.close_models()
         if hasattr(self, "models"):
             self.models.shutdown()
+        for job in running_jobs():
+            job.detach()
         super().closeEvent(event)
+
+    def confirm_close(self, jobs: list[ProcessJob]) -> bool:
+        """Ask before closing while child jobs run. Downloads stop (they resume); the others keep running."""
+        downloads = [job for job in jobs if job.kind == "download"]
+        others = [job for job in jobs if job.kind != "download"]
+        lines = [f"{len(jobs)} job{'s' if len(jobs) != 1 else ''} still running: "
+                 f"{', '.join(job.title for job in jobs)}."]
+        if others:
+            lines.append("Closing the window does not stop training or generation: it keeps running, and the "
+                         "Runs pane picks it up again when Aha opens.")
+        if downloads:
+            lines.append("Downloads stop; downloading the same file again continues where it stopped.")
+        answer = QtWidgets.QMessageBox.question(
+            self, "Close Aha?", "\n\n".join([*lines, "Close anyway?"]),
+            QtWidgets.QMessageBox.StandardButton.Close | QtWidgets.QMessageBox.StandardButton.Cancel,
+            QtWidgets.QMessageBox.StandardButton.Cancel)
+        return answer == QtWidgets.QMessageBox.StandardButton.Close
 
 
 def run(argv: list[str] | None = None) -> int:

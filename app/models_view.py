@@ -16,7 +16,7 @@ from pathlib import Path
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal, Slot
 from app.theme import colors
 from app.widgets import ElidedLabel
-from app.workers import ProcessJob, ThreadJob
+from app.workers import JobOutcome, JobStatus, ProcessJob, ThreadJob
 from engine.errors import AhaError
 from engine.jobs import format_bar, format_bytes
 from engine.models import (
@@ -557,10 +557,9 @@ class DownloadRow(QtWidgets.QFrame):
         self.dismiss_button.setVisible(False)
         self.dismiss_button.clicked.connect(self._on_dismiss_clicked)
         self._layout()
-        self.job = ProcessJob(["models", "pull", repo, filename])   # no parent: the grace timer may outlive us
+        self.job = ProcessJob(["models", "pull", repo, filename], kind="download")   # no parent: it may outlive us
         self.job.event.connect(self._on_event)
         self.job.finished.connect(self._on_finished)
-        self.job.failed.connect(self._on_failed)
 
     def _layout(self) -> None:
         text = QtWidgets.QVBoxLayout()
@@ -588,7 +587,7 @@ class DownloadRow(QtWidgets.QFrame):
             self.state = DownloadState.CANCELLING
             self.cancel_button.setEnabled(False)
             self.detail.set_full_text("Cancelling…")
-            self.job.terminate()
+            self.job.terminate()   # SIGTERM at once: a download has no safe point to reach, and it resumes
 
     def kill(self, timeout_ms: int = 3000) -> None:
         """Stop the child now and wait for it (the app is closing)."""
@@ -615,7 +614,10 @@ class DownloadRow(QtWidgets.QFrame):
         self.detail.set_full_text(("Checking sha256 · " if verifying else "") + line)
 
     @Slot(object)
-    def _on_finished(self, _result: object) -> None:
+    def _on_finished(self, outcome: JobOutcome) -> None:
+        if outcome.status != JobStatus.COMPLETE:
+            self._on_failed(outcome.error or str(outcome))
+            return
         self.state = DownloadState.DONE
         self.bar.setValue(self.bar.maximum())
         self.bar.setFormat("done")
@@ -625,7 +627,6 @@ class DownloadRow(QtWidgets.QFrame):
         if self.path:
             self.downloaded.emit(self.path)
 
-    @Slot(str)
     def _on_failed(self, message: str) -> None:
         if self.state == DownloadState.CANCELLING:
             self.state = DownloadState.CANCELLED
