@@ -185,23 +185,25 @@ def _models_parser(subparsers) -> None:
 
 def _cmd_distill_generate(args: argparse.Namespace) -> int:
     from engine.data import first_rows, open_dataset
-    from engine.distill import DEFAULT_REWARDS, generate_traces
+    from engine.distill import GenerateConfig, generate_traces
     from engine.store import Store
     from engine.teachers import Sampling, make_teacher
     from engine.terminal import InterruptToCancel
+    from engine.train_config import flag_overrides, load_config
 
     on_event = sink_for(args.events)
-    rewards = args.reward or list(DEFAULT_REWARDS)
-    answer_column = args.answer_column or ("answer" if "accuracy" in rewards else None)
-    rows = first_rows(open_dataset(args.dataset, 0, args.prompt_column, answer_column), args.limit)
-    teacher = make_teacher(args.teacher, model=args.model, api_key_env=args.api_key_env,
-                           concurrency=args.concurrency, n_ctx=args.n_ctx, timeout_s=args.timeout)
-    sampling = Sampling(args.temperature, args.top_p, args.max_tokens, args.seed)
+    config = load_config(GenerateConfig, None, flag_overrides(args, GenerateConfig))
+    rewards = list(config.reward)
+    answer_column = config.answer_column or ("answer" if "accuracy" in rewards else None)
+    rows = first_rows(open_dataset(config.dataset, 0, config.prompt_column, answer_column), config.limit)
+    teacher = make_teacher(config.teacher, model=config.model, api_key_env=config.api_key_env,
+                           concurrency=config.concurrency, n_ctx=config.n_ctx, timeout_s=config.timeout)
+    sampling = Sampling(config.temperature, config.top_p, config.max_tokens, config.seed)
     try:
         with Store() as store, InterruptToCancel() as interrupt:
-            stats = generate_traces(teacher, rows, k=args.k, out_path=args.output, rewards=rewards, keep=args.keep,
-                                    sampling=sampling, on_event=on_event, cancel=interrupt.cancel, store=store,
-                                    force=args.force)
+            stats = generate_traces(teacher, rows, k=config.k, out_path=config.output, rewards=rewards,
+                                    keep=config.keep, sampling=sampling, on_event=on_event, cancel=interrupt.cancel,
+                                    store=store, force=config.force)
     finally:
         teacher.close()
     on_event(make_event("done", **stats.as_dict()))
@@ -214,8 +216,8 @@ def _cmd_distill_generate(args: argparse.Namespace) -> int:
 
 
 def _distill_parser(subparsers) -> None:
-    from engine import r1
-    from engine.data import TASK_ROWS, TASKS
+    from engine.distill import GenerateConfig
+    from engine.train_config import add_config_flags
 
     parser = subparsers.add_parser("distill", help="distillation: teacher traces with verification",
                                    description="Distill a reasoning teacher into a student the way DeepSeek made "
@@ -225,35 +227,7 @@ def _distill_parser(subparsers) -> None:
         "generate", help="sample k traces per prompt from a teacher, keep those the rewards accept (resumable)",
         description="Ask a teacher for k replies per prompt, verify them with the GRPO rewards and append the "
                     "accepted ones to a JSONL file. A rerun with the same output skips finished prompts.")
-    generate.add_argument("--teacher", required=True, metavar="KIND:TARGET",
-                          help="gguf:PATH (llama.cpp in-process), hf:FOLDER (transformers) or openai:BASE_URL "
-                               "(Ollama, llama.cpp server, vLLM, LM Studio; e.g. openai:http://localhost:11434/v1)")
-    generate.add_argument("--model", help="model name on an openai: endpoint (default: the one it serves)")
-    generate.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the endpoint's API key")
-    generate.add_argument("--dataset", required=True,
-                          help=f"the prompts: a built-in task ({', '.join(TASKS)}), a .jsonl/.csv/.parquet file "
-                               "with a prompt and an answer column, or a Hugging Face dataset owner/name[:split]")
-    generate.add_argument("--prompt-column", default="prompt", help="column holding the prompt (default prompt)")
-    generate.add_argument("--answer-column", help="column holding the ground truth (default answer, needed by accuracy)")
-    generate.add_argument("--limit", type=int, help="use only the first N rows (a built-in task: N problems, "
-                                                     f"default {TASK_ROWS})")
-    generate.add_argument("-k", type=int, default=4, help="samples per prompt (default 4)")
-    generate.add_argument("--keep", choices=("all", "shortest", "first"), default="all",
-                          help="which accepted samples of a prompt to write (default all; duplicates are dropped)")
-    generate.add_argument("--reward", action="append", metavar="NAME",
-                          help="verifier: accuracy, format, length, repetition or path.py:function; repeat for "
-                               "several (default: accuracy and format)")
-    generate.add_argument("--temperature", type=float, default=r1.TEMPERATURE,
-                          help=f"the teacher's sampling temperature (default {r1.TEMPERATURE}, DeepSeek's advice)")
-    generate.add_argument("--top-p", type=float, default=r1.TOP_P,
-                          help=f"nucleus sampling: the smallest token set with this much probability (default {r1.TOP_P})")
-    generate.add_argument("--max-tokens", type=int, default=4096, help="reply budget in tokens (default 4096)")
-    generate.add_argument("--seed", type=int, help="sampling seed (sample i of a prompt uses seed + i)")
-    generate.add_argument("--concurrency", type=int, default=4, help="requests in flight to an endpoint (default 4)")
-    generate.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one endpoint reply")
-    generate.add_argument("--n-ctx", type=int, default=4096, help="context size of a gguf: teacher (default 4096)")
-    generate.add_argument("-o", "--output", required=True, help="traces .jsonl (resumed when it exists)")
-    generate.add_argument("--force", action="store_true", help="start over: delete an existing output first")
+    add_config_flags(generate, GenerateConfig, required=("teacher", "dataset", "output"))
     _add_events_flag(generate)
     generate.set_defaults(func=_cmd_distill_generate)
     _distill_sft_parser(actions)
@@ -304,7 +278,7 @@ def _distill_training_flags(parser, kind) -> None:
     parser.add_argument("--student", metavar="HF_FOLDER", help="the student checkpoint folder (the model setting)")
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (small models)")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--config", metavar="TOML", help="settings file (keys named as the flags, with _)")
+    source.add_argument("--config", metavar="TOML", help="settings file (keys named as the flags, with _); a flag given overrides its key")
     source.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this directory from its last checkpoint")
     add_config_flags(parser, kind, skip=("model", "completion_column"))
     _add_events_flag(parser)
@@ -341,7 +315,7 @@ def _grpo_parser(subparsers) -> None:
                     "--max-completion-length 128. Ctrl+C (or SIGTERM) stops after the current step with a "
                     "checkpoint; --resume continues it.")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--config", metavar="TOML", help="settings file (keys named as the flags, with _)")
+    source.add_argument("--config", metavar="TOML", help="settings file (keys named as the flags, with _); a flag given overrides its key")
     source.add_argument("--resume", metavar="RUN_DIR",
                         help="continue the run in this directory from its last checkpoint (its saved settings; "
                              "--max-steps may extend it)")

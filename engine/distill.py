@@ -2,7 +2,8 @@
 
 `generate_traces` asks a teacher (engine.teachers) for k replies per prompt, scores them with the GRPO
 rewards (engine.rewards), keeps the ones that pass (all, the shortest or the first, duplicates dropped)
-and appends them line by line, fsynced, beside a progress file that makes a rerun skip finished prompts.
+and appends them line by line, fsynced, beside a progress file that makes a rerun skip finished prompts;
+`GenerateConfig` holds the settings of `aha distill generate`.
 The logit-distillation loss lives in engine.distill_loss and is re-exported here as `kd_loss`.
 
 `train_sft_on_traces` fine-tunes a student on such traces, or on a built-in task's programmatic teacher
@@ -25,7 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from engine.data import TASKS, TaskSource, is_task, open_dataset
+from engine import r1
+from engine.data import TASK_ROWS, TASKS, TaskSource, is_task, open_dataset
 from engine.distill_loss import KD_KINDS as KD_KINDS
 from engine.distill_loss import kd_loss as kd_loss
 from engine.errors import AhaError
@@ -230,6 +232,45 @@ class GenerateStats:
                 "acceptance_rate": self.acceptance_rate, "samples_per_s": self.samples_per_s}
 
 
+@dataclass(frozen=True)
+class GenerateConfig:
+    """`aha distill generate` settings: the teacher, the prompts, the sampling and verification of
+    generate_traces, and the output file."""
+
+    teacher: str = setting("", "the teacher: gguf:PATH (llama.cpp in-process), hf:FOLDER (transformers) or "
+                               "openai:BASE_URL (Ollama, llama.cpp server, vLLM, LM Studio; e.g. "
+                               "openai:http://localhost:11434/v1)", "Model", metavar="KIND:TARGET")
+    model: str | None = setting(None, "model name on an openai: endpoint (unset: the one it serves)", "Model")
+    api_key_env: str | None = setting(None, "environment variable holding the endpoint's API key", "Model",
+                                      metavar="VAR")
+    concurrency: int = setting(4, "requests in flight to an endpoint", "Model")
+    timeout: float = setting(600.0, "seconds to wait for one endpoint reply", "Model")
+    n_ctx: int = setting(4096, "context size of a gguf: teacher", "Model")
+    dataset: str = setting("", f"the prompts: a built-in task ({', '.join(TASKS)}), a .jsonl/.csv/.parquet file with "
+                               "a prompt and an answer column, or a Hugging Face dataset owner/name[:split]", "Data")
+    prompt_column: str = setting("prompt", "column holding the prompt", "Data")
+    answer_column: str | None = setting(None, "column holding the ground truth (unset: answer, when the accuracy "
+                                              "reward needs it)", "Data")
+    limit: int | None = setting(None, f"use only the first N rows (unset: all of a file; a built-in task: "
+                                      f"{TASK_ROWS} problems)", "Data")
+    k: int = setting(4, "samples per prompt", "Rollouts")
+    keep: str = setting("all", "which accepted samples of a prompt to write, duplicates dropped: all, the shortest "
+                               "or the first", "Rollouts", choices=KEEP_RULES)
+    reward: tuple[str, ...] = setting(DEFAULT_REWARDS, "verifier: accuracy, format, length, repetition or "
+                                                       "path.py:function; repeat the flag for several", "Rollouts",
+                                      metavar="NAME", repeat=True)
+    temperature: float = setting(r1.TEMPERATURE, "the teacher's sampling temperature; DeepSeek advises 0.6 for R1 "
+                                                 "models", "Rollouts")
+    top_p: float = setting(r1.TOP_P, "nucleus sampling: the smallest token set with this much probability",
+                           "Rollouts")
+    max_tokens: int = setting(4096, "reply budget in tokens (thinking + answer)", "Rollouts")
+    seed: int | None = setting(None, "sampling seed (sample i of a prompt uses seed + i; unset: the teacher's own "
+                                     "randomness)", "Rollouts")
+    output: str = setting("", "the traces .jsonl to write (resumed when it exists)", "Logging", short="-o",
+                          metavar="FILE")
+    force: bool = setting(False, "start over: delete an existing output first", "Logging")
+
+
 def generate_traces(teacher: Teacher, rows: Iterable[dict], *, k: int, out_path: str | Path,
                     rewards: Sequence = DEFAULT_REWARDS, reward_weights: Sequence[float] | None = None,
                     keep: str = "all", sampling: Sampling | None = None, pass_threshold: float = 1.0,
@@ -366,13 +407,14 @@ class TraceSFTConfig(SFTConfig):
     built-in task without a traces file is both: its programmatic teacher's traces are the training data."""
 
     traces: str = setting("", "the training traces: JSONL from `aha distill generate` (prompt, thinking, answer "
-                              "columns); unset with a built-in --dataset: the task's own teacher traces")
+                              "columns); unset with a built-in --dataset: the task's own teacher traces", "Data")
     dataset: str = setting("", "held-out prompts: a built-in task (addition, arithmetic: also its traces when no "
-                               "--traces) or a prompt/answer file")
-    thinking_column: str = setting("thinking", "the traces' column holding the teacher's reasoning")
-    answer_column: str = setting("answer", "the traces' column holding the teacher's final answer")
-    gold_column: str = setting("answer", "the held-out dataset file's column holding the ground truth")
-    min_reward: float | None = setting(None, "drop traces whose `reward` is below this (or missing); unset keeps all")
+                               "--traces) or a prompt/answer file", "Data")
+    thinking_column: str = setting("thinking", "the traces' column holding the teacher's reasoning", "Data")
+    answer_column: str = setting("answer", "the traces' column holding the teacher's final answer", "Data")
+    gold_column: str = setting("answer", "the held-out dataset file's column holding the ground truth", "Data")
+    min_reward: float | None = setting(None, "drop traces whose `reward` is below this (or missing); unset keeps all",
+                                       "Data")
 
     def validate(self) -> None:
         super(SFTConfig, self).validate()
@@ -535,14 +577,16 @@ def train_sft_on_traces(config: TraceSFTConfig | None = None, *, resume: str | P
 class KDConfig(TraceSFTConfig):
     """`aha distill kd` settings: TraceSFTConfig's, plus the teacher and kd_loss's settings (GKD's names)."""
 
-    teacher: str = setting("", "the teacher: a Hugging Face checkpoint folder sharing the student's tokenizer")
+    teacher: str = setting("", "the teacher: a Hugging Face checkpoint folder sharing the student's tokenizer",
+                           "Model")
     kd_kind: str = setting("forward_kl", "the divergence to the teacher's next-token distribution: forward_kl, "
-                                         "reverse_kl or jsd")
-    beta: float = setting(0.5, "the JSD interpolation between the two distributions (kd_kind = jsd)")
+                                         "reverse_kl or jsd (GKD's generalized JSD)", "Loss", choices=KD_KINDS)
+    beta: float = setting(0.5, "GKD's β: the JSD interpolation between the two distributions (kd_kind = jsd)",
+                          "Loss")
     temperature: float = setting(1.0, "softens both distributions in the loss, and samples the student's "
-                                      "on-policy sequences (as in TRL's GKD)")
+                                      "on-policy sequences (as in TRL's GKD)", "Loss")
     lmbda: float = setting(0.0, "share of steps on the student's own samples of the prompts instead of the traces "
-                                "(GKD's on-policy fraction, 0 to 1)")
+                                "(GKD's on-policy fraction λ, 0 to 1)", "Loss")
 
     def validate(self) -> None:
         super().validate()

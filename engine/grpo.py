@@ -41,37 +41,53 @@ class GRPOConfig(TrainConfig):
     prompts_per_step × num_generations rollouts and num_iterations optimizer updates on it (with μ = 1,
     the default, exactly one update: then a step is what TRL calls a step)."""
 
-    dataset: str = setting("", "the prompts: a .jsonl/.csv/.parquet file, or a built-in task (addition, arithmetic)")
-    prompt_column: str = setting("prompt", "the dataset's column holding the prompt")
+    dataset: str = setting("", "the prompts: a built-in task (addition, arithmetic), a .jsonl/.csv/.parquet file or a "
+                               "Hugging Face dataset owner/name[:split]", "Data")
+    prompt_column: str = setting("prompt", "the dataset's column holding the prompt", "Data")
     answer_column: str = setting("answer", "the dataset's column holding the ground truth (for the accuracy and "
-                                           "length rewards)")
+                                           "length rewards)", "Data")
     system_prompt: str | None = setting(None, "a system message before each prompt; none by default, as DeepSeek "
-                                              "advises instructions in the user turn")
-    rewards: tuple[str, ...] = setting(("accuracy", "format"), "reward functions: accuracy, format, length, "
-                                                               "repetition or path/to/file.py:function")
-    reward_weights: tuple[float, ...] | None = setting(None, "one weight per reward, summed into the reward "
-                                                             "(default 1 each)")
-    prompts_per_step: int = setting(16, "prompts sampled per step (the batch is prompts_per_step × num_generations)")
-    num_generations: int = setting(8, "G: completions per prompt, compared with each other for the advantages")
-    max_prompt_length: int | None = setting(None, "longer prompts keep their last N tokens (unset: no limit)")
-    max_completion_length: int = setting(256, "token budget of each completion; longer ones are cut (clipped)")
-    temperature: float = setting(0.7, "sampling temperature of the completions (the log-probs use it too)")
-    top_p: float = setting(1.0, "nucleus sampling: sample from the smallest token set with this much probability")
-    beta: float = setting(0.0, "KL penalty towards the starting model; 0 needs no reference forward pass")
-    epsilon: float = setting(0.2, "clip range ε (ε_low): how far one update may move a token's probability ratio")
-    epsilon_high: float | None = setting(None, "upper clip ε_high (DAPO's clip-higher uses 0.28); unset: epsilon")
-    loss_type: str = setting("dapo", "loss normalisation: grpo (per sequence), dapo (per token) or dr_grpo "
-                                     "(a constant)")
+                                              "advises instructions in the user turn", "Data")
+    rewards: tuple[str, ...] = setting(("accuracy", "format"), "reward functions, summed into each completion's "
+                                                               "reward (TRL's reward_funcs): accuracy, format, length, "
+                                                               "repetition or path/to/file.py:function", "Loss")
+    reward_weights: tuple[float, ...] | None = setting(None, "one weight per reward in that sum (TRL's "
+                                                             "reward_weights); unset: 1 each", "Loss")
+    prompts_per_step: int = setting(16, "prompts sampled per step, so the batch is prompts_per_step × "
+                                        "num_generations completions (TRL sizes it in completions)", "Rollouts")
+    num_generations: int = setting(8, "G: completions per prompt, compared with each other for the group "
+                                      "advantages (TRL's num_generations)", "Rollouts")
+    max_prompt_length: int | None = setting(None, "longer prompts keep their last N tokens, as TRL's "
+                                                  "max_prompt_length (unset: no limit)", "Data")
+    max_completion_length: int = setting(256, "token budget of each completion (TRL's max_completion_length); "
+                                              "longer ones are cut (clipped)", "Rollouts")
+    temperature: float = setting(0.7, "sampling temperature of the completions (the log-probs use it too)",
+                                 "Rollouts")
+    top_p: float = setting(1.0, "nucleus sampling: sample from the smallest token set with this much probability",
+                           "Rollouts")
+    beta: float = setting(0.0, "β, the KL penalty towards the starting model (TRL's beta); 0 needs no reference "
+                               "forward pass", "Loss")
+    epsilon: float = setting(0.2, "clip range ε (ε_low, TRL's epsilon): how far one update may move a token's "
+                                  "probability ratio", "Loss")
+    epsilon_high: float | None = setting(None, "upper clip ε_high (TRL's epsilon_high; DAPO's clip-higher uses "
+                                               "0.28); unset: epsilon", "Loss")
+    loss_type: str = setting("dapo", "loss normalisation (TRL's loss_type): grpo (per sequence, DeepSeekMath), dapo "
+                                     "(per token, DAPO) or dr_grpo (a constant, Dr. GRPO)", "Loss",
+                             choices=tuple(LOSS_TYPES))
     scale_rewards: str = setting("group", "divide advantages by the reward std of the group, the batch, or none "
-                                          "(Dr. GRPO)")
-    num_iterations: int = setting(1, "μ: optimizer updates on each batch of rollouts")
+                                          "(Dr. GRPO), as TRL's scale_rewards", "Loss",
+                                 choices=("group", "batch", "none"))
+    num_iterations: int = setting(1, "μ: optimizer updates on each batch of rollouts (TRL's num_iterations)",
+                                  "Optimizer")
     mask_truncated_completions: bool = setting(False, "leave clipped completions (no EOS within the budget) out "
-                                                      "of the loss")
-    learning_rate: float = setting(1e-5, "AdamW's peak learning rate (after the warmup)")
+                                                      "of the loss, as DAPO's overlong filtering (TRL's "
+                                                      "mask_truncated_completions)", "Loss")
+    learning_rate: float = setting(1e-5, "AdamW's peak learning rate (after the warmup)", "Optimizer")
     eval_steps: int = setting(0, "held-out greedy accuracy every N steps (a built-in task's held-out prompts or "
-                                 "eval_dataset); 0: never")
-    eval_dataset: str | None = setting(None, "held-out prompts and answers for eval_steps when the dataset is a file")
-    eval_samples: int = setting(200, "held-out prompts per evaluation")
+                                 "eval_dataset); 0: never", "Logging")
+    eval_dataset: str | None = setting(None, "held-out prompts and answers for eval_steps when the dataset is a file",
+                                       "Data")
+    eval_samples: int = setting(200, "held-out prompts per evaluation", "Data")
 
     MEMORY_SETTINGS: typing.ClassVar[dict[str, tuple[str, ...]]] = {
         "generation": ("prompts_per_step", "num_generations", "max_completion_length"),

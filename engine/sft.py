@@ -28,25 +28,29 @@ class SFTConfig(TrainConfig):
     """SFT settings, named as in TRL's SFTConfig where the concept is the same."""
 
     dataset: str = setting("", "the training rows: a .jsonl/.csv/.parquet file with prompt and completion "
-                               "columns, or a built-in task (addition, arithmetic)")
-    prompt_column: str = setting("prompt", "the dataset's column holding the prompt")
-    completion_column: str = setting("completion", "the dataset's column holding the completion to learn")
+                               "columns, or a built-in task (addition, arithmetic)", "Data")
+    prompt_column: str = setting("prompt", "the dataset's column holding the prompt", "Data")
+    completion_column: str = setting("completion", "the dataset's column holding the completion to learn", "Data")
     answer_column: str = setting("answer", "the held-out rows' column holding the ground truth (for held-out "
-                                           "accuracy)")
-    system_prompt: str | None = setting(None, "a system message before each prompt (none by default)")
-    per_device_train_batch_size: int = setting(8, "sequences per optimizer step (split into "
-                                                  "gradient_accumulation_steps micro-batches)")
-    max_length: int | None = setting(1024, "longer sequences (prompt + completion) are cut to this many tokens")
-    completion_only_loss: bool = setting(True, "loss on the completion (assistant) tokens only, not the prompt's")
-    packing: bool = setting(False, "pack several sequences into each row of max_length tokens (no padding; they "
-                                   "never attend to each other)")
-    learning_rate: float = setting(2e-5, "AdamW's peak learning rate (after the warmup)")
-    eval_steps: int = setting(0, "held-out greedy accuracy every N steps; 0: never")
-    eval_dataset: str | None = setting(None, "held-out prompts and answers when the dataset is a file")
-    eval_samples: int = setting(200, "held-out prompts per evaluation")
-    max_completion_length: int = setting(256, "token budget of each greedy reply in the held-out evaluation")
+                                           "accuracy)", "Data")
+    system_prompt: str | None = setting(None, "a system message before each prompt (none by default)", "Data")
+    per_device_train_batch_size: int = setting(8, "sequences per optimizer step on each process, split into "
+                                                  "gradient_accumulation_steps micro-batches (in TRL it is the "
+                                                  "micro-batch)", "Optimizer")
+    max_length: int | None = setting(1024, "longer sequences (prompt + completion) are cut to this many tokens "
+                                           "(TRL's max_length); unset: no limit", "Data")
+    completion_only_loss: bool = setting(True, "loss on the completion (assistant) tokens only, not the prompt's "
+                                               "(TRL's completion_only_loss)", "Loss")
+    packing: bool = setting(False, "pack several sequences into each row of max_length tokens, as TRL's packing (no "
+                                   "padding; they never attend to each other)", "Data")
+    learning_rate: float = setting(2e-5, "AdamW's peak learning rate (after the warmup)", "Optimizer")
+    eval_steps: int = setting(0, "held-out greedy accuracy every N steps; 0: never", "Logging")
+    eval_dataset: str | None = setting(None, "held-out prompts and answers when the dataset is a file", "Data")
+    eval_samples: int = setting(200, "held-out prompts per evaluation", "Data")
+    max_completion_length: int = setting(256, "token budget of each greedy reply in the held-out evaluation",
+                                         "Rollouts")
     stop_at_accuracy: float | None = setting(None, "end the run once held-out accuracy reaches this (0 to 1; "
-                                                   "needs eval_steps)")
+                                                   "needs eval_steps)", "Optimizer")
 
     CPU_SETTINGS: typing.ClassVar[dict[str, int]] = {"per_device_train_batch_size": 4, "max_length": 512,
                                                      "eval_samples": 50}

@@ -45,49 +45,55 @@ SCHEDULES = ("linear", "cosine", "constant")
 class TrainConfig:
     """Settings every trainer shares; names as in TRL/transformers where the concept is the same."""
 
-    model: str = setting("", "the Hugging Face checkpoint folder to train (config.json, *.safetensors, tokenizer)")
-    output_dir: str | None = setting(None, "the run directory (checkpoints, metrics, samples, final adapter); "
-                                           "unset: <data dir>/runs/<kind>-<id>")
-    device: str = setting("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N; fp32 on CPU, bf16 on CUDA")
-    seed: int = setting(42, "seed of the data order, sampling and LoRA initialisation: the same seed repeats a run")
+    model: str = setting("", "the Hugging Face checkpoint folder to train (config.json, *.safetensors, tokenizer): "
+                             "TRL's model_name_or_path, as a local folder", "Model")
+    output_dir: str | None = setting(None, "the run directory for checkpoints, metrics, samples and the final adapter "
+                                           "(TRL's output_dir); unset: <data dir>/runs/<kind>-<id>", "Logging")
+    device: str = setting("auto", "where to train: auto (CUDA when present, else CPU), cpu, cuda or cuda:N; fp32 on "
+                                  "CPU, bf16 on CUDA", "Model")
+    seed: int = setting(42, "seed of the data order, sampling and LoRA initialisation (TRL's seed): the same seed "
+                            "repeats a run", "Data")
     # Adapter: LoRA through peft, or full fine-tuning with use_peft = false (small models).
-    use_peft: bool = setting(True, "train a LoRA adapter (--no-use-peft: full fine-tuning of every weight, small "
-                                   "models only)")
-    lora_r: int = setting(16, "LoRA rank: the adapter's size and capacity")
-    lora_alpha: int = setting(32, "LoRA scale numerator: the update is scaled by lora_alpha / lora_r")
-    lora_dropout: float = setting(0.0, "dropout on the LoRA branch's input while training")
-    lora_target_modules: tuple[str, ...] = setting(("all-linear",), "layers that get LoRA: all-linear, or module "
-                                                                    "names such as q_proj v_proj")
+    use_peft: bool = setting(True, "train a LoRA adapter through peft (TRL's use_peft); off: full fine-tuning of "
+                                   "every weight, small models only", "LoRA")
+    lora_r: int = setting(16, "LoRA rank r (peft's r): the adapter's size and capacity", "LoRA")
+    lora_alpha: int = setting(32, "LoRA scale numerator α: the update is scaled by lora_alpha / lora_r", "LoRA")
+    lora_dropout: float = setting(0.0, "dropout on the LoRA branch's input while training", "LoRA")
+    lora_target_modules: tuple[str, ...] = setting(("all-linear",), "layers that get LoRA (peft's target_modules): "
+                                                                    "all-linear, or module names such as q_proj v_proj",
+                                                   "LoRA")
     load_in_4bit: bool = setting(False, "QLoRA: load the base in 4-bit NF4 (bitsandbytes, bf16 compute; CUDA only) "
-                                        "to train on less memory")
+                                        "to train on less memory", "LoRA")
     gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less memory, "
-                                                  "about 30% slower")
+                                                  "about 30% slower", "Model")
     attn_implementation: str = setting("auto", "attention kernel: auto (eager on CPU, sdpa on CUDA) or a "
-                                               "transformers attn_implementation such as eager or sdpa")
+                                               "transformers attn_implementation such as eager or sdpa", "Model")
     # (auto is eager on CPU because sdpa stalls at tiny sizes there)
     # Sampling with LoRA folded into a copy of the base weights (one matmul per layer instead of three):
     # auto = on CPU; on CUDA it costs a copy of every adapted weight, so only when asked; never for 4-bit.
     merge_adapter_for_sampling: str = setting("auto", "sample with LoRA merged into a copy of the weights (faster, "
-                                                      "costs their memory): auto (on for CPU), on or off")
+                                                      "costs their memory): auto (on for CPU), on or off", "Rollouts",
+                                              choices=("auto", "on", "off"))
     # Optimizer (AdamW) and schedule.
-    learning_rate: float = setting(1e-5, "AdamW's peak learning rate (after the warmup)")
-    weight_decay: float = setting(0.0, "AdamW weight decay: how strongly weights are pulled towards 0")
-    adam_beta1: float = setting(0.9, "AdamW β1: decay of the gradients' running mean (momentum)")
-    adam_beta2: float = setting(0.999, "AdamW β2: decay of the squared gradients' running mean")
-    adam_epsilon: float = setting(1e-8, "AdamW ε: added to the denominator, for numerical stability")
+    learning_rate: float = setting(1e-5, "AdamW's peak learning rate (after the warmup)", "Optimizer")
+    weight_decay: float = setting(0.0, "AdamW weight decay: how strongly weights are pulled towards 0", "Optimizer")
+    adam_beta1: float = setting(0.9, "AdamW β1: decay of the gradients' running mean (momentum)", "Optimizer")
+    adam_beta2: float = setting(0.999, "AdamW β2: decay of the squared gradients' running mean", "Optimizer")
+    adam_epsilon: float = setting(1e-8, "AdamW ε: added to the denominator, for numerical stability", "Optimizer")
     lr_scheduler_type: str = setting("linear", "learning rate after the warmup: linear (down to 0 at max_steps), "
-                                               "cosine or constant")
-    warmup_steps: int = setting(0, "steps over which the learning rate ramps up from near 0")
-    warmup_ratio: float = setting(0.0, "warmup as a fraction of max_steps, used when warmup_steps is 0")
-    max_grad_norm: float = setting(1.0, "clip the gradient norm to this (0: no clipping)")
+                                               "cosine or constant", "Optimizer", choices=SCHEDULES)
+    warmup_steps: int = setting(0, "steps over which the learning rate ramps up from near 0", "Optimizer")
+    warmup_ratio: float = setting(0.0, "warmup as a fraction of max_steps, used when warmup_steps is 0", "Optimizer")
+    max_grad_norm: float = setting(1.0, "clip the gradient norm to this (0: no clipping)", "Optimizer")
     gradient_accumulation_steps: int = setting(1, "split each step's batch into this many micro-batches: the same "
-                                                  "update on less memory")
-    max_steps: int = setting(100, "optimizer steps to train (a resumed run may raise it)")
-    logging_steps: int = setting(1, "record metrics (metrics.jsonl, the terminal's step line) every N steps")
-    save_steps: int = setting(50, "write a checkpoint every N steps (and always at the end and on Ctrl+C)")
-    save_total_limit: int | None = setting(3, "checkpoints kept, oldest deleted first; unset keeps all")
+                                                  "update on less memory (unlike in TRL, the batch keeps its size)",
+                                               "Optimizer")
+    max_steps: int = setting(100, "optimizer steps to train (a resumed run may raise it)", "Optimizer")
+    logging_steps: int = setting(1, "record metrics (metrics.jsonl, the terminal's step line) every N steps", "Logging")
+    save_steps: int = setting(50, "write a checkpoint every N steps (and always at the end and on Ctrl+C)", "Logging")
+    save_total_limit: int | None = setting(3, "checkpoints kept, oldest deleted first; unset keeps all", "Logging")
     report_to: tuple[str, ...] = setting((), "also record metrics to: tensorboard (<run>/tensorboard; pip install "
-                                             "tensorboard)")
+                                             "tensorboard)", "Logging", choices=("tensorboard", "none"))
 
     # Settings a user can lower when CUDA runs out of memory, per phase of a step (see `Trainer.fit`).
     MEMORY_SETTINGS: typing.ClassVar[dict[str, tuple[str, ...]]] = {"training": ("gradient_accumulation_steps",)}

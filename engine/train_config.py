@@ -1,6 +1,7 @@
-"""Config dataclasses as files and flags: TOML in, TOML out, one argparse flag per setting (its help from
-the field's `setting(default, help)`), and the config a resumed run continues with. Knows the dataclass
-fields only, nothing of training.
+"""Config dataclasses as files and flags: TOML in, TOML out, and the settings' own descriptions
+(`setting(default, help, group)`, listed by `describe_settings`), which build one argparse flag per setting
+under its group's heading and feed the Train form; plus the config a resumed run continues with. Knows the
+dataclass fields only, nothing of training.
 """
 
 from __future__ import annotations
@@ -16,15 +17,70 @@ from typing import Any
 
 from engine.errors import AhaError
 
+# The groups of settings, in the order --help and the Train form show them:
+#   Model      what is trained (or asked, for a teacher) and how it runs: checkpoint, device, attention
+#   LoRA       the adapter (peft LoRA, QLoRA) or full fine-tuning
+#   Rollouts   sampling completions: how many, how long, how random; for traces, which ones are kept
+#   Loss       the objective: rewards, clipping, KL penalty, loss normalisation, distillation divergence
+#   Optimizer  AdamW, the learning-rate schedule, the batch and how long to train
+#   Data       datasets, their columns, prompt length, held-out rows
+#   Logging    the run directory, checkpoints, metrics and how often to evaluate
+GROUPS = ("Model", "LoRA", "Rollouts", "Loss", "Optimizer", "Data", "Logging")
 
-def setting(default: Any, help: str) -> Any:
-    """A config field that describes itself: `help` says what it does (its default is added by --help)."""
-    return dataclasses.field(default=default, metadata={"help": help})
+
+def setting(default: Any, help: str, group: str, *, choices: tuple | None = None, short: str | None = None,
+            metavar: str | None = None, repeat: bool = False) -> Any:
+    """A config field that describes itself, as TRL's `field(metadata={"help": …})`: `help` is one sentence
+    of what it does (--help adds the default), `group` one of GROUPS, `choices` the values it takes. For its
+    flag only: `short` (e.g. "-o"), `metavar`, and `repeat` for a list given one value per flag
+    (`--reward a --reward b`) instead of several after one."""
+    if group not in GROUPS:
+        raise ValueError(f"unknown settings group {group!r}; use one of {', '.join(GROUPS)}")
+    metadata: dict[str, Any] = {"help": help, "group": group}
+    extras = {"choices": choices, "short": short, "metavar": metavar, "repeat": repeat or None}
+    metadata.update({key: value for key, value in extras.items() if value is not None})
+    return dataclasses.field(default=default, metadata=metadata)
 
 
-def setting_help(cls: type) -> dict[str, str]:
-    """{name: help} of a config dataclass's settings; a field declared without `setting` has none."""
-    return {field.name: field.metadata.get("help", "") for field in dataclasses.fields(cls)}
+@dataclasses.dataclass(frozen=True)
+class SettingInfo:
+    """One setting as --help and the Train form show it."""
+
+    name: str                              # the field, TOML key and (with - for _) flag: num_generations
+    group: str                             # one of GROUPS; "" for a field declared without `setting`
+    help: str                              # one sentence, without the default
+    default: Any
+    type: type                             # int, float, str or bool; a list setting's element type
+    choices: tuple | None = None           # the values it takes, when they are fixed
+    many: bool = False                     # a list of values (a TOML array)
+    optional: bool = False                 # may be unset (None)
+    flags: tuple[str, ...] = ()            # ("--num-generations",); ("-k",) for a one-letter name; ("-o", "--output")
+    metavar: str = "TEXT"                  # the flag's value in --help
+    repeat: bool = False                   # a list given one value per flag, the flag repeated
+
+
+def describe_settings(cls: type) -> list[SettingInfo]:
+    """Every setting of a config dataclass, in declaration order (a subclass's redefinition keeps its
+    parent's place), with what its `setting(...)` says about it.
+
+    Example: describe_settings(GRPOConfig)[-1] → SettingInfo(name="eval_samples", group="Data",
+    help="held-out prompts per evaluation", default=200, type=int, flags=("--eval-samples",), metavar="N", …)
+    """
+    hints, infos = typing.get_type_hints(cls), []
+    for field in dataclasses.fields(cls):
+        kind = hints[field.name]
+        options = typing.get_args(kind) if _is_union(kind) else (kind,)
+        base = next(option for option in options if option is not type(None))
+        many = typing.get_origin(base) is tuple
+        element = typing.get_args(base)[0] if many else base
+        meta = field.metadata
+        long = ("-" if len(field.name) == 1 else "--") + field.name.replace("_", "-")
+        infos.append(SettingInfo(
+            name=field.name, group=meta.get("group", ""), help=meta.get("help", ""), default=field.default,
+            type=element, choices=meta.get("choices"), many=many, optional=type(None) in options,
+            flags=(meta["short"], long) if "short" in meta else (long,),
+            metavar=meta.get("metavar") or {int: "N", float: "X"}.get(element, "TEXT"), repeat=meta.get("repeat", False)))
+    return infos
 
 
 def config_fields(cls: type) -> dict[str, Any]:
@@ -80,7 +136,7 @@ def run_config(cls: type, config: Any, resume: str | Path | None, overrides: Map
 
 def _convert(value: Any, kind: Any, key: str, source: str) -> Any:
     """A TOML or flag value as the field's type: ints accepted for floats, lists become tuples."""
-    options = typing.get_args(kind) if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union else (kind,)
+    options = typing.get_args(kind) if _is_union(kind) else (kind,)
     if value is None and type(None) in options:
         return None
     for option in options:
@@ -93,6 +149,10 @@ def _convert(value: Any, kind: Any, key: str, source: str) -> Any:
         if option in (int, str, bool) and type(value) is option:
             return value
     raise AhaError(f"setting {key!r} in {source} should be {_type_name(kind)}, got {value!r}")
+
+
+def _is_union(kind: Any) -> bool:
+    return isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union
 
 
 def _type_name(kind: Any) -> str:
@@ -121,35 +181,50 @@ def _toml_value(value: Any) -> str:
     return json.dumps(str(value), ensure_ascii=False)  # a TOML basic string is a JSON string
 
 
-def add_config_flags(parser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One flag per setting (`num_generations` → `--num-generations`), every default None so only the
-    flags given override the TOML file. Booleans get `--x/--no-x`, lists take several values."""
+def add_config_flags(parser, cls: type, skip: tuple[str, ...] = (), required: tuple[str, ...] = ()) -> None:
+    """One flag per setting (`num_generations` → `--num-generations`) under its group's heading, in GROUPS
+    order; its help is the setting's sentence and default (`flag_help`). Every default is None, so only
+    the flags given override the TOML file. Booleans get `--x/--no-x`, lists take several values (or one
+    per repeated flag), `choices` are checked; `required` names the flags that must be given."""
     import argparse
 
-    defaults = {field.name: field.default for field in dataclasses.fields(cls)}
-    helps = setting_help(cls)
-    group = parser.add_argument_group("settings (each overrides the TOML file's key of the same name)")
-    for name, kind in config_fields(cls).items():
-        if name in skip:
+    settings = [info for info in describe_settings(cls) if info.name not in skip]
+    order = [*GROUPS, *sorted({info.group for info in settings} - set(GROUPS))]
+    for group_name in order:
+        members = [info for info in settings if info.group == group_name]
+        if not members:
             continue
-        flag = "--" + name.replace("_", "-")
-        options = [option for option in (typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,))
-                   if option is not type(None)]
-        base = options[0]
-        default = defaults[name]
-        shown = (" ".join(map(str, default)) if isinstance(default, tuple)
-                 else str(default).lower() if isinstance(default, bool) else default)
-        parts = [helps[name].replace("%", "%%"), f"(default: {shown})" if shown not in (None, "") else ""]
-        help_text = " ".join(part for part in parts if part) or None
-        if base is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif typing.get_origin(base) is tuple:
-            element = typing.get_args(base)[0]
-            group.add_argument(flag, nargs="+", type=element, default=None, metavar="X" if element is float else "TEXT",
-                               help=help_text)
-        else:
-            metavar = {int: "N", float: "X"}.get(base, "TEXT")
-            group.add_argument(flag, type=base, default=None, metavar=metavar, help=help_text)
+        group = parser.add_argument_group(group_name or "other settings")
+        for info in members:
+            options: dict[str, Any] = dict(dest=info.name, default=None, help=flag_help(info).replace("%", "%%"))
+            if info.name in required:
+                options["required"] = True
+            if info.type is bool:
+                group.add_argument(*info.flags, action=argparse.BooleanOptionalAction, **options)
+                continue
+            options.update(type=info.type, choices=info.choices)
+            if info.choices is None:
+                options["metavar"] = info.metavar
+            if info.many and info.repeat:
+                options["action"] = "append"
+            elif info.many:
+                options["nargs"] = "+"
+            group.add_argument(*info.flags, **options)
+
+
+def flag_help(info: SettingInfo) -> str:
+    """A flag's --help: the setting's sentence, then its default as TOML writes it, and for a boolean the
+    flag that changes it, e.g. "train a LoRA adapter … (default: true; --no-use-peft turns it off)"."""
+    default = info.default
+    if isinstance(default, bool):
+        flag = info.flags[-1]
+        change = f"{'--no-' + flag.removeprefix('--')} turns it off" if default else f"{flag} turns it on"
+        shown = f"{str(default).lower()}; {change}"
+    elif isinstance(default, tuple):
+        shown = (", " if info.repeat else " ").join(map(str, default))
+    else:
+        shown = "" if default is None else str(default)
+    return f"{info.help} (default: {shown})" if shown else info.help
 
 
 def flag_overrides(args: Any, cls: type) -> dict[str, Any]:

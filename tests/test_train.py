@@ -85,14 +85,17 @@ def test_flags_from_the_dataclass():
 
 
 def test_help_of_a_flag_is_its_settings_description_and_default():
-    """--help shows what a setting does (its `setting(default, help)`) and then its default, as TOML writes it."""
+    """--help shows what a setting does (its `setting(default, help, group)`) and then its default, as TOML
+    writes it; a boolean also names the flag that changes it."""
     parser = argparse.ArgumentParser()
     add_config_flags(parser, TrainConfig)
     helps = {action.dest: action.help for action in parser._actions}
     assert helps["max_steps"] == "optimizer steps to train (a resumed run may raise it) (default: 100)"
-    assert helps["use_peft"].endswith("(default: true)") and helps["report_to"].endswith("tensorboard)")
+    assert helps["use_peft"].endswith("(default: true; --no-use-peft turns it off)")
+    assert helps["report_to"].endswith("tensorboard)")
     assert helps["gradient_checkpointing"] == ("recompute activations in the backward pass: less memory, about 30%% "
-                                               "slower (default: false)")  # argparse prints 30%
+                                               "slower (default: false; --gradient-checkpointing turns it on)")
+    # (argparse prints 30%)
 
 
 def test_cpu_note_names_the_flags_of_a_smaller_setting():
