@@ -7,6 +7,8 @@ otherwise draws a progress bar on the terminal. A user-facing error is one line 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import os
 import sys
@@ -199,11 +201,12 @@ def _cmd_distill_generate(args: argparse.Namespace) -> int:
     teacher = make_teacher(config.teacher, model=config.model, api_key_env=config.api_key_env,
                            concurrency=config.concurrency, n_ctx=config.n_ctx, timeout_s=config.timeout)
     sampling = Sampling(config.temperature, config.top_p, config.max_tokens, config.seed)
+    command = {"argv": args.argv, "cwd": os.getcwd()}  # for `aha runs resume`
     try:
         with Store() as store, InterruptToCancel() as interrupt:
             stats = generate_traces(teacher, rows, k=config.k, out_path=config.output, rewards=rewards,
                                     keep=config.keep, sampling=sampling, on_event=on_event, cancel=interrupt.cancel,
-                                    store=store, force=config.force)
+                                    store=store, force=config.force, command=command)
     finally:
         teacher.close()
     on_event(make_event("done", **stats.as_dict()))
@@ -324,8 +327,62 @@ def _grpo_parser(subparsers) -> None:
     parser.set_defaults(func=_cmd_grpo)
 
 
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from engine import run_index
+    from engine.store import Store
+
+    with Store() as store:
+        if args.action == "list":
+            rows = run_index.summaries(store, kind=args.kind, status=args.status)
+            if args.json:
+                print(json.dumps([row.as_json() for row in rows], ensure_ascii=False))
+            else:
+                print(run_index.table(rows) if rows else "no runs")
+            return 0
+        if args.action == "show":
+            info = run_index.details(store, run_index.find_run(store, args.run))
+            print(json.dumps(info, ensure_ascii=False) if args.json else run_index.details_text(info))
+            return 0
+        if args.action == "rm":
+            confirm = (lambda question: True) if args.yes else run_index.ask_on_terminal
+            print(run_index.remove(store, args.run, confirm))
+            return 0
+        plan = run_index.resume_plan(store, args.run, events=args.events, max_steps=args.max_steps)
+    with contextlib.chdir(plan.cwd or os.curdir):
+        return main(plan.argv)
+
+
+def _runs_parser(subparsers) -> None:
+    from engine.store import RUN_STATUSES
+
+    parser = subparsers.add_parser("runs", help="training and generation runs: list, show, resume, rm",
+                                   description="The runs Aha recorded (GRPO, SFT, distillation, trace generation). "
+                                               "RUN is a run id or a run directory. A run whose process died is "
+                                               "shown as crashed.")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="every run, newest first: kind, status, model, data, steps, age")
+    listing.add_argument("--kind", help="only runs of this kind (grpo, distill-sft, distill-kd, distill-generate, …)")
+    listing.add_argument("--status", choices=RUN_STATUSES, help="only runs with this status")
+    listing.add_argument("--json", action="store_true", help="one JSON array instead of the table")
+    show = actions.add_parser("show", help="one run: status, steps, last metrics, artifacts, directory")
+    show.add_argument("run", metavar="RUN", help="a run id or a run directory")
+    show.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    resume = actions.add_parser("resume", help="continue a run with the command of its kind (grpo, distill sft|kd, "
+                                               "distill generate)")
+    resume.add_argument("run", metavar="RUN", help="a run id or a run directory")
+    resume.add_argument("--max-steps", type=int, help="train to this step (a complete training run too)")
+    _add_events_flag(resume)
+    remove = actions.add_parser("rm", help="delete a run that is not running: its directory and its record")
+    remove.add_argument("run", metavar="RUN", help="a run id or a run directory")
+    remove.add_argument("--yes", action="store_true", help="do not ask (needed when stdin is not a terminal)")
+    parser.set_defaults(func=_cmd_runs)
+
+
 # Each entry adds one subcommand; later modules (grpo, distill) add theirs here.
-SUBCOMMANDS: list[Callable] = [_chat_parser, _models_parser, _export_parser, _distill_parser, _grpo_parser]
+SUBCOMMANDS: list[Callable] = [_chat_parser, _models_parser, _export_parser, _distill_parser, _grpo_parser,
+                               _runs_parser]
+# Commands that read or start runs: they first mark runs whose process is gone as crashed.
+RECOVERS_RUNS = ("runs", "grpo", "distill")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -350,6 +407,15 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", module=rf"{name}(\..*)?$")
 
 
+def _recover_runs() -> None:
+    """Runs left `running` by a process that is gone become `crashed` (chat replies are left alone: another
+    `aha chat` may be writing one)."""
+    from engine.store import Store
+
+    with Store() as store:
+        store.recover_runs()
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     parser = build_parser()
@@ -357,7 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # as called, for a run's record
     try:
+        if args.command in RECOVERS_RUNS:
+            _recover_runs()
         return args.func(args)
     except AhaError as error:
         if getattr(args, "events", None) == "jsonl":

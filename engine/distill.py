@@ -22,7 +22,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -274,7 +274,8 @@ class GenerateConfig:
 def generate_traces(teacher: Teacher, rows: Iterable[dict], *, k: int, out_path: str | Path,
                     rewards: Sequence = DEFAULT_REWARDS, reward_weights: Sequence[float] | None = None,
                     keep: str = "all", sampling: Sampling | None = None, pass_threshold: float = 1.0,
-                    on_event: OnEvent = ignore, cancel=None, store=None, force: bool = False) -> GenerateStats:
+                    on_event: OnEvent = ignore, cancel=None, store=None, force: bool = False,
+                    command: Mapping | None = None) -> GenerateStats:
     """Sample k replies per prompt from `teacher`, verify them with `rewards` (engine.rewards specs:
     built-in names or path.py:function), apply the `keep` rule, and append one JSON object per kept
     reply to `out_path`:
@@ -284,7 +285,8 @@ def generate_traces(teacher: Teacher, rows: Iterable[dict], *, k: int, out_path:
 
     Resumable: prompts listed in the progress file beside the output (finished ones, including those
     whose replies were all rejected) are skipped. Emits progress/metrics/sample/log events; with a
-    `store`, records a "distill-generate" run with per-prompt metrics. Returns this run's stats."""
+    `store`, records a "distill-generate" run with per-prompt metrics, and `command` ({argv, cwd}: how the
+    CLI was called) in its config so `aha runs resume` can call it again. Returns this run's stats."""
     from engine.rewards import RewardSet
 
     if k < 1:
@@ -310,8 +312,9 @@ def generate_traces(teacher: Teacher, rows: Iterable[dict], *, k: int, out_path:
                                            "done already"))
     run_id = None
     if store is not None:
-        run_id = store.create_run("distill-generate", config={**config, "resumed": stats.skipped},
-                                  dir=out_path.parent, status="running")
+        run_id = store.create_run("distill-generate", config={**config, "resumed": stats.skipped,
+                                                              **({"command": dict(command)} if command else {})},
+                                  dir=out_path.parent, status="running", pid=os.getpid())
         stats.run_id = run_id
     progress = Progress(on_event, "generate", total=stats.prompts, unit="prompts")
     progress.update(stats.skipped, force=True)

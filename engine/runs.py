@@ -81,7 +81,7 @@ class Run:
         from engine.store import Store
 
         store = Store()
-        store_id = store.create_run(kind, dataclasses.asdict(config), status="created")
+        store_id = store.create_run(kind, dataclasses.asdict(config), status="created", pid=os.getpid())
         directory = Path(config.output_dir).expanduser() if config.output_dir else subdir("runs") / f"{kind}-{store_id}"
         if (directory / "run.json").exists():
             store.update_run_status(store_id, "error")
@@ -111,7 +111,8 @@ class Run:
             store.get_run(store_id)
         except AhaError:  # a run directory copied from elsewhere: index it here
             config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-            store_id = store.create_run(info["kind"], config, dir=directory.resolve(), status="created")
+            store_id = store.create_run(info["kind"], config, dir=directory.resolve(), status="created",
+                                        pid=os.getpid())
             write_json(info_file, {**info, "store_id": store_id})
         return cls(directory, info["kind"], store_id, on_event, store)
 
@@ -142,9 +143,14 @@ class Run:
         self.emit(make_event("log", message=message, level=level))
 
     def set_status(self, status: str) -> None:
+        """The run's status in the store; `running` also records this process as the run's (its pid and a
+        heartbeat), so `Store.recover_runs` can tell when it is gone."""
         if not self.writer:
             return
-        self.store.update_run_status(self.store_id, status)
+        if status == "running":
+            self.store.claim_run(self.store_id)
+        else:
+            self.store.update_run_status(self.store_id, status)
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         """One line in metrics.jsonl, the store's metrics table, and a `metrics` event."""

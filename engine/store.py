@@ -2,7 +2,9 @@
 
 Schema changes are ordered migrations keyed by `PRAGMA user_version`. Streaming answers are written
 by a `MessageWriter` in small committed batches, so a killed process loses at most about a second
-of tokens. The store keeps text and numbers; it knows nothing of models, templates or the GUI.
+of tokens. A run row records the pid of the process running it and a heartbeat, so `recover_runs`
+can tell a crashed run from a live one. The store keeps text and numbers; it knows nothing of models,
+templates or the GUI.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -28,6 +32,12 @@ ROLES = ("system", "user", "assistant")
 STATUSES = ("streaming", "complete", "stopped", "error")
 FINAL_STATUSES = ("complete", "stopped", "error")
 BUSY_TIMEOUT_MS = 5000
+# Not checked on write: `aha distill generate` also records "incomplete" (a teacher that stopped early).
+RUN_STATUSES = ("created", "running", "complete", "cancelled", "error", "crashed")
+ACTIVE_RUN_STATUSES = ("created", "running")  # a process should be working on the run
+# A running job refreshes its heartbeat at least every 30 s; a run silent for longer than this is crashed
+# (or hung) even when a process with its pid exists (pids are reused).
+STALE_AFTER_S = 120.0
 
 # --- schema ---------------------------------------------------------------------------------------
 # Timestamps are UNIX seconds (REAL); JSON columns hold objects. Messages form a tree per
@@ -120,8 +130,14 @@ def _v1_initial(db: sqlite_utils.Database) -> None:
     db.executescript(_V1_SEARCH)
 
 
+def _v2_run_process(db: sqlite_utils.Database) -> None:
+    """Runs record the process working on them (pid) and when it last said it was alive (heartbeat_at)."""
+    db.execute("ALTER TABLE runs ADD COLUMN pid INTEGER")
+    db.execute("ALTER TABLE runs ADD COLUMN heartbeat_at REAL")
+
+
 # Append only; never edit a released migration. Entry i brings the schema to version i + 1.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_initial]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_initial, _v2_run_process]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -199,6 +215,47 @@ def _json(value: Mapping | None) -> str:
 def _check(value: str, allowed: tuple[str, ...], what: str) -> None:
     if value not in allowed:
         raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
+
+
+def _run(row: dict) -> dict:
+    return {**row, "config": json.loads(row["config"])}
+
+
+def process_alive(pid: int | None) -> bool:
+    """Whether a process with this pid exists on this machine (it may be another program if the pid was reused).
+
+    POSIX: `kill(pid, 0)` sends nothing and only checks. Windows: signal 0 there is CTRL_C_EVENT, so ask
+    OpenProcess and GetExitCodeProcess instead."""
+    if pid is None or pid <= 0:  # kill(0, 0) would address our own process group
+        return False
+    if sys.platform == "win32":
+        return _windows_process_alive(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _windows_process_alive(pid: int) -> bool:
+    import ctypes
+
+    query_limited_information, still_active, access_denied = 0x1000, 259, 5
+    kernel32 = ctypes.windll.kernel32
+    handle = kernel32.OpenProcess(query_limited_information, False, pid)
+    if not handle:
+        return kernel32.GetLastError() == access_denied  # denied: it exists; invalid parameter: it does not
+    try:
+        code = ctypes.c_ulong()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True  # cannot tell: count it alive, so nothing is marked crashed or deleted by mistake
+        return code.value == still_active
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 def fts_query(text: str) -> str:
@@ -422,11 +479,14 @@ class Store:
         return MessageWriter(self, message.id, flush_interval_s=flush_interval_s, max_delay_s=max_delay_s)
 
     def recover(self) -> list[int]:
-        """Mark replies left `streaming` by a crashed process as `stopped`; returns their ids.
-        Call once at app start: it cannot tell a crashed writer from a live one in another process."""
+        """Mark replies left `streaming` by a crashed process as `stopped` (returns their ids), and runs
+        whose process is gone as `crashed` (`recover_runs`). Call once at app start: it cannot tell a
+        crashed reply writer from a live one in another process (runs it can: call `recover_runs` alone
+        wherever another Aha may be chatting)."""
         with self._write():
             rows = self.db.execute("UPDATE messages SET status = 'stopped' WHERE status = 'streaming' "
                                    "RETURNING id").fetchall()
+        self.recover_runs()
         return sorted(row[0] for row in rows)
 
     def _append_text(self, message_id: int, thinking: str, answer: str) -> None:
@@ -493,19 +553,81 @@ class Store:
     # --- runs -------------------------------------------------------------------------------------
 
     def create_run(self, kind: str, config: Mapping | None = None, dir: str | Path | None = None,
-                   status: str = "created") -> int:
+                   status: str = "created", pid: int | None = None) -> int:
+        """A new run row; with `pid`, that process owns it from now (its heartbeat starts now)."""
         now = time.time()
         with self._write():
             table = self.db.table("runs")
             table.insert({"kind": kind, "config": _json(config), "status": status,
-                          "dir": str(dir) if dir is not None else None, "created_at": now, "updated_at": now})
+                          "dir": str(dir) if dir is not None else None, "created_at": now, "updated_at": now,
+                          "pid": pid, "heartbeat_at": now if pid is not None else None})
             return table.last_pk
 
     def get_run(self, run_id: int) -> dict:
+        """A run row: id, kind, status, dir, config (a dict), created_at, updated_at, pid, heartbeat_at."""
         rows = self._rows("SELECT * FROM runs WHERE id = ?", (run_id,))
         if not rows:
-            raise AhaError(f"run {run_id} does not exist; list runs with `aha runs`")
-        return {**rows[0], "config": json.loads(rows[0]["config"])}
+            raise AhaError(f"run {run_id} does not exist; list runs with `aha runs list`")
+        return _run(rows[0])
+
+    def list_runs(self, kind: str | None = None, status: str | None = None) -> list[dict]:
+        """Run rows as `get_run` gives them, newest first, optionally of one kind and/or status."""
+        where, params = [], []
+        for column, value in (("kind", kind), ("status", status)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        return [_run(row) for row in self._rows(f"SELECT * FROM runs {clause} ORDER BY created_at DESC, id DESC",
+                                                tuple(params))]
+
+    def claim_run(self, run_id: int, pid: int | None = None) -> None:
+        """The process `pid` (default: this one) now runs the run: status `running`, heartbeat now."""
+        now = time.time()
+        with self._write():
+            self.db.execute("UPDATE runs SET status = 'running', pid = ?, heartbeat_at = ?, updated_at = ? "
+                            "WHERE id = ?", (os.getpid() if pid is None else pid, now, now, run_id))
+
+    def heartbeat(self, run_id: int) -> None:
+        """Say the run's process is still alive: one small UPDATE. Call it every ≤ 30 s (STALE_AFTER_S is 120 s),
+        from any thread; a thread that owns its own Store never waits on this one's lock."""
+        with self._write():
+            self.db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (time.time(), run_id))
+
+    def recover_runs(self, stale_after_s: float = STALE_AFTER_S) -> list[int]:
+        """Mark `crashed` the runs still `created` or `running` whose process is gone from this machine, or whose
+        heartbeat (or, without one, last update) is older than `stale_after_s`; returns their ids. Either
+        rule alone would miss a case: a pid can be reused by another program (the heartbeat then goes stale),
+        and a run killed a moment ago still has a fresh heartbeat (its pid is then gone). Safe to call while
+        other processes run jobs."""
+        placeholders = ", ".join("?" for _ in ACTIVE_RUN_STATUSES)
+        with self._write():
+            now = time.time()
+            rows = self.db.execute(f"SELECT id, pid, COALESCE(heartbeat_at, updated_at) FROM runs "
+                                   f"WHERE status IN ({placeholders})", ACTIVE_RUN_STATUSES).fetchall()
+            crashed = [run_id for run_id, pid, seen_at in rows
+                       if (pid is not None and not process_alive(pid)) or now - seen_at > stale_after_s]
+            for run_id in crashed:
+                self.db.execute("UPDATE runs SET status = 'crashed', updated_at = ? WHERE id = ?", (now, run_id))
+        return sorted(crashed)
+
+    def run_artifacts(self, run_id: int) -> list[dict]:
+        """The artifacts a run recorded, oldest first: id, kind, path, meta (a dict), created_at."""
+        rows = self._rows("SELECT id, kind, path, meta, created_at FROM artifacts WHERE run_id = ? ORDER BY id",
+                          (run_id,))
+        return [{**row, "meta": json.loads(row["meta"])} for row in rows]
+
+    def last_steps(self) -> dict[int, int]:
+        """Each run's highest recorded metrics step (runs without metrics are left out)."""
+        return {row["run_id"]: row["step"]
+                for row in self._rows("SELECT run_id, MAX(step) AS step FROM metrics GROUP BY run_id")}
+
+    def delete_run(self, run_id: int) -> None:
+        """Delete a run's row with its metrics, samples and artifact records (the files are the caller's)."""
+        self.get_run(run_id)
+        with self._write():
+            self.db.execute("DELETE FROM artifacts WHERE run_id = ?", (run_id,))
+            self.db.execute("DELETE FROM runs WHERE id = ?", (run_id,))  # metrics and samples cascade
 
     def set_run_dir(self, run_id: int, directory: str | Path) -> None:
         with self._write():

@@ -308,6 +308,129 @@ def test_runs_metrics_samples_artifacts(store, tmp_path):
     assert (row["run_id"], json.loads(row["meta"])) == (run_id, {"quant": "Q4_K_M"})
 
 
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_version_1_database_gains_pid_and_heartbeat_and_keeps_its_runs(tmp_path, monkeypatch):
+    """A store written before runs had a process: the migration adds pid and heartbeat_at (empty on old rows),
+    every other run field stays."""
+    with monkeypatch.context() as patched:
+        patched.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:1])
+        patched.setattr(store_module, "SCHEMA_VERSION", 1)
+        with Store(tmp_path / "aha.db") as old:  # the insert of that version's create_run
+            assert "pid" not in old.db.table("runs").columns_dict
+            run_id = old.db.execute("INSERT INTO runs (kind, config, status, dir, created_at, updated_at) "
+                                    "VALUES ('grpo', '{\"max_steps\": 4}', 'complete', ?, 1, 2)",
+                                    (str(tmp_path / "run"),)).lastrowid
+            old.db.conn.commit()
+    with Store(tmp_path / "aha.db") as store:
+        assert store.schema_version == SCHEMA_VERSION
+        run = store.get_run(run_id)
+        assert (run["kind"], run["status"], run["config"], run["dir"]) == ("grpo", "complete", {"max_steps": 4},
+                                                                           str(tmp_path / "run"))
+        assert (run["pid"], run["heartbeat_at"]) == (None, None)
+        assert store.recover_runs() == []  # a finished run is never touched
+
+
+def test_claim_and_heartbeat_record_the_process(store):
+    run_id = store.create_run("grpo", status="created")
+    before = time.time()
+    store.claim_run(run_id)
+    run = store.get_run(run_id)
+    assert (run["status"], run["pid"]) == ("running", os.getpid()) and run["heartbeat_at"] >= before
+    store.db.execute("UPDATE runs SET heartbeat_at = 1 WHERE id = ?", (run_id,))
+    store.db.conn.commit()
+    store.heartbeat(run_id)
+    assert store.get_run(run_id)["heartbeat_at"] >= before
+    store.claim_run(run_id, pid=4242)
+    assert store.get_run(run_id)["pid"] == 4242
+
+
+def test_recover_marks_a_run_whose_process_is_gone_crashed(store):
+    """Killed a moment ago: its heartbeat is fresh, its pid gone. recover() (the window's start) does it too."""
+    run_id = store.create_run("grpo")
+    store.claim_run(run_id, pid=dead_pid())
+    live = store.create_run("distill-sft")
+    store.claim_run(live)  # this test's own process: alive, heartbeat fresh
+    assert store.recover_runs() == [run_id]
+    assert (store.get_run(run_id)["status"], store.get_run(live)["status"]) == ("crashed", "running")
+    assert store.recover_runs() == []
+    other = store.create_run("distill-kd", pid=dead_pid())  # created, its process died while loading
+    assert store.recover() == []  # the ids of stopped chat replies; the run is recovered all the same
+    assert store.get_run(other)["status"] == "crashed"
+
+
+def test_a_stale_heartbeat_is_crashed_even_when_the_pid_lives(store):
+    """A pid can be reused by another program: a run that stopped beating for STALE_AFTER_S is crashed; one
+    that beats stays running. A run without a process that has not moved for as long is crashed too."""
+    stale, beating, idle, fresh = (store.create_run("grpo") for _ in range(4))
+    for run_id in (stale, beating):
+        store.claim_run(run_id)
+    long_ago = time.time() - store_module.STALE_AFTER_S - 5
+    store.db.execute("UPDATE runs SET heartbeat_at = ? WHERE id IN (?, ?)", (long_ago, stale, beating))
+    store.db.execute("UPDATE runs SET updated_at = ? WHERE id = ?", (long_ago, idle))
+    store.db.conn.commit()
+    store.heartbeat(beating)
+    assert store.recover_runs() == [stale, idle]
+    assert [store.get_run(run_id)["status"] for run_id in (stale, beating, idle, fresh)] == [
+        "crashed", "running", "crashed", "created"]
+
+
+def test_heartbeats_from_another_thread_with_its_own_store(tmp_path):
+    """The job's heartbeat thread opens its own Store and beats while the main thread writes metrics."""
+    with Store(tmp_path / "aha.db") as store:
+        run_id = store.create_run("grpo")
+        store.claim_run(run_id)
+        beats: list[float] = []
+
+        def beat() -> None:
+            with Store(tmp_path / "aha.db") as own:
+                for _ in range(20):
+                    own.heartbeat(run_id)
+                    beats.append(own.get_run(run_id)["heartbeat_at"])
+
+        worker = threading.Thread(target=beat)
+        worker.start()
+        for step in range(20):
+            store.add_metrics(run_id, step, {"loss": 1.0 / (step + 1)})
+        worker.join()
+        assert len(beats) == 20 and beats == sorted(beats)
+        assert store.get_run(run_id)["heartbeat_at"] == beats[-1]
+        assert store.last_steps() == {run_id: 19}
+
+
+def test_list_runs_newest_first_with_filters_artifacts_and_delete(store, tmp_path):
+    first = store.create_run("grpo", {"model": "a"}, status="complete")
+    second = store.create_run("distill-sft", status="crashed")
+    third = store.create_run("grpo", status="crashed")
+    assert [run["id"] for run in store.list_runs()] == [third, second, first]
+    assert [run["id"] for run in store.list_runs(kind="grpo")] == [third, first]
+    assert [run["id"] for run in store.list_runs(status="crashed")] == [third, second]
+    assert [run["id"] for run in store.list_runs(kind="grpo", status="complete")] == [first]
+    assert store.list_runs(kind="export") == []
+    assert store.list_runs()[-1]["config"] == {"model": "a"}
+    assert set(store.list_runs()[0]) == {"id", "kind", "status", "dir", "config", "created_at", "updated_at",
+                                        "pid", "heartbeat_at"}
+    store.add_artifact("checkpoint", tmp_path / "step-1", run_id=first, meta={"step": 1})
+    store.add_artifact("adapter", tmp_path / "final", run_id=first)
+    store.add_artifact("gguf", tmp_path / "other.gguf")
+    assert [(artifact["kind"], artifact["meta"]) for artifact in store.run_artifacts(first)] == [
+        ("checkpoint", {"step": 1}), ("adapter", {})]
+    store.add_metrics(first, 1, {"reward": 0.5})
+    store.add_sample(first, 1, {"completion": "4"})
+    store.delete_run(first)
+    assert [run["id"] for run in store.list_runs()] == [third, second]
+    assert store.run_artifacts(first) == [] and store.metric_series(first, "reward") == []
+    assert store.db.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 0
+    assert store.db.execute("SELECT COUNT(*) FROM artifacts").fetchone()[0] == 1  # another run's (none) stays
+    with pytest.raises(AhaError, match="run 999 does not exist"):
+        store.delete_run(999)
+
+
 # --- streaming writes ---------------------------------------------------------------------------------
 
 

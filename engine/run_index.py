@@ -1,0 +1,368 @@
+"""`aha runs`: the store's run rows joined with what each run directory holds (steps, last metrics, size),
+as a table, a detail view or JSON; and the two things done to a run as a whole: resume it with the command
+its kind was started by, and delete it. Resume only builds the argv (engine.cli runs it, so it speaks the
+same events); nothing here trains, generates or knows a run's settings beyond a few names it shows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import AhaError
+from engine.run_report import step_line
+from engine.store import ACTIVE_RUN_STATUSES, Store, process_alive
+
+# The command that continues a run, by kind (`--resume DIR` follows).
+RESUME_COMMANDS = {"grpo": ("grpo",), "sft": ("distill", "sft"), "distill-sft": ("distill", "sft"),
+                   "distill-kd": ("distill", "kd")}
+# Trace generation resumes by being called again with the same output; the contract calls the kind
+# "generate", `aha distill generate` records "distill-generate".
+GENERATE_KINDS = ("distill-generate", "generate")
+# Flags of the recorded `distill generate` argv left out when it is called again: --force would start over,
+# --events is the resuming call's. Matched as argparse does, by any unambiguous prefix (e.g. --fo).
+DROPPED_FLAGS = {"--force": False, "--events": True}  # flag → takes a value
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run as `aha runs list` shows it (and `--json` writes it)."""
+
+    id: int
+    kind: str
+    status: str
+    model: str | None  # the trained checkpoint, or a trace generation's teacher
+    dataset: str | None  # the training data: traces for SFT/KD, the prompts for GRPO and generation
+    step: int | None  # the last step with metrics (prompts done, for a trace generation)
+    max_steps: int | None
+    dir: str | None
+    created_at: float
+    updated_at: float
+    pid: int | None
+    heartbeat_at: float | None
+    config: dict
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+def summarize(run: Mapping[str, Any], last_step: int | None = None) -> RunSummary:
+    """A store row (`Store.get_run`) and its last metrics step (the store's; else metrics.jsonl's)."""
+    config = run["config"]
+    if last_step is None and run["dir"]:
+        last_step = (last_metrics(run["dir"]) or {}).get("step")
+    return RunSummary(run["id"], run["kind"], run["status"], _model(config), _dataset(config), last_step,
+                      config.get("max_steps"), run["dir"], run["created_at"], run["updated_at"], run["pid"],
+                      run["heartbeat_at"], config)
+
+
+def _model(config: Mapping[str, Any]) -> str | None:
+    if config.get("model"):
+        return str(config["model"])
+    teacher = config.get("teacher")
+    if isinstance(teacher, Mapping):
+        return f"{teacher.get('kind')}:{teacher.get('name') or teacher.get('path') or teacher.get('url')}"
+    return None
+
+
+def _dataset(config: Mapping[str, Any]) -> str | None:
+    argv = (config.get("command") or {}).get("argv") or []
+    value = config.get("traces") or config.get("dataset") or _flag_value(argv, "--dataset")
+    return str(value) if value else None
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    for index, token in enumerate(argv):
+        if token == flag and index + 1 < len(argv):
+            return argv[index + 1]
+        if token.startswith(flag + "="):
+            return token[len(flag) + 1:]
+    return None
+
+
+def summaries(store: Store, kind: str | None = None, status: str | None = None) -> list[RunSummary]:
+    """Every run of the store (of `kind`, with `status`), newest first."""
+    steps = store.last_steps()
+    return [summarize(run, steps.get(run["id"])) for run in store.list_runs(kind=kind, status=status)]
+
+
+def last_metrics(directory: str | Path) -> dict | None:
+    """The last line of a run directory's metrics.jsonl, or None (no file, empty, unreadable)."""
+    path = Path(directory) / "metrics.jsonl"
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(0, os.SEEK_END)
+            stream.seek(max(stream.tell() - 65536, 0))  # a metrics line is far shorter
+            lines = stream.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a half-written last line
+        if isinstance(record, dict):
+            return record
+    return None
+
+
+# Text ------------------------------------------------------------------------------------------------
+
+def age(seconds: float) -> str:
+    """'45s', '12m', '3h', '5d'."""
+    seconds = max(seconds, 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _steps(summary: RunSummary) -> str:
+    if summary.step is None and summary.max_steps is None:
+        return "–"
+    return f"{'–' if summary.step is None else summary.step}/{'–' if summary.max_steps is None else summary.max_steps}"
+
+
+def _short(value: str | None) -> str:
+    """A local path's last part (a checkpoint folder, a data file); other names (a built-in task, a Hub
+    dataset owner/name) as they are."""
+    if not value:
+        return "–"
+    path = Path(value).expanduser()
+    return path.name if path.is_absolute() or path.exists() else value
+
+
+def table(rows: list[RunSummary], now: float | None = None) -> str:
+    """The `aha runs list` table, columns sized to their content."""
+    now = time.time() if now is None else now
+    header = ("ID", "KIND", "STATUS", "MODEL", "DATASET", "STEPS", "AGE", "DIRECTORY")
+    lines = [header] + [(str(row.id), row.kind, row.status, _short(row.model), _short(row.dataset), _steps(row),
+                         age(now - row.created_at), row.dir or "–") for row in rows]
+    widths = [max(len(line[column]) for line in lines) for column in range(len(header) - 1)]
+    return "\n".join("  ".join([*(cell.ljust(width) for cell, width in zip(line, widths, strict=False)),
+                                line[-1]]).rstrip() for line in lines)
+
+
+def details(store: Store, run: Mapping[str, Any]) -> dict:
+    """What `aha runs show` tells: the summary, the last metrics, the artifacts whose files exist
+    (and how many recorded ones are gone, pruned checkpoints mostly), the latest checkpoint."""
+    summary = summarize(run, store.last_steps().get(run["id"]))
+    artifacts = store.run_artifacts(run["id"])
+    present = [artifact for artifact in artifacts if Path(artifact["path"]).exists()]
+    checkpoints = Path(run["dir"]) / "checkpoints" if run["dir"] else None
+    found = sorted((path for path in checkpoints.glob("step-*") if path.name[5:].isdigit()),
+                   key=lambda path: int(path.name[5:])) if checkpoints and checkpoints.is_dir() else []
+    return {**summary.as_json(), "last_metrics": last_metrics(run["dir"]) if run["dir"] else None,
+            "artifacts": present, "artifacts_removed": len(artifacts) - len(present),
+            "checkpoint": str(found[-1]) if found else None}
+
+
+def details_text(info: Mapping[str, Any], now: float | None = None) -> str:
+    """`details` as labelled lines."""
+    now = time.time() if now is None else now
+    status = info["status"]
+    if status in ACTIVE_RUN_STATUSES and info["pid"] is not None:
+        status += f" (process {info['pid']})"
+    metrics = info["last_metrics"]
+    lines = [("run", f"{info['id']} · {info['kind']} · {status}"),
+             ("model", info["model"] or "–"), ("dataset", info["dataset"] or "–"),
+             ("steps", _steps(RunSummary(**{key: info[key] for key in RunSummary.__dataclass_fields__}))),
+             ("checkpoint", info["checkpoint"] or "–"),
+             ("last metrics", _metrics_text(metrics, info["max_steps"]) if metrics else "–"),
+             ("created", f"{age(now - info['created_at'])} ago, updated {age(now - info['updated_at'])} ago")]
+    artifacts = [f"{artifact['kind']}: {artifact['path']}" for artifact in info["artifacts"]]
+    if info["artifacts_removed"]:
+        artifacts.append(f"({info['artifacts_removed']} more recorded, since removed)")
+    lines += [("artifacts" if index == 0 else "", text) for index, text in enumerate(artifacts or ["–"])]
+    lines.append(("directory", info["dir"] or "–"))
+    return "\n".join(f"{label:14s}{value}".rstrip() for label, value in lines)
+
+
+def _metrics_text(metrics: Mapping[str, Any], max_steps: int | None) -> str:
+    line = step_line(metrics, max_steps)
+    if line is not None:
+        return line
+    return " · ".join(f"{key} {_number(value)}" for key, value in metrics.items() if key != "time")
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if isinstance(value, dict) else str(value)
+
+
+# Finding a run ----------------------------------------------------------------------------------------
+
+def find_run(store: Store, target: str) -> dict:
+    """A run by id ("7") or by directory: the run its run.json names, else the newest row with that dir."""
+    if target.isdigit():
+        return store.get_run(int(target))
+    directory = Path(target).expanduser().resolve()
+    store_id = _run_json(directory).get("store_id")
+    if isinstance(store_id, int):
+        try:
+            run = store.get_run(store_id)
+        except AhaError:
+            run = None
+        if run is not None and run["dir"] and Path(run["dir"]).resolve() == directory:
+            return run
+    for run in store.list_runs():
+        if run["dir"] and Path(run["dir"]).resolve() == directory:
+            return run
+    raise AhaError(f"no run in the store has the directory {directory}; list runs with `aha runs list`")
+
+
+def _run_json(directory: Path) -> dict:
+    try:
+        info = json.loads((directory / "run.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _refuse_if_running(run: Mapping[str, Any], doing: str) -> None:
+    """A run still `created`/`running` after `Store.recover_runs` has a live (or just-started) process."""
+    if run["status"] in ACTIVE_RUN_STATUSES and (run["pid"] is None or process_alive(run["pid"])):
+        process = f" (process {run['pid']})" if run["pid"] is not None else ""
+        raise AhaError(f"run {run['id']} is {run['status']}{process}; cancel it or wait for it before {doing} it")
+
+
+# Resume ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ResumePlan:
+    argv: list[str]  # for engine.cli.main
+    cwd: str | None  # the folder to call it from (a trace generation's relative paths), None: here
+
+
+def resume_plan(store: Store, target: str, events: str = "auto", max_steps: int | None = None) -> ResumePlan:
+    """The `aha` command that continues a run: `grpo --resume DIR`, `distill sft|kd --resume DIR`, or a trace
+    generation's own command again (it skips the prompts done). Raises a one-line AhaError for a run that is
+    running, complete (unless `max_steps` extends a training run) or of a kind that does not resume."""
+    try:
+        run = find_run(store, target)
+    except AhaError:
+        info = _run_json(Path(target).expanduser())
+        if target.isdigit() or info.get("kind") not in RESUME_COMMANDS:
+            raise
+        run = None  # a run directory the store does not index (copied from elsewhere): resuming indexes it
+    if run is None:
+        return ResumePlan(_training_argv(info["kind"], str(Path(target).expanduser()), events, max_steps), None)
+    _refuse_if_running(run, "resuming")
+    kind, name = run["kind"], f"run {run['id']}"
+    if run["status"] == "complete" and (max_steps is None or kind not in RESUME_COMMANDS):
+        raise AhaError(f"{name} is complete; nothing to resume"
+                       + (" (--max-steps N trains it further)" if kind in RESUME_COMMANDS else ""))
+    if kind in RESUME_COMMANDS:
+        if not run["dir"]:
+            raise AhaError(f"{name} has no run directory to resume from")
+        return ResumePlan(_training_argv(kind, run["dir"], events, max_steps), None)
+    if kind in GENERATE_KINDS:
+        if max_steps is not None:
+            raise AhaError(f"--max-steps applies to training runs; {name} is a trace generation")
+        return _generate_plan(run, events)
+    raise AhaError(f"{name} ({kind}) cannot be resumed; run `aha {kind}` again")
+
+
+def _training_argv(kind: str, directory: str, events: str, max_steps: int | None) -> list[str]:
+    extend = ["--max-steps", str(max_steps)] if max_steps is not None else []
+    return [*RESUME_COMMANDS[kind], "--resume", directory, *extend, "--events", events]
+
+
+def _generate_plan(run: Mapping[str, Any], events: str) -> ResumePlan:
+    command = run["config"].get("command") or {}
+    argv, cwd = command.get("argv"), command.get("cwd")
+    if not argv:
+        output = run["config"].get("output", "the same output")
+        raise AhaError(f"run {run['id']} did not record its command; run the same `aha distill generate` with "
+                       f"-o {output} again (it skips the prompts done)")
+    if cwd and not Path(cwd).is_dir():
+        raise AhaError(f"run {run['id']} was started in {cwd}, which is gone; its relative paths cannot be found")
+    return ResumePlan([*without_flags(argv, DROPPED_FLAGS), "--events", events], cwd)
+
+
+def without_flags(argv: list[str], flags: Mapping[str, bool]) -> list[str]:
+    """argv without the given long flags (each: whether it takes a value), written in full, abbreviated or
+    as --flag=value.
+
+    Example:
+    >>> without_flags(["distill", "generate", "--fo", "--events=jsonl", "-o", "t.jsonl", "--ev", "none"],
+    ...               {"--force": False, "--events": True})
+    ['distill', 'generate', '-o', 't.jsonl']
+    """
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        name, has_value = token.split("=", 1)[0], "=" in token
+        matched = [flag for flag in flags if len(name) > 2 and name.startswith("--") and flag.startswith(name)]
+        if len(matched) == 1:
+            skip = flags[matched[0]] and not has_value
+            continue
+        kept.append(token)
+    return kept
+
+
+# Delete ----------------------------------------------------------------------------------------------
+
+def folder_size(path: Path) -> int:
+    """Bytes of the files under `path` (links not followed)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):  # removed meanwhile
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def owns_directory(run: Mapping[str, Any]) -> bool:
+    """Whether the run's dir is its own run directory (its run.json names this run, or no run), which
+    deleting the run removes. A trace generation's dir is the output's folder, which is never removed."""
+    if not run["dir"] or run["kind"] in GENERATE_KINDS:
+        return False
+    info = _run_json(Path(run["dir"]))
+    return bool(info) and info.get("store_id") in (None, run["id"])
+
+
+def ask_on_terminal(question: str) -> bool:
+    """y/N on the terminal; off a terminal there is nobody to ask, so the caller must have said --yes."""
+    if not sys.stdin.isatty():
+        raise AhaError("stdin is not a terminal, so there is no one to confirm the deletion; pass --yes")
+    sys.stderr.write(question)  # beside the other messages, so a piped stdout still gets only the result
+    sys.stderr.flush()
+    try:
+        return input().strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def remove(store: Store, target: str, confirm: Callable[[str], bool]) -> str:
+    """Delete a run that is not running: its run directory (when it is the run's own) and its row. `confirm`
+    gets the question ("Delete run 7 (/…/grpo-7, 12.3 MB)? [y/N] ") and says whether to go on. Returns the
+    line to print."""
+    run = find_run(store, target)
+    _refuse_if_running(run, "deleting")
+    directory = Path(run["dir"]) if run["dir"] else None
+    owned = owns_directory(run) and directory.is_dir()
+    if owned:
+        question = f"Delete run {run['id']} ({directory}, {folder_size(directory) / 1e6:.1f} MB)? [y/N] "
+    elif directory is not None and directory.exists():
+        question = f"Delete run {run['id']}'s record (its files in {directory} stay)? [y/N] "
+    else:
+        question = f"Delete run {run['id']} (its directory {directory or 'was never made'} is gone)? [y/N] "
+    if not confirm(question):
+        return f"kept run {run['id']}"
+    if owned:
+        try:
+            shutil.rmtree(directory)
+        except OSError as error:
+            raise AhaError(f"could not delete {directory} ({error}); run {run['id']} is kept") from error
+    store.delete_run(run["id"])
+    return f"deleted run {run['id']}" + (f" and {directory}" if owned else "")
