@@ -15,7 +15,9 @@ from collections.abc import Callable
 
 from engine import __version__
 from engine.errors import AhaError
-from engine.jobs import make_event, sink_for
+from engine.jobs import make_event, run_job, sink_for
+
+TRAINING_STAGES = ["load", "train"]  # loading the model (and the adapter, a resumed checkpoint), the steps
 
 
 def _add_events_flag(parser: argparse.ArgumentParser) -> None:
@@ -24,14 +26,39 @@ def _add_events_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from engine.export import export
+    from engine.export import export, stages
 
-    on_event = sink_for(args.events)
-    result = export(args.src, args.output, args.type, adapter=args.adapter, adapter_only=args.adapter_only,
-                    ollama=args.ollama, num_ctx=args.num_ctx, force=args.force, on_event=on_event)
-    # Each file written is named once, by its "wrote …" line (the GGUF's included).
-    on_event(make_event("done", status="complete", **{k: str(v) for k, v in result.items() if v and k != "ollama"}))
-    return 0
+    def work(job):
+        from engine.store import Store
+
+        settings = {"src": args.src, "output": args.output, "type": args.type, "adapter": args.adapter,
+                    "adapter_only": args.adapter_only, "ollama": args.ollama, "num_ctx": args.num_ctx}
+        with Store() as store:  # an export is a run: the Runs pane lists it with its files
+            run_id = store.create_run("export", settings, status="running")
+        job.emit(make_event("start", kind="export", pid=os.getpid(), stages=[], run_id=run_id, run_dir=None))
+        result = export(args.src, args.output, args.type, adapter=args.adapter, adapter_only=args.adapter_only,
+                        ollama=args.ollama, num_ctx=args.num_ctx, force=args.force,
+                        on_event=_recording(job.emit, run_id), cancel=job.cancel)
+        # Each file written is named once, by its "wrote …" line (the GGUF's included).
+        return {key: str(value) for key, value in result.items() if value and key != "ollama"}
+
+    return run_job("export", work, args, stages=stages(args.type, adapter=args.adapter,
+                                                       adapter_only=args.adapter_only, ollama=args.ollama))
+
+
+def _recording(emit, run_id: int):
+    """on_event that also records each final artifact with the run, in the store."""
+    from engine.store import Store
+
+    def on_event(event: dict) -> None:
+        if event["type"] == "artifact" and event.get("final", True) and event.get("path"):
+            with Store() as store:
+                store.add_artifact(event["kind"], event["path"], run_id=run_id,
+                                   meta={key: value for key, value in event.items()
+                                         if key not in ("v", "type", "kind", "path", "final")})
+        emit(event)
+
+    return on_event
 
 
 def _export_parser(subparsers) -> None:
@@ -157,11 +184,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
         for label, value in describe(read_gguf_info(_resolve_model(args.target))):
             print(f"{label:15s} {value}")
     elif args.action == "pull":
-        on_event = sink_for(args.events)
-        path = pull(args.target, args.file, on_event=on_event)
-        on_event(make_event("done", status="complete", path=str(path)))
-        if args.events == "auto":
-            print(path)
+        found = {}
+
+        def work(job):
+            found["path"] = pull(args.target, args.file, on_event=job.emit, cancel=job.cancel)
+            return {"path": str(found["path"])}
+
+        code = run_job("pull", work, args, stages=["download", "verify"])
+        if code == 0 and args.events == "auto":
+            print(found["path"])
+        return code
     return 0
 
 
@@ -184,33 +216,37 @@ def _models_parser(subparsers) -> None:
 
 
 def _cmd_distill_generate(args: argparse.Namespace) -> int:
-    from engine.data import first_rows, open_dataset
-    from engine.distill import DEFAULT_REWARDS, generate_traces
-    from engine.store import Store
-    from engine.teachers import Sampling, make_teacher
-    from engine.terminal import InterruptToCancel
+    def work(job):
+        from engine.data import first_rows, open_dataset
+        from engine.distill import DEFAULT_REWARDS, generate_traces
+        from engine.store import Store
+        from engine.teachers import Sampling, make_teacher
 
-    on_event = sink_for(args.events)
-    rewards = args.reward or list(DEFAULT_REWARDS)
-    answer_column = args.answer_column or ("answer" if "accuracy" in rewards else None)
-    rows = first_rows(open_dataset(args.dataset, 0, args.prompt_column, answer_column), args.limit)
-    teacher = make_teacher(args.teacher, model=args.model, api_key_env=args.api_key_env,
-                           concurrency=args.concurrency, n_ctx=args.n_ctx, timeout_s=args.timeout)
-    sampling = Sampling(args.temperature, args.top_p, args.max_tokens, args.seed)
-    try:
-        with Store() as store, InterruptToCancel() as interrupt:
-            stats = generate_traces(teacher, rows, k=args.k, out_path=args.output, rewards=rewards, keep=args.keep,
-                                    sampling=sampling, on_event=on_event, cancel=interrupt.cancel, store=store,
-                                    force=args.force)
-    finally:
-        teacher.close()
-    on_event(make_event("done", **stats.as_dict()))
-    if args.events == "auto":
-        before = f"; {stats.skipped} prompts were done before" if stats.skipped else ""
-        print(f"kept {stats.kept} of {stats.samples} samples ({stats.acceptance_rate:.0%} accepted, "
-              f"{stats.samples_per_s:.2f} samples/s){before}", file=sys.stderr)
-        print(stats.output)
-    return 0 if stats.status == "complete" else 130
+        rewards = args.reward or list(DEFAULT_REWARDS)
+        answer_column = args.answer_column or ("answer" if "accuracy" in rewards else None)
+        rows = first_rows(open_dataset(args.dataset, 0, args.prompt_column, answer_column), args.limit)
+        teacher = make_teacher(args.teacher, model=args.model, api_key_env=args.api_key_env,
+                               concurrency=args.concurrency, n_ctx=args.n_ctx, timeout_s=args.timeout)
+        sampling = Sampling(args.temperature, args.top_p, args.max_tokens, args.seed)
+        try:
+            with Store() as store:
+                stats = generate_traces(teacher, rows, k=args.k, out_path=args.output, rewards=rewards,
+                                        keep=args.keep, sampling=sampling, on_event=job.emit, cancel=job.cancel,
+                                        store=store, force=args.force)
+        finally:
+            teacher.close()
+        if args.events == "auto":
+            before = f"; {stats.skipped} prompts were done before" if stats.skipped else ""
+            print(f"kept {stats.kept} of {stats.samples} samples ({stats.acceptance_rate:.0%} accepted, "
+                  f"{stats.samples_per_s:.2f} samples/s){before}", file=sys.stderr)
+            print(stats.output)
+        result = stats.as_dict()
+        if result["status"] == "incomplete":  # the teacher stopped answering: what was written is kept
+            raise AhaError(f"trace generation stopped after {stats.prompts_done} of {stats.prompts - stats.skipped} "
+                           f"prompts; run the same command again to continue {stats.output}")
+        return result
+
+    return run_job("generate", work, args, stages=["generate"])
 
 
 def _distill_parser(subparsers) -> None:
@@ -265,18 +301,19 @@ def _cmd_distill_sft(args: argparse.Namespace) -> int:
     from engine.train_config import flag_overrides, load_config
 
     kind, train = (KDConfig, train_kd_on_traces) if args.action == "kd" else (TraceSFTConfig, train_sft_on_traces)
-    on_event = main_process_sink(sink_for(args.events))
     overrides = flag_overrides(args, kind)
     if args.student:
         overrides["model"] = args.student
     if args.full:
         overrides["use_peft"] = False
-    if args.resume:
-        result = train(resume=args.resume, overrides=overrides, on_event=on_event)
-    else:
-        result = train(load_config(kind, args.config, overrides), on_event=on_event)
-    on_event(make_event("done", **result))  # the terminal's summary ends with the run directory
-    return 0 if result["status"] == "complete" else 130
+
+    def work(job):
+        if args.resume:
+            return train(resume=args.resume, overrides=overrides, on_event=job.emit, cancel=job.cancel)
+        return train(load_config(kind, args.config, overrides), on_event=job.emit, cancel=job.cancel)
+
+    return run_job(f"distill-{args.action}", work, args, stages=TRAINING_STAGES,
+                   sink=main_process_sink(sink_for(args.events)))
 
 
 def _distill_sft_parser(actions) -> None:
@@ -316,14 +353,14 @@ def _cmd_grpo(args: argparse.Namespace) -> int:
     from engine.grpo import GRPOConfig, load_grpo_config, train
     from engine.train_config import flag_overrides
 
-    on_event = main_process_sink(sink_for(args.events))
     overrides = flag_overrides(args, GRPOConfig)
-    if args.resume:
-        result = train(resume=args.resume, overrides=overrides, on_event=on_event)
-    else:
-        result = train(load_grpo_config(args.config, overrides), on_event=on_event)
-    on_event(make_event("done", **result))  # the terminal's summary ends with the run directory
-    return 0 if result["status"] == "complete" else 130
+
+    def work(job):
+        if args.resume:
+            return train(resume=args.resume, overrides=overrides, on_event=job.emit, cancel=job.cancel)
+        return train(load_grpo_config(args.config, overrides), on_event=job.emit, cancel=job.cancel)
+
+    return run_job("grpo", work, args, stages=TRAINING_STAGES, sink=main_process_sink(sink_for(args.events)))
 
 
 def _grpo_parser(subparsers) -> None:
