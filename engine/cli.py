@@ -29,16 +29,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from engine.export import export, stages
 
     def work(job):
-        from engine.store import Store
-
         settings = {"src": args.src, "output": args.output, "type": args.type, "adapter": args.adapter,
                     "adapter_only": args.adapter_only, "ollama": args.ollama, "num_ctx": args.num_ctx}
-        with Store() as store:  # an export is a run: the Runs pane lists it with its files
-            run_id = store.create_run("export", settings, status="running")
-        job.emit(make_event("start", kind="export", pid=os.getpid(), stages=[], run_id=run_id, run_dir=None))
         result = export(args.src, args.output, args.type, adapter=args.adapter, adapter_only=args.adapter_only,
                         ollama=args.ollama, num_ctx=args.num_ctx, force=args.force,
-                        on_event=_recording(job.emit, run_id), cancel=job.cancel)
+                        on_event=_recorded("export", settings, job.emit), cancel=job.cancel)
         # Each file written is named once, by its "wrote …" line (the GGUF's included).
         return {key: str(value) for key, value in result.items() if value and key != "ollama"}
 
@@ -46,11 +41,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
                                                        adapter_only=args.adapter_only, ollama=args.ollama))
 
 
-def _recording(emit, run_id: int):
-    """on_event that also records each final artifact with the run, in the store."""
+def _recorded(kind: str, settings: dict, emit):
+    """on_event for a job that is a run without a run directory (an export): the run's row is made when
+    the work starts (a job refused at its checks is no run), announced by `start`, and each final
+    artifact is recorded with it, so the Runs pane lists what the user made."""
     from engine.store import Store
 
+    run_id = None
+
     def on_event(event: dict) -> None:
+        nonlocal run_id
+        if run_id is None:
+            with Store() as store:
+                run_id = store.create_run(kind, settings, status="running")
+            emit(make_event("start", kind=kind, pid=os.getpid(), stages=[], run_id=run_id, run_dir=None))
         if event["type"] == "artifact" and event.get("final", True) and event.get("path"):
             with Store() as store:
                 store.add_artifact(event["kind"], event["path"], run_id=run_id,

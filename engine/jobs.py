@@ -418,7 +418,7 @@ def run_job(kind: str, work: Callable[[Job], Mapping[str, Any] | None], args: An
         if log is None and os.environ.get("AHA_DEBUG") == "1":
             print(text, file=sys.stderr, end="")
         return EXIT_BUG
-    job.finish(make_event("done", status=status, result=_plain(result)))
+    job.finish(make_event("done", status=status, result=_json_result(result)))
     if status == "cancelled":
         if getattr(args, "events", "auto") != "jsonl" and "message" in result:
             print(f"aha: {result['message']}", file=sys.stderr)
@@ -426,7 +426,7 @@ def run_job(kind: str, work: Callable[[Job], Mapping[str, Any] | None], args: An
     return EXIT_COMPLETE
 
 
-def _plain(result: Mapping[str, Any]) -> dict[str, Any]:
+def _json_result(result: Mapping[str, Any]) -> dict[str, Any]:
     """A result as JSON can carry it: paths as strings, None and empty values left out."""
     return {key: (str(value) if isinstance(value, Path) else value) for key, value in result.items()
             if value is not None and value != ""}
