@@ -17,7 +17,9 @@ from collections.abc import Callable
 
 from engine import __version__
 from engine.errors import AhaError
-from engine.jobs import make_event, sink_for
+from engine.jobs import make_event, run_job, sink_for
+
+TRAINING_STAGES = ["load", "train"]  # loading the model (and the adapter, a resumed checkpoint), the steps
 
 
 def _add_events_flag(parser: argparse.ArgumentParser) -> None:
@@ -26,14 +28,43 @@ def _add_events_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from engine.export import export
+    from engine.export import export, stages
 
-    on_event = sink_for(args.events)
-    result = export(args.src, args.output, args.type, adapter=args.adapter, adapter_only=args.adapter_only,
-                    ollama=args.ollama, num_ctx=args.num_ctx, force=args.force, on_event=on_event)
-    # Each file written is named once, by its "wrote …" line (the GGUF's included).
-    on_event(make_event("done", status="complete", **{k: str(v) for k, v in result.items() if v and k != "ollama"}))
-    return 0
+    def work(job):
+        settings = {"src": args.src, "output": args.output, "type": args.type, "adapter": args.adapter,
+                    "adapter_only": args.adapter_only, "ollama": args.ollama, "num_ctx": args.num_ctx}
+        result = export(args.src, args.output, args.type, adapter=args.adapter, adapter_only=args.adapter_only,
+                        ollama=args.ollama, num_ctx=args.num_ctx, force=args.force,
+                        on_event=_recorded("export", settings, job.emit), cancel=job.cancel)
+        # Each file written is named once, by its "wrote …" line (the GGUF's included).
+        return {key: str(value) for key, value in result.items() if value and key != "ollama"}
+
+    return run_job("export", work, args, stages=stages(args.type, adapter=args.adapter,
+                                                       adapter_only=args.adapter_only, ollama=args.ollama))
+
+
+def _recorded(kind: str, settings: dict, emit):
+    """on_event for a job that is a run without a run directory (an export): the run's row is made when
+    the work starts (a job refused at its checks is no run), announced by `start`, and each final
+    artifact is recorded with it, so the Runs pane lists what the user made."""
+    from engine.store import Store
+
+    run_id = None
+
+    def on_event(event: dict) -> None:
+        nonlocal run_id
+        if run_id is None:
+            with Store() as store:
+                run_id = store.create_run(kind, settings, status="running")
+            emit(make_event("start", kind=kind, pid=os.getpid(), stages=[], run_id=run_id, run_dir=None))
+        if event["type"] == "artifact" and event.get("final", True) and event.get("path"):
+            with Store() as store:
+                store.add_artifact(event["kind"], event["path"], run_id=run_id,
+                                   meta={key: value for key, value in event.items()
+                                         if key not in ("v", "type", "kind", "path", "final")})
+        emit(event)
+
+    return on_event
 
 
 def _export_parser(subparsers) -> None:
@@ -159,11 +190,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
         for label, value in describe(read_gguf_info(_resolve_model(args.target))):
             print(f"{label:15s} {value}")
     elif args.action == "pull":
-        on_event = sink_for(args.events)
-        path = pull(args.target, args.file, on_event=on_event)
-        on_event(make_event("done", status="complete", path=str(path)))
-        if args.events == "auto":
-            print(path)
+        found = {}
+
+        def work(job):
+            found["path"] = pull(args.target, args.file, on_event=job.emit, cancel=job.cancel)
+            return {"path": str(found["path"])}
+
+        code = run_job("pull", work, args, stages=["download", "verify"])
+        if code == 0 and args.events == "auto":
+            print(found["path"])
+        return code
     return 0
 
 
@@ -186,36 +222,43 @@ def _models_parser(subparsers) -> None:
 
 
 def _cmd_distill_generate(args: argparse.Namespace) -> int:
-    from engine.data import first_rows, open_dataset
-    from engine.distill import GenerateConfig, generate_traces
-    from engine.store import Store
-    from engine.teachers import Sampling, make_teacher
-    from engine.terminal import InterruptToCancel
+    from engine.distill import GenerateConfig
     from engine.train_config import flag_overrides, load_config
 
-    on_event = sink_for(args.events)
     config = load_config(GenerateConfig, None, flag_overrides(args, GenerateConfig))
-    rewards = list(config.reward)
-    answer_column = config.answer_column or ("answer" if "accuracy" in rewards else None)
-    rows = first_rows(open_dataset(config.dataset, 0, config.prompt_column, answer_column), config.limit)
-    teacher = make_teacher(config.teacher, model=config.model, api_key_env=config.api_key_env,
-                           concurrency=config.concurrency, n_ctx=config.n_ctx, timeout_s=config.timeout)
-    sampling = Sampling(config.temperature, config.top_p, config.max_tokens, config.seed)
     command = {"argv": args.argv, "cwd": os.getcwd()}  # for `aha runs resume`
-    try:
-        with Store() as store, InterruptToCancel() as interrupt:
-            stats = generate_traces(teacher, rows, k=config.k, out_path=config.output, rewards=rewards,
-                                    keep=config.keep, sampling=sampling, on_event=on_event, cancel=interrupt.cancel,
-                                    store=store, force=config.force, command=command)
-    finally:
-        teacher.close()
-    on_event(make_event("done", **stats.as_dict()))
-    if args.events == "auto":
-        before = f"; {stats.skipped} prompts were done before" if stats.skipped else ""
-        print(f"kept {stats.kept} of {stats.samples} samples ({stats.acceptance_rate:.0%} accepted, "
-              f"{stats.samples_per_s:.2f} samples/s){before}", file=sys.stderr)
-        print(stats.output)
-    return 0 if stats.status == "complete" else 130
+
+    def work(job):
+        from engine.data import first_rows, open_dataset
+        from engine.distill import generate_traces
+        from engine.store import Store
+        from engine.teachers import Sampling, make_teacher
+
+        rewards = list(config.reward)
+        answer_column = config.answer_column or ("answer" if "accuracy" in rewards else None)
+        rows = first_rows(open_dataset(config.dataset, 0, config.prompt_column, answer_column), config.limit)
+        teacher = make_teacher(config.teacher, model=config.model, api_key_env=config.api_key_env,
+                               concurrency=config.concurrency, n_ctx=config.n_ctx, timeout_s=config.timeout)
+        sampling = Sampling(config.temperature, config.top_p, config.max_tokens, config.seed)
+        try:
+            with Store() as store:
+                stats = generate_traces(teacher, rows, k=config.k, out_path=config.output, rewards=rewards,
+                                        keep=config.keep, sampling=sampling, on_event=job.emit, cancel=job.cancel,
+                                        store=store, force=config.force, command=command)
+        finally:
+            teacher.close()
+        if args.events == "auto":
+            before = f"; {stats.skipped} prompts were done before" if stats.skipped else ""
+            print(f"kept {stats.kept} of {stats.samples} samples ({stats.acceptance_rate:.0%} accepted, "
+                  f"{stats.samples_per_s:.2f} samples/s){before}", file=sys.stderr)
+            print(stats.output)
+        result = stats.as_dict()
+        if result["status"] == "incomplete":  # the teacher stopped answering: what was written is kept
+            raise AhaError(f"trace generation stopped after {stats.prompts_done} of {stats.prompts - stats.skipped} "
+                           f"prompts; run the same command again to continue {stats.output}")
+        return result
+
+    return run_job("generate", work, args, stages=["generate"])
 
 
 def _distill_parser(subparsers) -> None:
@@ -242,18 +285,19 @@ def _cmd_distill_sft(args: argparse.Namespace) -> int:
     from engine.train_config import flag_overrides, load_config
 
     kind, train = (KDConfig, train_kd_on_traces) if args.action == "kd" else (TraceSFTConfig, train_sft_on_traces)
-    on_event = main_process_sink(sink_for(args.events))
     overrides = flag_overrides(args, kind)
     if args.student:
         overrides["model"] = args.student
     if args.full:
         overrides["use_peft"] = False
-    if args.resume:
-        result = train(resume=args.resume, overrides=overrides, on_event=on_event)
-    else:
-        result = train(load_config(kind, args.config, overrides), on_event=on_event)
-    on_event(make_event("done", **result))  # the terminal's summary ends with the run directory
-    return 0 if result["status"] == "complete" else 130
+
+    def work(job):
+        if args.resume:
+            return train(resume=args.resume, overrides=overrides, on_event=job.emit, cancel=job.cancel)
+        return train(load_config(kind, args.config, overrides), on_event=job.emit, cancel=job.cancel)
+
+    return run_job(f"distill-{args.action}", work, args, stages=TRAINING_STAGES,
+                   sink=main_process_sink(sink_for(args.events)))
 
 
 def _distill_sft_parser(actions) -> None:
@@ -293,14 +337,14 @@ def _cmd_grpo(args: argparse.Namespace) -> int:
     from engine.grpo import GRPOConfig, load_grpo_config, train
     from engine.train_config import flag_overrides
 
-    on_event = main_process_sink(sink_for(args.events))
     overrides = flag_overrides(args, GRPOConfig)
-    if args.resume:
-        result = train(resume=args.resume, overrides=overrides, on_event=on_event)
-    else:
-        result = train(load_grpo_config(args.config, overrides), on_event=on_event)
-    on_event(make_event("done", **result))  # the terminal's summary ends with the run directory
-    return 0 if result["status"] == "complete" else 130
+
+    def work(job):
+        if args.resume:
+            return train(resume=args.resume, overrides=overrides, on_event=job.emit, cancel=job.cancel)
+        return train(load_grpo_config(args.config, overrides), on_event=job.emit, cancel=job.cancel)
+
+    return run_job("grpo", work, args, stages=TRAINING_STAGES, sink=main_process_sink(sink_for(args.events)))
 
 
 def _grpo_parser(subparsers) -> None:

@@ -9,6 +9,7 @@ plain dicts of strings; nothing here knows tokenizers, chat templates or torch.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import random
 import zlib
@@ -24,6 +25,14 @@ from engine.errors import AhaError
 HELDOUT_EVERY = 20
 FILE_KINDS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 TASK_ROWS = 100  # problems of a built-in task that a command needing a finite list takes by default
+
+
+def prompt_id(row: dict) -> str:
+    """A row's identity across reruns: its `id` column, else a hash of its prompt and answer."""
+    if row.get("id") is not None:
+        return str(row["id"])
+    text = json.dumps([row["prompt"], row.get("answer")], ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 # Built-in tasks -----------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ step and batches engine.sft's.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -27,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine import r1
-from engine.data import TASK_ROWS, TASKS, TaskSource, is_task, open_dataset
+from engine.data import TASK_ROWS, TASKS, TaskSource, is_task, open_dataset, prompt_id
 from engine.distill_loss import KD_KINDS as KD_KINDS
 from engine.distill_loss import kd_loss as kd_loss
 from engine.errors import AhaError
@@ -42,14 +41,6 @@ DEFAULT_REWARDS = ("accuracy", "format")
 
 
 # Datasets -----------------------------------------------------------------------------------------
-
-def prompt_id(row: dict) -> str:
-    """A row's identity across reruns: its `id` column, else a hash of its prompt and answer."""
-    if row.get("id") is not None:
-        return str(row["id"])
-    text = json.dumps([row["prompt"], row.get("answer")], ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
 
 # Verification and keep rules ----------------------------------------------------------------------
 
@@ -285,7 +276,7 @@ def generate_traces(teacher: Teacher, rows: Iterable[dict], *, k: int, out_path:
 
     Resumable: prompts listed in the progress file beside the output (finished ones, including those
     whose replies were all rejected) are skipped. Emits progress/metrics/sample/log events; with a
-    `store`, records a "distill-generate" run with per-prompt metrics, and `command` ({argv, cwd}: how the
+    `store`, records a "generate" run with per-prompt metrics, and `command` ({argv, cwd}: how the
     CLI was called) in its config so `aha runs resume` can call it again. Returns this run's stats."""
     from engine.rewards import RewardSet
 
@@ -312,10 +303,11 @@ def generate_traces(teacher: Teacher, rows: Iterable[dict], *, k: int, out_path:
                                            "done already"))
     run_id = None
     if store is not None:
-        run_id = store.create_run("distill-generate", config={**config, "resumed": stats.skipped,
+        run_id = store.create_run("generate", config={**config, "resumed": stats.skipped,
                                                               **({"command": dict(command)} if command else {})},
                                   dir=out_path.parent, status="running", pid=os.getpid())
         stats.run_id = run_id
+        on_event(make_event("start", kind="generate", pid=os.getpid(), stages=[], run_id=run_id, run_dir=None))
     progress = Progress(on_event, "generate", total=stats.prompts, unit="prompts")
     progress.update(stats.skipped, force=True)
     started = time.monotonic()
@@ -348,7 +340,7 @@ def generate_traces(teacher: Teacher, rows: Iterable[dict], *, k: int, out_path:
                 for reason, count in rejected.items():
                     stats.rejected[reason] = stats.rejected.get(reason, 0) + count
                 stats.seconds = time.monotonic() - started
-                _report(on_event, store, run_id, stats, identity, row, kept, accepted, rejected, progress)
+                _report(on_event, store, run_id, stats, identity, row, verdicts, kept, progress)
         stats.seconds = time.monotonic() - started
         finished = stats.skipped + stats.prompts_done == stats.prompts
         stats.status = "complete" if finished else "cancelled" if is_cancelled(cancel) else "incomplete"
@@ -363,6 +355,19 @@ def generate_traces(teacher: Teacher, rows: Iterable[dict], *, k: int, out_path:
         store.add_artifact("traces", out_path, run_id=run_id, meta={"kept": stats.kept, "samples": stats.samples})
     on_event(make_event("artifact", kind="traces", path=str(out_path)))
     return stats
+
+
+def _completion(verdict: Verdict, kept: bool) -> dict:
+    """A teacher reply in the `sample` event's shape (engine.events.Completion)."""
+    sample = verdict.sample
+    length = sample.usage.get("completion_tokens")
+    return {"text": sample.raw, "thinking": sample.thinking, "answer_text": sample.answer, "rewards": verdict.rewards,
+            "reward": verdict.reward, "accepted": kept, "length": int(length) if length is not None else None,
+            "truncated": sample.finish_reason == "length"}
+
+
+def _text(value) -> str | None:
+    return None if value is None else str(value)
 
 
 def _checked_rows(rows: Iterable[dict], needs_answer: bool) -> list[dict]:
@@ -387,11 +392,13 @@ def _trace_record(identity: str, row: dict, verdict: Verdict, teacher_info: dict
 
 
 def _report(on_event: OnEvent, store, run_id: int | None, stats: GenerateStats, identity: str, row: dict,
-            kept: list[Verdict], accepted: int, rejected: dict[str, int], progress: Progress) -> None:
+            verdicts: list[Verdict], kept: list[Verdict], progress: Progress) -> None:
+    """One prompt done: its `sample` (every reply, `accepted` = kept in the output), the run's acceptance
+    counts as `metrics`, progress."""
     step = stats.skipped + stats.prompts_done
-    on_event(make_event("sample", prompt_id=identity, prompt=row["prompt"], samples=accepted + sum(rejected.values()),
-                        accepted=accepted, kept=len(kept), rejected=rejected,
-                        answer=kept[0].sample.answer if kept else None))
+    kept_ids = {id(verdict) for verdict in kept}
+    on_event(make_event("sample", step=step, prompt_id=identity, prompt=row["prompt"], answer=_text(row.get("answer")),
+                        completions=[_completion(verdict, id(verdict) in kept_ids) for verdict in verdicts]))
     on_event(make_event("metrics", step=step, **{name: round(value, 6) for name, value in stats.metrics().items()},
                         rejected=dict(stats.rejected)))
     progress.update(step, samples_per_s=round(stats.samples_per_s, 3),

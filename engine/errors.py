@@ -10,3 +10,8 @@ class AhaError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(message.split()))
+
+
+class Cancelled(AhaError):
+    """The user cancelled the job (Ctrl+C, SIGTERM, `cancel` on stdin) and it stopped at a safe point: the
+    message says what was kept. Jobs end `done{status: "cancelled"}`, exit 130, not an error."""

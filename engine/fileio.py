@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from engine.errors import AhaError
+from engine.errors import AhaError, Cancelled
 from engine.jobs import OnEvent, Progress, format_bytes, ignore
 
 HASH_CHUNK = 1 << 20  # 1 MiB
@@ -28,7 +28,7 @@ def sha256_file(path: Path, on_event: OnEvent = ignore, *, stage: str = "sha256"
     with path.open("rb") as stream:
         while chunk := stream.read(HASH_CHUNK):
             if cancel is not None and cancel.cancelled:
-                raise AhaError(cancelled_message)
+                raise Cancelled(cancelled_message)
             digest.update(chunk)
             progress.advance(len(chunk))
     progress.update(progress.done, force=True)

@@ -137,15 +137,13 @@ def train(config: GRPOConfig | None = None, *, resume: str | Path | None = None,
     """Run GRPO for config (a new run) or continue the run in `resume` (its saved config; `overrides`
     may change max_steps, save_steps, logging_steps and eval_steps). Returns {"status", "run_dir",
     "step", "adapter"/"model"}; the caller emits `done`. SIGINT/SIGTERM cancel cleanly when called from
-    the main thread. Under `accelerate launch`/torchrun each process trains on its share of the prompts."""
-    from engine.data import PromptStream, open_dataset
-    from engine.distributed import close_distributed, init_distributed
+    the main thread (engine.session). Under `accelerate launch`/torchrun each process trains on its share of the prompts."""
+    from engine.data import open_dataset
     from engine.rewards import RewardSet
-    from engine.runs import reopen_run, start_run
-    from engine.train import Trainer, cancel_on_signals, check_model_folder
+    from engine.session import run_session
+    from engine.train import check_model_folder
     from engine.train_config import run_config
 
-    cancel = cancel or CancelToken()
     config = run_config(GRPOConfig, config, resume, overrides)
     # Everything a user can get wrong in the config fails here, before minutes of model loading.
     check_model_folder(config.model)
@@ -154,8 +152,8 @@ def train(config: GRPOConfig | None = None, *, resume: str | Path | None = None,
     source = open_dataset(config.dataset, config.seed, config.prompt_column,
                           config.answer_column if needs_answer else None)
     heldout = _heldout_rows(config, source)
-    distributed = init_distributed(config.device)
-    try:
+
+    def check(distributed) -> None:
         if config.prompts_per_step % distributed.world_size:
             raise AhaError(f"prompts_per_step ({config.prompts_per_step}) must be a multiple of the number of "
                            f"processes ({distributed.world_size})")
@@ -164,25 +162,12 @@ def train(config: GRPOConfig | None = None, *, resume: str | Path | None = None,
             raise AhaError(f"gradient_accumulation_steps ({config.gradient_accumulation_steps}) must divide each "
                            f"process's {rows} rollouts (prompts_per_step / {distributed.world_size} processes × "
                            "num_generations)")
-        run = (reopen_run(resume, on_event, distributed) if resume is not None
-               else start_run("grpo", config, on_event, distributed))
-        with cancel_on_signals(cancel):
-            trainer = Trainer(config, run, cancel=cancel, resume=resume is not None, distributed=distributed)
-            stream = PromptStream(source, config.seed)
-            if trainer.resumed_state:
-                stream.load_state_dict(trainer.resumed_state["data"])
-            run.log(_describe(config, trainer))
-            reference = _reference_model(config, trainer)
-            step = GRPOStep(config, trainer, rewards, stream, reference, heldout)
-            status = trainer.fit(step, state=lambda: {"data": stream.state_dict()},
-                                 restore_state=lambda state: stream.load_state_dict(state["data"]), stage="grpo")
-            final = trainer.save_final() if status == "complete" else None
-    finally:
-        close_distributed(distributed)
-    result = {"status": status, "run_dir": str(run.dir), "step": trainer.step}
-    if final is not None:
-        result["adapter" if config.use_peft else "model"] = str(final)
-    return result
+
+    def make_step(trainer, stream):
+        return GRPOStep(config, trainer, rewards, stream, _reference_model(config, trainer), heldout)
+
+    return run_session("grpo", config, source, make_step, describe=_describe, resume=resume, on_event=on_event,
+                       cancel=cancel, check=check)
 
 
 def _describe(config: GRPOConfig, trainer) -> str:
@@ -270,6 +255,7 @@ class GRPOStep:
 
         # 1. Rollouts: G consecutive completions per prompt (group_advantages' layout).
         trainer.phase = "generation"
+        trainer.report_phase("rollout")
         prompt_ids, rendered, prefilled = self._encode([row["prompt"] for row in rows])
         with trainer.sampling():
             rollout = _sample(self.model, [ids for ids in prompt_ids for _ in range(group)], config, self.eos,
@@ -278,6 +264,7 @@ class GRPOStep:
             raise StepAbandoned
         generation_s = rollout.seconds
         trainer.phase = "training"
+        trainer.report_phase("update")
         started = time.perf_counter()
         texts = _decode(self.tokenizer, rollout, self.eos)
 
@@ -309,7 +296,7 @@ class GRPOStep:
         shares = distributed.gather({
             "totals": scores.totals, "per_reward": scores.per_reward, "lengths": rollout.lengths.tolist(),
             "terminated": rollout.terminated.tolist(), "update": update, "errors": scores.errors,
-            "samples": _samples(rows, rendered, texts, scores, advantages, rollout, group)})
+            "samples": _samples(rows, rendered, prefilled, texts, scores, advantages, rollout, group)})
         for error in dict.fromkeys(error for share in shares for error in share["errors"]):
             trainer.run.log(error, "warning")
         metrics = _metrics(shares, group, generation_s, training_s)
@@ -458,9 +445,13 @@ def _decode(tokenizer, rollout, eos) -> list[str]:
     return decode(tokenizer, rollout.completion_ids, rollout.mask, eos)
 
 
-def _samples(rows, rendered, texts, scores, advantages, rollout, group) -> list[dict]:
-    """One record per prompt for samples.jsonl: the prompt, its answer, and each completion with its
-    rewards and advantage (the rollout browser's rows)."""
+def _samples(rows, rendered, prefilled, texts, scores, advantages, rollout, group) -> list[dict]:
+    """One record per prompt for samples.jsonl and the `sample` event (engine.events.Sample): the prompt,
+    its answer, and each completion split at </think>, with its rewards, advantage, length and whether it
+    hit max_completion_length (the rollout browser's rows)."""
+    from engine.data import prompt_id
+    from engine.think import split_thinking
+
     lengths, terminated = rollout.lengths.tolist(), rollout.terminated.tolist()
     records = []
     for index, row in enumerate(rows):
@@ -468,16 +459,22 @@ def _samples(rows, rendered, texts, scores, advantages, rollout, group) -> list[
         for offset in range(group):
             sample = index * group + offset
             total = scores.totals[sample]
+            thinking, answer_text = split_thinking(texts[sample], prefilled[index])
             completions.append({
-                "text": texts[sample],
-                "reward": None if math.isnan(total) else total,
-                "rewards": {name: values[sample] for name, values in scores.per_reward.items()},
-                "advantage": float(advantages[sample]),
-                "length": lengths[sample],
-                "terminated": terminated[sample],
+                "text": texts[sample], "thinking": thinking, "answer_text": answer_text,
+                "rewards": {name: _number(values[sample]) for name, values in scores.per_reward.items()},
+                "reward": _number(total), "advantage": float(advantages[sample]),
+                "length": lengths[sample], "truncated": not terminated[sample],
             })
-        record = {"prompt": rendered[index], "completions": completions}
-        if "answer" in row:
-            record["answer"] = row["answer"]
-        records.append(record)
+        records.append({"prompt_id": prompt_id(row), "prompt": rendered[index], "answer": _text(row.get("answer")),
+                        "completions": completions})
     return records
+
+
+def _number(value: float | None) -> float | None:
+    """A score as JSON carries it: NaN (unscored) as None."""
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _text(value) -> str | None:
+    return None if value is None else str(value)

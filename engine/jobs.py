@@ -1,30 +1,44 @@
-"""The event protocol every long job speaks, its two sinks (terminal bar, JSON lines) and cancel tokens.
+"""The job contract every long command speaks (`run_job`), its two sinks (terminal bar, JSON lines), cancel
+tokens and the progress helper.
 
-An event is a plain dict: `{"type": "progress"|"metrics"|"sample"|"log"|"artifact"|"done"|"error", ...}`.
-Jobs take `on_event` and `cancel`; they never print. The CLI picks a sink: a progress bar with ETA (and a
-training run's step lines, engine.run_report) on stderr, or one JSON object per line on stdout with
-`--events jsonl` (what the GUI reads). The rate, time and size formats here are the ones every view shows.
+Events are plain dicts built through their dataclasses in engine.events (`make_event` checks them):
+`start`, `progress`, `metrics`, `sample`, `log`, `artifact`, then exactly one `done` or `error`. Jobs take
+`on_event` and `cancel`; they never print. The CLI runs each long subcommand through `run_job`, which
+installs the cancel handling (SIGINT, SIGTERM, a `cancel` line on stdin), emits `start` first and the
+final event last, keeps a run's heartbeat, and maps the outcome to the exit code (0 complete, 130
+cancelled, 2 a user-facing error, 1 a bug). The sink is a progress bar with ETA (and a training run's step
+lines, engine.run_report) on stderr, or one JSON object per line on stdout with `--events jsonl` (what the
+GUI reads). The rate, time and size formats here are the ones every view shows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
-EVENT_TYPES = ("progress", "metrics", "sample", "log", "artifact", "done", "error")
+from engine import events
+from engine.errors import AhaError, Cancelled
+
+EVENT_TYPES = tuple(events.TYPES)
 
 OnEvent = Callable[[dict], None]
 
+EXIT_COMPLETE, EXIT_BUG, EXIT_USER_ERROR, EXIT_CANCELLED = 0, 1, 2, 130
+HEARTBEAT_S = 10.0  # a running job refreshes its run's heartbeat this often (Store.recover allows far more)
+
 
 def make_event(type: str, **fields: Any) -> dict:
-    """One event dict; raises on an unknown type so the vocabulary stays closed."""
-    if type not in EVENT_TYPES:
-        raise ValueError(f"unknown event type {type!r}; expected one of {', '.join(EVENT_TYPES)}")
-    return {"type": type, **fields}
+    """One event dict, checked against its dataclass (engine.events); raises on an unknown type or field."""
+    return events.make(type, **fields)
 
 
 def ignore(event: dict) -> None:
@@ -46,10 +60,12 @@ class CancelToken:
 
 
 class Progress:
-    """Emits `progress` events for one stage: `done`/`total` in `unit`, throttled to ~10 per second."""
+    """Emits `progress` events for one stage: `done`/`total` in `unit`, throttled to ~10 per second, with
+    eta_s = elapsed · (total − done) / done. `label` is what a person reads (the stage is the job's name)."""
 
-    def __init__(self, on_event: OnEvent, stage: str, total: float, unit: str = "", interval_s: float = 0.1):
-        self.on_event, self.stage, self.total, self.unit = on_event, stage, total, unit
+    def __init__(self, on_event: OnEvent, stage: str, total: float, unit: str = "", interval_s: float = 0.1,
+                 label: str | None = None):
+        self.on_event, self.stage, self.total, self.unit, self.label = on_event, stage, total, unit, label
         self.done = 0.0
         self.started = time.monotonic()
         self._interval_s = interval_s
@@ -63,8 +79,19 @@ class Progress:
         now = time.monotonic()
         if force or done >= self.total or now - self._last >= self._interval_s:
             self._last = now
+            elapsed = now - self.started
+            fields.setdefault("eta_s", eta(elapsed, done, self.total))
+            if self.label:
+                fields.setdefault("label", self.label)
             self.on_event(make_event("progress", stage=self.stage, done=done, total=self.total,
-                                     unit=self.unit, elapsed_s=round(now - self.started, 3), **fields))
+                                     unit=self.unit, elapsed_s=round(elapsed, 3), **fields))
+
+
+def eta(elapsed_s: float, done: float, total: float) -> float | None:
+    """Seconds left at the rate so far, elapsed · (total − done) / done; None before anything is done."""
+    if done <= 0 or total <= 0:
+        return None
+    return round(max(elapsed_s * (total - done) / done, 0.0), 1)
 
 
 def format_bytes(value: float) -> str:
@@ -167,10 +194,15 @@ class TerminalSink:
 
     def __call__(self, event: dict) -> None:
         kind = event["type"]
-        if kind == "progress":
+        if kind == "start":
+            if event.get("run_dir"):
+                self._print(f"run directory: {event['run_dir']}")
+        elif kind == "progress":
             self.report.progress(event)
-            line = format_bar(event["done"], event["total"], event.get("elapsed_s", 0.0),
-                              event.get("unit", ""), event.get("stage", ""))
+            label = event.get("label") or event.get("stage", "")
+            if event.get("phase") and not event.get("label"):
+                label = f"{label} ({event['phase']})"
+            line = format_bar(event["done"], event["total"], event.get("elapsed_s", 0.0), event.get("unit", ""), label)
             finished = event["done"] >= event["total"]
             if self.is_tty:
                 self.stream.write(ERASE_LINE + line + ("\n" if finished else ""))
@@ -183,11 +215,14 @@ class TerminalSink:
         elif kind == "done":
             for line in self.report.summary(event):
                 self._print(line)
-        elif kind in ("log", "artifact", "error"):
+        elif kind in ("log", "artifact"):
             text = event.get("message") or event.get("path") or json.dumps(event, ensure_ascii=False)
-            prefix = {"log": "", "artifact": "wrote ", "error": "error: "}[kind]
+            if kind == "artifact" and not event.get("final", True):
+                return  # a scratch file: not a result the user keeps
+            prefix = "wrote " if kind == "artifact" and not event.get("message") else ""
             level = event.get("level")
             self._print(f"{'warning: ' if level == 'warning' else ''}{prefix}{text}")
+        # `error`: run_job prints the one line itself (aha: error: …), the bar's last state stays above it.
         self.stream.flush()
 
     def _print(self, line: str) -> None:
@@ -198,7 +233,9 @@ class TerminalSink:
 
 
 class JsonlSink:
-    """Writes one JSON object per line (the `--events jsonl` protocol the GUI's ProcessJob reads)."""
+    """Writes one JSON object per line (the `--events jsonl` protocol the GUI's ProcessJob reads). When the
+    reader goes away (the window closed while training runs on) the events go nowhere and the job goes on:
+    its run directory holds everything the Runs pane shows."""
 
     def __init__(self, stream: TextIO | None = None):
         self.stream = stream or sys.stdout
@@ -207,8 +244,11 @@ class JsonlSink:
     def __call__(self, event: dict) -> None:
         line = json.dumps(event, ensure_ascii=False, default=str)
         with self._lock:
-            self.stream.write(line + "\n")
-            self.stream.flush()
+            try:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            except (BrokenPipeError, ValueError):  # the pipe's reader is gone, or the stream was closed
+                self.stream = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - kept for the job's life
 
 
 def sink_for(mode: str) -> OnEvent:
@@ -218,3 +258,199 @@ def sink_for(mode: str) -> OnEvent:
     if mode == "none":
         return ignore
     return TerminalSink()
+
+
+# The job runner ----------------------------------------------------------------------------------
+
+class Job:
+    """What a job's work sees: `emit` (its events go through here), `cancel` (the token every cancel sets)
+    and `stages`. The first event out is always `start`: a run announces itself with a `start` event
+    carrying run_id/run_dir (engine.runs), which the job completes with kind, pid and stages; any other
+    first event is preceded by a `start` of the job without a run."""
+
+    def __init__(self, kind: str, stages: Sequence[str], sink: OnEvent, cancel: CancelToken | None = None):
+        self.kind, self.stages, self.sink = kind, list(stages), sink
+        self.cancel = cancel or CancelToken()
+        self.run_id: int | None = None
+        self.run_dir: Path | None = None
+        self.started = False
+        self.finished = False
+        self._heartbeat: threading.Event | None = None
+
+    def emit(self, event: dict) -> None:
+        kind = event["type"]
+        if kind in events.FINAL_TYPES:
+            raise ValueError("a job's work returns its result; run_job emits the final event")
+        if kind == "start":
+            if self.started:  # a second run in one job (never today): say where it is
+                self.sink(make_event("log", message=f"run directory: {event.get('run_dir')}"))
+                return
+            self._start(event.get("run_id"), event.get("run_dir"))
+            return
+        if not self.started:
+            self._start(None, None)
+        if kind == "progress":
+            event = self._placed(event)
+        self.sink(event)
+
+    def _start(self, run_id: int | None, run_dir: str | None) -> None:
+        self.started = True
+        self.run_id, self.run_dir = run_id, Path(run_dir) if run_dir else None
+        self.sink(make_event("start", kind=self.kind, pid=os.getpid(), stages=self.stages, run_id=run_id,
+                             run_dir=run_dir))
+        if run_id is not None:
+            self._keep_heartbeat(run_id)
+
+    def _placed(self, event: dict) -> dict:
+        """The progress event with its stage's index and the stage count (from `stages`)."""
+        stage = event["stage"]
+        index = self.stages.index(stage) if stage in self.stages else None
+        return {**event, "stage_index": index, "stage_count": len(self.stages)}
+
+    def _keep_heartbeat(self, run_id: int) -> None:
+        """Mark the run as this process's and refresh its heartbeat every HEARTBEAT_S on a thread of its
+        own (with its own store connection) until the job ends."""
+        from engine.store import Store
+
+        with Store() as store:
+            store.claim_run(run_id, os.getpid())
+        stop = self._heartbeat = threading.Event()
+
+        def beat() -> None:
+            with Store() as store:
+                while not stop.wait(HEARTBEAT_S):
+                    with contextlib.suppress(Exception):  # a locked database skips a beat, no more
+                        store.heartbeat(run_id)
+
+        threading.Thread(target=beat, name="aha-heartbeat", daemon=True).start()
+
+    def finish(self, event: dict) -> None:
+        """Emit the final event (after `start`, when nothing else was emitted) and stop the heartbeat."""
+        if not self.started:
+            self._start(None, None)
+        if self._heartbeat is not None:
+            self._heartbeat.set()
+        self.finished = True
+        status = event.get("status", "error")
+        _settle_run(self.run_id, status)
+        self.sink(event)
+
+    def log_file(self) -> Path | None:
+        """The run's run.log, where a bug's traceback goes; None for a job without a run."""
+        return self.run_dir / "run.log" if self.run_dir is not None else None
+
+
+@contextlib.contextmanager
+def cancel_handling(cancel: CancelToken, read_stdin: bool = True) -> Iterator[CancelToken]:
+    """While the block runs, SIGINT, SIGTERM and a line `cancel` on stdin set the token; a second one of
+    any of them raises KeyboardInterrupt in the main thread (stop now). Signals are only installed from
+    the main thread; stdin is read by a daemon thread when it is a pipe or a file (the GUI writes to it),
+    and its end is not a cancel (the window may close while training goes on)."""
+    import _thread
+
+    def again() -> None:
+        if cancel.cancelled:
+            raise KeyboardInterrupt
+        cancel.cancel()
+
+    def handler(signum, frame) -> None:
+        again()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if read_stdin and _stdin_is_ours():
+        def read() -> None:
+            with contextlib.suppress(Exception):  # stdin closed or unreadable: no stdin cancel, nothing else
+                for line in sys.stdin:
+                    if line.strip() == "cancel":
+                        if cancel.cancelled:
+                            _thread.interrupt_main()
+                        cancel.cancel()
+
+        threading.Thread(target=read, name="aha-stdin-cancel", daemon=True).start()
+    try:
+        yield cancel
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _stdin_is_ours() -> bool:
+    """Whether reading stdin for `cancel` is safe: a real file descriptor that is not a terminal (a
+    person at a terminal has Ctrl+C)."""
+    try:
+        return sys.stdin is not None and not sys.stdin.isatty() and sys.stdin.fileno() >= 0
+    except (ValueError, OSError, AttributeError):  # pytest's captured stdin, a closed stream
+        return False
+
+
+def bug_line(error: BaseException, log: Path | None) -> str:
+    """'internal error: KeyError: 'x' (traceback in runs/grpo-3/run.log); please report it' — a bug as the one
+    line a user sees."""
+    where = (f"traceback in {log}" if log is not None
+             else "run again with AHA_DEBUG=1 to see the traceback")
+    return f"internal error: {type(error).__name__}: {error} ({where}); please report it"
+
+
+def run_job(kind: str, work: Callable[[Job], Mapping[str, Any] | None], args: Any = None, *,
+            stages: Sequence[str] = (), sink: OnEvent | None = None) -> int:
+    """Run `work(job)` as the job `kind` and return the exit code: 0 complete, 130 cancelled, 2 a
+    user-facing error (AhaError: one line on stderr), 1 a bug (one line on stderr; the traceback in the
+    run's run.log, or on stderr with AHA_DEBUG=1 when there is no run).
+
+    `work` returns its result (a dict; `status` "cancelled" when it stopped on the token, else complete),
+    or raises Cancelled when it stopped without a result. The events: `start` first, the work's own,
+    then exactly one `done` (with the result) or `error`. `args.events` picks the sink (auto, jsonl, none).
+    """
+    sink = sink or sink_for(getattr(args, "events", "auto") or "auto")
+    job = Job(kind, stages, sink)
+    try:
+        with cancel_handling(job.cancel):
+            try:
+                result = dict(work(job) or {})
+                status = result.pop("status", "complete")
+            except (Cancelled, KeyboardInterrupt) as stopped:
+                status, result = "cancelled", {"message": str(stopped)} if isinstance(stopped, Cancelled) else {}
+    except AhaError as error:
+        job.finish(make_event("error", message=str(error)))
+        print(f"aha: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (BrokenPipeError, SystemExit):
+        raise
+    except Exception as error:  # a bug: one line for the user, the traceback where it can be read
+        log = job.log_file()
+        text = "".join(traceback.format_exception(error))
+        if log is not None:
+            with contextlib.suppress(OSError), open(log, "a", encoding="utf-8") as stream:
+                stream.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [error] {text}")
+        line = bug_line(error, log)
+        with contextlib.suppress(Exception):
+            job.finish(make_event("error", message=line, exception=type(error).__name__))
+        print(f"aha: {line}", file=sys.stderr)
+        if log is None and os.environ.get("AHA_DEBUG") == "1":
+            print(text, file=sys.stderr, end="")
+        return EXIT_BUG
+    job.finish(make_event("done", status=status, result=_json_result(result)))
+    if status == "cancelled":
+        if getattr(args, "events", "auto") != "jsonl" and "message" in result:
+            print(f"aha: {result['message']}", file=sys.stderr)
+        return EXIT_CANCELLED
+    return EXIT_COMPLETE
+
+
+def _json_result(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A result as JSON can carry it: paths as strings, None and empty values left out."""
+    return {key: (str(value) if isinstance(value, Path) else value) for key, value in result.items()
+            if value is not None and value != ""}
+
+
+def _settle_run(run_id: int | None, status: str) -> None:
+    """The run's row gets the job's outcome unless its work recorded one (a trainer does)."""
+    if run_id is None:
+        return
+    from engine.store import Store
+
+    with contextlib.suppress(Exception), Store() as store:
+        if store.get_run(run_id)["status"] in ("created", "running"):
+            store.update_run_status(run_id, status)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from engine.errors import AhaError
+from engine.errors import AhaError, Cancelled
 from engine.fileio import atomic_write_text, sha256_file
 from engine.jobs import OnEvent, Progress, ignore, make_event
 from engine.r1 import ASSISTANT, EOS, STOPS, TEMPERATURE, TOP_P, USER
@@ -201,14 +201,15 @@ class OllamaClient:
         status, _ = self._request("HEAD", f"/api/blobs/{_full_digest(digest)}", expect=(200, 404))
         return status == 200
 
-    def push_blob(self, path: Path, digest: str, on_event: OnEvent | None = None) -> None:
-        """Upload a file as a blob, streamed from disk with Content-Length; `progress` events in bytes."""
+    def push_blob(self, path: Path, digest: str, on_event: OnEvent | None = None, cancel=None) -> None:
+        """Upload a file as a blob, streamed from disk with Content-Length; `progress` events in bytes
+        (stage "register"). A cancel stops between chunks (Ollama discards the unfinished blob)."""
         path, digest = Path(path), _full_digest(digest)
         size = path.stat().st_size
-        progress = Progress(on_event or ignore, "upload", size, unit="B")
+        progress = Progress(on_event or ignore, "register", size, unit="B")
         headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
         with path.open("rb") as stream:
-            status, data = self._request("POST", f"/api/blobs/{digest}", body=_chunks(stream, progress),
+            status, data = self._request("POST", f"/api/blobs/{digest}", body=_chunks(stream, progress, cancel),
                                          headers=headers, expect=(200, 201, 400))
         if status == 400:
             text = _error_text(data)
@@ -233,11 +234,19 @@ class OllamaClient:
                           hint=f"is {name!r} registered? `ollama list` shows the models Ollama has")
 
 
-def _chunks(stream: BinaryIO, progress: Progress) -> Iterator[bytes]:
+def _chunks(stream: BinaryIO, progress: Progress, cancel=None) -> Iterator[bytes]:
     """The file in 1 MiB chunks, counting each one sent; never holds the whole file in memory."""
     while chunk := stream.read(CHUNK_BYTES):
+        if cancel is not None and cancel.cancelled:
+            raise Cancelled("registration cancelled while uploading; the GGUF is complete, register it again "
+                            "to finish")
         yield chunk
         progress.advance(len(chunk))
+
+
+def _phase(emit: OnEvent, phase: str, label: str) -> OnEvent:
+    """The registration's progress events with their phase (hash, upload) and what a person reads."""
+    return lambda event: emit({**event, "phase": phase, "label": label} if event["type"] == "progress" else event)
 
 
 def check_reachable(host: str | None = None, timeout_s: float = 5.0) -> str:
@@ -247,7 +256,7 @@ def check_reachable(host: str | None = None, timeout_s: float = 5.0) -> str:
 
 
 def register(gguf_path: Path, name: str, *, num_ctx: int, host: str | None = None,
-             on_event: OnEvent | None = None) -> dict:
+             on_event: OnEvent | None = None, cancel=None) -> dict:
     """Hash, upload when missing, create `name` with the R1 template, then return Ollama's /api/show.
 
     Steps: 1. sha256 of the GGUF; 2. HEAD the blob; 3. POST it if the server lacks it; 4. POST
@@ -256,13 +265,14 @@ def register(gguf_path: Path, name: str, *, num_ctx: int, host: str | None = Non
     emit = on_event or ignore
     gguf_path = Path(gguf_path)
     client = OllamaClient(ollama_base_url(host))
-    emit(make_event("log", message=f"hashing {gguf_path.name}"))
-    digest = "sha256:" + sha256_file(gguf_path, emit)
+    digest = "sha256:" + sha256_file(gguf_path, _phase(emit, "hash", f"hashing {gguf_path.name}"), stage="register",
+                                     cancel=cancel, cancelled_message="registration cancelled while hashing; the "
+                                     f"GGUF {gguf_path.name} is complete, register it again to finish")
     if client.blob_exists(digest):
         emit(make_event("log", message=f"Ollama already has {gguf_path.name}; upload skipped"))
     else:
         emit(make_event("log", message=f"uploading {gguf_path.name} to {client.base_url}"))
-        client.push_blob(gguf_path, digest, emit)
+        client.push_blob(gguf_path, digest, _phase(emit, "upload", f"uploading {gguf_path.name}"), cancel=cancel)
     client.create(name, {gguf_path.name: digest}, R1_GO_TEMPLATE, r1_parameters(num_ctx))
     shown = client.show(name)
     if "thinking" not in shown.get("capabilities", []):

@@ -177,7 +177,8 @@ class RunReport:
         if not self.history:
             return []
         kind = run_kind(self.history[-1]) or "sft"
-        step, status = done.get("step", self.history[-1]["step"]), done.get("status", "complete")
+        result = done.get("result", {})
+        step, status = result.get("step", self.history[-1]["step"]), done.get("status", "complete")
         progress = self.last_progress or {}
         ran, elapsed = progress.get("done", 0), progress.get("elapsed_s", 0.0)
         timing = f" in {format_seconds(elapsed)}" if elapsed else ""
@@ -194,8 +195,8 @@ class RunReport:
         best = max(evaluated, key=lambda record: record["eval/accuracy"], default=None)
         if best is not None and best is not evaluated[-1] and best["eval/accuracy"] > evaluated[-1]["eval/accuracy"]:
             lines.append(f"best held-out accuracy {percent1(best['eval/accuracy'])} at step {best['step']}")
-        if done.get("run_dir"):
-            lines.append(f"run directory: {done['run_dir']}")
+        if result.get("run_dir"):
+            lines.append(f"run directory: {result['run_dir']}")
             if status == "cancelled":
-                lines.append(f"continue it with --resume {done['run_dir']}")
+                lines.append(f"continue it with --resume {result['run_dir']}")
         return lines

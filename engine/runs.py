@@ -93,6 +93,7 @@ class Run:
         write_json(directory / "run.json", {"kind": kind, "store_id": store_id, "created_at": time.time()})
         write_json(directory / "config.json", dataclasses.asdict(config))
         _atomic_text(directory / "config.toml", config_to_toml(config))
+        run.announce()
         return run
 
     @classmethod
@@ -114,7 +115,15 @@ class Run:
             store_id = store.create_run(info["kind"], config, dir=directory.resolve(), status="created",
                                         pid=os.getpid())
             write_json(info_file, {**info, "store_id": store_id})
-        return cls(directory, info["kind"], store_id, on_event, store)
+        run = cls(directory, info["kind"], store_id, on_event, store)
+        run.announce()
+        return run
+
+    def announce(self) -> None:
+        """The run's `start` event: its id and directory, before anything else the run emits (run_job
+        completes it with the job's kind, pid and stages)."""
+        self.emit(make_event("start", kind=self.kind, pid=os.getpid(), stages=[], run_id=self.store_id,
+                             run_dir=str(self.dir.resolve())))
 
     def saved_config(self) -> dict[str, Any]:
         return saved_config(self.dir)

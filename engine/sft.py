@@ -216,35 +216,11 @@ def run_sft(config: SFTConfig, source, heldout: list[dict], *, resume: str | Pat
     (rows with prompt and answer). Sets up the run (new, or `resume`'s), the trainer and the data stream,
     fits, saves the final adapter/model. `make_step(config, trainer, stream, heldout)` builds the step
     (default SFTStep). Returns train_sft's result."""
-    from engine.data import PromptStream
-    from engine.distributed import close_distributed, init_distributed
-    from engine.runs import reopen_run, start_run
-    from engine.train import Trainer, cancel_on_signals
+    from engine.session import run_session
 
-    cancel = cancel or CancelToken()
     make_step = make_step or SFTStep
-    distributed = init_distributed(config.device)
-    try:
-        run = (reopen_run(resume, on_event, distributed) if resume is not None
-               else start_run(kind, config, on_event, distributed))
-        with cancel_on_signals(cancel):
-            trainer = Trainer(config, run, cancel=cancel, resume=resume is not None, distributed=distributed)
-            stream = PromptStream(source, config.seed)
-            if trainer.resumed_state:
-                stream.load_state_dict(trainer.resumed_state["data"])
-            step = make_step(config, trainer, stream, heldout)
-            run.log(_describe(config, trainer))
-            status = trainer.fit(step, state=lambda: {"data": stream.state_dict()},
-                                 restore_state=lambda state: stream.load_state_dict(state["data"]), stage="sft")
-            final = trainer.save_final() if status == "complete" else None
-    finally:
-        close_distributed(distributed)
-    result: dict[str, Any] = {"status": status, "run_dir": str(run.dir), "step": trainer.step}
-    if step.last_accuracy is not None:
-        result["eval_accuracy"] = step.last_accuracy
-    if final is not None:
-        result["adapter" if config.use_peft else "model"] = str(final)
-    return result
+    return run_session(kind, config, source, lambda trainer, stream: make_step(config, trainer, stream, heldout),
+                       describe=_describe, resume=resume, on_event=on_event, cancel=cancel)
 
 
 def _describe(config: SFTConfig, trainer) -> str:

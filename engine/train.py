@@ -1,5 +1,5 @@
 """What GRPO and distillation share: the common settings (TrainConfig), model + LoRA/QLoRA setup,
-sampling with the adapter merged, optimizer and LR schedule, RNG state, cancel on signals, and the step
+sampling with the adapter merged, optimizer and LR schedule, RNG state, and the step
 loop (`Trainer.fit`) with checkpoints, exact resume, progress and one-line errors.
 
 A trainer (`engine.grpo`, `engine.sft`) supplies one function that performs a training step and returns
@@ -16,8 +16,6 @@ import math
 import os
 import random
 import shutil
-import signal
-import threading
 import time
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -27,7 +25,7 @@ from typing import Any
 
 from engine.distributed import Distributed, accelerate_cpu, launch_environment
 from engine.errors import AhaError
-from engine.jobs import CancelToken, Progress, make_event
+from engine.jobs import CancelToken, Progress
 from engine.runs import Run, write_json
 from engine.train_config import setting
 
@@ -347,29 +345,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# Cancel -------------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def cancel_on_signals(cancel: CancelToken) -> Iterator[CancelToken]:
-    """SIGINT and SIGTERM (the GUI's cancel) set the token while the block runs; a second SIGINT raises
-    KeyboardInterrupt. Outside the main thread signals cannot be caught and nothing is installed."""
-    if threading.current_thread() is not threading.main_thread():
-        yield cancel
-        return
-
-    def handler(signum, frame):
-        if signum == signal.SIGINT and cancel.cancelled:
-            raise KeyboardInterrupt
-        cancel.cancel()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield cancel
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 class StepAbandoned(Exception):
     """Raised by a step function that saw the cancel token before changing any weights."""
 
@@ -393,14 +368,16 @@ class Trainer:
         self.cancel = cancel or CancelToken()
         self.distributed = distributed or Distributed()
         self.device = resolve_device(config.device)
-        check_4bit(config, self.device)  # settings that cannot run fail before the run is announced
-        run.emit(make_event("log", message=f"run directory: {run.dir}", level="info", run_dir=str(run.dir)))
+        check_4bit(config, self.device)  # settings that cannot run fail before the work starts
+        loading = Progress(run.emit, "load", total=2, unit="parts", label=f"loading {Path(config.model).name}")
+        loading.update(0, force=True, phase="model")
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)  # tiny models' denormals: a 12.5 s evaluation became 0.9 s
             note, smaller = cpu_note(config, resume)
             run.log(note, "warning" if smaller else "info")
         seed_everything(config.seed)
         self.model, self.tokenizer = load_model(config, self.device)
+        loading.update(1, force=True, phase="adapter" if config.use_peft else "optimizer")
         self.model = add_adapter(self.model, config)
         if config.gradient_checkpointing:
             if hasattr(self.model, "activation_checkpointing_enable"):  # its name since transformers 5.2x
@@ -426,8 +403,10 @@ class Trainer:
         self.phase = "training"  # set by the step function: names the memory settings on a CUDA OOM
         self.should_stop = False  # set by the step function to end the run early, as complete
         self.resumed_state: dict[str, Any] = {}
+        self._progress: Progress | None = None  # the step loop's, while fit runs
         if resume:
             self._restore()
+        loading.update(2, force=True, phase="ready")
 
     @property
     def trainable_parameters(self) -> int:
@@ -572,7 +551,7 @@ class Trainer:
         """
         config = self.config
         start = self.step
-        progress = Progress(self.run.emit, stage, total=max(config.max_steps - start, 1), unit="steps")
+        progress = self._progress = Progress(self.run.emit, stage, total=max(config.max_steps - start, 1), unit="steps")
         progress.update(0, force=True, step=start, max_steps=config.max_steps)  # the bar shows from the start
         timings: dict[str, float] = {}
         saved_at = self.step if start else None
@@ -618,6 +597,13 @@ class Trainer:
             self.run.close()
         self.run.set_status(status)
         return status
+
+    def report_phase(self, phase: str) -> None:
+        """A progress event naming the part of the step now running ("rollout", "update"): the first
+        rollout of a run can take minutes, and the bar should say what it waits for."""
+        progress = self._progress
+        if progress is not None:
+            progress.update(progress.done, force=True, phase=phase, step=self.step, max_steps=self.config.max_steps)
 
     def _guarded(self, step_function: Callable[[int], dict[str, float]], step: int) -> dict[str, float]:
         import torch

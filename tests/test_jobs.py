@@ -122,8 +122,10 @@ def test_progress_events_carry_what_the_bar_needs(monkeypatch):
         now[0] += 0.5
         progress.advance()
     assert [(event["done"], event["elapsed_s"]) for event in events] == [(1, 0.5), (3, 1.5), (4, 2.0)]
-    assert events[-1] == {"type": "progress", "stage": "grpo", "done": 4, "total": 4, "unit": "steps",
-                          "elapsed_s": 2.0}
+    assert events[-1] == {"v": 1, "type": "progress", "stage": "grpo", "done": 4, "total": 4, "unit": "steps",
+                          "elapsed_s": 2.0, "eta_s": 0.0, "stage_index": None, "stage_count": None, "phase": None,
+                          "label": None}
+    assert events[0]["eta_s"] == 1.5  # 0.5 s for 1 of 4: 1.5 s to go
 
 
 # The sinks ----------------------------------------------------------------------------------------
@@ -150,7 +152,7 @@ def test_terminal_sink_draws_the_bar_in_place_on_a_tty():
     for event in EVENTS:
         sink(event)
     assert stream.getvalue() == (f"{ERASE}{BARS[1]}{ERASE}hello\n{BARS[1]}{ERASE}{BARS[2]}{ERASE}{BARS[4]}\n"
-                                 "wrote /tmp/m.gguf\nwarning: careful\nerror: boom\n")
+                                 "wrote /tmp/m.gguf\nwarning: careful\n")
 
 
 def test_terminal_sink_off_a_tty_prints_only_finished_stages():
@@ -159,7 +161,7 @@ def test_terminal_sink_off_a_tty_prints_only_finished_stages():
     sink = TerminalSink(stream)
     for event in EVENTS:
         sink(event)
-    assert stream.getvalue() == f"hello\n{BARS[4]}\nwrote /tmp/m.gguf\nwarning: careful\nerror: boom\n"
+    assert stream.getvalue() == f"hello\n{BARS[4]}\nwrote /tmp/m.gguf\nwarning: careful\n"
 
 
 def grpo_step(step: int, **changes) -> dict:
@@ -178,7 +180,7 @@ def test_terminal_sink_writes_a_line_per_grpo_step_and_a_summary():
     into generation and training; a held-out line where the step evaluated; at `done` the summary table
     (first / last / mean), the best held-out accuracy when the last was not the best, and the run directory."""
     events = [
-        make_event("log", message="run directory: /runs/grpo-7", level="info", run_dir="/runs/grpo-7"),
+        make_event("start", kind="grpo", pid=7, stages=["load", "train"], run_id=7, run_dir="/runs/grpo-7"),
         make_event("progress", stage="grpo", done=0, total=3, unit="steps", elapsed_s=0.0, step=0, max_steps=3),
         grpo_step(1, **{"eval/accuracy": 0.315, "eval/format": 0.98, "eval/seconds": 4.2}),
         make_event("progress", stage="grpo", done=1, total=3, unit="steps", elapsed_s=20.5, step=1, max_steps=3),
@@ -187,7 +189,7 @@ def test_terminal_sink_writes_a_line_per_grpo_step_and_a_summary():
         grpo_step(3, reward=0.5, unscored=0.25, **{"eval/accuracy": 0.2, "eval/format": 0.9, "eval/seconds": 3.8}),
         make_event("progress", stage="grpo", done=3, total=3, unit="steps", elapsed_s=57.0, step=3, max_steps=3),
         make_event("artifact", kind="adapter", path="/runs/grpo-7/final/adapter", step=3),
-        make_event("done", status="complete", run_dir="/runs/grpo-7", step=3, adapter="/runs/grpo-7/final/adapter"),
+        make_event("done", status="complete", result=dict(run_dir="/runs/grpo-7", step=3, adapter="/runs/grpo-7/final/adapter")),
     ]
     stream = io.StringIO()
     sink = TerminalSink(stream)
@@ -238,7 +240,7 @@ def test_terminal_sink_writes_sft_and_kd_steps():
     sink(make_event("metrics", step=1, **sft, **{"eval/loss": 0.9, "eval/accuracy": 0.125, "eval/format": 1.0,
                                                  "eval/seconds": 1.5}))
     sink(make_event("progress", stage="sft", done=1, total=10, unit="steps", elapsed_s=2.0, step=1, max_steps=10))
-    sink(make_event("done", status="cancelled", run_dir="/runs/sft-3", step=1))
+    sink(make_event("done", status="cancelled", result=dict(run_dir="/runs/sft-3", step=1)))
     assert stream.getvalue().splitlines() == [
         "step  1/10 · loss 1.235 · token accuracy 45.7% · grad norm 0.52 · lr 2.0e-05 · 1,219 tokens/s · 0.42 s",
         "held-out at step 1: loss 0.900 · accuracy 12.5% · format 100.0% · 1.5 s",
@@ -266,7 +268,7 @@ def test_terminal_sink_leaves_other_metrics_and_done_alone():
     stream = io.StringIO()
     sink = TerminalSink(stream)
     sink(make_event("metrics", step=1, samples=4, accepted=2, kept=2, acceptance_rate=0.5, samples_per_s=0.8))
-    sink(make_event("done", status="complete", gguf="/tmp/m.gguf"))
+    sink(make_event("done", status="complete", result=dict(gguf="/tmp/m.gguf")))
     assert stream.getvalue() == ""
 
 
@@ -317,7 +319,7 @@ def test_export_with_events_jsonl_prints_json_lines_and_no_bar(checkpoint, tmp_p
     monkeypatch.setattr(sys, "stderr", terminal)
     assert cli.main(["export", str(checkpoint("qwen2")), "-o", str(tmp_path / "events.gguf"), "--events", "jsonl"]) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert events[-1]["type"] == "done" and events[-1]["gguf"] == str(tmp_path / "events.gguf")
+    assert events[-1]["type"] == "done" and events[-1]["result"]["gguf"] == str(tmp_path / "events.gguf")
     progress = [event for event in events if event["type"] == "progress"]
     assert progress and {"stage", "done", "total", "unit", "elapsed_s"} <= set(progress[-1])
     assert progress[-1]["done"] == progress[-1]["total"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import AhaError
+from engine.errors import AhaError, Cancelled
 from engine.export.checkpoint import Checkpoint, load_rows, load_tensor, open_checkpoint
 from engine.fileio import atomic_output, check_free_space
 from engine.jobs import CancelToken, OnEvent, Progress, ignore, make_event
@@ -234,7 +234,8 @@ def add_tokenizer_metadata(writer, ckpt: Checkpoint, on_event: OnEvent) -> None:
 
 
 def write_planned(out: Path, arch: str, planned: list[PlannedTensor], add_metadata: Callable[[object], None], *,
-                  force: bool = False, on_event: OnEvent = ignore, cancel: CancelToken | None = None) -> Path:
+                  force: bool = False, on_event: OnEvent = ignore, cancel: CancelToken | None = None,
+                  stage: str = "write") -> Path:
     """Write a GGUF file atomically: metadata, tensor infos, then each tensor made, quantized and written
     in turn (one tensor in memory at a time). Shared by models and LoRA adapters."""
     import gguf
@@ -252,10 +253,10 @@ def write_planned(out: Path, arch: str, planned: list[PlannedTensor], add_metada
         writer.write_header_to_file(path=temp)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        progress = Progress(on_event, f"writing {out.name}", total, unit="B")
+        progress = Progress(on_event, stage, total, unit="B", label=f"writing {out.name}")
         for index, item in enumerate(planned):
             if cancel is not None and cancel.cancelled:
-                raise AhaError("export cancelled; no file was written.")
+                raise Cancelled("export cancelled; no file was written.")
             data = convert(item)
             writer.write_tensor_data(data)
             progress.advance(data.nbytes, tensors=index + 1, tensor_count=len(planned))
@@ -264,7 +265,7 @@ def write_planned(out: Path, arch: str, planned: list[PlannedTensor], add_metada
 
 
 def write_gguf(src: Path | str | Checkpoint, out: Path | str, out_type: str = "f16", *, force: bool = False,
-               on_event: OnEvent = ignore, cancel: CancelToken | None = None) -> Path:
+               on_event: OnEvent = ignore, cancel: CancelToken | None = None, stage: str = "write") -> Path:
     """Convert an HF checkpoint folder to one GGUF file of type f32, f16, bf16 or q8_0. Returns the path."""
     if out_type not in DIRECT_TYPES:
         raise AhaError(f"unknown direct GGUF type {out_type!r}; use one of {', '.join(DIRECT_TYPES)}.")
@@ -277,6 +278,6 @@ def write_gguf(src: Path | str | Checkpoint, out: Path | str, out_type: str = "f
         add_tokenizer_metadata(writer, ckpt, on_event)
 
     write_planned(out, ckpt.arch, plan_tensors(ckpt, file_qtype), add_metadata,
-                  force=force, on_event=on_event, cancel=cancel)
+                  force=force, on_event=on_event, cancel=cancel, stage=stage)
     on_event(make_event("artifact", kind="gguf", path=str(out), bytes=out.stat().st_size, gguf_type=out_type))
     return out

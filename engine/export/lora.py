@@ -154,7 +154,7 @@ def plan_lora_tensors(adapter: Adapter, ckpt: Checkpoint, file_qtype: str) -> li
 
 
 def write_lora_gguf(base_dir: Path | str, adapter_dir: Path | str, out: Path | str, out_type: str = "f16", *,
-                    force: bool = False, on_event: OnEvent = ignore) -> Path:
+                    force: bool = False, on_event: OnEvent = ignore, cancel=None) -> Path:
     """The adapter as a GGUF LoRA that llama.cpp applies on top of the base's GGUF."""
     import gguf
 
@@ -173,6 +173,6 @@ def write_lora_gguf(base_dir: Path | str, adapter_dir: Path | str, out: Path | s
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     write_planned(out, ckpt.arch, plan_lora_tensors(adapter, ckpt, DIRECT_TYPES[out_type][1]), add_metadata,
-                  force=force, on_event=on_event)
+                  force=force, on_event=on_event, cancel=cancel)
     on_event(make_event("artifact", kind="gguf-lora", path=str(out), bytes=out.stat().st_size))
     return out

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from engine.errors import AhaError
+from engine.errors import AhaError, Cancelled
 from engine.fileio import atomic_output, check_free_space
 from engine.jobs import OnEvent, Progress, ignore, make_event
 
@@ -98,8 +98,10 @@ def _watch_size(path: Path, progress: Progress, stop: threading.Event) -> None:
 
 
 def quantize_gguf(src: Path | str, out: Path | str, quant_type: str, *, force: bool = False,
-                  n_threads: int | None = None, on_event: OnEvent = ignore) -> Path:
-    """src (an f16/bf16/f32 GGUF) → out in `quant_type`, through llama.cpp. Written atomically."""
+                  n_threads: int | None = None, on_event: OnEvent = ignore, cancel=None) -> Path:
+    """src (an f16/bf16/f32 GGUF) → out in `quant_type`, through llama.cpp. Written atomically. llama.cpp's
+    quantizer cannot be interrupted: a cancel is honoured when it returns, before the file is renamed
+    into place."""
     import llama_cpp
 
     key = check_quant_type(quant_type)
@@ -111,7 +113,7 @@ def quantize_gguf(src: Path | str, out: Path | str, quant_type: str, *, force: b
     expected = src.stat().st_size * bits / 16
     check_free_space(out.parent, int(expected))  # beside the f16 input, which is still on disk
     with atomic_output(out, force) as temp:
-        progress = Progress(on_event, f"quantizing to {key}", expected, unit="B")
+        progress = Progress(on_event, "quantize", expected, unit="B", label=f"quantizing to {key}")
         stop = threading.Event()
         watcher = threading.Thread(target=_watch_size, args=(temp, progress, stop), daemon=True)
         watcher.start()
@@ -125,6 +127,8 @@ def quantize_gguf(src: Path | str, out: Path | str, quant_type: str, *, force: b
             reason = f": {log_line(log['errors'][0])}" if log["errors"] else f" (status {status})"
             raise AhaError(f"llama.cpp could not quantize {src.name} to {key}{reason}; "
                            "check that the input is a complete f16/bf16/f32 GGUF.")
+        if cancel is not None and cancel.cancelled:
+            raise Cancelled("export cancelled while quantizing; no file was written.")
         progress.update(expected, force=True)
     if log["warnings"]:  # the last one sums up the others ("15 of 27 tensor(s) required fallback quantization")
         on_event(make_event("log", level="warning", message=f"llama.cpp: {log_line(log['warnings'][-1])}"))

@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-from engine.errors import AhaError
+from engine.errors import AhaError, Cancelled
 from engine.fileio import check_free_space, sha256_file
 from engine.jobs import CancelToken, OnEvent, Progress, format_bytes, ignore, make_event
 from engine.models.library import Library
@@ -193,7 +193,7 @@ def _fetch(remote: _Remote, partial: Path, on_event: OnEvent, cancel: CancelToke
                      headers=build_hf_headers(), expected_size=remote.size,
                      displayed_filename=partial.name, tqdm_class=_QuietBar)
         except _Cancelled:
-            raise AhaError(f"download of {label} cancelled at {format_bytes(raw.tell())}; the same pull resumes "
+            raise Cancelled(f"download of {label} cancelled at {format_bytes(raw.tell())}; the same pull resumes "
                            "it.") from None
         except _network_errors() as exc:
             raise _network_failure(label, exc, os.environ.get("HF_ENDPOINT", "").rstrip("/") or None) from None
@@ -214,7 +214,7 @@ def pull(repo_id: str, filename: str, *, revision: str | None = None, dest: Path
     label = f"{repo_id}/{filename}"
     target = _download_target(repo_id, filename, dest)
     if cancel is not None and cancel.cancelled:
-        raise AhaError(f"download of {label} cancelled before it started.")
+        raise Cancelled(f"download of {label} cancelled before it started.")
     remote = _remote_file(repo_id, filename, revision)
     if target.exists():
         if _mismatch(target, remote, on_event, cancel, label):
