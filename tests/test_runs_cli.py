@@ -250,8 +250,9 @@ def test_resume_of_a_trace_generation_calls_its_command_again_from_its_folder(tm
         httpd.server_close()
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
-    assert {"type": "log", "message": "resuming traces.jsonl: 2 of 2 prompts done already"} in events
-    assert (events[-1]["type"], events[-1]["status"], events[-1]["skipped"], events[-1]["prompts_done"]) == (
+    assert any(event["type"] == "log" and event["message"] == "resuming traces.jsonl: 2 of 2 prompts done already"
+               for event in events), events
+    assert (events[-1]["type"], events[-1]["status"], events[-1]["result"]["skipped"], events[-1]["result"]["prompts_done"]) == (
         "done", "complete", 2, 0)
     assert len((work / "traces.jsonl").read_text().splitlines()) == 2
 
@@ -282,7 +283,7 @@ def test_a_killed_grpo_run_is_listed_crashed_and_resumes(tmp_path):
     result = aha("runs", "resume", str(run["id"]), "--max-steps", "2", "--events", "jsonl")
     assert result.returncode == 0, result.stderr
     done = json.loads(result.stdout.splitlines()[-1])
-    assert (done["type"], done["status"], done["step"]) == ("done", "complete", 2)
+    assert (done["type"], done["status"], done["result"]["step"]) == ("done", "complete", 2)
     assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     [after] = json.loads(aha("runs", "list", "--json").stdout)
     assert (after["id"], after["status"], after["step"]) == (run["id"], "complete", 2)
