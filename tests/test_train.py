@@ -12,14 +12,13 @@ import pytest
 import torch
 
 from engine.errors import AhaError
-from engine.jobs import CancelToken
+from engine.jobs import CancelToken, cancel_handling
 from engine.runs import Run
 from engine.sft import SFTConfig, build_batch, pack_bins, sft_loss, train_sft
 from engine.train import (
     StepAbandoned,
     TrainConfig,
     Trainer,
-    cancel_on_signals,
     cpu_note,
     load_model,
     load_tokenizer,
@@ -200,7 +199,7 @@ def test_rng_state_round_trip():
 def test_signals_set_the_cancel_token():
     token = CancelToken()
     before = signal.getsignal(signal.SIGTERM)
-    with cancel_on_signals(token):
+    with cancel_handling(token, read_stdin=False):
         os.kill(os.getpid(), signal.SIGTERM)
         assert token.cancelled
     assert signal.getsignal(signal.SIGTERM) is before
