@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 from app import theme
-from app.chat_view import ChatPane
-from app.compare_view import ComparePane
-from app.empty_state import EmptyState
-from app.models_view import ModelsPane
+from app.chat.compare import ComparePane
+from app.chat.view import ChatPane
+from app.models.empty_state import EmptyState
+from app.models.view import ModelsPane
 from app.qt import Qt, QtCore, QtGui, QtWidgets, check_qt_version
 from app.workers import ProcessJob, running_jobs
 from engine.errors import AhaError

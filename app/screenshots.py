@@ -73,7 +73,7 @@ def build_models(work: Path) -> dict[str, Path]:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from engine.export import export
+    from engine.export.pipeline import export
     from tests.support.scripted_model import reply_text, train_scripted
     from tests.tiny_models import make_checkpoint
 
@@ -158,7 +158,7 @@ def rename(app, pane, title: str) -> None:
 
 
 def last_reply(pane):
-    from app.message_view import AssistantMessageWidget
+    from app.chat.messages import AssistantMessageWidget
 
     layout = pane.message_layout
     replies = [layout.itemAt(i).widget() for i in range(layout.count())

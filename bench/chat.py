@@ -34,7 +34,7 @@ CHAT_SHAPE = "hidden=1024, layers=24, vocab_pad_to=64, ascii_only=True"  # ~0.29
 
 def prepare(work: Path) -> Path:
     from bench.export import build_checkpoint
-    from engine.export import export
+    from engine.export.pipeline import export
 
     gguf = work / "qwen2-0.3b-chat-q8_0.gguf"
     if not gguf.exists():
@@ -137,7 +137,7 @@ def main() -> None:
     args = parser.parse_args()
     import llama_cpp
 
-    from engine.chat import ChatModel
+    from engine.chat.runtime import ChatModel
 
     gguf = prepare(args.work)
     model = ChatModel(gguf, n_ctx=2048, n_threads=args.threads)

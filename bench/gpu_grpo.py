@@ -242,13 +242,13 @@ def main() -> None:
     # NVML's baseline is read before this process has a context (only used where our pid is not listed).
     nvml = NvmlMemory() if on_cuda else None
     if args.small and args.four_bit and not on_cuda:
-        # The test/bench-only switch of engine.train (ALLOW_CPU_4BIT_ENV): bitsandbytes' slow CPU 4-bit
+        # The test/bench-only switch of engine.train.core (ALLOW_CPU_4BIT_ENV): bitsandbytes' slow CPU 4-bit
         # kernels, so that the QLoRA path of this script can be smoke-tested without a GPU.
-        from engine.train import ALLOW_CPU_4BIT_ENV
+        from engine.train.core import ALLOW_CPU_4BIT_ENV
 
         os.environ[ALLOW_CPU_4BIT_ENV] = "1"
 
-    from engine.grpo import GRPOConfig, train
+    from engine.train.grpo import GRPOConfig, train
 
     folder = build_checkpoint(args.work / ("small" if args.small else "r1-distill-qwen-1.5b-shape"),
                               SMALL if args.small else R1_DISTILL_1_5B)
@@ -309,8 +309,8 @@ def compare_generate(folder: Path, tokens: int, rows: int = 8) -> None:
     """Our KV-cache loop against model.generate on the same bf16 model, prompts and token budget."""
     import torch
 
-    from engine.sampling import encode_prompts, left_pad, sample
-    from engine.train import TrainConfig, load_model, resolve_device
+    from engine.train.core import TrainConfig, load_model, resolve_device
+    from engine.train.sampling import encode_prompts, left_pad, sample
 
     model, tokenizer = load_model(TrainConfig(model=str(folder)), resolve_device("auto"), trainable=False)
     ids, _, _ = encode_prompts(tokenizer, ["What is 12 + 35?"] * rows)

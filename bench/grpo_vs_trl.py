@@ -32,7 +32,7 @@ LOGGED = ("completions/mean_length",)  # the same metric, by the same name, in b
 
 
 def run_aha(model: Path, steps: int, out: Path, checkpointing: bool, micro_batches: int) -> Marks:
-    from engine.grpo import load_grpo_config, train
+    from engine.train.grpo import load_grpo_config, train
 
     marks, on_event, _ = step_marks(LOGGED)
     config = load_grpo_config(None, {
@@ -50,9 +50,9 @@ def run_trl(model: Path, steps: int, out: Path, checkpointing: bool, micro_batch
     from transformers import AutoModelForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
-    from engine.data import TaskSource
-    from engine.rewards import accuracy_reward, format_reward
-    from engine.train import load_tokenizer
+    from engine.train.core import load_tokenizer
+    from engine.train.data import TaskSource
+    from engine.train.rewards import accuracy_reward, format_reward
 
     marks, _, callback = step_marks(LOGGED)
 

@@ -24,8 +24,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
+    from app.chat.rich_text import MathRenderer, render_markdown
     from app.qt import QtGui, QtWidgets
-    from app.rich_text import MathRenderer, render_markdown
     from tests.support.long_answer import long_answer
 
     QtWidgets.QApplication.instance() or QtWidgets.QApplication([])

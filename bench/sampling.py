@@ -1,4 +1,4 @@
-"""Benchmark: Aha's batched KV-cache sampler (engine.sampling.sample, which GRPO's rollouts use) vs
+"""Benchmark: Aha's batched KV-cache sampler (engine.train.sampling.sample, which GRPO's rollouts use) vs
 transformers' model.generate, same model, same prompts, same settings, in the same process.
 
 The char-level Qwen2 (~0.86M parameters) of the learning tests, two ways: `random` (random init; with a
@@ -45,7 +45,7 @@ def models(which: list[str], work: Path):
 
 def ours(model, ids, tokens: int) -> float:
     """Mean completion length of one call of the sampler."""
-    from engine.sampling import sample
+    from engine.train.sampling import sample
 
     rollout = sample(model, ids, max_new_tokens=tokens, eos_ids=[EOS], pad_id=PAD, temperature=TEMPERATURE)
     return float(rollout.lengths.float().mean())
@@ -67,8 +67,8 @@ def compare(model, tokenizer, rows: int, tokens: int, repeats: int) -> dict[str,
     """side -> (median seconds, mean completion length) of `repeats` alternating calls on `rows` prompts."""
     import torch
 
-    from engine.data import TaskSource
-    from engine.sampling import encode_prompts, left_pad
+    from engine.train.data import TaskSource
+    from engine.train.sampling import encode_prompts, left_pad
 
     ids, _, _ = encode_prompts(tokenizer, [row["prompt"] for row in TaskSource("addition").heldout(rows)])
     prompt_ids, prompt_mask = left_pad(ids, PAD)

@@ -28,7 +28,7 @@ BATCH, ROWS, WARMUP = 64, 64 * 40, 4
 
 def traces(path: Path) -> list[dict]:
     """The task's rows as `aha distill generate` writes them, plus the same rows as prompt/completion."""
-    from engine.data import TaskSource
+    from engine.train.data import TaskSource
 
     source = TaskSource("addition", seed=0)
     rows = [source.row(index) for index in range(ROWS)]
@@ -40,13 +40,13 @@ def traces(path: Path) -> list[dict]:
 
 
 def counters(model: Path):
-    from engine.train import load_tokenizer
+    from engine.train.core import load_tokenizer
 
     return embedded_tokens(load_tokenizer(model).pad_token_id)
 
 
 def run_aha(model: Path, steps: int, out: Path, checkpointing: bool) -> Marks:
-    from engine.distill import TraceSFTConfig, train_sft_on_traces
+    from engine.distill.generate import TraceSFTConfig, train_sft_on_traces
 
     marks, on_event, _ = step_marks(counted=counters(model))
     traces(out / "traces.jsonl")
@@ -63,8 +63,8 @@ def run_trl(model: Path, steps: int, out: Path, checkpointing: bool) -> Marks:
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from engine.distill import trace_completion
-    from engine.train import load_tokenizer
+    from engine.distill.generate import trace_completion
+    from engine.train.core import load_tokenizer
 
     marks, _, callback = step_marks(counted=counters(model))
 

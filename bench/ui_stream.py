@@ -34,7 +34,7 @@ def run(peer: str, rate: int, seconds: float) -> dict:
     result: dict = {"updates": 0}
     job = ThreadJob(lambda emit, cancel: synthetic_stream(emit, cancel, marks, rate, seconds))
     if peer == "aha":
-        from app.chat_view import ChatPane
+        from app.chat.view import ChatPane
         from engine.store import Store
 
         widget = ChatPane(Store(Path(tempfile.mkdtemp()) / "aha.db"))

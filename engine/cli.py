@@ -28,7 +28,7 @@ def _add_events_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from engine.export import export, stages
+    from engine.export.pipeline import export, stages
 
     def work(job):
         settings = {"src": args.src, "output": args.output, "type": args.type, "adapter": args.adapter,
@@ -96,10 +96,10 @@ def _resolve_model(name: str):
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
-    from engine.chat import ChatModel
-    from engine.conversation import TurnSettings, send
+    from engine.chat.conversation import TurnSettings, send
+    from engine.chat.runtime import ChatModel
+    from engine.chat.terminal import InterruptToCancel, TerminalChatView, write_json_events
     from engine.store import Store
-    from engine.terminal import InterruptToCancel, TerminalChatView, write_json_events
 
     store = Store()
     store.recover()  # replies a crash left half-written become `stopped`
@@ -222,17 +222,17 @@ def _models_parser(subparsers) -> None:
 
 
 def _cmd_distill_generate(args: argparse.Namespace) -> int:
-    from engine.distill import GenerateConfig
-    from engine.train_config import flag_overrides, load_config
+    from engine.distill.generate import GenerateConfig
+    from engine.train.config import flag_overrides, load_config
 
     config = load_config(GenerateConfig, None, flag_overrides(args, GenerateConfig))
     command = {"argv": args.argv, "cwd": os.getcwd()}  # for `aha runs resume`
 
     def work(job):
-        from engine.data import first_rows, open_dataset
-        from engine.distill import generate_traces
+        from engine.distill.generate import generate_traces
+        from engine.distill.teachers import Sampling, make_teacher
         from engine.store import Store
-        from engine.teachers import Sampling, make_teacher
+        from engine.train.data import first_rows, open_dataset
 
         rewards = list(config.reward)
         answer_column = config.answer_column or ("answer" if "accuracy" in rewards else None)
@@ -262,8 +262,8 @@ def _cmd_distill_generate(args: argparse.Namespace) -> int:
 
 
 def _distill_parser(subparsers) -> None:
-    from engine.distill import GenerateConfig
-    from engine.train_config import add_config_flags
+    from engine.distill.generate import GenerateConfig
+    from engine.train.config import add_config_flags
 
     parser = subparsers.add_parser("distill", help="distillation: teacher traces with verification",
                                    description="Distill a reasoning teacher into a student the way DeepSeek made "
@@ -280,9 +280,9 @@ def _distill_parser(subparsers) -> None:
 
 
 def _cmd_distill_sft(args: argparse.Namespace) -> int:
-    from engine.distill import KDConfig, TraceSFTConfig, train_kd_on_traces, train_sft_on_traces
-    from engine.distributed import main_process_sink
-    from engine.train_config import flag_overrides, load_config
+    from engine.distill.generate import KDConfig, TraceSFTConfig, train_kd_on_traces, train_sft_on_traces
+    from engine.train.config import flag_overrides, load_config
+    from engine.train.distributed import main_process_sink
 
     kind, train = (KDConfig, train_kd_on_traces) if args.action == "kd" else (TraceSFTConfig, train_sft_on_traces)
     overrides = flag_overrides(args, kind)
@@ -301,7 +301,7 @@ def _cmd_distill_sft(args: argparse.Namespace) -> int:
 
 
 def _distill_sft_parser(actions) -> None:
-    from engine.distill import KDConfig, TraceSFTConfig
+    from engine.distill.generate import KDConfig, TraceSFTConfig
 
     sft = actions.add_parser(
         "sft", help="fine-tune a student on teacher traces (LoRA/QLoRA or --full), resumable",
@@ -320,7 +320,7 @@ def _distill_sft_parser(actions) -> None:
 
 
 def _distill_training_flags(parser, kind) -> None:
-    from engine.train_config import add_config_flags
+    from engine.train.config import add_config_flags
 
     parser.add_argument("--student", metavar="HF_FOLDER", help="the student checkpoint folder (the model setting)")
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (small models)")
@@ -333,9 +333,9 @@ def _distill_training_flags(parser, kind) -> None:
 
 
 def _cmd_grpo(args: argparse.Namespace) -> int:
-    from engine.distributed import main_process_sink
-    from engine.grpo import GRPOConfig, load_grpo_config, train
-    from engine.train_config import flag_overrides
+    from engine.train.config import flag_overrides
+    from engine.train.distributed import main_process_sink
+    from engine.train.grpo import GRPOConfig, load_grpo_config, train
 
     overrides = flag_overrides(args, GRPOConfig)
 
@@ -348,8 +348,8 @@ def _cmd_grpo(args: argparse.Namespace) -> int:
 
 
 def _grpo_parser(subparsers) -> None:
-    from engine.grpo import GRPOConfig
-    from engine.train_config import add_config_flags
+    from engine.train.config import add_config_flags
+    from engine.train.grpo import GRPOConfig
 
     parser = subparsers.add_parser(
         "grpo", help="GRPO: reinforcement learning with rule-based rewards (LoRA/QLoRA)",

@@ -265,7 +265,7 @@ def sink_for(mode: str) -> OnEvent:
 class Job:
     """What a job's work sees: `emit` (its events go through here), `cancel` (the token every cancel sets)
     and `stages`. The first event out is always `start`: a run announces itself with a `start` event
-    carrying run_id/run_dir (engine.runs), which the job completes with kind, pid and stages; any other
+    carrying run_id/run_dir (engine.train.runs), which the job completes with kind, pid and stages; any other
     first event is preceded by a `start` of the job without a run."""
 
     def __init__(self, kind: str, stages: Sequence[str], sink: OnEvent, cancel: CancelToken | None = None):

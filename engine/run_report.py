@@ -1,6 +1,6 @@
 """How a training run reads as text: one line per logged step, one per held-out evaluation and a summary
 table at the end, built from the run's `progress`, `metrics` and `done` events alone (the events the GUI
-reads too). Knows the metric names engine.grpo and engine.sft record, nothing of how they are computed.
+reads too). Knows the metric names engine.train.grpo and engine.train.sft record, nothing of how they are computed.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def checkpoint(tiny_dir):
 @pytest.fixture(scope="session")
 def gguf_file(tiny_dir, checkpoint):
     """gguf_file(arch, type) → our GGUF export of the tiny checkpoint (cached)."""
-    from engine.export import export
+    from engine.export.pipeline import export
 
     def build(arch: str, out_type: str) -> Path:
         path = tiny_dir / "gguf" / f"{arch}-{out_type}.gguf"
@@ -96,7 +96,7 @@ def nmse(actual, reference) -> float:
 @pytest.fixture(scope="session")
 def scripted_gguf(tiny_dir, checkpoint):
     """A tiny model taught to answer QUESTION with a long thought then an answer (see scripted_model)."""
-    from engine.export import export
+    from engine.export.pipeline import export
     from tests.support.scripted_model import train_scripted
 
     path = tiny_dir / "scripted.gguf"
@@ -112,7 +112,7 @@ def gguf_with_template(tiny_dir, checkpoint):
     import json
     import shutil
 
-    from engine.export import export
+    from engine.export.pipeline import export
 
     def build(name: str, template: str | None) -> Path:
         path = tiny_dir / "templates" / f"{name}.gguf"

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from app.chat.messages import AssistantMessageWidget, UserMessageWidget
 from app.main import MainWindow
-from app.message_view import AssistantMessageWidget, UserMessageWidget
 from app.qt import Qt, QtWidgets
 from engine.models import Library
 from engine.store import Store
@@ -413,7 +413,7 @@ def test_replies_and_the_header_name_the_model_and_the_meter_shows_its_numbers(q
 
 
 def test_model_label_falls_back_to_the_file_name_or_assistant():
-    from app.chat_view import model_label
+    from app.chat.view import model_label
 
     names = {"scripted.gguf": "scripted", "sha256-abc": "deepseek-r1:7b"}
     assert model_label("sha256-abc", names) == "deepseek-r1:7b"     # an Ollama blob: its tag
@@ -525,8 +525,8 @@ def test_esc_closes_the_exact_prompt_dialog(qtbot, window):
 
 
 def test_the_exact_prompt_is_the_next_messages_with_the_composer_text_in_place(qtbot, window):
-    from engine.chat import ChatModel
-    from engine.conversation import messages_for
+    from engine.chat.conversation import messages_for
+    from engine.chat.runtime import ChatModel
 
     pane = window.chat
     send(qtbot, pane)

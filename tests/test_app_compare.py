@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from app.compare_view import ROWS, ComparePane
-from engine.chat import ChatModel
-from engine.conversation import stats_fields
+from app.chat.compare import ROWS, ComparePane
+from engine.chat.conversation import stats_fields
+from engine.chat.runtime import ChatModel
 from engine.models import Library
 from tests.support import ends_in_thought
 from tests.support.scripted_model import ANSWER, QUESTION, THOUGHT

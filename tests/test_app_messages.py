@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from app.message_view import AssistantMessageWidget
+from app.chat.messages import AssistantMessageWidget
 from app.qt import QtCore
-from engine.chat import ChatModel
+from engine.chat.runtime import ChatModel
 from tests import test_app_chat
 from tests.support import ends_in_thought
 from tests.support.scripted_model import QUESTION

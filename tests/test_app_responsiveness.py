@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import time
 
-from app.chat_view import ChatPane
-from app.message_view import FLUSH_MS
+from app.chat.messages import FLUSH_MS
+from app.chat.view import ChatPane
 from app.qt import Qt, QtCore
 from app.workers import ThreadJob
 from engine.store import Store

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 from app import theme
+from app.chat.messages import THINK_LINES_LIVE, AssistantMessageWidget, UserMessageWidget
 from app.main import MainWindow
-from app.message_view import THINK_LINES_LIVE, AssistantMessageWidget, UserMessageWidget
 from app.qt import Qt, QtCore, QtGui, QtWidgets
 from engine import r1
-from engine.chat import ChatModel
-from engine.conversation import messages_for
+from engine.chat.conversation import messages_for
+from engine.chat.runtime import ChatModel
 from engine.store import Store
 from tests import test_app_chat
 from tests.conftest import QT_WAIT_MS

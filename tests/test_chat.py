@@ -1,4 +1,4 @@
-"""engine.chat on real llama.cpp: think/answer routing, stop reasons, stats, cancel, history, security."""
+"""engine.chat.runtime on real llama.cpp: think/answer routing, stop reasons, stats, cancel, history, security."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from engine.chat import ChatModel, complete, ends_inside_thinking, history_messages
+from engine.chat.runtime import ChatModel, complete, ends_inside_thinking, history_messages
 from engine.errors import AhaError
 from tests.support.scripted_model import ANSWER, QUESTION, THOUGHT
 
@@ -173,7 +173,7 @@ def test_unreadable_files_give_one_line(tmp_path, content, reason):
 def test_deepseek_sampling_defaults_reach_llama_cpp(model, monkeypatch):
     """With no sampling given, ChatModel.stream (and a conversation turn with default settings) hands
     llama.cpp's generate DeepSeek's advice: temperature 0.6, top_p 0.95."""
-    from engine.conversation import send
+    from engine.chat.conversation import send
     from engine.store import Store
 
     calls: list[dict] = []
@@ -200,7 +200,7 @@ def test_a_runtime_failure_mid_stream_ends_with_error_and_keeps_the_text(scripte
     event says stop_reason "error" with the failure; a conversation turn saves it with status `error`."""
     import llama_cpp._internals
 
-    from engine.conversation import TurnSettings, send
+    from engine.chat.conversation import TurnSettings, send
     from engine.store import Store
 
     real_decode = llama_cpp._internals.llama_cpp.llama_decode

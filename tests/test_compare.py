@@ -1,10 +1,10 @@
-"""engine.compare without Qt or a model: sides run in order with their own model and sampling, every event
+"""engine.chat.compare without Qt or a model: sides run in order with their own model and sampling, every event
 tagged with its side; a cancel ends the running side and starts no other; the summary line."""
 
 from __future__ import annotations
 
-from engine.chat import ChatEvent
-from engine.compare import Plan, SideEvent, stream, summary
+from engine.chat.compare import Plan, SideEvent, stream, summary
+from engine.chat.runtime import ChatEvent
 from engine.jobs import CancelToken
 
 

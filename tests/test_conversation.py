@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from engine.chat import ChatModel
-from engine.conversation import TurnSettings, regenerate, send, stats_fields, stats_line, title_from
+from engine.chat.conversation import TurnSettings, regenerate, send, stats_fields, stats_line, title_from
+from engine.chat.runtime import ChatModel
 from engine.store import Store
 from tests.support.scripted_model import ANSWER, QUESTION, THOUGHT
 

@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from engine.data import (
+from engine.errors import AhaError
+from engine.train.data import (
     TASK_ROWS,
     PromptStream,
     TaskSource,
@@ -22,7 +23,6 @@ from engine.data import (
     open_dataset,
     teacher_trace,
 )
-from engine.errors import AhaError
 
 # Built-in tasks -----------------------------------------------------------------------------------
 

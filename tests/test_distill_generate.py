@@ -18,20 +18,27 @@ from pathlib import Path
 
 import pytest
 
-from engine import teachers
 from engine.cli import main
-from engine.data import TASK_ROWS, TaskSource
-from engine.distill import (
+from engine.distill import teachers
+from engine.distill.generate import (
     Verdict,
     generate_traces,
     progress_path,
     prompt_id,
     select_kept,
 )
+from engine.distill.teachers import (
+    GGUFTeacher,
+    HFTeacher,
+    OpenAITeacher,
+    Sampling,
+    TeacherSample,
+    split_reply,
+)
 from engine.errors import AhaError
 from engine.jobs import CancelToken
 from engine.store import Store
-from engine.teachers import GGUFTeacher, HFTeacher, OpenAITeacher, Sampling, TeacherSample, split_reply
+from engine.train.data import TASK_ROWS, TaskSource
 from tests.support.llama_server import free_port, serve_gguf
 from tests.support.scripted_model import ANSWER, QUESTION, REPLY, THOUGHT
 

@@ -1,4 +1,4 @@
-"""engine.distill_loss.kd_loss against values computed by hand, plus its edge cases (β, −inf, masks)."""
+"""engine.distill.kd.kd_loss against values computed by hand, plus its edge cases (β, −inf, masks)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from engine.distill_loss import KD_KINDS, kd_loss, token_divergence
+from engine.distill.kd import KD_KINDS, kd_loss, token_divergence
 
 # Two-token vocabulary, worked by hand. Teacher logits (0, 0) → P = (1/2, 1/2); student logits (ln 3, 0)
 # → Q = (3/4, 1/4) at τ = 1. At τ = 2 the student's logits halve: Q = (√3, 1) / (√3 + 1); P is unchanged.

@@ -1,4 +1,4 @@
-"""`aha distill sft`: SFT of a student on teacher traces, built on engine.train and engine.sft.
+"""`aha distill sft`: SFT of a student on teacher traces, built on engine.train.core and engine.train.sft.
 
 End to end: traces from the scripted GGUF teacher (verified by the rewards), then LoRA SFT of the tiny
 qwen2 student (an R1 template that pre-fills `<think>\\n`): the loss on the traces falls, and a run killed
@@ -24,8 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine.cli import main
-from engine.data import TaskSource
-from engine.distill import (
+from engine.distill.generate import (
     KDConfig,
     TaskTraces,
     TraceSFTConfig,
@@ -36,9 +35,10 @@ from engine.distill import (
     train_kd_on_traces,
     train_sft_on_traces,
 )
+from engine.distill.teachers import OpenAITeacher, Sampling
 from engine.errors import AhaError
-from engine.teachers import OpenAITeacher, Sampling
-from engine.train import load_tokenizer
+from engine.train.core import load_tokenizer
+from engine.train.data import TaskSource
 from tests.support import platforms
 from tests.support.char_model import make_char_model
 from tests.support.llama_server import serve_gguf

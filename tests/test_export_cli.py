@@ -99,7 +99,7 @@ def test_events_jsonl_and_ollama_registration(checkpoint, tmp_path, monkeypatch)
         assert progress[-1]["done"] == progress[-1]["total"]
         artifacts = {e["kind"] for e in events if e["type"] == "artifact"}
         assert {"gguf", "modelfile", "ollama"} <= artifacts
-        from engine.ollama import OllamaClient
+        from engine.export.ollama import OllamaClient
 
         shown = OllamaClient(url).show("aha-r1:test")
         assert "thinking" in shown["capabilities"]
@@ -223,7 +223,7 @@ def test_k_quant_intermediate_f16_is_removed(outcome, checkpoint, tmp_path, monk
     from gguf import GGUFReader
 
     from engine.errors import AhaError
-    from engine.export import export, quantize
+    from engine.export.pipeline import export, quantize
 
     temp = tmp_path / "tmp"
     temp.mkdir()

@@ -45,7 +45,7 @@ def test_merged_checkpoint_equals_base_plus_adapter(lora_case, hf_logits):
 
 
 def test_gguf_adapter_on_base_matches_merged_gguf(lora_case, gguf_file, llama_logits):
-    from engine.export import export
+    from engine.export.pipeline import export
 
     arch, base, adapter, work = lora_case
     merged_gguf = export(base, work / "merged-f32.gguf", "f32", adapter=adapter)["gguf"]

@@ -1,4 +1,4 @@
-"""engine.fused_head: the output layer fused into the log-softmax, chunked over positions.
+"""engine.train.fused_head: the output layer fused into the log-softmax, chunked over positions.
 
 Against plain float64 autograd on the full logits: the log-probs, entropy, top-1 hits and the gradients
 wrt hidden states, weight and bias, for every chunk size. Through a real transformers model: the same
@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from engine.distill_loss import kd_loss
-from engine.fused_head import (
+from engine.distill.kd import kd_loss
+from engine.train.fused_head import (
     CHUNK,
     fused_head_kd,
     fused_head_logp,
@@ -20,7 +20,7 @@ from engine.fused_head import (
     output_layer,
     token_logp,
 )
-from engine.grpo_math import selective_log_softmax
+from engine.train.grpo_math import selective_log_softmax
 
 
 def reference(hidden, weight, bias, ids, temperature):
@@ -190,14 +190,14 @@ def test_bf16_hidden_states_with_an_fp32_head():
 
 
 def test_sft_loss_never_holds_the_logits(checkpoint):
-    """engine.sft.sft_loss on a real batch from build_batch (tiny Qwen2's chat template, 4 traces of ~300
+    """engine.train.sft.sft_loss on a real batch from build_batch (tiny Qwen2's chat template, 4 traces of ~300
     tokens, right-padded: more positions than one chunk), forward and backward under the watch: no more than one chunk's
     logits (CHUNK × V) ever exist, and the loss and gradients are those of the unfused loss on
-    engine.sft.model_logits — whose (B, L − 1, V) logits the same watch does see."""
+    engine.train.sft.model_logits — whose (B, L − 1, V) logits the same watch does see."""
     from transformers import AutoModelForCausalLM
 
-    from engine.sft import build_batch, model_logits, sft_loss
-    from engine.train import load_tokenizer
+    from engine.train.core import load_tokenizer
+    from engine.train.sft import build_batch, model_logits, sft_loss
 
     folder = checkpoint("qwen2")
     tokenizer = load_tokenizer(folder)

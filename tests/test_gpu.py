@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.grpo import train
+from engine.train.grpo import train
 from tests.support.char_model import make_char_model
 from tests.test_grpo import REWARD_FILE, adapter_weights, tiny
 
@@ -46,7 +46,7 @@ def trainers(monkeypatch):
     info["micro_batches"], the accumulate() calls per optimizer step."""
     from peft import get_peft_model_state_dict
 
-    from engine.train import Trainer
+    from engine.train.core import Trainer
 
     seen: list[tuple[Trainer, dict]] = []
     optimizer_step, accumulate = Trainer.optimizer_step, Trainer.accumulate
@@ -107,8 +107,8 @@ def test_qlora_grpo_steps_on_a_real_4bit_cuda_base(setup, checkpoint, trainers, 
     head and fp32 weights; tiny Qwen2 an untied head, qkv biases, bf16 weights and the R1 template."""
     import bitsandbytes
 
-    from engine.fused_head import output_layer
-    from engine.train import ALLOW_CPU_4BIT_ENV
+    from engine.train.core import ALLOW_CPU_4BIT_ENV
+    from engine.train.fused_head import output_layer
 
     monkeypatch.delenv(ALLOW_CPU_4BIT_ENV, raising=False)
     folder = setup[0] if model == "char" else checkpoint("qwen2")
@@ -155,7 +155,7 @@ def test_fused_head_bf16_hidden_fp32_head_matches_float64():
     - ∂hidden comes back in bf16: its rounding (≤ 2^-8 relative) plus 1e-4 of the largest entry.
     - ∂weight (fp32, summed over chunks): 5e-5 of the largest entry.
     - top-1 hits: equal wherever the reference's top two logits differ by more than 1e-3."""
-    from engine.fused_head import fused_head_logp
+    from engine.train.fused_head import fused_head_logp
 
     generator = torch.Generator().manual_seed(0)
     batch, length, width, vocabulary, temperature = 2, 700, 1536, 32_003, 0.6
@@ -196,7 +196,7 @@ def test_fused_head_never_holds_the_logits_on_cuda():
     """8 completions of 2,048 tokens over R1's 151,936-token vocabulary through a frozen fp32 head (as
     under LoRA and QLoRA): the logits would be 10 GB in fp32. The fused forward and backward allocate at
     most a few chunks' logits (CHUNK × V × 4 bytes = 311 MB each) on top of their inputs."""
-    from engine.fused_head import CHUNK, fused_head_logp
+    from engine.train.fused_head import CHUNK, fused_head_logp
 
     batch, length, width, vocabulary = 8, 2048, 1536, 151_936
     generator = torch.Generator("cuda").manual_seed(0)

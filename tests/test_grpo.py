@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from engine import cli
 from engine.errors import AhaError
-from engine.grpo import GRPOConfig, group_advantages, grpo_loss, load_grpo_config, train
+from engine.train.grpo import GRPOConfig, group_advantages, grpo_loss, load_grpo_config, train
 from tests.support import platforms
 from tests.support.char_model import make_char_model
 
@@ -52,7 +52,7 @@ def adapter_weights(run_dir) -> dict[str, torch.Tensor]:
 
 
 def test_public_api_reexports_the_math():
-    from engine import grpo_math
+    from engine.train import grpo_math
 
     assert group_advantages is grpo_math.group_advantages and grpo_loss is grpo_math.grpo_loss
 
@@ -154,7 +154,7 @@ def test_length_grouped_micro_batches_give_the_whole_batchs_gradient(setup, tmp_
     longest completion; the weighted micro-batch losses add up to the whole batch's, for every aggregation:
     the first step's accumulated gradient (same rollouts) is the whole batch's. (Weights after AdamW are no
     test: its first step moves every parameter by ±lr whatever the gradient's size, rounding noise too.)"""
-    from engine.train import Trainer
+    from engine.train.core import Trainer
 
     gradients: list[dict[str, torch.Tensor]] = []
     original = Trainer.optimizer_step
@@ -175,7 +175,7 @@ def test_length_grouped_micro_batches_give_the_whole_batchs_gradient(setup, tmp_
 
 
 def test_micro_batches_cut_padding_after_each_ones_longest_completion():
-    from engine.grpo import micro_batches
+    from engine.train.grpo import micro_batches
 
     lengths = [5, 1, 3, 2]
     completion = torch.zeros(4, 5, dtype=torch.long)
@@ -315,12 +315,12 @@ def test_error_4bit_without_cuda(setup, tmp_path, capsys, monkeypatch):
 
 
 def test_error_cuda_out_of_memory(setup, tmp_path, monkeypatch):
-    import engine.grpo
+    import engine.train.grpo
 
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(engine.grpo, "_sample", out_of_memory)
+    monkeypatch.setattr(engine.train.grpo, "_sample", out_of_memory)
     with pytest.raises(AhaError) as error:
         train(tiny(setup, output_dir=str(tmp_path / "run")))
     assert str(error.value) == ("CUDA out of memory during generation at step 1: lower prompts_per_step (now 4), "
@@ -412,7 +412,7 @@ def test_two_processes_under_accelerate_launch(setup, tmp_path):
 def test_micro_batches_must_divide_each_processs_share(setup, monkeypatch):
     """4 prompts × 4 generations over 2 processes are 8 rollouts each: 16 micro-batches cannot split them
     (caught before any collective, so faked processes suffice)."""
-    from engine import distributed
+    from engine.train import distributed
 
     monkeypatch.setattr(distributed, "init_distributed", lambda device="auto": distributed.Distributed(0, 2))
     monkeypatch.setattr(distributed, "close_distributed", lambda job: None)
@@ -427,7 +427,7 @@ def test_micro_batches_must_divide_each_processs_share(setup, monkeypatch):
     ({"OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "3", "OMPI_COMM_WORLD_LOCAL_RANK": "0"}, (2, 3, 0)),
 ])
 def test_launch_environment_reads_torchrun_and_mpi(environ, expected):
-    from engine.distributed import launch_environment
+    from engine.train.distributed import launch_environment
 
     assert launch_environment(environ) == expected
 
@@ -439,7 +439,7 @@ def test_beta_zero_runs_no_reference_forward(setup, tmp_path, monkeypatch):
     micro-batch (so the counters do see the reference when there is one)."""
     from peft import PeftModel
 
-    from engine.grpo import GRPOStep
+    from engine.train.grpo import GRPOStep
 
     counts = {"context": 0, "disable_adapter": 0, "logp": 0}
     reference_context, disable_adapter, logp = GRPOStep._reference_context, PeftModel.disable_adapter, GRPOStep._logp

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.data import TaskSource
-from engine.grpo import GRPOConfig, train
-from engine.sampling import greedy_accuracy
-from engine.sft import SFTConfig, train_sft
-from engine.train import load_tokenizer
+from engine.train.core import load_tokenizer
+from engine.train.data import TaskSource
+from engine.train.grpo import GRPOConfig, train
+from engine.train.sampling import greedy_accuracy
+from engine.train.sft import SFTConfig, train_sft
 from tests.support.char_model import make_char_model
 
 SEED = 0

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from engine.grpo_math import (
+from engine.train.grpo_math import (
     completion_mask,
     frac_reward_zero_std,
     group_advantages,

@@ -267,7 +267,7 @@ def test_cancel_generate_keeps_the_traces_and_a_rerun_finishes(adder, tmp_path, 
     out = tmp_path / "traces.jsonl"
     args = ["distill", "generate", "--teacher", adder, "--model", "adder", "--dataset", "addition", "--limit", "20",
             "-k", "1", "--concurrency", "1", "-o", str(out)]
-    child = Child(*args, slow=("engine.distill:verify", 0.1))
+    child = Child(*args, slow=("engine.distill.generate:verify", 0.1))
     child.until(lambda event: event["type"] == "sample")
     child.cancel(how)
     check_cancelled(child, "generate", run=True)
@@ -320,7 +320,7 @@ def test_cancel_distill_training_and_resume(work, tmp_path, how, action):
 # A bug ---------------------------------------------------------------------------------------------
 
 def test_a_bug_is_exit_1_one_line_an_error_event_and_the_traceback_in_run_log(work, tmp_path, capsys, monkeypatch):
-    from engine.grpo import GRPOStep
+    from engine.train.grpo import GRPOStep
 
     def broken(self, step):
         raise KeyError("injected")

@@ -165,7 +165,7 @@ def test_terminal_sink_off_a_tty_prints_only_finished_stages():
 
 
 def grpo_step(step: int, **changes) -> dict:
-    """A GRPO step's metrics event with the keys engine.grpo records (rounded values, for readable sums)."""
+    """A GRPO step's metrics event with the keys engine.train.grpo records (rounded values, for readable sums)."""
     metrics = {"reward": 0.25, "reward_std": 0.4, "frac_reward_zero_std": 0.5, "unscored": 0.0,
                "rewards/accuracy/mean": 0.25, "rewards/format/mean": 0.5, "accuracy": 0.25,
                "completions/mean_length": 84.4, "completions/clipped_ratio": 0.125, "kl": 0.0012, "loss": 0.01,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app.models_view import (
+from app.models.view import (
     ARCHITECTURE,
     CONTEXT,
     NAME,
@@ -369,7 +369,7 @@ def test_the_pane_never_blocks_on_a_slow_read(qtbot, monkeypatch, tiny):
         gate.acquire()
         return real(path)
 
-    monkeypatch.setattr("app.models_view.read_gguf_info", slow)
+    monkeypatch.setattr("app.models.view.read_gguf_info", slow)
     pane = ModelsPane(Library())
     qtbot.addWidget(pane, before_close_func=lambda w: w.shutdown())
     qtbot.wait(50)                                     # the event loop runs while the read is blocked

@@ -19,7 +19,7 @@ import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.errors import AhaError
-from engine.ollama import (
+from engine.export.ollama import (
     R1_GO_TEMPLATE,
     R1_STOPS,
     OllamaClient,

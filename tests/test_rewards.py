@@ -9,7 +9,7 @@ import pytest
 
 from engine import r1
 from engine.errors import AhaError
-from engine.rewards import (
+from engine.train.rewards import (
     BUILTIN_REWARDS,
     MAX_REPORTED_ERRORS,
     RewardSet,
@@ -241,7 +241,7 @@ def test_a_reward_failing_on_one_sample_leaves_it_unscored_and_reports_once(tmp_
 
 
 def test_unscored_samples_get_zero_advantage():
-    from engine.grpo_math import group_advantages
+    from engine.train.grpo_math import group_advantages
 
     def picky(prompts, completions, **kwargs):
         return [None if "?" in completion else float(len(completion)) for completion in completions]

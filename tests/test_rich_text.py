@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app import rich_text
+from app.chat import rich_text
+from app.chat.rich_text import MathRenderer, Piece, render_markdown, split_math
 from app.qt import Qt, QtCore, QtGui, QtWidgets
-from app.rich_text import MathRenderer, Piece, render_markdown, split_math
 from tests.support.long_answer import long_answer
 
 BLACK = QtGui.QColor("black")

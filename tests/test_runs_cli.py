@@ -42,7 +42,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 
 
 def run_directory(folder: Path, store_id: int, kind: str = "grpo", steps: tuple[int, ...] = ()) -> Path:
-    """A run directory as engine.runs writes it: run.json, config.json, metrics.jsonl, checkpoints/step-N."""
+    """A run directory as engine.train.runs writes it: run.json, config.json, metrics.jsonl, checkpoints/step-N."""
     folder.mkdir(parents=True)
     (folder / "run.json").write_text(json.dumps({"kind": kind, "store_id": store_id}))
     (folder / "config.json").write_text("{}")

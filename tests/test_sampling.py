@@ -7,8 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from engine.data import TaskSource
-from engine.sampling import (
+from engine.train.core import load_tokenizer
+from engine.train.data import TaskSource
+from engine.train.sampling import (
     decode,
     encode_prompts,
     eos_token_ids,
@@ -18,7 +19,6 @@ from engine.sampling import (
     position_ids,
     sample,
 )
-from engine.train import load_tokenizer
 from tests.support.char_model import make_char_model
 
 

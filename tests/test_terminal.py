@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.chat.terminal import DIM, RESET
 from engine.store import Message, Store
-from engine.terminal import DIM, RESET
 from tests.support import ends_in_thought, platforms
 from tests.support.scripted_model import ANSWER, QUESTION, THOUGHT
 

@@ -13,9 +13,8 @@ import torch
 
 from engine.errors import AhaError
 from engine.jobs import CancelToken, cancel_handling
-from engine.runs import Run
-from engine.sft import SFTConfig, build_batch, pack_bins, sft_loss, train_sft
-from engine.train import (
+from engine.train.config import add_config_flags, config_to_toml, flag_overrides, load_config
+from engine.train.core import (
     StepAbandoned,
     TrainConfig,
     Trainer,
@@ -30,7 +29,8 @@ from engine.train import (
     rng_state,
     set_rng_state,
 )
-from engine.train_config import add_config_flags, config_to_toml, flag_overrides, load_config
+from engine.train.runs import Run
+from engine.train.sft import SFTConfig, build_batch, pack_bins, sft_loss, train_sft
 from tests.support import platforms
 from tests.support.char_model import make_char_model
 
@@ -102,7 +102,7 @@ def test_cpu_note_names_the_flags_of_a_smaller_setting():
     flags parse back into exactly the suggested settings; eval_samples only when the run evaluates; a run
     already that small, or a resumed one (its settings are fixed), hears only that it trains on the CPU."""
     from engine import cli
-    from engine.grpo import GRPOConfig
+    from engine.train.grpo import GRPOConfig
 
     config = GRPOConfig(model="m", dataset="addition")
     note, smaller = cpu_note(config)
@@ -152,7 +152,7 @@ def test_4bit_needs_cuda(char_folder, monkeypatch):
 
 
 def test_out_of_memory_message_names_the_settings():
-    from engine.grpo import GRPOConfig
+    from engine.train.grpo import GRPOConfig
 
     message = out_of_memory_message(GRPOConfig(model="m", dataset="addition"), "generation", 3)
     assert message == ("CUDA out of memory during generation at step 3: lower prompts_per_step (now 16), "
@@ -319,7 +319,7 @@ def test_pack_bins_best_fit_decreasing():
 def test_merged_adapter_samples_like_lora_and_restores_the_base_exactly(char_folder):
     """During sampling each LoRA layer runs on W + s·B·A (one matmul); afterwards the base weights are
     the very tensors they were, bit for bit, and LoRA is back in the forward."""
-    from engine.train import add_adapter
+    from engine.train.core import add_adapter
 
     config = TrainConfig(model=str(char_folder), lora_r=4, lora_alpha=8)
     model, _ = load_model(config, torch.device("cpu"))

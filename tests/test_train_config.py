@@ -14,11 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.distill import GenerateConfig, KDConfig, TraceSFTConfig
-from engine.grpo import GRPOConfig
-from engine.sft import SFTConfig
-from engine.train import TrainConfig
-from engine.train_config import (
+from engine.distill.generate import GenerateConfig, KDConfig, TraceSFTConfig
+from engine.train.config import (
     GROUPS,
     SettingInfo,
     add_config_flags,
@@ -28,6 +25,9 @@ from engine.train_config import (
     load_config,
     setting,
 )
+from engine.train.core import TrainConfig
+from engine.train.grpo import GRPOConfig
+from engine.train.sft import SFTConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = [TrainConfig, GRPOConfig, SFTConfig, TraceSFTConfig, KDConfig, GenerateConfig]

@@ -1,6 +1,6 @@
 """The model library: a JSON index (`library.json`) of the GGUF files a user added or a scan found, and the
 name lookup behind `aha chat NAME`. An index, never the owner of its files: removing an entry never deletes one.
-Knows nothing about downloads (engine.models.hub) or running a model (engine.chat)."""
+Knows nothing about downloads (engine.models.hub) or running a model (engine.chat.runtime)."""
 
 from __future__ import annotations
 

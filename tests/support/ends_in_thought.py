@@ -14,7 +14,7 @@ THOUGHT = "7 has no divisors but 1 and 7.\n"
 
 def ends_in_thought_gguf(tiny_dir: Path, base: Path) -> Path:
     """The GGUF of `base` taught to answer QUESTION with THOUGHT and EOS (cached in tiny_dir)."""
-    from engine.export import export
+    from engine.export.pipeline import export
     from tests.support.scripted_model import train_scripted
 
     path = tiny_dir / "ends-in-thought.gguf"

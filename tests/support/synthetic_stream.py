@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from engine.chat import ChatEvent
+from engine.chat.runtime import ChatEvent
 
 WORDS = ("Let me check the carry again: 7 + 8 = 15, so we write 5 and carry 1. Next column: "
          "2 + 9 + 1 = 12. ").split(" ")

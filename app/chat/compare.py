@@ -1,19 +1,19 @@
 """Compare pane: one prompt to two models (or one model with two sampling settings), side by side — both
 think traces, their lengths and times, and the two final answers next to each other.
 
-Widgets only: engine.compare runs the two sides (one after the other, on one worker thread here, each with
+Widgets only: engine.chat.compare runs the two sides (one after the other, on one worker thread here, each with
 its own loaded model) and sums them up. The model lists are read again whenever the pane is shown (models
 added from `aha models …` or a rescan appear).
 """
 
 from __future__ import annotations
 
-from app.chat_session import ModelHost
-from app.message_view import AssistantMessageWidget
+from app.chat.messages import AssistantMessageWidget
+from app.chat.session import ModelHost
 from app.qt import Qt, QtWidgets
 from app.workers import ThreadJob
-from engine import compare
-from engine.conversation import stats_fields
+from engine.chat import compare
+from engine.chat.conversation import stats_fields
 from engine.errors import AhaError
 
 ROWS = tuple(stats_fields({}))  # the table's rows: "Thinking", "Answer", …, "How it ended"

@@ -1,9 +1,9 @@
 """GRPO (DeepSeekMath, arXiv 2402.03300; DeepSeek-R1, arXiv 2501.12948): the config, the rollouts and the
-training loop behind `aha grpo`, with the pure math re-exported from `engine.grpo_math`.
+training loop behind `aha grpo`, with the pure math re-exported from `engine.train.grpo_math`.
 
 One step: prompts_per_step prompts × num_generations completions from the KV-cache sampler → rewards
-(`engine.rewards`) → group advantages → num_iterations updates of the clipped surrogate loss. The model
-setup, checkpoints, resume, cancel and metrics plumbing are `engine.train`'s.
+(`engine.train.rewards`) → group advantages → num_iterations updates of the clipped surrogate loss. The model
+setup, checkpoints, resume, cancel and metrics plumbing are `engine.train.core`'s.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import AhaError
-from engine.grpo_math import (
+from engine.jobs import CancelToken, OnEvent, count, ignore
+from engine.train.config import setting
+from engine.train.core import StepAbandoned, TrainConfig
+from engine.train.grpo_math import (
     frac_reward_zero_std,
     group_advantages,
     grpo_loss,
 )
-from engine.jobs import CancelToken, OnEvent, count, ignore
-from engine.train import StepAbandoned, TrainConfig
-from engine.train_config import setting
 
 __all__ = ["GRPOConfig", "LOSS_TYPES", "group_advantages", "grpo_loss", "load_grpo_config", "train"]
 
@@ -122,7 +122,7 @@ class GRPOConfig(TrainConfig):
 
 def load_grpo_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> GRPOConfig:
     """Defaults, then the TOML file, then flags; validated."""
-    from engine.train_config import load_config
+    from engine.train.config import load_config
 
     config = load_config(GRPOConfig, path, overrides)
     config.validate()
@@ -137,12 +137,12 @@ def train(config: GRPOConfig | None = None, *, resume: str | Path | None = None,
     """Run GRPO for config (a new run) or continue the run in `resume` (its saved config; `overrides`
     may change max_steps, save_steps, logging_steps and eval_steps). Returns {"status", "run_dir",
     "step", "adapter"/"model"}; the caller emits `done`. SIGINT/SIGTERM cancel cleanly when called from
-    the main thread (engine.session). Under `accelerate launch`/torchrun each process trains on its share of the prompts."""
-    from engine.data import open_dataset
-    from engine.rewards import RewardSet
-    from engine.session import run_session
-    from engine.train import check_model_folder
-    from engine.train_config import run_config
+    the main thread (engine.train.session). Under `accelerate launch`/torchrun each process trains on its share of the prompts."""
+    from engine.train.config import run_config
+    from engine.train.core import check_model_folder
+    from engine.train.data import open_dataset
+    from engine.train.rewards import RewardSet
+    from engine.train.session import run_session
 
     config = run_config(GRPOConfig, config, resume, overrides)
     # Everything a user can get wrong in the config fails here, before minutes of model loading.
@@ -179,7 +179,7 @@ def _describe(config: GRPOConfig, trainer) -> str:
 
 
 def _heldout_rows(config: GRPOConfig, source) -> list[dict]:
-    from engine.data import heldout_rows
+    from engine.train.data import heldout_rows
 
     if not config.eval_steps:
         return []
@@ -190,7 +190,7 @@ def _heldout_rows(config: GRPOConfig, source) -> list[dict]:
 def _reference_model(config: GRPOConfig, trainer):
     """None when β = 0 (no reference forward at all) or under LoRA (the adapter is disabled instead);
     a frozen second copy only for full fine-tuning with β > 0."""
-    from engine.train import load_model
+    from engine.train.core import load_model
 
     if config.beta == 0 or config.use_peft:
         return None
@@ -234,7 +234,7 @@ class GRPOStep:
     """One GRPO step as `Trainer.fit` calls it: step number in, metrics out."""
 
     def __init__(self, config: GRPOConfig, trainer, rewards, stream, reference, heldout: list[dict]):
-        from engine.sampling import eos_token_ids, pad_token_id
+        from engine.train.sampling import eos_token_ids, pad_token_id
 
         self.config, self.trainer, self.rewards, self.stream = config, trainer, rewards, stream
         self.reference, self.heldout = reference, heldout
@@ -306,7 +306,7 @@ class GRPOStep:
         return metrics
 
     def evaluate(self) -> dict[str, float]:
-        from engine.sampling import greedy_accuracy
+        from engine.train.sampling import greedy_accuracy
 
         with self.trainer.sampling():
             accuracy, details = greedy_accuracy(self.model, self.tokenizer, self.heldout,
@@ -315,7 +315,7 @@ class GRPOStep:
         return {"eval/accuracy": accuracy, "eval/format": details["format"], "eval/seconds": details["seconds"]}
 
     def _encode(self, prompts: list) -> tuple[list[list[int]], list[str], list[bool]]:
-        from engine.sampling import encode_prompts
+        from engine.train.sampling import encode_prompts
 
         ids, rendered, prefilled = encode_prompts(self.tokenizer, prompts, self.config.system_prompt)
         if self.config.max_prompt_length:
@@ -375,10 +375,10 @@ class GRPOStep:
 
     def _logp(self, model, part: MicroBatch, with_entropy: bool = False):
         """Log-probs of the completion tokens under `model` at the sampling temperature, in fp32, with the
-        output layer fused into the log-softmax and chunked (engine.fused_head: no (n, T, V) logits):
+        output layer fused into the log-softmax and chunked (engine.train.fused_head: no (n, T, V) logits):
         ids (n, P + T) → logp (n, T); and the per-token entropy (n, T) when asked (no grad)."""
-        from engine.fused_head import token_logp
-        from engine.sampling import position_ids
+        from engine.train.fused_head import token_logp
+        from engine.train.sampling import position_ids
 
         logp, entropy, _ = token_logp(model, part.completion_ids, self.config.temperature, input_ids=part.ids,
                                       attention_mask=part.attention, position_ids=position_ids(part.attention))
@@ -433,14 +433,14 @@ def _metrics(shares: list[dict], group: int, generation_s: float, training_s: fl
 
 
 def _sample(model, prompts, config: GRPOConfig, eos, pad, cancel):
-    from engine.sampling import sample
+    from engine.train.sampling import sample
 
     return sample(model, prompts, max_new_tokens=config.max_completion_length, eos_ids=eos, pad_id=pad,
                   temperature=config.temperature, top_p=config.top_p, cancel=cancel)
 
 
 def _decode(tokenizer, rollout, eos) -> list[str]:
-    from engine.sampling import decode
+    from engine.train.sampling import decode
 
     return decode(tokenizer, rollout.completion_ids, rollout.mask, eos)
 
@@ -449,8 +449,8 @@ def _samples(rows, rendered, prefilled, texts, scores, advantages, rollout, grou
     """One record per prompt for samples.jsonl and the `sample` event (engine.events.Sample): the prompt,
     its answer, and each completion split at </think>, with its rewards, advantage, length and whether it
     hit max_completion_length (the rollout browser's rows)."""
-    from engine.data import prompt_id
     from engine.think import split_thinking
+    from engine.train.data import prompt_id
 
     lengths, terminated = rollout.lengths.tolist(), rollout.terminated.tolist()
     records = []

@@ -1,7 +1,7 @@
 """GRPO's pure math: group advantages, the clipped surrogate loss with its KL penalty, and log-probs.
 
 Tensors in, (value, metrics) out. Knows nothing of models, tokenizers, rewards or logging; the training
-loop in `engine.grpo` decides what to record. Formulas: DeepSeekMath (arXiv 2402.03300) eq. 1–3, with
+loop in `engine.train.grpo` decides what to record. Formulas: DeepSeekMath (arXiv 2402.03300) eq. 1–3, with
 DAPO's token-level (arXiv 2503.14476) and Dr. GRPO's constant (arXiv 2503.20783) aggregation.
 torch is imported inside the functions, like every heavy library in `engine`.
 """

@@ -2,16 +2,16 @@
 
 The think block reads "Thinking… 3.2 s" (timed from the first thinking token) with the last lines of the
 trace while streaming, as tall as its lines; it collapses to "Thought for 12.3 s · 842 tokens" when the
-answer starts, and says why (engine.conversation's wording) when a thought did not finish. Streamed text
+answer starts, and says why (engine.chat.conversation's wording) when a thought did not finish. Streamed text
 is buffered and flushed at most 30 times a second, appended at the end of the documents (no re-layout of
 what is already shown); the answer's Markdown and math are rendered when it is done.
 """
 
 from __future__ import annotations
 
+from app.chat.rich_text import render_markdown
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal
-from app.rich_text import render_markdown
-from engine.conversation import stats_line, status_for, thought_summary
+from engine.chat.conversation import stats_line, status_for, thought_summary
 
 FLUSH_MS = 33              # ≤ 30 repaints a second while streaming
 LIVE_MARKDOWN_MS = 750     # the answer's Markdown is re-rendered this often while it streams

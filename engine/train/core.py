@@ -2,10 +2,10 @@
 sampling with the adapter merged, optimizer and LR schedule, RNG state, and the step
 loop (`Trainer.fit`) with checkpoints, exact resume, progress and one-line errors.
 
-A trainer (`engine.grpo`, `engine.sft`) supplies one function that performs a training step and returns
+A trainer (`engine.train.grpo`, `engine.train.sft`) supplies one function that performs a training step and returns
 its metrics; `Trainer.fit` does everything around it. Nothing here knows rewards, rollouts or datasets.
-Config files and flags are `engine.train_config`'s, the run directory `engine.runs`'s, several processes
-`engine.distributed`'s.
+Config files and flags are `engine.train.config`'s, the run directory `engine.train.runs`'s, several processes
+`engine.train.distributed`'s.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.distributed import Distributed, accelerate_cpu, launch_environment
 from engine.errors import AhaError
 from engine.jobs import CancelToken, Progress
-from engine.runs import Run, write_json
-from engine.train_config import setting
+from engine.train.config import setting
+from engine.train.distributed import Distributed, accelerate_cpu, launch_environment
+from engine.train.runs import Run, write_json
 
 # A test and benchmark switch, not a user setting: no config key or flag sets it and the README does not
 # offer it. AHA_ALLOW_CPU_4BIT=1 lets load_in_4bit run on bitsandbytes' CPU 4-bit kernels (fp32 compute,

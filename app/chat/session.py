@@ -1,4 +1,4 @@
-"""Qt adapter over engine.conversation: one chat turn at a time on a worker thread, events as signals.
+"""Qt adapter over engine.chat.conversation: one chat turn at a time on a worker thread, events as signals.
 
 `ModelHost` keeps one loaded ChatModel and swaps it when a conversation asks for another file or
 context size; loading and generation happen on the worker thread, never on the GUI thread. Holds no
@@ -11,8 +11,8 @@ import threading
 
 from app.qt import QtCore, Signal
 from app.workers import ThreadJob
-from engine.chat import ChatEvent, ChatModel
-from engine.conversation import LEAF, TurnSettings, messages_for, regenerate, send
+from engine.chat.conversation import LEAF, TurnSettings, messages_for, regenerate, send
+from engine.chat.runtime import ChatEvent, ChatModel
 from engine.errors import AhaError
 from engine.store import Store
 
@@ -56,7 +56,7 @@ class ChatSession(QtCore.QObject):
     failed = Signal(str)
     status = Signal(str)
     busy_changed = Signal(bool)
-    prompt_ready = Signal(object)  # engine.chat.RenderedPrompt
+    prompt_ready = Signal(object)  # engine.chat.runtime.RenderedPrompt
 
     def __init__(self, store: Store, host: ModelHost | None = None, parent=None):
         super().__init__(parent)

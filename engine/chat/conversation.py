@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from engine import r1
-from engine.chat import ChatEvent, ChatModel
+from engine.chat.runtime import ChatEvent, ChatModel
 from engine.store import Store
 
 LEAF = "leaf"  # send(parent_id=LEAF): after the conversation's current leaf; parent_id=None: a new root

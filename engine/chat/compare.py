@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from engine import r1
-from engine.chat import ChatModel
-from engine.conversation import counted
+from engine.chat.conversation import counted
+from engine.chat.runtime import ChatModel
 
 # The sampling settings a side can pick, by the name the pane lists them under.
 SAMPLINGS = {"DeepSeek R1 (0.6 · 0.95)": {"temperature": r1.TEMPERATURE, "top_p": r1.TOP_P},

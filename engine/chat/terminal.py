@@ -2,7 +2,7 @@
 
 Also the `--json` form: one JSON object per line (`thinking`, `answer`, `done`). Ctrl+C during a reply
 stops it (the partial message is saved as `stopped`); Ctrl+C again, or Ctrl+D at the prompt, leaves.
-Knows how to draw, not how to chat: the turn itself is engine.conversation's.
+Knows how to draw, not how to chat: the turn itself is engine.chat.conversation's.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import threading
 from collections.abc import Iterator
 from typing import TextIO
 
-from engine.chat import ChatEvent
-from engine.conversation import stats_line
+from engine.chat.conversation import stats_line
+from engine.chat.runtime import ChatEvent
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"
 

@@ -120,7 +120,7 @@ def run_config(cls: type, config: Any, resume: str | Path | None, overrides: Map
     """The validated config to run: `config` for a new run; for `resume`, the run's saved config with
     `overrides` of RESUMABLE_SETTINGS (any other override is a one-line error)."""
     if resume is not None:
-        from engine.runs import saved_config
+        from engine.train.runs import saved_config
 
         changed = {key: value for key, value in (overrides or {}).items() if value is not None}
         fixed = sorted(set(changed) - set(RESUMABLE_SETTINGS))

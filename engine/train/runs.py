@@ -16,10 +16,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from engine.distributed import Distributed
 from engine.errors import AhaError
 from engine.jobs import OnEvent, ignore, make_event
-from engine.train_config import config_to_toml
+from engine.train.config import config_to_toml
+from engine.train.distributed import Distributed
 
 CHECKPOINTS = "checkpoints"
 

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from engine.grpo_math import completion_mask
 from engine.think import OPEN_TAG
+from engine.train.grpo_math import completion_mask
 
 if TYPE_CHECKING:
     import torch
@@ -244,7 +244,7 @@ def greedy_accuracy(model, tokenizer, rows: Sequence[dict], *, max_new_tokens: i
                     system_prompt: str | None = None) -> tuple[float, dict[str, float]]:
     """Held-out accuracy with greedy decoding, verified by the `accuracy` reward against each row's
     `answer`. Returns (accuracy in [0, 1], metrics: format rate, mean completion length, seconds)."""
-    from engine.rewards import accuracy_reward, format_reward
+    from engine.train.rewards import accuracy_reward, format_reward
 
     started = time.perf_counter()
     eos, pad = eos_token_ids(tokenizer, model), pad_token_id(tokenizer)

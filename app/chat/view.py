@@ -1,7 +1,7 @@
 """The Chat pane: conversations (search, rename, delete with undo, export), the message view, the composer
 with Send/Stop, per-conversation settings, the model that answers and a context meter.
 
-Everything it shows comes from engine.store and engine.chat through ChatSession signals; it decides
+Everything it shows comes from engine.store and engine.chat.runtime through ChatSession signals; it decides
 layout and nothing else.
 """
 
@@ -11,12 +11,12 @@ import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from app.chat_session import DEFAULT_N_CTX, ChatSession
-from app.chat_settings import SettingsPanel
-from app.message_view import AssistantMessageWidget, UserMessageWidget
+from app.chat.messages import AssistantMessageWidget, UserMessageWidget
+from app.chat.session import DEFAULT_N_CTX, ChatSession
+from app.chat.settings import SettingsPanel
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal
 from app.widgets import ElidedLabel
-from engine.conversation import LEAF
+from engine.chat.conversation import LEAF
 from engine.errors import AhaError
 from engine.fileio import atomic_write_text
 from engine.store import Store, group_by_conversation

@@ -1,8 +1,8 @@
 """Teachers for distillation: k sampled replies per prompt, each split into thinking and answer.
 
-Three kinds: a local GGUF through engine.chat, a Hugging Face checkpoint through transformers, and any
+Three kinds: a local GGUF through engine.chat.runtime, a Hugging Face checkpoint through transformers, and any
 OpenAI-compatible chat endpoint (Ollama, llama.cpp's server, vLLM, LM Studio) over stdlib HTTP with a
-thread pool. A teacher only generates; verification, keep rules and files are engine.distill's.
+thread pool. A teacher only generates; verification, keep rules and files are engine.distill.generate's.
 """
 
 from __future__ import annotations
@@ -128,12 +128,12 @@ def is_cancelled(cancel) -> bool:
 # Local GGUF ---------------------------------------------------------------------------------------
 
 class GGUFTeacher:
-    """A GGUF model run in-process by llama.cpp (engine.chat): samples one after another."""
+    """A GGUF model run in-process by llama.cpp (engine.chat.runtime): samples one after another."""
 
     kind = "gguf"
 
     def __init__(self, path: str | Path, n_ctx: int = 4096, chat_model=None):
-        from engine.chat import ChatModel
+        from engine.chat.runtime import ChatModel
 
         self.path = Path(path).expanduser()
         self.name = self.path.name
@@ -223,7 +223,7 @@ class HFTeacher:
 
     def generate(self, prompts: Sequence[str], k: int, sampling: Sampling,
                  cancel=None) -> Iterator[tuple[int, list[TeacherSample]]]:
-        from engine.chat import ends_inside_thinking
+        from engine.chat.runtime import ends_inside_thinking
 
         for index, prompt in enumerate(prompts):
             if is_cancelled(cancel):

@@ -153,7 +153,7 @@ def head_outputs_hidden(model) -> Iterator[torch.nn.Linear | None]:
 def fused_head_kd(student_hidden: torch.Tensor, student_head, teacher_hidden: torch.Tensor, teacher_head,
                   mask: torch.Tensor, *, kind: str = "forward_kl", beta: float = 0.5, temperature: float = 1.0,
                   vocabulary: int | None = None, chunk: int = CHUNK) -> torch.Tensor:
-    """kd_loss (engine.distill_loss) from the two models' final hidden states (B, T, Hs) and (B, T, Ht) and
+    """kd_loss (engine.distill.kd) from the two models' final hidden states (B, T, Hs) and (B, T, Ht) and
     output layers, `chunk` masked positions at a time:
 
         loss = τ² · Σ_chunks Σ_{t ∈ chunk} D(student_t, teacher_t) / (masked positions)
@@ -185,7 +185,7 @@ def _kd_chunk(student, teacher, student_weight, student_bias, teacher_weight, te
     """Σ of the per-position divergences of one chunk: hidden (C, Hs) and (C, Ht) → ()."""
     import torch
 
-    from engine.distill_loss import token_divergence
+    from engine.distill.kd import token_divergence
 
     student_logits = torch.nn.functional.linear(student, student_weight, student_bias)[:, :vocabulary]  # (C, V)
     with torch.no_grad():
@@ -200,7 +200,7 @@ def token_logp(model, targets: torch.Tensor, temperature: float = 1.0, **inputs:
     positions through the row-chunked selective_log_softmax."""
     import torch
 
-    from engine.grpo_math import selective_log_softmax
+    from engine.train.grpo_math import selective_log_softmax
 
     keep = targets.shape[1] + 1
     with head_outputs_hidden(model) as head:

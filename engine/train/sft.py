@@ -2,7 +2,7 @@
 start of the R1 recipe and the core of sequence-level distillation (FIELD-NOTES §7, §8). Batches come
 from a file or fresh from a built-in task's programmatic teacher; `stop_at_accuracy` ends the run once
 held-out greedy accuracy reaches it (a fixed step count lands anywhere from 12% to 81% on the tiny task).
-Setup, checkpoints, resume and cancel are `engine.train`'s.
+Setup, checkpoints, resume and cancel are `engine.train.core`'s.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 
 from engine.errors import AhaError
 from engine.jobs import CancelToken, OnEvent, count, ignore
-from engine.train import TrainConfig
-from engine.train_config import setting
+from engine.train.config import setting
+from engine.train.core import TrainConfig
 
 if typing.TYPE_CHECKING:
     import torch
@@ -81,7 +81,7 @@ def tokenize_rows(tokenizer, rows: list[dict], *, system_prompt: str | None = No
                   completion_only_loss: bool = True) -> tuple[list[list[int]], list[list[int]]]:
     """(sequences, targets): the rendered prompt (chat template, as at inference), the completion and EOS,
     cut at max_length; targets 1 on the completion and its EOS (everywhere with completion_only_loss=False)."""
-    from engine.sampling import encode_prompts
+    from engine.train.sampling import encode_prompts
 
     prompt_ids, _, _ = encode_prompts(tokenizer, [row["prompt"] for row in rows], system_prompt)
     completions = tokenizer([row["completion"] for row in rows], add_special_tokens=False).input_ids  # one call
@@ -152,7 +152,7 @@ def pack_batch(sequences: list[list[int]], targets: list[list[int]], capacity: i
 def build_batch(tokenizer, rows: list[dict], *, system_prompt: str | None = None, max_length: int | None = None,
                 completion_only_loss: bool = True, packing: bool = False, device: Any = None) -> Batch:
     """The micro-batch of `rows` (prompt, completion): padded, or packed into rows of max_length tokens."""
-    from engine.sampling import pad_token_id
+    from engine.train.sampling import pad_token_id
 
     sequences, targets = tokenize_rows(tokenizer, rows, system_prompt=system_prompt, max_length=max_length,
                                        completion_only_loss=completion_only_loss)
@@ -173,13 +173,13 @@ def sft_loss(model, batch: Batch):
 
     1. the hidden states at positions 0..L−2 predict the tokens at 1..L−1 (shift by one)
     2. logp_t = log softmax(logits_{t−1})[ids_t], fp32, the output layer fused in and chunked
-       (engine.fused_head.token_logp: no (B, L, V) logits)
+       (engine.train.fused_head.token_logp: no (B, L, V) logits)
     3. loss = −Σ_t logp_t · m_t / Σ_t m_t   over the whole batch (every target token weighs the same)
     Returns (loss, {"loss", "token_accuracy", "tokens"}).
     """
     import torch
 
-    from engine.fused_head import token_logp
+    from engine.train.fused_head import token_logp
 
     targets = batch.ids[:, 1:]  # (B, L−1)
     logp, _, hits = token_logp(model, targets, input_ids=batch.ids, attention_mask=batch.attention,
@@ -195,9 +195,9 @@ def train_sft(config: SFTConfig | None = None, *, resume: str | Path | None = No
               cancel: CancelToken | None = None) -> dict[str, Any]:
     """Run SFT for config (a new run) or continue the run in `resume`. Returns {"status", "run_dir", "step",
     "model"/"adapter", "eval_accuracy"} (the last held-out accuracy, when measured)."""
-    from engine.data import TaskSource, heldout_rows, open_dataset
-    from engine.train import check_model_folder
-    from engine.train_config import run_config
+    from engine.train.config import run_config
+    from engine.train.core import check_model_folder
+    from engine.train.data import TaskSource, heldout_rows, open_dataset
 
     config = run_config(SFTConfig, config, resume)
     check_model_folder(config.model)
@@ -216,7 +216,7 @@ def run_sft(config: SFTConfig, source, heldout: list[dict], *, resume: str | Pat
     (rows with prompt and answer). Sets up the run (new, or `resume`'s), the trainer and the data stream,
     fits, saves the final adapter/model. `make_step(config, trainer, stream, heldout)` builds the step
     (default SFTStep). Returns train_sft's result."""
-    from engine.session import run_session
+    from engine.train.session import run_session
 
     make_step = make_step or SFTStep
     return run_session(kind, config, source, lambda trainer, stream: make_step(config, trainer, stream, heldout),
@@ -244,7 +244,7 @@ class SFTStep:
     def __call__(self, step: int) -> dict[str, float]:
         import time
 
-        from engine.train import StepAbandoned
+        from engine.train.core import StepAbandoned
 
         config, trainer = self.config, self.trainer
         if trainer.step_cancel is not None and trainer.step_cancel.cancelled:
@@ -285,7 +285,7 @@ class SFTStep:
         return sft_loss(self.trainer.training_model, batch)
 
     def evaluate(self) -> dict[str, float]:
-        from engine.sampling import greedy_accuracy
+        from engine.train.sampling import greedy_accuracy
 
         with self.trainer.sampling():
             accuracy, details = greedy_accuracy(self.trainer.model, self.trainer.tokenizer, self.heldout,

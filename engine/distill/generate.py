@@ -1,17 +1,17 @@
 """Distillation: teacher traces with verification (rejection sampling), resumable, as a JSONL dataset.
 
-`generate_traces` asks a teacher (engine.teachers) for k replies per prompt, scores them with the GRPO
-rewards (engine.rewards), keeps the ones that pass (all, the shortest or the first, duplicates dropped)
+`generate_traces` asks a teacher (engine.distill.teachers) for k replies per prompt, scores them with the GRPO
+rewards (engine.train.rewards), keeps the ones that pass (all, the shortest or the first, duplicates dropped)
 and appends them line by line, fsynced, beside a progress file that makes a rerun skip finished prompts;
 `GenerateConfig` holds the settings of `aha distill generate`.
-The logit-distillation loss lives in engine.distill_loss and is re-exported here as `kd_loss`.
+The logit-distillation loss lives in engine.distill.kd and is re-exported here as `kd_loss`.
 
 `train_sft_on_traces` fine-tunes a student on such traces, or on a built-in task's programmatic teacher
 traces (`aha distill sft --dataset addition`): the student's chat template renders the prompt exactly as
 at inference, the assistant turn is `<think>\n{thinking}\n</think>\n\n{answer}` (after whatever the
 template already pre-filled), the loss covers it only, and held-out loss and greedy pass@1 are measured
-along the way. Model setup, checkpoints, resume and cancel are engine.train's, the
-step and batches engine.sft's.
+along the way. Model setup, checkpoints, resume and cancel are engine.train.core's, the
+step and batches engine.train.sft's.
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine import r1
-from engine.data import TASK_ROWS, TASKS, TaskSource, is_task, open_dataset, prompt_id
-from engine.distill_loss import KD_KINDS as KD_KINDS
-from engine.distill_loss import kd_loss as kd_loss
+from engine.distill.kd import KD_KINDS as KD_KINDS
+from engine.distill.kd import kd_loss as kd_loss
+from engine.distill.teachers import Sampling, Teacher, TeacherSample, is_cancelled
 from engine.errors import AhaError
 from engine.fileio import atomic_write_text
 from engine.jobs import CancelToken, OnEvent, Progress, ignore, make_event
-from engine.sft import SFTConfig, SFTStep
-from engine.teachers import Sampling, Teacher, TeacherSample, is_cancelled
-from engine.train_config import setting
+from engine.train.config import setting
+from engine.train.data import TASK_ROWS, TASKS, TaskSource, is_task, open_dataset, prompt_id
+from engine.train.sft import SFTConfig, SFTStep
 
 KEEP_RULES = ("all", "shortest", "first")
 DEFAULT_REWARDS = ("accuracy", "format")
@@ -267,7 +267,7 @@ def generate_traces(teacher: Teacher, rows: Iterable[dict], *, k: int, out_path:
                     keep: str = "all", sampling: Sampling | None = None, pass_threshold: float = 1.0,
                     on_event: OnEvent = ignore, cancel=None, store=None, force: bool = False,
                     command: Mapping | None = None) -> GenerateStats:
-    """Sample k replies per prompt from `teacher`, verify them with `rewards` (engine.rewards specs:
+    """Sample k replies per prompt from `teacher`, verify them with `rewards` (engine.train.rewards specs:
     built-in names or path.py:function), apply the `keep` rule, and append one JSON object per kept
     reply to `out_path`:
 
@@ -278,7 +278,7 @@ def generate_traces(teacher: Teacher, rows: Iterable[dict], *, k: int, out_path:
     whose replies were all rejected) are skipped. Emits progress/metrics/sample/log events; with a
     `store`, records a "generate" run with per-prompt metrics, and `command` ({argv, cwd}: how the
     CLI was called) in its config so `aha runs resume` can call it again. Returns this run's stats."""
-    from engine.rewards import RewardSet
+    from engine.train.rewards import RewardSet
 
     if k < 1:
         raise AhaError(f"k must be at least 1 (samples per prompt), got {k}")
@@ -448,8 +448,8 @@ def trace_completion(thinking: str, answer: str) -> str:
 def completion_after_prefill(rendered_prompt: str, completion: str) -> str:
     """The part of `completion` the model generates: a template that pre-fills `<think>\n` (R1 templates
     since Feb 2025) already holds the opening, so the loss starts after it."""
-    from engine.sampling import is_prefilled
     from engine.think import OPEN_TAG
+    from engine.train.sampling import is_prefilled
 
     if not is_prefilled(rendered_prompt):
         return completion
@@ -462,7 +462,7 @@ def completion_after_prefill(rendered_prompt: str, completion: str) -> str:
 def task_trace(row: dict, tokenizer, system_prompt: str | None = None) -> dict:
     """A built-in task's row with its programmatic teacher's completion (`<think>\n6+0=6\n</think>\n6`) in
     the student's format: trace_completion's, after what the student's template pre-fills."""
-    from engine.sampling import render_prompt
+    from engine.train.sampling import render_prompt
 
     thinking, _, answer = row["completion"].removeprefix("<think>\n").partition("</think>\n")
     rendered = render_prompt(tokenizer, row["prompt"], system_prompt)
@@ -492,8 +492,8 @@ def load_traces(config: TraceSFTConfig, tokenizer) -> list[dict]:
     """Rows {prompt, answer (gold when present), completion} of the traces file: missing columns are an
     AhaError with the line; rows with an empty answer, below min_reward or repeated are dropped; none
     left is an AhaError."""
-    from engine.data import load_rows
-    from engine.sampling import render_prompt
+    from engine.train.data import load_rows
+    from engine.train.sampling import render_prompt
 
     rows = load_rows(config.traces, config.prompt_column, None, required=(config.thinking_column, config.answer_column))
     kept, seen, rendered = [], set(), {}
@@ -537,7 +537,7 @@ class TraceSFTStep(SFTStep):
     def evaluate(self) -> dict[str, float]:
         import torch
 
-        from engine.sft import build_batch, sft_loss
+        from engine.train.sft import build_batch, sft_loss
 
         metrics = super().evaluate()
         rows = [row for row in self.heldout if row.get("completion")]
@@ -556,7 +556,7 @@ class TraceSFTStep(SFTStep):
 
 def load_trace_sft_config(path: str | Path | None = None, overrides: dict | None = None) -> TraceSFTConfig:
     """Defaults, then the TOML file, then flags; validated."""
-    from engine.train_config import load_config
+    from engine.train.config import load_config
 
     config = load_config(TraceSFTConfig, path, overrides)
     config.validate()
@@ -569,9 +569,9 @@ def train_sft_on_traces(config: TraceSFTConfig | None = None, *, resume: str | P
     """SFT of config.model (the student) on config.traces, a new run or the run in `resume` (its saved
     settings; `overrides` may change max_steps, save_steps, logging_steps, eval_steps). Returns {"status",
     "run_dir", "step", "adapter"/"model", "eval_accuracy"}; the caller emits `done`."""
-    from engine.sft import run_sft
-    from engine.train import check_model_folder, load_tokenizer
-    from engine.train_config import run_config
+    from engine.train.config import run_config
+    from engine.train.core import check_model_folder, load_tokenizer
+    from engine.train.sft import run_sft
 
     config = run_config(TraceSFTConfig, config, resume, overrides)
     tokenizer = load_tokenizer(check_model_folder(config.model))
@@ -634,7 +634,7 @@ class KDStep(TraceSFTStep):
     def __init__(self, config: KDConfig, trainer, stream, heldout: list[dict]):
         import dataclasses
 
-        from engine.train import load_model
+        from engine.train.core import load_model
 
         super().__init__(config, trainer, stream, heldout)
         # Frozen, in the student's precision (fp32 on CPU, bf16 on CUDA; NF4 when the student is QLoRA).
@@ -653,9 +653,9 @@ class KDStep(TraceSFTStep):
     def _student_batch(self, rows: list[dict]):
         """The student's samples of the rows' prompts (temperature, max_completion_length), the loss on
         every sampled token up to and including EOS."""
-        from engine.sampling import encode_prompts, eos_token_ids, pad_token_id, sample
-        from engine.sft import pad_batch
-        from engine.train import StepAbandoned
+        from engine.train.core import StepAbandoned
+        from engine.train.sampling import encode_prompts, eos_token_ids, pad_token_id, sample
+        from engine.train.sft import pad_batch
 
         config, trainer = self.config, self.trainer
         prompts, _, _ = encode_prompts(trainer.tokenizer, [row["prompt"] for row in rows], config.system_prompt)
@@ -679,8 +679,8 @@ class KDStep(TraceSFTStep):
         (fused_head_kd: no (B, L, V) logits), where both output layers allow it."""
         import torch
 
-        from engine.fused_head import fused_head_kd, head_outputs_hidden
-        from engine.sft import model_logits
+        from engine.train.fused_head import fused_head_kd, head_outputs_hidden
+        from engine.train.sft import model_logits
 
         config, student = self.config, self.trainer.training_model
         mask = batch.loss_mask[:, 1:].float()  # (B, L−1)
@@ -725,9 +725,9 @@ def train_kd_on_traces(config: KDConfig | None = None, *, resume: str | Path | N
                        cancel: CancelToken | None = None) -> dict:
     """Logit distillation of config.model from config.teacher on config.traces (`aha distill kd`); the same
     run, resume and result as train_sft_on_traces."""
-    from engine.sft import run_sft
-    from engine.train import check_model_folder, load_tokenizer
-    from engine.train_config import run_config
+    from engine.train.config import run_config
+    from engine.train.core import check_model_folder, load_tokenizer
+    from engine.train.sft import run_sft
 
     config = run_config(KDConfig, config, resume, overrides)
     tokenizer = load_tokenizer(check_model_folder(config.model))

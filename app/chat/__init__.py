@@ -1,0 +1,1 @@
+"""The Chat pane (conversations, messages, composer, settings) and the Compare pane beside it."""

@@ -1,0 +1,1 @@
+"""The Models pane (library, details, downloads) and the first-run screen."""

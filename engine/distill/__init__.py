@@ -1,0 +1,2 @@
+"""Distillation: teachers (GGUF, HF, OpenAI-compatible endpoints), verified trace generation, SFT on traces
+and logit distillation."""

@@ -1,0 +1,110 @@
+"""Export: HF checkpoint (+ optional LoRA) → GGUF (f32/f16/bf16/q8_0 or a llama.cpp k-quant) → Ollama.
+
+`export()` is the whole pipeline behind `aha export`; the modules below it do one step each:
+checkpoint (read), vocab (tokenizer metadata), gguf_writer (write), quantize (llama.cpp), lora (merge or
+GGUF adapter). The Modelfile and registration live in engine.export.ollama.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+
+from engine.errors import AhaError, Cancelled
+from engine.jobs import CancelToken, OnEvent, Progress, ignore, make_event
+
+DEFAULT_NUM_CTX = 8192  # reasoning traces are long; capped by the model's own context length
+
+
+def check_type(out_type: str) -> str:
+    """Validate the requested type before any work starts."""
+    from engine.export.gguf_writer import DIRECT_TYPES
+    from engine.export.quantize import check_quant_type
+
+    key = out_type.lower()
+    return key if key in DIRECT_TYPES else check_quant_type(key)
+
+
+def stages(out_type: str, *, adapter: Path | str | None = None, adapter_only: bool = False,
+           ollama: str | None = None) -> list[str]:
+    """The stages an export goes through, in order: merge (an adapter into the base), write (the GGUF),
+    quantize (a k-quant, through llama.cpp), register (with Ollama); only those that apply."""
+    from engine.export.gguf_writer import DIRECT_TYPES
+
+    merging = adapter is not None and not adapter_only
+    quantizing = out_type.lower() not in DIRECT_TYPES and not adapter_only
+    return [name for name, applies in (("merge", merging), ("write", True), ("quantize", quantizing),
+                                       ("register", bool(ollama))) if applies]
+
+
+def export(src: Path | str, out: Path | str, out_type: str = "f16", *, adapter: Path | str | None = None,
+           adapter_only: bool = False, ollama: str | None = None, num_ctx: int | None = None,
+           force: bool = False, on_event: OnEvent = ignore, cancel: CancelToken | None = None) -> dict:
+    """Run the export pipeline; returns {"gguf": path, "modelfile": path | None, "ollama": show | None}.
+
+    A cancel stops at the next tensor (or after the step that cannot be interrupted: the merge, llama.cpp's
+    quantizer) with Cancelled; the scratch folder `.X.gguf.work/` and any `.X.gguf.partial-PID` are
+    removed, and an existing output is left as it was."""
+    from engine.export.checkpoint import open_checkpoint
+    from engine.export.gguf_writer import DIRECT_TYPES, write_gguf
+    from engine.export.lora import merge_adapter, write_lora_gguf
+    from engine.export.ollama import check_reachable
+    from engine.export.quantize import quantize_gguf
+    from engine.fileio import check_output
+
+    key = check_type(out_type)
+    out = Path(out).expanduser()
+    if adapter_only and adapter is None:
+        raise AhaError("--adapter-only needs --adapter ADAPTER_DIR.")
+    if adapter_only and ollama:
+        raise AhaError("--ollama registers a whole model; export without --adapter-only to register it.")
+    if ollama:
+        check_reachable()  # before merging, converting and hashing, which take minutes on a real model
+    check_output(out, force)
+    if adapter_only:
+        return {"gguf": write_lora_gguf(src, adapter, out, key, force=force, on_event=on_event, cancel=cancel),
+                "modelfile": None, "ollama": None}
+    ckpt = open_checkpoint(src)
+    scratch = out.with_name(f".{out.name}.work")
+    try:
+        if adapter is not None:
+            merging = Progress(on_event, "merge", 1, unit="adapters", label=f"merging {Path(adapter).name}")
+            merging.update(0, force=True)
+            ckpt = open_checkpoint(merge_adapter(ckpt.folder, adapter, scratch / "merged", on_event=_scratch(on_event)))
+            merging.update(1, force=True)
+            check_cancel(cancel, "export cancelled after the merge; no file was written.")
+        if key in DIRECT_TYPES:
+            write_gguf(ckpt, out, key, force=force, on_event=on_event, cancel=cancel)
+        else:
+            f16 = write_gguf(ckpt, scratch / "f16.gguf", "f16", force=True, on_event=_scratch(on_event),
+                             cancel=cancel, stage="write")
+            quantize_gguf(f16, out, key, force=force, on_event=on_event, cancel=cancel)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(scratch)
+    return finish_export(out, ckpt.hparams.get("max_position_embeddings"), ollama, num_ctx, on_event, cancel)
+
+
+def check_cancel(cancel: CancelToken | None, message: str) -> None:
+    """Raise Cancelled(message) when the token is set: a job's safe point."""
+    if cancel is not None and cancel.cancelled:
+        raise Cancelled(message)
+
+
+def _scratch(on_event: OnEvent) -> OnEvent:
+    """on_event for an intermediate file: its progress is shown, its artifact marked `final: false` (the
+    export removes it; it is no result)."""
+    return lambda event: on_event({**event, "final": False} if event["type"] == "artifact" else event)
+
+
+def finish_export(out: Path, context_length: int | None, ollama: str | None, num_ctx: int | None,
+                  on_event: OnEvent, cancel: CancelToken | None = None) -> dict:
+    """Write the Modelfile beside the GGUF and, when asked, register the model with Ollama."""
+    from engine.export.ollama import register, write_modelfile
+
+    num_ctx = num_ctx or min(context_length or DEFAULT_NUM_CTX, DEFAULT_NUM_CTX)
+    modelfile = write_modelfile(out, num_ctx)
+    on_event(make_event("artifact", kind="modelfile", path=str(modelfile)))
+    shown = register(out, ollama, num_ctx=num_ctx, on_event=on_event, cancel=cancel) if ollama else None
+    return {"gguf": out, "modelfile": modelfile, "ollama": shown}
