@@ -46,7 +46,7 @@ def counters(model: Path):
 
 
 def run_aha(model: Path, steps: int, out: Path, checkpointing: bool) -> Marks:
-    from engine.distill.generate import TraceSFTConfig, train_sft_on_traces
+    from engine.distill.traces import TraceSFTConfig, train_sft_on_traces
 
     marks, on_event, _ = step_marks(counted=counters(model))
     traces(out / "traces.jsonl")
@@ -63,7 +63,7 @@ def run_trl(model: Path, steps: int, out: Path, checkpointing: bool) -> Marks:
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from engine.distill.generate import trace_completion
+    from engine.distill.traces import trace_completion
     from engine.train.core import load_tokenizer
 
     marks, _, callback = step_marks(counted=counters(model))

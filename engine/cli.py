@@ -280,7 +280,8 @@ def _distill_parser(subparsers) -> None:
 
 
 def _cmd_distill_sft(args: argparse.Namespace) -> int:
-    from engine.distill.generate import KDConfig, TraceSFTConfig, train_kd_on_traces, train_sft_on_traces
+    from engine.distill.kd import KDConfig, train_kd_on_traces
+    from engine.distill.traces import TraceSFTConfig, train_sft_on_traces
     from engine.train.config import flag_overrides, load_config
     from engine.train.distributed import main_process_sink
 
@@ -301,7 +302,8 @@ def _cmd_distill_sft(args: argparse.Namespace) -> int:
 
 
 def _distill_sft_parser(actions) -> None:
-    from engine.distill.generate import KDConfig, TraceSFTConfig
+    from engine.distill.kd import KDConfig
+    from engine.distill.traces import TraceSFTConfig
 
     sft = actions.add_parser(
         "sft", help="fine-tune a student on teacher traces (LoRA/QLoRA or --full), resumable",

@@ -20,13 +20,7 @@ import pytest
 
 from engine.cli import main
 from engine.distill import teachers
-from engine.distill.generate import (
-    Verdict,
-    generate_traces,
-    progress_path,
-    prompt_id,
-    select_kept,
-)
+from engine.distill.generate import Verdict, generate_traces, progress_path, prompt_id, select_kept
 from engine.distill.teachers import (
     GGUFTeacher,
     HFTeacher,

@@ -24,18 +24,17 @@ import torch
 from safetensors.torch import load_file
 
 from engine.cli import main
-from engine.distill.generate import (
-    KDConfig,
+from engine.distill.generate import generate_traces
+from engine.distill.kd import KDConfig, train_kd_on_traces
+from engine.distill.teachers import OpenAITeacher, Sampling
+from engine.distill.traces import (
     TaskTraces,
     TraceSFTConfig,
     completion_after_prefill,
-    generate_traces,
     load_traces,
     trace_completion,
-    train_kd_on_traces,
     train_sft_on_traces,
 )
-from engine.distill.teachers import OpenAITeacher, Sampling
 from engine.errors import AhaError
 from engine.train.core import load_tokenizer
 from engine.train.data import TaskSource

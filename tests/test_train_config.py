@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.distill.generate import GenerateConfig, KDConfig, TraceSFTConfig
+from engine.distill.generate import GenerateConfig
+from engine.distill.kd import KDConfig
+from engine.distill.traces import TraceSFTConfig
 from engine.train.config import (
     GROUPS,
     SettingInfo,

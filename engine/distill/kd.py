@@ -1,13 +1,27 @@
-"""Logit distillation losses (GKD, Agarwal et al. 2024): forward KL, reverse KL and generalized JSD.
+"""Logit distillation (`aha distill kd`, GKD): the student matches the teacher's next-token distributions on the
+assistant tokens of the traces, or on its own samples of the prompts (on-policy, with probability λ); the
+same run, checkpoints and resume as `aha distill sft` (engine.distill.traces).
 
-Pure functions on logits: teacher and student logits in, a scalar loss out. Computed in log space in
-fp32 from log-softmax, so extreme or −inf logits give finite values and gradients. Knows nothing of
-models, tokenizers or data: the caller aligns the two vocabularies and builds the mask.
+The losses (Agarwal et al. 2024) are pure functions on logits: forward KL, reverse KL and generalized JSD,
+teacher and student logits in, a scalar loss out, computed in log space in fp32 from log-softmax so extreme
+or −inf logits give finite values and gradients; they know nothing of models, tokenizers or data.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from engine.distill.traces import (
+    TraceSFTConfig,
+    TraceSFTStep,
+    heldout_rows,
+    training_rows,
+)
+from engine.errors import AhaError
+from engine.jobs import CancelToken, OnEvent, ignore
+from engine.train.config import setting
 
 if TYPE_CHECKING:
     import torch
@@ -87,3 +101,160 @@ def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
     """KL(A‖B) = Σ_v A_v (log A_v − log B_v) from log-probabilities (..., V) → (...)."""
     return (log_a.exp() * (log_a - log_b)).sum(-1)                       # (...)
+
+
+# Logit distillation on traces ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KDConfig(TraceSFTConfig):
+    """`aha distill kd` settings: TraceSFTConfig's, plus the teacher and kd_loss's settings (GKD's names)."""
+
+    teacher: str = setting("", "the teacher: a Hugging Face checkpoint folder sharing the student's tokenizer",
+                           "Model")
+    kd_kind: str = setting("forward_kl", "the divergence to the teacher's next-token distribution: forward_kl, "
+                                         "reverse_kl or jsd (GKD's generalized JSD)", "Loss", choices=KD_KINDS)
+    beta: float = setting(0.5, "GKD's β: the JSD interpolation between the two distributions (kd_kind = jsd)",
+                          "Loss")
+    temperature: float = setting(1.0, "softens both distributions in the loss, and samples the student's "
+                                      "on-policy sequences (as in TRL's GKD)", "Loss")
+    lmbda: float = setting(0.0, "share of steps on the student's own samples of the prompts instead of the traces "
+                                "(GKD's on-policy fraction λ, 0 to 1)", "Loss")
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.teacher:
+            raise AhaError("no teacher given: pass --teacher HF_FOLDER (a model sharing the student's tokenizer)")
+        if self.kd_kind not in KD_KINDS:
+            raise AhaError(f"kd_kind must be one of {', '.join(KD_KINDS)}, got {self.kd_kind!r}")
+        if not 0.0 <= self.lmbda <= 1.0:
+            raise AhaError(f"lmbda is the fraction of on-policy steps, between 0 and 1; got {self.lmbda}")
+        if self.temperature <= 0:
+            raise AhaError(f"temperature must be > 0, got {self.temperature}")
+
+
+def check_same_tokenizer(student, teacher, student_name: str = "student", teacher_name: str = "teacher") -> None:
+    """Refuse a teacher whose tokenizer differs from the student's, saying how (vocabulary or special ids)."""
+    student_vocab, teacher_vocab = student.get_vocab(), teacher.get_vocab()
+    if student_vocab != teacher_vocab:
+        only = sorted(set(student_vocab) ^ set(teacher_vocab))
+        what = (f"{len(student_vocab)} vs {len(teacher_vocab)} tokens" if only
+                else "the same tokens with different ids")
+        example = f", e.g. {only[0]!r}" if only else ""
+        raise AhaError(f"the {teacher_name}'s tokenizer differs from the {student_name}'s ({what}{example}); logit "
+                       "distillation needs a teacher with the same tokenizer")
+    for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
+        if getattr(student, name) != getattr(teacher, name):
+            raise AhaError(f"the {teacher_name}'s {name} ({getattr(teacher, name)}) differs from the {student_name}'s "
+                           f"({getattr(student, name)}); logit distillation needs the same tokenizer")
+
+
+class KDStep(TraceSFTStep):
+    """One logit-distillation step: kd_loss between the student and the frozen teacher on assistant
+    tokens (teacher logits under no_grad). With probability lmbda the step's sequences are the student's
+    own samples of the prompts (on-policy, GKD) instead of the traces' completions."""
+
+    def __init__(self, config: KDConfig, trainer, stream, heldout: list[dict]):
+        import dataclasses
+
+        from engine.train.core import load_model
+
+        super().__init__(config, trainer, stream, heldout)
+        # Frozen, in the student's precision (fp32 on CPU, bf16 on CUDA; NF4 when the student is QLoRA).
+        self.teacher, _ = load_model(dataclasses.replace(config, model=config.teacher), trainer.device, trainable=False)
+        self.vocabulary = shared_vocabulary(trainer.tokenizer, trainer.model, self.teacher)
+        self.on_policy = False
+
+    def batches(self, rows: list[dict], micro: int):
+        import random
+
+        self.on_policy = self.config.lmbda > 0 and random.random() < self.config.lmbda
+        if not self.on_policy:
+            return super().batches(rows, micro)
+        return [self._student_batch(rows[start:start + micro]) for start in range(0, len(rows), micro)]
+
+    def _student_batch(self, rows: list[dict]):
+        """The student's samples of the rows' prompts (temperature, max_completion_length), the loss on
+        every sampled token up to and including EOS."""
+        from engine.train.core import StepAbandoned
+        from engine.train.sampling import encode_prompts, eos_token_ids, pad_token_id, sample
+        from engine.train.sft import pad_batch
+
+        config, trainer = self.config, self.trainer
+        prompts, _, _ = encode_prompts(trainer.tokenizer, [row["prompt"] for row in rows], config.system_prompt)
+        pad = pad_token_id(trainer.tokenizer)
+        with trainer.sampling():
+            rollout = sample(trainer.model, prompts, max_new_tokens=config.max_completion_length,
+                             eos_ids=eos_token_ids(trainer.tokenizer, trainer.model), pad_id=pad,
+                             temperature=config.temperature, cancel=trainer.step_cancel)
+        if rollout.cancelled:
+            raise StepAbandoned
+        sequences, targets = [], []
+        for prompt, completion, length in zip(prompts, rollout.completion_ids.tolist(), rollout.lengths.tolist(),
+                                              strict=True):
+            sequence = (prompt + completion[:length])[:config.max_length] if config.max_length else prompt + completion[:length]
+            sequences.append(sequence)
+            targets.append([0] * len(prompt) + [1] * (len(sequence) - len(prompt)))
+        return pad_batch(sequences, targets, pad, trainer.device)
+
+    def loss(self, batch):
+        """kd_loss on the batch's assistant tokens; from the two models' hidden states, chunk by chunk
+        (fused_head_kd: no (B, L, V) logits), where both output layers allow it."""
+        import torch
+
+        from engine.train.fused_head import fused_head_kd, head_outputs_hidden
+        from engine.train.sft import model_logits
+
+        config, student = self.config, self.trainer.training_model
+        mask = batch.loss_mask[:, 1:].float()  # (B, L−1)
+        settings = dict(kind=config.kd_kind, beta=config.beta, temperature=config.temperature)
+        with torch.no_grad(), head_outputs_hidden(self.teacher) as teacher_head:
+            teacher_out = model_logits(self.teacher, batch)  # (B, L−1, Ht) or (B, L−1, V)
+        with head_outputs_hidden(student) as student_head:
+            student_out = model_logits(student, batch)  # (B, L−1, Hs) or (B, L−1, V)
+        if teacher_head is not None and student_head is not None:
+            loss = fused_head_kd(student_out, student_head, teacher_out, teacher_head, mask,
+                                 vocabulary=self.vocabulary, **settings)
+        else:
+            with torch.no_grad():
+                teacher_logits = _logits(teacher_out, teacher_head)[..., :self.vocabulary]  # (B, L−1, V)
+            student_logits = _logits(student_out, student_head)[..., :self.vocabulary]  # (B, L−1, V)
+            loss = kd_loss(student_logits.float(), teacher_logits.float(), mask, **settings)
+        value = float(loss.detach())
+        return loss, {"loss": value, "kd_loss": value, "on_policy": float(self.on_policy), "tokens": float(mask.sum())}
+
+
+def _logits(output, head):
+    """Logits from a forward's output: the output itself, or the head applied to the hidden states it is
+    when head_outputs_hidden swapped that head out."""
+    return output if head is None else head(output)
+
+
+def shared_vocabulary(tokenizer, student, teacher) -> int:
+    """The logit columns kd_loss compares: the tokenizer's tokens. Output layers are often padded past
+    them (Qwen2.5-1.5B has 151,936 rows, -7B 152,064, for one 151,665-token tokenizer); those rows are
+    never real tokens and are cut. A layer smaller than the tokenizer is refused."""
+    size = len(tokenizer)
+    for name, model in (("student", student), ("teacher", teacher)):
+        rows = model.get_output_embeddings().weight.shape[0]
+        if rows < size:
+            raise AhaError(f"the {name}'s output layer has {rows} rows but the tokenizer has {size} tokens; "
+                           "logit distillation needs a model that covers the whole tokenizer")
+    return size
+
+
+def train_kd_on_traces(config: KDConfig | None = None, *, resume: str | Path | None = None,
+                       overrides: dict | None = None, on_event: OnEvent = ignore,
+                       cancel: CancelToken | None = None) -> dict:
+    """Logit distillation of config.model from config.teacher on config.traces (`aha distill kd`); the same
+    run, resume and result as train_sft_on_traces."""
+    from engine.train.config import run_config
+    from engine.train.core import check_model_folder, load_tokenizer
+    from engine.train.sft import run_sft
+
+    config = run_config(KDConfig, config, resume, overrides)
+    tokenizer = load_tokenizer(check_model_folder(config.model))
+    check_same_tokenizer(tokenizer, load_tokenizer(check_model_folder(config.teacher)))
+    rows = training_rows(config, tokenizer)
+    heldout = heldout_rows(config, tokenizer)
+    return run_sft(config, rows, heldout, resume=resume, on_event=on_event, cancel=cancel, kind="distill-kd",
+                   make_step=KDStep)
