@@ -18,9 +18,9 @@ from engine.train.fused_head import (
     fused_head_logp,
     head_outputs_hidden,
     output_layer,
+    selective_log_softmax,
     token_logp,
 )
-from engine.train.grpo_math import selective_log_softmax
 
 
 def reference(hidden, weight, bias, ids, temperature):

@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 
+from engine.train.fused_head import selective_log_softmax
 from engine.train.grpo_math import (
     completion_mask,
     frac_reward_zero_std,
     group_advantages,
     grpo_loss,
     kl_penalty,
-    selective_log_softmax,
 )
 
 NAN = math.nan

@@ -200,7 +200,6 @@ def token_logp(model, targets: torch.Tensor, temperature: float = 1.0, **inputs:
     positions through the row-chunked selective_log_softmax."""
     import torch
 
-    from engine.train.grpo_math import selective_log_softmax
 
     keep = targets.shape[1] + 1
     with head_outputs_hidden(model) as head:
@@ -225,3 +224,68 @@ def _entropy(logits, temperature: float, chunk: int = CHUNK):
             z = logits[row, start:start + chunk].float() / temperature  # (C, V)
             out[row, start:start + chunk] = z.logsumexp(-1) - (z.softmax(-1) * z).sum(-1)  # (C,)
     return out
+
+
+# Log-probs of chosen tokens from logits, chunked ----------------------------------------------------
+
+CHUNK_ROWS = 256  # rows of one sequence per float32 softmax chunk
+
+
+def selective_log_softmax(logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0,
+                          chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
+    """log softmax(logits / temperature)[id] for each position: logits (B, T, V), ids (B, T) → (B, T) float32.
+
+    logits[b, t] must be the distribution that sampled ids[b, t] (the caller shifts by one). Divide by
+    the sampling temperature so the log-probs match the sampler (as GRPO's ratio assumes). Computed in float32
+    `chunk_rows` rows at a time, forward and backward (a custom autograd function recomputes each chunk's
+    softmax), so no (B, T, V) float32 tensor ever exists — Unsloth's main memory trick. The gradient
+    wrt the logits, (onehot(id) − softmax(logits/τ)) / τ per row, is written in the logits' dtype.
+    Slices such as `logits[:, prompt_len - 1 : -1]` are read in place, not copied.
+    """
+    if logits.dim() != 3 or ids.shape != logits.shape[:2]:
+        raise ValueError(f"selective_log_softmax: expected logits (B, T, V) and ids (B, T), got "
+                         f"{tuple(logits.shape)} and {tuple(ids.shape)}")
+    if temperature <= 0 or chunk_rows < 1:
+        raise ValueError(f"selective_log_softmax: temperature must be > 0 and chunk_rows >= 1, "
+                         f"got {temperature} and {chunk_rows}")
+    return _chunked_log_softmax_function().apply(logits, ids, float(temperature), int(chunk_rows))
+
+
+@functools.cache
+def _chunked_log_softmax_function():
+    """The autograd function behind `selective_log_softmax` (built on first use: torch loads lazily)."""
+    import torch
+    from torch.autograd.function import once_differentiable
+
+    def chunks(logits: torch.Tensor, chunk_rows: int):
+        """(b, slice) covering every row of logits (B, T, V), at most chunk_rows rows of one sequence each."""
+        for b in range(logits.shape[0]):
+            for start in range(0, logits.shape[1], chunk_rows):
+                yield b, slice(start, start + chunk_rows)
+
+    class ChunkedSelectiveLogSoftmax(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, logits, ids, temperature, chunk_rows):
+            out = torch.empty(ids.shape, dtype=torch.float32, device=logits.device)  # (B, T)
+            for b, rows in chunks(logits, chunk_rows):
+                scaled = logits[b, rows].float() / temperature  # (C, V)  a new tensor, never a view
+                chosen = scaled.gather(1, ids[b, rows].unsqueeze(1)).squeeze(1)  # (C,)
+                out[b, rows] = chosen - scaled.logsumexp(1)  # (C,)
+            ctx.save_for_backward(logits, ids)
+            ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
+            return out
+
+        @staticmethod
+        @once_differentiable
+        def backward(ctx, grad_out):  # grad_out (B, T)
+            logits, ids = ctx.saved_tensors
+            grad = torch.empty_like(logits)  # (B, T, V)  in the logits' dtype
+            for b, rows in chunks(logits, ctx.chunk_rows):
+                probs = (logits[b, rows].float() / ctx.temperature).softmax(1)  # (C, V)
+                onehot_minus_probs = probs.neg_().scatter_add_(
+                    1, ids[b, rows].unsqueeze(1), torch.ones_like(probs[:, :1]))  # (C, V)
+                upstream = grad_out[b, rows].float().unsqueeze(1) / ctx.temperature  # (C, 1)
+                grad[b, rows] = onehot_minus_probs.mul_(upstream)  # (C, V)
+            return grad, None, None, None
+
+    return ChunkedSelectiveLogSoftmax

@@ -8,7 +8,6 @@ torch is imported inside the functions, like every heavy library in `engine`.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -20,7 +19,6 @@ SCALES = ("group", "batch", "none")
 AGGREGATIONS = ("sequence", "token", "constant")
 # Rows of a (rows, V) float32 block per step of `selective_log_softmax`: 256 rows of the R1 distills'
 # 152064-token vocabulary are 156 MB, where (B, T, V) for 16 completions of 4096 tokens would be 40 GB.
-CHUNK_ROWS = 256
 
 
 def group_advantages(rewards: torch.Tensor | Sequence[float | None], group_size: int,
@@ -159,26 +157,6 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(log_ref_ratio) - log_ref_ratio - 1  # (B, T)
 
 
-def selective_log_softmax(logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0,
-                          chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
-    """log softmax(logits / temperature)[id] for each position: logits (B, T, V), ids (B, T) → (B, T) float32.
-
-    logits[b, t] must be the distribution that sampled ids[b, t] (the caller shifts by one). Divide by
-    the sampling temperature so the log-probs match the sampler (as GRPO's ratio assumes). Computed in float32
-    `chunk_rows` rows at a time, forward and backward (a custom autograd function recomputes each chunk's
-    softmax), so no (B, T, V) float32 tensor ever exists — Unsloth's main memory trick. The gradient
-    wrt the logits, (onehot(id) − softmax(logits/τ)) / τ per row, is written in the logits' dtype.
-    Slices such as `logits[:, prompt_len - 1 : -1]` are read in place, not copied.
-    """
-    if logits.dim() != 3 or ids.shape != logits.shape[:2]:
-        raise ValueError(f"selective_log_softmax: expected logits (B, T, V) and ids (B, T), got "
-                         f"{tuple(logits.shape)} and {tuple(ids.shape)}")
-    if temperature <= 0 or chunk_rows < 1:
-        raise ValueError(f"selective_log_softmax: temperature must be > 0 and chunk_rows >= 1, "
-                         f"got {temperature} and {chunk_rows}")
-    return _chunked_log_softmax_function().apply(logits, ids, float(temperature), int(chunk_rows))
-
-
 def completion_mask(ids: torch.Tensor, eos_id: int | Sequence[int]) -> torch.Tensor:
     """1 for completion tokens up to and including the first EOS, 0 after it: ids (B, T) → (B, T) int64.
 
@@ -216,43 +194,3 @@ def _aggregation_weights(keep: torch.Tensor, aggregation: str, max_len: int | No
     if aggregation == "token":
         return kept / kept.sum().clamp(min=1)  # (B, T)
     return kept / (batch * max_len)  # (B, T)  "constant"
-
-
-@functools.cache
-def _chunked_log_softmax_function():
-    """The autograd function behind `selective_log_softmax` (built on first use: torch loads lazily)."""
-    import torch
-    from torch.autograd.function import once_differentiable
-
-    def chunks(logits: torch.Tensor, chunk_rows: int):
-        """(b, slice) covering every row of logits (B, T, V), at most chunk_rows rows of one sequence each."""
-        for b in range(logits.shape[0]):
-            for start in range(0, logits.shape[1], chunk_rows):
-                yield b, slice(start, start + chunk_rows)
-
-    class ChunkedSelectiveLogSoftmax(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, logits, ids, temperature, chunk_rows):
-            out = torch.empty(ids.shape, dtype=torch.float32, device=logits.device)  # (B, T)
-            for b, rows in chunks(logits, chunk_rows):
-                scaled = logits[b, rows].float() / temperature  # (C, V)  a new tensor, never a view
-                chosen = scaled.gather(1, ids[b, rows].unsqueeze(1)).squeeze(1)  # (C,)
-                out[b, rows] = chosen - scaled.logsumexp(1)  # (C,)
-            ctx.save_for_backward(logits, ids)
-            ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
-            return out
-
-        @staticmethod
-        @once_differentiable
-        def backward(ctx, grad_out):  # grad_out (B, T)
-            logits, ids = ctx.saved_tensors
-            grad = torch.empty_like(logits)  # (B, T, V)  in the logits' dtype
-            for b, rows in chunks(logits, ctx.chunk_rows):
-                probs = (logits[b, rows].float() / ctx.temperature).softmax(1)  # (C, V)
-                onehot_minus_probs = probs.neg_().scatter_add_(
-                    1, ids[b, rows].unsqueeze(1), torch.ones_like(probs[:, :1]))  # (C, V)
-                upstream = grad_out[b, rows].float().unsqueeze(1) / ctx.temperature  # (C, 1)
-                grad[b, rows] = onehot_minus_probs.mul_(upstream)  # (C, V)
-            return grad, None, None, None
-
-    return ChunkedSelectiveLogSoftmax
