@@ -109,13 +109,13 @@ def test_grpo_events_jsonl_stays_json_only(work, tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0 and captured.err == ""
     events = [json.loads(line) for line in captured.out.splitlines()]
-    assert events[0] == {"type": "log", "message": f"run directory: {run}", "level": "info", "run_dir": str(run)}
+    assert (events[0]["type"], events[0]["kind"], events[0]["run_dir"]) == ("start", "grpo", str(run))
     progress = [event for event in events if event["type"] == "progress"]
     assert (progress[0]["done"], progress[0]["max_steps"], progress[-1]["done"]) == (0, 1, 1)
     [metrics] = [event for event in events if event["type"] == "metrics"]
     assert {"reward", "rewards/sevens/mean", "frac_reward_zero_std", "completions/mean_length",
             "completions/clipped_ratio", "generation_s", "training_s"} <= set(metrics)
-    assert events[-1]["type"] == "done" and events[-1]["run_dir"] == str(run)
+    assert events[-1]["type"] == "done" and events[-1]["result"]["run_dir"] == str(run)
 
 
 def test_distill_sft_shows_the_cpu_note_steps_held_out_and_summary(work, tmp_path, capsys):

@@ -185,10 +185,11 @@ def test_cli_generate_with_jsonl_events(server, tmp_path):
     assert {"progress", "metrics", "sample", "artifact", "done"} <= {event["type"] for event in events}
     done = events[-1]
     assert done["type"] == "done" and done["status"] == "complete"
-    assert (done["samples"], done["accepted"], done["kept"], done["rejected"]) == (4, 2, 1, {"accuracy": 2})
+    assert (done["result"]["samples"], done["result"]["accepted"], done["result"]["kept"],
+            done["result"]["rejected"]) == (4, 2, 1, {"accuracy": 2})
     assert _lines(out)[0]["answer"] == ANSWER
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
-    assert again.returncode == 0 and json.loads(again.stdout.splitlines()[-1])["skipped"] == 2
+    assert again.returncode == 0 and json.loads(again.stdout.splitlines()[-1])["result"]["skipped"] == 2
 
 
 def test_cli_reports_a_dataset_without_the_column_with_its_line(tmp_path, capsys):
@@ -398,7 +399,8 @@ def test_cli_generate_from_the_built_in_task(tmp_path):
         httpd.server_close()
     assert result.returncode == 0, result.stderr
     done = json.loads(result.stdout.splitlines()[-1])
-    assert (done["type"], done["status"], done["prompts"], done["kept"]) == ("done", "complete", TASK_ROWS, TASK_ROWS)
+    assert (done["type"], done["status"], done["result"]["prompts"], done["result"]["kept"]) == (
+        "done", "complete", TASK_ROWS, TASK_ROWS)
     traces = {record["prompt"]: record for record in _lines(out)}  # in the order the replies came
     task = [TaskSource("addition").row(index) for index in range(TASK_ROWS)]
     assert {prompt: (record["gold"], record["answer"]) for prompt, record in traces.items()} == {

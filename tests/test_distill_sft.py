@@ -124,7 +124,7 @@ def test_sft_loss_falls_and_resume_after_sigkill_matches(checkpoint, traces, tmp
                              timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     done = json.loads(resumed.stdout.splitlines()[-1])
-    assert done["type"] == "done" and done["status"] == "complete" and done["step"] == 4
+    assert done["type"] == "done" and done["status"] == "complete" and done["result"]["step"] == 4
     steps = [json.loads(line)["step"] for line in (killed_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
     expected, actual = adapter_weights(straight["run_dir"]), adapter_weights(killed_dir)
@@ -166,7 +166,7 @@ def test_cli_sft_learns_the_built_in_tasks_own_traces(checkpoint, tmp_path, caps
                  "--eval-steps", "2", "--eval-samples", "2", "--max-completion-length", "8",
                  "--output-dir", str(run_dir), "--events", "jsonl"]) == 0
     done = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert (done["type"], done["status"], done["step"]) == ("done", "complete", 2)
+    assert (done["type"], done["status"], done["result"]["step"]) == ("done", "complete", 2)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [record["step"] for record in records if "loss" in record] == [1, 2]
     assert math.isfinite(records[-1]["eval/loss"]) and "eval/accuracy" in records[-1]

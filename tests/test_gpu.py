@@ -320,7 +320,7 @@ def test_two_gpus_under_accelerate_launch_multi_gpu(setup, tmp_path):
 
     events = launch("--config", str(toml), "--max-steps", "2", "--output-dir", str(run_dir))
     assert [event["type"] for event in events].count("done") == 1
-    assert events[-1]["status"] == "complete" and events[-1]["step"] == 2
+    assert events[-1]["status"] == "complete" and events[-1]["result"]["step"] == 2
     assert any("cuda × 2 processes" in event.get("message", "") for event in events)
     samples = [json.loads(text) for text in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert [sample["step"] for sample in samples] == [1] * 4 + [2] * 4
@@ -330,5 +330,5 @@ def test_two_gpus_under_accelerate_launch_multi_gpu(setup, tmp_path):
         assert all(math.isfinite(line[name]) for name in ("reward", "loss", "grad_norm", "entropy")), line
 
     events = launch("--resume", str(run_dir), "--max-steps", "3")
-    assert events[-1]["status"] == "complete" and events[-1]["step"] == 3
+    assert events[-1]["status"] == "complete" and events[-1]["result"]["step"] == 3
     assert [line["step"] for line in metrics_of(run_dir)] == [1, 2, 3]

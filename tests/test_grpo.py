@@ -80,7 +80,7 @@ def test_steps_record_every_metric_and_rollout(setup, tmp_path):
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 2 * 4 and all(len(sample["completions"]) == 4 for sample in samples)
     completion = samples[0]["completions"][0]
-    assert {"text", "reward", "rewards", "advantage", "length", "terminated"} <= set(completion)
+    assert {"text", "thinking", "answer_text", "reward", "rewards", "advantage", "length", "truncated"} <= set(completion)
     assert set(completion["rewards"]) == {"accuracy", "format", "sevens"}
     for sample in samples:  # advantages are centred within each group
         assert abs(sum(entry["advantage"] for entry in sample["completions"])) < 1e-4
@@ -222,7 +222,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(setup, tmp_path):
                              timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     done = json.loads(resumed.stdout.splitlines()[-1])
-    assert done["type"] == "done" and done["status"] == "complete" and done["step"] == 4
+    assert done["type"] == "done" and done["status"] == "complete" and done["result"]["step"] == 4
     steps = [json.loads(line)["step"] for line in (killed_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
     expected, actual = adapter_weights(straight["run_dir"]), adapter_weights(killed_dir)
@@ -266,7 +266,7 @@ def test_cli_toml_flags_and_jsonl_events(setup, tmp_path, capsys):
     assert code == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert events[-1]["type"] == "done" and events[-1]["status"] == "complete"
-    run_dir = Path(events[-1]["run_dir"])
+    run_dir = Path(events[-1]["result"]["run_dir"])
     assert run_dir.parent == Path(os.environ["AHA_HOME"]) / "runs"  # output_dir unset: under the data dir
     assert [event["step"] for event in events if event["type"] == "metrics"] == [1, 2]
     saved = load_grpo_config(run_dir / "config.toml")
@@ -390,7 +390,7 @@ def test_two_processes_under_accelerate_launch(setup, tmp_path):
 
     events = launch("--config", str(toml), "--max-steps", "2", "--output-dir", str(run_dir))
     assert [event["type"] for event in events].count("done") == 1  # rank 0 speaks for the job
-    assert events[-1]["status"] == "complete" and events[-1]["step"] == 2
+    assert events[-1]["status"] == "complete" and events[-1]["result"]["step"] == 2
     assert any("cpu × 2 processes" in event.get("message", "") for event in events)
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert [sample["step"] for sample in samples] == [1] * 4 + [2] * 4  # both halves of 4 prompts per step
@@ -404,7 +404,7 @@ def test_two_processes_under_accelerate_launch(setup, tmp_path):
     assert any("lora_B" in name and tensor.abs().sum() > 0 for name, tensor in adapter_weights(run_dir).items())
 
     events = launch("--resume", str(run_dir), "--max-steps", "3")
-    assert events[-1]["status"] == "complete" and events[-1]["step"] == 3
+    assert events[-1]["status"] == "complete" and events[-1]["result"]["step"] == 3
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
 
