@@ -407,7 +407,7 @@ def _runs_parser(subparsers) -> None:
                                                "shown as crashed.")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="every run, newest first: kind, status, model, data, steps, age")
-    listing.add_argument("--kind", help="only runs of this kind (grpo, distill-sft, distill-kd, distill-generate, …)")
+    listing.add_argument("--kind", help="only runs of this kind (grpo, distill-sft, distill-kd, generate, export, …)")
     listing.add_argument("--status", choices=RUN_STATUSES, help="only runs with this status")
     listing.add_argument("--json", action="store_true", help="one JSON array instead of the table")
     show = actions.add_parser("show", help="one run: status, steps, last metrics, artifacts, directory")

@@ -199,9 +199,7 @@ class TerminalSink:
                 self._print(f"run directory: {event['run_dir']}")
         elif kind == "progress":
             self.report.progress(event)
-            label = event.get("label") or event.get("stage", "")
-            if event.get("phase") and not event.get("label"):
-                label = f"{label} ({event['phase']})"
+            label = event.get("label") or event.get("stage", "")  # a phase is the GUI's detail, not the bar's
             line = format_bar(event["done"], event["total"], event.get("elapsed_s", 0.0), event.get("unit", ""), label)
             finished = event["done"] >= event["total"]
             if self.is_tty:

@@ -24,9 +24,9 @@ from engine.store import ACTIVE_RUN_STATUSES, Store, process_alive
 # The command that continues a run, by kind (`--resume DIR` follows).
 RESUME_COMMANDS = {"grpo": ("grpo",), "sft": ("distill", "sft"), "distill-sft": ("distill", "sft"),
                    "distill-kd": ("distill", "kd")}
-# Trace generation resumes by being called again with the same output; the contract calls the kind
-# "generate", `aha distill generate` records "distill-generate".
-GENERATE_KINDS = ("distill-generate", "generate")
+# Trace generation resumes by being called again with the same output. Its kind is "generate"; stores
+# written before the job contract call it "distill-generate".
+GENERATE_KINDS = ("generate", "distill-generate")
 # Flags of the recorded `distill generate` argv left out when it is called again: --force would start over,
 # --events is the resuming call's. Matched as argparse does, by any unambiguous prefix (e.g. --fo).
 DROPPED_FLAGS = {"--force": False, "--events": True}  # flag → takes a value

@@ -101,7 +101,7 @@ def test_grpo_on_a_terminal_shows_each_step_held_out_results_and_a_summary(work,
 
 def test_grpo_events_jsonl_stays_json_only(work, tmp_path, capsys):
     """--events jsonl: every stdout line is a JSON event, nothing on stderr; the run directory comes first
-    (a log event with run_dir), the bar's first progress event (done 0) carries max_steps, and each step's
+    (the start event with run_dir), the bar's first progress event (done 0) carries max_steps, and each step's
     metrics event has the numbers the terminal line shows."""
     run = tmp_path / "run"
     code = cli.main(["grpo", "--model", str(work["student"]), *TINY_GRPO, "--rewards", f"{work['reward']}:sevens",
@@ -110,7 +110,7 @@ def test_grpo_events_jsonl_stays_json_only(work, tmp_path, capsys):
     assert code == 0 and captured.err == ""
     events = [json.loads(line) for line in captured.out.splitlines()]
     assert (events[0]["type"], events[0]["kind"], events[0]["run_dir"]) == ("start", "grpo", str(run))
-    progress = [event for event in events if event["type"] == "progress"]
+    progress = [event for event in events if event["type"] == "progress" and event["stage"] == "train"]
     assert (progress[0]["done"], progress[0]["max_steps"], progress[-1]["done"]) == (0, 1, 1)
     [metrics] = [event for event in events if event["type"] == "metrics"]
     assert {"reward", "rewards/sevens/mean", "frac_reward_zero_std", "completions/mean_length",

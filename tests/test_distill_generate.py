@@ -73,7 +73,7 @@ def test_endpoint_traces_are_verified_written_and_resumed(server, tmp_path):
         stats = generate_traces(teacher, ROWS, k=2, out_path=out, sampling=GREEDY, on_event=events.append,
                                 store=store)
         run = store.get_run(stats.run_id)
-        assert run["kind"] == "distill-generate" and run["status"] == "complete"
+        assert run["kind"] == "generate" and run["status"] == "complete"
         assert run["config"]["teacher"] == {"kind": "openai", "name": teacher.name, "url": server.url}
         assert store.metric_series(stats.run_id, "acceptance_rate")[-1] == (3, pytest.approx(4 / 6))
 

@@ -223,7 +223,8 @@ def test_k_quant_intermediate_f16_is_removed(outcome, checkpoint, tmp_path, monk
     from gguf import GGUFReader
 
     from engine.errors import AhaError
-    from engine.export.pipeline import export, quantize
+    from engine.export import quantize
+    from engine.export.pipeline import export
 
     temp = tmp_path / "tmp"
     temp.mkdir()

@@ -252,7 +252,7 @@ def test_register_uploads_once_creates_and_shows_thinking(gguf, fake):
     assert stored["files"] == {gguf.name: digest}
     assert stored["parameters"] == r1_parameters(4096)
     assert stored["stream"] is False
-    uploads = [e for e in events if e["type"] == "progress" and e["stage"] == "upload"]
+    uploads = [e for e in events if e["type"] == "progress" and e["stage"] == "register" and e["phase"] == "upload"]
     assert uploads[-1]["done"] == uploads[-1]["total"] == gguf.stat().st_size
     assert [e["name"] for e in events if e["type"] == "artifact"] == ["aha-r1"]
 

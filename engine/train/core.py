@@ -551,7 +551,8 @@ class Trainer:
         """
         config = self.config
         start = self.step
-        progress = self._progress = Progress(self.run.emit, stage, total=max(config.max_steps - start, 1), unit="steps")
+        progress = self._progress = Progress(self.run.emit, stage, total=max(config.max_steps - start, 1), unit="steps",
+                                             label=self.run.kind.removeprefix("distill-"))
         progress.update(0, force=True, step=start, max_steps=config.max_steps)  # the bar shows from the start
         timings: dict[str, float] = {}
         saved_at = self.step if start else None

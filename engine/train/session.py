@@ -22,12 +22,13 @@ def run_session(kind: str, config, source, make_step: Callable[[Any, Any], Calla
     adapter/model. `check(distributed)` validates what depends on the number of processes before the run
     exists. Returns {"status", "run_dir", "step", "adapter"|"model", "eval_accuracy"?}. The token is set by
     SIGINT/SIGTERM while it runs (as run_job's is); under several processes the ranks agree on it."""
-    from engine.train.core import Trainer
+    from engine.train.core import Trainer, check_4bit, resolve_device
     from engine.train.data import PromptStream
     from engine.train.distributed import close_distributed, init_distributed
     from engine.train.runs import reopen_run, start_run
 
     cancel = cancel or CancelToken()
+    check_4bit(config, resolve_device(config.device))  # settings that cannot run fail before the run exists
     distributed = init_distributed(config.device)
     try:
         if check is not None:
