@@ -15,7 +15,7 @@ from pathlib import Path
 
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal, Slot
 from app.theme import colors
-from app.widgets import ElidedLabel
+from app.widgets import ElidedLabel, ElideMiddleDelegate, bold, set_style_name
 from app.workers import JobOutcome, JobStatus, ProcessJob, ThreadJob
 from engine.errors import AhaError
 from engine.jobs import format_bar, format_bytes
@@ -166,29 +166,6 @@ def metadata_text(info: GGUFInfo) -> str:
 
 # --- Small widgets -----------------------------------------------------------------------------------------------
 
-def _set_style_name(widget: QtWidgets.QWidget, name: str) -> None:
-    """Switch a widget to another theme object name ("Muted", "Warning") and restyle it."""
-    if widget.objectName() != name:
-        widget.setObjectName(name)
-        widget.style().unpolish(widget)
-        widget.style().polish(widget)
-
-
-def _bold(widget: QtWidgets.QWidget, point_delta: int = 0) -> None:
-    font = widget.font()
-    font.setBold(True)
-    font.setPointSizeF(font.pointSizeF() + point_delta)
-    widget.setFont(font)
-
-
-class ElideMiddleDelegate(QtWidgets.QStyledItemDelegate):
-    """Elides a column's text in the middle, keeping both ends of a path ("File · ~/mod…/bartowski")."""
-
-    def initStyleOption(self, option: QtWidgets.QStyleOptionViewItem, index: QtCore.QModelIndex) -> None:
-        super().initStyleOption(option, index)
-        option.textElideMode = Qt.TextElideMode.ElideMiddle
-
-
 class LibraryModel(QtCore.QAbstractTableModel):
     """The rows of the table: one ModelRow each. SORT_ROLE gives numbers for numeric columns."""
 
@@ -300,7 +277,7 @@ class DetailsPanel(QtWidgets.QWidget):
         self.setMinimumHeight(200)
         self.setSizePolicy(QtWidgets.QSizePolicy.Policy.Preferred, QtWidgets.QSizePolicy.Policy.Preferred)
         self.title = ElidedLabel()
-        _bold(self.title, 3)
+        bold(self.title, 3)
         self.subtitle = ElidedLabel()
         self.subtitle.setObjectName("Muted")
         self.problem = QtWidgets.QLabel()
@@ -636,7 +613,7 @@ class DownloadRow(QtWidgets.QFrame):
         else:
             self.state = DownloadState.FAILED
             self.bar.setFormat("failed")
-            _set_style_name(self.detail, "Warning")
+            set_style_name(self.detail, "Warning")
             self.detail.set_full_text(message)
             self.detail.hide()                       # one elided line would hide what to do: wrap it instead
             self.problem.setText(message)
@@ -678,7 +655,7 @@ class ModelsPane(QtWidgets.QWidget):
     # layout
     def _build(self) -> None:
         self.title = QtWidgets.QLabel("Models")
-        _bold(self.title, 6)
+        bold(self.title, 6)
         self.count = QtWidgets.QLabel("Reading the library…")
         self.count.setObjectName("Muted")
         self.add_file_button = QtWidgets.QPushButton("Add file…")
@@ -965,7 +942,7 @@ class ModelsPane(QtWidgets.QWidget):
 
     def _show_status(self, text: str, warning: bool = False, details: Iterable[str] = ()) -> None:
         details = list(details)
-        _set_style_name(self.status, "Warning" if warning else "Muted")
+        set_style_name(self.status, "Warning" if warning else "Muted")
         self.status.set_full_text(text + ("  (hover for why)" if len(details) > 1 else ""))
         self.status.setToolTip("\n".join(details) or text)
 
