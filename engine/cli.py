@@ -9,15 +9,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import sys
-import warnings
 from collections.abc import Callable
 
 from engine import __version__
 from engine.errors import AhaError
-from engine.jobs import make_event, run_job, sink_for
+from engine.jobs import make_event, quiet_libraries, run_job, sink_for
 
 TRAINING_STAGES = ["load", "train"]  # loading the model (and the adapter, a resumed checkpoint), the steps
 
@@ -440,17 +438,6 @@ def build_parser() -> argparse.ArgumentParser:
     for add in SUBCOMMANDS:
         add(subparsers)
     return parser
-
-
-# Libraries whose internal warnings (deprecations, optional kernels) are noise for a user of `aha`.
-QUIET_LIBRARIES = ("bitsandbytes", "transformers", "peft", "accelerate", "torch", "huggingface_hub")
-
-
-def quiet_libraries() -> None:
-    """Keep third-party chatter off the terminal: only their errors are shown."""
-    for name in QUIET_LIBRARIES:
-        logging.getLogger(name).setLevel(logging.ERROR)
-        warnings.filterwarnings("ignore", module=rf"{name}(\..*)?$")
 
 
 def _recover_runs() -> None:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -258,6 +260,60 @@ def sink_for(mode: str) -> OnEvent:
     return TerminalSink()
 
 
+# Libraries underneath ------------------------------------------------------------------------------
+
+# Libraries whose internal warnings (deprecations, optional kernels, progress bars) are noise for a user of `aha`.
+QUIET_LIBRARIES = ("bitsandbytes", "transformers", "peft", "accelerate", "torch", "huggingface_hub", "datasets")
+
+
+def quiet_libraries() -> None:
+    """Keep third-party chatter off the terminal: only their errors are shown, their progress bars are off
+    (huggingface_hub's switch, which transformers reads too; set before either is imported)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module=rf"{name}(\..*)?$")
+
+
+def library_chatter_to(log: Path) -> Callable[[], None]:
+    """Until the returned undo is called, the libraries' warnings (their loggers and warnings.warn) go to
+    `log`, the run's run.log, where a person looking into a run finds them; the terminal sees none of them."""
+    handler = logging.FileHandler(log, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(name)s] %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    for name in QUIET_LIBRARIES:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+        logger.addHandler(handler)
+        warnings.filterwarnings("always", module=rf"{name}(\..*)?$")
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if any(f"/{name}/" in filename.replace(os.sep, "/") for name in QUIET_LIBRARIES):
+            with contextlib.suppress(OSError), open(log, "a", encoding="utf-8") as stream:
+                stream.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [warning] "
+                             f"{warnings.formatwarning(message, category, filename, lineno, line)}")
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    filters = warnings.filters[:len(QUIET_LIBRARIES)]
+
+    def undo() -> None:
+        warnings.showwarning = shown
+        for entry in filters:
+            with contextlib.suppress(ValueError):
+                warnings.filters.remove(entry)
+        for name in QUIET_LIBRARIES:
+            logger = logging.getLogger(name)
+            logger.removeHandler(handler)
+            logger.setLevel(logging.ERROR)
+            logger.propagate = True
+        handler.close()
+
+    return undo
+
+
 # The job runner ----------------------------------------------------------------------------------
 
 class Job:
@@ -274,6 +330,7 @@ class Job:
         self.started = False
         self.finished = False
         self._heartbeat: threading.Event | None = None
+        self._undo_chatter: Callable[[], None] | None = None
 
     def emit(self, event: dict) -> None:
         kind = event["type"]
@@ -298,6 +355,8 @@ class Job:
                              run_dir=run_dir))
         if run_id is not None:
             self._keep_heartbeat(run_id)
+        if self.run_dir is not None and self.run_dir.is_dir():
+            self._undo_chatter = library_chatter_to(self.run_dir / "run.log")
 
     def _placed(self, event: dict) -> dict:
         """The progress event with its stage's index and the stage count (from `stages`)."""
@@ -328,6 +387,8 @@ class Job:
             self._start(None, None)
         if self._heartbeat is not None:
             self._heartbeat.set()
+        if self._undo_chatter is not None:
+            self._undo_chatter()
         self.finished = True
         status = event.get("status", "error")
         _settle_run(self.run_id, status)
