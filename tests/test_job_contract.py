@@ -365,3 +365,29 @@ def test_library_chatter_goes_to_run_log_not_the_terminal(tmp_path, capsys):
     assert capsys.readouterr().err == ""
     logging.getLogger("transformers.modeling_utils").warning("after the job")
     assert "after the job" not in log.read_text()
+
+
+def test_a_running_job_claims_its_run_and_keeps_its_heartbeat(monkeypatch):
+    """run_job marks the job's run as this process's and refreshes its heartbeat while the work runs
+    (every HEARTBEAT_S, here shortened); the run ends with the job's status."""
+    from engine import jobs
+    from engine.store import Store
+
+    monkeypatch.setattr(jobs, "HEARTBEAT_S", 0.05)
+    with Store() as store:
+        run_id = store.create_run("export", {}, status="created")
+    beats = []
+
+    def work(job):
+        job.emit(jobs.make_event("start", kind="export", pid=os.getpid(), stages=[], run_id=run_id, run_dir=None))
+        with Store() as store:
+            for _ in range(3):
+                time.sleep(0.2)
+                beats.append(store.get_run(run_id)["heartbeat_at"])
+            assert store.get_run(run_id)["pid"] == os.getpid()
+        return {}
+
+    assert jobs.run_job("export", work, None, stages=["write"], sink=jobs.ignore) == 0
+    assert beats == sorted(beats) and len(set(beats)) == 3, beats
+    with Store() as store:
+        assert store.get_run(run_id)["status"] == "complete"
