@@ -1,4 +1,4 @@
-"""GRPO's pure math: group advantages, the clipped surrogate loss with its KL penalty, and log-probs.
+"""GRPO's pure math: group advantages, the clipped surrogate loss with its KL penalty, and the completion mask.
 
 Tensors in, (value, metrics) out. Knows nothing of models, tokenizers, rewards or logging; the training
 loop in `engine.train.grpo` decides what to record. Formulas: DeepSeekMath (arXiv 2402.03300) eq. 1–3, with

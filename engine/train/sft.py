@@ -1,5 +1,5 @@
 """Supervised fine-tuning on prompt → completion traces with the loss on the completion only: the cold
-start of the R1 recipe and the core of sequence-level distillation (FIELD-NOTES §7, §8). Batches come
+start of the R1 recipe and the core of sequence-level distillation (what DeepSeek trained its R1 distills with). Batches come
 from a file or fresh from a built-in task's programmatic teacher; `stop_at_accuracy` ends the run once
 held-out greedy accuracy reaches it (a fixed step count lands anywhere from 12% to 81% on the tiny task).
 Setup, checkpoints, resume and cancel are `engine.train.core`'s.
