@@ -108,6 +108,9 @@ def index_tensors(parts: list[Path]) -> dict:
 def open_checkpoint(folder: Path | str) -> Checkpoint:
     """Validate and index an HF checkpoint folder for export."""
     folder = Path(folder).expanduser()
+    if folder.is_file():
+        raise AhaError(f"{folder} is a file, not a folder; give the Hugging Face checkpoint folder that holds "
+                       "config.json (a .gguf needs no export).")
     if not folder.is_dir():
         raise AhaError(f"checkpoint folder {folder} does not exist; give the folder that holds config.json.")
     if not (folder / "config.json").is_file():
