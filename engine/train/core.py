@@ -164,14 +164,42 @@ def cpu_note(config: TrainConfig, resume: bool = False) -> tuple[str, dict[str, 
             f"(now {now_text})", smaller)
 
 
+# What a checkpoint folder holds its weights and its tokenizer in (any one of each will do).
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
 def check_model_folder(path: str | Path) -> Path:
+    """The folder of a Hugging Face checkpoint, checked without loading it: config.json that parses, weights,
+    a tokenizer; each thing missing is one line, before a run exists."""
     folder = Path(path).expanduser()
+    if folder.is_file():
+        raise AhaError(f"{folder} is a file, not a model folder: give the Hugging Face checkpoint folder "
+                       "(config.json, *.safetensors, tokenizer files); a GGUF file cannot be trained")
     if not folder.is_dir():
         raise AhaError(f"model folder {folder} not found: give a Hugging Face checkpoint folder (config.json, "
                        "*.safetensors, tokenizer files)")
     if not (folder / "config.json").is_file():
         raise AhaError(f"{folder} has no config.json: give a Hugging Face checkpoint folder, not a GGUF file "
                        "or an adapter folder")
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        if (folder / name).is_file():
+            try:
+                json.loads((folder / name).read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as error:
+                raise AhaError(f"{folder / name} is not valid JSON ({error}); re-download or re-save the "
+                               "checkpoint") from None
+    if not any(next(folder.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
+        raise AhaError(f"{folder} has no weights (model.safetensors or its shards): the download or save is "
+                       "incomplete; re-download or re-save the checkpoint")
+    shards = sorted(folder.glob("*.safetensors"))
+    if shards:
+        from engine.export.checkpoint import index_tensors
+
+        index_tensors(shards)  # reads the headers only: a corrupt or truncated file is one line here
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise AhaError(f"{folder} has no tokenizer (tokenizer.json): copy the tokenizer files of the model it "
+                       "was trained from into it, or save it with tokenizer.save_pretrained")
     return folder
 
 
@@ -181,8 +209,13 @@ def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     folder = Path(path)
-    tokenizer = (PreTrainedTokenizerFast.from_pretrained(folder) if (folder / "tokenizer.json").is_file()
-                 else AutoTokenizer.from_pretrained(folder))
+    try:
+        tokenizer = (PreTrainedTokenizerFast.from_pretrained(folder) if (folder / "tokenizer.json").is_file()
+                     else AutoTokenizer.from_pretrained(folder))
+    except Exception as error:  # noqa: BLE001 - a broken tokenizer file is the user's, not our bug
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise AhaError(f"cannot load the tokenizer in {folder}: {reason}; re-download or re-save the "
+                       "checkpoint's tokenizer files") from error
     if tokenizer.eos_token_id is None:
         raise AhaError(f"the tokenizer in {folder} has no EOS token: sampling would never stop")
     return tokenizer
