@@ -128,8 +128,10 @@ class KDConfig(TraceSFTConfig):
             raise AhaError(f"kd_kind must be one of {', '.join(KD_KINDS)}, got {self.kd_kind!r}")
         if not 0.0 <= self.lmbda <= 1.0:
             raise AhaError(f"lmbda is the fraction of on-policy steps, between 0 and 1; got {self.lmbda}")
-        if self.temperature <= 0:
+        if not self.temperature > 0:
             raise AhaError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.beta <= 1.0:
+            raise AhaError(f"beta is the JSD interpolation, between 0 and 1; got {self.beta}")
 
 
 def check_same_tokenizer(student, teacher, student_name: str = "student", teacher_name: str = "teacher") -> None:

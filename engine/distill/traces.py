@@ -15,7 +15,7 @@ from engine.errors import AhaError
 from engine.jobs import CancelToken, OnEvent, ignore
 from engine.train.config import setting
 from engine.train.data import TASKS, TaskSource, is_task, open_dataset
-from engine.train.sft import SFTConfig, SFTStep
+from engine.train.sft import SFTConfig, SFTStep, check_batch_settings
 
 # SFT on traces ------------------------------------------------------------------------------------
 
@@ -37,6 +37,7 @@ class TraceSFTConfig(SFTConfig):
 
     def validate(self) -> None:
         super(SFTConfig, self).validate()
+        check_batch_settings(self)
         if not self.traces and not is_task(self.dataset):
             raise AhaError("no traces given: pass --traces traces.jsonl (written by `aha distill generate`), or "
                            f"--dataset {' or '.join(TASKS)} to learn a built-in task's own teacher traces")

@@ -117,9 +117,24 @@ class TrainConfig:
             raise AhaError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.lr_scheduler_type not in SCHEDULES:
             raise AhaError(f"lr_scheduler_type must be one of {', '.join(SCHEDULES)}, got {self.lr_scheduler_type!r}")
-        for name in ("max_steps", "gradient_accumulation_steps", "logging_steps", "save_steps", "lora_r"):
+        for name in ("max_steps", "gradient_accumulation_steps", "logging_steps", "save_steps", "lora_r", "lora_alpha"):
             if getattr(self, name) < 1:
                 raise AhaError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise AhaError(f"save_total_limit must be at least 1 (or unset to keep every checkpoint), got "
+                           f"{self.save_total_limit}")
+        # Written as `not (in range)` so that NaN is refused too.
+        for name in ("learning_rate", "adam_epsilon"):
+            if not getattr(self, name) > 0:
+                raise AhaError(f"{name} must be above 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "max_grad_norm", "warmup_steps"):
+            if not getattr(self, name) >= 0:
+                raise AhaError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        for name in ("adam_beta1", "adam_beta2", "lora_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise AhaError(f"{name} must be at least 0 and below 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise AhaError(f"warmup_ratio is a fraction of max_steps, between 0 and 1; got {self.warmup_ratio}")
         if self.load_in_4bit and not self.use_peft:
             raise AhaError("load_in_4bit trains LoRA adapters on a frozen 4-bit base: set use_peft = true")
         unknown = sorted(set(self.report_to) - {"tensorboard", "none"})
