@@ -229,6 +229,7 @@ def _cmd_distill_generate(args: argparse.Namespace) -> int:
     command = {"argv": args.argv, "cwd": os.getcwd()}  # for `aha runs resume`
 
     def work(job):
+        config.validate()  # before the dataset is read and the teacher loaded or reached
         from engine.distill.generate import generate_traces
         from engine.distill.teachers import Sampling, make_teacher
         from engine.store import Store
