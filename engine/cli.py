@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import typing
 import warnings
 from collections.abc import Callable
 
@@ -432,8 +433,16 @@ SUBCOMMANDS: list[Callable] = [_chat_parser, _models_parser, _export_parser, _di
 RECOVERS_RUNS = ("runs", "grpo", "distill")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake said as every error is: one line, `aha: error: …`, exit 2 (the usage
+    itself is what --help shows). Subcommands' parsers are of this class too (argparse makes them so)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"aha: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="aha", description="Aha — a workbench for DeepSeek-R1-style reasoning models: chat, GRPO, "
                                 "distillation and GGUF export.")
     parser.add_argument("--version", action="version", version=f"aha {__version__}")
