@@ -49,7 +49,7 @@ def export(src: Path | str, out: Path | str, out_type: str = "f16", *, adapter: 
     from engine.export.checkpoint import open_checkpoint
     from engine.export.gguf_writer import DIRECT_TYPES
     from engine.export.lora import check_matches_base, open_adapter, write_lora_gguf
-    from engine.export.ollama import check_reachable
+    from engine.export.ollama import check_model_name, check_reachable
     from engine.fileio import check_output, missing_folders
 
     key = check_type(out_type)
@@ -65,6 +65,7 @@ def export(src: Path | str, out: Path | str, out_type: str = "f16", *, adapter: 
         raise AhaError(f"--num-ctx must be a positive number of tokens, got {num_ctx}; leave it out for "
                        f"min(the model's context, {DEFAULT_NUM_CTX}).")
     if ollama:
+        check_model_name(ollama)
         check_reachable()  # before merging, converting and hashing, which take minutes on a real model
     check_output(out, force)
     # The inputs are checked before any work: a wrong adapter is one line, not a failed merge.
