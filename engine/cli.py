@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sys
+import typing
 from collections.abc import Callable
 
 from engine import __version__
@@ -227,6 +228,7 @@ def _cmd_distill_generate(args: argparse.Namespace) -> int:
     command = {"argv": args.argv, "cwd": os.getcwd()}  # for `aha runs resume`
 
     def work(job):
+        config.validate()  # before the dataset is read and the teacher loaded or reached
         from engine.distill.generate import generate_traces
         from engine.distill.teachers import Sampling, make_teacher
         from engine.store import Store
@@ -429,8 +431,16 @@ SUBCOMMANDS: list[Callable] = [_chat_parser, _models_parser, _export_parser, _di
 RECOVERS_RUNS = ("runs", "grpo", "distill")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake said as every error is: one line, `aha: error: …`, exit 2 (the usage
+    itself is what --help shows). Subcommands' parsers are of this class too (argparse makes them so)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"aha: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="aha", description="Aha — a workbench for DeepSeek-R1-style reasoning models: chat, GRPO, "
                                 "distillation and GGUF export.")
     parser.add_argument("--version", action="version", version=f"aha {__version__}")

@@ -141,18 +141,18 @@ def _resume(out_path: Path, config: dict, force: bool, on_event: OnEvent) -> dic
     """Prepare the output for appending; returns the progress records of prompts finished before.
     Trace lines of prompts that never finished (a crash between their lines and their progress record)
     and a cut-off last line in either file are removed."""
+    from engine.fileio import make_folder
+
     sidecar = progress_path(out_path)
     if force:
         for path in (out_path, sidecar):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out_path.parent)
     if sidecar.exists() and not out_path.exists():
         sidecar.unlink()  # the traces were deleted: their progress means nothing any more
     if not sidecar.exists():
-        if out_path.exists() and out_path.stat().st_size > 0:
-            raise AhaError(f"{out_path} exists but has no {sidecar.name} beside it, so it was not written by "
-                           "`aha distill generate`; pass --force to overwrite it or choose another output")
+        check_traces_output(out_path, force)  # (checked before the teacher started; the file may have come since)
         _rewrite(sidecar, [json.dumps({"config": config}, ensure_ascii=False) + "\n"])
         return {}
     progress_lines, progress_damaged = _complete_lines(sidecar)
@@ -251,6 +251,48 @@ class GenerateConfig:
                           metavar="FILE")
     force: bool = setting(False, "start over: delete an existing output first", "Logging")
 
+    def validate(self) -> None:
+        """Everything a user can get wrong, as one line, before the teacher is loaded or reached (minutes for
+        a GGUF, a timeout for an endpoint): the settings, the teacher spec, the rewards (names and files)
+        and the output file."""
+        from engine.distill.teachers import parse_teacher
+        from engine.train.rewards import RewardSet
+
+        parse_teacher(self.teacher)
+        check_counts(self.k, self.keep)
+        for name in ("concurrency", "n_ctx", "max_tokens", "limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise AhaError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.timeout > 0:
+            raise AhaError(f"timeout must be above 0 seconds, got {self.timeout}")
+        if not self.temperature >= 0:
+            raise AhaError(f"temperature must be 0 (greedy) or more, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise AhaError(f"top_p must be above 0 and at most 1, got {self.top_p}")
+        RewardSet(list(self.reward))
+        check_traces_output(Path(self.output).expanduser(), self.force)
+
+
+def check_counts(k: int, keep: str) -> None:
+    if k < 1:
+        raise AhaError(f"k must be at least 1 (samples per prompt), got {k}")
+    if keep not in KEEP_RULES:
+        raise AhaError(f"unknown keep rule {keep!r}; use one of {', '.join(KEEP_RULES)}")
+
+
+def check_traces_output(out_path: Path, force: bool) -> None:
+    """The traces file can be written or resumed: not a folder, not someone else's file (without force),
+    in a place where files can be made. Creates nothing."""
+    from engine.fileio import check_writable_folder
+
+    if out_path.is_dir():
+        raise AhaError(f"{out_path} is a folder; give the traces file to write, e.g. {out_path / 'traces.jsonl'}")
+    check_writable_folder(out_path.parent)
+    sidecar = progress_path(out_path)
+    if not force and not sidecar.exists() and out_path.exists() and out_path.stat().st_size > 0:
+        raise AhaError(f"{out_path} exists but has no {sidecar.name} beside it, so it was not written by "
+                       "`aha distill generate`; pass --force to overwrite it or choose another output")
+
 
 def generate_traces(teacher: Teacher, rows: Iterable[dict], *, k: int, out_path: str | Path,
                     rewards: Sequence = DEFAULT_REWARDS, reward_weights: Sequence[float] | None = None,
@@ -270,14 +312,12 @@ def generate_traces(teacher: Teacher, rows: Iterable[dict], *, k: int, out_path:
     CLI was called) in its config so `aha runs resume` can call it again. Returns this run's stats."""
     from engine.train.rewards import RewardSet
 
-    if k < 1:
-        raise AhaError(f"k must be at least 1 (samples per prompt), got {k}")
-    if keep not in KEEP_RULES:
-        raise AhaError(f"unknown keep rule {keep!r}; use one of {', '.join(KEEP_RULES)}")
+    check_counts(k, keep)
     reward_set = RewardSet(list(rewards), reward_weights)
     rows = _checked_rows(rows, needs_answer="accuracy" in reward_set.names)
     sampling = sampling or Sampling()
     out_path = Path(out_path).expanduser()
+    check_traces_output(out_path, force)
     config = {"teacher": teacher.describe(), "k": k, "keep": keep, "rewards": list(reward_set.names),
               "reward_weights": reward_set.weights, "pass_threshold": pass_threshold,
               "sampling": asdict(sampling), "output": str(out_path)}

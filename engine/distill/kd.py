@@ -17,6 +17,7 @@ from engine.distill.traces import (
     TraceSFTConfig,
     TraceSFTStep,
     heldout_rows,
+    read_traces,
     training_rows,
 )
 from engine.errors import AhaError
@@ -128,8 +129,10 @@ class KDConfig(TraceSFTConfig):
             raise AhaError(f"kd_kind must be one of {', '.join(KD_KINDS)}, got {self.kd_kind!r}")
         if not 0.0 <= self.lmbda <= 1.0:
             raise AhaError(f"lmbda is the fraction of on-policy steps, between 0 and 1; got {self.lmbda}")
-        if self.temperature <= 0:
+        if not self.temperature > 0:
             raise AhaError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.beta <= 1.0:
+            raise AhaError(f"beta is the JSD interpolation, between 0 and 1; got {self.beta}")
 
 
 def check_same_tokenizer(student, teacher, student_name: str = "student", teacher_name: str = "teacher") -> None:
@@ -252,9 +255,11 @@ def train_kd_on_traces(config: KDConfig | None = None, *, resume: str | Path | N
     from engine.train.sft import run_sft
 
     config = run_config(KDConfig, config, resume, overrides)
-    tokenizer = load_tokenizer(check_model_folder(config.model))
-    check_same_tokenizer(tokenizer, load_tokenizer(check_model_folder(config.teacher)))
-    rows = training_rows(config, tokenizer)
+    student, teacher = check_model_folder(config.model), check_model_folder(config.teacher)
+    traces = read_traces(config) if config.traces else None  # the file's problems first: transformers loads slowly
+    tokenizer = load_tokenizer(student)
+    check_same_tokenizer(tokenizer, load_tokenizer(teacher))
+    rows = training_rows(config, tokenizer, traces)
     heldout = heldout_rows(config, tokenizer)
     return run_sft(config, rows, heldout, resume=resume, on_event=on_event, cancel=cancel, kind="distill-kd",
                    make_step=KDStep)

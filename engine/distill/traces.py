@@ -15,7 +15,7 @@ from engine.errors import AhaError
 from engine.jobs import CancelToken, OnEvent, ignore
 from engine.train.config import setting
 from engine.train.data import TASKS, TaskSource, is_task, open_dataset
-from engine.train.sft import SFTConfig, SFTStep
+from engine.train.sft import SFTConfig, SFTStep, check_batch_settings
 
 # SFT on traces ------------------------------------------------------------------------------------
 
@@ -37,6 +37,7 @@ class TraceSFTConfig(SFTConfig):
 
     def validate(self) -> None:
         super(SFTConfig, self).validate()
+        check_batch_settings(self)
         if not self.traces and not is_task(self.dataset):
             raise AhaError("no traces given: pass --traces traces.jsonl (written by `aha distill generate`), or "
                            f"--dataset {' or '.join(TASKS)} to learn a built-in task's own teacher traces")
@@ -89,11 +90,11 @@ class TaskTraces:
         return task_trace(self.task.row(index), self.tokenizer, self.system_prompt)
 
 
-def training_rows(config: TraceSFTConfig, tokenizer) -> list[dict] | TaskTraces:
-    """What the student learns: the traces file's rows (load_traces), or without one the built-in task's
-    teacher traces (config.dataset, drawn with config.seed)."""
+def training_rows(config: TraceSFTConfig, tokenizer, traces: list[dict] | None = None) -> list[dict] | TaskTraces:
+    """What the student learns: the traces file's rows (load_traces; `traces` when read_traces already read
+    them), or without one the built-in task's teacher traces (config.dataset, drawn with config.seed)."""
     if config.traces:
-        return load_traces(config, tokenizer)
+        return format_traces(config, traces if traces is not None else read_traces(config), tokenizer)
     return TaskTraces(TaskSource(config.dataset, config.seed), tokenizer, config.system_prompt)
 
 
@@ -101,11 +102,16 @@ def load_traces(config: TraceSFTConfig, tokenizer) -> list[dict]:
     """Rows {prompt, answer (gold when present), completion} of the traces file: missing columns are an
     AhaError with the line; rows with an empty answer, below min_reward or repeated are dropped; none
     left is an AhaError."""
+    return format_traces(config, read_traces(config), tokenizer)
+
+
+def read_traces(config: TraceSFTConfig) -> list[dict]:
+    """The traces file's rows that are kept (load_traces' filtering), without a tokenizer: a trainer reads
+    them first, so a problem with the file is said before the student is loaded."""
     from engine.train.data import load_rows
-    from engine.train.sampling import render_prompt
 
     rows = load_rows(config.traces, config.prompt_column, None, required=(config.thinking_column, config.answer_column))
-    kept, seen, rendered = [], set(), {}
+    kept, seen = [], set()
     for row in rows:
         thinking, answer = str(row[config.thinking_column]), str(row[config.answer_column])
         if not answer.strip() or not str(row["prompt"]).strip():
@@ -117,15 +123,28 @@ def load_traces(config: TraceSFTConfig, tokenizer) -> list[dict]:
         if key in seen:
             continue
         seen.add(key)
-        if row["prompt"] not in rendered:
-            rendered[row["prompt"]] = render_prompt(tokenizer, row["prompt"], config.system_prompt)
-        completion = completion_after_prefill(rendered[row["prompt"]], trace_completion(thinking, answer))
-        kept.append({"prompt": row["prompt"], "answer": row.get("gold"), "completion": completion})
+        kept.append(row)
     if not kept:
         reward = f", min_reward {config.min_reward}" if config.min_reward is not None else ""
         raise AhaError(f"no traces left in {config.traces} after filtering ({len(rows)} rows; empty answers, "
                        f"duplicates{reward} dropped)")
     return kept
+
+
+def format_traces(config: TraceSFTConfig, rows: list[dict], tokenizer) -> list[dict]:
+    """read_traces' rows as {prompt, answer (gold), completion}: the completion after what the student's
+    template pre-fills."""
+    from engine.train.sampling import render_prompt
+
+    rendered: dict[str, str] = {}
+    formatted = []
+    for row in rows:
+        thinking, answer = str(row[config.thinking_column]), str(row[config.answer_column])
+        if row["prompt"] not in rendered:
+            rendered[row["prompt"]] = render_prompt(tokenizer, row["prompt"], config.system_prompt)
+        completion = completion_after_prefill(rendered[row["prompt"]], trace_completion(thinking, answer))
+        formatted.append({"prompt": row["prompt"], "answer": row.get("gold"), "completion": completion})
+    return formatted
 
 
 def heldout_rows(config: TraceSFTConfig, tokenizer) -> list[dict]:
@@ -183,8 +202,10 @@ def train_sft_on_traces(config: TraceSFTConfig | None = None, *, resume: str | P
     from engine.train.sft import run_sft
 
     config = run_config(TraceSFTConfig, config, resume, overrides)
-    tokenizer = load_tokenizer(check_model_folder(config.model))
-    rows = training_rows(config, tokenizer)
+    folder = check_model_folder(config.model)
+    traces = read_traces(config) if config.traces else None  # the file's problems first: transformers loads slowly
+    tokenizer = load_tokenizer(folder)
+    rows = training_rows(config, tokenizer, traces)
     heldout = heldout_rows(config, tokenizer)
     return run_sft(config, rows, heldout, resume=resume, on_event=on_event, cancel=cancel, kind="distill-sft",
                    make_step=TraceSFTStep)

@@ -108,16 +108,25 @@ def index_tensors(parts: list[Path]) -> dict:
 def open_checkpoint(folder: Path | str) -> Checkpoint:
     """Validate and index an HF checkpoint folder for export."""
     folder = Path(folder).expanduser()
+    if folder.is_file():
+        raise AhaError(f"{folder} is a file, not a folder; give the Hugging Face checkpoint folder that holds "
+                       "config.json (a .gguf needs no export).")
     if not folder.is_dir():
         raise AhaError(f"checkpoint folder {folder} does not exist; give the folder that holds config.json.")
     if not (folder / "config.json").is_file():
         raise AhaError(f"{folder} has no config.json; give the folder of a Hugging Face checkpoint.")
-    hparams = read_hparams(folder)
-    hf_arch = (hparams.get("architectures") or ["?"])[0]
+    # The checks that need no transformers come first: its import alone takes seconds.
+    try:
+        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AhaError(f"cannot read {folder / 'config.json'}: not valid JSON ({exc}); re-download or re-save "
+                       "the checkpoint.") from None
+    hf_arch = ((raw.get("architectures") if isinstance(raw, dict) else None) or ["?"])[0]
     if hf_arch not in SUPPORTED_ARCHITECTURES:
         supported = ", ".join(SUPPORTED_ARCHITECTURES)
         raise AhaError(f"unsupported architecture {hf_arch}; Aha exports {supported} (the DeepSeek-R1 distills).")
     tensors = index_tensors(_part_files(folder))
+    hparams = read_hparams(folder)
     return Checkpoint(folder, hparams, hf_arch, SUPPORTED_ARCHITECTURES[hf_arch], tensors)
 
 

@@ -55,11 +55,19 @@ def open_adapter(folder: Path | str) -> Adapter:
     """Read adapter_config.json and index adapter_model.safetensors."""
     folder = Path(folder).expanduser()
     config_file, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    if not folder.is_dir():
+        raise AhaError(f"adapter folder {folder} does not exist; give the folder a PEFT LoRA run saved "
+                       "(adapter_config.json, adapter_model.safetensors).")
     if not config_file.is_file():
         raise AhaError(f"{folder} has no adapter_config.json; give the folder a PEFT LoRA run saved.")
     if not weights.is_file():
         raise AhaError(f"{folder} has no adapter_model.safetensors; re-save the adapter with safetensors.")
-    config = json.loads(config_file.read_text(encoding="utf-8"))
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise AhaError(f"{config_file} is not valid JSON ({error}); re-save the adapter.") from None
+    if not isinstance(config, dict):
+        raise AhaError(f"{config_file} is not an adapter config (a JSON object); re-save the adapter.")
     if config.get("peft_type", "LORA") != "LORA":
         raise AhaError(f"{folder} is a {config.get('peft_type')} adapter; only LoRA adapters can be exported.")
     pairs: dict[str, list] = {}

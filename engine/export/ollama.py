@@ -11,6 +11,7 @@ import http.client
 import ipaddress
 import json
 import os
+import re
 import socket
 import urllib.parse
 from collections.abc import Iterator
@@ -247,6 +248,19 @@ def _chunks(stream: BinaryIO, progress: Progress, cancel=None) -> Iterator[bytes
 def _phase(emit: OnEvent, phase: str, label: str) -> OnEvent:
     """The registration's progress events with their phase (hash, upload) and what a person reads."""
     return lambda event: emit({**event, "phase": phase, "label": label} if event["type"] == "progress" else event)
+
+
+# [host[:port]/][namespace/]model[:tag], as Ollama's model names (types/model/name.go): letters, digits, _ . -
+MODEL_NAME = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._:-]*/){0,2}[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}"
+                        r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,79})?")
+
+
+def check_model_name(name: str) -> str:
+    """Refuse a name Ollama would refuse, before an export writes anything (it asks only at the end)."""
+    if not MODEL_NAME.fullmatch(name):
+        raise AhaError(f"{name!r} is not an Ollama model name; use letters, digits, _ . - as in aha-r1 or "
+                       "aha-r1:1.5b (namespace/model:tag at most).")
+    return name
 
 
 def check_reachable(host: str | None = None, timeout_s: float = 5.0) -> str:

@@ -47,25 +47,52 @@ def export(src: Path | str, out: Path | str, out_type: str = "f16", *, adapter: 
     quantizer) with Cancelled; the scratch folder `.X.gguf.work/` and any `.X.gguf.partial-PID` are
     removed, and an existing output is left as it was."""
     from engine.export.checkpoint import open_checkpoint
-    from engine.export.gguf_writer import DIRECT_TYPES, write_gguf
-    from engine.export.lora import merge_adapter, write_lora_gguf
-    from engine.export.ollama import check_reachable
-    from engine.export.quantize import quantize_gguf
-    from engine.fileio import check_output
+    from engine.export.gguf_writer import DIRECT_TYPES
+    from engine.export.lora import check_matches_base, open_adapter, write_lora_gguf
+    from engine.export.ollama import check_model_name, check_reachable
+    from engine.fileio import check_output, missing_folders
 
     key = check_type(out_type)
     out = Path(out).expanduser()
     if adapter_only and adapter is None:
         raise AhaError("--adapter-only needs --adapter ADAPTER_DIR.")
+    if adapter_only and key not in DIRECT_TYPES:
+        raise AhaError(f"a GGUF LoRA adapter is written as one of {', '.join(DIRECT_TYPES)}, not {key!r}; "
+                       "quantize the model it is applied to instead.")
     if adapter_only and ollama:
         raise AhaError("--ollama registers a whole model; export without --adapter-only to register it.")
+    if num_ctx is not None and num_ctx < 1:
+        raise AhaError(f"--num-ctx must be a positive number of tokens, got {num_ctx}; leave it out for "
+                       f"min(the model's context, {DEFAULT_NUM_CTX}).")
     if ollama:
+        check_model_name(ollama)
         check_reachable()  # before merging, converting and hashing, which take minutes on a real model
     check_output(out, force)
-    if adapter_only:
-        return {"gguf": write_lora_gguf(src, adapter, out, key, force=force, on_event=on_event, cancel=cancel),
-                "modelfile": None, "ollama": None}
+    # The inputs are checked before any work: a wrong adapter is one line, not a failed merge.
     ckpt = open_checkpoint(src)
+    if adapter is not None:
+        check_matches_base(open_adapter(adapter), ckpt)
+    created = missing_folders(out.parent)  # removed again (when empty) if the export fails
+    try:
+        if adapter_only:
+            return {"gguf": write_lora_gguf(ckpt.folder, adapter, out, key, force=force, on_event=on_event,
+                                            cancel=cancel), "modelfile": None, "ollama": None}
+        return _export_model(ckpt, out, key, adapter, ollama, num_ctx, force, on_event, cancel)
+    except BaseException:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _export_model(ckpt, out: Path, key: str, adapter: Path | str | None, ollama: str | None, num_ctx: int | None,
+                  force: bool, on_event: OnEvent, cancel: CancelToken | None) -> dict:
+    """The whole-model export after the checks: merge, write (or write an f16 and quantize it), finish."""
+    from engine.export.checkpoint import open_checkpoint
+    from engine.export.gguf_writer import DIRECT_TYPES, write_gguf
+    from engine.export.lora import merge_adapter
+    from engine.export.quantize import quantize_gguf
+
     scratch = out.with_name(f".{out.name}.work")
     try:
         if adapter is not None:

@@ -8,6 +8,7 @@ import contextlib
 import os
 import re
 import socket
+import urllib.parse
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -123,13 +124,31 @@ def _download_target(repo_id: str, filename: str, dest: Path | str | None) -> Pa
     return folder.joinpath(*parts)
 
 
+def hub_endpoint() -> str | None:
+    """HF_ENDPOINT (read now, not at import), checked: huggingface_hub reads it when it is imported, and a
+    malformed one there is a ValueError and a line of its own on stderr."""
+    endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or None
+    if endpoint is None:
+        return None
+    try:
+        parts = urllib.parse.urlsplit(endpoint)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as error:
+        raise AhaError(f"HF_ENDPOINT {endpoint!r} is not a URL ({error}); set it like https://huggingface.co "
+                       "or unset it.") from None
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise AhaError(f"HF_ENDPOINT {endpoint!r} is not an http(s) URL; set it like https://huggingface.co "
+                       "or unset it.")
+    return endpoint
+
+
 def _remote_file(repo_id: str, filename: str, revision: str | None) -> _Remote:
     """HEAD the file's resolve URL: commit, size and sha256; Hub errors become one line."""
+    endpoint = hub_endpoint()
     from huggingface_hub import errors as hub
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
     label = f"{repo_id}/{filename}"
-    endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or None   # read now, not at import
     try:
         url = hf_hub_url(repo_id, filename, revision=revision, endpoint=endpoint)
         meta = get_hf_file_metadata(url, endpoint=endpoint)

@@ -210,6 +210,13 @@ class Library:
                     return entry
             check_gguf(path)
             return LibraryEntry(path.absolute(), "file", model_name(path), _now())
+        if not match_entries(entries, name_or_path):
+            if path.is_dir():
+                raise AhaError(f"{path} is a folder; give a .gguf file in it, or add every model under it with "
+                               f"`aha models add {path}`.")
+            if "/" in name_or_path or "\\" in name_or_path or name_or_path.lower().endswith(".gguf"):
+                raise AhaError(f"{path} does not exist; give the path of a .gguf file or a model name from "
+                               "`aha models list`.")
         entry = _only_match(entries, name_or_path)
         if not entry.path.exists():
             raise AhaError(f"{entry.name} is in the library but its file {entry.path} is gone; run "

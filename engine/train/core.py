@@ -117,9 +117,24 @@ class TrainConfig:
             raise AhaError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.lr_scheduler_type not in SCHEDULES:
             raise AhaError(f"lr_scheduler_type must be one of {', '.join(SCHEDULES)}, got {self.lr_scheduler_type!r}")
-        for name in ("max_steps", "gradient_accumulation_steps", "logging_steps", "save_steps", "lora_r"):
+        for name in ("max_steps", "gradient_accumulation_steps", "logging_steps", "save_steps", "lora_r", "lora_alpha"):
             if getattr(self, name) < 1:
                 raise AhaError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise AhaError(f"save_total_limit must be at least 1 (or unset to keep every checkpoint), got "
+                           f"{self.save_total_limit}")
+        # Written as `not (in range)` so that NaN is refused too.
+        for name in ("learning_rate", "adam_epsilon"):
+            if not getattr(self, name) > 0:
+                raise AhaError(f"{name} must be above 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "max_grad_norm", "warmup_steps"):
+            if not getattr(self, name) >= 0:
+                raise AhaError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        for name in ("adam_beta1", "adam_beta2", "lora_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise AhaError(f"{name} must be at least 0 and below 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise AhaError(f"warmup_ratio is a fraction of max_steps, between 0 and 1; got {self.warmup_ratio}")
         if self.load_in_4bit and not self.use_peft:
             raise AhaError("load_in_4bit trains LoRA adapters on a frozen 4-bit base: set use_peft = true")
         unknown = sorted(set(self.report_to) - {"tensorboard", "none"})
@@ -164,14 +179,42 @@ def cpu_note(config: TrainConfig, resume: bool = False) -> tuple[str, dict[str, 
             f"(now {now_text})", smaller)
 
 
+# What a checkpoint folder holds its weights and its tokenizer in (any one of each will do).
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
 def check_model_folder(path: str | Path) -> Path:
+    """The folder of a Hugging Face checkpoint, checked without loading it: config.json that parses, weights,
+    a tokenizer; each thing missing is one line, before a run exists."""
     folder = Path(path).expanduser()
+    if folder.is_file():
+        raise AhaError(f"{folder} is a file, not a model folder: give the Hugging Face checkpoint folder "
+                       "(config.json, *.safetensors, tokenizer files); a GGUF file cannot be trained")
     if not folder.is_dir():
         raise AhaError(f"model folder {folder} not found: give a Hugging Face checkpoint folder (config.json, "
                        "*.safetensors, tokenizer files)")
     if not (folder / "config.json").is_file():
         raise AhaError(f"{folder} has no config.json: give a Hugging Face checkpoint folder, not a GGUF file "
                        "or an adapter folder")
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        if (folder / name).is_file():
+            try:
+                json.loads((folder / name).read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as error:
+                raise AhaError(f"{folder / name} is not valid JSON ({error}); re-download or re-save the "
+                               "checkpoint") from None
+    if not any(next(folder.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
+        raise AhaError(f"{folder} has no weights (model.safetensors or its shards): the download or save is "
+                       "incomplete; re-download or re-save the checkpoint")
+    shards = sorted(folder.glob("*.safetensors"))
+    if shards:
+        from engine.export.checkpoint import index_tensors
+
+        index_tensors(shards)  # reads the headers only: a corrupt or truncated file is one line here
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise AhaError(f"{folder} has no tokenizer (tokenizer.json): copy the tokenizer files of the model it "
+                       "was trained from into it, or save it with tokenizer.save_pretrained")
     return folder
 
 
@@ -181,8 +224,13 @@ def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     folder = Path(path)
-    tokenizer = (PreTrainedTokenizerFast.from_pretrained(folder) if (folder / "tokenizer.json").is_file()
-                 else AutoTokenizer.from_pretrained(folder))
+    try:
+        tokenizer = (PreTrainedTokenizerFast.from_pretrained(folder) if (folder / "tokenizer.json").is_file()
+                     else AutoTokenizer.from_pretrained(folder))
+    except Exception as error:  # noqa: BLE001 - a broken tokenizer file is the user's, not our bug
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise AhaError(f"cannot load the tokenizer in {folder}: {reason}; re-download or re-save the "
+                       "checkpoint's tokenizer files") from error
     if tokenizer.eos_token_id is None:
         raise AhaError(f"the tokenizer in {folder} has no EOS token: sampling would never stop")
     return tokenizer

@@ -161,13 +161,19 @@ def load_rows(path: str | Path, prompt_column: str = "prompt", answer_column: st
     not None, plus every name in `required`; a missing one is an AhaError naming the column, the file
     and (JSONL, CSV) the line."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise AhaError(f"dataset {path} is a folder; give a .jsonl, .csv or .parquet file or a built-in task "
+                       f"({', '.join(TASKS)})")
     if not path.is_file():
         raise AhaError(f"dataset {path} not found: give a .jsonl, .csv or .parquet file or a built-in task "
                        f"({', '.join(TASKS)})")
     kind = FILE_KINDS.get(path.suffix.lower())
     if kind is None:
         raise AhaError(f"dataset {path}: unknown file type {path.suffix!r}; use .jsonl, .csv or .parquet")
-    return _mapped(_read_records(path, kind), str(path), prompt_column, answer_column, required)
+    try:
+        return _mapped(_read_records(path, kind), str(path), prompt_column, answer_column, required)
+    except UnicodeDecodeError as error:
+        raise AhaError(f"dataset {path} is not UTF-8 text (byte {error.start} of a line); save it as UTF-8") from None
 
 
 def _mapped(records, name: str, prompt_column: str, answer_column: str | None,
@@ -179,6 +185,8 @@ def _mapped(records, name: str, prompt_column: str, answer_column: str | None,
         missing = next((column for column in needed if column not in record or record[column] is None), None)
         if missing is not None:
             where = f"{name} line {line}" if line else name
+            if missing in record:  # the column is there, its value is not (a short CSV row, a JSON null)
+                raise AhaError(f"{where} has no value in column {missing!r}; give each row one")
             flag = {prompt_column: " (map yours with --prompt-column)",
                     answer_column: " (map yours with --answer-column)"}.get(missing, "")
             raise AhaError(f"{where} has no column {missing!r}{flag}; its columns: "

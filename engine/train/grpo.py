@@ -110,8 +110,18 @@ class GRPOConfig(TrainConfig):
         for name in ("prompts_per_step", "max_completion_length", "num_iterations"):
             if getattr(self, name) < 1:
                 raise AhaError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.temperature <= 0:
+        if not self.temperature > 0:
             raise AhaError("temperature must be > 0 for GRPO: greedy completions of a prompt are all equal")
+        if not 0 < self.top_p <= 1:
+            raise AhaError(f"top_p must be above 0 and at most 1, got {self.top_p}")
+        for name in ("beta", "epsilon", "eval_steps"):
+            if not getattr(self, name) >= 0:
+                raise AhaError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.epsilon_high is not None and not self.epsilon_high >= self.epsilon:
+            raise AhaError(f"epsilon_high ({self.epsilon_high}) must be at least epsilon ({self.epsilon})")
+        for name in ("max_prompt_length", "eval_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise AhaError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
             raise AhaError(f"{len(self.rewards)} rewards but {len(self.reward_weights)} reward_weights: give one each")
         batch = self.prompts_per_step * self.num_generations

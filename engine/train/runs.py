@@ -38,6 +38,18 @@ def start_run(kind: str, config: Any, on_event: OnEvent, distributed: Distribute
     return run if run is not None else Run.follower(directory, kind)
 
 
+def check_run_directory(directory: Path) -> None:
+    """A new run's output_dir: not a run already, not a file, and somewhere files can be made."""
+    from engine.fileio import check_writable_folder
+
+    if (directory / "run.json").exists():
+        raise AhaError(f"{directory} already holds a run: resume it with --resume {directory} or choose "
+                       "another output_dir")
+    if directory.exists() and not directory.is_dir():
+        raise AhaError(f"output_dir {directory} is a file, not a folder; choose another output_dir")
+    check_writable_folder(directory)
+
+
 def saved_config(directory: str | Path) -> dict[str, Any]:
     """The settings a run directory was started with (its config.json)."""
     directory = Path(directory).expanduser()
@@ -80,14 +92,17 @@ class Run:
         from engine.paths import subdir
         from engine.store import Store
 
+        if config.output_dir:
+            check_run_directory(Path(config.output_dir).expanduser())  # before the run's row: a refusal is no run
         store = Store()
         store_id = store.create_run(kind, dataclasses.asdict(config), status="created", pid=os.getpid())
         directory = Path(config.output_dir).expanduser() if config.output_dir else subdir("runs") / f"{kind}-{store_id}"
-        if (directory / "run.json").exists():
-            store.update_run_status(store_id, "error")
-            raise AhaError(f"{directory} already holds a run: resume it with --resume {directory} or choose "
-                           "another output_dir")
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            store.delete_run(store_id)
+            raise AhaError(f"cannot create the run directory {directory} ({error.strerror or error}); choose "
+                           "another output_dir") from None
         store.set_run_dir(store_id, directory.resolve())
         run = cls(directory, kind, store_id, on_event, store)
         write_json(directory / "run.json", {"kind": kind, "store_id": store_id, "created_at": time.time()})

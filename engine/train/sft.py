@@ -59,11 +59,23 @@ class SFTConfig(TrainConfig):
         super().validate()
         if not self.dataset:
             raise AhaError("no dataset given: set dataset = \"traces.jsonl\" (or a built-in task: addition, arithmetic)")
+        check_batch_settings(self)
         if self.per_device_train_batch_size % self.gradient_accumulation_steps:
             raise AhaError(f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) must divide "
                            f"per_device_train_batch_size ({self.per_device_train_batch_size})")
         if self.stop_at_accuracy is not None and not self.eval_steps:
             raise AhaError("stop_at_accuracy needs eval_steps (how often to measure held-out accuracy)")
+
+
+def check_batch_settings(config: SFTConfig) -> None:
+    """The counts and fractions of an SFT-like config that no run can use, as one line."""
+    for name in ("per_device_train_batch_size", "max_length", "eval_samples", "max_completion_length"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
+            raise AhaError(f"{name} must be at least 1, got {getattr(config, name)}")
+    if config.eval_steps < 0:
+        raise AhaError(f"eval_steps must be 0 (never) or more, got {config.eval_steps}")
+    if config.stop_at_accuracy is not None and not 0 <= config.stop_at_accuracy <= 1:
+        raise AhaError(f"stop_at_accuracy is a held-out accuracy, between 0 and 1; got {config.stop_at_accuracy}")
 
 
 class Batch(NamedTuple):
