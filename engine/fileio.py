@@ -7,6 +7,7 @@ cancelled write leaves no partial file behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -93,6 +94,24 @@ def check_free_space(folder: Path, needed_bytes: int, margin_bytes: int = 64 << 
                        f"{format_bytes(needed_bytes + margin_bytes)}, {format_bytes(free)} free; free some space or write elsewhere.")
 
 
+# errno → what a failed write means for the user; other OSErrors are not the disk's and stay what they are.
+DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+               errno.EROFS: "the disk is read-only", errno.EIO: "the disk reported an input/output error"}
+
+
+@contextlib.contextmanager
+def disk_errors(what: Path | str) -> Iterator[None]:
+    """A write that fails for want of disk (full, over quota, read-only, I/O error) as one line naming
+    `what`; the free-space checks catch most of it before, a disk filled meanwhile is caught here."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in DISK_ERRORS:
+            raise
+        raise AhaError(f"cannot write {what}: {DISK_ERRORS[error.errno]}; free some space or write "
+                       "elsewhere.") from error
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto `path` only if the block succeeds."""
@@ -102,8 +121,9 @@ def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
     make_folder(path.parent)
     temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
-        yield temp
-        os.replace(temp, path)
+        with disk_errors(path):
+            yield temp
+            os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
@@ -130,7 +150,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
-        with open(temp, "w", encoding="utf-8", newline="\n") as stream:
+        with disk_errors(path), open(temp, "w", encoding="utf-8", newline="\n") as stream:
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())

@@ -21,7 +21,7 @@ from pathlib import Path
 from engine import r1
 from engine.distill.teachers import Sampling, Teacher, TeacherSample, is_cancelled
 from engine.errors import AhaError
-from engine.fileio import atomic_write_text
+from engine.fileio import atomic_write_text, disk_errors
 from engine.jobs import OnEvent, Progress, ignore, make_event
 from engine.train.config import setting
 from engine.train.data import TASK_ROWS, TASKS, prompt_id
@@ -343,7 +343,7 @@ def generate_traces(teacher: Teacher, rows: Iterable[dict], *, k: int, out_path:
     started = time.monotonic()
     teacher_info = teacher.describe()
     try:
-        with open(out_path, "a", encoding="utf-8", newline="\n") as traces, \
+        with disk_errors(out_path), open(out_path, "a", encoding="utf-8", newline="\n") as traces, \
                 open(progress_path(out_path), "a", encoding="utf-8", newline="\n") as sidecar:
             prompts = [rows[index]["prompt"] for index in pending]
             for position, samples in teacher.generate(prompts, k, sampling, cancel):

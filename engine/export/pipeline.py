@@ -92,13 +92,16 @@ def _export_model(ckpt, out: Path, key: str, adapter: Path | str | None, ollama:
     from engine.export.gguf_writer import DIRECT_TYPES, write_gguf
     from engine.export.lora import merge_adapter
     from engine.export.quantize import quantize_gguf
+    from engine.fileio import disk_errors
 
     scratch = out.with_name(f".{out.name}.work")
     try:
         if adapter is not None:
             merging = Progress(on_event, "merge", 1, unit="adapters", label=f"merging {Path(adapter).name}")
             merging.update(0, force=True)
-            ckpt = open_checkpoint(merge_adapter(ckpt.folder, adapter, scratch / "merged", on_event=_scratch(on_event)))
+            with disk_errors(scratch / "merged"):
+                merged = merge_adapter(ckpt.folder, adapter, scratch / "merged", on_event=_scratch(on_event))
+            ckpt = open_checkpoint(merged)
             merging.update(1, force=True)
             check_cancel(cancel, "export cancelled after the merge; no file was written.")
         if key in DIRECT_TYPES:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import AhaError
+from engine.fileio import disk_errors
 from engine.jobs import OnEvent, ignore, make_event
 from engine.train.config import config_to_toml
 from engine.train.distributed import Distributed
@@ -261,12 +262,13 @@ class Run:
         shutil.rmtree(temp, ignore_errors=True)
         temp.mkdir()
         try:
-            yield temp
-            if final.exists():
-                old = self.checkpoint_dir / f".step-{step}.old-{os.getpid()}"
-                os.replace(final, old)
-                shutil.rmtree(old, ignore_errors=True)
-            os.replace(temp, final)
+            with disk_errors(final):
+                yield temp
+                if final.exists():
+                    old = self.checkpoint_dir / f".step-{step}.old-{os.getpid()}"
+                    os.replace(final, old)
+                    shutil.rmtree(old, ignore_errors=True)
+                os.replace(temp, final)
         finally:
             shutil.rmtree(temp, ignore_errors=True)
         if keep is not None:
