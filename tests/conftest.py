@@ -137,6 +137,22 @@ QT_WAIT_MS = 60_000
 
 
 @pytest.fixture
+def adder():
+    """An OpenAI-compatible endpoint on loopback that adds ("123+456=" gets a thought and \\boxed{579}):
+    a teacher that is always right, as `openai:URL`."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from tests.test_distill_generate import _AddingEndpoint
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _AddingEndpoint)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"openai:http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
 def qtbot(qapp, request):
     """pytest-qt's qtbot with QT_WAIT_MS as the default limit of waitUntil / waitSignal(s) / waitCallback."""
     from pytestqt.qtbot import QtBot

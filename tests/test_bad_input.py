@@ -486,21 +486,6 @@ def test_a_disk_that_fills_during_an_export_is_one_line_and_leaves_nothing(check
     assert not out.parent.exists()
 
 
-@pytest.fixture
-def adder():
-    """The OpenAI-compatible endpoint that adds (tests/test_distill_generate.py's), on loopback."""
-    import threading
-    from http.server import ThreadingHTTPServer
-
-    from tests.test_distill_generate import _AddingEndpoint
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _AddingEndpoint)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"openai:http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
-    httpd.server_close()
-
-
 def test_a_disk_that_fills_during_trace_generation_is_one_line(adder, tmp_path, monkeypatch, capsys):
     import errno
 

@@ -16,9 +16,7 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -46,18 +44,6 @@ def work(tmp_path_factory) -> dict[str, Path]:
     traces.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return {"student": make_char_model(folder / "student"), "teacher": make_char_model(folder / "teacher", seed=1),
             "traces": traces}
-
-
-@pytest.fixture
-def adder():
-    """The OpenAI-compatible endpoint that adds (a teacher that is always right), on loopback."""
-    from tests.test_distill_generate import _AddingEndpoint
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _AddingEndpoint)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"openai:http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
-    httpd.server_close()
 
 
 @pytest.fixture
