@@ -237,7 +237,7 @@ def test_cancel_export_leaves_nothing_and_the_old_file_untouched(checkpoint, tmp
 @pytest.mark.parametrize("how", HOW)
 def test_cancel_pull_keeps_the_partial_and_the_next_pull_finishes(hub, tmp_path, how):
     child = Child("models", "pull", "unsloth/Tiny-R1-GGUF", "tiny.gguf",
-                  slow=("engine.models.hub:_ProgressFile.write", 0.5))
+                  slow=("engine.models.hub:_ProgressFile.write", 1.0))
     child.until(lambda event: event["type"] == "progress" and event["stage"] == "download")
     child.cancel(how)
     done = check_cancelled(child, "pull", run=False)
@@ -271,12 +271,13 @@ def test_cancel_grpo_checkpoints_and_resume_matches_an_uninterrupted_run(work, t
     resume ends with the weights of a run that was never interrupted."""
     from safetensors.torch import load_file
 
-    args = ["grpo", "--model", str(work["student"]), *TINY_GRPO, "--max-steps", "3", "--save-steps", "100"]
-    child = Child(*args, "--output-dir", str(tmp_path / "cancelled"))
+    args = ["grpo", "--model", str(work["student"]), *TINY_GRPO, "--max-steps", "4", "--save-steps", "100"]
+    # Half a second more per step (the tiny steps take a tenth of one) lets the cancel land before the end.
+    child = Child(*args, "--output-dir", str(tmp_path / "cancelled"), slow=("engine.train.grpo:GRPOStep.__call__", 0.5))
     child.until(lambda event: event["type"] == "metrics")
     child.cancel(how)
     done = check_cancelled(child, "grpo", run=True)
-    assert 1 <= done["result"]["step"] < 3
+    assert 1 <= done["result"]["step"] < 4
     assert (tmp_path / "cancelled" / "checkpoints" / f"step-{done['result']['step']}").is_dir()
     code, stream, err = run("grpo", "--resume", str(tmp_path / "cancelled"))
     assert code == 0, err
