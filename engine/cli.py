@@ -424,9 +424,112 @@ def _runs_parser(subparsers) -> None:
     parser.set_defaults(func=_cmd_runs)
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from engine.train import inspect
+
+    if args.what == "devices":
+        info = inspect.devices()
+        text = inspect.devices_text
+    elif args.what == "checkpoints":
+        info = inspect.discover_checkpoints()
+        text = inspect.checkpoints_table
+    else:
+        info = inspect.preview_dataset(args.source, prompt_column=args.prompt_column,
+                                       answer_column=args.answer_column, model=args.model,
+                                       system_prompt=args.system_prompt, limit=args.limit)
+        text = inspect.dataset_text
+    print(json.dumps(info, ensure_ascii=False) if args.json else text(info))
+    return 0
+
+
+def _inspect_parser(subparsers) -> None:
+    from engine.train.inspect import PREVIEW_ROWS
+
+    parser = subparsers.add_parser("inspect", help="what a run would use: devices, checkpoints, a dataset's preview",
+                                   description="Look before training: the CUDA GPUs (or the CPU) and whether QLoRA "
+                                               "4-bit can run; the Hugging Face checkpoints in the HF cache and the "
+                                               "runs; a dataset's columns, first rows and first prompt as the model "
+                                               "sees it. --json prints one JSON document.")
+    actions = parser.add_subparsers(dest="what", metavar="WHAT", required=True)
+    devices = actions.add_parser("devices", help="CUDA GPUs (name, memory) or the CPU's cores; QLoRA availability")
+    checkpoints = actions.add_parser("checkpoints", help="HF checkpoints of the HF cache and the runs, with "
+                                                         "architecture, parameters and size")
+    dataset = actions.add_parser("dataset", help="a built-in task or a file: columns, first rows, rendered first prompt")
+    dataset.add_argument("source", metavar="SOURCE", help="a built-in task (addition, arithmetic) or a "
+                                                          ".jsonl/.csv/.parquet file")
+    dataset.add_argument("--prompt-column", default="prompt", help="the column holding the prompt (default: prompt)")
+    dataset.add_argument("--answer-column", default="answer", help="the column holding the answer (default: answer)")
+    dataset.add_argument("--model", metavar="HF_FOLDER", help="render the first prompt with this checkpoint's chat "
+                                                              "template, as training does")
+    dataset.add_argument("--system-prompt", help="a system message before the prompt, as the run's system_prompt")
+    dataset.add_argument("--limit", type=int, default=PREVIEW_ROWS, metavar="N",
+                         help=f"rows to show (default: {PREVIEW_ROWS})")
+    for action in (devices, checkpoints, dataset):
+        action.add_argument("--json", action="store_true", help="one JSON document instead of text")
+    parser.set_defaults(func=_cmd_inspect)
+
+
+def _cmd_rewards(args: argparse.Namespace) -> int:
+    from engine.train.reward_check import CheckSettings, check_rewards, read_completions, report_text
+
+    settings = CheckSettings(
+        rewards=tuple(args.rewards), reward_weights=tuple(args.reward_weights) if args.reward_weights else None,
+        model=args.model, dataset=args.dataset, prompt_column=args.prompt_column, answer_column=args.answer_column,
+        system_prompt=args.system_prompt, prompts=args.prompts, samples=args.samples,
+        max_completion_length=args.max_completion_length, temperature=args.temperature, seed=args.seed,
+        device=args.device, prefilled=args.prefilled)
+    typed = read_completions(args.completion, args.completions)
+
+    def work(job):
+        report = check_rewards(settings, typed, on_event=job.emit, cancel=job.cancel)
+        if args.events == "auto":
+            print(report_text(report))
+        return report
+
+    return run_job("reward-check", work, args, stages=["load", "sample", "score"])
+
+
+def _rewards_parser(subparsers) -> None:
+    parser = subparsers.add_parser("rewards", help="check rewards on a few completions before a run",
+                                   description="Score a few completions with a run's rewards before spending GPU "
+                                               "time, and say which rewards never fire or never change.")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    check = actions.add_parser(
+        "check", help="sample a few completions (or take typed ones) and score them with each reward",
+        description="Sample --samples completions for each of the dataset's first --prompts prompts (as GRPO "
+                    "samples them), or score the completions given with --completion / --completions, and show "
+                    "each reward's score, the total and the think/answer split; a reward that gives 0 (or "
+                    "nothing) to every completion is flagged, e.g. a regex without re.DOTALL.")
+    check.add_argument("--rewards", nargs="+", default=["accuracy", "format"], metavar="REWARD",
+                       help="accuracy, format, length, repetition or path/to/file.py:function (default: accuracy format)")
+    check.add_argument("--reward-weights", nargs="+", type=float, metavar="X", help="one weight per reward (default: 1 each)")
+    check.add_argument("--model", metavar="HF_FOLDER", help="the checkpoint to sample from (and whose template "
+                                                            "renders the prompts)")
+    check.add_argument("--dataset", help="prompts and answers: a built-in task (addition, arithmetic) or a file")
+    check.add_argument("--prompt-column", default="prompt", help="the dataset's prompt column (default: prompt)")
+    check.add_argument("--answer-column", default="answer", help="the dataset's answer column (default: answer)")
+    check.add_argument("--system-prompt", help="a system message before each prompt")
+    check.add_argument("--completion", action="append", metavar="TEXT",
+                       help="a completion to score for the dataset's first prompt (repeat it); no sampling")
+    check.add_argument("--completions", metavar="FILE.jsonl",
+                       help="completions to score: one JSON object per line with completion (and prompt, answer)")
+    check.add_argument("--prompts", type=int, default=2, metavar="N", help="prompts to sample for (default: 2)")
+    check.add_argument("--samples", type=int, default=2, metavar="N", help="completions per prompt (default: 2)")
+    check.add_argument("--max-completion-length", type=int, default=64, metavar="N",
+                       help="token budget of each sampled completion (default: 64)")
+    check.add_argument("--temperature", type=float, default=0.7, metavar="X", help="sampling temperature (default: 0.7)")
+    check.add_argument("--seed", type=int, default=0, metavar="N", help="sampling seed (default: 0)")
+    check.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    check.add_argument("--prefilled", action=argparse.BooleanOptionalAction, default=None,
+                       help="typed completions: the prompt already opened <think> (default: from the model's "
+                            "template, else no)")
+    _add_events_flag(check)
+    parser.set_defaults(func=_cmd_rewards)
+
+
 # Each entry adds one subcommand; later modules (grpo, distill) add theirs here.
 SUBCOMMANDS: list[Callable] = [_chat_parser, _models_parser, _export_parser, _distill_parser, _grpo_parser,
-                               _runs_parser]
+                               _runs_parser, _inspect_parser, _rewards_parser]
 # Commands that read or start runs: they first mark runs whose process is gone as crashed.
 RECOVERS_RUNS = ("runs", "grpo", "distill")
 

@@ -160,6 +160,32 @@ def load_rows(path: str | Path, prompt_column: str = "prompt", answer_column: st
     to "answer" (other columns kept). `prompt` is required, and so is `answer` when `answer_column` is
     not None, plus every name in `required`; a missing one is an AhaError naming the column, the file
     and (JSONL, CSV) the line."""
+    path, kind = _dataset_file(path)
+    try:
+        return _mapped(_read_records(path, kind), str(path), prompt_column, answer_column, required)
+    except UnicodeDecodeError as error:
+        raise AhaError(f"dataset {path} is not UTF-8 text (byte {error.start} of a line); save it as UTF-8") from None
+
+
+def file_records(path: str | Path, count: int) -> list[dict[str, Any]]:
+    """The first `count` records of a JSONL, CSV or Parquet file as they are (columns not mapped), for a
+    preview; the same one-line errors as `load_rows`."""
+    path, kind = _dataset_file(path)
+    records = []
+    try:
+        for _, record in _read_records(path, kind):
+            records.append(record)
+            if len(records) >= count:
+                break
+    except UnicodeDecodeError as error:
+        raise AhaError(f"dataset {path} is not UTF-8 text (byte {error.start} of a line); save it as UTF-8") from None
+    if not records:
+        raise AhaError(f"dataset {path} has no rows")
+    return records
+
+
+def _dataset_file(path: str | Path) -> tuple[Path, str]:
+    """(path, kind) of a dataset file that exists and has a known suffix; else a one-line AhaError."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise AhaError(f"dataset {path} is a folder; give a .jsonl, .csv or .parquet file or a built-in task "
@@ -170,10 +196,7 @@ def load_rows(path: str | Path, prompt_column: str = "prompt", answer_column: st
     kind = FILE_KINDS.get(path.suffix.lower())
     if kind is None:
         raise AhaError(f"dataset {path}: unknown file type {path.suffix!r}; use .jsonl, .csv or .parquet")
-    try:
-        return _mapped(_read_records(path, kind), str(path), prompt_column, answer_column, required)
-    except UnicodeDecodeError as error:
-        raise AhaError(f"dataset {path} is not UTF-8 text (byte {error.start} of a line); save it as UTF-8") from None
+    return path, kind
 
 
 def _mapped(records, name: str, prompt_column: str, answer_column: str | None,
