@@ -71,7 +71,7 @@ def test_checkpoints_of_a_fake_hf_cache_and_of_the_runs(checkpoint, tmp_path, mo
     result = aha("inspect", "checkpoints", "--json", env={"HF_HUB_CACHE": str(cache)})
     assert result.returncode == 0, result.stderr
     assert [info["name"] for info in json.loads(result.stdout)] == ["tiny-org/tiny-r1", "merged"]
-    table = aha("inspect", "checkpoints", env={"HF_HUB_CACHE": str(cache)}).stdout
+    table = inspect.checkpoints_table(found)
     assert "tiny-org/tiny-r1" in table and "Qwen2ForCausalLM" in table
 
 

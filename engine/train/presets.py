@@ -37,7 +37,7 @@ PRESETS: tuple[Preset, ...] = (
     Preset("R1 recipe (accuracy + format, β = 0, DAPO loss)",
            "DeepSeek-R1's rule-based rewards (accuracy and format), no KL penalty (β = 0, no reference model), "
            "DAPO's token-level loss with clip-higher (ε_high 0.28) and overlong filtering, 8 completions per prompt",
-           {"grpo": {"rewards": ("accuracy", "format"), "reward_weights": (1.0, 1.0), "beta": 0.0,
+           {"grpo": {"rewards": ("accuracy", "format"), "beta": 0.0,
                      "loss_type": "dapo", "epsilon": 0.2, "epsilon_high": 0.28, "scale_rewards": "group",
                      "mask_truncated_completions": True, "num_generations": 8, "temperature": 1.0}}),
     Preset("QLoRA on an 8 GB GPU",

@@ -1,0 +1,376 @@
+"""The Train pane: set up a GRPO or distillation job, check it, and start it as a child process.
+
+Method, model (discovered checkpoints, LoRA / QLoRA / full, device), dataset (preview, column mapping, the
+rendered first prompt), rewards (weights, custom files, "Check rewards"), and every other setting in a form
+generated from the config's metadata; presets, Save/Load TOML, "Show command" (the exact `aha …` line) and
+Start, which launches that same command as an `app.workers.ProcessJob` and emits `run_started(job)`.
+
+The pane holds no domain logic: settings ↔ command ↔ TOML is engine.train.commands, presets are
+engine.train.presets, and devices, checkpoints, dataset previews and the reward check are `aha` children.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from app.qt import Qt, QtGui, QtWidgets, Signal
+from app.train.dataset import DatasetSection
+from app.train.form import SettingsForm
+from app.train.inspector import Inspector
+from app.train.model import ModelSection
+from app.train.rewards import RewardsSection
+from app.widgets import set_style_name
+from app.workers import JobStatus, ProcessJob
+from engine.errors import AhaError
+from engine.store import Store
+from engine.train import commands
+from engine.train.presets import PRESETS, preset
+
+MODEL_SETTINGS = ("model", "use_peft", "load_in_4bit", "device")
+DATASET_SETTINGS = ("dataset", "prompt_column", "answer_column", "system_prompt")
+REWARD_SETTINGS = ("rewards", "reward_weights", "reward")
+PRESET_PROMPT = "Apply a preset…"
+
+
+def section_settings(kind: str) -> set[str]:
+    """The settings of `kind` that the model, dataset and rewards sections edit (the form shows the rest)."""
+    names = {info.name for info in commands.settable(kind)}
+    owned = set(DATASET_SETTINGS) | set(REWARD_SETTINGS)
+    if kind != "generate":
+        owned |= set(MODEL_SETTINGS)
+    if kind in ("distill-sft", "distill-kd"):  # their prompt/answer columns are the traces' (in the form)
+        owned -= {"prompt_column", "answer_column"}
+    return names & owned
+
+
+def defaults(kind: str) -> dict[str, Any]:
+    """{name: default} of every setting `kind`'s command takes."""
+    return {info.name: info.default for info in commands.settable(kind)}
+
+
+class TrainPane(QtWidgets.QWidget):
+    run_started = Signal(object)     # the started ProcessJob
+    status_message = Signal(str)
+
+    def __init__(self, store: Store, parent: QtWidgets.QWidget | None = None):
+        super().__init__(parent)
+        self.store = store
+        self.jobs: list[ProcessJob] = []
+        self.check_job: ProcessJob | None = None
+        self.inspector = Inspector(self)
+        self.forms: dict[str, SettingsForm] = {}
+        self._kind = "grpo"
+
+        self.method = QtWidgets.QComboBox(objectName="method")
+        for kind, job in commands.KINDS.items():
+            self.method.addItem(job.label, kind)
+        self.method.currentIndexChanged.connect(self._on_method)
+        self.presets = QtWidgets.QComboBox(objectName="presets")
+        self.presets.addItem(PRESET_PROMPT)
+        for item in PRESETS:
+            self.presets.addItem(item.name)
+            self.presets.setItemData(self.presets.count() - 1, item.description, Qt.ItemDataRole.ToolTipRole)
+        self.presets.activated.connect(self._on_preset)
+        load = QtWidgets.QPushButton("Load…")
+        load.setToolTip("load settings from a TOML file")
+        load.clicked.connect(self._on_load)
+        save = QtWidgets.QPushButton("Save…")
+        save.setToolTip("save these settings as a TOML file (`aha … --config FILE` reads it)")
+        save.clicked.connect(self._on_save)
+        show = QtWidgets.QPushButton("Show command", objectName="show_command")
+        show.clicked.connect(self.show_command)
+        self.start_button = QtWidgets.QPushButton("Start", objectName="PrimaryButton")
+        self.start_button.clicked.connect(self.start)
+        bar = QtWidgets.QHBoxLayout()
+        title = QtWidgets.QLabel("Train", objectName="SectionTitle")
+        bar.addWidget(title)
+        bar.addWidget(QtWidgets.QLabel("Method"))
+        bar.addWidget(self.method)
+        bar.addWidget(self.presets)
+        bar.addStretch()
+        for button in (load, save, show, self.start_button):
+            bar.addWidget(button)
+
+        self.model = ModelSection()
+        self.model.changed.connect(self._on_model_changed)
+        self.dataset = DatasetSection()
+        self.dataset.preview_requested.connect(self._on_preview_requested)
+        self.rewards = RewardsSection()
+        self.rewards.check_requested.connect(self.check_rewards)
+        left_body = QtWidgets.QWidget()
+        left = QtWidgets.QVBoxLayout(left_body)
+        for section in (self.model, self.dataset, self.rewards):
+            left.addWidget(section)
+        left.addStretch()
+        self.form_stack = QtWidgets.QStackedWidget()
+        splitter = QtWidgets.QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(_scrolled(left_body))
+        splitter.addWidget(_scrolled(self.form_stack))
+        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(1, 2)
+        splitter.widget(1).setMinimumWidth(360)
+        splitter.setSizes([700, 500])
+
+        self.command_line = QtWidgets.QLineEdit(objectName="command_line", readOnly=True)
+        self.command_line.setPlaceholderText("Show command: the `aha …` line Start runs, to repeat it in a terminal")
+        copy = QtWidgets.QPushButton("Copy")
+        copy.clicked.connect(lambda: QtGui.QGuiApplication.clipboard().setText(self.command_line.text()))
+        command_row = QtWidgets.QHBoxLayout()
+        command_row.addWidget(self.command_line, 1)
+        command_row.addWidget(copy)
+        self.status = QtWidgets.QLabel(objectName="Muted", wordWrap=True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.addLayout(bar)
+        layout.addWidget(splitter, 1)
+        layout.addLayout(command_row)
+        layout.addWidget(self.status)
+        self._show_kind("grpo")
+        self._shown = False          # discovery and previews wait for the pane to be shown (a chat-only
+        self._pending_preview: list[str] | None = None  # session never starts those children)
+
+    # -- public API --------------------------------------------------------------------------------
+    def kind(self) -> str:
+        return self._kind
+
+    def set_kind(self, kind: str) -> None:
+        if kind not in commands.KINDS:
+            raise AhaError(f"unknown run kind {kind!r}: use one of {', '.join(commands.KINDS)}")
+        self.method.setCurrentIndex(self.method.findData(kind))
+
+    def values(self) -> dict[str, Any]:
+        """The settings as the form holds them (those that parse), for the current method."""
+        kind = self._kind
+        values = self.forms[kind].values()
+        owned = section_settings(kind)
+        sections = {**self.model.values(), **self.dataset.values(), **self.rewards.values(kind)}
+        values.update({name: value for name, value in sections.items() if name in owned})
+        return values
+
+    def set_values(self, values: dict[str, Any]) -> None:
+        kind = self._kind
+        owned = section_settings(kind)
+        self.forms[kind].set_values({name: value for name, value in values.items() if name not in owned})
+        mine = {name: value for name, value in values.items() if name in owned}
+        self.model.set_values(mine)
+        self.dataset.set_values(mine)
+        self.rewards.set_values(kind, mine)
+        self.dataset.set_model(self.model.model_path())
+
+    def load_settings(self, kind: str, config: dict) -> None:
+        """Fill the form from a run's saved config ("duplicate"): its settings, without its run directory."""
+        try:
+            values = commands.saved_values(kind, config)
+        except AhaError as error:
+            self._say(f"cannot duplicate that run: {error}", warning=True)
+            return
+        self.set_kind(kind)
+        self.set_values({**defaults(kind), **values})
+        self._say(f"settings of a {commands.KINDS[kind].label} run loaded; Start runs them again")
+
+    def command_args(self) -> list[str]:
+        """The `aha` args Start launches (without --events); AhaError for a value that does not parse or fit."""
+        errors = self.forms[self._kind].errors()
+        if errors:
+            raise AhaError(next(iter(errors.values())))
+        return commands.command_args(self._kind, self.values())
+
+    def show_command(self) -> str | None:
+        try:
+            line = commands.shell_line(self.command_args())
+        except AhaError as error:
+            self._say(str(error), warning=True)
+            return None
+        self.command_line.setText(line)
+        self._say("the command Start runs; Copy puts it on the clipboard")
+        return line
+
+    def start(self) -> ProcessJob | None:
+        """Validate the settings and launch the job; one line in the status when they cannot run."""
+        try:
+            args = self.command_args()
+            commands.make_config(self._kind, self.values()).validate()
+        except AhaError as error:
+            self._say(str(error), warning=True)
+            return None
+        self.command_line.setText(commands.shell_line(args))
+        job = ProcessJob(args, self)
+        job.finished.connect(lambda outcome, job=job: self._on_job_finished(job, outcome))
+        self.jobs.append(job)
+        job.start()
+        self._say(f"started: {commands.shell_line(args)}")
+        self.run_started.emit(job)
+        return job
+
+    def save_toml(self, path: str | Path) -> None:
+        self.command_args()  # refuses a value that does not parse, before anything is written
+        Path(path).write_text(commands.to_toml(self._kind, self.values()), encoding="utf-8")
+        self._say(f"settings saved to {path}")
+
+    def load_toml(self, path: str | Path) -> None:
+        path = Path(path)
+        try:
+            kind, values = commands.from_toml(path.read_text(encoding="utf-8"), str(path))
+        except (OSError, UnicodeDecodeError) as error:
+            self._say(f"cannot read {path}: {error}", warning=True)
+            return
+        except AhaError as error:
+            self._say(str(error), warning=True)
+            return
+        self.set_kind(kind)
+        self.set_values({**defaults(kind), **values})  # from the defaults, as `aha … --config FILE` starts
+        self._say(f"settings loaded from {path}")
+
+    def apply_preset(self, name: str) -> None:
+        item = preset(name)
+        values = item.values(self._kind)
+        if not values:
+            self._say(f"the preset {name} has no settings for {commands.KINDS[self._kind].label}", warning=True)
+            return
+        self.set_values(values)
+        self._say(f"preset applied: {item.description}")
+
+    def check_rewards(self) -> ProcessJob | None:
+        """`aha rewards check` on the current model, dataset and rewards, as a ProcessJob."""
+        values = self.values()
+        names, weights = self.rewards.chosen()
+        if not names:
+            self._say("check rewards: tick at least one reward", warning=True)
+            return None
+        args = ["rewards", "check", "--rewards", *names]
+        if self.rewards.weighted:
+            args += ["--reward-weights", *map(repr, weights)]
+        if values.get("dataset"):
+            args += ["--dataset", values["dataset"]]
+        for name in ("prompt_column", "answer_column", "system_prompt"):
+            if values.get(name):
+                args += [f"--{name.replace('_', '-')}", values[name]]
+        typed = self.rewards.typed_completions()
+        model = self.model.model_path() if self._kind != "generate" else ""
+        if model:
+            args += ["--model", model]
+        for text in typed:
+            args += ["--completion", text]
+        if not typed:
+            if not model:
+                self.rewards.show_check_failed("pick a model to sample from, or type completions to score")
+                return None
+            form = self.forms[self._kind].values()
+            args += ["--device", values.get("device") or "auto"]
+            for name in ("max_completion_length", "temperature", "top_p"):
+                if form.get(name) is not None:
+                    args += [f"--{name.replace('_', '-')}", repr(form[name]) if isinstance(form[name], float) else str(form[name])]
+        if self.check_job is not None and self.check_job.is_running():
+            self.check_job.cancel()
+        job = self.check_job = ProcessJob(args, self)
+        job.finished.connect(lambda outcome, job=job: self._on_check_finished(job, outcome))
+        self.rewards.show_check_running("sampling and scoring…" if not typed else "scoring…")
+        job.start()
+        return job
+
+    def refresh_discovery(self) -> None:
+        """Ask `aha inspect devices` and `aha inspect checkpoints` again (children; the window never waits)."""
+        self.inspector.request("devices", ["devices"], self.model.set_devices, self.model.set_devices_failed)
+        self.inspector.request("checkpoints", ["checkpoints"], self.model.set_checkpoints,
+                               self.model.set_checkpoints_failed)
+
+    def idle(self) -> bool:
+        """No inspection, reward check or job of this pane is running."""
+        return (self.inspector.idle() and not (self.check_job and self.check_job.is_running())
+                and not any(job.is_running() for job in self.jobs))
+
+    def shutdown(self) -> None:
+        """Stop the inspections and the reward check (training jobs are the window's to keep or stop)."""
+        self.inspector.stop()
+        if self.check_job is not None and self.check_job.is_running():
+            self.check_job.terminate(kill=True)
+
+    # -- slots -------------------------------------------------------------------------------------
+    def _on_method(self, _index: int) -> None:
+        kind = self.method.currentData()
+        if kind == self._kind:
+            return
+        carried = self.values()
+        self._show_kind(kind)
+        names = {info.name for info in commands.settable(kind)}
+        self.set_values({name: value for name, value in carried.items() if name in names})
+
+    def _show_kind(self, kind: str) -> None:
+        self._kind = kind
+        if kind not in self.forms:
+            owned = section_settings(kind)
+            self.forms[kind] = SettingsForm([info for info in commands.settable(kind) if info.name not in owned])
+            self.form_stack.addWidget(self.forms[kind])
+        self.form_stack.setCurrentWidget(self.forms[kind])
+        self.model.setVisible(kind != "generate")
+        self.rewards.setVisible(kind in ("grpo", "generate"))
+        self.rewards.set_weighted(kind == "grpo")
+        sft = kind in ("distill-sft", "distill-kd")
+        for widget in (self.dataset.prompt_column, self.dataset.answer_column):
+            widget.setEnabled(not sft)
+        self.dataset.setTitle("Held-out dataset (and a built-in task's traces)" if sft else "Dataset")
+
+
+    def _on_preset(self, index: int) -> None:
+        if index > 0:
+            self.apply_preset(self.presets.itemText(index))
+        self.presets.setCurrentIndex(0)
+
+    def _on_model_changed(self) -> None:
+        self.dataset.set_model(self.model.model_path())
+
+    def _on_preview_requested(self, args: list[str]) -> None:
+        if not self._shown:
+            self._pending_preview = args
+            return
+        self.inspector.request("dataset", args, self.dataset.show_preview, self.dataset.show_failure)
+
+    def showEvent(self, event: QtGui.QShowEvent) -> None:
+        super().showEvent(event)
+        if not self._shown:
+            self._shown = True
+            self.refresh_discovery()
+            if self._pending_preview is not None:
+                self._on_preview_requested(self._pending_preview)
+            else:
+                self.dataset.request_preview()
+
+    def _on_load(self) -> None:
+        path, _ = QtWidgets.QFileDialog.getOpenFileName(self, "Load settings", "", "TOML (*.toml);;All files (*)")
+        if path:
+            self.load_toml(path)
+
+    def _on_save(self) -> None:
+        path, _ = QtWidgets.QFileDialog.getSaveFileName(self, "Save settings", f"{self._kind}.toml", "TOML (*.toml)")
+        if not path:
+            return
+        try:
+            self.save_toml(path)
+        except (AhaError, OSError) as error:
+            self._say(f"cannot save {path}: {error}", warning=True)
+
+    def _on_job_finished(self, job: ProcessJob, outcome) -> None:
+        self._say(str(outcome), warning=outcome.status in (JobStatus.ERROR, JobStatus.CRASHED))
+
+    def _on_check_finished(self, job: ProcessJob, outcome) -> None:
+        if job is not self.check_job:
+            return
+        if outcome.status == JobStatus.COMPLETE and outcome.result:
+            self.rewards.show_report(outcome.result)
+        else:
+            self.rewards.show_check_failed(f"reward check: {outcome.error or outcome}")
+
+    def _say(self, text: str, warning: bool = False) -> None:
+        self.status.setText(text)
+        set_style_name(self.status, "Warning" if warning else "Muted")
+        self.status_message.emit(text)
+
+
+def _scrolled(widget: QtWidgets.QWidget) -> QtWidgets.QScrollArea:
+    area = QtWidgets.QScrollArea()
+    area.setWidgetResizable(True)
+    area.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+    area.setWidget(widget)
+    return area
