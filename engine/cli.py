@@ -476,7 +476,8 @@ def _cmd_rewards(args: argparse.Namespace) -> int:
         rewards=tuple(args.rewards), reward_weights=tuple(args.reward_weights) if args.reward_weights else None,
         model=args.model, dataset=args.dataset, prompt_column=args.prompt_column, answer_column=args.answer_column,
         system_prompt=args.system_prompt, prompts=args.prompts, samples=args.samples,
-        max_completion_length=args.max_completion_length, temperature=args.temperature, seed=args.seed,
+        max_completion_length=args.max_completion_length, temperature=args.temperature, top_p=args.top_p,
+        seed=args.seed,
         device=args.device, prefilled=args.prefilled)
     typed = read_completions(args.completion, args.completions)
 
@@ -518,6 +519,7 @@ def _rewards_parser(subparsers) -> None:
     check.add_argument("--max-completion-length", type=int, default=64, metavar="N",
                        help="token budget of each sampled completion (default: 64)")
     check.add_argument("--temperature", type=float, default=0.7, metavar="X", help="sampling temperature (default: 0.7)")
+    check.add_argument("--top-p", type=float, default=1.0, metavar="X", help="nucleus sampling (default: 1.0)")
     check.add_argument("--seed", type=int, default=0, metavar="N", help="sampling seed (default: 0)")
     check.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     check.add_argument("--prefilled", action=argparse.BooleanOptionalAction, default=None,

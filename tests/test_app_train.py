@@ -9,6 +9,7 @@ import pytest
 
 from app.train.view import TrainPane
 from app.workers import JobStatus
+from engine import cli
 from engine.store import Store
 from engine.train import commands
 from tests.test_inspect import fake_hf_cache
@@ -126,6 +127,10 @@ def test_the_reward_check_flags_a_reward_that_never_fires(pane, qtbot, tmp_path,
     reward_file.write_text(NO_DOTALL)
     pane.model.set_model(str(checkpoint("qwen2")))
     pane.rewards.add_reward(f"{reward_file}:think_format", 0.5)
+    pane.apply_preset(SMOKE)
+    sampling = cli.build_parser().parse_args(pane.reward_check_args())  # nothing typed: it samples, as the run would
+    assert (sampling.model, sampling.device, sampling.max_completion_length, sampling.reward_weights) == (
+        str(checkpoint("qwen2")), "cpu", 8, [1.0, 1.0, 0.5])
     pane.rewards.typed.setPlainText("Let me add.\n7+8=15\n</think>\n1603\n---\njust 12")
     job = pane.check_rewards()
     assert job.argv[job.argv.index("--rewards") + 1:][:3] == ["accuracy", "format", f"{reward_file}:think_format"]

@@ -234,11 +234,26 @@ class TrainPane(QtWidgets.QWidget):
 
     def check_rewards(self) -> ProcessJob | None:
         """`aha rewards check` on the current model, dataset and rewards, as a ProcessJob."""
+        try:
+            args = self.reward_check_args()
+        except AhaError as error:
+            self.rewards.show_check_failed(str(error))
+            return None
+        if self.check_job is not None and self.check_job.is_running():
+            self.check_job.cancel()
+        job = self.check_job = ProcessJob(args, self)
+        job.finished.connect(lambda outcome, job=job: self._on_check_finished(job, outcome))
+        self.rewards.show_check_running("scoring…" if "--completion" in args else "sampling and scoring…")
+        job.start()
+        return job
+
+    def reward_check_args(self) -> list[str]:
+        """The `aha rewards check` args for the form's model, dataset and rewards: the typed completions, or
+        sampling with the run's device, completion length, temperature and top_p."""
         values = self.values()
         names, weights = self.rewards.chosen()
         if not names:
-            self._say("check rewards: tick at least one reward", warning=True)
-            return None
+            raise AhaError("tick at least one reward to check")
         args = ["rewards", "check", "--rewards", *names]
         if self.rewards.weighted:
             args += ["--reward-weights", *map(repr, weights)]
@@ -255,20 +270,13 @@ class TrainPane(QtWidgets.QWidget):
             args += ["--completion", text]
         if not typed:
             if not model:
-                self.rewards.show_check_failed("pick a model to sample from, or type completions to score")
-                return None
+                raise AhaError("pick a model to sample from, or type completions to score")
             form = self.forms[self._kind].values()
             args += ["--device", values.get("device") or "auto"]
-            for name in ("max_completion_length", "temperature", "top_p"):
-                if form.get(name) is not None:
+            for name in ("max_completion_length", "temperature", "top_p"):  # generate's are its teacher's
+                if self._kind == "grpo" and form.get(name) is not None:
                     args += [f"--{name.replace('_', '-')}", repr(form[name]) if isinstance(form[name], float) else str(form[name])]
-        if self.check_job is not None and self.check_job.is_running():
-            self.check_job.cancel()
-        job = self.check_job = ProcessJob(args, self)
-        job.finished.connect(lambda outcome, job=job: self._on_check_finished(job, outcome))
-        self.rewards.show_check_running("sampling and scoring…" if not typed else "scoring…")
-        job.start()
-        return job
+        return args
 
     def refresh_discovery(self) -> None:
         """Ask `aha inspect devices` and `aha inspect checkpoints` again (children; the window never waits)."""
