@@ -5,6 +5,10 @@ never fires, and Start launches a real tiny GRPO run on the CPU whose saved sett
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from app.train.view import TrainPane
@@ -51,12 +55,8 @@ def test_discovery_fills_the_pickers_and_the_dataset_preview_and_its_mapping(sho
     if pane.model.device.findData("cuda:0") < 0:  # no CUDA here: QLoRA is off, with the reason
         assert not pane.model.mode.model().item(1).isEnabled()
         assert "needs an NVIDIA GPU with CUDA" in pane.model.mode_note.text()
-    with qtbot.waitSignal(pane.dataset.previewed) as preview:
-        combo.setCurrentIndex(0)
-    assert preview.args[0]["rendered_prompt"].endswith("<｜Assistant｜><think>\n")
-    assert pane.dataset.rendered.toPlainText() == preview.args[0]["rendered_prompt"]
     assert pane.dataset.table.rowCount() == 5 and pane.dataset.table.horizontalHeaderItem(0).text() == "prompt"
-    assert "Qwen2ForCausalLM" in pane.model.checkpoint_info.text()
+    assert pane.dataset.rendered.toPlainText() == "(pick a model to see the prompt with its chat template)"
     # A file: its own columns fill the mapping's drop-downs, and a mapping that does not fit is one line.
     data = tmp_path / "questions.jsonl"
     data.write_text('{"question": "1+1=", "solution": "2"}\n{"question": "2+2=", "solution": "4"}\n')
@@ -68,7 +68,12 @@ def test_discovery_fills_the_pickers_and_the_dataset_preview_and_its_mapping(sho
     with qtbot.waitSignal(pane.dataset.previewed):
         pane.dataset.set_values({"prompt_column": "question", "answer_column": "solution"})
     assert pane.dataset.status.text().startswith("file: columns question, solution")
-
+    # The discovered checkpoint picked: the first prompt as its chat template renders it, <think> prefilled.
+    with qtbot.waitSignal(pane.dataset.previewed) as preview:
+        combo.setCurrentIndex(0)
+    assert "Qwen2ForCausalLM" in pane.model.checkpoint_info.text()
+    assert preview.args[0]["rendered_prompt"] == "<｜begin▁of▁sentence｜><｜User｜>1+1=<｜Assistant｜><think>\n"
+    assert pane.dataset.rendered.toPlainText() == preview.args[0]["rendered_prompt"]
 
 SETTINGS = {
     "grpo": {"dataset": "arithmetic", "rewards": ("format", "accuracy"), "reward_weights": (0.5, 2.0), "beta": 0.04,
@@ -167,3 +172,16 @@ def test_start_runs_a_tiny_grpo_job_and_its_settings_duplicate_back(pane, qtbot,
     pane.set_kind("distill-sft")
     pane.load_settings("grpo", run["config"])
     assert pane.kind() == "grpo" and pane.command_args() == args
+
+
+def test_the_pane_never_imports_torch(tmp_path):
+    """Building the pane and its commands stays off torch and transformers (the children load them)."""
+    code = ("import sys\nfrom app.qt import QtWidgets\napp = QtWidgets.QApplication([])\n"
+            "from app.train.view import TrainPane\nfrom engine.store import Store\nfrom engine.train import commands\n"
+            "pane = TrainPane(Store())\nfor kind in commands.KINDS:\n    pane.set_kind(kind)\n    pane.command_args()\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'huggingface_hub') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "QT_QPA_PLATFORM": "offscreen",
+                                 "AHA_HOME": str(tmp_path / "home")})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

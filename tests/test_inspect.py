@@ -79,10 +79,11 @@ def test_no_cache_is_no_checkpoints(tmp_path):
     assert inspect.cached_checkpoints(tmp_path / "absent") == []
 
 
-def test_devices_in_a_child_process():
-    result = aha("inspect", "devices", "--json")
-    assert result.returncode == 0, result.stderr
-    info = json.loads(result.stdout)
+def test_devices():
+    """(The Train pane's test runs `aha inspect devices --json` as its child.)"""
+    info = inspect.devices()
+    assert json.loads(json.dumps(info)) == info
+    assert inspect.devices_text(info).splitlines()[-2] == f"CPU, {info['cpu_cores']} cores"
     assert info["cpu_cores"] >= 1 and isinstance(info["cuda"], list)
     if not info["cuda"]:
         assert info["summary"] == f"CPU, {info['cpu_cores']} cores" or info["summary"] == "CPU, 1 core"
