@@ -185,3 +185,16 @@ def test_the_pane_never_imports_torch(tmp_path):
                                  "AHA_HOME": str(tmp_path / "home")})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_switching_method_keeps_the_sections_and_not_a_same_named_setting(pane, checkpoint):
+    pane.set_values({"model": str(checkpoint("qwen2")), "dataset": "arithmetic", "temperature": 0.9})
+    pane.set_kind("distill-kd")
+    values = pane.values()
+    assert (values["model"], values["dataset"]) == (str(checkpoint("qwen2")), "arithmetic")
+    assert values["temperature"] == 1.0  # KD's softening temperature is not GRPO's sampling one
+    pane.set_kind("generate")
+    assert "--answer-column" not in commands.command_args("generate", {**pane.values(), "teacher": "gguf:t"})
+    assert not pane.dataset.system_prompt.isEnabled()  # trace generation has no system prompt setting
+    pane.set_kind("grpo")
+    assert pane.values()["temperature"] == 0.9 and pane.values()["answer_column"] == "answer"

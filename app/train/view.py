@@ -297,13 +297,12 @@ class TrainPane(QtWidgets.QWidget):
 
     # -- slots -------------------------------------------------------------------------------------
     def _on_method(self, _index: int) -> None:
+        """Another method: the model, dataset and rewards sections keep what they hold (the same settings in
+        every kind); each kind has its own form, so a setting of the same name but another meaning (GRPO's
+        sampling temperature, KD's softening one) is never carried over."""
         kind = self.method.currentData()
-        if kind == self._kind:
-            return
-        carried = self.values()
-        self._show_kind(kind)
-        names = {info.name for info in commands.settable(kind)}
-        self.set_values({name: value for name, value in carried.items() if name in names})
+        if kind != self._kind:
+            self._show_kind(kind)
 
     def _show_kind(self, kind: str) -> None:
         self._kind = kind
@@ -315,9 +314,17 @@ class TrainPane(QtWidgets.QWidget):
         self.model.setVisible(kind != "generate")
         self.rewards.setVisible(kind in ("grpo", "generate"))
         self.rewards.set_weighted(kind == "grpo")
+        owned = section_settings(kind)
+        for name, widget in (("prompt_column", self.dataset.prompt_column), ("answer_column", self.dataset.answer_column),
+                             ("system_prompt", self.dataset.system_prompt)):
+            widget.setEnabled(name in owned)
+        # Trace generation's answer column is unset by default (then "answer" when the accuracy reward needs it).
+        answer = self.dataset.answer_column
+        if kind == "generate" and answer.currentText() == "answer":
+            self.dataset.set_values({"answer_column": ""})
+        elif kind != "generate" and not answer.currentText():
+            self.dataset.set_values({"answer_column": "answer"})
         sft = kind in ("distill-sft", "distill-kd")
-        for widget in (self.dataset.prompt_column, self.dataset.answer_column):
-            widget.setEnabled(not sft)
         self.dataset.setTitle("Held-out dataset (and a built-in task's traces)" if sft else "Dataset")
 
 
