@@ -198,3 +198,16 @@ def test_switching_method_keeps_the_sections_and_not_a_same_named_setting(pane, 
     assert not pane.dataset.system_prompt.isEnabled()  # trace generation has no system prompt setting
     pane.set_kind("grpo")
     assert pane.values()["temperature"] == 0.9 and pane.values()["answer_column"] == "answer"
+
+
+def test_a_cuda_machine_offers_each_gpu_and_qlora(pane):
+    """The model section given what `aha inspect devices` reports on a CUDA machine (this one may have none)."""
+    pane.model.set_devices({"cuda": [{"index": 0, "name": "NVIDIA H200", "vram_bytes": 150_000_000_000}],
+                            "cpu_cores": 16, "summary": "NVIDIA H200, 150.0 GB",
+                            "qlora": {"available": True, "reason": None}})
+    device = pane.model.device
+    assert [device.itemText(index) for index in range(device.count())] == ["auto", "CPU", "CUDA 0: NVIDIA H200"]
+    assert pane.model.mode.model().item(1).isEnabled() and pane.model.mode_note.isHidden()
+    device.setCurrentIndex(2)
+    pane.model.mode.setCurrentText("QLoRA (4-bit)")
+    assert (pane.values()["device"], pane.values()["load_in_4bit"]) == ("cuda:0", True)

@@ -131,3 +131,13 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
         bad = tmp_path / "bad.jsonl"
         bad.write_text("{nope\n")
         inspect.preview_dataset(str(bad))
+
+
+def test_a_gpu_is_named_with_its_memory():
+    """What `devices` reports on a CUDA machine (this one may have none): each GPU with its memory."""
+    gpus = [{"index": 0, "name": "NVIDIA H200", "vram_bytes": 150_000_000_000},
+            {"index": 1, "name": "NVIDIA RTX 4060", "vram_bytes": 8_000_000_000}]
+    assert inspect.device_summary(gpus, 16) == "NVIDIA H200, 150.0 GB; NVIDIA RTX 4060, 8.0 GB"
+    assert inspect.device_summary([], 1) == "CPU, 1 core"
+    text = inspect.devices_text({"cuda": gpus[:1], "cpu_cores": 16, "qlora": {"available": True, "reason": None}})
+    assert text.splitlines() == ["0  NVIDIA H200  150.0 GB", "CPU, 16 cores", "QLoRA 4-bit: available"]
