@@ -210,6 +210,9 @@ class _GGUFModel:
         add_bos = not (self.bos_text and rendered.startswith(self.bos_text)) and self.info.add_bos is not False
         return self.llm.tokenize(rendered.encode("utf-8"), add_bos=add_bos, special=True)
 
+    def text_ids(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
     def greedy(self, ids: list[int], count: int) -> list[int]:
         import numpy as np
 
@@ -242,8 +245,7 @@ class _HFModel:
             model = PeftModel.from_pretrained(model, adapter)
         self.model = model.eval()
 
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    def text_ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def greedy(self, ids: list[int], count: int) -> tuple[list[int], list]:
@@ -260,14 +262,17 @@ class _HFModel:
 
 
 def compare_prompt(hf: _HFModel, gguf: _GGUFModel, prompt: str, count: int) -> TokenComparison:
-    """Greedy `count` tokens from both models on the same prompt ids (llama.cpp's, after checking that the HF
-    tokenizer gives the same ones); the first divergence with both tokens and the HF margin there."""
+    """Greedy `count` tokens from both models on the same prompt ids (llama.cpp's, as the chat runtime makes
+    them; the HF tokenizer must give the same ids for the rendered text); the first divergence with both
+    tokens and the HF margin there."""
     from engine.chat_template import ChatTemplate
 
     messages = [{"role": "user", "content": prompt}]
     template = ChatTemplate(gguf.info.chat_template or r1.CHAT_TEMPLATE, gguf.bos_text, gguf.eos_text)
-    ids = gguf.prompt_ids(template.render(messages, add_generation_prompt=True))
-    prompt_difference = first_difference(hf.prompt_ids(messages), ids) if gguf.info.chat_template else None
+    text = template.render(messages, add_generation_prompt=True)
+    ids = gguf.prompt_ids(text)
+    # The tokenizers are compared on the text alone: whether a BOS is added is the runtime's decision.
+    prompt_difference = first_difference(hf.text_ids(text), gguf.text_ids(text))
     hf_tokens, hf_logits = hf.greedy(ids, count)
     gguf_tokens = gguf.greedy(ids, count)
     at = first_difference(hf_tokens, gguf_tokens)
