@@ -75,12 +75,17 @@ class ExportPane(QtWidgets.QWidget):
         self.subtitle.setObjectName("Muted")
         self.runs_combo = QtWidgets.QComboBox()
         self.runs_combo.setSizeAdjustPolicy(QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.runs_combo.setMinimumContentsLength(40)
+        self.runs_combo.setSizePolicy(QtWidgets.QSizePolicy.Policy.Expanding, QtWidgets.QSizePolicy.Policy.Fixed)
         self.source_edit = QtWidgets.QLineEdit(placeholderText="adapter folder or Hugging Face checkpoint folder")
         self.source_button = QtWidgets.QPushButton("Folder…")
         self.base_edit = QtWidgets.QLineEdit(placeholderText="base checkpoint folder (for an adapter)")
         self.base_button = QtWidgets.QPushButton("Folder…")
         self.source_line = QtWidgets.QLabel(objectName="Muted", wordWrap=True)
+        self.source_line.setMinimumWidth(360)   # a wrapping label in a form row otherwise wraps at a few words
         self.type_combo = QtWidgets.QComboBox()
+        self.type_combo.setSizeAdjustPolicy(QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.type_combo.setMinimumContentsLength(18)
         self.merge_radio = QtWidgets.QRadioButton("Merge the adapter into the model")
         self.adapter_only_radio = QtWidgets.QRadioButton("Adapter only (GGUF LoRA, applied to the base's GGUF)")
         self.merge_radio.setChecked(True)
@@ -96,7 +101,8 @@ class ExportPane(QtWidgets.QWidget):
         self.host_edit.setText(str(_settings().value(HOST_KEY, "") or os.environ.get("OLLAMA_HOST", "")))
         self.host_edit.setToolTip("as OLLAMA_HOST: host, host:port or http(s)://host:port")
         self.connection_button = QtWidgets.QPushButton("Check connection")
-        self.connection_line = QtWidgets.QLabel(objectName="Muted", wordWrap=True)
+        self.connection_line = QtWidgets.QLabel(objectName="Muted", wordWrap=True, visible=False)
+        self.connection_line.setMinimumWidth(360)
         self.check_box = QtWidgets.QCheckBox("Check the export: <think> in the template, Ollama's `thinking`, "
                                              "greedy tokens vs the HF model")
         self.check_box.setChecked(True)
@@ -152,8 +158,8 @@ class ExportPane(QtWidgets.QWidget):
         split = QtWidgets.QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(left)
         split.addWidget(right)
-        split.setStretchFactor(0, 3)
-        split.setStretchFactor(1, 2)
+        split.setStretchFactor(0, 1)
+        split.setStretchFactor(1, 1)
         split.setChildrenCollapsible(False)
         actions = QtWidgets.QHBoxLayout()
         actions.addWidget(self.stage_line)
@@ -210,6 +216,10 @@ class ExportPane(QtWidgets.QWidget):
         self.runs_combo.addItem("— none chosen —" if found else "no run has saved an adapter yet", None)
         for item in found:
             self.runs_combo.addItem(item.label, item)
+
+    def showEvent(self, event: QtGui.QShowEvent) -> None:
+        super().showEvent(event)
+        self.refresh_runs()                         # a run may have finished since the pane was last shown
 
     def is_busy(self) -> bool:
         return self.job is not None and self.job.is_running()
@@ -340,8 +350,8 @@ class ExportPane(QtWidgets.QWidget):
         """Defaults that follow the choices, the Modelfile preview, the command, what is enabled."""
         source, running = self.source, self.is_busy()
         adapter = source is not None and source.adapter is not None
-        self.merge_radio.setEnabled(adapter)
-        self.adapter_only_radio.setEnabled(adapter)
+        self.merge_radio.setVisible(adapter)         # a checkpoint has nothing to merge
+        self.adapter_only_radio.setVisible(adapter)
         if source is not None and not self._output_chosen:
             self.output_edit.setText(str(plan.default_output(source, self.out_type, self.adapter_only)))
         output = self.output_edit.text().strip()
@@ -376,6 +386,7 @@ class ExportPane(QtWidgets.QWidget):
         """GET /api/version on the host, on a thread; the answer is one line under the field."""
         host = self.host_edit.text().strip() or None
         self.connection_line.setText("Connecting…")
+        self.connection_line.setVisible(True)
         set_style_name(self.connection_line, "Muted")
         self.connection_button.setEnabled(False)
         job = ThreadJob(lambda emit, cancel: connection_status(host))
@@ -386,6 +397,7 @@ class ExportPane(QtWidgets.QWidget):
     def _on_connection(self, line: str, ok: bool) -> None:
         self.connection_button.setEnabled(True)
         self.connection_line.setText(("✓ " if ok else "✗ ") + line)
+        self.connection_line.setVisible(True)
         set_style_name(self.connection_line, "Muted" if ok else "Warning")
 
     def _start_thread(self, job: ThreadJob) -> None:
