@@ -31,15 +31,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     def work(job):
         settings = {"src": args.src, "output": args.output, "type": args.type, "adapter": args.adapter,
-                    "adapter_only": args.adapter_only, "ollama": args.ollama, "num_ctx": args.num_ctx}
+                    "adapter_only": args.adapter_only, "ollama": args.ollama, "num_ctx": args.num_ctx,
+                    "check": args.check}
         result = export(args.src, args.output, args.type, adapter=args.adapter, adapter_only=args.adapter_only,
-                        ollama=args.ollama, num_ctx=args.num_ctx, force=args.force,
+                        ollama=args.ollama, num_ctx=args.num_ctx, force=args.force, check=args.check,
                         on_event=_recorded("export", settings, job.emit), cancel=job.cancel)
-        # Each file written is named once, by its "wrote …" line (the GGUF's included).
-        return {key: str(value) for key, value in result.items() if value and key != "ollama"}
+        # Each file written is named once, by its "wrote …" line (the GGUF's included); the check's lines
+        # were logged, its whole report is the result's "check".
+        return {key: value if key == "check" else str(value) for key, value in result.items()
+                if value and key != "ollama"}
 
-    return run_job("export", work, args, stages=stages(args.type, adapter=args.adapter,
-                                                       adapter_only=args.adapter_only, ollama=args.ollama))
+    return run_job("export", work, args, stages=stages(args.type, adapter=args.adapter, adapter_only=args.adapter_only,
+                                                       ollama=args.ollama, check=args.check))
 
 
 def _recorded(kind: str, settings: dict, emit):
@@ -81,6 +84,9 @@ def _export_parser(subparsers) -> None:
     parser.add_argument("--ollama", metavar="NAME", help="register the result with the local Ollama (OLLAMA_HOST)")
     parser.add_argument("--num-ctx", type=int, help="context size in the Modelfile (default: min(model, 8192))")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    parser.add_argument("--check", action="store_true",
+                        help="then check the GGUF: its template opens <think>, Ollama would report `thinking`, and "
+                             "greedy tokens match the HF model (+ adapter) in transformers")
     _add_events_flag(parser)
     parser.set_defaults(func=_cmd_export)
 

@@ -269,6 +269,26 @@ def check_reachable(host: str | None = None, timeout_s: float = 5.0) -> str:
     return OllamaClient(ollama_base_url(host), timeout_s=timeout_s).version()
 
 
+def connection_status(host: str | None = None, timeout_s: float = 2.0) -> str:
+    """One line for a settings form: "Ollama 0.9.0 is running at http://127.0.0.1:11434", or an AhaError
+    that says Ollama is not running there (nothing listens, the host is unknown, it timed out) and how to
+    start it, or that what answers there is not Ollama. `host` as OLLAMA_HOST (None: the variable)."""
+    base = ollama_base_url(host)
+    client = OllamaClient(base, timeout_s=timeout_s)
+    try:
+        version = client.version()
+    except AhaError as error:
+        if isinstance(error.__cause__, (OSError, http.client.HTTPException)):
+            raise AhaError(f"Ollama is not running at {base} ({_reason(error.__cause__)}): start it with "
+                           "`ollama serve` (or set OLLAMA_HOST)") from None
+        raise AhaError(f"something answers at {base}, but not as Ollama does (GET /api/version failed); check "
+                       "the host and port") from None
+    except ValueError:  # a body that is not JSON
+        raise AhaError(f"something answers at {base}, but not as Ollama does (GET /api/version is not JSON); "
+                       "check the host and port") from None
+    return f"Ollama {version or '(version unknown)'} is running at {base}"
+
+
 def register(gguf_path: Path, name: str, *, num_ctx: int, host: str | None = None,
              on_event: OnEvent | None = None, cancel=None) -> dict:
     """Hash, upload when missing, create `name` with the R1 template, then return Ollama's /api/show.

@@ -27,21 +27,25 @@ def check_type(out_type: str) -> str:
 
 
 def stages(out_type: str, *, adapter: Path | str | None = None, adapter_only: bool = False,
-           ollama: str | None = None) -> list[str]:
+           ollama: str | None = None, check: bool = False) -> list[str]:
     """The stages an export goes through, in order: merge (an adapter into the base), write (the GGUF),
-    quantize (a k-quant, through llama.cpp), register (with Ollama); only those that apply."""
+    quantize (a k-quant, through llama.cpp), register (with Ollama), check (engine.export.check); only
+    those that apply."""
     from engine.export.gguf_writer import DIRECT_TYPES
 
     merging = adapter is not None and not adapter_only
     quantizing = out_type.lower() not in DIRECT_TYPES and not adapter_only
     return [name for name, applies in (("merge", merging), ("write", True), ("quantize", quantizing),
-                                       ("register", bool(ollama))) if applies]
+                                       ("register", bool(ollama)), ("check", check)) if applies]
 
 
 def export(src: Path | str, out: Path | str, out_type: str = "f16", *, adapter: Path | str | None = None,
            adapter_only: bool = False, ollama: str | None = None, num_ctx: int | None = None,
-           force: bool = False, on_event: OnEvent = ignore, cancel: CancelToken | None = None) -> dict:
-    """Run the export pipeline; returns {"gguf": path, "modelfile": path | None, "ollama": show | None}.
+           force: bool = False, check: bool = False, on_event: OnEvent = ignore,
+           cancel: CancelToken | None = None) -> dict:
+    """Run the export pipeline; returns {"gguf": path, "modelfile": path | None, "ollama": show | None}, and
+    "check": ExportCheck.as_dict() when `check` (the written GGUF loaded by llama.cpp and compared with `src`
+    + `adapter` in transformers; a failed check is reported in it, not raised: the export itself is complete).
 
     A cancel stops at the next tensor (or after the step that cannot be interrupted: the merge, llama.cpp's
     quantizer) with Cancelled; the scratch folder `.X.gguf.work/` and any `.X.gguf.partial-PID` are
@@ -59,6 +63,9 @@ def export(src: Path | str, out: Path | str, out_type: str = "f16", *, adapter: 
     if adapter_only and key not in DIRECT_TYPES:
         raise AhaError(f"a GGUF LoRA adapter is written as one of {', '.join(DIRECT_TYPES)}, not {key!r}; "
                        "quantize the model it is applied to instead.")
+    if adapter_only and check:
+        raise AhaError("--check loads a whole model in llama.cpp; an adapter-only GGUF has no model to run: "
+                       "export without --adapter-only to check it.")
     if adapter_only and ollama:
         raise AhaError("--ollama registers a whole model; export without --adapter-only to register it.")
     if num_ctx is not None and num_ctx < 1:
@@ -77,12 +84,29 @@ def export(src: Path | str, out: Path | str, out_type: str = "f16", *, adapter: 
         if adapter_only:
             return {"gguf": write_lora_gguf(ckpt.folder, adapter, out, key, force=force, on_event=on_event,
                                             cancel=cancel), "modelfile": None, "ollama": None}
-        return _export_model(ckpt, out, key, adapter, ollama, num_ctx, force, on_event, cancel)
+        result = _export_model(ckpt, out, key, adapter, ollama, num_ctx, force, on_event, cancel)
     except BaseException:
         for folder in reversed(created):
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
+    if check:
+        result["check"] = _check(src, adapter, result, ollama, on_event, cancel)
+    return result
+
+
+def _check(src, adapter, result: dict, ollama: str | None, on_event: OnEvent, cancel: CancelToken | None) -> dict:
+    """The `check` stage on the finished export (a cancel here keeps the complete GGUF)."""
+    from engine.export.check import check_export
+
+    checked = check_export(result["gguf"], src, adapter=adapter, modelfile=result["modelfile"],
+                           ollama=(ollama, result["ollama"]) if ollama and result["ollama"] else None,
+                           on_event=on_event, cancel=cancel)
+    if not checked.passed:
+        failed = sum(item.status == "fail" for item in checked.items)
+        on_event(make_event("log", level="warning", message=f"the export check failed ({failed} of "
+                            f"{len(checked.items)} checks); {Path(result['gguf']).name} is kept as written."))
+    return checked.as_dict()
 
 
 def _export_model(ckpt, out: Path, key: str, adapter: Path | str | None, ollama: str | None, num_ctx: int | None,

@@ -1,0 +1,1 @@
+"""The Export pane: HF checkpoint (+ a run's LoRA adapter) → GGUF → Ollama, checked."""
