@@ -346,22 +346,24 @@ def ask_on_terminal(question: str) -> bool:
         return False
 
 
-def remove(store: Store, target: str, confirm: Callable[[str], bool]) -> str:
-    """Delete a run that is not running: its run directory (when it is the run's own) and its row. `confirm`
-    gets the question ("Delete run 7 (/…/grpo-7, 12.3 MB)? [y/N] ") and says whether to go on. Returns the
-    line to print."""
-    run = find_run(store, target)
+def deletion_question(run: Mapping[str, Any]) -> str:
+    """What deleting the run removes, as the question to ask ("Delete run 7 (/…/grpo-7, 12.3 MB)? [y/N] ");
+    raises a one-line AhaError for a run that is running."""
+    _refuse_if_running(run, "deleting")
+    directory = Path(run["dir"]) if run["dir"] else None
+    if owns_directory(run) and directory.is_dir():
+        return f"Delete run {run['id']} ({directory}, {folder_size(directory) / 1e6:.1f} MB)? [y/N] "
+    if directory is not None and directory.exists():
+        return f"Delete run {run['id']}'s record (its files in {directory} stay)? [y/N] "
+    return f"Delete run {run['id']} (its directory {directory or 'was never made'} is gone)? [y/N] "
+
+
+def delete_run(store: Store, run: Mapping[str, Any]) -> str:
+    """Delete a run that is not running: its run directory (when it is the run's own) and its row. Returns the
+    line to show."""
     _refuse_if_running(run, "deleting")
     directory = Path(run["dir"]) if run["dir"] else None
     owned = owns_directory(run) and directory.is_dir()
-    if owned:
-        question = f"Delete run {run['id']} ({directory}, {folder_size(directory) / 1e6:.1f} MB)? [y/N] "
-    elif directory is not None and directory.exists():
-        question = f"Delete run {run['id']}'s record (its files in {directory} stay)? [y/N] "
-    else:
-        question = f"Delete run {run['id']} (its directory {directory or 'was never made'} is gone)? [y/N] "
-    if not confirm(question):
-        return f"kept run {run['id']}"
     if owned:
         try:
             shutil.rmtree(directory)
@@ -369,6 +371,15 @@ def remove(store: Store, target: str, confirm: Callable[[str], bool]) -> str:
             raise AhaError(f"could not delete {directory} ({error}); run {run['id']} is kept") from error
     store.delete_run(run["id"])
     return f"deleted run {run['id']}" + (f" and {directory}" if owned else "")
+
+
+def remove(store: Store, target: str, confirm: Callable[[str], bool]) -> str:
+    """Delete a run that is not running (`delete_run`) once `confirm` said yes to `deletion_question`. Returns
+    the line to print."""
+    run = find_run(store, target)
+    if not confirm(deletion_question(run)):
+        return f"kept run {run['id']}"
+    return delete_run(store, run)
 
 
 # The Runs pane ----------------------------------------------------------------------------------------
@@ -480,12 +491,17 @@ def key_metric(store: Store, summary: RunSummary) -> tuple[str | None, str | Non
     return None, None, None
 
 
-def filter_rows(rows: list[RunRow], kind: str | None = None, status: str | None = None) -> list[RunRow]:
-    """The rows of one kind and/or status (None: any). A kind matches its older name too (sft, distill-generate)."""
-    def same_kind(row: RunRow) -> bool:
-        return kind is None or TRAIN_FORM_KINDS.get(row.kind, row.kind) == TRAIN_FORM_KINDS.get(kind, kind)
+def matches(row: RunRow, kind: str | None = None, status: str | None = None) -> bool:
+    """Whether a row is of `kind` (its older name too: sft, distill-generate) and has `status` ("running" takes
+    a run just created too); None: any."""
+    same_kind = kind is None or TRAIN_FORM_KINDS.get(row.kind, row.kind) == TRAIN_FORM_KINDS.get(kind, kind)
+    same_status = status is None or row.status == status or (status == "running" and row.running)
+    return same_kind and same_status
 
-    return [row for row in rows if same_kind(row) and (status is None or row.status == status)]
+
+def filter_rows(rows: list[RunRow], kind: str | None = None, status: str | None = None) -> list[RunRow]:
+    """The rows `matches` keeps."""
+    return [row for row in rows if matches(row, kind, status)]
 
 
 # Comparing runs' settings
