@@ -134,7 +134,7 @@ def _steps(summary: RunSummary) -> str:
     return f"{'–' if summary.step is None else summary.step}/{'–' if summary.max_steps is None else summary.max_steps}"
 
 
-def _short(value: str | None) -> str:
+def short_name(value: str | None) -> str:
     """A local path's last part (a checkpoint folder, a data file); other names (a built-in task, a Hub
     dataset owner/name) as they are."""
     if not value:
@@ -147,7 +147,7 @@ def table(rows: list[RunSummary], now: float | None = None) -> str:
     """The `aha runs list` table, columns sized to their content."""
     now = time.time() if now is None else now
     header = ("ID", "KIND", "STATUS", "MODEL", "DATASET", "STEPS", "AGE", "DIRECTORY")
-    lines = [header] + [(str(row.id), row.kind, row.status, _short(row.model), _short(row.dataset), _steps(row),
+    lines = [header] + [(str(row.id), row.kind, row.status, short_name(row.model), short_name(row.dataset), _steps(row),
                          age(now - row.created_at), row.dir or "–") for row in rows]
     widths = [max(len(line[column]) for line in lines) for column in range(len(header) - 1)]
     return "\n".join("  ".join([*(cell.ljust(width) for cell, width in zip(line, widths, strict=False)),
@@ -347,15 +347,15 @@ def ask_on_terminal(question: str) -> bool:
 
 
 def deletion_question(run: Mapping[str, Any]) -> str:
-    """What deleting the run removes, as the question to ask ("Delete run 7 (/…/grpo-7, 12.3 MB)? [y/N] ");
+    """What deleting the run removes, as the question to ask ("Delete run 7 (/…/grpo-7, 12.3 MB)?");
     raises a one-line AhaError for a run that is running."""
     _refuse_if_running(run, "deleting")
     directory = Path(run["dir"]) if run["dir"] else None
     if owns_directory(run) and directory.is_dir():
-        return f"Delete run {run['id']} ({directory}, {folder_size(directory) / 1e6:.1f} MB)? [y/N] "
+        return f"Delete run {run['id']} ({directory}, {folder_size(directory) / 1e6:.1f} MB)?"
     if directory is not None and directory.exists():
-        return f"Delete run {run['id']}'s record (its files in {directory} stay)? [y/N] "
-    return f"Delete run {run['id']} (its directory {directory or 'was never made'} is gone)? [y/N] "
+        return f"Delete run {run['id']}'s record (its files in {directory} stay)?"
+    return f"Delete run {run['id']} (its directory {directory or 'was never made'} is gone)?"
 
 
 def delete_run(store: Store, run: Mapping[str, Any]) -> str:
@@ -377,7 +377,7 @@ def remove(store: Store, target: str, confirm: Callable[[str], bool]) -> str:
     """Delete a run that is not running (`delete_run`) once `confirm` said yes to `deletion_question`. Returns
     the line to print."""
     run = find_run(store, target)
-    if not confirm(deletion_question(run)):
+    if not confirm(deletion_question(run) + " [y/N] "):
         return f"kept run {run['id']}"
     return delete_run(store, run)
 
@@ -605,3 +605,18 @@ def export_source(store: Store, run: Mapping[str, Any]) -> tuple[str, str] | Non
         elif artifact["kind"] == "checkpoint":
             found += [(str(path / "adapter"), base), (str(path / "model"), "")]
     return next(((path, base) for path, base in found if Path(path).is_dir()), None)
+
+
+# Comparing runs' curves
+
+PREFERRED_CURVES = ("reward", "loss", "eval/accuracy", "accuracy")
+
+
+def comparable_metrics(store: Store, run_ids: list[int]) -> tuple[list[str], str | None]:
+    """The metric names any of the runs recorded (sorted) and the one to show first: the first of
+    PREFERRED_CURVES that every run has, else a name every run has, else the first name."""
+    per_run = [set(store.metric_names(run_id)) for run_id in run_ids]
+    names = sorted(set().union(*per_run)) if per_run else []
+    shared = set.intersection(*per_run) if per_run else set()
+    first = next((name for name in PREFERRED_CURVES if name in shared), None)
+    return names, first or (sorted(shared)[0] if shared else names[0] if names else None)
