@@ -196,6 +196,9 @@ class RunsPane(QtWidgets.QWidget):
 
     POLL_MS = 2000
     UNDO_S = 6.0
+    # How long a resumed job may take to answer Stop before it is terminated: a step and a checkpoint, which
+    # on a large model take minutes (ProcessJob's default of 5 s suits a download, not a training step).
+    STOP_GRACE_S = 600.0
 
     duplicate_requested = Signal(str, dict)
     export_requested = Signal(str, str)
@@ -436,7 +439,7 @@ class RunsPane(QtWidgets.QWidget):
         except AhaError as error:
             self._say(str(error), warning=True)
             return
-        job = ProcessJob(["runs", "resume", str(row.id)])
+        job = ProcessJob(["runs", "resume", str(row.id)], grace_s=self.STOP_GRACE_S)
         self.follow_job(job)
         job.start()
         self._say(f"Resuming run {row.id}…")
