@@ -140,10 +140,13 @@ def test_a_followed_grpo_job_stops_resumes_crashes_and_resumes_to_complete(qtbot
     qtbot.waitUntil(lambda: pane.job_for(run_id) is not None)
     resumed = pane.job_for(run_id)
     assert resumed.argv[-5:] == ["runs", "resume", str(run_id), "--events", "jsonl"]
-    qtbot.waitUntil(lambda: status_of(pane, run_id) == "running"
-                    and (row_of(pane, run_id).summary.step or 0) > cancelled_at)
+    def kill_at_its_first_step(event: dict) -> None:
+        if event["type"] == "metrics" and resumed.process.processId():
+            assert event["step"] == cancelled_at + 1
+            os.kill(resumed.process.processId(), signal.SIGKILL)
+
     with qtbot.waitSignal(resumed.finished) as killed:
-        os.kill(resumed.process.processId(), signal.SIGKILL)
+        resumed.event.connect(kill_at_its_first_step)
     assert killed.args[0].status == JobStatus.CRASHED
     qtbot.waitUntil(lambda: status_of(pane, run_id) == "crashed")
     assert pane.resume_action.isEnabled()
@@ -261,7 +264,7 @@ def test_compare_overlays_the_curves_and_diffs_the_settings(qtbot, make_pane, di
     assert set(comparison.curves) == {kd} and comparison.empty.text() == f"No kd_loss in run {sft}"
     diff = comparison.diff()
     columns = [comparison.diff_table.horizontalHeaderItem(c).text() for c in range(comparison.diff_table.columnCount())]
-    assert sorted(columns[1:]) == [f"run {kd} · distill-kd", f"run {sft} · distill-sft"] and columns[0] == "Setting"
+    assert set(columns[1:]) == {f"run {kd} · distill-kd", f"run {sft} · distill-sft"} and columns[0] == "Setting"
     kd_column = columns.index(f"run {kd} · distill-kd") - 1
     assert diff["lmbda"][kd_column] == "1.0" and diff["lmbda"][1 - kd_column] == "–"
     assert diff["teacher"][1 - kd_column] == "–" and diff["teacher"][kd_column] == str(work["student"].parent / "teacher")

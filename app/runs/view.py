@@ -151,12 +151,21 @@ class RunsFilter(QtCore.QSortFilterProxyModel):
         self.setSortRole(SORT_ROLE)
 
     def set_filter(self, kind: str | None, status: str | None) -> None:
-        self.kind, self.status = kind, status
-        self.invalidateFilter()
+        self._refilter(lambda: setattr(self, "kind", kind) or setattr(self, "status", status))
 
     def set_hidden(self, hidden: set[int]) -> None:
-        self.hidden = set(hidden)
-        self.invalidateFilter()
+        self._refilter(lambda: setattr(self, "hidden", set(hidden)))
+
+    def _refilter(self, change) -> None:
+        """Apply `change` to what is filtered and filter again (Qt 6.10 deprecated invalidateFilter for
+        begin/endFilterChange; Qt 6.7–6.9 have only the former)."""
+        if hasattr(QtCore.QSortFilterProxyModel, "Direction"):
+            self.beginFilterChange()
+            change()
+            self.endFilterChange(QtCore.QSortFilterProxyModel.Direction.Rows)
+        else:
+            change()
+            self.invalidateFilter()
 
     def filterAcceptsRow(self, source_row: int, source_parent: QtCore.QModelIndex) -> bool:  # noqa: N802 - Qt override
         row = self.sourceModel().row_at(source_row)
