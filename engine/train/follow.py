@@ -1,0 +1,128 @@
+"""Following a run's files while it is written: `JsonlFollower` reads the records appended to metrics.jsonl or
+samples.jsonl since its last read (from a byte offset), leaves a half-written last line for the next read, and
+starts over when the file was rewritten (a resume truncates both files to its checkpoint's step). `eta` splits
+the time left of a run into generation and training from its metrics.
+
+It knows the JSON-lines format and the metric names of the step times, nothing of what the records mean.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Batch:
+    """What one read found: the new `records`, and `restarted` when the file was rewritten since the last read
+    (then `records` are the file's whole content and what was read before is void)."""
+
+    records: list[dict] = field(default_factory=list)
+    restarted: bool = False
+
+
+class JsonlFollower:
+    """Incremental reader of a JSON-lines file that another process appends to.
+
+    Each `read()` returns the complete lines added since the previous one, parsed (lines that are not a JSON
+    object are skipped). A last line without its newline is not read until it has one. A file that shrank
+    below the offset, or was replaced by another file (os.replace: a new inode), is read again from the start
+    with `restarted` set. A missing file reads as nothing.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.offset = 0
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file the offset is in
+
+    def read(self) -> Batch:
+        try:
+            stream = open(self.path, "rb")  # noqa: SIM115 - closed below; stat on the open file, not the path
+        except OSError:
+            restarted = self.offset > 0
+            self.offset, self._identity = 0, None
+            return Batch([], restarted)
+        with stream:
+            status = os.fstat(stream.fileno())
+            identity = (status.st_dev, status.st_ino)
+            restarted = self._identity is not None and (identity != self._identity or status.st_size < self.offset)
+            if restarted:
+                self.offset = 0
+            self._identity = identity
+            if status.st_size == self.offset:
+                return Batch([], restarted)
+            stream.seek(self.offset)
+            data = stream.read(max(status.st_size - self.offset, 0))
+        end = data.rfind(b"\n")
+        if end < 0:
+            return Batch([], restarted)
+        self.offset += end + 1
+        return Batch(parse_lines(data[:end + 1]), restarted)
+
+
+def parse_lines(data: bytes) -> list[dict]:
+    """The JSON objects of complete lines; blank lines, broken lines and non-objects are skipped."""
+    records = []
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Every complete record of a JSON-lines file (a half-written last line left out); [] when missing."""
+    return JsonlFollower(path).read().records
+
+
+@dataclass(frozen=True)
+class Eta:
+    """Time left of a run, in seconds: `total`, and its `generation` and `training` parts (None when the steps
+    do not report them); `per_step` the mean step time it is based on."""
+
+    total: float
+    per_step: float
+    generation: float | None = None
+    training: float | None = None
+
+
+def eta(history: Sequence[Mapping], max_steps: int | None) -> Eta | None:
+    """The time left from the mean step time of the logged steps: per step, `generation_s` + `training_s` when
+    the steps report them (GRPO reports both, SFT `training_s`), else the wall-clock time between the first and
+    last record over the steps between them. None without max_steps, steps left, or two points to measure.
+
+    Example: steps 1..4 of 10, each generation_s 3 and training_s 1 → Eta(total=24, per_step=4,
+    generation=18, training=6).
+    """
+    if not history or not max_steps:
+        return None
+    last = int(history[-1].get("step", 0))
+    left = max_steps - last
+    if left <= 0:
+        return None
+    generation = _mean(history, "generation_s")
+    training = _mean(history, "training_s")
+    if generation is not None or training is not None:
+        per_step = (generation or 0.0) + (training or 0.0)
+        return Eta(per_step * left, per_step, None if generation is None else generation * left,
+                   None if training is None else training * left)
+    first = history[0]
+    steps = last - int(first.get("step", 0))
+    times = [record.get("time") for record in (first, history[-1])]
+    if steps <= 0 or not all(isinstance(value, int | float) for value in times):
+        return None
+    per_step = (times[1] - times[0]) / steps
+    return Eta(per_step * left, per_step)
+
+
+def _mean(history: Sequence[Mapping], key: str) -> float | None:
+    values = [record[key] for record in history if isinstance(record.get(key), int | float)]
+    return sum(values) / len(values) if values else None
