@@ -100,8 +100,8 @@ def test_exploding_kl_and_grad_norm():
 
 def test_reward_falling_after_a_peak():
     window = signals.REWARD_WINDOW
-    rising = [0.1 * step for step in range(10)]                    # 0 → 0.9
-    falling = [*rising, *[0.9 - 0.15 * step for step in range(1, 9)]]  # back down to −0.3
+    rising = [step / (3 * window) for step in range(3 * window)]                  # 0 → 1
+    falling = [*rising, *[1 - step / window for step in range(1, 2 * window)]]  # back down to −1
     assert keys([{"step": step + 1, "reward": value} for step, value in enumerate(rising)]) == []
     [warning] = learning_warnings([{"step": step + 1, "reward": value} for step, value in enumerate(falling)])
     assert warning.key == "reward-falling" and "fell from its peak" in warning.message

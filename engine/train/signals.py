@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -22,9 +23,11 @@ ZERO_STD_STEPS = 5
 CONSTANT_STEPS = 3           # a reward with the same value for every completion over this many steps
 EXPLOSION_FACTOR = 10.0      # KL / grad norm this many times their median so far
 EXPLOSION_HISTORY = 5        # steps of history the median needs
+EXPLOSION_HISTORY_MAX = 50   # the median is over the last this many steps
 KL_FLOOR = 0.05              # KL below this is never "exploding", whatever its median
-REWARD_WINDOW = 5            # reward is smoothed over this many steps
+REWARD_WINDOW = 10           # reward is smoothed over this many steps
 REWARD_DROP = 0.5            # falling: lost at least half of what it had gained up to its peak
+REWARD_NOISE = 6.0           # … a gain of more than this many times the noise of a window mean
 
 
 @dataclass(frozen=True)
@@ -66,9 +69,9 @@ class SignalWatch:
         self.steps = 0
         self._clipped_run = 0
         self._zero_std_run = 0
-        self._kl: list[float] = []
-        self._grad_norm: list[float] = []
-        self._rewards: list[float] = []
+        self._kl: deque[float] = deque(maxlen=EXPLOSION_HISTORY_MAX)
+        self._grad_norm: deque[float] = deque(maxlen=EXPLOSION_HISTORY_MAX)
+        self._reward_trend = _Trend(REWARD_WINDOW)
         self._accuracy: float | None = None
         self._reward_values: dict[str, set] = {}    # reward name → the distinct values seen (None included)
         self._reward_steps: dict[str, int] = {}     # reward name → steps it was seen at
@@ -166,9 +169,9 @@ class SignalWatch:
             warnings.append(LearningWarning(f"constant-reward/{name}", step, message))
         return warnings
 
-    def _exploding(self, step: int, name: str, metrics: Mapping, history: list[float]) -> LearningWarning | None:
+    def _exploding(self, step: int, name: str, metrics: Mapping, history: deque[float]) -> LearningWarning | None:
         """Exploding KL or grad norm: after EXPLOSION_HISTORY steps, a value above EXPLOSION_FACTOR × the median
-        of the earlier ones (a zero median does not count; KL also above KL_FLOOR), or a grad norm that is
+        of the earlier ones (the last EXPLOSION_HISTORY_MAX) (a zero median does not count; KL also above KL_FLOOR), or a grad norm that is
         not finite (logged as None while the other metrics are there)."""
         if name not in metrics:
             return None
@@ -198,37 +201,62 @@ class SignalWatch:
 
     def _falling(self, step: int, metrics: Mapping) -> LearningWarning | None:
         """Reward falling after a peak: the mean reward of the last REWARD_WINDOW steps has lost at least
-        REWARD_DROP of what the run gained from its first window to its best window, a gain larger than the
-        spread (standard deviation) of the step rewards so far: step-to-step noise is no peak."""
+        REWARD_DROP of what the run gained from its first window to its best window, a gain of more than
+        REWARD_NOISE × the noise of a window mean (the step-to-step noise σ ≈ √(mean((r_t − r_{t−1})²) / 2),
+        over √REWARD_WINDOW): the best of many windows of pure noise is no peak. Kept up step by step (running
+        sums), so a run of thousands of steps costs as little per step as a short one."""
         reward = _number(metrics.get("reward"))
         if reward is None:
             return None
-        self._rewards.append(reward)
-        rewards, window = self._rewards, REWARD_WINDOW
-        if len(rewards) < 2 * window:
+        falling = self._reward_trend
+        falling.add(reward)
+        if falling.count < 2 * REWARD_WINDOW or falling.steps_since_peak < REWARD_WINDOW:
             return None
-        means = rolling_means(rewards, window)
-        first, last = means[0], means[-1]
-        peak_index = max(range(len(means)), key=means.__getitem__)
-        peak = means[peak_index]
-        gain = peak - first
-        if gain <= max(statistics.pstdev(rewards), 1e-9) or peak - last < REWARD_DROP * gain or len(means) - 1 - peak_index < window:
+        gain = falling.peak - falling.first
+        if gain <= max(REWARD_NOISE * falling.noise / math.sqrt(REWARD_WINDOW), 1e-9) or falling.peak - falling.last < REWARD_DROP * gain:
             return None
-        peak_step = step - (len(means) - 1 - peak_index)
-        return LearningWarning("reward-falling", step, f"the reward fell from its peak {peak:.3g} (mean of the "
-                               f"{window} steps to step {peak_step}) to {last:.3g}: the policy may be collapsing or "
-                               f"exploiting a reward; lower learning_rate{_now(self.config, 'learning_rate')}, raise "
-                               f"beta{_now(self.config, 'beta')}, or keep a checkpoint from near step {peak_step}")
+        peak_step = step - falling.steps_since_peak
+        return LearningWarning("reward-falling", step, f"the reward fell from its peak {falling.peak:.3g} (mean "
+                               f"of the {REWARD_WINDOW} steps to step {peak_step}) to {falling.last:.3g}: the "
+                               "policy may be collapsing or exploiting a reward; lower learning_rate"
+                               f"{_now(self.config, 'learning_rate')}, raise beta{_now(self.config, 'beta')}, or "
+                               f"keep a checkpoint from near step {peak_step}")
 
 
-def rolling_means(values: Sequence[float], window: int) -> list[float]:
-    """Means of each `window` consecutive values: rolling_means([1, 2, 3, 4], 2) → [1.5, 2.5, 3.5]."""
-    total = sum(values[:window])
-    means = [total / window]
-    for index in range(window, len(values)):
-        total += values[index] - values[index - window]
-        means.append(total / window)
-    return means
+class _Trend:
+    """Running window means of a series: the first, the last and the highest (with how many windows ago it
+    was), and the step-to-step noise of the values, in O(1) per value."""
+
+    def __init__(self, window: int):
+        self.window, self.count = window, 0
+        self._recent: deque[float] = deque()
+        self._sum = self._differences = 0.0
+        self._previous: float | None = None
+        self.first = self.last = self.peak = -math.inf
+        self.steps_since_peak = 0
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        if self._previous is not None:
+            self._differences += (value - self._previous) ** 2
+        self._previous = value
+        self._recent.append(value)
+        self._sum += value
+        if len(self._recent) > self.window:
+            self._sum -= self._recent.popleft()
+        if len(self._recent) < self.window:
+            return
+        self.last = self._sum / self.window
+        if self.count == self.window:
+            self.first = self.last
+        self.steps_since_peak += 1
+        if self.last > self.peak:
+            self.peak, self.steps_since_peak = self.last, 0
+
+    @property
+    def noise(self) -> float:
+        """σ of the values around their trend, from successive differences (a trend barely moves them)."""
+        return math.sqrt(self._differences / max(self.count - 1, 1) / 2)
 
 
 def learning_warnings(history: Iterable[Mapping], samples: Iterable[Mapping] = (),
