@@ -13,7 +13,7 @@ import pytest
 
 from engine import cli
 from engine.train import signals
-from engine.train.follow import JsonlFollower, eta, read_jsonl
+from engine.train.follow import JsonlFollower, SampleIndex, eta, read_jsonl
 from engine.train.signals import SignalWatch, learning_warnings
 
 
@@ -152,6 +152,34 @@ def test_follower_starts_over_when_a_resume_rewrites_the_file(tmp_path):
     path.unlink()
     assert follower.read().restarted
     assert read_jsonl(tmp_path / "missing.jsonl") == []
+
+
+def sample_line(step: int, prompt_id: str, text: str) -> str:
+    record = {"step": step, "prompt_id": prompt_id, "prompt": f"{prompt_id}=", "answer": "7",
+              "completions": [{"text": text, "rewards": {"accuracy": 1.0}, "reward": 1.0}]}
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def test_sample_index_finds_steps_prompts_and_text_and_follows_the_file(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    index = SampleIndex(path)
+    assert not index.refresh() and index.steps() == []
+    path.write_text(sample_line(1, "a", "Über 3+4 is 7") + sample_line(1, "b", "six") + sample_line(2, "a", "seven")
+                    + sample_line(3, "b", "quoted \"x\"\nnext")[:30])
+    index.refresh()
+    assert index.steps() == [1, 2] and len(index) == 3
+    assert [record["prompt_id"] for record in index.records(1)] == ["a", "b"]
+    assert [record["step"] for record in index.prompt_history("a")] == [1, 2]
+    assert [r["completions"][0]["text"] for r in index.search("SEVEN")] == ["seven"]
+    assert [r["step"] for r in index.search("über")] == [1]  # not ASCII: parsed, then compared
+    with open(path, "a") as stream:  # the half-written line completed
+        stream.write(sample_line(3, "b", 'quoted "x"\nnext')[30:])
+    index.refresh()
+    assert index.steps() == [1, 2, 3] and [r["step"] for r in index.search('"x"\nnext')] == [3]
+    replacement = tmp_path / "samples.tmp"  # a resume's truncation
+    replacement.write_text(sample_line(1, "a", "again"))
+    os.replace(replacement, path)
+    assert index.refresh() and index.steps() == [1] and index.records(1)[0]["completions"][0]["text"] == "again"
 
 
 def test_eta_splits_generation_from_training():

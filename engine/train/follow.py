@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,3 +127,135 @@ def eta(history: Sequence[Mapping], max_steps: int | None) -> Eta | None:
 def _mean(history: Sequence[Mapping], key: str) -> float | None:
     values = [record[key] for record in history if isinstance(record.get(key), int | float)]
     return sum(values) / len(values) if values else None
+
+
+@dataclass(frozen=True)
+class _Line:
+    step: int
+    prompt_id: str
+    offset: int
+    length: int
+
+
+class SampleIndex:
+    """samples.jsonl indexed by step and prompt without keeping it in memory: `refresh()` takes in the lines
+    appended since the last call (a rewritten file is indexed again: `refresh` returns True then), and the
+    records of a step, of a prompt across steps, or matching a text are parsed from the file when asked. A run
+    of thousands of steps has hundreds of megabytes of rollouts; only the line positions are held."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._follower = JsonlFollower(path)
+        self._lines: list[_Line] = []
+        self._by_step: dict[int, list[_Line]] = {}
+
+    def refresh(self) -> bool:
+        """Index the new complete lines; True when the file was rewritten (everything indexed again)."""
+        follower = self._follower
+        start = follower.offset
+        try:
+            with open(self.path, "rb") as stream:
+                status = os.fstat(stream.fileno())
+                identity = (status.st_dev, status.st_ino)
+                restarted = follower._identity is not None and (identity != follower._identity
+                                                                 or status.st_size < start)
+                if restarted:
+                    start = 0
+                    self._lines, self._by_step = [], {}
+                follower._identity = identity
+                stream.seek(start)
+                data = stream.read(max(status.st_size - start, 0))
+        except OSError:
+            restarted = bool(self._lines)
+            self._lines, self._by_step = [], {}
+            follower.offset, follower._identity = 0, None
+            return restarted
+        end = data.rfind(b"\n")
+        follower.offset = start + (end + 1 if end >= 0 else 0)
+        position = 0
+        while 0 <= position <= end:
+            stop = data.index(b"\n", position)
+            line = data[position:stop]
+            record = _step_and_prompt(line)
+            if record is not None:
+                entry = _Line(record[0], record[1], start + position, stop - position)
+                self._lines.append(entry)
+                self._by_step.setdefault(entry.step, []).append(entry)
+            position = stop + 1
+        return restarted
+
+    def steps(self) -> list[int]:
+        return sorted(self._by_step)
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def records(self, step: int) -> list[dict]:
+        """The step's records (one per prompt), in the order written."""
+        return self._read(self._by_step.get(step, []))
+
+    def prompt_history(self, prompt_id: str) -> list[dict]:
+        """Every record of one prompt, by step: how its completions changed over the run."""
+        return self._read([line for line in self._lines if line.prompt_id == prompt_id])
+
+    def search(self, text: str, limit: int = 200) -> list[dict]:
+        """Records whose prompt, answer or a completion's text contains `text` (case-insensitive), by step,
+        at most `limit`. The raw lines are screened first, so only candidates are parsed."""
+        needle = text.casefold()
+        if not needle:
+            return []
+        found = []
+        ascii_needle = needle.encode("utf-8") if needle.isascii() and needle.isprintable() and '"' not in needle and "\\" not in needle else None
+        for data in self._raw(self._lines):
+            if ascii_needle is not None and ascii_needle not in data.lower():
+                continue
+            record = _parse(data)
+            if record is not None and needle in record_text(record).casefold():
+                found.append(record)
+                if len(found) >= limit:
+                    break
+        return found
+
+    def _raw(self, lines: list[_Line]):
+        if not lines:
+            return
+        with open(self.path, "rb") as stream:
+            for line in lines:
+                stream.seek(line.offset)
+                yield stream.read(line.length)
+
+    def _read(self, lines: list[_Line]) -> list[dict]:
+        try:
+            return [record for record in map(_parse, self._raw(lines)) if record is not None]
+        except OSError:
+            return []
+
+
+def record_text(record: Mapping) -> str:
+    """What a search looks in: the prompt, the answer and every completion's text."""
+    parts = [str(record.get("prompt") or ""), str(record.get("answer") or "")]
+    parts += [str(completion.get("text") or "") for completion in record.get("completions", ())]
+    return "\n".join(parts)
+
+
+def _parse(data: bytes) -> dict | None:
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+_HEAD = re.compile(rb'\{"step": (\d+), "prompt_id": "([^"\\]*)"')
+
+
+def _step_and_prompt(line: bytes) -> tuple[int, str] | None:
+    """(step, prompt_id) of a samples.jsonl line: from its head as Run.log_samples writes it, else the line
+    parsed whole."""
+    head = _HEAD.match(line)
+    if head is not None:
+        return int(head.group(1)), head.group(2).decode("utf-8", "replace")
+    record = _parse(line) if line.strip() else None
+    if record is None or not isinstance(record.get("step"), int):
+        return None
+    return record["step"], str(record.get("prompt_id", ""))
