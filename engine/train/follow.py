@@ -259,3 +259,23 @@ def _step_and_prompt(line: bytes) -> tuple[int, str] | None:
     if record is None or not isinstance(record.get("step"), int):
         return None
     return record["step"], str(record.get("prompt_id", ""))
+
+
+def trace_progress_history(records: Sequence[Mapping], last: Mapping | None = None) -> list[dict]:
+    """A trace-generation run's progress file (engine.distill.generate: one record per finished prompt) as
+    metrics records, one step per prompt as its `metrics` events number them: cumulative samples, accepted
+    and kept replies, the acceptance rate so far and each rejection reason's count (`rejected/<reason>`).
+    With `last` (the last step made of earlier records: an incremental read) the steps and totals carry on."""
+    history: list[dict] = []
+    for record in records:
+        if "prompt_id" not in record:
+            continue  # the header with the settings
+        previous = history[-1] if history else (last or {})
+        step = int(previous.get("step", 0)) + 1
+        totals = {name: previous.get(name, 0) + int(record.get(name, 0)) for name in ("samples", "accepted", "kept")}
+        rejected = {key: value for key, value in previous.items() if key.startswith("rejected/")}
+        for reason, count in (record.get("rejected") or {}).items():
+            rejected[f"rejected/{reason}"] = rejected.get(f"rejected/{reason}", 0) + int(count)
+        history.append({"step": step, **totals, **rejected,
+                        "acceptance_rate": totals["accepted"] / totals["samples"] if totals["samples"] else 0.0})
+    return history
