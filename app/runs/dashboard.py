@@ -28,6 +28,7 @@ POLL_MS = 500          # the files are read this often (≥ 1 update a second wh
 REDRAW_MS = 250        # at most this often the curves are redrawn, however fast events come
 PLOT_HEIGHT = 190      # pixels per row of plots
 COLUMNS = 2
+WATCH_CHUNK = 250      # steps given to the signal watch per turn of the event loop
 LIVE_PROGRESS_S = 30   # a job's progress event is trusted over the files' ETA for this long
 # Curve colors that read on the light and the dark surface alike; the first is the theme's accent.
 CURVE_COLORS = (theme.ACCENT, "#0ea5e9", "#10b981", "#f59e0b", "#ef4444", "#ec4899", "#64748b", "#84cc16")
@@ -99,6 +100,13 @@ def metrics_file(run: dict) -> tuple[Path | None, bool]:
     return (Path(run["dir"]) / "metrics.jsonl" if run.get("dir") else None), False
 
 
+def new_curve() -> pg.PlotDataItem:
+    curve = pg.PlotDataItem([], [], connect="finite")
+    curve.setDownsampling(auto=True, method="peak")  # thousands of steps: about one point per pixel
+    curve.setClipToView(True)
+    return curve
+
+
 class _Plot:
     """One PlotItem (kept from run to run: making one is the slow part) with the curves of a run's metrics on
     its left axis and, when the spec asks, a second ViewBox on the right axis."""
@@ -106,35 +114,38 @@ class _Plot:
     def __init__(self, item: pg.PlotItem, spec: PlotSpec, left: list[str], right: list[str]):
         self.item, self.spec, self.left, self.right = item, spec, left, right
         self.curves: dict[str, pg.PlotDataItem] = {}
+        pool = list(getattr(item, "aha_curves", []))  # the curves of a previous run: reused, not made again
+        item.aha_curves = []
         item.clear()
         if item.legend is not None:
             item.legend.clear()
         legend = item.legend
         if legend is None and len(left) + len(right) > 1:
             legend = item.addLegend(offset=(6, 4), labelTextSize="8pt")
-        for index, name in enumerate(left):
-            self.curves[name] = item.plot([], [], name=_label(name), connect="finite",
-                                          pen=pg.mkPen(CURVE_COLORS[index % len(CURVE_COLORS)], width=1))
         self.right_view = getattr(item, "aha_right_view", None)
-        if right:
-            if self.right_view is None:
-                view = self.right_view = item.aha_right_view = pg.ViewBox()
-                item.showAxis("right")
-                item.scene().addItem(view)
-                item.getAxis("right").linkToView(view)
-                view.setXLink(item)
-                item.vb.sigResized.connect(lambda: view.setGeometry(item.vb.sceneBoundingRect()))
+        if right and self.right_view is None:
+            view = self.right_view = item.aha_right_view = pg.ViewBox()
+            item.showAxis("right")
+            item.scene().addItem(view)
+            item.getAxis("right").linkToView(view)
+            view.setXLink(item)
+            item.vb.sigResized.connect(lambda: view.setGeometry(item.vb.sceneBoundingRect()))
+        if self.right_view is not None:
             self.right_view.clear()
-            for offset, name in enumerate(right):
-                curve = pg.PlotDataItem([], [], connect="finite", pen=pg.mkPen(
-                    CURVE_COLORS[(len(left) + offset) % len(CURVE_COLORS)], width=1, style=Qt.PenStyle.DashLine))
+        for index, name in enumerate([*left, *right]):
+            curve = pool.pop() if pool else new_curve()
+            item.aha_curves.append(curve)
+            dashed = Qt.PenStyle.DashLine if name in right else Qt.PenStyle.SolidLine
+            curve.setPen(pg.mkPen(CURVE_COLORS[index % len(CURVE_COLORS)], width=1, style=dashed))
+            curve.opts["name"] = _label(name)
+            curve.setData([], [])
+            if name in right:
                 self.right_view.addItem(curve)
                 if legend is not None:
                     legend.addItem(curve, _label(name))
-                self.curves[name] = curve
-        for curve in self.curves.values():
-            curve.setDownsampling(auto=True, method="peak")  # thousands of steps: about one point per pixel
-            curve.setClipToView(True)
+            else:
+                item.addItem(curve)  # and to the legend, under its name
+            self.curves[name] = curve
 
     def set_data(self, steps: np.ndarray, columns: dict[str, np.ndarray]) -> None:
         for name, curve in self.curves.items():
@@ -146,6 +157,107 @@ class _Plot:
         """How many finite points the curve of `metric` has (before downsampling for the screen)."""
         y = self.curves[metric].yData
         return 0 if y is None else int(np.isfinite(y).sum())
+
+
+def _as_number(value) -> float | None:
+    """A metric's value as a float (None logged for NaN becomes NaN), or None for what is not a number."""
+    kind = type(value)
+    if kind is float:
+        return value
+    if kind is int:
+        return float(value)
+    return math.nan if value is None else None
+
+
+class _Columns:
+    """A run's metrics by column: one list per metric, a row per step, so that thousands of steps become
+    arrays without a pass over dicts. A step that comes again (a job's event, then the file's line) fills
+    the same row; steps out of order are sorted when the arrays are made."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+        self.rows: dict[int, int] = {}              # step → row
+        self.columns: dict[str, list[float]] = {}   # metric → a value per row (NaN: not logged at that step)
+        self.names: list[str] = []                  # the metrics in the order they first came
+        self.sorted = True
+
+    def add(self, record: dict) -> bool:
+        """Put one record in; False when it has no integer step."""
+        step = record.get("step")
+        if not isinstance(step, int) or isinstance(step, bool):
+            return False
+        row = self.rows.get(step)
+        if row is None:
+            row = self.rows[step] = len(self.steps)
+            if self.steps and step < self.steps[-1]:
+                self.sorted = False
+            self.steps.append(step)
+        size = len(self.steps)
+        for key, value in record.items():
+            kind = type(value)
+            if key == "step" or (kind is not float and kind is not int and value is not None):
+                continue  # text, dicts (a trace run's `rejected`), booleans
+            column = self.columns.get(key)
+            if column is None:
+                column = self.columns[key] = []
+                self.names.append(key)
+            if len(column) < size:
+                column.extend([math.nan] * (size - len(column)))
+            column[row] = math.nan if value is None else float(value)
+        return True
+
+    def extend(self, records: list[dict]) -> list[dict]:
+        """Put records in; returns those that had an integer step. New steps past the last one (a file read
+        from the start, or its next lines) go in a column at a time; the rest one by one (`add`)."""
+        kept = [record for record in records if type(record.get("step")) is int]
+        steps = [record["step"] for record in kept]
+        last = self.steps[-1] if self.steps else -math.inf
+        if not kept or steps[0] <= last or any(a >= b for a, b in zip(steps, steps[1:], strict=False)):
+            for record in kept:
+                self.add(record)
+            return kept
+        size, start = len(self.steps), len(self.steps)
+        self.steps.extend(steps)
+        self.rows.update({step: start + index for index, step in enumerate(steps)})
+        for key in set().union(*kept) - {"step"}:
+            values = [_as_number(record.get(key)) for record in kept]
+            column = self.columns.get(key)
+            if column is None:
+                if all(value is None for value in values):
+                    continue  # text or dicts only
+                column = self.columns[key] = []
+                self.names.append(key)
+            if len(column) < size:
+                column.extend([math.nan] * (size - len(column)))
+            column.extend(math.nan if value is None else value for value in values)
+        return kept
+
+    def arrays(self, names) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(steps, {name: values}) as float arrays in step order."""
+        size = len(self.steps)
+        x = np.asarray(self.steps, dtype=float)
+        columns = {}
+        for name in names:
+            column = self.columns.get(name, [])
+            values = np.full(size, np.nan)
+            values[:len(column)] = column
+            values[~np.isfinite(values)] = np.nan
+            columns[name] = values
+        if not self.sorted:
+            order = np.argsort(x, kind="stable")
+            x = x[order]
+            columns = {name: values[order] for name, values in columns.items()}
+        return x, columns
+
+    def last_step(self) -> int:
+        return max(self.steps) if self.steps else 0
+
+    def timing_history(self) -> list[dict]:
+        """The step times as engine.train.follow.eta reads them."""
+        names = [name for name in ("generation_s", "training_s", "time") if name in self.columns]
+        x, columns = self.arrays(names)
+        return [{"step": int(step), **{name: float(columns[name][index]) for name in names}}
+                for index, step in enumerate(x)]
 
 
 class RunDashboard(QtWidgets.QWidget):
@@ -183,6 +295,7 @@ class RunDashboard(QtWidgets.QWidget):
         self._redraw = QtCore.QTimer(self, interval=REDRAW_MS, singleShot=True, timeout=self._draw)
         self._items: dict[str, pg.PlotItem] = {}  # title → its PlotItem, made once (~30 ms each)
         self._warm = QtCore.QTimer(self, interval=0, timeout=self._make_one_item)  # while the window idles
+        self._watching = QtCore.QTimer(self, interval=0, timeout=self._watch_some)
         self.clear()
         self._apply_theme()
         self._warm.start()
@@ -224,12 +337,13 @@ class RunDashboard(QtWidgets.QWidget):
         self.run = None
         self._follower: JsonlFollower | None = None
         self._trace_progress = False
+        self._last_trace_record: dict | None = None
         self._max_steps = None
-        self._records: dict[int, dict] = {}
-        self._names: list[str] = []      # the run's metric names, in the order they first came
-        self._known_names: set[str] = set()
+        self._data = _Columns()
         self._watch = SignalWatch()
-        self._watched_step = 0
+        self._to_watch: list[dict] = []   # records the watch has still to see, in step order
+        self._queued_step = 0
+        self._watching.stop()
         self._progress: tuple[float, dict] | None = None
         self._layout_names: tuple = ()
         self.warnings = []
@@ -248,31 +362,41 @@ class RunDashboard(QtWidgets.QWidget):
             return False
         batch = self._follower.read()
         if batch.restarted:  # a resume rewrote the file: what was shown after its checkpoint is gone
-            self._records, self._watch, self._watched_step = {}, SignalWatch(self._config()), 0
-            self._names, self._known_names, self.warnings = [], set(), []
+            self._data, self._watch, self._to_watch, self._queued_step = _Columns(), SignalWatch(self._config()), [], 0
+            self._last_trace_record, self.warnings = None, []
+            self._show_warnings()
         records = batch.records
         if self._trace_progress:
-            last = self._records[max(self._records)] if self._records and not batch.restarted else None
-            records = trace_progress_history(records, last)
-        if records or batch.restarted:
-            self._add_records(records, draw=False)
+            records = trace_progress_history(records, self._last_trace_record)
+            self._last_trace_record = records[-1] if records else self._last_trace_record
+        self._add_records(records, draw=False)
         return bool(records) or batch.restarted
 
     def _add_records(self, records: list[dict], draw: bool = True) -> None:
-        for record in records:
-            step = record.get("step")
-            if not isinstance(step, int):
-                continue
-            clean = {key: _finite(value) for key, value in record.items()
-                     if isinstance(value, int | float | type(None)) and not isinstance(value, bool)}
-            clean["step"] = step
-            self._records[step] = {**self._records.get(step, {}), **clean}
-            for name in clean:
-                if name not in ("step", "time") and name not in self._known_names:
-                    self._known_names.add(name)
-                    self._names.append(name)
+        """Records into the columns; each step after the last one watched is queued for the signal watch
+        (engine.train.signals), which `_watch_some` feeds a chunk at a time, so the warnings are computed
+        once per step and a long run's history never holds up the first drawing of its curves."""
+        for record in self._data.extend(records):
+            if record["step"] > self._queued_step:
+                self._to_watch.append(record)
+                self._queued_step = record["step"]
+        if self._to_watch and not self._watching.isActive():
+            self._watching.start()
         if draw:
             self._schedule()
+
+    def _watch_some(self) -> None:
+        watch = self._watch
+        if not watch.config and self.run is not None:
+            watch.config = self._config()
+        chunk, self._to_watch = self._to_watch[:WATCH_CHUNK], self._to_watch[WATCH_CHUNK:]
+        for record in chunk:
+            watch.update(record["step"], record)
+        if not self._to_watch:
+            self._watching.stop()
+        if len(self.warnings) != len(watch.warnings):
+            self.warnings = watch.warnings
+            self._show_warnings()
 
     def _config(self) -> dict:
         return dict((self.run or {}).get("config") or {})
@@ -292,28 +416,23 @@ class RunDashboard(QtWidgets.QWidget):
     def _draw(self) -> None:
         if self.run is None:
             return
-        steps = sorted(self._records)
-        self._update_warnings(steps)
-        self._update_eta(steps)
-        if not steps:
+        self.eta_label.setText(self.eta_text())
+        if not self._data.steps:
             return
         self._ensure_layout()
-        x = np.asarray(steps, dtype=float)
-        rows = [self._records[step] for step in steps]
-        columns = {}
+        names = list(dict.fromkeys(name for plot in self.plots.values() for name in plot.curves))
+        x, columns = self._data.arrays(names)
         for plot in self.plots.values():
-            for name in plot.curves:
-                if name not in columns:
-                    columns[name] = np.array([row.get(name, math.nan) for row in rows], dtype=float)
             plot.set_data(x, columns)
 
     def _ensure_layout(self) -> None:
         """The plots for the metrics the run has: laid out again only when a plot appears."""
         chosen = []
+        names = self._data.names
         for spec in PLOTS:
-            if spec.not_with and spec.not_with in self._names:
+            if spec.not_with and spec.not_with in self._data.columns:
                 continue
-            left, right = series_for(spec, self._names)
+            left, right = series_for(spec, names)
             if left or right:
                 chosen.append((spec, left, right))
         key = tuple((spec.title, tuple(left), tuple(right)) for spec, left, right in chosen)
@@ -338,6 +457,7 @@ class RunDashboard(QtWidgets.QWidget):
             item.showGrid(x=True, y=True, alpha=0.15)
             item.setMenuEnabled(False)
             item.getViewBox().setMouseEnabled(x=True, y=False)
+            item.getAxis("left").enableAutoSIPrefix(False)  # a learning rate of 1e-5 keeps its tick labels
             self._style_item(title, item)
         return item
 
@@ -349,25 +469,14 @@ class RunDashboard(QtWidgets.QWidget):
             item.getAxis(axis).setTextPen(colors.muted)
 
     def _make_one_item(self) -> None:
-        """One plot more made ahead of time (a timer while the window idles), so opening a run only fills them."""
+        """One plot more made ahead of time, with curves for it (a timer while the window idles), so opening a
+        run only fills them."""
         missing = [spec.title for spec in PLOTS if spec.title not in self._items]
         if not missing:
             self._warm.stop()
             return
-        self._item(missing[0])
-
-    def _update_warnings(self, steps: list[int]) -> None:
-        """Feed the steps after the last one watched to the signal watch (engine.train.signals)."""
-        if not self._watch.config and self.run is not None:
-            self._watch.config = self._config()
-        new = False
-        for step in steps:
-            if step > self._watched_step:
-                new = bool(self._watch.update(step, self._records[step])) or new
-                self._watched_step = step
-        if new or len(self.warnings) != len(self._watch.warnings):
-            self.warnings = self._watch.warnings
-            self._show_warnings()
+        item = self._item(missing[0])
+        item.aha_curves = [new_curve() for _ in range(3)]
 
     def _show_warnings(self) -> None:
         while self.banner_layout.count():
@@ -379,14 +488,11 @@ class RunDashboard(QtWidgets.QWidget):
             self.banner_layout.addWidget(label)
         self.banner.setVisible(bool(self.warnings))
 
-    def _update_eta(self, steps: list[int]) -> None:
-        self.eta_label.setText(self.eta_text(steps))
-
-    def eta_text(self, steps: list[int] | None = None) -> str:
+    def eta_text(self) -> str:
         """'step 12 of 100 · 1:40 left: generation 1:15, training 25 s' from the job's last progress (while
         fresh) or the logged steps' times."""
-        steps = sorted(self._records) if steps is None else steps
-        last = steps[-1] if steps else 0
+        steps = self._data.steps
+        last = self._data.last_step()
         max_steps = self._max_steps
         if self._progress is not None and time.monotonic() - self._progress[0] < LIVE_PROGRESS_S:
             at, event = self._progress
@@ -403,7 +509,7 @@ class RunDashboard(QtWidgets.QWidget):
             return (f"step {last} of {max_steps}" if max_steps else f"step {last}") + phase
         if self._trace_progress:
             return f"{last} prompts done" if steps else ""
-        left = eta([self._records[step] for step in steps], max_steps)
+        left = eta(self._data.timing_history(), max_steps)
         if left is None:
             return f"step {last} of {max_steps}" if max_steps and steps else ""
         split = [f"{name} {format_seconds(value)}" for name, value in (("generation", left.generation),
@@ -430,7 +536,3 @@ class RunDashboard(QtWidgets.QWidget):
             self._style_item(title, item)
         self.banner.setStyleSheet(f"#WarningBanner {{ border: 1px solid {colors.warning}; border-radius: 8px; }}"
                                   f"#BannerText {{ color: {colors.warning}; }}")
-
-
-def _finite(value) -> float:
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else math.nan

@@ -1,14 +1,16 @@
 """Following a run's files while it is written: `JsonlFollower` reads the records appended to metrics.jsonl or
 samples.jsonl since its last read (from a byte offset), leaves a half-written last line for the next read, and
-starts over when the file was rewritten (a resume truncates both files to its checkpoint's step). `eta` splits
-the time left of a run into generation and training from its metrics.
+starts over when the file was rewritten (a resume truncates both files to its checkpoint's step); `SampleIndex`
+indexes samples.jsonl by step and prompt. `eta` splits the time left of a run into generation and training;
+`trace_progress_history` and `trace_records` read a trace-generation run's files in the same shapes.
 
-It knows the JSON-lines format and the metric names of the step times, nothing of what the records mean.
+It knows the files' formats and the metric names of the step times; what the metrics mean is for others.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -118,14 +120,18 @@ def eta(history: Sequence[Mapping], max_steps: int | None) -> Eta | None:
     first = history[0]
     steps = last - int(first.get("step", 0))
     times = [record.get("time") for record in (first, history[-1])]
-    if steps <= 0 or not all(isinstance(value, int | float) for value in times):
+    if steps <= 0 or not all(_finite(value) for value in times):
         return None
     per_step = (times[1] - times[0]) / steps
     return Eta(per_step * left, per_step)
 
 
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _mean(history: Sequence[Mapping], key: str) -> float | None:
-    values = [record[key] for record in history if isinstance(record.get(key), int | float)]
+    values = [record[key] for record in history if _finite(record.get(key))]
     return sum(values) / len(values) if values else None
 
 
@@ -279,3 +285,48 @@ def trace_progress_history(records: Sequence[Mapping], last: Mapping | None = No
         history.append({"step": step, **totals, **rejected,
                         "acceptance_rate": totals["accepted"] / totals["samples"] if totals["samples"] else 0.0})
     return history
+
+
+def trace_records(traces: Sequence[Mapping], progress: Sequence[Mapping], pass_threshold: float = 1.0) -> list[dict]:
+    """A trace-generation run's files as rollout records (samples.jsonl's shape), one per finished prompt,
+    numbered as its `sample` events are: the kept replies of the traces file (`accepted` True) with their
+    rewards, and `rejected`, the progress file's count per reason (the rejected replies' text is not written
+    to any file; the job's `sample` events carry it)."""
+    kept: dict[str, list[dict]] = {}
+    for row in traces:
+        thinking, answer = str(row.get("thinking") or ""), str(row.get("answer") or "")
+        length = (row.get("usage") or {}).get("completion_tokens")
+        kept.setdefault(str(row.get("prompt_id")), []).append({
+            "prompt": row.get("prompt"), "gold": row.get("gold"),
+            "completion": {"text": f"<think>\n{thinking}\n</think>\n\n{answer}", "thinking": thinking,
+                           "answer_text": answer, "rewards": dict(row.get("rewards") or {}),
+                           "reward": row.get("reward"), "accepted": True, "verdict": None,
+                           "length": int(length) if isinstance(length, int | float) else None, "truncated": False}})
+    records = []
+    for record in progress:
+        if "prompt_id" not in record:
+            continue
+        identity = str(record["prompt_id"])
+        rows = kept.get(identity, [])
+        records.append({"step": len(records) + 1, "prompt_id": identity,
+                        "prompt": rows[0]["prompt"] if rows else "", "answer": _text(rows[0]["gold"]) if rows else None,
+                        "completions": [row["completion"] for row in rows],
+                        "rejected": dict(record.get("rejected") or {}), "samples": record.get("samples")})
+    return records
+
+
+def with_verdicts(record: Mapping, pass_threshold: float = 1.0) -> dict:
+    """A trace-generation `sample` event's record with each completion's `verdict`: None when verification
+    passed it, else the reason it was rejected (engine.distill.generate.rejection_reason)."""
+    from engine.distill.generate import rejection_reason
+
+    completions = []
+    for completion in record.get("completions", ()):
+        finish = "length" if completion.get("truncated") else "stop"
+        completions.append({**completion, "verdict": rejection_reason(finish, completion.get("rewards") or {},
+                                                                        pass_threshold)})
+    return {**record, "completions": completions}
+
+
+def _text(value) -> str | None:
+    return None if value is None else str(value)
