@@ -1,1 +1,1 @@
-"""The Runs pane: every run in a table with its actions, the live dashboard, the rollout browser, run comparison."""
+"""The Runs pane: the table of runs with its actions, the live dashboard, the rollout browser and run comparison."""

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal, Slot
+from app.runs.dashboard import RunDashboard
+from app.runs.rollouts import RolloutBrowser
 from app.theme import colors
 from app.widgets import ElidedLabel, ElideMiddleDelegate, Toast, bold, set_style_name
 from app.workers import JobOutcome, ProcessJob, ThreadJob
@@ -29,6 +31,8 @@ RUN_ID_ROLE = Qt.ItemDataRole.UserRole + 2
 KIND_CHOICES = ("grpo", "distill-sft", "distill-kd", "generate", "export")
 STATUS_CHOICES = ("running", "complete", "cancelled", "crashed", "error")
 RESUMABLE = ("cancelled", "crashed")
+# A followed job's events that the dashboard and the rollout browser take (they read the rest from the files).
+FORWARDED_EVENTS = ("metrics", "sample", "log", "progress", "done", "error")
 
 
 def read_rows(path: Path, table: RunTable) -> list[RunRow]:
@@ -172,30 +176,6 @@ class RunsFilter(QtCore.QSortFilterProxyModel):
         return row.id not in self.hidden and run_index.matches(row, self.kind, self.status)
 
 
-class RunPlaceholder(QtWidgets.QLabel):
-    """Stands where the dashboard and the rollout browser go (app.runs.dashboard / app.runs.rollouts), with their
-    interface: open_run(run), add_event(event), clear()."""
-
-    def __init__(self, what: str, parent: QtWidgets.QWidget | None = None):
-        super().__init__(parent)
-        self.what = what
-        self.run: dict | None = None
-        self.setObjectName("Muted")
-        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.clear()
-
-    def open_run(self, run: dict) -> None:
-        self.run = run
-        self.setText(f"{self.what} of run {run['id']} · {run['kind']} · {run['status']}")
-
-    def add_event(self, event: dict) -> None:
-        """Events of a job this window follows; the real views draw them."""
-
-    def clear(self) -> None:
-        self.run = None
-        self.setText(f"Select a run to see its {self.what.lower()}.")
-
-
 class RunsPane(QtWidgets.QWidget):
     """Every run: the table and its actions above, the selected run's dashboard and rollouts below.
 
@@ -256,8 +236,8 @@ class RunsPane(QtWidgets.QWidget):
         self.table_stack = QtWidgets.QStackedWidget()
         self.table_stack.addWidget(self.table)
         self.table_stack.addWidget(self.empty)
-        self.dashboard = RunPlaceholder("Dashboard")
-        self.rollouts = RunPlaceholder("Rollouts")
+        self.dashboard = RunDashboard()
+        self.rollouts = RolloutBrowser()
         self.tabs = QtWidgets.QTabWidget()
         self.tabs.addTab(self.dashboard, "Dashboard")
         self.tabs.addTab(self.rollouts, "Rollouts")
@@ -551,7 +531,7 @@ class RunsPane(QtWidgets.QWidget):
             return
         if job is None or job.run_id is None:
             return
-        if self._shown is not None and self._shown[0] == job.run_id and kind in ("metrics", "sample", "log"):
+        if self._shown is not None and self._shown[0] == job.run_id and kind in FORWARDED_EVENTS:
             self.dashboard.add_event(event)
             self.rollouts.add_event(event)
         if kind in ("metrics", "artifact"):
