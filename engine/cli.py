@@ -395,6 +395,9 @@ def _cmd_runs(args: argparse.Namespace) -> int:
             info = run_index.details(store, run_index.find_run(store, args.run))
             print(json.dumps(info, ensure_ascii=False) if args.json else run_index.details_text(info))
             return 0
+        if args.action == "stop":
+            print(run_index.stop_elsewhere(run_index.find_run(store, args.run)))
+            return 0
         if args.action == "rm":
             confirm = (lambda question: True) if args.yes else run_index.ask_on_terminal
             print(run_index.remove(store, args.run, confirm))
@@ -407,7 +410,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 def _runs_parser(subparsers) -> None:
     from engine.store import RUN_STATUSES
 
-    parser = subparsers.add_parser("runs", help="training and generation runs: list, show, resume, rm",
+    parser = subparsers.add_parser("runs", help="training and generation runs: list, show, resume, stop, rm",
                                    description="The runs Aha recorded (GRPO, SFT, distillation, trace generation). "
                                                "RUN is a run id or a run directory. A run whose process died is "
                                                "shown as crashed.")
@@ -424,6 +427,9 @@ def _runs_parser(subparsers) -> None:
     resume.add_argument("run", metavar="RUN", help="a run id or a run directory")
     resume.add_argument("--max-steps", type=int, help="train to this step (a complete training run too)")
     _add_events_flag(resume)
+    stop = actions.add_parser("stop", help="stop a running run as Ctrl+C does (SIGINT: it checkpoints and ends "
+                                           "cancelled); not on Windows")
+    stop.add_argument("run", metavar="RUN", help="a run id or a run directory")
     remove = actions.add_parser("rm", help="delete a run that is not running: its directory and its record")
     remove.add_argument("run", metavar="RUN", help="a run id or a run directory")
     remove.add_argument("--yes", action="store_true", help="do not ask (needed when stdin is not a terminal)")

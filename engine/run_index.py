@@ -1,7 +1,9 @@
 """`aha runs`: the store's run rows joined with what each run directory holds (steps, last metrics, size),
-as a table, a detail view or JSON; and the two things done to a run as a whole: resume it with the command
-its kind was started by, and delete it. Resume only builds the argv (engine.cli runs it, so it speaks the
-same events); nothing here trains, generates or knows a run's settings beyond a few names it shows.
+as a table, a detail view or JSON; and the things done to a run as a whole: resume it with the command its
+kind was started by, stop it (SIGINT, for a run started elsewhere), delete it. The Runs pane's rows (key
+metric, duration), its settings diff and its duplicate/export sources are here too. Resume only builds the
+argv (engine.cli runs it, so it speaks the same events); nothing here trains, generates or knows a run's
+settings beyond a few names it shows.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -19,7 +22,7 @@ from typing import Any
 
 from engine.errors import AhaError
 from engine.run_report import step_line
-from engine.store import ACTIVE_RUN_STATUSES, Store, process_alive
+from engine.store import ACTIVE_RUN_STATUSES, STALE_AFTER_S, Store, process_alive
 
 # The command that continues a run, by kind (`--resume DIR` follows).
 RESUME_COMMANDS = {"grpo": ("grpo",), "sft": ("distill", "sft"), "distill-sft": ("distill", "sft"),
@@ -131,7 +134,7 @@ def _steps(summary: RunSummary) -> str:
     return f"{'–' if summary.step is None else summary.step}/{'–' if summary.max_steps is None else summary.max_steps}"
 
 
-def _short(value: str | None) -> str:
+def short_name(value: str | None) -> str:
     """A local path's last part (a checkpoint folder, a data file); other names (a built-in task, a Hub
     dataset owner/name) as they are."""
     if not value:
@@ -144,7 +147,7 @@ def table(rows: list[RunSummary], now: float | None = None) -> str:
     """The `aha runs list` table, columns sized to their content."""
     now = time.time() if now is None else now
     header = ("ID", "KIND", "STATUS", "MODEL", "DATASET", "STEPS", "AGE", "DIRECTORY")
-    lines = [header] + [(str(row.id), row.kind, row.status, _short(row.model), _short(row.dataset), _steps(row),
+    lines = [header] + [(str(row.id), row.kind, row.status, short_name(row.model), short_name(row.dataset), _steps(row),
                          age(now - row.created_at), row.dir or "–") for row in rows]
     widths = [max(len(line[column]) for line in lines) for column in range(len(header) - 1)]
     return "\n".join("  ".join([*(cell.ljust(width) for cell, width in zip(line, widths, strict=False)),
@@ -343,22 +346,24 @@ def ask_on_terminal(question: str) -> bool:
         return False
 
 
-def remove(store: Store, target: str, confirm: Callable[[str], bool]) -> str:
-    """Delete a run that is not running: its run directory (when it is the run's own) and its row. `confirm`
-    gets the question ("Delete run 7 (/…/grpo-7, 12.3 MB)? [y/N] ") and says whether to go on. Returns the
-    line to print."""
-    run = find_run(store, target)
+def deletion_question(run: Mapping[str, Any]) -> str:
+    """What deleting the run removes, as the question to ask ("Delete run 7 (/…/grpo-7, 12.3 MB)?");
+    raises a one-line AhaError for a run that is running."""
+    _refuse_if_running(run, "deleting")
+    directory = Path(run["dir"]) if run["dir"] else None
+    if owns_directory(run) and directory.is_dir():
+        return f"Delete run {run['id']} ({directory}, {folder_size(directory) / 1e6:.1f} MB)?"
+    if directory is not None and directory.exists():
+        return f"Delete run {run['id']}'s record (its files in {directory} stay)?"
+    return f"Delete run {run['id']} (its directory {directory or 'was never made'} is gone)?"
+
+
+def delete_run(store: Store, run: Mapping[str, Any]) -> str:
+    """Delete a run that is not running: its run directory (when it is the run's own) and its row. Returns the
+    line to show."""
     _refuse_if_running(run, "deleting")
     directory = Path(run["dir"]) if run["dir"] else None
     owned = owns_directory(run) and directory.is_dir()
-    if owned:
-        question = f"Delete run {run['id']} ({directory}, {folder_size(directory) / 1e6:.1f} MB)? [y/N] "
-    elif directory is not None and directory.exists():
-        question = f"Delete run {run['id']}'s record (its files in {directory} stay)? [y/N] "
-    else:
-        question = f"Delete run {run['id']} (its directory {directory or 'was never made'} is gone)? [y/N] "
-    if not confirm(question):
-        return f"kept run {run['id']}"
     if owned:
         try:
             shutil.rmtree(directory)
@@ -366,3 +371,252 @@ def remove(store: Store, target: str, confirm: Callable[[str], bool]) -> str:
             raise AhaError(f"could not delete {directory} ({error}); run {run['id']} is kept") from error
     store.delete_run(run["id"])
     return f"deleted run {run['id']}" + (f" and {directory}" if owned else "")
+
+
+def remove(store: Store, target: str, confirm: Callable[[str], bool]) -> str:
+    """Delete a run that is not running (`delete_run`) once `confirm` said yes to `deletion_question`. Returns
+    the line to print."""
+    run = find_run(store, target)
+    if not confirm(deletion_question(run) + " [y/N] "):
+        return f"kept run {run['id']}"
+    return delete_run(store, run)
+
+
+# The Runs pane ----------------------------------------------------------------------------------------
+# What the window's table, its actions and its comparison need, kept here so `aha runs` and the pane agree.
+
+# The kinds the Train form starts, by run kind (older stores call SFT "sft" and trace generation
+# "distill-generate").
+TRAIN_FORM_KINDS = {"grpo": "grpo", "sft": "distill-sft", "distill-sft": "distill-sft", "distill-kd": "distill-kd",
+                    "generate": "generate", "distill-generate": "generate"}
+# A run's key metric, by kind: the first of these the run recorded, as (metric name, label).
+KEY_METRICS = {"grpo": (("reward", "reward"), ("eval/accuracy", "held-out accuracy")),
+               "distill-sft": (("loss", "loss"), ("eval/accuracy", "held-out accuracy")),
+               "distill-kd": (("loss", "loss"), ("eval/accuracy", "held-out accuracy"))}
+KEY_METRICS["sft"] = KEY_METRICS["distill-sft"]
+PERCENT_METRICS = ("eval/accuracy", "accuracy", "eval/format")
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One row of the Runs pane's table: the run's summary, how long it ran and its key metric."""
+
+    summary: RunSummary
+    duration_s: float  # from its creation to its last update, or to now while it runs (a resume's pause included)
+    metric_name: str | None  # the key metric as recorded ("reward", "eval/accuracy", "loss"); None: none yet
+    metric_label: str | None  # as the table names it ("reward", "held-out accuracy", "loss")
+    metric_value: float | None
+
+    @property
+    def id(self) -> int:
+        return self.summary.id
+
+    @property
+    def kind(self) -> str:
+        return self.summary.kind
+
+    @property
+    def status(self) -> str:
+        return self.summary.status
+
+    @property
+    def steps_text(self) -> str:
+        return _steps(self.summary)
+
+    @property
+    def metric_text(self) -> str:
+        """'reward 0.250', 'held-out accuracy 62.5%', 'loss 3.06', or '–'."""
+        if self.metric_name is None or self.metric_value is None:
+            return "–"
+        return f"{self.metric_label} {metric_text(self.metric_name, self.metric_value)}"
+
+    @property
+    def running(self) -> bool:
+        return self.status in ACTIVE_RUN_STATUSES
+
+
+def metric_text(name: str, value: float | None) -> str:
+    """A metric's value as the pane shows it: accuracies as percents, others with 3–4 significant digits."""
+    if value is None:
+        return "–"
+    if name in PERCENT_METRICS:
+        return f"{value * 100:.1f}%"
+    return f"{value:.3f}" if abs(value) >= 0.01 or value == 0 else f"{value:.3g}"
+
+
+def duration_text(seconds: float) -> str:
+    """'42 s', '12 min', '3 h 05 min', '2 d 4 h'."""
+    seconds = max(int(seconds), 0)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+
+
+class RunTable:
+    """The Runs pane's rows, read again at each poll. A run's key metric is looked up in the store again only
+    when its last step or its status changed, so a poll of many finished runs is a few small queries."""
+
+    def __init__(self) -> None:
+        self._metrics: dict[int, tuple[tuple[int | None, str], tuple[str | None, str | None, float | None]]] = {}
+
+    def rows(self, store: Store, now: float | None = None) -> list[RunRow]:
+        """Every run, newest first. Runs whose process is gone are marked crashed first (`Store.recover_runs`,
+        the rule `aha runs` applies), so a killed run never shows as running."""
+        now = time.time() if now is None else now
+        store.recover_runs()
+        steps = store.last_steps()
+        rows = []
+        for run in store.list_runs():
+            summary = summarize(run, steps.get(run["id"]))
+            key = (summary.step, summary.status)
+            cached = self._metrics.get(run["id"])
+            if cached is None or cached[0] != key:
+                cached = (key, key_metric(store, summary))
+                self._metrics[run["id"]] = cached
+            end = now if summary.status in ACTIVE_RUN_STATUSES else summary.updated_at
+            rows.append(RunRow(summary, max(end - summary.created_at, 0.0), *cached[1]))
+        return rows
+
+
+def key_metric(store: Store, summary: RunSummary) -> tuple[str | None, str | None, float | None]:
+    """The name, label and last value of the run's key metric (the first of KEY_METRICS it recorded), or Nones."""
+    for name, label in KEY_METRICS.get(summary.kind, ()):
+        series = [value for _, value in store.metric_series(summary.id, name) if value is not None]
+        if series:
+            return name, label, series[-1]
+    return None, None, None
+
+
+def matches(row: RunRow, kind: str | None = None, status: str | None = None) -> bool:
+    """Whether a row is of `kind` (its older name too: sft, distill-generate) and has `status` ("running" takes
+    a run just created too); None: any."""
+    same_kind = kind is None or TRAIN_FORM_KINDS.get(row.kind, row.kind) == TRAIN_FORM_KINDS.get(kind, kind)
+    same_status = status is None or row.status == status or (status == "running" and row.running)
+    return same_kind and same_status
+
+
+def filter_rows(rows: list[RunRow], kind: str | None = None, status: str | None = None) -> list[RunRow]:
+    """The rows `matches` keeps."""
+    return [row for row in rows if matches(row, kind, status)]
+
+
+# Comparing runs' settings
+
+_ABSENT = object()
+
+
+def flat_settings(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A run's config with nested objects as dotted keys (teacher.kind, command.argv).
+
+    Example:
+    >>> flat_settings({"lr": 1e-3, "teacher": {"kind": "hf", "path": "t"}})
+    {'lr': 0.001, 'teacher.kind': 'hf', 'teacher.path': 't'}
+    """
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def settings_diff(configs: list[Mapping[str, Any]]) -> list[tuple[str, list[str]]]:
+    """The settings that differ between two or more runs' configs, sorted by name: (key, one text per run);
+    a setting a run does not have is '–'.
+
+    Example:
+    >>> settings_diff([{"lr": 1e-3, "seed": 3}, {"lr": 1e-4, "seed": 3, "lmbda": 1.0}])
+    [('lmbda', ['–', '1.0']), ('lr', ['0.001', '0.0001'])]
+    """
+    if len(configs) < 2:
+        raise ValueError("settings_diff compares two or more configs")
+    flats = [flat_settings(config) for config in configs]
+    keys = sorted(set().union(*flats))
+    diff = []
+    for key in keys:
+        values = [flat.get(key, _ABSENT) for flat in flats]
+        if any(value != values[0] for value in values[1:]):
+            diff.append((key, [setting_text(value) for value in values]))
+    return diff
+
+
+def setting_text(value: Any) -> str:
+    if value is _ABSENT or value is None:
+        return "–"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+# Actions on one run
+
+def stop_elsewhere(run: Mapping[str, Any]) -> str:
+    """Ask the process of a run started outside this program (a terminal, another window) to stop as Ctrl+C
+    does: SIGINT, which the job honours like `cancel` (it stops after the current step, keeps its checkpoint
+    and ends `cancelled`). Returns the line to show; raises a one-line AhaError when it cannot."""
+    name, pid = f"run {run['id']}", run["pid"]
+    if run["status"] not in ACTIVE_RUN_STATUSES:
+        raise AhaError(f"{name} is {run['status']}; there is nothing to stop")
+    seen_at = run["heartbeat_at"] if run["heartbeat_at"] is not None else run["updated_at"]
+    if pid is None or not process_alive(pid) or time.time() - seen_at > STALE_AFTER_S:
+        raise AhaError(f"{name} has no live process; it crashed (resume it to continue)")
+    if sys.platform == "win32":
+        raise AhaError(f"{name} runs in process {pid}, started outside this window, and Windows cannot send it "
+                       "Ctrl+C; stop it where it runs (Ctrl+C in its terminal)")
+    try:
+        os.kill(pid, signal.SIGINT)
+    except ProcessLookupError:
+        raise AhaError(f"{name}'s process {pid} ended meanwhile") from None
+    except PermissionError:
+        raise AhaError(f"{name} runs in process {pid} of another user; stop it as that user") from None
+    return f"Asked {name} (process {pid}) to stop after its current step; its checkpoint is kept."
+
+
+def duplicate_settings(run: Mapping[str, Any]) -> tuple[str, dict]:
+    """The Train form's kind and the settings to fill it with for a new run like this one: its config
+    without the output folder (a new run gets its own). Raises AhaError for a kind the form does not start."""
+    kind = TRAIN_FORM_KINDS.get(run["kind"])
+    if kind is None:
+        raise AhaError(f"run {run['id']} is {'an' if run['kind'][0] in 'aeiou' else 'a'} {run['kind']}, which the "
+                       "Train form does not start")
+    config = {key: value for key, value in run["config"].items() if key not in ("command", "resumed")}
+    if "output_dir" in config:
+        config["output_dir"] = None
+    return kind, config
+
+
+def export_source(store: Store, run: Mapping[str, Any]) -> tuple[str, str] | None:
+    """What to export from a training run: (its final adapter, or the newest checkpoint's adapter, with the
+    base model it trained), or (its final or newest checkpoint's full model, ""); None when it has neither."""
+    config = run["config"]
+    base = str(config.get("model") or "")
+    found: list[tuple[str, str]] = []
+    for artifact in reversed(store.run_artifacts(run["id"])):
+        path = Path(artifact["path"])
+        if artifact["kind"] == "adapter":
+            found.append((str(path), base))
+        elif artifact["kind"] == "model":
+            found.append((str(path), ""))
+        elif artifact["kind"] == "checkpoint":
+            found += [(str(path / "adapter"), base), (str(path / "model"), "")]
+    return next(((path, base) for path, base in found if Path(path).is_dir()), None)
+
+
+# Comparing runs' curves
+
+PREFERRED_CURVES = ("reward", "loss", "eval/accuracy", "accuracy")
+
+
+def comparable_metrics(store: Store, run_ids: list[int]) -> tuple[list[str], str | None]:
+    """The metric names any of the runs recorded (sorted) and the one to show first: the first of
+    PREFERRED_CURVES that every run has, else a name every run has, else the first name."""
+    per_run = [set(store.metric_names(run_id)) for run_id in run_ids]
+    names = sorted(set().union(*per_run)) if per_run else []
+    shared = set.intersection(*per_run) if per_run else set()
+    first = next((name for name in PREFERRED_CURVES if name in shared), None)
+    return names, first or (sorted(shared)[0] if shared else names[0] if names else None)

@@ -652,6 +652,11 @@ class Store:
             self.db.conn.executemany(
                 "INSERT OR REPLACE INTO metrics (run_id, step, name, value) VALUES (?, ?, ?, ?)", rows)
 
+    def metric_names(self, run_id: int) -> list[str]:
+        """The names of the metrics a run recorded, sorted."""
+        return [row["name"] for row in self._rows("SELECT DISTINCT name FROM metrics WHERE run_id = ? ORDER BY name",
+                                                  (run_id,))]
+
     def metric_series(self, run_id: int, name: str) -> list[tuple[int, float | None]]:
         rows = self._rows("SELECT step, value FROM metrics WHERE run_id = ? AND name = ? ORDER BY step",
                           (run_id, name))

@@ -15,7 +15,7 @@ from app.chat.messages import AssistantMessageWidget, UserMessageWidget
 from app.chat.session import DEFAULT_N_CTX, ChatSession
 from app.chat.settings import SettingsPanel
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal
-from app.widgets import ElidedLabel
+from app.widgets import ElidedLabel, Toast
 from engine.chat.conversation import LEAF
 from engine.errors import AhaError
 from engine.fileio import atomic_write_text
@@ -216,40 +216,6 @@ class ConversationList(QtWidgets.QWidget):
                                      "choose another folder.")
             return
         self.status_message.emit(f"Exported “{title}” to {path}")
-
-
-class Toast(QtWidgets.QFrame):
-    """A transient message with one action ("Conversation deleted · Undo")."""
-
-    def __init__(self, parent: QtWidgets.QWidget):
-        super().__init__(parent)
-        self.setObjectName("Toast")
-        self.label = QtWidgets.QLabel()
-        self.button = QtWidgets.QPushButton(flat=True)
-        layout = QtWidgets.QHBoxLayout(self)
-        layout.setContentsMargins(12, 6, 6, 6)
-        layout.addWidget(self.label)
-        layout.addWidget(self.button)
-        self.timer = QtCore.QTimer(self, singleShot=True, timeout=self.hide)
-        self._action = None
-        self.button.clicked.connect(self._on_action)
-        self.hide()
-
-    def show_message(self, text: str, action_text: str, action, seconds: float = 6.0) -> None:
-        self.label.setText(text)
-        self.button.setText(action_text)
-        self._action = action
-        self.adjustSize()
-        parent = self.parentWidget()
-        self.move((parent.width() - self.width()) // 2, parent.height() - self.height() - 110)
-        self.show()
-        self.raise_()
-        self.timer.start(int(seconds * 1000))
-
-    def _on_action(self) -> None:
-        self.hide()
-        if self._action:
-            self._action()
 
 
 class ChatPane(QtWidgets.QWidget):

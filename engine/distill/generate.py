@@ -63,15 +63,20 @@ def verify(reward_set, prompt: str, row: dict, samples: Sequence[TeacherSample],
     for index, sample in enumerate(samples):
         values = {name: scores.per_reward[name][index] for name in reward_set.names}
         total = scores.totals[index]
-        reason = None
-        if sample.finish_reason != "stop":
-            reason = "truncated" if sample.finish_reason == "length" else sample.finish_reason
-        elif any(value is None for value in values.values()):
-            reason = "unscored"
-        else:
-            reason = next((name for name, value in values.items() if value < pass_threshold), None)
+        reason = rejection_reason(sample.finish_reason, values, pass_threshold)
         verdicts.append(Verdict(sample, index, values, None if math.isnan(total) else total, reason))
     return verdicts, scores.errors
+
+
+def rejection_reason(finish_reason: str, rewards: Mapping[str, float | None], pass_threshold: float = 1.0) -> str | None:
+    """Why verification rejects a reply, or None when it passes: "truncated" (cut by the token budget; another
+    finish reason is its own name), "unscored" (a reward had no opinion), else the first reward below
+    `pass_threshold`."""
+    if finish_reason != "stop":
+        return "truncated" if finish_reason == "length" else finish_reason
+    if any(value is None for value in rewards.values()):
+        return "unscored"
+    return next((name for name, value in rewards.items() if value < pass_threshold), None)
 
 
 def select_kept(verdicts: Sequence[Verdict], rule: str = "all") -> tuple[list[Verdict], int]:

@@ -253,6 +253,7 @@ class GRPOStep:
         self.pad = pad_token_id(self.tokenizer)
         self.aggregation = LOSS_TYPES[config.loss_type]
         self.epsilon_high = config.epsilon if config.epsilon_high is None else config.epsilon_high
+        self.signals = _signal_watch(config, trainer)
 
     def __call__(self, step: int) -> dict[str, float]:
         import torch
@@ -310,9 +311,12 @@ class GRPOStep:
         for error in dict.fromkeys(error for share in shares for error in share["errors"]):
             trainer.run.log(error, "warning")
         metrics = _metrics(shares, group, generation_s, training_s)
-        trainer.run.log_samples(step, [record for share in shares for record in share["samples"]])
+        samples = [record for share in shares for record in share["samples"]]
+        trainer.run.log_samples(step, samples)
         if config.eval_steps and (step % config.eval_steps == 0 or step == config.max_steps):
             metrics.update(self.evaluate())
+        for warning in self.signals.update(step, metrics, samples):  # each learning-signal warning once
+            trainer.run.log(warning.message, "warning")
         return metrics
 
     def evaluate(self) -> dict[str, float]:
@@ -403,6 +407,24 @@ class GRPOStep:
         else:
             with self.model.disable_adapter():
                 yield self.model
+
+def _signal_watch(config: GRPOConfig, trainer):
+    """The run's learning-signal watch (engine.train.signals). A resumed run replays the steps it kept, so a
+    warning given before the resume is not given again."""
+    import dataclasses
+
+    from engine.train.follow import read_jsonl
+    from engine.train.signals import SignalWatch
+
+    watch = SignalWatch(dataclasses.asdict(config))
+    if trainer.step:
+        samples: dict[int, list[dict]] = {}
+        for record in read_jsonl(trainer.run.dir / "samples.jsonl"):
+            samples.setdefault(int(record.get("step", 0)), []).append(record)
+        for record in read_jsonl(trainer.run.dir / "metrics.jsonl"):
+            watch.update(int(record.get("step", 0)), record, samples.get(int(record.get("step", 0))))
+    return watch
+
 
 def _metrics(shares: list[dict], group: int, generation_s: float, training_s: float) -> dict[str, float]:
     """The step's metrics over every process's share (one share alone): rewards, each reward's mean,
