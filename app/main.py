@@ -1,4 +1,6 @@
-"""The Aha window: a sidebar of panes (Chat, Compare, Models), restored geometry, keyboard shortcuts.
+"""The Aha window: a sidebar of panes (Chat, Compare, Models, Train, Runs, Export), restored geometry,
+keyboard shortcuts, and the wiring between the panes (a run started in Train opens in Runs; Runs duplicates
+into Train and exports into Export; an export opens in Chat).
 
 `run()` creates the QApplication, styles it for the system's light/dark scheme and shows the window.
 Window state lives in `ui.ini` in the data directory; everything else lives in the engine's store.
@@ -13,9 +15,12 @@ from pathlib import Path
 from app import theme
 from app.chat.compare import ComparePane
 from app.chat.view import ChatPane
+from app.export.view import ExportPane
 from app.models.empty_state import EmptyState
 from app.models.view import ModelsPane
 from app.qt import Qt, QtCore, QtGui, QtWidgets, check_qt_version
+from app.runs.view import RunsPane
+from app.train.view import TrainPane
 from app.workers import ProcessJob, running_jobs
 from engine.errors import AhaError
 from engine.models import Library, read_gguf_info
@@ -54,6 +59,13 @@ class MainWindow(QtWidgets.QMainWindow):
         self.models.chat_requested.connect(self._on_model_chosen)
         self.models.library_changed.connect(self._on_library_changed)
         self._add_pane("Models", self.models, "models")
+        self.train = TrainPane(self.store)
+        self._add_pane("Train", self.train, "train")
+        self.runs = RunsPane(self.store)
+        self._add_pane("Runs", self.runs, "runs")
+        self.export = ExportPane(self.store, self.library)
+        self._add_pane("Export", self.export, "export")
+        self._connect_panes()
         self.sidebar.currentRowChanged.connect(self.stack.setCurrentIndex)
         side = QtWidgets.QWidget(objectName="Sidebar")
         side.setFixedWidth(150)
@@ -141,6 +153,28 @@ class MainWindow(QtWidgets.QMainWindow):
         self.show_pane("models")
         self.models.start_download(repo, filename)
 
+    def _connect_panes(self) -> None:
+        """The training panes hand work to each other; each one's one-line messages go to the status bar."""
+        for pane in (self.train, self.runs):
+            pane.status_message.connect(lambda text: self.statusBar().showMessage(text, 8000))
+        self.train.run_started.connect(self._on_run_started)
+        self.runs.duplicate_requested.connect(self._on_duplicate_requested)
+        self.runs.export_requested.connect(self._on_export_requested)
+        self.export.run_started.connect(self.runs.follow_job)     # the export is a run too: listed, live
+        self.export.chat_requested.connect(self._on_model_opened)
+
+    def _on_run_started(self, job: ProcessJob) -> None:
+        self.runs.follow_job(job)
+        self.show_pane("runs")
+
+    def _on_duplicate_requested(self, kind: str, config: dict) -> None:
+        self.train.load_settings(kind, config)
+        self.show_pane("train")
+
+    def _on_export_requested(self, path: str, base: str) -> None:
+        self.export.set_source(path, base)
+        self.show_pane("export")
+
     def _on_library_changed(self) -> None:
         self.chat.settings.refresh_models()
         self.compare.refresh_models()
@@ -199,21 +233,27 @@ class MainWindow(QtWidgets.QMainWindow):
             self.compare.close_models()
         if hasattr(self, "models"):
             self.models.shutdown()
+        for pane in ("train", "export"):            # inspections, reward checks and a running export stop
+            if hasattr(self, pane):
+                getattr(self, pane).shutdown()
+        if hasattr(self, "runs"):
+            self.runs.commit_pending_deletion()     # a deletion waiting for its Undo toast is done now
         for job in running_jobs():
             job.detach()
         super().closeEvent(event)
 
     def confirm_close(self, jobs: list[ProcessJob]) -> bool:
         """Ask before closing while child jobs run. Downloads stop (they resume); the others keep running."""
-        downloads = [job for job in jobs if job.kind == "download"]
-        others = [job for job in jobs if job.kind != "download"]
+        downloads = [job for job in jobs if job.kind in ("download", "export")]
+        others = [job for job in jobs if job.kind not in ("download", "export")]
         lines = [f"{len(jobs)} job{'s' if len(jobs) != 1 else ''} still running: "
                  f"{', '.join(job.title for job in jobs)}."]
         if others:
             lines.append("Closing the window does not stop training or generation: it keeps running, and the "
                          "Runs pane picks it up again when Aha opens.")
         if downloads:
-            lines.append("Downloads stop; downloading the same file again continues where it stopped.")
+            lines.append("Downloads and exports stop: downloading the same file again continues where it "
+                         "stopped; a stopped export leaves nothing behind.")
         answer = QtWidgets.QMessageBox.question(
             self, "Close Aha?", "\n\n".join([*lines, "Close anyway?"]),
             QtWidgets.QMessageBox.StandardButton.Close | QtWidgets.QMessageBox.StandardButton.Cancel,
