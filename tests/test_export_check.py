@@ -42,8 +42,9 @@ def test_a_good_export_passes_with_identical_tokens(out_type, gguf_file, checkpo
     assert items["think tokens"].status == "pass"
     assert items["Ollama thinking"].status == "pass"
     tokens = [item for item in check.items if item.name.startswith("tokens")]
-    assert len(tokens) == 3 and all(item.message == "identical for 16 tokens." for item in tokens)
+    assert len(tokens) == 3 and all(item.message.startswith("identical for 16 tokens (logits NMSE ") for item in tokens)
     assert all(c.diverged_at is None and c.prompt_diverged_at is None for c in check.comparisons)
+    assert all(c.logits_nmse < 1e-5 for c in check.comparisons)  # measured: ~1e-6 (f16), ~2e-7 (f32)
     assert check.as_dict()["passed"] is True and check.as_dict()["gguf_type"] == out_type
 
 
@@ -74,8 +75,9 @@ def test_the_merged_adapter_is_compared_with_base_plus_adapter(checkpoint, tmp_p
     assert all(c["diverged_at"] is None for c in result["check"]["comparisons"])
     against_base = check_export(out, base)
     failed = [item for item in against_base.items if item.status == "fail"]
-    assert failed and all(item.name.startswith("tokens") for item in failed)
-    assert "first divergence at token" in failed[0].message and "the conversion or the merge is wrong" in failed[0].message
+    assert len(failed) == 3 and all(item.name.startswith("tokens") for item in failed)
+    assert all("the conversion or the merge is wrong" in item.message for item in failed)
+    assert all(c.logits_nmse > 1e-2 for c in against_base.comparisons)
 
 
 def test_a_k_quant_diverging_is_a_note_not_a_failure(gguf_file, checkpoint):
@@ -92,6 +94,9 @@ def test_comparison_lines_strict_near_tie_and_tokenizer():
     assert comparison_item(1, diverged, "q5_k_m").status == "note"
     tie = TokenComparison("p", 16, diverged_at=3, hf_token="a", gguf_token="b", hf_margin=0.001)
     assert comparison_item(1, tie, "bf16").status == "note" and "near tie" in comparison_item(1, tie, "bf16").message
+    noisy = TokenComparison("p", 16, logits_nmse=2e-3)  # same tokens, logits far off for f16, fine for q8_0
+    assert comparison_item(1, noisy, "f16").status == "fail" and "logits NMSE 0.002" in comparison_item(1, noisy, "f16").message
+    assert comparison_item(1, noisy, "q8_0").status == "pass"
     tokenized = TokenComparison("p", 16, prompt_diverged_at=5)
     assert "tokenizes prompt 2 differently" in comparison_item(2, tokenized, "f16").message
 
