@@ -155,3 +155,26 @@ def test_connection_status_reads_ollama_host(monkeypatch):
     with FakeOllama() as url:
         monkeypatch.setenv("OLLAMA_HOST", url.removeprefix("http://"))
         assert connection_status().endswith(f"is running at {url}")
+
+
+def test_the_form_plan_names_outputs_and_commands(checkpoint, tmp_path):
+    """engine.export.plan, what the Export pane asks: a source described, refused in one line when it is
+    an adapter without a base, the default output name and the exact command line."""
+    from engine.export import plan
+    from tests.tiny_models import make_lora_adapter
+
+    base = checkpoint("qwen2")
+    source = plan.describe_source(str(base))
+    assert source.adapter is None and source.sizes == expected_sizes(base)
+    assert plan.output_name(source, "q4_k_m") == "qwen2-q4_k_m.gguf"
+    adapter = make_lora_adapter(base, tmp_path / "grpo-3" / "final" / "adapter", r=4)
+    config = tmp_path / "grpo-3" / "final" / "adapter" / "adapter_config.json"
+    config.write_text(config.read_text().replace(str(base), ""), encoding="utf-8")  # no base recorded
+    with pytest.raises(AhaError, match="is a LoRA adapter: choose the base checkpoint folder"):
+        plan.describe_source(str(adapter))
+    merged = plan.describe_source(str(adapter), str(base))
+    assert merged.rank == 4 and plan.output_name(merged, "f16", adapter_only=True) == "qwen2-grpo-3-lora-f16.gguf"
+    assert plan.export_args(merged, "o.gguf", "f16", num_ctx=4096, ollama="m", check=True) == [
+        "export", str(base), "-o", "o.gguf", "--type", "f16", "--adapter", str(adapter), "--num-ctx", "4096",
+        "--ollama", "m", "--check"]
+    assert plan.ollama_name("/x/Qwen2 R1-f16.gguf") == "qwen2-r1-f16"
