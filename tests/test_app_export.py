@@ -58,6 +58,12 @@ def test_export_a_checkpoint_register_check_and_chat(qtbot, pane, checkpoint):
         pane.host_edit.setText(url)
         pane.register_box.setChecked(True)
         assert pane.name_edit.text() == "qwen2-f16"
+        pane.name_edit.clear()
+        pane.name_edit.textEdited.emit("")
+        assert not pane.export_button.isEnabled()  # registering needs a name
+        pane.name_edit.setText("qwen2-f16")
+        pane.name_edit.textEdited.emit("qwen2-f16")
+        assert pane.export_button.isEnabled()
         assert pane.command_line.text().endswith("--num-ctx 2048 --ollama qwen2-f16 --check")
         outcome, events = run_export(qtbot, pane)
     assert outcome.status == JobStatus.COMPLETE, outcome

@@ -42,8 +42,9 @@ def test_a_good_export_passes_with_identical_tokens(out_type, gguf_file, checkpo
     assert items["think tokens"].status == "pass"
     assert items["Ollama thinking"].status == "pass"
     tokens = [item for item in check.items if item.name.startswith("tokens")]
-    assert len(tokens) == 3 and all(item.message == "identical for 16 tokens." for item in tokens)
+    assert len(tokens) == 3 and all(item.message.startswith("identical for 16 tokens (logits NMSE ") for item in tokens)
     assert all(c.diverged_at is None and c.prompt_diverged_at is None for c in check.comparisons)
+    assert all(c.logits_nmse < 1e-5 for c in check.comparisons)  # measured: ~1e-6 (f16), ~2e-7 (f32)
     assert check.as_dict()["passed"] is True and check.as_dict()["gguf_type"] == out_type
 
 
@@ -74,8 +75,9 @@ def test_the_merged_adapter_is_compared_with_base_plus_adapter(checkpoint, tmp_p
     assert all(c["diverged_at"] is None for c in result["check"]["comparisons"])
     against_base = check_export(out, base)
     failed = [item for item in against_base.items if item.status == "fail"]
-    assert failed and all(item.name.startswith("tokens") for item in failed)
-    assert "first divergence at token" in failed[0].message and "the conversion or the merge is wrong" in failed[0].message
+    assert len(failed) == 3 and all(item.name.startswith("tokens") for item in failed)
+    assert all("the conversion or the merge is wrong" in item.message for item in failed)
+    assert all(c.logits_nmse > 1e-2 for c in against_base.comparisons)
 
 
 def test_a_k_quant_diverging_is_a_note_not_a_failure(gguf_file, checkpoint):
@@ -92,6 +94,9 @@ def test_comparison_lines_strict_near_tie_and_tokenizer():
     assert comparison_item(1, diverged, "q5_k_m").status == "note"
     tie = TokenComparison("p", 16, diverged_at=3, hf_token="a", gguf_token="b", hf_margin=0.001)
     assert comparison_item(1, tie, "bf16").status == "note" and "near tie" in comparison_item(1, tie, "bf16").message
+    noisy = TokenComparison("p", 16, logits_nmse=2e-3)  # same tokens, logits far off for f16, fine for q8_0
+    assert comparison_item(1, noisy, "f16").status == "fail" and "logits NMSE 0.002" in comparison_item(1, noisy, "f16").message
+    assert comparison_item(1, noisy, "q8_0").status == "pass"
     tokenized = TokenComparison("p", 16, prompt_diverged_at=5)
     assert "tokenizes prompt 2 differently" in comparison_item(2, tokenized, "f16").message
 
@@ -150,3 +155,26 @@ def test_connection_status_reads_ollama_host(monkeypatch):
     with FakeOllama() as url:
         monkeypatch.setenv("OLLAMA_HOST", url.removeprefix("http://"))
         assert connection_status().endswith(f"is running at {url}")
+
+
+def test_the_form_plan_names_outputs_and_commands(checkpoint, tmp_path):
+    """engine.export.plan, what the Export pane asks: a source described, refused in one line when it is
+    an adapter without a base, the default output name and the exact command line."""
+    from engine.export import plan
+    from tests.tiny_models import make_lora_adapter
+
+    base = checkpoint("qwen2")
+    source = plan.describe_source(str(base))
+    assert source.adapter is None and source.sizes == expected_sizes(base)
+    assert plan.output_name(source, "q4_k_m") == "qwen2-q4_k_m.gguf"
+    adapter = make_lora_adapter(base, tmp_path / "grpo-3" / "final" / "adapter", r=4)
+    config = tmp_path / "grpo-3" / "final" / "adapter" / "adapter_config.json"
+    config.write_text(config.read_text().replace(str(base), ""), encoding="utf-8")  # no base recorded
+    with pytest.raises(AhaError, match="is a LoRA adapter: choose the base checkpoint folder"):
+        plan.describe_source(str(adapter))
+    merged = plan.describe_source(str(adapter), str(base))
+    assert merged.rank == 4 and plan.output_name(merged, "f16", adapter_only=True) == "qwen2-grpo-3-lora-f16.gguf"
+    assert plan.export_args(merged, "o.gguf", "f16", num_ctx=4096, ollama="m", check=True) == [
+        "export", str(base), "-o", "o.gguf", "--type", "f16", "--adapter", str(adapter), "--num-ctx", "4096",
+        "--ollama", "m", "--check"]
+    assert plan.ollama_name("/x/Qwen2 R1-f16.gguf") == "qwen2-r1-f16"

@@ -365,7 +365,8 @@ class ExportPane(QtWidgets.QWidget):
         self.modelfile_view.setPlainText(
             modelfile_text(Path(output).name or "model.gguf", num_ctx=num_ctx) if whole_model
             else "An adapter-only GGUF has no Modelfile: Ollama takes it as ADAPTER beside its base model's FROM.")
-        ready = source is not None and bool(output) and not running
+        named = not self._registering() or bool(self.name_edit.text().strip())
+        ready = source is not None and bool(output) and named and not running
         self.export_button.setEnabled(ready)
         self.command_line.setText("aha " + shlex.join(self.export_args()) if source else "")
         if not running:

@@ -8,7 +8,6 @@ nothing and knows nothing of Qt.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,10 +164,3 @@ def leftovers(output: Path | str) -> list[Path]:
     return sorted(path for path in folder.iterdir()
                   if path.name in names or path.name.startswith((f".{output.name}.work", f".{output.name}.partial")))
 
-
-def read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
