@@ -234,7 +234,9 @@ def test_sft_and_kd_runs_are_listed_with_their_key_metric_and_filtered(qtbot, ma
     assert shown_ids(pane) == [kd.id]
     pane.status_filter.setCurrentIndex(pane.status_filter.findData("cancelled"))
     assert shown_ids(pane) == []
-    pane.kind_filter.setCurrentIndex(0)
+    pane.select_run(sft.id)                                          # filtered out: the filter makes way
+    assert pane.kind_filter.currentIndex() == pane.status_filter.currentIndex() == 0
+    assert pane.selected_row().id == sft.id
     pane.status_filter.setCurrentIndex(pane.status_filter.findData("complete"))
     assert sorted(shown_ids(pane)) == sorted([sft.id, kd.id])
     pane.table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
