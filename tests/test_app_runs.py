@@ -2,7 +2,8 @@
 followed from its job shows running, is stopped from the pane (cancelled, checkpoint kept), resumed, killed with
 SIGKILL (crashed) and resumed to complete; a run started in a terminal updates live, stops on SIGINT, and is deleted
 only after the Undo offer ends; tiny SFT and KD runs are listed with their kind and key metric, filtered, compared
-(curves overlaid, settings diffed), duplicated into the Train form and offered for export."""
+(curves overlaid, settings diffed), duplicated into the Train form, offered for export and opened in the file
+manager."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from app import workers
-from app.qt import Qt, QtWidgets
+from app.qt import Qt, QtGui, QtWidgets
 from app.runs.view import RUN_ID_ROLE, RunsPane
 from app.workers import JobStatus, ProcessJob
 from engine.errors import AhaError
@@ -234,7 +235,9 @@ def test_sft_and_kd_runs_are_listed_with_their_key_metric_and_filtered(qtbot, ma
     assert shown_ids(pane) == [kd.id]
     pane.status_filter.setCurrentIndex(pane.status_filter.findData("cancelled"))
     assert shown_ids(pane) == []
-    pane.kind_filter.setCurrentIndex(0)
+    pane.select_run(sft.id)                                          # filtered out: the filter makes way
+    assert pane.kind_filter.currentIndex() == pane.status_filter.currentIndex() == 0
+    assert pane.selected_row().id == sft.id
     pane.status_filter.setCurrentIndex(pane.status_filter.findData("complete"))
     assert sorted(shown_ids(pane)) == sorted([sft.id, kd.id])
     pane.table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
@@ -271,7 +274,7 @@ def test_compare_overlays_the_curves_and_diffs_the_settings(qtbot, make_pane, di
     assert "model" not in diff and "learning_rate" not in diff          # the same in both
 
 
-def test_duplicate_and_export_emit_the_runs_settings_and_adapter(qtbot, make_pane, distill_home, work):
+def test_duplicate_export_and_open_folder(qtbot, make_pane, distill_home, work, monkeypatch):
     pane = make_pane()
     qtbot.waitUntil(lambda: pane.model.rowCount() == 2)
     sft = next(row for row in pane.model.rows() if row.kind == "distill-sft")
@@ -285,4 +288,8 @@ def test_duplicate_and_export_emit_the_runs_settings_and_adapter(qtbot, make_pan
     with qtbot.waitSignal(pane.export_requested) as exported:
         pane.export_action.trigger()
     assert exported.args == [str(Path(sft.summary.dir) / "final" / "adapter"), str(work["student"])]
-    assert pane.dashboard.run["id"] == sft.id
+    assert pane.dashboard.run["id"] == sft.id and pane.rollouts.run["id"] == sft.id
+    opened = []
+    monkeypatch.setattr(QtGui.QDesktopServices, "openUrl", lambda url: opened.append(url.toLocalFile()) or True)
+    pane.folder_action.trigger()
+    assert opened == [sft.summary.dir]

@@ -11,7 +11,6 @@ import pyqtgraph
 from app.qt import Qt, QtCore, QtWidgets, Slot
 from app.theme import colors
 from engine import run_index
-from engine.errors import AhaError
 from engine.store import ACTIVE_RUN_STATUSES, Store
 
 # Curves' colors, told apart in both themes (Okabe–Ito, without black and yellow).
@@ -116,10 +115,7 @@ class RunComparison(QtWidgets.QDialog):
         return [label.text for _, label in self.legend.items]
 
     def _fill_diff(self) -> None:
-        try:
-            diff = run_index.settings_diff([run["config"] for run in self.runs])
-        except ValueError as error:  # fewer than two runs: the constructor refuses that already
-            raise AhaError(str(error)) from error
+        diff = run_index.settings_diff([run["config"] for run in self.runs])
         self.diff_label.setText(f"{len(diff)} setting{'s differ' if len(diff) != 1 else ' differs'}"
                                 + ("" if diff else "; these runs were started with the same settings"))
         self.diff_table.setColumnCount(1 + len(self.runs))

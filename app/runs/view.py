@@ -364,8 +364,12 @@ class RunsPane(QtWidgets.QWidget):
 
     def select_run(self, run_id: int) -> None:
         """Select the run (and show it below the table); a run the table does not have yet is selected when a
-        poll brings it."""
+        poll brings it, one the filter hides shows with the filter reset."""
         index = self._proxy_index(run_id)
+        if index is None and self.model.find(run_id) is not None and run_id not in self.proxy.hidden:
+            self.kind_filter.setCurrentIndex(0)     # filtered out: show every run rather than hide this one
+            self.status_filter.setCurrentIndex(0)
+            index = self._proxy_index(run_id)
         if index is None:
             self._select_after = run_id
             self.refresh()
