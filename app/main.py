@@ -164,8 +164,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.export.chat_requested.connect(self._on_model_opened)
 
     def _on_run_started(self, job: ProcessJob) -> None:
-        self.runs.follow_job(job)
         self.show_pane("runs")
+        self.runs.follow_job(job)
 
     def _on_duplicate_requested(self, kind: str, config: dict) -> None:
         self.train.load_settings(kind, config)
@@ -188,11 +188,25 @@ class MainWindow(QtWidgets.QMainWindow):
         bind("Ctrl+N", lambda: (self.show_pane("chat"), self.chat.new_conversation()))
         bind("Ctrl+F", lambda: (self.show_pane("chat"), self.chat.conversations.search.setFocus()))
         bind("Ctrl+L", lambda: (self.show_pane("chat"), self.chat.composer.setFocus()))
-        bind("Ctrl+.", self.chat.stop)
+        bind("Ctrl+.", self._stop_current)
         bind("Ctrl+,", lambda: self.chat.settings_button.toggle())
         bind("Ctrl+Q", self.close)
         for index in range(len(self.panes)):
             bind(f"Ctrl+{index + 1}", lambda i=index: self.sidebar.setCurrentRow(i))
+        for pane, slot in ((self.train, self.train.start), (self.export, self.export.start_export)):
+            for keys in ("Ctrl+Return", "Ctrl+Enter"):   # Start / Export, while the focus is in that pane
+                QtGui.QShortcut(QtGui.QKeySequence(keys), pane, activated=slot,
+                                context=Qt.ShortcutContext.WidgetWithChildrenShortcut)
+
+    def _stop_current(self) -> None:
+        """Ctrl+. stops what the pane in front is doing: the reply, the selected run, the export."""
+        current = self.stack.currentWidget()
+        if current is self.runs:
+            self.runs.stop_selected()
+        elif current is self.export:
+            self.export.cancel()
+        else:
+            self.chat.stop()
 
     # -- state -------------------------------------------------------------------------------------
     def restore_state(self) -> None:

@@ -192,6 +192,10 @@ class JobState(enum.Enum):
     DETACHED = "detached"
 
 
+# How long a training job may take to answer Stop before it is terminated: the current step and a
+# checkpoint, which on a large model take minutes (the default of 5 s suits a download, not a training step).
+TRAINING_GRACE_S = 600.0
+
 _running: list[ProcessJob] = []
 
 

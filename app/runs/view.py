@@ -17,7 +17,7 @@ from app.runs.dashboard import RunDashboard
 from app.runs.rollouts import RolloutBrowser
 from app.theme import colors
 from app.widgets import ElidedLabel, ElideMiddleDelegate, Toast, bold, set_style_name
-from app.workers import JobOutcome, ProcessJob, ThreadJob
+from app.workers import TRAINING_GRACE_S, JobOutcome, ProcessJob, ThreadJob
 from engine import run_index
 from engine.errors import AhaError
 from engine.run_index import RunRow, RunTable
@@ -185,9 +185,7 @@ class RunsPane(QtWidgets.QWidget):
 
     POLL_MS = 2000
     UNDO_S = 6.0
-    # How long a resumed job may take to answer Stop before it is terminated: a step and a checkpoint, which
-    # on a large model take minutes (ProcessJob's default of 5 s suits a download, not a training step).
-    STOP_GRACE_S = 600.0
+    STOP_GRACE_S = TRAINING_GRACE_S
 
     duplicate_requested = Signal(str, dict)
     export_requested = Signal(str, str)
@@ -377,7 +375,9 @@ class RunsPane(QtWidgets.QWidget):
         self._select_after = None
         self.table.selectionModel().select(index, QtCore.QItemSelectionModel.SelectionFlag.ClearAndSelect
                                            | QtCore.QItemSelectionModel.SelectionFlag.Rows)
-        self.table.setCurrentIndex(index)
+        # Not table.setCurrentIndex: it reads the keyboard's modifiers, and a Ctrl still held (Ctrl+Return
+        # started the run) would toggle the row out of the selection just made.
+        self.table.selectionModel().setCurrentIndex(index, QtCore.QItemSelectionModel.SelectionFlag.NoUpdate)
         self.table.scrollTo(index)
 
     def selected_rows(self) -> list[RunRow]:

@@ -21,7 +21,7 @@ from app.train.inspector import Inspector
 from app.train.model import ModelSection
 from app.train.rewards import RewardsSection
 from app.widgets import set_style_name
-from app.workers import JobStatus, ProcessJob
+from app.workers import TRAINING_GRACE_S, JobStatus, ProcessJob
 from engine.errors import AhaError
 from engine.store import Store
 from engine.train import commands
@@ -196,7 +196,7 @@ class TrainPane(QtWidgets.QWidget):
             self._say(str(error), warning=True)
             return None
         self.command_line.setText(commands.shell_line(args))
-        job = ProcessJob(args, self)
+        job = ProcessJob(args, self, grace_s=TRAINING_GRACE_S)   # Stop waits for the step and its checkpoint
         job.finished.connect(lambda outcome, job=job: self._on_job_finished(job, outcome))
         self.jobs.append(job)
         job.start()
