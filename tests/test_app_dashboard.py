@@ -242,3 +242,27 @@ def test_the_plots_follow_the_theme(qtbot, tiny_run, restyled, monkeypatch, sche
     qtbot.waitUntil(lambda: dashboard.graphics.backgroundBrush().color().name() == theme.colors().surface)
     item = dashboard.plots["Reward"].item
     assert item.getAxis("left").textPen().color().name() == theme.colors().muted
+
+
+def test_an_sft_run_shows_its_loss_and_clear_empties_both_views(qtbot, tiny_run, tmp_path):
+    directory = tmp_path / "sft"
+    directory.mkdir()
+    lines = [{"step": step, "time": 100.0 + step, "loss": 2.0 / step, "token_accuracy": 0.1 * step, "grad_norm": 1.0,
+              "learning_rate": 1e-3, "training_s": 0.5, "tokens": 900, "tokens_per_s": 1800.0} for step in (1, 2)]
+    lines[1]["eval/accuracy"] = 0.25
+    (directory / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    dashboard = shown(qtbot, RunDashboard())
+    dashboard.open_run({"id": 9, "kind": "distill-sft", "status": "complete", "dir": str(directory),
+                        "config": {"max_steps": 4}})
+    assert set(dashboard.plots) == {"Loss", "Accuracy", "Grad norm", "Learning rate", "Time per step (s)",
+                                    "Tokens per second"}
+    assert dashboard.plots["Accuracy"].left == ["token_accuracy", "eval/accuracy"]
+    assert dashboard.plots["Accuracy"].points("eval/accuracy") == 1
+    assert dashboard.eta_text() == "step 2 of 4 · 1.0 s left: training 1.0 s"
+    dashboard.clear()
+    assert dashboard.plots == {} and dashboard.eta_text() == "" and not dashboard.banner.isVisible()
+    browser = shown(qtbot, RolloutBrowser())
+    browser.open_run(tiny_run["run"])
+    assert browser.cards
+    browser.clear()
+    assert browser.cards == [] and browser.steps() == [] and browser.list.count() == 0

@@ -227,3 +227,19 @@ def test_a_grpo_run_whose_reward_never_fires_logs_a_warning_once(student, tmp_pa
     found = learning_warnings(read_jsonl(run / "metrics.jsonl"), read_jsonl(run / "samples.jsonl"))
     assert "constant-reward/never" in [warning.key for warning in found]
     assert all(math.isfinite(record["reward"]) for record in read_jsonl(run / "metrics.jsonl"))
+
+
+def test_a_resumed_grpo_run_does_not_warn_again_about_what_it_warned_before(tmp_path):
+    """The trainer's watch replays the kept steps of a resumed run (engine.train.grpo._signal_watch)."""
+    from types import SimpleNamespace
+
+    from engine.train.grpo import GRPOConfig, _signal_watch
+
+    lines = steps(signals.CLIPPED_STEPS, **{"completions/clipped_ratio": 0.99})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    trainer = SimpleNamespace(step=len(lines), run=SimpleNamespace(dir=tmp_path))
+    watch = _signal_watch(GRPOConfig(model="m", dataset="addition"), trainer)
+    assert [warning.key for warning in watch.warnings] == ["clipped"]
+    assert watch.update(len(lines) + 1, {"completions/clipped_ratio": 0.99}) == []
+    fresh = _signal_watch(GRPOConfig(model="m", dataset="addition"), SimpleNamespace(step=0, run=trainer.run))
+    assert fresh.warnings == []

@@ -27,8 +27,11 @@ class RolloutThought(ThinkBlock):
     """Chat's think block for a finished rollout: folded, its header counts the trace's lines (a rollout has
     no timing) and says when the completion ended inside its thought."""
 
-    def __init__(self, thinking: str, unfinished: bool, parent=None):
+    def __init__(self, parent=None):
         super().__init__(parent)
+        self.unfinished = False
+
+    def show_thought(self, thinking: str, unfinished: bool) -> None:
         self.unfinished = unfinished
         self.body.setPlainText(thinking)
         self.setVisible(bool(thinking))
@@ -68,30 +71,37 @@ def rewards_line(completion: dict) -> str:
 
 
 class CompletionCard(QtWidgets.QFrame):
-    """One completion: header (reward, advantage, length), each reward, the folded thought, the answer."""
+    """One completion: header (reward, advantage, length), each reward, the folded thought, the answer. Cards
+    are reused from step to step (`show_completion`): making one costs more than filling it."""
 
-    def __init__(self, index: int, completion: dict, parent=None):
+    def __init__(self, parent=None):
         super().__init__(parent)
         self.setObjectName("MessageCard")
-        self.completion = completion
+        self.completion: dict = {}
         self.setFixedWidth(CARD_WIDTH)
         self.setSizePolicy(QtWidgets.QSizePolicy.Policy.Fixed, QtWidgets.QSizePolicy.Policy.Maximum)
-        self.header = QtWidgets.QLabel(completion_header(index, completion), wordWrap=True)
+        self.header = QtWidgets.QLabel(wordWrap=True)
         font = self.header.font()
         font.setBold(True)
         self.header.setFont(font)
-        self.rewards = QtWidgets.QLabel(rewards_line(completion), objectName="Muted", wordWrap=True)
-        answer_text = str(completion.get("answer_text") or "")
-        unfinished = bool(completion.get("truncated")) and not answer_text.strip()
-        self.think = RolloutThought(str(completion.get("thinking") or ""), unfinished)
+        self.rewards = QtWidgets.QLabel(objectName="Muted", wordWrap=True)
+        self.think = RolloutThought()
         self.answer = AutoHeightText()  # plain text: what the rewards read, not its Markdown rendering
-        self.answer.setPlainText(answer_text.strip() or "(no answer)")
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(10, 8, 10, 8)
         layout.setSpacing(4)
         for widget in (self.header, self.rewards, self.think, self.answer):
             layout.addWidget(widget)
         layout.addStretch()
+
+    def show_completion(self, index: int, completion: dict) -> None:
+        self.completion = completion
+        self.header.setText(completion_header(index, completion))
+        self.rewards.setText(rewards_line(completion))
+        answer_text = str(completion.get("answer_text") or "")
+        self.think.show_thought(str(completion.get("thinking") or ""),
+                                bool(completion.get("truncated")) and not answer_text.strip())
+        self.answer.setPlainText(answer_text.strip() or "(no answer)")
 
 
 class RolloutBrowser(QtWidgets.QWidget):
@@ -144,7 +154,8 @@ class RolloutBrowser(QtWidgets.QWidget):
         layout.addLayout(bar)
         layout.addWidget(self.status)
         layout.addWidget(split, 1)
-        self.cards: list[CompletionCard] = []
+        self.cards: list[CompletionCard] = []  # the cards in view, in the order shown
+        self._card_pool: list[CompletionCard] = []
         self.mode = "step"          # "step" (a step's prompts), "prompt" (one prompt over the steps), "search"
         self.run: dict | None = None
         self._poll = QtCore.QTimer(self, interval=POLL_MS, timeout=self._on_poll)
@@ -386,12 +397,17 @@ class RolloutBrowser(QtWidgets.QWidget):
         return completions
 
     def _set_cards(self, completions: list[tuple[int, dict]]) -> None:
-        for card in self.cards:
-            self.cards_layout.removeWidget(card)
-            card.deleteLater()
-        self.cards = [CompletionCard(index, completion) for index, completion in completions]
-        for card in self.cards:
+        """Fill a card per completion, reusing the cards already made (hidden when there are fewer)."""
+        while len(self._card_pool) < len(completions):
+            card = CompletionCard()
+            self._card_pool.append(card)
             self.cards_layout.addWidget(card, 0, Qt.AlignmentFlag.AlignTop)
+        for card, (index, completion) in zip(self._card_pool, completions, strict=False):
+            card.show_completion(index, completion)
+            card.show()
+        for card in self._card_pool[len(completions):]:
+            card.hide()
+        self.cards = self._card_pool[:len(completions)]
 
     # following the files
 
