@@ -199,6 +199,7 @@ class RolloutBrowser(QtWidgets.QWidget):
         self._index: SampleIndex | None = None
         self._traces: Path | None = None
         self._trace_records: list[dict] = []
+        self._trace_stamp: tuple | None = None  # (size, mtime) of the traces and progress files last read
         self._live: dict[tuple[int, str], dict] = {}   # (step, prompt_id) → a job's sample not yet in the file
         self._shown: tuple[int | None, int] = (None, 0)  # the step in view and its record count
         self._threshold = 1.0
@@ -225,8 +226,11 @@ class RolloutBrowser(QtWidgets.QWidget):
         elif self._traces is not None:
             from engine.distill.generate import progress_path
 
-            self._trace_records = trace_records(read_jsonl(self._traces), read_jsonl(progress_path(self._traces)),
-                                                self._threshold)
+            files = (self._traces, progress_path(self._traces))
+            stamp = tuple((path.stat().st_size, path.stat().st_mtime_ns) if path.exists() else None for path in files)
+            if stamp != self._trace_stamp:  # read again only when a file changed (traces files grow large)
+                self._trace_stamp = stamp
+                self._trace_records = trace_records(read_jsonl(files[0]), read_jsonl(files[1]), self._threshold)
         steps = self.steps()
         known = [self.step_box.itemData(index) for index in range(self.step_box.count())]
         if steps != known:
