@@ -3,7 +3,7 @@ the plots have a point per logged step and only the metrics the run has, the bro
 completions with their rewards and advantage, sorts them, follows a prompt and searches; a job's events do not
 count twice beside the file; a file that grows (a half-written line included) or is rewritten by a resume is
 followed; a 2,000-step run opens in under a second; a trace-generation run shows accepted and rejected replies
-with the verifier's reason; the plots follow the light and dark themes."""
+with the verifier's reason from its files alone, and with its job's events; the plots follow the light and dark themes."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from app.qt import QtWidgets
 from app.runs.dashboard import PLOTS, RunDashboard
 from app.runs.rollouts import RolloutBrowser
 from engine import cli
+from engine.distill.generate import rejected_path
 from engine.store import Store
 from engine.train.follow import read_jsonl
 from tests.support.char_model import make_char_model
@@ -214,17 +215,42 @@ def test_a_trace_generation_run_shows_accepted_and_rejected_replies(qtbot, adder
     samples = [event for event in events if event["type"] == "sample"]
     odd = next(sample["step"] for sample in samples if int(sample["answer"]) % 2)
     even = next(sample["step"] for sample in samples if not int(sample["answer"]) % 2)
+    verdicts = lambda: [card.header.text().split(" · ")[-1] for card in browser.cards]  # noqa: E731
+    # From the files alone (the run was started outside this window): the rejected replies with their reasons.
+    browser.show_step(even)
+    assert verdicts() == ["rejected: odd"] * 2 and "rejected (" not in browser.prompt_view.text()
+    even_sample = next(sample for sample in samples if sample["step"] == even)
+    assert [card.answer.toPlainText() for card in browser.cards] == [rf"\boxed{{{even_sample['answer']}}}"] * 2
+    assert even_sample["prompt"] in browser.prompt_view.text()
     browser.show_step(odd)
-    assert [card.header.text().split(" · ")[-1] for card in browser.cards] == ["accepted"]  # one kept (a duplicate)
+    assert verdicts() == ["accepted", "passed, not kept (a duplicate or the keep rule)"]
+    browser.search.setText(even_sample["prompt"])
+    qtbot.waitUntil(lambda: browser.mode == "search")
+    assert even in {record["step"] for record in browser._records}  # a wholly rejected prompt is found too
+    browser.back_to_step()
+    for event in samples:  # the job's events as well: the same replies, not twice
+        browser.add_event(event)
+    for step in (even, odd):
+        browser.show_step(step)
+        assert len(browser.cards) == 2 and len(browser.records(step)) == 1
+    browser.show_step(even)
+    assert verdicts() == ["rejected: odd"] * 2
+    [record] = browser.records(odd)  # the files' copy stands: it says why the passing reply was dropped
+    assert [completion.get("dropped") for completion in record["completions"]] == [None, "duplicate"]
+
+    # A traces file written before the rejected replies were kept: the kept ones and the counts.
+    rejected_path(out).unlink()
+    browser.open_run(run)
+    browser.show_step(odd)
+    assert verdicts() == ["accepted"]  # one kept (a duplicate)
     browser.show_step(even)
     assert browser.cards == [] and "2 rejected (odd 2)" in browser.prompt_view.text()
-    for event in samples:  # the job's events carry the rejected replies too
+    for event in samples:  # the job's events carry the rejected replies
         browser.add_event(event)
     browser.show_step(even)
-    assert [card.header.text().split(" · ")[-1] for card in browser.cards] == ["rejected: odd"] * 2
+    assert verdicts() == ["rejected: odd"] * 2
     browser.show_step(odd)
-    assert [card.header.text().split(" · ")[-1] for card in browser.cards] == [
-        "accepted", "passed, not kept (a duplicate or the keep rule)"]
+    assert verdicts() == ["accepted", "passed, not kept (a duplicate or the keep rule)"]
 
     dashboard = shown(qtbot, RunDashboard())
     dashboard.open_run(run)

@@ -20,7 +20,14 @@ import pytest
 
 from engine.cli import main
 from engine.distill import teachers
-from engine.distill.generate import Verdict, generate_traces, progress_path, prompt_id, select_kept
+from engine.distill.generate import (
+    Verdict,
+    generate_traces,
+    progress_path,
+    prompt_id,
+    rejected_path,
+    select_kept,
+)
 from engine.distill.teachers import (
     GGUFTeacher,
     HFTeacher,
@@ -33,6 +40,7 @@ from engine.errors import AhaError
 from engine.jobs import CancelToken
 from engine.store import Store
 from engine.train.data import TASK_ROWS, TaskSource
+from engine.train.follow import read_jsonl, trace_records
 from tests.support.llama_server import free_port, serve_gguf
 from tests.support.scripted_model import ANSWER, QUESTION, REPLY, THOUGHT
 
@@ -105,6 +113,19 @@ def test_endpoint_traces_are_verified_written_and_resumed(server, tmp_path):
         prompt_id(ROWS[0]): 1, prompt_id(ROWS[1]): 0, "again": 1}
     assert by_id[prompt_id(ROWS[1])]["rejected"] == {"accuracy": 2}
 
+    # Every reply not kept is beside them with the verifier's reason: the wrong prompt's two, one duplicate each.
+    not_kept = _lines(rejected_path(out))
+    assert rejected_path(out).name == "traces.rejected.jsonl" and KEY not in rejected_path(out).read_text()
+    assert sorted((r["prompt_id"], r["sample"], r["reason"], r["dropped"]) for r in not_kept) == sorted([
+        (prompt_id(ROWS[1]), 0, "accuracy", None), (prompt_id(ROWS[1]), 1, "accuracy", None),
+        (prompt_id(ROWS[0]), 1, None, "duplicate"), ("again", 1, None, "duplicate")])
+    wrong = next(r for r in not_kept if r["prompt_id"] == prompt_id(ROWS[1]))
+    assert (wrong["prompt"], wrong["gold"], wrong["answer"], wrong["thinking"]) == (QUESTION, "5", ANSWER,
+                                                                                  THOUGHT.strip())
+    assert wrong["rewards"] == {"accuracy": 0.0, "format": 1.0} and wrong["reward"] == 1.0
+    assert (wrong["finish_reason"], wrong["truncated"]) == ("stop", False) and ANSWER in wrong["text"]
+    assert wrong["usage"]["completion_tokens"] > 0 and wrong["sampling"]["max_tokens"] == 200
+
     kinds = [event["type"] for event in events]
     assert {"progress", "metrics", "sample", "artifact"} <= set(kinds)
     final = [event for event in events if event["type"] == "progress"][-1]
@@ -113,12 +134,12 @@ def test_endpoint_traces_are_verified_written_and_resumed(server, tmp_path):
     assert [event["step"] for event in metrics] == [1, 2, 3] and metrics[-1]["acceptance_rate"] == pytest.approx(4 / 6, abs=1e-5)
 
     # A rerun asks the teacher nothing and leaves the file as it was.
-    before = out.read_bytes()
+    before, rejected_before = out.read_bytes(), rejected_path(out).read_bytes()
     rerun_teacher = OpenAITeacher(server.url, model=teacher.name, api_key_env=KEY_ENV)
     rerun = generate_traces(rerun_teacher, ROWS, k=2, out_path=out, sampling=GREEDY)
     assert (rerun.skipped, rerun.prompts_done, rerun.samples, rerun.status) == (3, 0, 0, "complete")
     assert rerun_teacher.requests == 0 and server.chat_requests() - requests_before == 6
-    assert out.read_bytes() == before
+    assert out.read_bytes() == before and rejected_path(out).read_bytes() == rejected_before
 
 
 def test_a_crash_mid_write_is_cleaned_on_resume(server, tmp_path):
@@ -130,12 +151,17 @@ def test_a_crash_mid_write_is_cleaned_on_resume(server, tmp_path):
     orphan = {**json.loads(done_line), "prompt_id": "again"}
     with open(out, "a", encoding="utf-8") as stream:
         stream.write(json.dumps(orphan) + "\n" + '{"prompt_id": "again", "thinking": "Step 1: 2+')
+    with open(rejected_path(out), "a", encoding="utf-8") as stream:  # (a reply of the prompt cut short, and half)
+        stream.write(json.dumps({**orphan, "reason": "accuracy"}) + "\n" + '{"prompt_id": "again", "rea')
     with open(progress_path(out), "a", encoding="utf-8") as stream:
         stream.write('{"prompt_id": "aga')
     events: list[dict] = []
     stats = generate_traces(teacher, ROWS, k=1, out_path=out, sampling=GREEDY, on_event=events.append)
     assert (stats.skipped, stats.prompts_done, stats.kept) == (1, 2, 1)
-    assert any("removed 2 line(s)" in event.get("message", "") for event in events if event["type"] == "log")
+    removed = [event["message"] for event in events if "removed 2 line(s)" in event.get("message", "")]
+    assert [message.split()[-1] for message in removed] == ["traces.jsonl", "traces.rejected.jsonl"]
+    # The rejected file holds the second prompt's reply (rejected by accuracy) once, the orphan gone.
+    assert [(r["prompt_id"], r["reason"]) for r in _lines(rejected_path(out))] == [(prompt_id(ROWS[1]), "accuracy")]
     records = _lines(out)  # every line parses again
     assert [record["prompt_id"] for record in records] == [prompt_id(ROWS[0]), "again"]
     assert out.read_text().startswith(done_line)
@@ -253,6 +279,9 @@ def test_gguf_teacher_generates_cancels_and_resumes(scripted_gguf, tmp_path):
         short = generate_traces(teacher, ROWS[:1], k=1, out_path=tmp_path / "short.jsonl",
                                 sampling=Sampling(temperature=0.0, max_tokens=10))
         assert short.rejected == {"truncated": 1} and short.kept == 0
+        [cut] = _lines(rejected_path(tmp_path / "short.jsonl"))
+        assert (cut["reason"], cut["finish_reason"], cut["truncated"], cut["answer"]) == ("truncated", "length",
+                                                                                          True, "")
         [(_, [sample])] = list(teacher.generate([QUESTION], 1, GREEDY))
         assert sample.raw == REPLY and sample.prefilled and sample.finish_reason == "stop"
     finally:
@@ -450,13 +479,52 @@ def test_deleted_traces_start_over_and_changed_settings_are_flagged(tmp_path):
     stats = generate_traces(teacher, ROWS, k=3, out_path=out, keep="shortest")
     assert stats.rejected == {"format": 2, "accuracy": 3} and stats.kept == 2  # one kept per prompt whose gold is 4
     assert {record["thinking"] for record in _lines(out)} == {"short"}
+    expected = sorted([(prompt_id(ROWS[0]), 0, None, "keep rule"), (prompt_id(ROWS[0]), 1, "format", None),
+                       *[(prompt_id(ROWS[1]), sample, "accuracy", None) for sample in range(3)],
+                       ("again", 0, None, "keep rule"), ("again", 1, "format", None)])
+    verdicts = lambda: sorted((r["prompt_id"], r["sample"], r["reason"], r["dropped"])  # noqa: E731
+                              for r in _lines(rejected_path(out)))
+    assert verdicts() == expected
     out.unlink()
     again = generate_traces(teacher, ROWS, k=3, out_path=out, keep="shortest")
     assert (again.skipped, again.prompts_done, teacher.prompts_asked) == (0, 3, 6)
+    assert verdicts() == expected  # started over, not appended to
+    forced = generate_traces(teacher, ROWS, k=3, out_path=out, keep="shortest", force=True)
+    assert (forced.skipped, forced.prompts_done, teacher.prompts_asked) == (0, 3, 9) and verdicts() == expected
     events: list[dict] = []
     generate_traces(teacher, ROWS, k=2, out_path=out, keep="shortest", on_event=events.append)
     warnings = [event["message"] for event in events if event.get("level") == "warning"]
-    assert any("different settings (k)" in message for message in warnings) and teacher.prompts_asked == 6
+    assert any("different settings (k)" in message for message in warnings) and teacher.prompts_asked == 9
+
+
+def test_the_files_read_back_as_every_verdict_in_sample_order(tmp_path):
+    """follow.trace_records turns the three files into the rollouts the `sample` events show: each prompt's
+    replies in sample order, kept or not, with the reasons the verifier wrote (not worked out again)."""
+    out = tmp_path / "traces.jsonl"
+    teacher = _ListTeacher(["no thought, just \\boxed{4}", REPLY, REPLY])
+    events: list[dict] = []
+    generate_traces(teacher, ROWS[:2], k=3, out_path=out, on_event=events.append)
+    records = trace_records(read_jsonl(out), read_jsonl(progress_path(out)), read_jsonl(rejected_path(out)))
+    samples = [event for event in events if event["type"] == "sample"]
+    assert [record["step"] for record in records] == [sample["step"] for sample in samples] == [1, 2]
+    for record, sample in zip(records, samples, strict=True):
+        assert (record["prompt_id"], record["prompt"], record["answer"]) == (
+            sample["prompt_id"], sample["prompt"], sample["answer"])
+        assert [c["accepted"] for c in record["completions"]] == [c["accepted"] for c in sample["completions"]]
+        assert [c["answer_text"] for c in record["completions"]] == [c["answer_text"] for c in sample["completions"]]
+        assert [c["rewards"] for c in record["completions"]] == [c["rewards"] for c in sample["completions"]]
+    assert [(c["verdict"], c.get("dropped")) for c in records[0]["completions"]] == [
+        ("format", None), (None, None), (None, "duplicate")]
+    assert [c["verdict"] for c in records[1]["completions"]] == ["accuracy"] * 3
+    assert records[1]["rejected"] == {"accuracy": 3} and records[1]["samples"] == 3
+    # A reason the verifier gave stands as written, even one the rewards alone would not give.
+    cancelled = [{**line, "reason": "cancelled"} for line in read_jsonl(rejected_path(out))]
+    records = trace_records(read_jsonl(out), read_jsonl(progress_path(out)), cancelled)
+    assert records[1]["completions"][0]["verdict"] == "cancelled"
+    # Files written before the rejected file: the kept replies, and the counts.
+    [first, second] = trace_records(read_jsonl(out), read_jsonl(progress_path(out)))
+    assert [c["verdict"] for c in first["completions"]] == [None] and second["completions"] == []
+    assert second["rejected"] == {"accuracy": 3}
 
 
 def test_custom_reward_files_see_the_dataset_columns(tmp_path):

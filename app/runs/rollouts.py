@@ -224,13 +224,13 @@ class RolloutBrowser(QtWidgets.QWidget):
         if self._index is not None:
             self._index.refresh()
         elif self._traces is not None:
-            from engine.distill.generate import progress_path
+            from engine.distill.generate import progress_path, rejected_path
 
-            files = (self._traces, progress_path(self._traces))
+            files = (self._traces, progress_path(self._traces), rejected_path(self._traces))
             stamp = tuple((path.stat().st_size, path.stat().st_mtime_ns) if path.exists() else None for path in files)
             if stamp != self._trace_stamp:  # read again only when a file changed (traces files grow large)
                 self._trace_stamp = stamp
-                self._trace_records = trace_records(read_jsonl(files[0]), read_jsonl(files[1]), self._threshold)
+                self._trace_records = trace_records(*map(read_jsonl, files), pass_threshold=self._threshold)
         steps = self.steps()
         known = [self.step_box.itemData(index) for index in range(self.step_box.count())]
         if steps != known:
@@ -263,9 +263,11 @@ class RolloutBrowser(QtWidgets.QWidget):
         for (live_step, identity), record in self._live.items():
             if live_step != step:
                 continue
-            if identity in ids:  # a trace prompt's kept replies are in the file; the event has the rejected too
+            if identity in ids:
+                # A trace prompt: the event's replies until the files have them all (theirs hold the verifier's reasons).
                 if self._index is None:
-                    found = [record if str(r.get("prompt_id")) == identity else r for r in found]
+                    found = [record if str(r.get("prompt_id")) == identity
+                             and len(r.get("completions", ())) < len(record.get("completions", ())) else r for r in found]
                 continue
             found.append(record)
         return found

@@ -2,7 +2,8 @@
 
 `generate_traces` asks a teacher (engine.distill.teachers) for k replies per prompt, scores them with the GRPO
 rewards (engine.train.rewards), keeps the ones that pass (all, the shortest or the first, duplicates dropped)
-and appends them line by line, fsynced, beside a progress file that makes a rerun skip finished prompts;
+and appends them line by line, fsynced, beside a progress file that makes a rerun skip finished prompts and a
+file of the replies it did not keep (each with the verifier's reason), so a run opened later shows every verdict;
 `GenerateConfig` holds the settings of `aha distill generate`.
 SFT and logit distillation on the traces are engine.distill.traces' and engine.distill.kd's.
 """
@@ -107,6 +108,13 @@ def progress_path(out_path: Path) -> Path:
     return out_path.with_name(out_path.name.removesuffix(".jsonl") + ".progress.jsonl")
 
 
+def rejected_path(out_path: Path) -> Path:
+    """The sidecar of the replies not kept: traces.jsonl → traces.rejected.jsonl. Beside the traces, not in
+    them, so the traces stay the SFT dataset they were; named like the progress file, so the three files of
+    a run sort together."""
+    return out_path.with_name(out_path.name.removesuffix(".jsonl") + ".rejected.jsonl")
+
+
 def _append_line(stream, record: dict) -> None:
     """One JSON line, flushed and fsynced: a crash loses at most the line being written."""
     stream.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -144,13 +152,13 @@ def _rewrite(path: Path, lines: Sequence[str]) -> None:
 
 def _resume(out_path: Path, config: dict, force: bool, on_event: OnEvent) -> dict[str, dict]:
     """Prepare the output for appending; returns the progress records of prompts finished before.
-    Trace lines of prompts that never finished (a crash between their lines and their progress record)
-    and a cut-off last line in either file are removed."""
+    Trace and rejected lines of prompts that never finished (a crash between their lines and their progress
+    record) and a cut-off last line in any of the three files are removed."""
     from engine.fileio import make_folder
 
-    sidecar = progress_path(out_path)
+    sidecar, rejected = progress_path(out_path), rejected_path(out_path)
     if force:
-        for path in (out_path, sidecar):
+        for path in (out_path, sidecar, rejected):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
     make_folder(out_path.parent)
@@ -158,20 +166,23 @@ def _resume(out_path: Path, config: dict, force: bool, on_event: OnEvent) -> dic
         sidecar.unlink()  # the traces were deleted: their progress means nothing any more
     if not sidecar.exists():
         check_traces_output(out_path, force)  # (checked before the teacher started; the file may have come since)
+        with contextlib.suppress(FileNotFoundError):
+            rejected.unlink()  # the replies of a run whose progress is gone
         _rewrite(sidecar, [json.dumps({"config": config}, ensure_ascii=False) + "\n"])
         return {}
     progress_lines, progress_damaged = _complete_lines(sidecar)
     header = next((record["config"] for _, record in progress_lines if "config" in record), None)
     done = {record["prompt_id"]: record for _, record in progress_lines if "prompt_id" in record}
-    trace_lines, traces_damaged = _complete_lines(out_path)
-    kept = [text for text, record in trace_lines if record.get("prompt_id") in done]
     if progress_damaged:
         _rewrite(sidecar, [text for text, _ in progress_lines])
-    if traces_damaged or len(kept) != len(trace_lines):
-        _rewrite(out_path, kept)
-        dropped = len(trace_lines) - len(kept) + traces_damaged
-        on_event(make_event("log", level="warning", message=f"removed {dropped} line(s) of unfinished prompts or "
-                                                            f"cut off by a crash from {out_path.name}"))
+    for path in (out_path, rejected):
+        lines, damaged = _complete_lines(path)
+        finished = [text for text, record in lines if record.get("prompt_id") in done]
+        if damaged or len(finished) != len(lines):
+            _rewrite(path, finished)
+            dropped = len(lines) - len(finished) + damaged
+            on_event(make_event("log", level="warning", message=f"removed {dropped} line(s) of unfinished prompts "
+                                                                f"or cut off by a crash from {path.name}"))
     if header is not None:
         changed = sorted(key for key in set(header) | set(config) if key not in ("resumed", "output")
                          and header.get(key) != config.get(key))
@@ -311,6 +322,11 @@ def generate_traces(teacher: Teacher, rows: Iterable[dict], *, k: int, out_path:
         {prompt_id, prompt, gold, thinking, answer, rewards{name: value}, reward, sample,
          teacher{kind, name, …}, sampling{temperature, top_p, max_tokens, seed}, timing{…}, usage{…}}
 
+    and one per reply not kept to `rejected_path(out_path)`, with the same keys but the teacher, plus the
+    reply's whole `text`, its `finish_reason`, `truncated`, and `reason`: the verifier's (rejection_reason:
+    "truncated", "unscored" or the failed reward's name), or None for a reply that passed but was `dropped`
+    ("duplicate" or "keep rule"). A prompt's lines come before its progress record.
+
     Resumable: prompts listed in the progress file beside the output (finished ones, including those
     whose replies were all rejected) are skipped. Emits progress/metrics/sample/log events; with a
     `store`, records a "generate" run with per-prompt metrics, and `command` ({argv, cwd}: how the
@@ -349,6 +365,7 @@ def generate_traces(teacher: Teacher, rows: Iterable[dict], *, k: int, out_path:
     teacher_info = teacher.describe()
     try:
         with disk_errors(out_path), open(out_path, "a", encoding="utf-8", newline="\n") as traces, \
+                open(rejected_path(out_path), "a", encoding="utf-8", newline="\n") as not_kept, \
                 open(progress_path(out_path), "a", encoding="utf-8", newline="\n") as sidecar:
             prompts = [rows[index]["prompt"] for index in pending]
             for position, samples in teacher.generate(prompts, k, sampling, cancel):
@@ -360,6 +377,8 @@ def generate_traces(teacher: Teacher, rows: Iterable[dict], *, k: int, out_path:
                 kept, duplicates = select_kept(verdicts, keep)
                 for verdict in kept:
                     _append_line(traces, _trace_record(identity, row, verdict, teacher_info))
+                for verdict, dropped in _not_kept(verdicts, kept):
+                    _append_line(not_kept, _rejected_record(identity, row, verdict, dropped))
                 rejected: dict[str, int] = {}
                 for verdict in verdicts:
                     if verdict.rejected is not None:
@@ -423,6 +442,30 @@ def _trace_record(identity: str, row: dict, verdict: Verdict, teacher_info: dict
     return {"prompt_id": identity, "prompt": row["prompt"], "gold": row.get("answer"),
             "thinking": sample.thinking, "answer": sample.answer, "rewards": verdict.rewards,
             "reward": verdict.reward, "sample": verdict.index, "teacher": teacher_info,
+            "sampling": sample.sampling, "timing": sample.timing, "usage": sample.usage}
+
+
+def _not_kept(verdicts: Sequence[Verdict], kept: Sequence[Verdict]) -> list[tuple[Verdict, str | None]]:
+    """The verdicts not kept, each with why a passing one was dropped: "duplicate" (the same thinking and
+    answer as an earlier passing reply) or "keep rule"; None for a rejected one (its reason is its own)."""
+    kept_ids, seen, found = {id(verdict) for verdict in kept}, set(), []
+    for verdict in verdicts:
+        key = (verdict.sample.thinking, verdict.sample.answer)
+        if verdict.rejected is None:
+            if id(verdict) not in kept_ids:
+                found.append((verdict, "duplicate" if key in seen else "keep rule"))
+            seen.add(key)
+        else:
+            found.append((verdict, None))
+    return found
+
+
+def _rejected_record(identity: str, row: dict, verdict: Verdict, dropped: str | None) -> dict:
+    sample = verdict.sample
+    return {"prompt_id": identity, "prompt": row["prompt"], "gold": row.get("answer"), "sample": verdict.index,
+            "text": sample.raw, "prefilled": sample.prefilled, "thinking": sample.thinking, "answer": sample.answer,
+            "rewards": verdict.rewards, "reward": verdict.reward, "reason": verdict.rejected, "dropped": dropped,
+            "finish_reason": sample.finish_reason, "truncated": sample.finish_reason == "length",
             "sampling": sample.sampling, "timing": sample.timing, "usage": sample.usage}
 
 

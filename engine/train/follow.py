@@ -2,7 +2,8 @@
 samples.jsonl since its last read (from a byte offset), leaves a half-written last line for the next read, and
 starts over when the file was rewritten (a resume truncates both files to its checkpoint's step); `SampleIndex`
 indexes samples.jsonl by step and prompt. `eta` splits the time left of a run into generation and training;
-`trace_progress_history` and `trace_records` read a trace-generation run's files in the same shapes.
+`trace_progress_history` and `trace_records` read a trace-generation run's files (traces, progress, rejected
+replies) in the same shapes.
 
 It knows the files' formats and the metric names of the step times; what the metrics mean is for others.
 """
@@ -287,32 +288,50 @@ def trace_progress_history(records: Sequence[Mapping], last: Mapping | None = No
     return history
 
 
-def trace_records(traces: Sequence[Mapping], progress: Sequence[Mapping], pass_threshold: float = 1.0) -> list[dict]:
+def trace_records(traces: Sequence[Mapping], progress: Sequence[Mapping], rejected: Sequence[Mapping] = (),
+                  pass_threshold: float = 1.0) -> list[dict]:
     """A trace-generation run's files as rollout records (samples.jsonl's shape), one per finished prompt,
-    numbered as its `sample` events are: the kept replies of the traces file (`accepted` True) with their
-    rewards, and `rejected`, the progress file's count per reason (the rejected replies' text is not written
-    to any file; the job's `sample` events carry it)."""
-    kept: dict[str, list[dict]] = {}
+    numbered as its `sample` events are: the kept replies of the traces file (`accepted` True, `verdict` None)
+    and the replies of the rejected file (engine.distill.generate.rejected_path: `accepted` False, `verdict` the
+    verifier's own reason, None for a passing reply dropped as a duplicate or by the keep rule, `dropped` which),
+    in sample order; `rejected`, the progress file's count per reason, and `samples`. A file written before the
+    rejected file existed gives only the kept replies: the counts say what the rest were."""
+    replies: dict[str, list[tuple[int, dict, dict]]] = {}  # prompt id → (sample, line, completion)
     for row in traces:
         thinking, answer = str(row.get("thinking") or ""), str(row.get("answer") or "")
-        length = (row.get("usage") or {}).get("completion_tokens")
-        kept.setdefault(str(row.get("prompt_id")), []).append({
-            "prompt": row.get("prompt"), "gold": row.get("gold"),
-            "completion": {"text": f"<think>\n{thinking}\n</think>\n\n{answer}", "thinking": thinking,
-                           "answer_text": answer, "rewards": dict(row.get("rewards") or {}),
-                           "reward": row.get("reward"), "accepted": True, "verdict": None,
-                           "length": int(length) if isinstance(length, int | float) else None, "truncated": False}})
+        replies.setdefault(str(row.get("prompt_id")), []).append((_sample_number(row), row, {
+            "text": f"<think>\n{thinking}\n</think>\n\n{answer}", "thinking": thinking, "answer_text": answer,
+            "rewards": dict(row.get("rewards") or {}), "reward": row.get("reward"), "accepted": True,
+            "verdict": None, "length": _tokens(row), "truncated": False}))
+    for row in rejected:
+        thinking, answer = str(row.get("thinking") or ""), str(row.get("answer") or "")
+        reason = row.get("reason")
+        replies.setdefault(str(row.get("prompt_id")), []).append((_sample_number(row), row, {
+            "text": str(row.get("text") or f"<think>\n{thinking}\n</think>\n\n{answer}"), "thinking": thinking,
+            "answer_text": answer, "rewards": dict(row.get("rewards") or {}), "reward": row.get("reward"),
+            "accepted": False, "verdict": None if reason is None else str(reason), "dropped": row.get("dropped"),
+            "length": _tokens(row), "truncated": bool(row.get("truncated"))}))
     records = []
     for record in progress:
         if "prompt_id" not in record:
             continue
         identity = str(record["prompt_id"])
-        rows = kept.get(identity, [])
-        records.append({"step": len(records) + 1, "prompt_id": identity,
-                        "prompt": rows[0]["prompt"] if rows else "", "answer": _text(rows[0]["gold"]) if rows else None,
-                        "completions": [row["completion"] for row in rows],
+        rows = sorted(replies.get(identity, []), key=lambda entry: entry[0])
+        first = rows[0][1] if rows else {}
+        records.append({"step": len(records) + 1, "prompt_id": identity, "prompt": first.get("prompt", ""),
+                        "answer": _text(first.get("gold")), "completions": [entry[2] for entry in rows],
                         "rejected": dict(record.get("rejected") or {}), "samples": record.get("samples")})
     return records
+
+
+def _sample_number(row: Mapping) -> int:
+    value = row.get("sample")
+    return value if isinstance(value, int) else 0
+
+
+def _tokens(row: Mapping) -> int | None:
+    length = (row.get("usage") or {}).get("completion_tokens")
+    return int(length) if isinstance(length, int | float) else None
 
 
 def with_verdicts(record: Mapping, pass_threshold: float = 1.0) -> dict:
