@@ -1,5 +1,6 @@
 """Small widgets and helpers the panes share: a label that elides, a delegate that elides in the middle, a
-theme object-name switch, bold text and a toast with one action ("Deleted · Undo")."""
+theme object-name switch, bold text, a toast with one action ("Deleted · Undo") and the table model of a
+pane's rows (Models, Runs)."""
 
 from __future__ import annotations
 
@@ -103,3 +104,76 @@ class Toast(QtWidgets.QFrame):
         action, self._action, self._on_expire = self._action, None, None
         if action:
             action()
+
+
+SORT_ROLE = Qt.ItemDataRole.UserRole + 1   # what a column sorts by: numbers for numeric columns
+KEY_ROLE = Qt.ItemDataRole.UserRole + 2    # the row's identity (a model's path, a run's id)
+
+
+class RowsModel(QtCore.QAbstractTableModel):
+    """A table of one row object per line, for a QSortFilterProxyModel sorting on SORT_ROLE. A subclass names
+    its COLUMNS and NUMERIC_COLUMNS (right-aligned) and gives `text`, `sort_key` and `key` of a row; `extra`
+    answers any other role (tooltip, colour, icon)."""
+
+    COLUMNS: tuple[str, ...] = ()
+    NUMERIC_COLUMNS: tuple[int, ...] = ()
+
+    def __init__(self, parent: QtCore.QObject | None = None):
+        super().__init__(parent)
+        self._rows: list = []
+
+    def set_rows(self, rows) -> None:
+        self.beginResetModel()
+        self._rows = list(rows)
+        self.endResetModel()
+
+    def rows(self) -> list:
+        return list(self._rows)
+
+    def row_at(self, row: int):
+        return self._rows[row]
+
+    def text(self, row, column: int) -> str:
+        raise NotImplementedError
+
+    def sort_key(self, row, column: int):
+        return self.text(row, column).lower()
+
+    def key(self, row):
+        return None
+
+    def extra(self, row, column: int, role: int):
+        return None
+
+    def alignment(self, column: int) -> Qt.AlignmentFlag:
+        horizontal = Qt.AlignmentFlag.AlignRight if column in self.NUMERIC_COLUMNS else Qt.AlignmentFlag.AlignLeft
+        return horizontal | Qt.AlignmentFlag.AlignVCenter
+
+    def rowCount(self, parent: QtCore.QModelIndex = QtCore.QModelIndex()) -> int:  # noqa: B008 - Qt's signature
+        return 0 if parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent: QtCore.QModelIndex = QtCore.QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.COLUMNS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):
+        if orientation != Qt.Orientation.Horizontal:
+            return None
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self.COLUMNS[section]
+        if role == Qt.ItemDataRole.TextAlignmentRole:
+            return self.alignment(section)
+        return None
+
+    def data(self, index: QtCore.QModelIndex, role: int = Qt.ItemDataRole.DisplayRole):
+        if not index.isValid():
+            return None
+        row, column = self._rows[index.row()], index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self.text(row, column)
+        if role == SORT_ROLE:
+            return self.sort_key(row, column)
+        if role == KEY_ROLE:
+            return self.key(row)
+        if role == Qt.ItemDataRole.TextAlignmentRole:
+            return self.alignment(column)
+        return self.extra(row, column, role)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal, Slot
 from app.theme import colors
-from app.widgets import ElidedLabel, ElideMiddleDelegate, bold, set_style_name
+from app.widgets import KEY_ROLE, SORT_ROLE, ElidedLabel, ElideMiddleDelegate, RowsModel, bold, set_style_name
 from app.workers import JobOutcome, JobStatus, ProcessJob, ThreadJob
 from engine.errors import AhaError
 from engine.jobs import format_bar, format_bytes
@@ -34,8 +34,7 @@ from engine.models.discovery import export_command, is_hf_checkpoint
 COLUMNS = ("Name", "Architecture", "Parameters", "Quantization", "Context", "Size", "Source")
 NAME, ARCHITECTURE, PARAMETERS, QUANTIZATION, CONTEXT, SIZE, SOURCE = range(len(COLUMNS))
 NUMERIC_COLUMNS = (PARAMETERS, CONTEXT, SIZE)
-SORT_ROLE = Qt.ItemDataRole.UserRole + 1
-PATH_ROLE = Qt.ItemDataRole.UserRole + 2
+PATH_ROLE = KEY_ROLE
 SOURCE_LABELS = {"file": "File", "folder": "Folder", "ollama": "Ollama", "lmstudio": "LM Studio",
                  "hf-cache": "HF cache"}
 GGUF_FILTER = "GGUF models (*.gguf);;All files (*)"   # Ollama and HF-cache blobs have no .gguf suffix
@@ -166,59 +165,29 @@ def metadata_text(info: GGUFInfo) -> str:
 
 # --- Small widgets -----------------------------------------------------------------------------------------------
 
-class LibraryModel(QtCore.QAbstractTableModel):
+class LibraryModel(RowsModel):
     """The rows of the table: one ModelRow each. SORT_ROLE gives numbers for numeric columns."""
 
-    def __init__(self, parent: QtCore.QObject | None = None):
-        super().__init__(parent)
-        self._rows: list[ModelRow] = []
-
-    def set_rows(self, rows: Iterable[ModelRow]) -> None:
-        self.beginResetModel()
-        self._rows = list(rows)
-        self.endResetModel()
-
-    def rows(self) -> list[ModelRow]:
-        return list(self._rows)
-
-    def row_at(self, row: int) -> ModelRow:
-        return self._rows[row]
+    COLUMNS, NUMERIC_COLUMNS = COLUMNS, NUMERIC_COLUMNS
 
     def row_of(self, path: str) -> int | None:
         wanted = os.path.realpath(path)
         return next((i for i, row in enumerate(self._rows) if os.path.realpath(row.path) == wanted), None)
 
-    def rowCount(self, parent: QtCore.QModelIndex = QtCore.QModelIndex()) -> int:  # noqa: B008 - Qt's signature
-        return 0 if parent.isValid() else len(self._rows)
+    def text(self, row: ModelRow, column: int) -> str:
+        return cell_text(row, column)
 
-    def columnCount(self, parent: QtCore.QModelIndex = QtCore.QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(COLUMNS)
+    def sort_key(self, row: ModelRow, column: int) -> str | float:
+        return sort_key(row, column)
 
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):
-        if orientation != Qt.Orientation.Horizontal:
-            return None
-        if role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[section]
-        if role == Qt.ItemDataRole.TextAlignmentRole:
-            return _alignment(section)
-        return None
+    def key(self, row: ModelRow) -> str:
+        return row.path
 
-    def data(self, index: QtCore.QModelIndex, role: int = Qt.ItemDataRole.DisplayRole):
-        if not index.isValid():
-            return None
-        row, column = self._rows[index.row()], index.column()
-        if role == Qt.ItemDataRole.DisplayRole:
-            return cell_text(row, column)
-        if role == SORT_ROLE:
-            return sort_key(row, column)
-        if role == PATH_ROLE:
-            return row.path
+    def extra(self, row: ModelRow, column: int, role: int):
         if role == Qt.ItemDataRole.ToolTipRole:
             return row.problem or _tooltip(row, column)
         if role == Qt.ItemDataRole.ForegroundRole:
             return _foreground(row, column)
-        if role == Qt.ItemDataRole.TextAlignmentRole:
-            return _alignment(column)
         if role == Qt.ItemDataRole.DecorationRole and column == NAME and row.problem:
             return QtWidgets.QApplication.style().standardIcon(QtWidgets.QStyle.StandardPixmap.SP_MessageBoxWarning)
         return None
@@ -254,11 +223,6 @@ def _tooltip(row: ModelRow, column: int) -> str | None:
     if column == SOURCE:
         return f"{source_text(row.entry)}\n{row.path}"
     return row.path if column == NAME else None
-
-
-def _alignment(column: int) -> Qt.AlignmentFlag:
-    horizontal = Qt.AlignmentFlag.AlignRight if column in NUMERIC_COLUMNS else Qt.AlignmentFlag.AlignLeft
-    return horizontal | Qt.AlignmentFlag.AlignVCenter
 
 
 def _foreground(row: ModelRow, column: int) -> QtGui.QColor | None:

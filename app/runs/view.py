@@ -16,7 +16,16 @@ from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal, Slot
 from app.runs.dashboard import RunDashboard
 from app.runs.rollouts import RolloutBrowser
 from app.theme import colors
-from app.widgets import ElidedLabel, ElideMiddleDelegate, Toast, bold, set_style_name
+from app.widgets import (
+    KEY_ROLE,
+    SORT_ROLE,
+    ElidedLabel,
+    ElideMiddleDelegate,
+    RowsModel,
+    Toast,
+    bold,
+    set_style_name,
+)
 from app.workers import TRAINING_GRACE_S, JobOutcome, ProcessJob, ThreadJob
 from engine import run_index
 from engine.errors import AhaError
@@ -26,8 +35,7 @@ from engine.store import Store
 COLUMNS = ("ID", "Kind", "Model", "Dataset", "Status", "Steps", "Started", "Duration", "Key metric", "Folder")
 ID, KIND, MODEL, DATASET, STATUS, STEPS, STARTED, DURATION, METRIC, FOLDER = range(len(COLUMNS))
 NUMERIC_COLUMNS = (ID, STEPS, DURATION)
-SORT_ROLE = Qt.ItemDataRole.UserRole + 1
-RUN_ID_ROLE = Qt.ItemDataRole.UserRole + 2
+RUN_ID_ROLE = KEY_ROLE
 KIND_CHOICES = ("grpo", "distill-sft", "distill-kd", "generate", "export")
 STATUS_CHOICES = ("running", "complete", "cancelled", "crashed", "error")
 RESUMABLE = ("cancelled", "crashed")
@@ -78,12 +86,10 @@ def sort_key(row: RunRow, column: int) -> str | float:
     return cell_text(row, column).lower()
 
 
-class RunsModel(QtCore.QAbstractTableModel):
+class RunsModel(RowsModel):
     """The rows of the table: one RunRow each. A poll that finds the same runs only repaints (the selection stays)."""
 
-    def __init__(self, parent: QtCore.QObject | None = None):
-        super().__init__(parent)
-        self._rows: list[RunRow] = []
+    COLUMNS, NUMERIC_COLUMNS = COLUMNS, NUMERIC_COLUMNS
 
     def set_rows(self, rows: list[RunRow]) -> None:
         if [row.id for row in rows] == [row.id for row in self._rows]:
@@ -91,42 +97,21 @@ class RunsModel(QtCore.QAbstractTableModel):
             if rows:
                 self.dataChanged.emit(self.index(0, 0), self.index(len(rows) - 1, len(COLUMNS) - 1))
             return
-        self.beginResetModel()
-        self._rows = list(rows)
-        self.endResetModel()
-
-    def rows(self) -> list[RunRow]:
-        return list(self._rows)
-
-    def row_at(self, row: int) -> RunRow:
-        return self._rows[row]
+        super().set_rows(rows)
 
     def find(self, run_id: int) -> RunRow | None:
         return next((row for row in self._rows if row.id == run_id), None)
 
-    def rowCount(self, parent: QtCore.QModelIndex = QtCore.QModelIndex()) -> int:  # noqa: B008 - Qt's signature
-        return 0 if parent.isValid() else len(self._rows)
+    def text(self, row: RunRow, column: int) -> str:
+        return cell_text(row, column)
 
-    def columnCount(self, parent: QtCore.QModelIndex = QtCore.QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(COLUMNS)
+    def sort_key(self, row: RunRow, column: int):
+        return sort_key(row, column)
 
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[section]
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.TextAlignmentRole:
-            return _alignment(section)
-        return None
+    def key(self, row: RunRow) -> int:
+        return row.id
 
-    def data(self, index: QtCore.QModelIndex, role: int = Qt.ItemDataRole.DisplayRole):
-        if not index.isValid():
-            return None
-        row, column = self._rows[index.row()], index.column()
-        if role == Qt.ItemDataRole.DisplayRole:
-            return cell_text(row, column)
-        if role == SORT_ROLE:
-            return sort_key(row, column)
-        if role == RUN_ID_ROLE:
-            return row.id
+    def extra(self, row: RunRow, column: int, role: int):
         if role == Qt.ItemDataRole.ToolTipRole:
             return {MODEL: row.summary.model, DATASET: row.summary.dataset, FOLDER: row.summary.dir}.get(column)
         if role == Qt.ItemDataRole.ForegroundRole and column == STATUS:
@@ -134,14 +119,7 @@ class RunsModel(QtCore.QAbstractTableModel):
             color = {"crashed": palette.danger, "error": palette.danger, "cancelled": palette.warning}.get(
                 row.status, palette.accent if row.running else None)
             return QtGui.QColor(color) if color else None
-        if role == Qt.ItemDataRole.TextAlignmentRole:
-            return _alignment(column)
         return None
-
-
-def _alignment(column: int) -> Qt.AlignmentFlag:
-    horizontal = Qt.AlignmentFlag.AlignRight if column in NUMERIC_COLUMNS else Qt.AlignmentFlag.AlignLeft
-    return horizontal | Qt.AlignmentFlag.AlignVCenter
 
 
 class RunsFilter(QtCore.QSortFilterProxyModel):
