@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from app.qt import Qt, QtGui, QtWidgets
 
 ACCENT = "#7c5cff"
+# A ticked box's mark: Fusion's own outline is drawn from the window colour, which leaves an unticked box
+# nearly invisible on the dark palette, so the indicators are styled here, and a styled box needs its mark.
+CHECK_MARK = (Path(__file__).resolve().parents[1] / "assets" / "check.svg").as_posix()
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,15 @@ def stylesheet(c: Colors) -> str:
     #Toast QPushButton {{ color: {c.window}; background: transparent; border: 1px solid {c.window};
                           border-radius: 6px; padding: 2px 10px; font-weight: 600; }}
     QToolButton#LinkButton {{ border: none; color: {c.accent}; }}
+    QCheckBox::indicator, QRadioButton::indicator, QGroupBox::indicator {{
+        width: 12px; height: 12px; border: 1px solid {c.muted}; background: {c.surface}; border-radius: 3px; }}
+    QRadioButton::indicator {{ border-radius: 7px; }}
+    QRadioButton::indicator:checked {{ border: 1px solid {c.accent}; background: qradialgradient(cx: 0.5,
+        cy: 0.5, radius: 0.5, fx: 0.5, fy: 0.5, stop: 0 {c.accent}, stop: 0.5 {c.accent}, stop: 0.6 {c.surface}); }}
+    QCheckBox::indicator:checked, QGroupBox::indicator:checked {{ background: {c.accent};
+        border: 1px solid {c.accent}; image: url({CHECK_MARK}); }}
+    QCheckBox::indicator:disabled, QRadioButton::indicator:disabled {{ border-color: {c.border};
+        background: {c.surface_alt}; }}
     """
 
 
