@@ -192,6 +192,9 @@ class JobState(enum.Enum):
     DETACHED = "detached"
 
 
+# What the user calls a job of each run kind (engine.run_index's kinds); other kinds are named as they are.
+KIND_NAMES = {"grpo": "GRPO", "sft": "SFT", "distill-sft": "SFT", "distill-kd": "KD", "generate": "trace generation"}
+
 # How long a training job may take to answer Stop before it is terminated: the current step and a
 # checkpoint, which on a large model take minutes (the default of 5 s suits a download, not a training step).
 TRAINING_GRACE_S = 600.0
@@ -249,8 +252,9 @@ class ProcessJob(QtCore.QObject):
 
     @property
     def title(self) -> str:
-        """What the user calls this job: "grpo run 7", "download"."""
-        return f"{self.kind} run {self.run_id}" if self.run_id is not None else self.kind
+        """What the user calls this job: "GRPO run 7", "download"."""
+        name = KIND_NAMES.get(self.kind, self.kind)
+        return f"{name} run {self.run_id}" if self.run_id is not None else name
 
     def start(self) -> ProcessJob:
         if self.state != JobState.NOT_STARTED:

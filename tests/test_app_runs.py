@@ -135,7 +135,7 @@ def test_a_followed_grpo_job_stops_resumes_crashes_and_resumes_to_complete(qtbot
     qtbot.waitUntil(lambda: status_of(pane, run_id) == "cancelled")
     cancelled_at = stopped.args[0].result["step"]
     assert cancelled_at < 4 and (run_dir / "checkpoints" / f"step-{cancelled_at}").is_dir()
-    assert pane.resume_action.isEnabled() and pane.status.full_text().startswith(f"Grpo run {run_id} cancelled")
+    assert pane.resume_action.isEnabled() and pane.status.full_text().startswith(f"GRPO run {run_id} cancelled")
 
     pane.resume_action.trigger()
     qtbot.waitUntil(lambda: pane.job_for(run_id) is not None)

@@ -130,7 +130,7 @@ def test_events_arrive_whole_and_garbage_becomes_warnings(qtbot, child):
     assert outcome.status == JobStatus.COMPLETE == "complete" and outcome.exit_code == 0
     assert outcome.result == {"step": 2, "adapter": "/runs/7/adapter"} and outcome.error is None
     assert outcome.stderr_tail == ("a warning on stderr",)
-    assert str(outcome) == "Grpo run 7 complete." and outcome.title == "grpo run 7"
+    assert str(outcome) == "GRPO run 7 complete." and outcome.title == "GRPO run 7"
 
 
 def test_a_last_line_without_its_newline_is_still_read(qtbot, child):
@@ -143,7 +143,7 @@ def test_exit_2_with_an_error_event_is_an_error_with_its_message(qtbot, child):
     assert types(events) == ["start", "error"]
     assert (outcome.status, outcome.exit_code) == (JobStatus.ERROR, 2)
     assert outcome.error == "model 'x' is not in the library"
-    assert str(outcome) == "Grpo run 7 failed: model 'x' is not in the library"
+    assert str(outcome) == "GRPO run 7 failed: model 'x' is not in the library"
 
 
 def test_exit_1_is_an_error_with_the_last_stderr_line(qtbot, child):
@@ -155,7 +155,7 @@ def test_exit_1_is_an_error_with_the_last_stderr_line(qtbot, child):
 def test_exit_0_without_a_final_event_is_a_crash(qtbot, child):
     outcome, _ = run_to_end(qtbot, child, "no-final-event")
     assert (outcome.status, outcome.exit_code, outcome.error) == (JobStatus.CRASHED, 0, None)
-    assert str(outcome) == "Grpo run 7 ended without reporting how."
+    assert str(outcome) == "GRPO run 7 ended without reporting how."
 
 
 def test_the_stderr_tail_keeps_the_last_lines_and_a_redrawn_bars_last_frame(qtbot, child):
@@ -163,7 +163,7 @@ def test_the_stderr_tail_keeps_the_last_lines_and_a_redrawn_bars_last_frame(qtbo
     assert (outcome.status, outcome.exit_code) == (JobStatus.CRASHED, 3)
     assert len(outcome.stderr_tail) == ProcessJob.STDERR_LINES
     assert outcome.stderr_tail[0] == "stderr line 11" and outcome.error == "100% last frame"
-    assert str(outcome) == "Grpo run 7 crashed (exit status 3): 100% last frame"
+    assert str(outcome) == "GRPO run 7 crashed (exit status 3): 100% last frame"
 
 
 @platforms.posix_signals
@@ -180,7 +180,7 @@ def test_cancel_goes_through_stdin_and_ends_cancelled(qtbot, child):
     outcome, events = run_to_end(qtbot, child, "honours-cancel", cancel=True)
     assert types(events) == ["start", "done"] and events[-1]["status"] == "cancelled"
     assert (outcome.status, outcome.exit_code, outcome.forced) == (JobStatus.CANCELLED, 130, False)
-    assert outcome.result == {"step": 3} and str(outcome) == "Grpo run 7 cancelled at step 3."
+    assert outcome.result == {"step": 3} and str(outcome) == "GRPO run 7 cancelled at step 3."
     assert time.monotonic() - started < 2.0     # no grace period was waited for
 
 
@@ -294,7 +294,7 @@ def test_closing_the_window_asks_while_a_job_runs_and_then_leaves_it_running(qtb
     monkeypatch.setattr(QtWidgets.QMessageBox, "question", answer(QtWidgets.QMessageBox.StandardButton.Cancel))
     window.close()
     assert window.isVisible() and job.is_running()
-    assert asked[0].startswith("1 job still running: grpo run 7.") and "keeps running" in asked[0]
+    assert asked[0].startswith("1 job still running: GRPO run 7.") and "keeps running" in asked[0]
     monkeypatch.setattr(QtWidgets.QMessageBox, "question", answer(QtWidgets.QMessageBox.StandardButton.Close))
     window.close()
     assert not window.isVisible() and not job.is_running() and running_jobs() == []
