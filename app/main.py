@@ -67,6 +67,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._add_pane("Export", self.export, "export")
         self._connect_panes()
         self.sidebar.currentRowChanged.connect(self.stack.setCurrentIndex)
+        self.sidebar.currentRowChanged.connect(lambda _: self.statusBar().clearMessage())  # one pane's news only
         side = QtWidgets.QWidget(objectName="Sidebar")
         side.setFixedWidth(150)
         side_layout = QtWidgets.QVBoxLayout(side)
