@@ -369,6 +369,7 @@ class ExportPane(QtWidgets.QWidget):
         ready = source is not None and bool(output) and named and not running
         self.export_button.setEnabled(ready)
         self.command_line.setText("aha " + shlex.join(self.export_args()) if source else "")
+        self.command_line.setCursorPosition(0)  # "aha export SOURCE …" in view, not the line's tail
         if not running:
             self.stages = export_stages(self.out_type, adapter=source.adapter if source else None,
                                         adapter_only=self.adapter_only, ollama="x" if self._registering() else None,
