@@ -39,7 +39,7 @@ class RolloutThought(ThinkBlock):
 
     def _update_header(self) -> None:
         lines = self.text().count("\n") + 1 if self.text() else 0
-        what = "Cut by the length limit while thinking" if self.unfinished else "Thought"
+        what = "Cut off while thinking" if self.unfinished else "Thought"
         self.header.setText(f"{what} · {lines} line{'s' if lines != 1 else ''}")
         self.header.setToolTip(self.header.text())
 
