@@ -19,7 +19,7 @@ from app.qt import Qt, QtCore, QtWidgets
 from engine.train.follow import SampleIndex, read_jsonl, trace_records, with_verdicts
 
 POLL_MS = 1000
-CARD_WIDTH = 300
+CARD_WIDTH = 270  # four side by side next to the prompt list in a 1600 px window
 SORTS = {"as sampled": None, "reward, best first": True, "reward, worst first": False}
 
 
