@@ -20,7 +20,20 @@ one theme) to the next.
 
 Three more pictures show the window's hard cases: a 200-character title with Settings open (the window
 must keep its width, which is checked), the "Deleted · Undo" toast after deleting a chat, and the reply
-that ended inside its thought. A check that fails is printed after all pictures are written, and the
+that ended inside its thought.
+
+The Train, Runs and Export pictures come from real training on this machine: in each theme's window, two
+GRPO runs of the tiny Qwen2 checkpoint (random weights, the R1 template) on the built-in addition task are
+started from the Train form (the CPU smoke-test preset, longer: 6 and 12 steps, 4 completions of 16 tokens),
+and run as `aha grpo` children. The Train pictures show the form of the second with its dataset preview
+and the rendered first prompt, then (scrolled down) a reward check sampled from the model; "Show command"
+in both. The Runs pictures
+show the table with both runs, the dashboard of the 12-step run (its learning-signal warnings too: an
+untrained model clips every completion and earns no reward, which the dashboard says), its rollouts at
+the last step and the two runs compared; the Export picture, that run's adapter merged into an f32 GGUF and
+checked against the HF model. `AHA_SCREENSHOTS=train` (or `chat`) takes only those pictures.
+
+A check that fails is printed after all pictures are written, and the
 exit status is 1.
 """
 
@@ -166,7 +179,8 @@ def last_reply(pane):
     return replies[-1]
 
 
-def shoot(out_dir: Path, theme_name: str, work: Path, models: dict[str, Path], problems: list[str]) -> list[Path]:
+def shoot(out_dir: Path, theme_name: str, work: Path, models: dict[str, Path], problems: list[str],
+          parts: set[str]) -> list[Path]:
     """Every picture in one theme; what a picture shows wrongly (a check that failed) goes into `problems`."""
     from app import theme
     from app.main import MainWindow
@@ -176,23 +190,29 @@ def shoot(out_dir: Path, theme_name: str, work: Path, models: dict[str, Path], p
     home = work / f"home-{theme_name}"
     os.environ["AHA_HOME"] = str(home)
     os.environ["AHA_THEME"] = theme_name
-    Library().add(work / "models")
+    if models:
+        Library().add(work / "models")
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     theme.apply(app)
     window = MainWindow()
     window.resize(1280, 800)
     window.show()
     written = []
-    thinker, brief = models["tiny-thinker-qwen2-f16"], models["tiny-brief-llama-q8_0"]
 
-    def grab(name: str) -> None:
+    def grab(name: str, widget=None) -> None:
         if app.focusWidget() is not None:
             app.focusWidget().clearFocus()  # no text cursor blinking in the picture
         settle(app)
         path = out_dir / f"{name}-{theme_name}.png"
-        window.grab().save(str(path))
+        (widget or window).grab().save(str(path))
         written.append(path)
 
+    if "train" in parts:
+        shoot_training(app, window, grab, work, problems, theme_name)
+    if "chat" not in parts:
+        window.close()
+        return written
+    thinker, brief = models["tiny-thinker-qwen2-f16"], models["tiny-brief-llama-q8_0"]
     window.show_pane("chat")
     chat = window.chat
     chat.settings.preset.setCurrentText(GREEDY)
@@ -263,6 +283,144 @@ def shoot(out_dir: Path, theme_name: str, work: Path, models: dict[str, Path], p
     return written
 
 
+TRAIN_STEPS = 12  # the CPU smoke-test preset, longer: enough points for a curve, about half a minute on a CPU
+SECOND_STEPS = 6  # the compare picture's second run
+SMOKE = "CPU smoke test"
+LENGTH = "completions/mean_length"
+
+
+def build_checkpoint(work: Path) -> Path:
+    """The tiny Qwen2 HF checkpoint (the R1 template, random weights) that the Train pictures fine-tune."""
+    sys.path.insert(0, str(ROOT))
+    from tests.tiny_models import make_checkpoint
+
+    folder = work / "checkpoints" / "qwen2"
+    if not (folder / "model.safetensors").exists():
+        make_checkpoint(folder, "qwen2")
+    return folder
+
+
+def run_grpo(app, window, base: Path, steps: int, temperature: float):
+    """Fill the Train form (the smoke-test preset on CPU, `steps` steps), Start it, wait for the run to end."""
+    from app.workers import JobStatus
+
+    train = window.train
+    window.show_pane("train")
+    train.set_kind("grpo")
+    train.model.set_model(str(base))
+    train.apply_preset(SMOKE)
+    values = {**train.values(), "device": "cpu", "max_steps": steps, "save_steps": steps, "num_generations": 4,
+              "max_completion_length": 16, "seed": 3, "temperature": temperature}
+    train.set_values(values)
+    job = train.start()
+    if job is None:
+        raise RuntimeError(f"screenshots: the Train pane did not start the run: {train.status.text()}")
+    outcomes = []
+    job.finished.connect(outcomes.append)
+    wait_until(app, lambda: bool(outcomes), f"the {steps}-step GRPO run", 600)
+    if outcomes[0].status != JobStatus.COMPLETE:
+        raise RuntimeError(f"screenshots: the GRPO run did not complete: {outcomes[0]}")
+    return job
+
+
+def shoot_training(app, window, grab, work: Path, problems: list[str], theme_name: str) -> None:
+    """Train (filled, dataset preview, reward check, command), Runs (dashboard, rollouts, compare), Export."""
+    from app.qt import QtCore, QtWidgets
+
+    base = build_checkpoint(work)
+    train, runs, export = window.train, window.runs, window.export
+    window.resize(1280, 800)
+
+    # a short run first (its curves are the compare picture's second line), then the one the pictures show
+    first = run_grpo(app, window, base, SECOND_STEPS, temperature=0.7)
+    run_grpo_job = run_grpo(app, window, base, TRAIN_STEPS, temperature=1.0)
+    window.show_pane("train")
+    train.dataset.request_preview()
+    wait_until(app, train.idle, "the dataset preview", 120)
+    train.check_rewards()
+    wait_until(app, train.idle, "the reward check", 300)
+    train.show_command()
+    if train.dataset.preview is None or not train.dataset.rendered.toPlainText():
+        problems.append(f"{theme_name}: the Train pane shows no dataset preview or rendered prompt")
+    if train.rewards.results.rowCount() == 0:
+        problems.append(f"{theme_name}: the reward check shows no results")
+    if not train.command_line.text().startswith("aha grpo"):
+        problems.append(f"{theme_name}: Show command shows {train.command_line.text()!r}")
+    grab("train")  # model, dataset preview, the rendered first prompt
+    left = train.rewards.parentWidget()
+    while not isinstance(left, QtWidgets.QScrollArea):
+        left = left.parentWidget()
+    left.ensureWidgetVisible(train.rewards.results)  # the reward check's table, below model and dataset
+    grab("train-rewards")
+    left.verticalScrollBar().setValue(0)
+
+    window.show_pane("runs")
+    runs.select_run(run_grpo_job.run_id)
+    dashboard, rollouts = runs.dashboard, runs.rollouts
+    wait_until(app, lambda: runs.selected_row() is not None and runs.selected_row().id == run_grpo_job.run_id
+               and runs.selected_row().status == "complete", "the run's row", 30)
+    wait_until(app, lambda: "Reward" in dashboard.plots and dashboard.plots["Reward"].points("reward") == TRAIN_STEPS,
+               "the dashboard's curves", 30)
+    runs.tabs.setCurrentWidget(dashboard)
+    runs.splitter.setSizes([120, 600])  # two rows need no more: the curves get the room, as a user drags it
+    time.sleep(0.3)
+    grab("runs-dashboard")
+    if runs.model.rowCount() < 2:
+        problems.append(f"{theme_name}: the Runs table has {runs.model.rowCount()} rows, not the two runs")
+
+    runs.tabs.setCurrentWidget(rollouts)
+    wait_until(app, lambda: rollouts.steps() == list(range(1, TRAIN_STEPS + 1)), "the rollouts", 30)
+    rollouts.show_step(TRAIN_STEPS)
+    window.resize(1600, 800)  # four 300 px completions side by side, next to the prompt list
+    rollouts.list.setCurrentRow(0)
+    settle(app)
+    for card in rollouts.cards:
+        card.think.header.click()  # the traces open, as a reader would
+    settle(app)
+    if len(rollouts.cards) != 4:
+        problems.append(f"{theme_name}: the rollout browser shows {len(rollouts.cards)} completions, not 4")
+    grab("runs-rollouts")
+    window.resize(1280, 800)
+    runs.tabs.setCurrentWidget(dashboard)
+
+    selection = runs.table.selectionModel()  # both runs selected, as Ctrl+click does, then Compare
+    for job in (first, run_grpo_job):
+        index = runs._proxy_index(job.run_id)
+        selection.select(index, QtCore.QItemSelectionModel.SelectionFlag.Select
+                         | QtCore.QItemSelectionModel.SelectionFlag.Rows)
+    settle(app)
+    runs.compare_selected()
+    comparison = runs.comparison
+    if comparison is None:
+        problems.append(f"{theme_name}: Compare opened nothing: {runs.status.text()}")
+    else:
+        comparison.resize(1100, 700)
+        comparison.metric_box.setCurrentText(LENGTH)  # the runs differ in temperature: their lengths differ
+        settle(app)
+        time.sleep(0.3)
+        settle(app)
+        grab("runs-compare", comparison)
+        if len(comparison.legend_names()) != 2:
+            problems.append(f"{theme_name}: the comparison overlays {comparison.legend_names()}")
+        comparison.close()
+    runs.select_run(run_grpo_job.run_id)
+    settle(app)
+
+    runs.export_selected()  # Export… on the run: its adapter on its base
+    wait_until(app, lambda: export.source is not None, "the export source", 60)
+    export.type_combo.setCurrentIndex(export.type_combo.findData("f32"))
+    export.check_box.setChecked(True)
+    job = export.start_export()
+    if job is None:
+        raise RuntimeError(f"screenshots: the Export pane did not start: {export.outcome_line.text()}")
+    outcomes = []
+    job.finished.connect(outcomes.append)
+    wait_until(app, lambda: bool(outcomes), "the export", 300)
+    if export.check_list.count() == 0 or export.check_list.item(0).text() != "Check passed":
+        problems.append(f"{theme_name}: the export check did not pass: {export.check_lines()}")
+    grab("export")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     out_dir = Path(args[0] if args else ROOT / "docs" / "screenshots")
@@ -271,11 +429,16 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # no display: Qt's offscreen platform
     started = time.monotonic()
     problems: list[str] = []
+    parts = set((os.environ.get("AHA_SCREENSHOTS") or "chat,train").split(","))  # e.g. train: only those
+    if not parts <= {"chat", "train"}:
+        print(f"screenshots: AHA_SCREENSHOTS={os.environ['AHA_SCREENSHOTS']!r}: use chat, train or chat,train",
+              file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="aha-screenshots-") as work:
-        models = build_models(Path(work))
+        models = build_models(Path(work)) if "chat" in parts else {}
         print(f"models ready after {time.monotonic() - started:.0f} s", flush=True)
         written = [path for theme_name in ("light", "dark")
-                   for path in shoot(out_dir, theme_name, Path(work), models, problems)]
+                   for path in shoot(out_dir, theme_name, Path(work), models, problems, parts)]
     for path in written:
         print(path)
     from app.qt import QtGui

@@ -93,6 +93,10 @@ def test_export_a_runs_adapter_merged_and_checked(qtbot, pane, checkpoint, tmp_p
     store.add_artifact("adapter", adapter, run_id=run_id)
     pane.refresh_runs()
     assert pane.runs_combo.count() == 2 and pane.runs_combo.itemText(1).startswith(f"grpo run {run_id} · final/adapter")
+    pane.set_source(str(adapter), str(base))                 # as Export… in the Runs pane sends it: the combo names it
+    assert pane.runs_combo.currentIndex() == 1
+    pane.set_source(str(base))
+    assert pane.runs_combo.currentIndex() == 0
     pane.runs_combo.setCurrentIndex(1)
     pane.runs_combo.activated.emit(1)
     wait_for_source(qtbot, pane)

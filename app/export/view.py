@@ -207,6 +207,7 @@ class ExportPane(QtWidgets.QWidget):
         """An adapter folder (with `base`, its base checkpoint) or an HF checkpoint folder."""
         self.source_edit.setText(path)
         self.base_edit.setText(base)
+        self._show_chosen_run()
         self._describe()
 
     def refresh_runs(self) -> None:
@@ -216,6 +217,14 @@ class ExportPane(QtWidgets.QWidget):
         self.runs_combo.addItem("— none chosen —" if found else "no run has saved an adapter yet", None)
         for item in found:
             self.runs_combo.addItem(item.label, item)
+        self._show_chosen_run()
+
+    def _show_chosen_run(self) -> None:
+        """The runs combo names the run whose adapter is the source (one sent from the Runs pane, too)."""
+        path = self.source_edit.text().strip()
+        self.runs_combo.setCurrentIndex(next(
+            (index for index in range(1, self.runs_combo.count()) if path
+             and Path(self.runs_combo.itemData(index).adapter) == Path(path)), 0))
 
     def showEvent(self, event: QtGui.QShowEvent) -> None:
         super().showEvent(event)
@@ -369,6 +378,7 @@ class ExportPane(QtWidgets.QWidget):
         ready = source is not None and bool(output) and named and not running
         self.export_button.setEnabled(ready)
         self.command_line.setText("aha " + shlex.join(self.export_args()) if source else "")
+        self.command_line.setCursorPosition(0)  # "aha export SOURCE …" in view, not the line's tail
         if not running:
             self.stages = export_stages(self.out_type, adapter=source.adapter if source else None,
                                         adapter_only=self.adapter_only, ollama="x" if self._registering() else None,

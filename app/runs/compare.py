@@ -61,6 +61,7 @@ class RunComparison(QtWidgets.QDialog):
         plot.showGrid(x=True, y=True, alpha=0.2)
         plot.setLabel("bottom", "step", color=palette.text)
         for axis in ("bottom", "left"):
+            plot.getAxis(axis).enableAutoSIPrefix(False)  # a flat 0 reward read "reward (x0.001)" from -400 to 400
             plot.getAxis(axis).setTextPen(palette.text)
             plot.getAxis(axis).setPen(palette.border)
         self.legend = plot.addLegend(offset=(10, 10), labelTextColor=palette.text)

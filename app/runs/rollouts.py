@@ -19,7 +19,7 @@ from app.qt import Qt, QtCore, QtWidgets
 from engine.train.follow import SampleIndex, read_jsonl, trace_records, with_verdicts
 
 POLL_MS = 1000
-CARD_WIDTH = 300
+CARD_WIDTH = 270  # four side by side next to the prompt list in a 1600 px window
 SORTS = {"as sampled": None, "reward, best first": True, "reward, worst first": False}
 
 
@@ -39,7 +39,7 @@ class RolloutThought(ThinkBlock):
 
     def _update_header(self) -> None:
         lines = self.text().count("\n") + 1 if self.text() else 0
-        what = "Cut by the length limit while thinking" if self.unfinished else "Thought"
+        what = "Cut off while thinking" if self.unfinished else "Thought"
         self.header.setText(f"{what} · {lines} line{'s' if lines != 1 else ''}")
         self.header.setToolTip(self.header.text())
 

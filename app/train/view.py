@@ -184,6 +184,7 @@ class TrainPane(QtWidgets.QWidget):
             self._say(str(error), warning=True)
             return None
         self.command_line.setText(line)
+        self.command_line.setCursorPosition(0)  # "aha grpo --model …" in view, not the line's tail
         self._say("the command Start runs; Copy puts it on the clipboard")
         return line
 
@@ -196,6 +197,7 @@ class TrainPane(QtWidgets.QWidget):
             self._say(str(error), warning=True)
             return None
         self.command_line.setText(commands.shell_line(args))
+        self.command_line.setCursorPosition(0)
         job = ProcessJob(args, self, grace_s=TRAINING_GRACE_S)   # Stop waits for the step and its checkpoint
         job.finished.connect(lambda outcome, job=job: self._on_job_finished(job, outcome))
         self.jobs.append(job)
