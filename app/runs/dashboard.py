@@ -497,6 +497,7 @@ class RunDashboard(QtWidgets.QWidget):
             item.getViewBox().setMouseEnabled(x=True, y=False)
             item.getAxis("left").enableAutoSIPrefix(False)  # a learning rate of 1e-5 keeps its tick labels
             item.getAxis("left").setWidth(52)  # room for "7.5e-06" from the first paint on
+            item.hideAxis("right")  # given as an axis item, it shows; _Plot shows it for a plot with right metrics
             self._style_item(title, item)
         return item
 
