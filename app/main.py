@@ -155,9 +155,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.models.start_download(repo, filename)
 
     def _connect_panes(self) -> None:
-        """The training panes hand work to each other; each one's one-line messages go to the status bar."""
-        for pane in (self.train, self.runs):
-            pane.status_message.connect(lambda text: self.statusBar().showMessage(text, 8000))
+        """The training panes hand work to each other (each shows its own one-line messages itself)."""
         self.train.run_started.connect(self._on_run_started)
         self.runs.duplicate_requested.connect(self._on_duplicate_requested)
         self.runs.export_requested.connect(self._on_export_requested)
