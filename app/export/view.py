@@ -103,8 +103,9 @@ class ExportPane(QtWidgets.QWidget):
         self.connection_button = QtWidgets.QPushButton("Check connection")
         self.connection_line = QtWidgets.QLabel(objectName="Muted", wordWrap=True, visible=False)
         self.connection_line.setMinimumWidth(360)
-        self.check_box = QtWidgets.QCheckBox("Check the export: <think> in the template, Ollama's `thinking`, "
-                                             "greedy tokens vs the HF model")
+        self.check_box = QtWidgets.QCheckBox("Check the export")
+        self.check_box.setToolTip("after writing: the template opens <think>, Ollama would report `thinking`, and "
+                                  "greedy tokens of three prompts agree with the HF model")
         self.check_box.setChecked(True)
         self.modelfile_view = QtWidgets.QPlainTextEdit(readOnly=True)
         self.modelfile_view.setFont(QtGui.QFontDatabase.systemFont(QtGui.QFontDatabase.SystemFont.FixedFont))

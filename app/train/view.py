@@ -72,6 +72,9 @@ class TrainPane(QtWidgets.QWidget):
             self.presets.addItem(item.name)
             self.presets.setItemData(self.presets.count() - 1, item.description, Qt.ItemDataRole.ToolTipRole)
         self.presets.activated.connect(self._on_preset)
+        for combo, letters in ((self.method, 10), (self.presets, 10)):   # the pane fits a narrow window
+            combo.setSizeAdjustPolicy(QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(letters)
         load = QtWidgets.QPushButton("Load…")
         load.setToolTip("load settings from a TOML file")
         load.clicked.connect(self._on_load)
@@ -89,7 +92,7 @@ class TrainPane(QtWidgets.QWidget):
         bar.addWidget(self.method)
         bar.addWidget(self.presets)
         bar.addStretch()
-        for button in (load, save, show, self.start_button):
+        for button in (load, save, self.start_button):
             bar.addWidget(button)
 
         self.model = ModelSection()
@@ -118,6 +121,7 @@ class TrainPane(QtWidgets.QWidget):
         copy.clicked.connect(lambda: QtGui.QGuiApplication.clipboard().setText(self.command_line.text()))
         command_row = QtWidgets.QHBoxLayout()
         command_row.addWidget(self.command_line, 1)
+        command_row.addWidget(show)
         command_row.addWidget(copy)
         self.status = QtWidgets.QLabel(objectName="Muted", wordWrap=True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
