@@ -43,6 +43,7 @@ ACCURACY_TABLE = [
     (THOUGHT + "\\boxed{7}", "-7", 0.0),
     (THOUGHT + "\\boxed{-\\frac{3}{4}}", "-0.75", 1.0),
     (THOUGHT + "\\boxed{1,000}", "1000", 1.0),  # thousands separator
+    (THOUGHT + "\\boxed{(3,500)}", "3500", 0.0),  # ...but a pair is no grouped number (scored 1.0 once)
     (THOUGHT + "\\boxed{5\\text{ cm}}", "5", 1.0),  # units
     (THOUGHT + "\\boxed{50\\%}", "50", 1.0),
     (THOUGHT + "\\boxed{x = 5}", "5", 1.0),
@@ -97,6 +98,7 @@ def test_extract_final_answer():
 
 
 def test_math_verify_is_consulted_when_installed(monkeypatch):
+    monkeypatch.setitem(sys.modules, "math_verify", None)  # not installed: the fallback decides
     assert not answers_match("\\sin(\\pi/2)", "1")  # beyond the fallback
     calls = []
     fake = types.SimpleNamespace(parse=lambda text: [text],

@@ -1,6 +1,8 @@
-"""Final answers: extraction (the last \\boxed{…}, else the last number of the answer part) and equivalence
-(math-verify where installed; else our normalisation, fractions, LaTeX to plain and a small exact
-expression parser), the accuracy reward's checker. Strings in, booleans out.
+"""Final answers: extraction (the last \\boxed{…}, else the last number of the answer part) and equivalence,
+the accuracy reward's checker. Strings in, booleans out. math-verify (HF's Math-Verify, a dependency of the
+`train` extra) decides equivalence wherever it parses both answers; our own code decides only where it has no
+opinion: extraction from an unboxed answer (its last number, so "Answer: 42" reads 42), and comparison when
+math-verify is not installed (a base install), fails, or cannot run (its timeouts need the main thread).
 """
 
 from __future__ import annotations
@@ -47,14 +49,16 @@ def last_boxed(text: str) -> str | None:
 
 
 def answers_match(prediction: str, gold: str) -> bool:
-    """Whether a final answer equals the ground truth. math-verify decides where it is installed; the
-    careful fallback below runs too, and either one accepting counts. The fallback normalizes LaTeX
-    (`$`, `\\text{}`, `\\left(`, `\\dfrac`, degrees, `%`, thousands commas, a leading `x =`, trailing
-    unit words), then compares exact numbers (integers, decimals, `a/b`, `\\frac{a}{b}`), then simple
-    expressions symbolically with sympy (parsed by our own small parser: no eval), element by element
-    for tuples."""
-    if _math_verify_equal(prediction, gold):
-        return True
+    """Whether a final answer equals the ground truth. math-verify's verdict wins wherever it parses both
+    (digit groups spaced with `\\,` or `{,}` are first written with commas, which it reads as one number);
+    without one, the fallback below decides. The fallback normalizes LaTeX (`$`, `\\text{}`, `\\left(`,
+    `\\dfrac`, degrees, `%`, a leading `x =`, trailing unit words), removes thousands separators only from a
+    whole answer that is one well-formed grouped number (`1,234,567`: never `(3,500)` or `1,2,3`), then
+    compares exact numbers (integers, decimals, `a/b`, `\\frac{a}{b}`), then simple expressions
+    symbolically with sympy (parsed by our own small parser: no eval), element by element for tuples."""
+    verdict = _math_verify_verdict(_comma_groups(prediction), _comma_groups(gold))
+    if verdict is not None:
+        return verdict
     return _equal(_normalize(prediction), _normalize(gold))
 
 
@@ -96,32 +100,51 @@ def _brace_group(text: str, start: int) -> tuple[str, int] | None:
 
 _NUMBER = re.compile(
     r"(?:(?<![\w)\]}])-)?\\[dt]?frac\{-?\d+(?:\.\d+)?\}\{-?\d+(?:\.\d+)?\}"  # \frac{1}{2}
-    r"|(?:(?<![\w)\]}])-)?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)"  # 1,234,567.5
+    # 1,234,567.5, but not inside a pair or list: `(12,102)` is two numbers, not 12102
+    r"|(?:(?<![\w)\]}])-)?(?<![\d.,(\[{])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d|,\d)"
     r"|(?:(?<![\w)\]}])-)?\d+(?:\.\d+)?(?:/\d+)?"  # 12, 0.5, 3/4
 )
 _TEXT_COMMANDS = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{")
+# LaTeX spacing between digits: `3\\,500`, `3{,}500`, `3~500`.
+_DIGIT_SPACING = r"(?:\\[,;:! ]|~|\{,\}|\s)"
+_SPACED_GROUPS = re.compile(rf"(?<![\d.,])\d{{1,3}}(?:{_DIGIT_SPACING}\d{{3}})+(?![\d])")
+_GROUPED_NUMBER = r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?"
+_APART = "\u2423"  # digits kept apart by spacing that is no digit grouping: `1\\,2` is not 12
 _DROP = ("\\left", "\\right", "\\displaystyle", "\\!", "\\,", "\\;", "\\:", "\\ ", "~", "$",
          "^{\\circ}", "^\\circ", "°", "\\%", "%", "{,}")
 
 
 def _normalize(answer: str) -> str:
-    """Canonical text of an answer: LaTeX noise, units and thousands separators removed."""
+    """Canonical text of an answer: LaTeX noise, units and thousands separators removed. A separator goes
+    only from a whole answer that is one well-formed grouped number (1-3 digits, then groups of exactly 3):
+    `1,000` and `3\\,500 cm` are numbers; `(3,500)`, `1,2,3` and `1\\,2` are not concatenated."""
     text = answer.strip().replace("\u2212", "-")  # the Unicode minus sign
     text = text.replace("\\{", "{").replace("\\}", "}")
-    text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    for fraction in ("\\dfrac", "\\tfrac", "\\cfrac"):
+        text = text.replace(fraction, "\\frac")
     text = text.replace("\\(", "").replace("\\)", "").replace("\\[", "").replace("\\]", "").replace("\\$", "")
+    text = _comma_groups(text)
+    text = re.sub(rf"(?<=\d){_DIGIT_SPACING}+(?=\d)", _APART, text)  # 1\,2: no number of its own
     text = _unwrap_text_commands(text)
     for noise in _DROP:
         text = text.replace(noise, "")
     text = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", text)  # \frac12
-    text = re.sub(r"(?<![\d.])(\d{1,3}(?:,\d{3})+)(?!\d)", lambda match: match[1].replace(",", ""), text)
     text = text.strip().rstrip(".").strip()
     if text.count("=") == 1:
         text = re.sub(r"^[A-Za-z](?:_\{?\w+\}?)?\s*=\s*", "", text)  # x = 5
-    unit = re.fullmatch(r"(-?\d+(?:\.\d+)?)\s+[A-Za-z]+(?:\s+[A-Za-z]+)*", text)  # 5 cm, 12 apples
+    # 5 cm, 12 apples, 3,500 m^2, 60 km/h
+    # The space is required: `2x` is no number with a unit.
+    unit = re.fullmatch(rf"({_GROUPED_NUMBER}|-?\d+(?:\.\d+)?)\s+[A-Za-z]+(?:\s*/?\s*[A-Za-z]+)*(?:\^\{{?\d\}}?)?", text)
     if unit:
         text = unit[1]
+    if re.fullmatch(_GROUPED_NUMBER, text):
+        text = text.replace(",", "")
     return re.sub(r"\s+", "", text)
+
+
+def _comma_groups(text: str) -> str:
+    """Digit groups spaced the LaTeX way written with commas: `3\\,500` and `3{,}500` → `3,500`."""
+    return _SPACED_GROUPS.sub(lambda match: re.sub(_DIGIT_SPACING, ",", match[0]), text)
 
 
 def _unwrap_text_commands(text: str) -> str:
@@ -401,16 +424,19 @@ def _bits(number) -> int:
     return int(number.p).bit_length() + int(number.q).bit_length()
 
 
-def _math_verify_equal(prediction: str, gold: str) -> bool:
-    """math-verify's verdict on the two answers (both wrapped in `\\boxed{}`); False when it is not
-    installed or fails on them."""
+def _math_verify_verdict(prediction: str, gold: str) -> bool | None:
+    """math-verify's verdict on the two answers (both wrapped in `\\boxed{}`); None (no opinion) when it
+    is not installed, parses nothing from either, or fails (its timeouts use signal.alarm, which raises
+    outside the main thread)."""
     try:
         import math_verify
-    except ImportError:
-        return False
+    except ImportError:  # a base install without the train extra: the fallback decides
+        return None
     try:
         gold_parsed = math_verify.parse(f"\\boxed{{{gold}}}")
         prediction_parsed = math_verify.parse(f"\\boxed{{{prediction}}}")
-        return bool(gold_parsed and prediction_parsed and math_verify.verify(gold_parsed, prediction_parsed))
-    except Exception:  # math-verify's own failure (timeouts, parse errors) is no verdict
-        return False
+        if not gold_parsed or not prediction_parsed:
+            return None
+        return bool(math_verify.verify(gold_parsed, prediction_parsed))
+    except Exception:  # math-verify's own failure (parse errors, threads) is no verdict
+        return None
