@@ -34,6 +34,10 @@ BOTH = [
     ("1,2,3", "123", False),  # a comma list is not a number
     ("1,234,5", "12345", False),  # a last group of one digit: no grouping
     ("12,34", "1234", False),  # a group of two digits: a list, not 1234
+    ("0,500", "500", False),  # a leading 0 is no digit group (a decimal comma, if anything)
+    ("3,5", "35", False),  # a decimal comma or a list, never 35
+    ("1,000,00", "100000", False),  # a short last group
+    ("3, 500", "3500", False),  # a comma and a space: a list
     ("1\\,2", "12", False),  # a thin space between digits that are no digit groups
     ("1{,}2", "12", False),  # a decimal comma or a list, never 12
     # -- well-formed grouped numbers still read as numbers --
@@ -41,6 +45,8 @@ BOTH = [
     ("1,234,567", "1234567", True),
     ("12,102", "12102", True),  # a bare grouped number is the number
     ("\\$1,000", "1000", True),
+    ("-1,000", "-1000", True),
+    ("10,000.5", "10000.5", True),
     ("3{,}500", "3500", True),  # LaTeX's grouping comma
     ("3\\,500", "3500", True),  # a thin space between groups (math-verify alone reads 503)
     ("3\\,500\\,000", "3500000", True),
@@ -73,6 +79,21 @@ BOTH = [
     ("\\left( 1, \\frac{1}{2} \\right)", "(1, 0.5)", True),
     ("[1, 2)", "(1, 2)", False),  # a different interval
 ]
+
+
+# The fallback reads these; math-verify, which decides where it has an opinion, does not (a missed right
+# answer, the safe side).
+FALLBACK_ONLY = [
+    ("x=3,500", "3500", True),
+    ("1,000 m^2", "1000", True),
+    ("60 km/h", "60", True),
+]
+
+
+@pytest.mark.parametrize(("prediction", "gold", "expected"), FALLBACK_ONLY)
+def test_the_fallback_alone(monkeypatch, prediction, gold, expected):
+    monkeypatch.setitem(sys.modules, "math_verify", None)
+    assert answers_match(prediction, gold) is expected
 
 
 @pytest.mark.parametrize(("prediction", "gold", "expected"), BOTH)

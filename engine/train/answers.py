@@ -101,14 +101,14 @@ def _brace_group(text: str, start: int) -> tuple[str, int] | None:
 _NUMBER = re.compile(
     r"(?:(?<![\w)\]}])-)?\\[dt]?frac\{-?\d+(?:\.\d+)?\}\{-?\d+(?:\.\d+)?\}"  # \frac{1}{2}
     # 1,234,567.5, but not inside a pair or list: `(12,102)` is two numbers, not 12102
-    r"|(?:(?<![\w)\]}])-)?(?<![\d.,(\[{])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d|,\d)"
+    r"|(?:(?<![\w)\]}])-)?(?<![\d.,(\[{])[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?(?!\d|,\d)"
     r"|(?:(?<![\w)\]}])-)?\d+(?:\.\d+)?(?:/\d+)?"  # 12, 0.5, 3/4
 )
 _TEXT_COMMANDS = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{")
 # LaTeX spacing between digits: `3\\,500`, `3{,}500`, `3~500`.
 _DIGIT_SPACING = r"(?:\\[,;:! ]|~|\{,\}|\s)"
-_SPACED_GROUPS = re.compile(rf"(?<![\d.,])\d{{1,3}}(?:{_DIGIT_SPACING}\d{{3}})+(?![\d])")
-_GROUPED_NUMBER = r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?"
+_SPACED_GROUPS = re.compile(rf"(?<![\d.,])[1-9]\d{{0,2}}(?:{_DIGIT_SPACING}\d{{3}})+(?![\d])")
+_GROUPED_NUMBER = r"[-+]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?"
 _APART = "\u2423"  # digits kept apart by spacing that is no digit grouping: `1\\,2` is not 12
 _DROP = ("\\left", "\\right", "\\displaystyle", "\\!", "\\,", "\\;", "\\:", "\\ ", "~", "$",
          "^{\\circ}", "^\\circ", "°", "\\%", "%", "{,}")
@@ -116,7 +116,8 @@ _DROP = ("\\left", "\\right", "\\displaystyle", "\\!", "\\,", "\\;", "\\:", "\\ 
 
 def _normalize(answer: str) -> str:
     """Canonical text of an answer: LaTeX noise, units and thousands separators removed. A separator goes
-    only from a whole answer that is one well-formed grouped number (1-3 digits, then groups of exactly 3):
+    only from a whole answer that is one well-formed grouped number (1-3 digits, the first not 0, then groups
+    of exactly 3; `0,500` is a decimal comma, not 500):
     `1,000` and `3\\,500 cm` are numbers; `(3,500)`, `1,2,3` and `1\\,2` are not concatenated."""
     text = answer.strip().replace("\u2212", "-")  # the Unicode minus sign
     text = text.replace("\\{", "{").replace("\\}", "}")
