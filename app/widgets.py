@@ -4,6 +4,9 @@ pane's rows (Models, Runs)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from app.qt import Qt, QtCore, QtGui, QtWidgets
 
 
@@ -111,16 +114,20 @@ KEY_ROLE = Qt.ItemDataRole.UserRole + 2    # the row's identity (a model's path,
 
 
 class RowsModel(QtCore.QAbstractTableModel):
-    """A table of one row object per line, for a QSortFilterProxyModel sorting on SORT_ROLE. A subclass names
-    its COLUMNS and NUMERIC_COLUMNS (right-aligned) and gives `text`, `sort_key` and `key` of a row; `extra`
-    answers any other role (tooltip, colour, icon)."""
+    """A table of one row object per line, for a QSortFilterProxyModel sorting on SORT_ROLE. It is made with the
+    pane's `text(row, column)` and, optionally, `sort_key(row, column)` (default: the text, lower-cased); a
+    subclass names its COLUMNS and NUMERIC_COLUMNS (right-aligned) and may give a row's `key` and `extra`
+    for any other role (tooltip, colour, icon)."""
 
     COLUMNS: tuple[str, ...] = ()
     NUMERIC_COLUMNS: tuple[int, ...] = ()
 
-    def __init__(self, parent: QtCore.QObject | None = None):
+    def __init__(self, text: Callable[[Any, int], str], sort_key: Callable[[Any, int], Any] | None = None,
+                 parent: QtCore.QObject | None = None):
         super().__init__(parent)
         self._rows: list = []
+        self._text = text
+        self._sort_key = sort_key or (lambda row, column: text(row, column).lower())
 
     def set_rows(self, rows) -> None:
         self.beginResetModel()
@@ -132,12 +139,6 @@ class RowsModel(QtCore.QAbstractTableModel):
 
     def row_at(self, row: int):
         return self._rows[row]
-
-    def text(self, row, column: int) -> str:
-        raise NotImplementedError
-
-    def sort_key(self, row, column: int):
-        return self.text(row, column).lower()
 
     def key(self, row):
         return None
@@ -169,9 +170,9 @@ class RowsModel(QtCore.QAbstractTableModel):
             return None
         row, column = self._rows[index.row()], index.column()
         if role == Qt.ItemDataRole.DisplayRole:
-            return self.text(row, column)
+            return self._text(row, column)
         if role == SORT_ROLE:
-            return self.sort_key(row, column)
+            return self._sort_key(row, column)
         if role == KEY_ROLE:
             return self.key(row)
         if role == Qt.ItemDataRole.TextAlignmentRole:

@@ -170,15 +170,12 @@ class LibraryModel(RowsModel):
 
     COLUMNS, NUMERIC_COLUMNS = COLUMNS, NUMERIC_COLUMNS
 
+    def __init__(self, parent: QtCore.QObject | None = None):
+        super().__init__(cell_text, sort_key, parent)
+
     def row_of(self, path: str) -> int | None:
         wanted = os.path.realpath(path)
         return next((i for i, row in enumerate(self._rows) if os.path.realpath(row.path) == wanted), None)
-
-    def text(self, row: ModelRow, column: int) -> str:
-        return cell_text(row, column)
-
-    def sort_key(self, row: ModelRow, column: int) -> str | float:
-        return sort_key(row, column)
 
     def key(self, row: ModelRow) -> str:
         return row.path

@@ -91,6 +91,9 @@ class RunsModel(RowsModel):
 
     COLUMNS, NUMERIC_COLUMNS = COLUMNS, NUMERIC_COLUMNS
 
+    def __init__(self, parent: QtCore.QObject | None = None):
+        super().__init__(cell_text, sort_key, parent)
+
     def set_rows(self, rows: list[RunRow]) -> None:
         if [row.id for row in rows] == [row.id for row in self._rows]:
             self._rows = list(rows)
@@ -101,12 +104,6 @@ class RunsModel(RowsModel):
 
     def find(self, run_id: int) -> RunRow | None:
         return next((row for row in self._rows if row.id == run_id), None)
-
-    def text(self, row: RunRow, column: int) -> str:
-        return cell_text(row, column)
-
-    def sort_key(self, row: RunRow, column: int):
-        return sort_key(row, column)
 
     def key(self, row: RunRow) -> int:
         return row.id
