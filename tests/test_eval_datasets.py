@@ -133,3 +133,19 @@ def test_missing_and_unreadable_files(tmp_path):
     (tmp_path / "data.txt").write_text("x")
     with pytest.raises(AhaError, match="unknown file type"):
         eval_rows(str(tmp_path / "data.txt"))
+
+
+def test_hub_dataset_shapes_are_tried_in_order(monkeypatch):
+    calls = []
+
+    def load_dataset(name, split):
+        calls.append((name, split))
+        return GSM8K
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    rows = eval_rows("openai/gsm8k:test", limit=1)
+    assert rows == [{"prompt_id": rows[0]["prompt_id"], "answer": "1234",
+                     "prompt": MATH_PROMPT.replace("{problem}", GSM8K[0]["question"])}]
+    assert set(calls) == {("openai/gsm8k", "test")}
+    with pytest.raises(AhaError, match="has no column 'text'"):
+        eval_rows("openai/gsm8k:test", prompt_column="text")

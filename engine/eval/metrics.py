@@ -7,10 +7,11 @@ Pure functions of booleans, answers and token counts; nothing here samples, read
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import numpy
 
 from engine.train.answers import answers_match
 
@@ -220,15 +221,13 @@ def sign_flip_p(differences: Sequence[float], seed: int = 0) -> float:
     >>> sign_flip_p([1.0, 0.5, -0.5])   # sums ±2, ±1, ±1, 0, 0: six of eight reach |1|
     0.75
     """
-    observed = abs(sum(differences)) - 1e-9  # tolerance: float sums of the same terms in another order
-    if len(differences) <= EXACT_FLIPS_UP_TO:
-        hits = sum(abs(sum(s * d for s, d in zip(signs, differences, strict=True))) >= observed
-                   for signs in itertools.product((1, -1), repeat=len(differences)))
-        return hits / 2 ** len(differences)
-    import numpy
-
-    rng = numpy.random.default_rng(seed)
     values = numpy.asarray(differences, dtype=numpy.float64)                       # (P,)
+    observed = abs(values.sum()) - 1e-9  # tolerance: float sums of the same terms in another order
+    if len(values) <= EXACT_FLIPS_UP_TO:
+        assignments = numpy.arange(2 ** len(values))[:, None] >> numpy.arange(len(values)) & 1  # (2^P, P)
+        signs = 1.0 - 2.0 * assignments                                            # (2^P, P)
+        return float((numpy.abs(signs @ values) >= observed).mean())
+    rng = numpy.random.default_rng(seed)
     hits, rows = 0, max(1, 2_000_000 // len(values))  # chunks of ≤ 2M signs
     for start in range(0, MONTE_CARLO_FLIPS, rows):
         signs = rng.choice((-1.0, 1.0), size=(min(rows, MONTE_CARLO_FLIPS - start), len(values)))  # (R, P)
