@@ -30,8 +30,8 @@ def eval_rows(spec: str, *, limit: int | None = None, prompt_column: str | None 
     A file's problem column is `prompt_column`, else the first of prompt/problem/question it has (any
     case); its answer column `answer_column`, else `answer`. A GSM8K answer "…#### 1,234" becomes "1234",
     a boxed one its box. The prompt is `template` with `{problem}` replaced when given, else the file's
-    `prompt` column as it is (also when mapped there with `prompt_column="prompt"`), else MATH_PROMPT. prompt_id: the row's id/unique_id column (any case), else a hash of
-    problem and answer (a repeated one gets "#2", "#3").
+    `prompt` column as it is, else MATH_PROMPT around the problem. prompt_id: the row's id/unique_id
+    column (any case), else a hash of problem and answer (a repeated one gets "#2", "#3").
     """
     if limit is not None and limit < 1:
         raise AhaError(f"--limit must be at least 1, got {limit}")

@@ -42,7 +42,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def pass1_mean(correct: Sequence[bool]) -> float:
     """The R1 paper's pass@1 of one problem: the share of its k samples that are correct, (1/k) Σ_i p_i
-    (DeepSeek-R1, arXiv 2501.12948, §3; it equals pass_at_k(k, c, 1))."""
+    (DeepSeek-R1, arXiv 2501.12948, evaluation setup; it equals pass_at_k(k, c, 1))."""
     if not correct:
         raise ValueError("pass@1 needs at least one sample")
     return sum(map(bool, correct)) / len(correct)
