@@ -306,9 +306,10 @@ def sample_heldout(model, tokenizer, rows: Sequence[dict], k: int = 1, *, max_ne
 def heldout_metrics(samples: HeldoutSamples) -> dict[str, float]:
     """The evaluation's numbers over n rows of k samples each (engine.eval.metrics' estimators):
 
-        pass@1 = 1/n · Σ_i c_i / k                 (the R1 paper's pass@1: the mean over the k samples)
-        cons@k = 1/n · Σ_i [majority answer of row i is correct]   (lighteval's maj@k vote, ties as it breaks them)
-        pass@k = 1/n · Σ_i (1 − C(k − c_i, k) / C(k, k)) = the share of rows with a correct sample
+        pass@1 = 1/n · Σ_i c_i / k         (pass1_mean: the R1 paper's pass@1, the mean over the k samples)
+        cons@k = 1/n · Σ_i [the majority answer of row i is correct]   (cons_at_k: lighteval's maj@k vote)
+        pass@k = 1/n · Σ_i (1 − C(k − c_i, k) / C(k, k))   (pass_at_k with n = k: 1 once c_i ≥ 1, so the
+                 share of rows with a correct sample)
         format = the share of well-formed samples;  mean_length = mean completion tokens per sample
 
     with c_i the correct samples of row i. No rows: every rate 0.
