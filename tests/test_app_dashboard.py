@@ -292,3 +292,33 @@ def test_an_sft_run_shows_its_loss_and_clear_empties_both_views(qtbot, tiny_run,
     assert browser.cards
     browser.clear()
     assert browser.cards == [] and browser.steps() == [] and browser.list.count() == 0
+
+
+def test_the_held_out_curve_is_pass_at_1_over_k_when_the_run_samples_k(qtbot, tmp_path):
+    """num_generations_eval = 4: eval/pass@1 is the held-out curve, labelled with its k, beside cons@4 and pass@4;
+    eval/accuracy (the same number) is not drawn twice. A greedy run keeps its eval/accuracy curve."""
+    directory = tmp_path / "sampled"
+    directory.mkdir()
+    lines = [{"step": step, "loss": 1.0 / step, "token_accuracy": 0.2 * step, "training_s": 0.5} for step in (1, 2, 3)]
+    for line, accuracy in zip(lines[1:], (0.25, 0.5), strict=True):
+        line.update({"eval/accuracy": accuracy, "eval/pass@1": accuracy, "eval/cons@k": accuracy + 0.1,
+                     "eval/pass@k": accuracy + 0.25, "eval/format": 1.0, "eval/seconds": 2.0})
+    (directory / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    dashboard = shown(qtbot, RunDashboard())
+    dashboard.open_run({"id": 4, "kind": "distill-sft", "status": "complete", "dir": str(directory),
+                        "config": {"max_steps": 3, "num_generations_eval": 4}})
+    plot = dashboard.plots["Accuracy"]
+    assert plot.left == ["token_accuracy", "eval/pass@1", "eval/cons@k", "eval/pass@k", "eval/format"]
+    assert plot.points("eval/pass@1") == 2 and list(plot.curves["eval/pass@1"].yData[1:]) == [0.25, 0.5]
+    labels = {name: curve.opts["name"] for name, curve in plot.curves.items()}
+    assert labels["eval/pass@1"] == "held-out pass@1 (k=4)"
+    assert labels["eval/cons@k"] == "held-out cons@4" and labels["eval/pass@k"] == "held-out pass@4"
+    legend = [label.text for _, label in plot.item.legend.items]
+    assert "held-out pass@1 (k=4)" in legend
+    for line in lines:  # the same run, evaluated greedily
+        for name in ("eval/pass@1", "eval/cons@k", "eval/pass@k"):
+            line.pop(name, None)
+    (directory / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    dashboard.open_run({"id": 5, "kind": "distill-sft", "status": "complete", "dir": str(directory),
+                        "config": {"max_steps": 3}})
+    assert dashboard.plots["Accuracy"].left == ["token_accuracy", "eval/accuracy", "eval/format"]

@@ -38,17 +38,21 @@ CURVE_COLORS = (theme.ACCENT, "#0ea5e9", "#10b981", "#f59e0b", "#ef4444", "#ec48
 @dataclass(frozen=True)
 class PlotSpec:
     """One plot: its title and the metrics it draws (a `*` stands for any reward name). `right` metrics go
-    on a second axis at the right (a ratio beside a length). `not_with` hides it when that metric exists."""
+    on a second axis at the right (a ratio beside a length). `not_with` hides it when that metric exists;
+    `instead` draws a better measure of the same thing in place of a metric (pass@1 over k, not its copy)."""
 
     title: str
     metrics: tuple[str, ...]
     right: tuple[str, ...] = ()
     not_with: str | None = None
+    instead: tuple[tuple[str, str], ...] = ()  # (metric, replacement): the metric is left out when the other is there
 
 
 PLOTS = (
     PlotSpec("Reward", ("reward", "rewards/*/mean")),
-    PlotSpec("Accuracy", ("accuracy", "token_accuracy", "eval/accuracy", "eval/format")),
+    # With num_generations_eval > 1 the held-out curve is eval/pass@1 (eval/accuracy is the same number).
+    PlotSpec("Accuracy", ("accuracy", "token_accuracy", "eval/pass@1", "eval/accuracy", "eval/cons@k", "eval/pass@k",
+                          "eval/format"), instead=(("eval/accuracy", "eval/pass@1"),)),
     PlotSpec("Groups with equal rewards (frac_reward_zero_std)", ("frac_reward_zero_std",)),
     PlotSpec("Completion length (tokens) · clipped ratio (right)",
              ("completions/mean_length", "completions/min_length", "completions/max_length"),
@@ -75,9 +79,21 @@ def _matches(pattern: str, name: str) -> bool:
 
 def series_for(spec: PlotSpec, names: list[str]) -> tuple[list[str], list[str]]:
     """(left, right) metric names of `spec` among the run's metric `names`, in the spec's order."""
+    dropped = {metric for metric, replacement in spec.instead if replacement in names}
+
     def pick(patterns):
-        return [name for pattern in patterns for name in names if _matches(pattern, name)]
+        return [name for pattern in patterns for name in names if _matches(pattern, name) and name not in dropped]
     return pick(spec.metrics), pick(spec.right)
+
+
+def heldout_labels(config: dict) -> dict[str, str]:
+    """The legend names of the held-out sampling metrics, with the run's k (num_generations_eval):
+    {"eval/pass@1": "held-out pass@1 (k=4)", "eval/cons@k": "held-out cons@4", "eval/pass@k": "held-out pass@4"}."""
+    k = config.get("num_generations_eval")
+    if not isinstance(k, int) or isinstance(k, bool):
+        return {"eval/pass@1": "held-out pass@1", "eval/cons@k": "held-out cons@k", "eval/pass@k": "held-out pass@k"}
+    return {"eval/pass@1": f"held-out pass@1 (k={k})", "eval/cons@k": f"held-out cons@{k}",
+            "eval/pass@k": f"held-out pass@{k}"}
 
 
 def _label(metric: str) -> str:
@@ -120,8 +136,10 @@ class _Plot:
     """One PlotItem (kept from run to run: making one is the slow part) with the curves of a run's metrics on
     its left axis and, when the spec asks, a second ViewBox on the right axis."""
 
-    def __init__(self, item: pg.PlotItem, spec: PlotSpec, left: list[str], right: list[str]):
+    def __init__(self, item: pg.PlotItem, spec: PlotSpec, left: list[str], right: list[str],
+                 labels: dict[str, str] | None = None):
         self.item, self.spec, self.left, self.right = item, spec, left, right
+        labels = labels or {}
         self.curves: dict[str, pg.PlotDataItem] = {}
         pool = list(getattr(item, "aha_curves", []))  # the curves of a previous run: reused, not made again
         item.aha_curves = []
@@ -146,12 +164,12 @@ class _Plot:
             item.aha_curves.append(curve)
             dashed = Qt.PenStyle.DashLine if name in right else Qt.PenStyle.SolidLine
             curve.setPen(pg.mkPen(CURVE_COLORS[index % len(CURVE_COLORS)], width=1, style=dashed))
-            curve.opts["name"] = _label(name)
+            curve.opts["name"] = labels.get(name) or _label(name)
             curve.setData([], [])
             if name in right:
                 self.right_view.addItem(curve)
                 if legend is not None:
-                    legend.addItem(curve, _label(name))
+                    legend.addItem(curve, curve.opts["name"])
             else:
                 item.addItem(curve)  # and to the legend, under its name
             self.curves[name] = curve
@@ -481,7 +499,7 @@ class RunDashboard(QtWidgets.QWidget):
         for index, (spec, left, right) in enumerate(chosen):
             item = self._item(spec.title)
             self.graphics.addItem(item, row=index // COLUMNS, col=index % COLUMNS)
-            self.plots[spec.title] = _Plot(item, spec, left, right)
+            self.plots[spec.title] = _Plot(item, spec, left, right, heldout_labels(self._config()))
         rows = math.ceil(len(chosen) / COLUMNS)
         self.graphics.setMinimumHeight(rows * PLOT_HEIGHT)
         self.empty.setVisible(not chosen)

@@ -1,8 +1,8 @@
 """SFT of a student on teacher traces (`aha distill sft`): the traces of `aha distill generate`, or a built-in
 task's programmatic teacher traces (`--dataset addition`). The student's chat template renders the prompt
 exactly as at inference, the assistant turn is `<think>\n{thinking}\n</think>\n\n{answer}` (after whatever
-the template already pre-filled), the loss covers it only, and held-out loss and greedy pass@1 are
-measured along the way. The loop is engine.train.session's, the step and batches engine.train.sft's.
+the template already pre-filled), the loss covers it only, and held-out loss and pass@1 (greedy, or over
+num_generations_eval samples) are measured along the way. The loop is engine.train.session's, the step and batches engine.train.sft's.
 """
 
 

@@ -25,6 +25,7 @@ from engine.train.grpo_math import (
     group_advantages,
     grpo_loss,
 )
+from engine.train.sampling import check_eval_settings
 
 __all__ = ["GRPOConfig", "LOSS_TYPES", "group_advantages", "grpo_loss", "load_grpo_config", "train"]
 
@@ -83,8 +84,15 @@ class GRPOConfig(TrainConfig):
                                                       "of the loss, as DAPO's overlong filtering (TRL's "
                                                       "mask_truncated_completions)", "Loss")
     learning_rate: float = setting(1e-5, "AdamW's peak learning rate (after the warmup)", "Optimizer")
-    eval_steps: int = setting(0, "held-out greedy accuracy every N steps (a built-in task's held-out prompts or "
-                                 "eval_dataset); 0: never", "Logging")
+    eval_steps: int = setting(0, "held-out accuracy every N steps (a built-in task's held-out prompts or "
+                                 "eval_dataset; greedy, or over num_generations_eval samples); 0: never", "Logging")
+    num_generations_eval: int = setting(1, "held-out completions per prompt at each evaluation (TRL's "
+                                           "num_generations_eval): 1 is greedy; k > 1 samples k at eval_temperature "
+                                           "and logs eval/pass@1 (the mean over the k, the R1 paper's pass@1), "
+                                           "eval/cons@k (majority vote) and eval/pass@k, with eval/accuracy = "
+                                           "eval/pass@1", "Logging")
+    eval_temperature: float = setting(0.6, "sampling temperature of the held-out completions when "
+                                           "num_generations_eval > 1, with top-p 0.95 (the R1 paper's)", "Logging")
     eval_dataset: str | None = setting(None, "held-out prompts and answers for eval_steps when the dataset is a file",
                                        "Data")
     eval_samples: int = setting(200, "held-out prompts per evaluation", "Data")
@@ -119,6 +127,7 @@ class GRPOConfig(TrainConfig):
                 raise AhaError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.epsilon_high is not None and not self.epsilon_high >= self.epsilon:
             raise AhaError(f"epsilon_high ({self.epsilon_high}) must be at least epsilon ({self.epsilon})")
+        check_eval_settings(self)
         for name in ("max_prompt_length", "eval_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise AhaError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -320,13 +329,10 @@ class GRPOStep:
         return metrics
 
     def evaluate(self) -> dict[str, float]:
-        from engine.train.sampling import greedy_accuracy
+        from engine.train.sampling import evaluate_heldout
 
         with self.trainer.sampling():
-            accuracy, details = greedy_accuracy(self.model, self.tokenizer, self.heldout,
-                                                max_new_tokens=self.config.max_completion_length,
-                                                system_prompt=self.config.system_prompt)
-        return {"eval/accuracy": accuracy, "eval/format": details["format"], "eval/seconds": details["seconds"]}
+            return evaluate_heldout(self.model, self.tokenizer, self.heldout, self.config)
 
     def _encode(self, prompts: list) -> tuple[list[list[int]], list[str], list[bool]]:
         from engine.train.sampling import encode_prompts

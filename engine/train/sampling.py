@@ -1,4 +1,5 @@
-"""Batched sampling from a Hugging Face causal LM with a KV cache, and greedy held-out evaluation.
+"""Batched sampling from a Hugging Face causal LM with a KV cache, and the held-out evaluation of training runs
+(greedy, or pass@1/cons@k/pass@k over k samples per prompt).
 
 A plain loop over `model(…, past_key_values=cache)`: left-padded prompts with an attention mask and
 position ids, temperature and top-p, stop once every row has produced EOS. At the sizes Aha trains on a
@@ -12,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from engine.think import OPEN_TAG
 from engine.train.grpo_math import completion_mask
@@ -240,25 +241,147 @@ def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def greedy_accuracy(model, tokenizer, rows: Sequence[dict], *, max_new_tokens: int, batch_size: int = 256,
-                    system_prompt: str | None = None) -> tuple[float, dict[str, float]]:
-    """Held-out accuracy with greedy decoding, verified by the `accuracy` reward against each row's
-    `answer`. Returns (accuracy in [0, 1], metrics: format rate, mean completion length, seconds)."""
+# Held-out evaluation ------------------------------------------------------------------------------
+
+# Nucleus of the held-out samples when num_generations_eval > 1: with eval_temperature 0.6 it is how the
+# R1 paper samples the k responses its pass@1 averages over.
+EVAL_TOP_P = 0.95
+
+
+class HeldoutSamples(NamedTuple):
+    """What `sample_heldout` drew and how the accuracy reward scored it: one list per held-out row, with
+    one entry per sample (k of them)."""
+
+    correct: list[list[bool]]            # the accuracy reward gave 1.0 (a row without an answer: never)
+    extracted: list[list[str | None]]    # answers.extract_final_answer of each sample (None: no answer)
+    formatted: list[list[bool]]          # the format reward gave 1.0
+    lengths: list[list[int]]             # completion tokens, EOS included
+    seconds: float                       # wall time of the sampling and scoring
+
+
+def sample_heldout(model, tokenizer, rows: Sequence[dict], k: int = 1, *, max_new_tokens: int,
+                   temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 256,
+                   system_prompt: str | None = None) -> HeldoutSamples:
+    """k completions per held-out row (prompt, answer), scored by the `accuracy` and `format` rewards.
+
+    Rows go to `sample` in batches of max(1, batch_size // k) prompts, each prompt's k samples next to each
+    other (rows × k sequences per batch); at temperature > 0 every draw comes from one torch.Generator on
+    the model's device seeded `seed` for the call, so an evaluation is reproducible and never touches the
+    global RNG a training run checkpoints. temperature 0 is greedy (then k = 1 is all that is useful).
+    """
+    import torch
+
+    from engine.train.answers import extract_final_answer
     from engine.train.rewards import accuracy_reward, format_reward
 
     started = time.perf_counter()
     eos, pad = eos_token_ids(tokenizer, model), pad_token_id(tokenizer)
-    correct = formatted = 0.0
-    tokens = 0
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+    generator = None
+    if temperature > 0:
+        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    result = HeldoutSamples([], [], [], [], 0.0)
+    per_batch = max(1, batch_size // k)
+    for start in range(0, len(rows), per_batch):
+        chunk = rows[start:start + per_batch]
         ids, rendered, prefilled = encode_prompts(tokenizer, [row["prompt"] for row in chunk], system_prompt)
-        rollout = sample(model, ids, max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad, temperature=0.0)
+        repeat = [index for index in range(len(chunk)) for _ in range(k)]  # k consecutive samples per prompt
+        rollout = sample(model, [ids[index] for index in repeat], max_new_tokens=max_new_tokens, eos_ids=eos,
+                         pad_id=pad, temperature=temperature, top_p=top_p, generator=generator)
         texts = decode(tokenizer, rollout.completion_ids, rollout.mask, eos)
-        answers = [row["answer"] for row in chunk]
-        correct += sum(value or 0.0 for value in accuracy_reward(rendered, texts, answer=answers, prefilled=prefilled))
-        formatted += sum(value or 0.0 for value in format_reward(rendered, texts, prefilled=prefilled))
-        tokens += int(rollout.lengths.sum())
+        flags = [prefilled[index] for index in repeat]
+        correct = accuracy_reward([rendered[index] for index in repeat], texts,
+                                  answer=[chunk[index]["answer"] for index in repeat], prefilled=flags)
+        formatted = format_reward([rendered[index] for index in repeat], texts, prefilled=flags)
+        lengths = rollout.lengths.tolist()
+        for index in range(len(chunk)):
+            mine = range(index * k, (index + 1) * k)
+            result.correct.append([bool(correct[sample_index]) for sample_index in mine])  # None: no answer
+            result.extracted.append([extract_final_answer(texts[sample_index], flags[sample_index])
+                                     for sample_index in mine])
+            result.formatted.append([bool(formatted[sample_index]) for sample_index in mine])
+            result.lengths.append([lengths[sample_index] for sample_index in mine])
+    return result._replace(seconds=time.perf_counter() - started)
+
+
+def heldout_metrics(samples: HeldoutSamples) -> dict[str, float]:
+    """The evaluation's numbers over n rows of k samples each (engine.eval.metrics' estimators):
+
+        pass@1 = 1/n · Σ_i c_i / k         (pass1_mean: the R1 paper's pass@1, the mean over the k samples)
+        cons@k = 1/n · Σ_i [the majority answer of row i is correct]   (cons_at_k: lighteval's maj@k vote)
+        pass@k = 1/n · Σ_i (1 − C(k − c_i, k) / C(k, k))   (pass_at_k with n = k: 1 once c_i ≥ 1, so the
+                 share of rows with a correct sample)
+        format = the share of well-formed samples;  mean_length = mean completion tokens per sample
+
+    with c_i the correct samples of row i. No rows: every rate 0.
+    """
+    from engine.eval.metrics import cons_at_k, pass1_mean, pass_at_k
+
+    rows = len(samples.correct)
+    every = [flag for row in samples.formatted for flag in row]
+    lengths = [length for row in samples.lengths for length in row]
+    if not rows:
+        return {"pass@1": 0.0, "cons@k": 0.0, "pass@k": 0.0, "format": 0.0, "mean_length": 0.0,
+                "seconds": samples.seconds}
+    return {
+        "pass@1": sum(pass1_mean(correct) for correct in samples.correct) / rows,
+        "cons@k": sum(cons_at_k(answers, correct)
+                      for answers, correct in zip(samples.extracted, samples.correct, strict=True)) / rows,
+        "pass@k": sum(pass_at_k(len(correct), sum(correct), len(correct)) for correct in samples.correct) / rows,
+        "format": sum(every) / len(every),
+        "mean_length": sum(lengths) / len(lengths),
+        "seconds": samples.seconds,
+    }
+
+
+def sampled_accuracy(model, tokenizer, rows: Sequence[dict], k: int, *, max_new_tokens: int,
+                     temperature: float = 0.6, top_p: float = EVAL_TOP_P, seed: int = 0, batch_size: int = 256,
+                     system_prompt: str | None = None) -> tuple[float, dict[str, float]]:
+    """Held-out pass@1 over k samples per row (sample_heldout, heldout_metrics). Returns (pass@1 in [0, 1],
+    metrics: pass@1, cons@k, pass@k, format rate, mean completion length, seconds)."""
+    metrics = heldout_metrics(sample_heldout(model, tokenizer, rows, k, max_new_tokens=max_new_tokens,
+                                             temperature=temperature, top_p=top_p, seed=seed,
+                                             batch_size=batch_size, system_prompt=system_prompt))
+    return metrics["pass@1"], metrics
+
+
+def greedy_accuracy(model, tokenizer, rows: Sequence[dict], *, max_new_tokens: int, batch_size: int = 256,
+                    system_prompt: str | None = None) -> tuple[float, dict[str, float]]:
+    """Held-out accuracy with greedy decoding (one completion per row), verified by the `accuracy` reward
+    against each row's `answer`. Returns (accuracy in [0, 1], metrics: format rate, mean completion
+    length, seconds)."""
+    samples = sample_heldout(model, tokenizer, rows, 1, max_new_tokens=max_new_tokens, temperature=0.0,
+                             batch_size=batch_size, system_prompt=system_prompt)
     count = max(len(rows), 1)
-    return correct / count, {"format": formatted / count, "mean_length": tokens / count,
-                             "seconds": time.perf_counter() - started}
+    return (sum(row[0] for row in samples.correct) / count,
+            {"format": sum(row[0] for row in samples.formatted) / count,
+             "mean_length": sum(row[0] for row in samples.lengths) / count, "seconds": samples.seconds})
+
+
+def check_eval_settings(config) -> None:
+    """num_generations_eval and eval_temperature values no evaluation can use, as one AhaError line."""
+    from engine.errors import AhaError
+
+    if config.num_generations_eval < 1:
+        raise AhaError(f"num_generations_eval must be at least 1 (1: greedy), got {config.num_generations_eval}")
+    if not config.eval_temperature >= 0:
+        raise AhaError(f"eval_temperature must be 0 or more, got {config.eval_temperature}")
+    if config.num_generations_eval > 1 and config.eval_temperature == 0:
+        raise AhaError(f"eval_temperature 0 is greedy: the {config.num_generations_eval} held-out samples of a prompt "
+                       "would all be the same; set eval_temperature (0.6 as in the R1 paper) or num_generations_eval = 1")
+
+
+def evaluate_heldout(model, tokenizer, rows: Sequence[dict], config) -> dict[str, float]:
+    """The held-out metrics a training step logs, from a GRPO or SFT config: greedy with
+    num_generations_eval = 1 (eval/accuracy, eval/format, eval/seconds, as always); with k > 1, k samples
+    per prompt at eval_temperature and top-p EVAL_TOP_P seeded with the run's seed (the same draws at every
+    evaluation), adding eval/pass@1, eval/cons@k and eval/pass@k, and eval/accuracy = eval/pass@1."""
+    k = config.num_generations_eval
+    if k == 1:
+        accuracy, details = greedy_accuracy(model, tokenizer, rows, max_new_tokens=config.max_completion_length,
+                                            system_prompt=config.system_prompt)
+        return {"eval/accuracy": accuracy, "eval/format": details["format"], "eval/seconds": details["seconds"]}
+    accuracy, details = sampled_accuracy(model, tokenizer, rows, k, max_new_tokens=config.max_completion_length,
+                                         temperature=config.eval_temperature, top_p=EVAL_TOP_P, seed=config.seed,
+                                         system_prompt=config.system_prompt)
+    return {"eval/accuracy": accuracy, "eval/pass@1": details["pass@1"], "eval/cons@k": details["cons@k"],
+            "eval/pass@k": details["pass@k"], "eval/format": details["format"], "eval/seconds": details["seconds"]}

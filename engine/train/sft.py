@@ -1,7 +1,8 @@
 """Supervised fine-tuning on prompt → completion traces with the loss on the completion only: the cold
 start of the R1 recipe and the core of sequence-level distillation (what DeepSeek trained its R1 distills with). Batches come
 from a file or fresh from a built-in task's programmatic teacher; `stop_at_accuracy` ends the run once
-held-out greedy accuracy reaches it (a fixed step count lands anywhere from 12% to 81% on the tiny task).
+held-out accuracy (greedy, or pass@1 over num_generations_eval samples) reaches it (a fixed step count
+lands anywhere from 12% to 81% on the tiny task).
 Setup, checkpoints, resume and cancel are `engine.train.core`'s.
 """
 
@@ -16,6 +17,7 @@ from engine.errors import AhaError
 from engine.jobs import CancelToken, OnEvent, count, ignore
 from engine.train.config import setting
 from engine.train.core import TrainConfig
+from engine.train.sampling import check_eval_settings
 
 if typing.TYPE_CHECKING:
     import torch
@@ -44,13 +46,21 @@ class SFTConfig(TrainConfig):
     packing: bool = setting(False, "pack several sequences into each row of max_length tokens, as TRL's packing (no "
                                    "padding; they never attend to each other)", "Data")
     learning_rate: float = setting(2e-5, "AdamW's peak learning rate (after the warmup)", "Optimizer")
-    eval_steps: int = setting(0, "held-out greedy accuracy every N steps; 0: never", "Logging")
+    eval_steps: int = setting(0, "held-out accuracy every N steps (greedy, or over num_generations_eval samples); "
+                                 "0: never", "Logging")
+    num_generations_eval: int = setting(1, "held-out completions per prompt at each evaluation (TRL's "
+                                           "num_generations_eval): 1 is greedy; k > 1 samples k at eval_temperature "
+                                           "and logs eval/pass@1 (the mean over the k, the R1 paper's pass@1), "
+                                           "eval/cons@k (majority vote) and eval/pass@k, with eval/accuracy = "
+                                           "eval/pass@1", "Logging")
+    eval_temperature: float = setting(0.6, "sampling temperature of the held-out completions when "
+                                           "num_generations_eval > 1, with top-p 0.95 (the R1 paper's)", "Logging")
     eval_dataset: str | None = setting(None, "held-out prompts and answers when the dataset is a file", "Data")
     eval_samples: int = setting(200, "held-out prompts per evaluation", "Data")
-    max_completion_length: int = setting(256, "token budget of each greedy reply in the held-out evaluation",
-                                         "Rollouts")
-    stop_at_accuracy: float | None = setting(None, "end the run once held-out accuracy reaches this (0 to 1; "
-                                                   "needs eval_steps)", "Optimizer")
+    max_completion_length: int = setting(256, "token budget of each reply in the held-out evaluation", "Rollouts")
+    stop_at_accuracy: float | None = setting(None, "end the run once held-out accuracy (pass@1 when "
+                                                   "num_generations_eval > 1) reaches this (0 to 1; needs eval_steps)",
+                                             "Optimizer")
 
     CPU_SETTINGS: typing.ClassVar[dict[str, int]] = {"per_device_train_batch_size": 4, "max_length": 512,
                                                      "eval_samples": 50}
@@ -74,6 +84,7 @@ def check_batch_settings(config: SFTConfig) -> None:
             raise AhaError(f"{name} must be at least 1, got {getattr(config, name)}")
     if config.eval_steps < 0:
         raise AhaError(f"eval_steps must be 0 (never) or more, got {config.eval_steps}")
+    check_eval_settings(config)
     if config.stop_at_accuracy is not None and not 0 <= config.stop_at_accuracy <= 1:
         raise AhaError(f"stop_at_accuracy is a held-out accuracy, between 0 and 1; got {config.stop_at_accuracy}")
 
@@ -297,15 +308,15 @@ class SFTStep:
         return sft_loss(self.trainer.training_model, batch)
 
     def evaluate(self) -> dict[str, float]:
-        from engine.train.sampling import greedy_accuracy
+        from engine.train.sampling import evaluate_heldout
 
         with self.trainer.sampling():
-            accuracy, details = greedy_accuracy(self.trainer.model, self.trainer.tokenizer, self.heldout,
-                                                max_new_tokens=self.config.max_completion_length,
-                                                system_prompt=self.config.system_prompt)
-        self.last_accuracy = accuracy
+            metrics = evaluate_heldout(self.trainer.model, self.trainer.tokenizer, self.heldout, self.config)
+        accuracy = self.last_accuracy = metrics["eval/accuracy"]  # pass@1 over the k samples when k > 1
         if self.config.stop_at_accuracy is not None and accuracy >= self.config.stop_at_accuracy:
             self.trainer.should_stop = True
-            self.trainer.run.log(f"held-out accuracy {accuracy:.1%} reached stop_at_accuracy "
+            what = "accuracy" if self.config.num_generations_eval == 1 else (
+                f"pass@1 (k={self.config.num_generations_eval})")
+            self.trainer.run.log(f"held-out {what} {accuracy:.1%} reached stop_at_accuracy "
                                  f"{self.config.stop_at_accuracy:.1%}: stopping")
-        return {"eval/accuracy": accuracy, "eval/format": details["format"], "eval/seconds": details["seconds"]}
+        return metrics
