@@ -98,12 +98,17 @@ def _sft_fields(metrics: Mapping[str, Any]) -> list[str]:
 
 
 def heldout_line(metrics: Mapping[str, Any]) -> str | None:
-    """'held-out at step 20: loss 0.912 · accuracy 31.5% · format 98.0% · 4.2 s' when the step evaluated."""
+    """'held-out at step 20: loss 0.912 · accuracy 31.5% · format 98.0% · 4.2 s' when the step evaluated
+    greedily; with k samples per prompt, 'pass@1 31.5% · cons@k 40.0%' in place of the accuracy."""
     get = metrics.get
     fields = []
     if "eval/loss" in metrics:
         fields.append(f"loss {number(get('eval/loss'))}")
-    if "eval/accuracy" in metrics:
+    if "eval/pass@1" in metrics:
+        fields.append(f"pass@1 {percent1(get('eval/pass@1'))}")
+        if "eval/cons@k" in metrics:
+            fields.append(f"cons@k {percent1(get('eval/cons@k'))}")
+    elif "eval/accuracy" in metrics:
         fields.append(f"accuracy {percent1(get('eval/accuracy'))}")
     if "eval/format" in metrics:
         fields.append(f"format {percent1(get('eval/format'))}")

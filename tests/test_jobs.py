@@ -324,3 +324,13 @@ def test_export_with_events_jsonl_prints_json_lines_and_no_bar(checkpoint, tmp_p
     assert progress and {"stage", "done", "total", "unit", "elapsed_s"} <= set(progress[-1])
     assert progress[-1]["done"] == progress[-1]["total"]
     assert terminal.getvalue() == ""
+
+
+def test_heldout_line_names_pass_at_1_and_cons_at_k_when_the_step_sampled_k():
+    from engine.run_report import heldout_line
+
+    sampled = {"step": 4, "eval/accuracy": 0.3125, "eval/pass@1": 0.3125, "eval/cons@k": 0.4, "eval/pass@k": 0.6,
+               "eval/format": 1.0, "eval/seconds": 2.5}
+    assert heldout_line(sampled) == "held-out at step 4: pass@1 31.2% · cons@k 40.0% · format 100.0% · 2.5 s"
+    greedy = {"step": 4, "eval/accuracy": 0.3125, "eval/format": 1.0}
+    assert heldout_line(greedy) == "held-out at step 4: accuracy 31.2% · format 100.0%"
