@@ -161,10 +161,10 @@ def test_scripted_endpoint_exact_metrics_cancel_and_resume(endpoint, problems, t
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "other settings" in err[0] and "k 4" in err[0]
 
-    # A child process cancelled while m-b's third problem waits: m-a and two problems of m-b are kept.
+    # A child process (its run directory the default one) cancelled while m-b's third problem waits: m-a and
+    # two problems of m-b are kept.
     _ScriptedEndpoint.requests, _ScriptedEndpoint.open_b = {}, 2 * K
-    out = tmp_path / "resumed"
-    child = subprocess.Popen([sys.executable, "-m", "engine.cli", *_args(endpoint, problems, out), "--events", "jsonl"],
+    child = subprocess.Popen([sys.executable, "-m", "engine.cli", *_args(endpoint, problems, full)[:-2], "--events", "jsonl"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     events, b_samples = [], 0
     for text in child.stdout:
@@ -177,6 +177,8 @@ def test_scripted_endpoint_exact_metrics_cancel_and_resume(endpoint, problems, t
                 _ScriptedEndpoint.gate.set()
     assert child.wait(60) == 130, child.stderr.read()
     assert events[0]["type"] == "start" and events[0]["kind"] == "eval" and events[-1]["status"] == "cancelled"
+    out = Path(events[0]["run_dir"])
+    assert out.name == f"eval-{events[0]['run_id']}" and out.parent.name == "runs"
     progress = [event for event in events if event["type"] == "progress"]
     assert progress[-1]["unit"] == "samples" and progress[-1]["total"] == 32 and progress[-1]["stage"] == "eval"
     assert {"model", "accuracy", "samples_per_s"} <= set(progress[-1])

@@ -202,8 +202,8 @@ def evaluate(config: EvalConfig | None = None, on_event: OnEvent = ignore, cance
     from engine.train.rewards import RewardSet
     from engine.train.runs import Run, saved_config
 
-    if resume is not None:
-        directory = Path(resume).expanduser()
+    directory = Path(resume).expanduser() if resume is not None else None
+    if directory is not None:
         _check_eval_directory(directory)
         config = load_config(EvalConfig, None, saved_config(directory))
     elif config is None:
@@ -216,7 +216,8 @@ def evaluate(config: EvalConfig | None = None, on_event: OnEvent = ignore, cance
     if not rows:
         raise AhaError(f"{config.dataset} has no problems to evaluate")
     reward_set = RewardSet([config.verifier])
-    directory = Path(config.output_dir).expanduser() if config.output_dir else None
+    if directory is None and config.output_dir:
+        directory = Path(config.output_dir).expanduser()
     if directory is not None and (directory / "run.json").exists():
         _check_eval_directory(directory, config)
         run = Run.open(directory, on_event)
@@ -309,7 +310,8 @@ def evaluate(config: EvalConfig | None = None, on_event: OnEvent = ignore, cance
         raise AhaError(f"the evaluation stopped before every problem was answered; run it again with --output-dir "
                        f"{run.dir} to continue")
     run.set_status(status)
-    progress.update(finished_samples, force=True, **shown)
+    if progress.done != finished_samples or shown["accuracy"] is None:  # the last update was not shown yet
+        progress.update(finished_samples, force=True, **shown)
     run.artifact("eval", run.dir / "eval.json")
     return {"status": status, "run_id": run.store_id, "run_dir": str(run.dir), "eval": report}
 
