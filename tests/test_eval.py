@@ -211,7 +211,8 @@ def test_gguf_and_hf_fixtures_agree_greedily(checkpoint, gguf_file, tmp_path, ca
     folder, gguf = checkpoint("qwen2"), gguf_file("qwen2", "f32")
     out = tmp_path / "run"
     code = main(["eval", f"gguf:{gguf}", f"hf:{folder}", "--dataset", "addition", "--limit", "3", "-k", "2",
-                 "--temperature", "0", "--max-tokens", "12", "--output-dir", str(out), "--json", "--events", "none"])
+                 "--temperature", "0", "--max-tokens", "12", "--device", "cpu", "--output-dir", str(out), "--json",
+                 "--events", "none"])  # (float32 on the CPU: CUDA's bfloat16 would part from the f32 GGUF)
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = json.loads(captured.out)

@@ -231,7 +231,7 @@ class HFTeacher:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from engine.train.core import check_model_folder, load_tokenizer
+        from engine.train.core import check_model_folder, load_tokenizer, resolve_device
         from engine.train.sampling import eos_token_ids, pad_token_id
 
         self.folder = Path(folder).expanduser()
@@ -244,7 +244,7 @@ class HFTeacher:
         if self.adapter is not None and not (self.adapter / "adapter_config.json").is_file():
             raise AhaError(f"{self.adapter} is not a PEFT adapter folder (no adapter_config.json); give hf:MODEL+ADAPTER "
                            "with the adapter a run saved (final/adapter)")
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = str(resolve_device(device or "auto"))  # (cuda without CUDA: one line)
         on_cuda = self.device.startswith("cuda")
         self.batch_rows = batch_rows or (256 if on_cuda else 64)
         self.tokenizer = load_tokenizer(self.folder)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -48,6 +49,8 @@ class EvalConfig:
     concurrency: int = setting(4, "requests in flight to an endpoint", "Model")
     timeout: float = setting(600.0, "seconds to wait for one endpoint reply", "Model")
     n_ctx: int | None = setting(None, "context size of a GGUF model (unset: max_tokens + 1024)", "Model")
+    device: str = setting("auto", "where an hf: model runs: auto (CUDA when there is one), cpu, cuda or cuda:N",
+                          "Model")
     dataset: str = setting("", "the problems: a built-in task (its held-out split), or a .jsonl/.csv/.parquet file "
                                "(MATH-500, AIME: problem/answer; GSM8K: question/answer with #### N)", "Data")
     prompt_column: str | None = setting(None, "column holding the problem (unset: prompt, problem or question)",
@@ -86,6 +89,8 @@ class EvalConfig:
             raise AhaError(f"top_p must be above 0 and at most 1, got {self.top_p}")
         if not self.timeout > 0:
             raise AhaError(f"timeout must be above 0 seconds, got {self.timeout}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise AhaError(f"unknown device {self.device!r}; use auto, cpu, cuda or cuda:N")
         specs = [parse_model(spec) for spec in self.models]
         endpoints = sum(spec.kind == "openai" for spec in specs)
         if len(self.model) > 1 and len(self.model) != endpoints:
@@ -250,7 +255,7 @@ def evaluate(config: EvalConfig | None = None, on_event: OnEvent = ignore, cance
                         f"{config.k} samples")
                 teacher = open_model(spec, model=config.served_names(specs)[index], api_key_env=config.api_key_env,
                                      concurrency=config.concurrency, n_ctx=config.n_ctx or config.max_tokens + 1024,
-                                     timeout_s=config.timeout)
+                                     timeout_s=config.timeout, device=None if config.device == "auto" else config.device)
                 describe = teacher.describe()
                 started = time.monotonic()
                 try:
