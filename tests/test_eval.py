@@ -264,3 +264,22 @@ def test_hf_adapter_spec_and_labels(tmp_path):
              ModelSpec("hf:z", "hf", "runs/sft/final/model", "runs/grpo/checkpoints/step-40/adapter"),
              ModelSpec("gguf:q", "gguf", "models/grpo-Q4_K_M.gguf"), ModelSpec("gguf:q", "gguf", "models/grpo-Q4_K_M.gguf")]
     assert model_labels(specs) == ["sft", "sft+grpo", "sft+grpo@step-40", "grpo-Q4_K_M", "grpo-Q4_K_M #2"]
+
+
+def test_run_spec_is_the_runs_final_adapter_on_its_base(tmp_path):
+    from engine.eval.models import model_label, parse_model
+    from engine.store import Store
+
+    base, run_dir = tmp_path / "base", tmp_path / "runs" / "grpo-1"
+    (base).mkdir()
+    (base / "config.json").write_text("{}")
+    (run_dir / "checkpoints" / "step-5" / "adapter").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step-5" / "adapter" / "adapter_config.json").write_text("{}")
+    with Store() as store:
+        run_id = store.create_run("grpo", {"model": str(base)}, dir=run_dir, status="cancelled")
+    spec = parse_model(f"run:{run_id}")  # no final/ yet: the latest checkpoint
+    assert (spec.kind, spec.target, spec.adapter) == ("hf", str(base), str(run_dir / "checkpoints" / "step-5" / "adapter"))
+    (run_dir / "final" / "adapter").mkdir(parents=True)
+    (run_dir / "final" / "adapter" / "adapter_config.json").write_text("{}")
+    spec = parse_model(f"run:{run_id}")
+    assert (spec.adapter, spec.run_id, model_label(spec)) == (str(run_dir / "final" / "adapter"), run_id, f"run:{run_id}")
