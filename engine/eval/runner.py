@@ -304,16 +304,16 @@ def evaluate(config: EvalConfig | None = None, on_event: OnEvent = ignore, cance
                                              "status": "partial", "problems": 0})
                 _write_json(run.dir / "eval.json", report)
                 break
-    except BaseException:
+    except BaseException as error:  # a second cancel (KeyboardInterrupt) stops at once: what is written stays
         with contextlib.suppress(Exception):
-            run.set_status("error")
+            run.set_status("cancelled" if isinstance(error, KeyboardInterrupt) else "error")
         raise
     finally:
         run.close()
     if status == "incomplete":
         run.set_status("error")
-        raise AhaError(f"the evaluation stopped before every problem was answered; run it again with --output-dir "
-                       f"{run.dir} to continue")
+        raise AhaError(f"the evaluation stopped before every problem was answered; `aha runs resume {run.store_id}` "
+                       "continues it")
     run.set_status(status)
     if progress.done != finished_samples or shown["accuracy"] is None:  # the last update was not shown yet
         progress.update(finished_samples, force=True, **shown)
