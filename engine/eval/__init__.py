@@ -1,0 +1,1 @@
+"""Evaluation as the DeepSeek-R1 paper does it."""
