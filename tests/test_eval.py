@@ -217,6 +217,7 @@ def test_gguf_and_hf_fixtures_agree_greedily(checkpoint, gguf_file, tmp_path, ca
     assert code == 0, captured.err
     report = json.loads(captured.out)
     assert [entry["describe"]["kind"] for entry in report["models"]] == ["gguf", "hf"]
+    assert report["models"][0]["describe"]["batched"]  # engine.eval.batched decodes the GGUF's samples together
     assert [entry["label"] for entry in report["models"]] == ["qwen2-f32", "qwen2"]
     for entry in report["models"]:
         assert entry["status"] == "complete" and entry["problems"] == 3 and entry["samples"] == 6
@@ -232,6 +233,7 @@ def test_gguf_and_hf_fixtures_agree_greedily(checkpoint, gguf_file, tmp_path, ca
             assert (ours["thinking"], ours["answer_text"], ours["extracted"]) == (
                 theirs["thinking"], theirs["answer_text"], theirs["extracted"]), prompt
         assert gguf_line["completions"][0]["text"] == gguf_line["completions"][1]["text"]  # greedy: k alike
+    assert any(line["completions"][0]["text"] for line in by_model[0].values())  # (not only empty replies)
 
 
 @pytest.mark.parametrize(("argv", "message"), [

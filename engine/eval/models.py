@@ -110,13 +110,13 @@ def _run_spec(spec: str, rest: str) -> ModelSpec:
 
 def open_model(spec: ModelSpec | str, *, model: str | None = None, api_key_env: str | None = None,
                concurrency: int = 4, n_ctx: int = 4096, timeout_s: float = 600.0, device: str | None = None) -> Teacher:
-    """The Teacher that runs a spec: gguf → llama.cpp, hf → the HF sampler (+ adapter) on `device` (None: CUDA
+    """The Teacher that runs a spec: gguf → llama.cpp's batched decoding, hf → the HF sampler (+ adapter) on `device` (None: CUDA
     when there is one), openai → an endpoint (`model`: the served name; unset: the one it serves)."""
     parsed = parse_model(spec) if isinstance(spec, str) else spec
     if parsed.kind == "gguf":
-        from engine.distill.teachers import GGUFTeacher
+        from engine.eval.batched import BatchedGGUF
 
-        return GGUFTeacher(parsed.target, n_ctx=n_ctx)
+        return BatchedGGUF(parsed.target, n_ctx=n_ctx)  # n_ctx: per sequence (prompt + reply)
     if parsed.kind == "hf":
         return HFTeacher(parsed.target, adapter=parsed.adapter, device=device)
     return OpenAITeacher(parsed.target, model=model, api_key_env=api_key_env, concurrency=concurrency,
