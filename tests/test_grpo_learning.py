@@ -1,14 +1,17 @@
 """The DeepSeek-R1 recipe in miniature (issue 5's learning test): a random-init char-level
 Qwen2 (~0.86M parameters) learns 3-digit addition from a programmatic teacher by SFT until held-out greedy
 accuracy passes 30%, then 100 GRPO steps with LoRA must raise held-out accuracy on 500 problems by ≥ 15
-points. The suite runs seed 0; bench/learning.py runs the same stages (this module's functions) over seeds
-and reports the times."""
+points; then `aha eval` (pass@1 over 4 samples at temperature 0.6) must put the trained model ahead of its base.
+The suite runs seed 0; bench/learning.py runs the same stages (this module's functions) over seeds and reports
+the times."""
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from engine.cli import main
 from engine.train.core import load_tokenizer
 from engine.train.data import TaskSource
 from engine.train.grpo import GRPOConfig, train
@@ -71,3 +74,17 @@ def test_sft_then_grpo_raises_heldout_accuracy(tmp_path, capsys):
         print(f"\n[learning] seed {SEED}: SFT {sft['step']} steps (held-out-200 {sft['eval_accuracy']:.1%}); "
               f"held-out-{HELDOUT} greedy accuracy {before:.1%} → {after:.1%} after {GRPO_STEPS} GRPO steps")
     assert after - before >= MIN_GAIN, (before, after)
+
+    # The same two models through `aha eval`: pass@1 over k = 4 samples, the trained model ahead of its base.
+    capsys.readouterr()
+    assert main(["eval", f"hf:{sft['model']}", f"hf:{sft['model']}+{grpo['adapter']}", "--dataset", "addition",
+                 "-k", "4", "--limit", "100", "--max-tokens", "64", "--output-dir", str(tmp_path / "eval"), "--json",
+                 "--events", "none"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    base, trained = report["models"]
+    [comparison] = report["comparisons"]
+    with capsys.disabled():
+        print(f"[learning] aha eval, 100 problems × 4 samples: pass@1 {base['pass@1']:.1%} → {trained['pass@1']:.1%}, "
+              f"cons@4 {base['cons@k']:.1%} → {trained['cons@k']:.1%} ({comparison['note']})")
+    assert (base["status"], trained["status"], base["samples"]) == ("complete", "complete", 400)
+    assert trained["pass@1"] > base["pass@1"] and comparison["difference"] > 0, (base, trained)
