@@ -49,7 +49,8 @@ class _Slot:
 
 
 def kv_bytes_per_token(n_layer: int, n_embd: int, n_head: int, n_head_kv: int) -> int:
-    """Bytes one KV cell takes in f16: 2 (K and V) · n_layer · n_embd · n_head_kv / n_head · 2 bytes."""
+    """Bytes one KV cell takes in f16: 2 (K and V) · n_layer · n_embd · n_head_kv / n_head · 2 bytes (a head
+    of n_embd / n_head: an estimate for models whose heads are wider, as Qwen3's)."""
     return 2 * n_layer * (n_embd * n_head_kv // max(n_head, 1)) * 2
 
 
@@ -191,8 +192,8 @@ class BatchedGGUF:
                     joining = []
                     while waiting and free and waiting[0][0] == prompt_index:
                         joining.append(_Slot(free.pop(), *waiting.popleft(), None, len(rendered[prompt_index].tokens)))
-                    active.extend(self._start(ctx, memory, batch, rendered[prompt_index].tokens, joining,
-                                              sampling, seq_capacity, buffer))
+                    active.extend(joining)       # before their samplers exist: freed below whatever happens
+                    self._start(ctx, memory, batch, rendered[prompt_index].tokens, joining, sampling, seq_capacity)
                     for slot in joining:
                         if slot.finish is not None:
                             yield from self._retire(slot, results, rendered, sampling, memory, free, k, buffer)
@@ -218,7 +219,8 @@ class BatchedGGUF:
                 active = [slot for slot in active if slot.finish is None]
         finally:
             for slot in active:
-                llama_cpp.llama_sampler_free(slot.sampler)
+                if slot.sampler is not None:
+                    llama_cpp.llama_sampler_free(slot.sampler)
             llama_cpp.llama_batch_free(batch)
             llama_cpp.llama_free(ctx)
 
@@ -231,7 +233,7 @@ class BatchedGGUF:
                            f"(code {code}); lower the number of samples decoded together.")
 
     def _start(self, ctx, memory, batch, tokens: list[int], slots: list[_Slot], sampling: Sampling,
-               seq_capacity: int, buffer) -> list[_Slot]:
+               seq_capacity: int) -> None:
         """Evaluate a prompt once on the first slot's sequence, copy its cells to the others' sequences,
         and draw every slot's first token from the prompt's last logits."""
         import llama_cpp
@@ -243,7 +245,7 @@ class BatchedGGUF:
         if len(tokens) >= seq_capacity or sampling.max_tokens < 1:
             for slot in slots:
                 slot.finish = "length"       # no room for a reply (ChatModel: context_full)
-            return slots
+            return
         first = slots[0].seq
         for offset in range(0, len(tokens), PROMPT_BATCH):
             chunk = tokens[offset:offset + PROMPT_BATCH]
@@ -261,7 +263,6 @@ class BatchedGGUF:
             llama_cpp.llama_memory_seq_cp(memory, first, slot.seq, -1, -1)
         for slot in slots:
             self._advance(slot, llama_cpp.llama_sampler_sample(slot.sampler, ctx, -1), sampling, seq_capacity)
-        return slots
 
     def _advance(self, slot: _Slot, token: int, sampling: Sampling, seq_capacity: int) -> None:
         import llama_cpp
