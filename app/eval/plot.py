@@ -1,0 +1,70 @@
+"""The "aha" curve: accuracy by thinking length, one line per model (pyqtgraph). Each point is one of the
+runner's quantile buckets of thinking tokens (`by_thinking_length` in eval.json), drawn at the bucket's middle;
+its tooltip gives the bucket's range and sample count. Does thinking longer help this model?
+"""
+
+from __future__ import annotations
+
+import pyqtgraph
+
+from app.eval.results import EvalResults, thinking_curve
+from app.qt import QtCore, QtWidgets
+from app.runs.compare import CURVE_COLORS
+from app.theme import colors
+
+
+class ThinkingLengthPlot(QtWidgets.QWidget):
+    """`show_results(results)` draws every model that has buckets; `curves` (model index → its line) and
+    `legend_names()` are for tests and screenshots."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None):
+        super().__init__(parent)
+        self.curves: dict[int, pyqtgraph.PlotDataItem] = {}
+        self.plot = pyqtgraph.PlotWidget()
+        self.plot.setMinimumHeight(160)
+        self.empty = QtWidgets.QLabel("The curve shows once a model's samples are scored.", objectName="Muted")
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.plot, 1)
+        layout.addWidget(self.empty)
+        self.legend = self.plot.addLegend(offset=(-10, 10), labelTextSize="9pt")
+        self._style()
+
+    def _style(self) -> None:
+        palette = colors()
+        self.plot.setBackground(palette.surface)
+        self.plot.showGrid(x=True, y=True, alpha=0.2)
+        self.plot.setLabel("bottom", "thinking tokens (bucket middle)", color=palette.text)
+        self.plot.setLabel("left", "accuracy", color=palette.text)
+        for axis in ("bottom", "left"):
+            self.plot.getAxis(axis).enableAutoSIPrefix(False)
+            self.plot.getAxis(axis).setTextPen(palette.text)
+            self.plot.getAxis(axis).setPen(palette.border)
+        self.legend.setLabelTextColor(palette.text)
+        self.legend.setBrush(pyqtgraph.mkBrush(palette.surface + "d0"))
+        self.legend.setPen(pyqtgraph.mkPen(palette.border))
+
+    def changeEvent(self, event: QtCore.QEvent) -> None:  # noqa: N802 - Qt override
+        super().changeEvent(event)
+        if event.type() in (QtCore.QEvent.Type.PaletteChange, QtCore.QEvent.Type.StyleChange):
+            self._style()
+
+    def show_results(self, results: EvalResults) -> None:
+        self.plot.clear()                        # the legend's entries go with their curves
+        self.curves = {}
+        for position, model in enumerate(results.models):
+            xs, ys, counts = thinking_curve(model)
+            if not xs:
+                continue
+            color = CURVE_COLORS[position % len(CURVE_COLORS)]
+            curve = self.plot.plot(xs, ys, pen=pyqtgraph.mkPen(color, width=2), name=str(model.get("label")),
+                                   symbol="o", symbolSize=7, symbolBrush=color, symbolPen=color)
+            curve.setToolTip("\n".join(f"{x:.0f} tokens: {y * 100:.0f}% of {n}" for x, y, n in zip(xs, ys, counts,
+                                                                                                  strict=True)))
+            self.curves[model.get("index", position)] = curve
+        self.plot.setYRange(0, 1.02, padding=0)
+        self.plot.enableAutoRange(axis="x")
+        self.empty.setVisible(not self.curves)
+
+    def legend_names(self) -> list[str]:
+        return [label.text for _, label in self.legend.items]
