@@ -1,14 +1,12 @@
 """The Eval pane: a finished eval run written by hand in the runner's file shapes (eval.json, samples.jsonl) shows
 its side-by-side table, one thinking-length line per model and the drill-down's marks and majority; Run builds
 the `aha eval …` argv and a scripted child's events (start, progress, sample, metrics, done) update the view as
-they come; the window's Runs pane opens an eval run in the Eval pane and evaluates a real GRPO run (a 1-step run
-of the char-level tiny model, in a real store) against its base in one click."""
+they come; the window's Runs pane opens an eval run in the Eval pane and evaluates a GRPO run (in a real store,
+made as `aha grpo` makes it) against its base in one click."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,9 +17,7 @@ from app.eval.view import EvalPane
 from app.qt import Qt
 from app.workers import JobStatus
 from engine.store import Store
-from tests.support.char_model import make_char_model
 
-REPO = Path(__file__).resolve().parents[1]
 K = 4
 LABELS = ("base", "grpo", "grpo-q4")
 SPECS = ("hf:/models/base", "run:7", "gguf:/models/grpo-q4.gguf")
@@ -246,19 +242,21 @@ def test_live_rows_show_the_running_model(qtbot, home):
     assert [row[:2] for row in table_texts(pane)] == [["base (running)", "50.0%"], ["grpo (running)", "25.0%"]]
 
 
-@pytest.fixture(scope="module")
-def grpo_home(tmp_path_factory):
-    """A data directory with one complete 1-step GRPO run of the char-level tiny model on addition."""
-    folder = tmp_path_factory.mktemp("eval-grpo")
-    student = make_char_model(folder / "student")
-    home = folder / "home"
-    env = {**os.environ, "AHA_HOME": str(home), "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "engine.cli", "grpo", "--model", str(student), "--dataset", "addition",
-               "--max-steps", "1", "--prompts-per-step", "2", "--num-generations", "2", "--max-completion-length",
-               "4", "--lora-r", "4", "--lora-alpha", "8", "--seed", "3", "--device", "cpu", "--events", "none"]
-    done = subprocess.run(command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr
+@pytest.fixture
+def grpo_home(tmp_path, monkeypatch):
+    """A data directory whose store holds a complete GRPO run on addition, made as `aha grpo` makes it (Run.create
+    with its GRPOConfig, a metrics line, the status); its training is other tests' business, so the checkpoint
+    folder it names is never read."""
+    from engine.train.grpo import GRPOConfig
+    from engine.train.runs import Run
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("AHA_HOME", str(home))
+    student = tmp_path / "tiny-qwen2"
+    student.mkdir()
+    run = Run.create("grpo", GRPOConfig(model=str(student), dataset="addition", max_steps=1))
+    run.log_metrics(1, {"reward": 0.5})
+    run.set_status("complete")
     return {"home": home, "student": student}
 
 
