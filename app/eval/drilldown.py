@@ -14,6 +14,7 @@ from app.widgets import KEY_ROLE, SORT_ROLE, RowsModel
 
 RIGHT, WRONG = "✓", "✗"
 GOOD = "#16a34a"
+SIDE_BY_SIDE = 820      # the drill-down's width from which the problems and the samples sit side by side
 
 
 def short(text: str, length: int = 90) -> str:
@@ -116,7 +117,7 @@ class SampleCard(QtWidgets.QFrame):
         font = self.header.font()
         font.setBold(True)
         self.header.setFont(font)
-        self.extracted = QtWidgets.QLabel(wordWrap=True)
+        self.extracted = QtWidgets.QLabel(wordWrap=True, objectName="Muted")
         self.extracted.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.think = RolloutThought()
         self.answer = AutoHeightText()
@@ -134,7 +135,6 @@ class SampleCard(QtWidgets.QFrame):
         extracted = completion.get("extracted")
         self.extracted.setText(f"Extracted answer: {extracted}" if extracted is not None else
                                "Extracted answer: none (scored wrong)")
-        self.extracted.setObjectName("Muted")
         answer_text = str(completion.get("answer_text") or "")
         self.think.show_thought(str(completion.get("thinking") or ""),
                                 bool(completion.get("truncated")) and not answer_text.strip())
@@ -202,6 +202,7 @@ class ProblemDrilldown(QtWidgets.QWidget):
         header.setHighlightSections(False)
         header.setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
         header.setMinimumSectionSize(28)
+        header.setStretchLastSection(False)
         self.prompt_view = QtWidgets.QLabel(wordWrap=True)
         self.prompt_view.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.model_box = QtWidgets.QComboBox()
@@ -252,12 +253,20 @@ class ProblemDrilldown(QtWidgets.QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.split, 1)
 
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        """Problems beside the samples when there is room, above them in a narrow window."""
+        super().resizeEvent(event)
+        orientation = Qt.Orientation.Horizontal if event.size().width() >= SIDE_BY_SIDE else Qt.Orientation.Vertical
+        if orientation != self.split.orientation():
+            self.split.setOrientation(orientation)
+
     # the interface
 
     def show_results(self, results: EvalResults) -> None:
         self.results = results
         shown, model = self._shown, self.model_box.currentData()
         self.model.set_results(results)
+        self.table.horizontalHeader().setSectionResizeMode(1, QtWidgets.QHeaderView.ResizeMode.Stretch)
         self.model_box.blockSignals(True)
         self.model_box.clear()
         for index in results.model_indexes():

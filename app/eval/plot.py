@@ -34,12 +34,12 @@ class ThinkingLengthPlot(QtWidgets.QWidget):
         palette = colors()
         self.plot.setBackground(palette.surface)
         self.plot.showGrid(x=True, y=True, alpha=0.2)
-        self.plot.setLabel("bottom", "thinking tokens (bucket middle)", color=palette.text)
-        self.plot.setLabel("left", "accuracy", color=palette.text)
         for axis in ("bottom", "left"):
             self.plot.getAxis(axis).enableAutoSIPrefix(False)
+            self.plot.getAxis(axis).setPen(palette.border)      # also colours the axis label: the text pen next
             self.plot.getAxis(axis).setTextPen(palette.text)
-            self.plot.getAxis(axis).setPen(palette.border)
+        self.plot.setLabel("bottom", "thinking tokens (the middle of each quantile bucket)", color=palette.text)
+        self.plot.setLabel("left", "accuracy", color=palette.text)
         self.legend.setLabelTextColor(palette.text)
         self.legend.setBrush(pyqtgraph.mkBrush(palette.surface + "d0"))
         self.legend.setPen(pyqtgraph.mkPen(palette.border))

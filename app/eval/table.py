@@ -127,8 +127,8 @@ def make_table(model: ResultsModel) -> QtWidgets.QTableView:
     proxy.setSortRole(SORT_ROLE)
     table = QtWidgets.QTableView()
     table.setModel(proxy)
-    table.setSortingEnabled(True)
-    table.sortByColumn(MODEL, Qt.SortOrder.AscendingOrder)
+    # not sortable: a few rows in the order the models were given (the first is the baseline), and a header
+    # without sort arrows keeps the numeric columns narrow enough for a 790 px window
     table.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
     table.setSelectionMode(QtWidgets.QAbstractItemView.SelectionMode.SingleSelection)
     table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)

@@ -29,6 +29,7 @@ from engine.train.data import TASKS
 SPEC_ROLE = Qt.ItemDataRole.UserRole
 ENDPOINT_ROLE = Qt.ItemDataRole.UserRole + 1
 DEFAULTS = {"k": 8, "max_tokens": 4096, "temperature": 0.6, "top_p": 0.95, "limit": 0}
+MAX_TABLE_ROWS = 8
 CANCEL_GRACE_S = 120.0     # a cancelled eval ends its current batch of samples first
 
 
@@ -42,6 +43,36 @@ def _double(minimum: float, maximum: float, value: float, step: float) -> QtWidg
     spin = QtWidgets.QDoubleSpinBox(minimum=minimum, maximum=maximum, singleStep=step, decimals=2)
     spin.setValue(value)
     return spin
+
+
+class FoldingForm(QtWidgets.QWidget):
+    """Two parts of a form side by side, or one above the other when the pane is too narrow for both (a 790 px
+    window): the pane's minimum width is that of the wider part, not of both."""
+
+    GAP = 18
+
+    def __init__(self, left: QtWidgets.QLayout, right: QtWidgets.QLayout, parent: QtWidgets.QWidget | None = None):
+        super().__init__(parent)
+        self.parts = (left, right)
+        self.box = QtWidgets.QBoxLayout(QtWidgets.QBoxLayout.Direction.LeftToRight, self)
+        self.box.setContentsMargins(0, 0, 0, 0)
+        self.box.setSpacing(self.GAP)
+        self.box.addLayout(left, 3)
+        self.box.addLayout(right, 2)
+        self.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Fixed)
+        self.setMinimumWidth(max(part.minimumSize().width() for part in self.parts))
+
+    def side_by_side(self) -> bool:
+        return self.box.direction() == QtWidgets.QBoxLayout.Direction.LeftToRight
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        needed = sum(part.minimumSize().width() for part in self.parts) + self.GAP
+        direction = (QtWidgets.QBoxLayout.Direction.LeftToRight if event.size().width() >= needed
+                     else QtWidgets.QBoxLayout.Direction.TopToBottom)
+        if direction != self.box.direction():
+            self.box.setDirection(direction)
+            self.updateGeometry()
 
 
 class EvalPane(QtWidgets.QWidget):
@@ -72,12 +103,12 @@ class EvalPane(QtWidgets.QWidget):
     def _build(self) -> None:
         self.title = QtWidgets.QLabel("Eval")
         bold(self.title, 6)
-        self.subtitle = QtWidgets.QLabel("pass@1 over k samples, cons@k and pass@k, as the DeepSeek-R1 paper "
-                                         "reports them; the first model is the baseline")
+        self.subtitle = QtWidgets.QLabel("pass@1 over k samples, cons@k and pass@k, as in the R1 paper; the "
+                                         "first model is the baseline")
         self.subtitle.setObjectName("Muted")
         self.subtitle.setWordWrap(True)
         self.models_list = QtWidgets.QListWidget()
-        self.models_list.setFixedHeight(78)
+        self.models_list.setFixedHeight(72)
         self.models_list.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.remove_button = QtWidgets.QPushButton("Remove")
         self.first_button = QtWidgets.QPushButton("Make baseline")
@@ -109,22 +140,28 @@ class EvalPane(QtWidgets.QWidget):
         self.limit_spin = _spin(0, 1 << 20, DEFAULTS["limit"], 10)
         self.limit_spin.setSpecialValueText("all")
         self.limit_spin.setToolTip("evaluate the first N problems only")
+        self.setup_button = QtWidgets.QToolButton(checkable=True, checked=True, text="Setup")
+        self.setup_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.setup_button.setArrowType(Qt.ArrowType.DownArrow)
+        self.setup_button.setToolTip("Show or hide the models, the dataset and the sampling settings")
         self.command_line = QtWidgets.QLineEdit(readOnly=True)
         self.command_line.setObjectName("Muted")
         self.run_button = QtWidgets.QPushButton("Run")
         self.run_button.setObjectName("PrimaryButton")
         self.stop_button = QtWidgets.QPushButton("Stop", visible=False)
         self.stop_button.setObjectName("StopButton")
-        self.bar = QtWidgets.QProgressBar(minimum=0, maximum=1000, value=0)
+        self.bar = QtWidgets.QProgressBar(minimum=0, maximum=1000, value=0, visible=False)
         self.bar.setTextVisible(False)
         self.bar.setMaximumHeight(8)
         self.detail = ElidedLabel()
         self.detail.setObjectName("Muted")
-        self.summary_line = QtWidgets.QLabel(wordWrap=True)
+        self.summary_line = QtWidgets.QLabel()   # no word wrap here: a height-for-width would make the body scroll
         self.results_model = ResultsModel(self)
         self.table = make_table(self.results_model)
-        self.notes = QtWidgets.QLabel(wordWrap=True)
+        self.notes = QtWidgets.QLabel()          # one line per comparison
         self.notes.setObjectName("Muted")
+        for label in (self.summary_line, self.notes):   # a long line is cut at the pane's edge, never widens it
+            label.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
         self.notes.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.plot = ThinkingLengthPlot()
         self.drilldown = ProblemDrilldown()
@@ -169,11 +206,9 @@ class EvalPane(QtWidgets.QWidget):
             data.addWidget(widget, row, column + 1)
         data.setColumnStretch(1, 1)
         data.setColumnStretch(3, 1)
-        form = QtWidgets.QHBoxLayout()
-        form.setSpacing(18)
-        form.addLayout(models, 3)
-        form.addLayout(data, 2)
+        self.form = FoldingForm(models, data)
         actions = QtWidgets.QHBoxLayout()
+        actions.addWidget(self.setup_button)
         actions.addWidget(self.command_line, 1)
         actions.addWidget(self.run_button)
         actions.addWidget(self.stop_button)
@@ -182,24 +217,28 @@ class EvalPane(QtWidgets.QWidget):
         above_layout.setContentsMargins(0, 0, 0, 0)
         above_layout.setSpacing(4)
         above_layout.addWidget(self.summary_line)
-        above_layout.addWidget(self.table, 1)
+        above_layout.addWidget(self.table)
         above_layout.addWidget(self.notes)
-        self.splitter = QtWidgets.QSplitter(Qt.Orientation.Vertical)
-        self.splitter.addWidget(above)
-        self.splitter.addWidget(self.tabs)
-        self.splitter.setStretchFactor(0, 2)
-        self.splitter.setStretchFactor(1, 3)
-        self.splitter.setChildrenCollapsible(False)
+        body = QtWidgets.QWidget()
+        body_layout = QtWidgets.QVBoxLayout(body)
+        body_layout.setContentsMargins(0, 0, 0, 0)
+        body_layout.setSpacing(6)
+        body_layout.addWidget(self.form)
+        body_layout.addLayout(actions)
+        body_layout.addWidget(self.bar)
+        body_layout.addWidget(self.detail)
+        body_layout.addWidget(above)
+        body_layout.addWidget(self.tabs, 1)
+        # A window shorter than the form and the results scrolls them: the pane never sets the window's height
+        self.scroll = QtWidgets.QScrollArea(widgetResizable=True, frameShape=QtWidgets.QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setWidget(body)
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(16, 14, 16, 10)
         layout.setSpacing(6)
         layout.addWidget(self.title)
         layout.addWidget(self.subtitle)
-        layout.addLayout(form)
-        layout.addLayout(actions)
-        layout.addWidget(self.bar)
-        layout.addWidget(self.detail)
-        layout.addWidget(self.splitter, 1)
+        layout.addWidget(self.scroll, 1)
 
     def _connect(self) -> None:
         self.add_button.clicked.connect(self._on_add_clicked)
@@ -212,10 +251,20 @@ class EvalPane(QtWidgets.QWidget):
         self.dataset_box.currentTextChanged.connect(lambda _: self._update_form())
         for spin in (self.k_spin, self.tokens_spin, self.temperature_spin, self.top_p_spin, self.limit_spin):
             spin.valueChanged.connect(lambda _: self._update_form())
+        self.setup_button.toggled.connect(self.show_setup)
         self.run_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.cancel)
 
     # -- the form ------------------------------------------------------------------------------------
+    @Slot(bool)
+    def show_setup(self, shown: bool) -> None:
+        """Show the form, or fold it away (the command line still says what runs) to give the results room."""
+        self.setup_button.blockSignals(True)
+        self.setup_button.setChecked(shown)
+        self.setup_button.blockSignals(False)
+        self.setup_button.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+        self.form.setVisible(shown)
+
     def refresh_choices(self) -> None:
         """The models that can be added: the library's GGUFs and the training runs' final checkpoints."""
         self.choice_box.clear()
@@ -365,6 +414,7 @@ class EvalPane(QtWidgets.QWidget):
                 self._say(problem, warning=True)
             return None
         self.results, self.live, self.run_dir, self.run_id = EvalResults(), {}, None, None
+        self.show_setup(False)
         self.show_results()
         self.bar.setValue(0)
         self._say("Starting… (loading the first model)")
@@ -374,6 +424,7 @@ class EvalPane(QtWidgets.QWidget):
         self.job = job
         job.start()
         self.run_button.setVisible(False)
+        self.bar.setVisible(True)
         self.stop_button.setVisible(True)
         self.stop_button.setEnabled(True)
         self._update_form()
@@ -428,6 +479,7 @@ class EvalPane(QtWidgets.QWidget):
     @Slot(object)
     def _on_finished(self, outcome: JobOutcome) -> None:
         self._redraw.stop()
+        self.bar.setVisible(False)
         self.run_button.setVisible(True)
         self.stop_button.setVisible(False)
         result = outcome.result or {}
@@ -441,7 +493,6 @@ class EvalPane(QtWidgets.QWidget):
         self._update_form()
         self.show_results()
         if outcome.status == JobStatus.COMPLETE:
-            self.bar.setValue(self.bar.maximum())
             self._say(f"Eval run {self.run_id} complete." if self.run_id is not None else "Eval complete.")
         elif outcome.status == JobStatus.CANCELLED:
             self._say(f"{outcome} The samples done are kept; run it again with the same settings to continue.")
@@ -464,11 +515,19 @@ class EvalPane(QtWidgets.QWidget):
             live[max([*results.labels, *live, -1]) + 1 + offset] = self.live[label]
         self.results_model.k = results.k
         self.results_model.set_rows(table_rows(results, live))
+        self._fit_table()
         self.notes.setText(comparison_notes(results))
         self.notes.setVisible(bool(self.notes.text()))
         self.summary_line.setText(self._summary_text())
         self.plot.show_results(results)
         self.drilldown.show_results(results)
+
+    def _fit_table(self) -> None:
+        """The table as tall as its rows (2 to MAX_TABLE_ROWS; more scroll): the plot and drill-down get the rest."""
+        rows = min(max(self.results_model.rowCount(), 2), MAX_TABLE_ROWS)
+        header = self.table.horizontalHeader().sizeHint().height()
+        self.table.setFixedHeight(header + rows * self.table.verticalHeader().defaultSectionSize()
+                                  + 2 * self.table.frameWidth() + 2)
 
     def _summary_text(self) -> str:
         summary = self.results.summary
@@ -496,6 +555,7 @@ class EvalPane(QtWidgets.QWidget):
         summary = self.results.summary
         if not self.is_busy():
             self._fill_form(summary, run.get("config") or {})
+        self.show_setup(False)
         self.show_results()
         status = run.get("status", "")
         self._say(f"Eval run {self.run_id} · {status}" + ("" if self.results.problems else

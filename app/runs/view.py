@@ -297,10 +297,10 @@ class RunsPane(QtWidgets.QWidget):
         heading.addWidget(self.kind_filter)
         heading.addWidget(self.status_filter)
         toolbar = QtWidgets.QHBoxLayout()
-        toolbar.setSpacing(4)
+        toolbar.setSpacing(2)
         for name, button in self.buttons.items():
             if name in ("Compare", "Delete"):
-                toolbar.addSpacing(12)
+                toolbar.addSpacing(8)
             toolbar.addWidget(button)
         toolbar.addStretch()
         self.splitter = QtWidgets.QSplitter(Qt.Orientation.Vertical)
