@@ -379,6 +379,52 @@ def _grpo_parser(subparsers) -> None:
     parser.set_defaults(func=_cmd_grpo)
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from engine.eval.runner import EvalConfig, evaluate, table_text
+    from engine.train.config import flag_overrides, load_config
+
+    overrides = {name: value for name, value in flag_overrides(args, EvalConfig).items() if name != "models"}
+    if args.models:  # the positional MODEL list (the flags' namesake setting)
+        overrides["models"] = tuple(args.models)
+    if args.resume and overrides:
+        raise AhaError("--resume continues an evaluation with its saved settings; give no models or settings with it")
+
+    def work(job):
+        if args.resume:
+            result = evaluate(resume=args.resume, on_event=job.emit, cancel=job.cancel)
+        else:
+            result = evaluate(load_config(EvalConfig, args.config, overrides), on_event=job.emit, cancel=job.cancel)
+        if args.json and args.events != "jsonl":
+            print(json.dumps(result["eval"], ensure_ascii=False))
+        elif args.events != "jsonl":  # the table is the result, shown without a progress bar too
+            print(table_text(result["eval"]))
+        return result
+
+    return run_job("eval", work, args, stages=["eval"])
+
+
+def _eval_parser(subparsers) -> None:
+    from engine.eval.runner import EvalConfig
+    from engine.train.config import add_config_flags
+
+    parser = subparsers.add_parser(
+        "eval", help="pass@1 over k samples, cons@k and pass@k of one or more models, side by side (resumable)",
+        description="Evaluate models as the DeepSeek-R1 paper reports them: k samples per problem at temperature 0.6 "
+                    "and top-p 0.95, pass@1 (their mean), cons@k (majority vote) and pass@k, the thinking and answer "
+                    "tokens, the share of thoughts cut by the budget and accuracy by thinking length; each model "
+                    "against the first with a paired significance note. MODEL: gguf:PATH or a library name, "
+                    "hf:FOLDER[+ADAPTER], openai:URL (with --model NAME) or run:ID. E.g. aha eval run:3 run:7 "
+                    "--dataset math500.jsonl -k 8. A rerun with the same --output-dir continues it.")
+    parser.add_argument("models", nargs="*", metavar="MODEL", help="the models; the first is the baseline")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config", metavar="TOML", help="settings file (keys named as the flags, with _)")
+    source.add_argument("--resume", metavar="RUN_DIR", help="continue the evaluation in this run directory")
+    parser.add_argument("--json", action="store_true", help="print eval.json instead of the table")
+    add_config_flags(parser, EvalConfig, skip=("models",))
+    _add_events_flag(parser)
+    parser.set_defaults(func=_cmd_eval)
+
+
 def _cmd_runs(args: argparse.Namespace) -> int:
     from engine import run_index
     from engine.store import Store
@@ -423,7 +469,7 @@ def _runs_parser(subparsers) -> None:
     show.add_argument("run", metavar="RUN", help="a run id or a run directory")
     show.add_argument("--json", action="store_true", help="one JSON object instead of text")
     resume = actions.add_parser("resume", help="continue a run with the command of its kind (grpo, distill sft|kd, "
-                                               "distill generate)")
+                                               "distill generate, eval)")
     resume.add_argument("run", metavar="RUN", help="a run id or a run directory")
     resume.add_argument("--max-steps", type=int, help="train to this step (a complete training run too)")
     _add_events_flag(resume)
@@ -543,9 +589,9 @@ def _rewards_parser(subparsers) -> None:
 
 # Each entry adds one subcommand; later modules (grpo, distill) add theirs here.
 SUBCOMMANDS: list[Callable] = [_chat_parser, _models_parser, _export_parser, _distill_parser, _grpo_parser,
-                               _runs_parser, _inspect_parser, _rewards_parser]
+                               _eval_parser, _runs_parser, _inspect_parser, _rewards_parser]
 # Commands that read or start runs: they first mark runs whose process is gone as crashed.
-RECOVERS_RUNS = ("runs", "grpo", "distill")
+RECOVERS_RUNS = ("runs", "grpo", "distill", "eval")
 
 
 class _Parser(argparse.ArgumentParser):

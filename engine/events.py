@@ -82,8 +82,10 @@ class Metrics(Event):
 @dataclass(frozen=True)
 class Completion:
     """One completion of a sample: its text split at </think>, each reward's score (None: the reward has no
-    opinion), their weighted sum, the group advantage (GRPO), whether it was kept (trace generation),
-    its length in tokens (None where the producer cannot count them) and whether it hit the length limit."""
+    opinion), their weighted sum, the group advantage (GRPO), whether it was kept (trace generation) or right
+    (evaluation), its length in tokens (None where the producer cannot count them) and whether it hit the length
+    limit (an evaluation: its thought was cut by it); an evaluation's final answer as the verifier read it
+    (`extracted`, None: none found) and the thought's length in tokens, `</think>` included."""
 
     text: str
     thinking: str
@@ -94,6 +96,8 @@ class Completion:
     truncated: bool
     advantage: float | None = None
     accepted: bool | None = None
+    extracted: str | None = None
+    thinking_length: int | None = None
 
 
 @dataclass(frozen=True)

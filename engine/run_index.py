@@ -30,6 +30,8 @@ RESUME_COMMANDS = {"grpo": ("grpo",), "sft": ("distill", "sft"), "distill-sft": 
 # Trace generation resumes by being called again with the same output. Its kind is "generate"; stores
 # written before the job contract call it "distill-generate".
 GENERATE_KINDS = ("generate", "distill-generate")
+# An evaluation resumes with `aha eval --resume DIR` (it skips the (model, problem) pairs done).
+EVAL_KINDS = ("eval",)
 # Flags of the recorded `distill generate` argv left out when it is called again: --force would start over,
 # --events is the resuming call's. Matched as argparse does, by any unambiguous prefix (e.g. --fo).
 DROPPED_FLAGS = {"--force": False, "--events": True}  # flag → takes a value
@@ -68,6 +70,8 @@ def summarize(run: Mapping[str, Any], last_step: int | None = None) -> RunSummar
 
 
 def _model(config: Mapping[str, Any]) -> str | None:
+    if isinstance(config.get("models"), list) and config["models"]:  # an evaluation: its models, the first the baseline
+        return " vs ".join(map(str, config["models"]))
     if config.get("model"):
         return str(config["model"])
     teacher = config.get("teacher")
@@ -252,9 +256,11 @@ def resume_plan(store: Store, target: str, events: str = "auto", max_steps: int 
         run = find_run(store, target)
     except AhaError:
         info = _run_json(Path(target).expanduser())
-        if target.isdigit() or info.get("kind") not in RESUME_COMMANDS:
+        if target.isdigit() or info.get("kind") not in (*RESUME_COMMANDS, *EVAL_KINDS):
             raise
         run = None  # a run directory the store does not index (copied from elsewhere): resuming indexes it
+    if run is None and info["kind"] in EVAL_KINDS:
+        return _eval_plan(info["kind"], str(Path(target).expanduser()), events, max_steps)
     if run is None:
         return ResumePlan(_training_argv(info["kind"], str(Path(target).expanduser()), events, max_steps), None)
     _refuse_if_running(run, "resuming")
@@ -266,6 +272,10 @@ def resume_plan(store: Store, target: str, events: str = "auto", max_steps: int 
         if not run["dir"]:
             raise AhaError(f"{name} has no run directory to resume from")
         return ResumePlan(_training_argv(kind, run["dir"], events, max_steps), None)
+    if kind in EVAL_KINDS:
+        if not run["dir"]:
+            raise AhaError(f"{name} has no run directory to resume from")
+        return _eval_plan(name, run["dir"], events, max_steps)
     if kind in GENERATE_KINDS:
         if max_steps is not None:
             raise AhaError(f"--max-steps applies to training runs; {name} is a trace generation")
@@ -276,6 +286,12 @@ def resume_plan(store: Store, target: str, events: str = "auto", max_steps: int 
 def _training_argv(kind: str, directory: str, events: str, max_steps: int | None) -> list[str]:
     extend = ["--max-steps", str(max_steps)] if max_steps is not None else []
     return [*RESUME_COMMANDS[kind], "--resume", directory, *extend, "--events", events]
+
+
+def _eval_plan(name: str, directory: str, events: str, max_steps: int | None) -> ResumePlan:
+    if max_steps is not None:
+        raise AhaError(f"--max-steps applies to training runs; {name} is an evaluation")
+    return ResumePlan(["eval", "--resume", directory, "--events", events], None)
 
 
 def _generate_plan(run: Mapping[str, Any], events: str) -> ResumePlan:

@@ -187,7 +187,7 @@ def test_grpo_stream(work, tmp_path):
     assert len(samples) == 4  # 2 steps × 2 prompts, each with its 2 completions
     completion = samples[0]["completions"][0]
     assert set(completion) == {"text", "thinking", "answer_text", "rewards", "reward", "advantage", "accepted",
-                               "length", "truncated"}
+                               "length", "truncated", "extracted", "thinking_length"}
 
 
 @pytest.mark.parametrize("action", ["sft", "kd"])

@@ -1,8 +1,10 @@
 """Teachers for distillation: k sampled replies per prompt, each split into thinking and answer.
 
-Three kinds: a local GGUF through engine.chat.runtime, a Hugging Face checkpoint through transformers, and any
-OpenAI-compatible chat endpoint (Ollama, llama.cpp's server, vLLM, LM Studio) over stdlib HTTP with a
-thread pool. A teacher only generates; verification, keep rules and files are engine.distill.generate's.
+Three kinds: a local GGUF through engine.chat.runtime, a Hugging Face checkpoint (+ a PEFT adapter) through
+engine.train.sampling's KV-cache sampler, several prompts per batch, and any OpenAI-compatible chat endpoint
+(Ollama, llama.cpp's server, vLLM, LM Studio) over stdlib HTTP with a thread pool. A teacher only generates;
+verification, keep rules and files are engine.distill.generate's (and engine.eval.runner's, which evaluates
+models through the same interface).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class TeacherSample:
     finish_reason: str                     # "stop" | "length" (token budget or context) | "cancelled"
     sampling: dict                         # Sampling.for_sample(i)
     timing: dict = field(default_factory=dict)   # seconds (wall time of the request or batch), …
-    usage: dict = field(default_factory=dict)    # prompt_tokens, completion_tokens when known
+    usage: dict = field(default_factory=dict)    # prompt_tokens, completion_tokens, thinking_tokens when known
 
 
 class Teacher(Protocol):
@@ -94,12 +96,25 @@ def split_reply(content: str, reasoning: str = "", prefilled: bool | None = None
 
 
 def parse_teacher(spec: str) -> tuple[str, str]:
-    """`gguf:PATH` | `hf:FOLDER` | `openai:BASE_URL` → (kind, target)."""
+    """`gguf:PATH` | `hf:FOLDER[+ADAPTER]` | `openai:BASE_URL` → (kind, target); split_adapter splits an hf target."""
     kind, _, target = spec.partition(":")
     if kind not in TEACHER_KINDS or not target:
-        raise AhaError(f"unknown teacher {spec!r}: give gguf:PATH, hf:FOLDER or openai:BASE_URL "
+        raise AhaError(f"unknown teacher {spec!r}: give gguf:PATH, hf:FOLDER[+ADAPTER] or openai:BASE_URL "
                        "(e.g. openai:http://localhost:11434/v1 for Ollama)")
     return kind, target
+
+
+def split_adapter(target: str) -> tuple[str, str | None]:
+    """`FOLDER+ADAPTER` → (FOLDER, ADAPTER); a target without `+`, or a folder whose own name has one, → (target, None).
+
+    Example:
+    >>> split_adapter("runs/sft/final/model+runs/grpo/final/adapter")
+    ('runs/sft/final/model', 'runs/grpo/final/adapter')
+    """
+    if "+" not in target or (Path(target).expanduser() / "config.json").is_file():
+        return target, None
+    folder, adapter = target.rsplit("+", 1)
+    return (folder, adapter) if folder and adapter else (target, None)
 
 
 def make_teacher(spec: str, *, model: str | None = None, api_key_env: str | None = None, concurrency: int = 4,
@@ -109,8 +124,19 @@ def make_teacher(spec: str, *, model: str | None = None, api_key_env: str | None
     if kind == "gguf":
         return GGUFTeacher(target, n_ctx=n_ctx)
     if kind == "hf":
-        return HFTeacher(target)
+        folder, adapter = split_adapter(target)
+        return HFTeacher(folder, adapter=adapter)
     return OpenAITeacher(target, model=model, api_key_env=api_key_env, concurrency=concurrency, timeout_s=timeout_s)
+
+
+def thinking_token_count(completion_ids: Sequence[int], close_id: int | None, prefilled: bool,
+                         open_id: int | None = None) -> int:
+    """Tokens of the thought, `</think>` included: up to the first `close_id`; all of them when the thought
+    never closed (the prompt opened it, or the completion did); 0 for a reply with no thought at all."""
+    ids = list(completion_ids)
+    if close_id is not None and close_id in ids:
+        return ids.index(close_id) + 1
+    return len(ids) if prefilled or (open_id is not None and open_id in ids) else 0
 
 
 def _user_turn(prompt: str) -> list[dict]:
@@ -179,7 +205,8 @@ class GGUFTeacher:
         timing = {"seconds": round(time.monotonic() - started, 6),
                   **{key: stats.get(key) for key in ("prompt_s", "thinking_s", "answer_s", "tokens_per_s")}}
         usage = {"prompt_tokens": stats.get("prompt_tokens"),
-                 "completion_tokens": (stats.get("thinking_tokens") or 0) + (stats.get("answer_tokens") or 0)}
+                 "completion_tokens": (stats.get("thinking_tokens") or 0) + (stats.get("answer_tokens") or 0),
+                 "thinking_tokens": stats.get("thinking_tokens") or 0}
         return TeacherSample(thinking.strip(), answer.strip(), raw, prefilled, finish, settings, timing, usage)
 
     def close(self) -> None:
@@ -189,80 +216,135 @@ class GGUFTeacher:
 # Hugging Face checkpoint --------------------------------------------------------------------------
 
 class HFTeacher:
-    """A Hugging Face causal LM through transformers: the k samples of a prompt in one batch."""
+    """A Hugging Face causal LM (+ a PEFT adapter, merged) through engine.train.sampling.sample: several
+    prompts' k samples in one KV-cache batch of at most `batch_rows` rows, prompts rendered and tokenized as
+    training renders them (engine.train.sampling.encode_prompts, the tokenizer of engine.train.core).
+
+    Randomness: one torch generator per batch, seeded `sampling.seed + index of the batch's first prompt`,
+    so a run is repeatable for the same prompts and batch size (the seed recorded per sample is
+    Sampling.for_sample's, as for the other teachers; the HF rows of a batch share the generator)."""
 
     kind = "hf"
 
-    def __init__(self, folder: str | Path, device: str | None = None):
+    def __init__(self, folder: str | Path, adapter: str | Path | None = None, device: str | None = None,
+                 batch_rows: int | None = None):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from engine.train.core import check_model_folder, load_tokenizer, resolve_device
+        from engine.train.sampling import eos_token_ids, pad_token_id
 
         self.folder = Path(folder).expanduser()
-        self.name = self.folder.name
+        self.adapter = Path(adapter).expanduser() if adapter is not None else None
+        self.name = self.folder.name + (f"+{self.adapter.name}" if self.adapter is not None else "")
         if not (self.folder / "config.json").is_file():
             raise AhaError(f"{self.folder} is not a Hugging Face checkpoint folder (no config.json); "
                            "give the folder holding config.json, the weights and the tokenizer")
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        check_model_folder(self.folder)
+        if self.adapter is not None and not (self.adapter / "adapter_config.json").is_file():
+            raise AhaError(f"{self.adapter} is not a PEFT adapter folder (no adapter_config.json); give hf:MODEL+ADAPTER "
+                           "with the adapter a run saved (final/adapter)")
+        self.device = str(resolve_device(device or "auto"))  # (cuda without CUDA: one line)
         on_cuda = self.device.startswith("cuda")
-        self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        self.batch_rows = batch_rows or (256 if on_cuda else 64)
+        self.tokenizer = load_tokenizer(self.folder)
         if not getattr(self.tokenizer, "chat_template", None):
             raise AhaError(f"{self.name}'s tokenizer has no chat template; a teacher needs one to be prompted "
                            "as at inference")
         if not on_cuda:
             torch.set_flush_denormal(True)  # tiny models' denormals slow CPU math over ten times
         # Eager attention on CPU: sdpa had erratic 60× slow calls there at small sizes (2 threads).
-        self.model = AutoModelForCausalLM.from_pretrained(
-            self.folder, dtype=torch.bfloat16 if on_cuda else torch.float32,
-            attn_implementation="sdpa" if on_cuda else "eager").to(self.device).eval()
-        eos = self.model.generation_config.eos_token_id
-        eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
-        self.eos_ids = sorted({*eos, *([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else [])})
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                self.folder, dtype=torch.bfloat16 if on_cuda else torch.float32,
+                attn_implementation="sdpa" if on_cuda else "eager")
+        except (OSError, ValueError) as error:
+            raise AhaError(f"cannot load the model in {self.folder}: {str(error).splitlines()[0]}") from error
+        if self.adapter is not None:
+            from peft import PeftModel
+
+            try:
+                model = PeftModel.from_pretrained(model, self.adapter).merge_and_unload()  # one matmul per layer
+            except (OSError, ValueError, RuntimeError, KeyError) as error:
+                raise AhaError(f"cannot apply the adapter {self.adapter} to {self.folder}: "
+                               f"{str(error).splitlines()[0]}; give the base model the adapter was trained on") from error
+        self.model = model.to(self.device).eval()
+        vocabulary = self.tokenizer.get_vocab()
+        # The R1 turn markers end a reply too, as in the chat runtime (engine.chat.runtime stops on r1.STOPS).
+        stops = {vocabulary[text] for text in r1.STOPS if text in vocabulary}
+        self.eos_ids = sorted({*eos_token_ids(self.tokenizer, self.model), *stops})
+        self.pad_id = pad_token_id(self.tokenizer)
+        self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
+        self.open_id, self.close_id = vocabulary.get(OPEN_TAG), vocabulary.get(CLOSE_TAG)
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "name": self.name, "path": str(self.folder)}
+        info = {"kind": self.kind, "name": self.name, "path": str(self.folder)}
+        return {**info, "adapter": str(self.adapter)} if self.adapter is not None else info
+
+    def _encode(self, prompts: Sequence[str]) -> tuple[list[list[int]], list[bool]]:
+        """Token ids and prefilled flags of each prompt, as training encodes them, with the BOS the
+        tokenizer asks for when the template did not write it (llama.cpp adds it the same way)."""
+        from engine.train.sampling import encode_prompts
+
+        ids, rendered, prefilled = encode_prompts(self.tokenizer, list(prompts))
+        bos, bos_text = self.tokenizer.bos_token_id, self.tokenizer.bos_token
+        if bos is not None and getattr(self.tokenizer, "add_bos_token", False):
+            ids = [row if text.startswith(bos_text or "\0") else [bos, *row] for row, text in zip(ids, rendered, strict=True)]
+        return ids, prefilled
 
     def generate(self, prompts: Sequence[str], k: int, sampling: Sampling,
                  cancel=None) -> Iterator[tuple[int, list[TeacherSample]]]:
-        from engine.chat.runtime import ends_inside_thinking
-
-        for index, prompt in enumerate(prompts):
-            if is_cancelled(cancel):
-                return
-            rendered = self.tokenizer.apply_chat_template(_user_turn(prompt), tokenize=False, add_generation_prompt=True)
-            yield index, self._batch(rendered, ends_inside_thinking(rendered), k, sampling)
-
-    def _batch(self, rendered: str, prefilled: bool, k: int, sampling: Sampling) -> list[TeacherSample]:
         import torch
 
-        prompt_ids = self.tokenizer(rendered, add_special_tokens=False, return_tensors="pt").input_ids  # (1, P)
-        bos = self.tokenizer.bos_token_id
-        if bos is not None and not rendered.startswith(self.tokenizer.bos_token or "\0") and \
-                getattr(self.tokenizer, "add_bos_token", False):
-            prompt_ids = torch.cat([torch.tensor([[bos]]), prompt_ids], dim=1)
-        input_ids = prompt_ids.repeat(k, 1).to(self.device)              # (k, P)
-        if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
-        greedy = sampling.temperature <= 0
-        options = {"do_sample": False} if greedy else {"do_sample": True, "temperature": sampling.temperature,
-                                                       "top_p": sampling.top_p, "top_k": 0}
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
-        started = time.monotonic()
-        with torch.no_grad():
-            output = self.model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
-                                         max_new_tokens=sampling.max_tokens, eos_token_id=self.eos_ids,
-                                         pad_token_id=pad, **options)   # (k, P + T)
-        seconds = time.monotonic() - started
-        samples = []
-        for sample_index, row in enumerate(output[:, input_ids.shape[1]:].tolist()):
-            ends = [position for position, token in enumerate(row) if token in self.eos_ids]
-            ids = row[: ends[0]] if ends else row
-            raw = self.tokenizer.decode(ids, skip_special_tokens=False)
-            thinking, answer = split_thinking(raw, prefilled)
-            samples.append(TeacherSample(
-                thinking.strip(), answer.strip(), raw, prefilled, "stop" if ends else "length",
-                sampling.for_sample(sample_index), {"seconds": round(seconds, 6), "batch": k},
-                {"prompt_tokens": prompt_ids.shape[1], "completion_tokens": len(ids)}))
-        return samples
+        per_batch = max(1, self.batch_rows // k)
+        for start in range(0, len(prompts), per_batch):
+            if is_cancelled(cancel):
+                return
+            ids, prefilled = self._encode(prompts[start:start + per_batch])
+            generator = None
+            if sampling.seed is not None:
+                generator = torch.Generator(device=self.device).manual_seed(sampling.seed + start)
+            batch = self._batch(ids, prefilled, k, sampling, generator, cancel)
+            if batch is None:
+                return
+            for offset, samples in enumerate(batch):
+                yield start + offset, samples
+
+    def _batch(self, ids: list[list[int]], prefilled: list[bool], k: int, sampling: Sampling, generator,
+               cancel) -> list[list[TeacherSample]] | None:
+        """k samples of each prompt in one sample() call: rows p·k … p·k + k − 1 are prompt p's. None when cancelled."""
+        from engine.train.sampling import sample
+
+        budget = sampling.max_tokens
+        if self.max_positions:
+            budget = min(budget, self.max_positions - max(len(row) for row in ids))
+            if budget < 1:
+                raise AhaError(f"a prompt of {max(len(row) for row in ids)} tokens leaves no room to answer in "
+                               f"{self.name}'s {self.max_positions} positions; shorten the prompts")
+        rows = [row for row in ids for _ in range(k)]
+        rollout = sample(self.model, rows, max_new_tokens=budget, eos_ids=self.eos_ids, pad_id=self.pad_id,
+                         temperature=sampling.temperature, top_p=sampling.top_p, generator=generator, cancel=cancel)
+        if rollout.cancelled:
+            return None
+        stop = set(self.eos_ids)
+        lengths, terminated = rollout.lengths.tolist(), rollout.terminated.tolist()
+        timing = {"seconds": round(rollout.seconds, 6), "batch": len(rows)}
+        found: list[list[TeacherSample]] = []
+        for prompt_index, prompt_ids in enumerate(ids):
+            samples = []
+            for sample_index in range(k):
+                row = prompt_index * k + sample_index
+                kept = [token for token in rollout.completion_ids[row, :lengths[row]].tolist() if token not in stop]
+                raw = self.tokenizer.decode(kept, skip_special_tokens=False)
+                thinking, answer = split_thinking(raw, prefilled[prompt_index])
+                usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": len(kept),
+                         "thinking_tokens": thinking_token_count(kept, self.close_id, prefilled[prompt_index],
+                                                                 self.open_id)}
+                samples.append(TeacherSample(thinking.strip(), answer.strip(), raw, prefilled[prompt_index],
+                                             "stop" if terminated[row] else "length",
+                                             sampling.for_sample(sample_index), timing, usage))
+            found.append(samples)
+        return found
 
     def close(self) -> None:
         self.model = None
@@ -385,10 +467,19 @@ class OpenAITeacher:
                            f"({json.dumps(response)[:120]}); is it an OpenAI-compatible endpoint?") from error
         reasoning = next((message[name] for name in REASONING_FIELDS if isinstance(message.get(name), str)
                           and message[name].strip()), "")
-        thinking, answer, raw, prefilled = split_reply(message.get("content") or "", reasoning)
         finish = "length" if choice.get("finish_reason") == "length" else "stop"
+        content = message.get("content") or ""
+        if reasoning and finish == "length" and not content.strip():
+            # The budget ran out inside the thought: the server's reasoning field holds all of it, and the
+            # reply as written never closed it (so a verifier sees no answer, as in the inline case).
+            thinking, answer, raw, prefilled = reasoning.strip(), "", f"{OPEN_TAG}\n{reasoning.strip()}", False
+        else:
+            thinking, answer, raw, prefilled = split_reply(content, reasoning)
         usage = {key: value for key, value in (response.get("usage") or {}).items()
                  if key in ("prompt_tokens", "completion_tokens")}
+        details = (response.get("usage") or {}).get("completion_tokens_details") or {}
+        if isinstance(details, dict) and isinstance(details.get("reasoning_tokens"), int):
+            usage["thinking_tokens"] = details["reasoning_tokens"]  # OpenAI's and vLLM's count of the thought
         return TeacherSample(thinking, answer, raw, prefilled, finish, settings, {"seconds": round(seconds, 6)}, usage)
 
     def generate(self, prompts: Sequence[str], k: int, sampling: Sampling,
