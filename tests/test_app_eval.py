@@ -144,6 +144,12 @@ def test_a_finished_eval_run_shows_its_table_plot_and_drilldown(qtbot, home, tmp
     assert [row[1] for row in drill.problem_texts()] == ["33+44="]
 
 
+def event_fields(record: dict) -> dict:
+    """A samples.jsonl record as the runner's `sample` event carries it: without the label and the majority
+    (the pane learns the label from the progress event after it, the majority from the file)."""
+    return {key: value for key, value in record.items() if key not in ("model", "majority")}
+
+
 SCRIPTED_CHILD = r"""
 import json, sys, time, pathlib
 script = json.loads(pathlib.Path(sys.argv[1]).read_text())
@@ -165,16 +171,17 @@ def test_run_builds_the_eval_argv_and_its_events_update_the_view(qtbot, home, tm
     first = {**summary, "models": summary["models"][:1], "comparisons": []}
     script = [{"v": 1, "type": "start", "kind": "eval", "pid": 1, "stages": ["eval"], "run_id": 5,
                "run_dir": str(run_dir)},
+              *({"v": 1, "type": "sample", **event_fields(record)} for record in records[:4]),
               {"v": 1, "type": "progress", "stage": "eval", "stage_index": 0, "stage_count": 1, "done": 8,
                "total": 48, "unit": "samples", "elapsed_s": 1.0, "eta_s": 5.0, "model": "base", "accuracy": 0.5,
                "samples_per_s": 8.0},
-              *({"v": 1, "type": "sample", **record} for record in records[:4]),
               {"write": str(run_dir / "samples.jsonl"), "text": "".join(json.dumps(r) + "\n" for r in records[:4])},
               {"write": str(run_dir / "eval.json"), "text": json.dumps(first)},
               {"v": 1, "type": "metrics", "step": 0, "pass@1": PASS1[0]},
               {"v": 1, "type": "progress", "stage": "eval", "stage_index": 0, "stage_count": 1, "done": 20,
                "total": 48, "unit": "samples", "elapsed_s": 2.0, "eta_s": 3.0, "model": "grpo", "accuracy": 0.75,
                "samples_per_s": 10.0},
+              *({"v": 1, "type": "sample", **event_fields(record)} for record in records[4:]),
               {"write": str(run_dir / "samples.jsonl"), "text": "".join(json.dumps(r) + "\n" for r in records)},
               {"write": str(run_dir / "eval.json"), "text": json.dumps(summary)},
               {"v": 1, "type": "done", "status": "complete",

@@ -79,7 +79,7 @@ class ResultsModel(RowsModel):
     def extra(self, row: dict, column: int, role: int):
         if role == Qt.ItemDataRole.ToolTipRole:
             if column == MODEL:
-                return "\n".join(filter(None, (row.get("spec"), row.get("describe"))))
+                return "\n".join(filter(None, (row.get("spec"), describe_text(row.get("describe")))))
             if column == PASS1 and isinstance(row.get("pass@1_stderr"), (int, float)):
                 return f"± {row['pass@1_stderr'] * 100:.1f} points (standard error over problems)"
             if column == VERSUS:
@@ -94,6 +94,13 @@ class ResultsModel(RowsModel):
             font.setBold(True)
             return font
         return None
+
+
+def describe_text(describe) -> str:
+    """A teacher's describe() as one line: 'kind gguf · name q4 · batched True'."""
+    if isinstance(describe, dict):
+        return " · ".join(f"{key} {value}" for key, value in describe.items() if value not in (None, ""))
+    return str(describe or "")
 
 
 def table_rows(results: EvalResults, live: dict[int, dict] | None = None) -> list[dict]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from app.eval.drilldown import ProblemDrilldown
 from app.eval.plot import ThinkingLengthPlot
-from app.eval.results import TRAINED_KINDS, EvalResults, base_vs_run, percent, read_summary, spec_text
+from app.eval.results import TRAINED_KINDS, EvalResults, base_vs_run, percent, spec_text
 from app.eval.table import ResultsModel, comparison_notes, make_table, table_rows
 from app.qt import Qt, QtCore, QtWidgets, Signal, Slot
 from app.widgets import ElidedLabel, bold, set_style_name
@@ -91,6 +91,7 @@ class EvalPane(QtWidgets.QWidget):
         self.run_dir: Path | None = None
         self.run_id: int | None = None
         self.live: dict[str, dict] = {}             # model label → the running numbers of its progress events
+        self._current_model: int | None = None      # the model index of the last sample event
         self._dirty = False
         self._build()
         self._connect()
@@ -414,6 +415,7 @@ class EvalPane(QtWidgets.QWidget):
                 self._say(problem, warning=True)
             return None
         self.results, self.live, self.run_dir, self.run_id = EvalResults(), {}, None, None
+        self._current_model = None
         self.show_setup(False)
         self.show_results()
         self.bar.setValue(0)
@@ -452,8 +454,11 @@ class EvalPane(QtWidgets.QWidget):
             self._show_progress(event)
         elif kind == "sample":
             self._dirty |= self.results.add_sample(event)
+            if isinstance(event.get("step"), int):
+                self._current_model = event["step"]     # the progress event that follows names its label
         elif kind == "metrics" and self.run_dir is not None:
-            self.results.set_summary(read_summary(self.run_dir))   # eval.json is rewritten after each model
+            # a model is done: eval.json is rewritten, and its records in the file carry the majority
+            self.results = EvalResults.read(self.run_dir)
             self._dirty = True
         elif kind == "log" and event.get("level") == "warning":
             self._say(f"⚠ {event.get('message', '')}", warning=True)
@@ -462,6 +467,8 @@ class EvalPane(QtWidgets.QWidget):
         done, total = float(event.get("done", 0)), float(event.get("total", 0))
         self.bar.setValue(int(1000 * min(done / total, 1.0)) if total else 0)
         label = str(event.get("model") or "")
+        if label and self._current_model is not None:
+            self.results.labels.setdefault(self._current_model, label)
         if label:
             self.live[label] = {"pass@1": event.get("accuracy"), "label": label}
             self._dirty = True
