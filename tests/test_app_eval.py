@@ -17,6 +17,7 @@ from app.eval.view import EvalPane
 from app.qt import Qt
 from app.workers import JobStatus
 from engine.store import Store
+from tests.test_eval import SEED, endpoint, problems  # noqa: F401 - the scripted endpoint and its problems
 
 K = 4
 LABELS = ("base", "grpo", "grpo-q4")
@@ -306,3 +307,33 @@ def test_the_window_evaluates_a_grpo_run_against_its_base_and_opens_eval_runs(qt
     assert window.stack.currentWidget() is pane and pane.run_id == eval_id
     assert [row[0] for row in table_texts(pane)] == list(LABELS)
     window.close()
+
+
+def test_a_real_aha_eval_child_against_a_scripted_endpoint(qtbot, home, endpoint, problems):  # noqa: F811
+    """The pane runs the real `aha eval` on two endpoint models whose replies tests/test_eval.py scripts per
+    sample, so the table's numbers are known: m-a pass@1 50%, cons@4 50%; m-b 75%, 100%."""
+    pane = EvalPane(home)
+    qtbot.addWidget(pane)
+    pane.show()
+    for name in ("m-a", "m-b"):
+        pane.endpoint_edit.setText(endpoint)
+        pane.endpoint_model_edit.setText(name)
+        pane.endpoint_button.click()
+    pane.set_dataset(str(problems))
+    pane.k_spin.setValue(4)
+    pane.seed_spin.setValue(SEED)                  # the endpoint reads the sample from the request's seed
+    assert pane.eval_args()[-6:] == ["--seed", str(SEED), "--model", "m-a", "--model", "m-b"]
+    job = pane.start()
+    outcomes = []
+    job.finished.connect(outcomes.append)
+    qtbot.waitUntil(lambda: bool(outcomes), timeout=60_000)
+    assert outcomes[0].status == JobStatus.COMPLETE, outcomes[0]
+    assert [row[:4] for row in table_texts(pane)] == [["m-a", "50.0%", "50.0%", "75.0%"],
+                                                      ["m-b", "75.0%", "100.0%", "100.0%"]]
+    assert pane.notes.text().startswith("m-b vs m-a: ")
+    assert [row[3:] for row in pane.drilldown.problem_texts()] == [["2/4", "3/4"], ["2/4", "3/4"], ["0/4", "2/4"],
+                                                                   ["4/4", "4/4"]]
+    pane.drilldown.select_problem(next(iter(pane.results.problems)))
+    assert [card.majority for card in pane.drilldown.cards] == [True, False, False, False]   # 7, 7, 3, cut
+    assert "thought cut by the budget" in pane.drilldown.cards[3].header.text()
+    assert pane.run_id is not None and home.get_run(pane.run_id)["kind"] == "eval"

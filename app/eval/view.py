@@ -141,6 +141,8 @@ class EvalPane(QtWidgets.QWidget):
         self.limit_spin = _spin(0, 1 << 20, DEFAULTS["limit"], 10)
         self.limit_spin.setSpecialValueText("all")
         self.limit_spin.setToolTip("evaluate the first N problems only")
+        self.seed_spin = _spin(0, 2 ** 31 - 1, 0)
+        self.seed_spin.setToolTip("sample i of a problem is drawn with seed + i: the same seed, the same samples")
         self.setup_button = QtWidgets.QToolButton(checkable=True, checked=True, text="Setup")
         self.setup_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         self.setup_button.setArrowType(Qt.ArrowType.DownArrow)
@@ -202,7 +204,7 @@ class EvalPane(QtWidgets.QWidget):
         data.addLayout(dataset_row, 0, 1, 1, 3)
         for row, column, label, widget in ((1, 0, "Samples (k)", self.k_spin), (1, 2, "Max tokens", self.tokens_spin),
                                            (2, 0, "Temperature", self.temperature_spin), (2, 2, "Top-p", self.top_p_spin),
-                                           (3, 0, "Problems", self.limit_spin)):
+                                           (3, 0, "Problems", self.limit_spin), (3, 2, "Seed", self.seed_spin)):
             data.addWidget(QtWidgets.QLabel(label), row, column)
             data.addWidget(widget, row, column + 1)
         data.setColumnStretch(1, 1)
@@ -250,7 +252,8 @@ class EvalPane(QtWidgets.QWidget):
         self.models_list.currentRowChanged.connect(lambda _: self._update_form())
         self.dataset_button.clicked.connect(self._on_dataset_file)
         self.dataset_box.currentTextChanged.connect(lambda _: self._update_form())
-        for spin in (self.k_spin, self.tokens_spin, self.temperature_spin, self.top_p_spin, self.limit_spin):
+        for spin in (self.k_spin, self.tokens_spin, self.temperature_spin, self.top_p_spin, self.limit_spin,
+                     self.seed_spin):
             spin.valueChanged.connect(lambda _: self._update_form())
         self.setup_button.toggled.connect(self.show_setup)
         self.run_button.clicked.connect(self.start)
@@ -295,22 +298,23 @@ class EvalPane(QtWidgets.QWidget):
         """The chosen model specs, in order (the first is the baseline)."""
         return [self.models_list.item(row).data(SPEC_ROLE) for row in range(self.models_list.count())]
 
-    def endpoint_model(self) -> str | None:
-        """The model name of the chosen endpoint(s) (`--model NAME`)."""
-        for row in range(self.models_list.count()):
-            name = self.models_list.item(row).data(ENDPOINT_ROLE)
-            if name:
-                return name
-        return None
+    def endpoint_models(self) -> list[str]:
+        """The served model name of each chosen endpoint, in order (one `--model NAME` each)."""
+        names = [self.models_list.item(row).data(ENDPOINT_ROLE) for row in range(self.models_list.count())]
+        return [name for name in names if name]
 
-    def set_models(self, specs: list[str], endpoint_model: str | None = None) -> None:
+    def set_models(self, specs: list[str], endpoint_models: list[str] | None = None) -> None:
+        """The models to evaluate; `endpoint_models`: the served name of each openai: spec, in order."""
         self.models_list.clear()
+        names = iter(endpoint_models or [])
         for spec in specs:
-            self._add_model(spec, endpoint_model if spec.startswith("openai:") else None)
+            self._add_model(spec, next(names, None) if spec.startswith("openai:") else None)
         self._update_form()
 
     def _add_model(self, spec: str, endpoint_model: str | None = None) -> None:
-        if spec in self.models():
+        same = [row for row in range(self.models_list.count()) if self.models_list.item(row).data(SPEC_ROLE) == spec
+                and self.models_list.item(row).data(ENDPOINT_ROLE) == endpoint_model]
+        if same:
             self._say(f"{spec_text(spec, endpoint_model)} is already in the list.")
             return
         item = QtWidgets.QListWidgetItem(spec_text(spec, endpoint_model))
@@ -332,8 +336,10 @@ class EvalPane(QtWidgets.QWidget):
                 "--temperature", f"{self.temperature_spin.value():g}", "--top-p", f"{self.top_p_spin.value():g}"]
         if self.limit_spin.value():
             args += ["--limit", str(self.limit_spin.value())]
-        if self.endpoint_model():
-            args += ["--model", self.endpoint_model()]
+        if self.seed_spin.value():
+            args += ["--seed", str(self.seed_spin.value())]
+        for name in self.endpoint_models():
+            args += ["--model", name]
         return args
 
     def problem(self) -> str | None:
@@ -342,9 +348,6 @@ class EvalPane(QtWidgets.QWidget):
             return "Add a model to evaluate (two or more to compare them)."
         if not self.dataset():
             return "Choose a dataset: a built-in task or a file."
-        names = {self.models_list.item(row).data(ENDPOINT_ROLE) for row in range(self.models_list.count())} - {None}
-        if len(names) > 1:
-            return "One evaluation takes one endpoint model name (`--model`); evaluate the others separately."
         return None
 
     def _update_form(self) -> None:
@@ -358,7 +361,8 @@ class EvalPane(QtWidgets.QWidget):
         self.remove_button.setEnabled(selected >= 0 and not running)
         self.first_button.setEnabled(selected > 0 and not running)
         for widget in (self.add_button, self.endpoint_button, self.models_list, self.dataset_box, self.dataset_button,
-                       self.k_spin, self.tokens_spin, self.temperature_spin, self.top_p_spin, self.limit_spin):
+                       self.k_spin, self.tokens_spin, self.temperature_spin, self.top_p_spin, self.limit_spin,
+                       self.seed_spin):
             widget.setEnabled(not running)
         self.add_button.setEnabled(not running and self.choice_box.currentData() is not None)
 
@@ -571,14 +575,16 @@ class EvalPane(QtWidgets.QWidget):
     def _fill_form(self, summary: dict, config: dict) -> None:
         specs = [model.get("spec") for model in summary.get("models") or [] if model.get("spec")]
         specs = specs or [str(spec) for spec in config.get("models") or []]
-        if specs:
-            self.set_models(specs, config.get("model_name") or config.get("endpoint_model"))
+        served = config.get("model") or []
+        served = [served] if isinstance(served, str) else list(served)
+        if specs:   # one served name for every endpoint, or one each
+            self.set_models(specs, served * len(specs) if len(served) == 1 else served)
         if summary.get("dataset") or config.get("dataset"):
             self.set_dataset(str(summary.get("dataset") or config.get("dataset")))
         sampling = summary.get("sampling") or {}
         for spin, value in ((self.k_spin, summary.get("k")), (self.tokens_spin, sampling.get("max_tokens")),
                             (self.temperature_spin, sampling.get("temperature")),
-                            (self.top_p_spin, sampling.get("top_p"))):
+                            (self.top_p_spin, sampling.get("top_p")), (self.seed_spin, sampling.get("seed"))):
             if isinstance(value, (int, float)):
                 spin.setValue(value)
         self._update_form()
