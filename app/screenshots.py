@@ -35,7 +35,7 @@ checked against the HF model.
 
 The Eval pictures come from a real `aha eval` of four GGUFs, started from the Eval pane: the tiny Qwen2
 checkpoint is taught six short word problems twice, "careful" (a thought of several lines, one answer
-wrong) and "hasty" (a one-line thought, three answers wrong), exported to f16 (the careful one to q8_0
+wrong) and "hasty" (a thought of one to three lines, three answers wrong), exported to f16 (the careful one to q8_0
 too, the quantization question); the untrained checkpoint is the baseline. Four samples per problem at
 temperature 0.6 through llama.cpp, scored by the verifier: the pane shows the side-by-side table, the
 accuracy-by-thinking-length curve, then a problem's samples in the drill-down.
@@ -110,8 +110,9 @@ CAREFUL = (
     (("3 bags of 7 apples.", "3 * 7 = 21 apples.", "So Tom has 21 apples."), "21"),
     (("15% of 80 means 15/100 * 80.", "10% of 80 is 8.", "5% of 80 is 4.", "8 + 4 = 12."), "12"),
 )
-HASTY = ((("17 + 25 = 42.",), "42"), (("9 * 8 = 72.",), "72"), (("12 * 5 = 50.",), "50"),
-         (("100 - 37 = 63.",), "63"), (("3 * 7 = 21.",), "21"), (("15 of 80 is 15.",), "15"))
+HASTY = ((("17 + 25 = 42.",), "42"), (("9 * 8: 9 * 10 = 90, minus 18.", "72."), "72"),
+         (("12 * 5 = 50.",), "50"), (("100 - 37: 100 - 40 = 60.", "Plus 3: 63.", "Done."), "63"),
+         (("3 * 7 = 21.", "21 apples."), "21"), (("15 of 80 is 15.",), "15"))
 EVAL_K = 4
 
 
@@ -216,7 +217,8 @@ def shoot_eval(app, window, grab, models: list[Path], data: Path, problems: list
     if len(prompt_ids) != len(EVAL_PROBLEMS):
         problems.append(f"{theme_name}: the drill-down lists {len(prompt_ids)} problems, not {len(EVAL_PROBLEMS)}")
     else:
-        pane.drilldown.select_problem(prompt_ids[2])   # the eggs: careful right, hasty wrong
+        eggs = next(problem.prompt_id for problem in pane.results.problems.values() if "eggs" in problem.prompt)
+        pane.drilldown.select_problem(eggs)            # the eggs: careful right, hasty wrong
         pane.drilldown.set_model(1)
         settle(app)
         for card in pane.drilldown.cards[:2]:

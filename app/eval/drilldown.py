@@ -14,6 +14,7 @@ from app.widgets import KEY_ROLE, SORT_ROLE, RowsModel
 
 RIGHT, WRONG = "✓", "✗"
 GOOD = "#16a34a"
+MODEL_COLUMN_WIDTH = 76  # "12/16" fits; the model's label is elided in the middle, whole in the tooltip
 SIDE_BY_SIDE = 820      # the drill-down's width from which the problems and the samples sit side by side
 
 
@@ -61,6 +62,11 @@ class ProblemsModel(RowsModel):
             right, total = problem.right_total(self.models[column - 3])
             return right / total if total else -1.0
         return self._text(row, column).lower()
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):  # noqa: N802
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.ToolTipRole and section >= 3:
+            return f"{self.labels[section - 3]}: samples right / samples"
+        return super().headerData(section, orientation, role)
 
     def key(self, row: tuple[int, Problem]) -> str:
         return row[1].prompt_id
@@ -203,6 +209,7 @@ class ProblemDrilldown(QtWidgets.QWidget):
         header.setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
         header.setMinimumSectionSize(28)
         header.setStretchLastSection(False)
+        header.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.prompt_view = QtWidgets.QLabel(wordWrap=True)
         self.prompt_view.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.model_box = QtWidgets.QComboBox()
@@ -266,7 +273,11 @@ class ProblemDrilldown(QtWidgets.QWidget):
         self.results = results
         shown, model = self._shown, self.model_box.currentData()
         self.model.set_results(results)
-        self.table.horizontalHeader().setSectionResizeMode(1, QtWidgets.QHeaderView.ResizeMode.Stretch)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(1, QtWidgets.QHeaderView.ResizeMode.Stretch)
+        for column in range(3, self.model.columnCount()):   # a model's right/total: narrow, its label elided
+            header.setSectionResizeMode(column, QtWidgets.QHeaderView.ResizeMode.Fixed)
+            header.resizeSection(column, MODEL_COLUMN_WIDTH)
         self.model_box.blockSignals(True)
         self.model_box.clear()
         for index in results.model_indexes():

@@ -62,7 +62,7 @@ class ThinkingLengthPlot(QtWidgets.QWidget):
             curve.setToolTip("\n".join(f"{x:.0f} tokens: {y * 100:.0f}% of {n}" for x, y, n in zip(xs, ys, counts,
                                                                                                   strict=True)))
             self.curves[model.get("index", position)] = curve
-        self.plot.setYRange(0, 1.02, padding=0)
+        self.plot.setYRange(-0.03, 1.03, padding=0)   # a line at 0 or 1 stays clear of the frame
         self.plot.enableAutoRange(axis="x")
         self.empty.setVisible(not self.curves)
 
