@@ -442,7 +442,7 @@ class EvalPane(QtWidgets.QWidget):
     def cancel(self) -> None:
         if self.is_busy():
             self.stop_button.setEnabled(False)
-            self._say("Stopping after the samples being generated; what is done stays in the run (rerun resumes).")
+            self._say("Stopping after the problems in flight; the samples done stay in the run.")
             self.job.cancel()
 
     @Slot(object)
@@ -506,7 +506,8 @@ class EvalPane(QtWidgets.QWidget):
         if outcome.status == JobStatus.COMPLETE:
             self._say(f"Eval run {self.run_id} complete." if self.run_id is not None else "Eval complete.")
         elif outcome.status == JobStatus.CANCELLED:
-            self._say(f"{outcome} The samples done are kept; run it again with the same settings to continue.")
+            self._say(f"{outcome} The samples done are kept: Resume in the Runs pane (or `aha runs resume "
+                      f"{self.run_id}`) continues it.")
         else:
             self._say(outcome.error or str(outcome), warning=True)
 

@@ -626,7 +626,8 @@ class RunsPane(QtWidgets.QWidget):
         self.open_action.setEnabled(row is not None)
         self.stop_action.setEnabled(row is not None and row.running)
         self.resume_action.setEnabled(row is not None and row.status in RESUMABLE
-                                      and (training or row.kind in run_index.GENERATE_KINDS))
+                                      and (training or row.kind in run_index.GENERATE_KINDS
+                                           or row.kind in run_index.EVAL_KINDS))
         self.duplicate_action.setEnabled(row is not None and row.kind in run_index.TRAIN_FORM_KINDS)
         self.export_action.setEnabled(training)
         self.evaluate_action.setEnabled(row is not None and row.kind in EVALUATED_KINDS and row.status == "complete")
