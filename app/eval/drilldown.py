@@ -14,7 +14,7 @@ from app.widgets import KEY_ROLE, SORT_ROLE, RowsModel
 
 RIGHT, WRONG = "✓", "✗"
 GOOD = "#16a34a"
-MODEL_COLUMN_WIDTH = 76  # "12/16" fits; the model's label is elided in the middle, whole in the tooltip
+MODEL_COLUMN_WIDTH = 96  # at most; a longer label is elided in the middle, whole in the tooltip
 SIDE_BY_SIDE = 820      # the drill-down's width from which the problems and the samples sit side by side
 
 
@@ -38,7 +38,7 @@ class ProblemsModel(RowsModel):
         self.beginResetModel()
         self.models = results.model_indexes()
         self.labels = [results.label(index) for index in self.models]
-        self.COLUMNS = ("#", "Problem", "Answer", *self.labels)
+        self.COLUMNS = ("#", "Problem", "Answer", *short_labels(self.labels))
         self.NUMERIC_COLUMNS = (0, *range(3, 3 + len(self.models)))
         self._rows = list(enumerate(results.problem_list(), start=1))
         self.endResetModel()
@@ -79,6 +79,22 @@ class ProblemsModel(RowsModel):
             if total:
                 return QtGui.QColor(GOOD if right == total else colors().danger if right == 0 else colors().warning)
         return None
+
+
+def short_labels(labels: list[str]) -> list[str]:
+    """The models' labels without the start they share, cut at a '-', '_' or '.' (column headers of a narrow table).
+
+    Example: ["tiny-careful-f16", "tiny-hasty-f16"] → ["careful-f16", "hasty-f16"]; a single label stays whole.
+    """
+    if len(labels) < 2:
+        return list(labels)
+    shared = 0
+    for position, characters in enumerate(zip(*labels, strict=False)):
+        if len(set(characters)) > 1:
+            break
+        if characters[0] in "-_.":
+            shared = position + 1
+    return [label[shared:] or label for label in labels]
 
 
 def majority_line(record: dict) -> str:
@@ -254,8 +270,8 @@ class ProblemDrilldown(QtWidgets.QWidget):
         self.split.addWidget(left)
         self.split.addWidget(right)
         self.split.setChildrenCollapsible(False)
-        self.split.setStretchFactor(0, 2)
-        self.split.setStretchFactor(1, 3)
+        self.split.setStretchFactor(0, 1)
+        self.split.setStretchFactor(1, 1)
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.split, 1)
@@ -277,7 +293,7 @@ class ProblemDrilldown(QtWidgets.QWidget):
         header.setSectionResizeMode(1, QtWidgets.QHeaderView.ResizeMode.Stretch)
         for column in range(3, self.model.columnCount()):   # a model's right/total: narrow, its label elided
             header.setSectionResizeMode(column, QtWidgets.QHeaderView.ResizeMode.Fixed)
-            header.resizeSection(column, MODEL_COLUMN_WIDTH)
+            header.resizeSection(column, min(max(header.sectionSizeHint(column), 48), MODEL_COLUMN_WIDTH))
         self.model_box.blockSignals(True)
         self.model_box.clear()
         for index in results.model_indexes():

@@ -52,13 +52,18 @@ class ThinkingLengthPlot(QtWidgets.QWidget):
     def show_results(self, results: EvalResults) -> None:
         self.plot.clear()                        # the legend's entries go with their curves
         self.curves = {}
-        for position, model in enumerate(results.models):
+        models = results.models
+        for position, model in enumerate(models):
             xs, ys, counts = thinking_curve(model)
             if not xs:
                 continue
             color = CURVE_COLORS[position % len(CURVE_COLORS)]
-            curve = self.plot.plot(xs, ys, pen=pyqtgraph.mkPen(color, width=2), name=str(model.get("label")),
-                                   symbol="o", symbolSize=7, symbolBrush=color, symbolPen=color)
+            # Each later line is drawn thinner on top of the earlier ones, so two models with the same curve
+            # (an f16 and its q8_0 that answer alike) both show: the earlier as a rim around the later.
+            wider = len(models) - 1 - position
+            curve = self.plot.plot(xs, ys, pen=pyqtgraph.mkPen(color, width=1.5 + 1.3 * wider),
+                                   name=str(model.get("label")), symbol="o", symbolSize=6 + 3 * wider,
+                                   symbolBrush=color, symbolPen=color)
             curve.setToolTip("\n".join(f"{x:.0f} tokens: {y * 100:.0f}% of {n}" for x, y, n in zip(xs, ys, counts,
                                                                                                   strict=True)))
             self.curves[model.get("index", position)] = curve

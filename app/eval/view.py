@@ -250,6 +250,7 @@ class EvalPane(QtWidgets.QWidget):
         self.remove_button.clicked.connect(self._on_remove_clicked)
         self.first_button.clicked.connect(self._on_first_clicked)
         self.models_list.currentRowChanged.connect(lambda _: self._update_form())
+        self.choice_box.currentIndexChanged.connect(lambda _: self._update_form())
         self.dataset_button.clicked.connect(self._on_dataset_file)
         self.dataset_box.currentTextChanged.connect(lambda _: self._update_form())
         for spin in (self.k_spin, self.tokens_spin, self.temperature_spin, self.top_p_spin, self.limit_spin,
@@ -289,6 +290,7 @@ class EvalPane(QtWidgets.QWidget):
             self.choice_box.addItem(f"run {run['id']} · {run['kind']} of {model}", f"run:{run['id']}")
         if not self.choice_box.count():
             self.choice_box.addItem("no GGUF in the library and no finished training run", None)
+        self._update_form()
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt override
         super().showEvent(event)
