@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from app.eval.results import TRAINED_KINDS
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal, Slot
 from app.runs.dashboard import RunDashboard
 from app.runs.rollouts import RolloutBrowser
@@ -37,7 +38,6 @@ ID, KIND, MODEL, DATASET, STATUS, STEPS, STARTED, DURATION, METRIC, FOLDER = ran
 NUMERIC_COLUMNS = (ID, STEPS, DURATION)
 RUN_ID_ROLE = KEY_ROLE
 KIND_CHOICES = ("grpo", "distill-sft", "distill-kd", "generate", "export", "eval")
-EVALUATED_KINDS = ("grpo", "sft", "distill-sft", "distill-kd")   # "Evaluate base vs this run" takes these
 STATUS_CHOICES = ("running", "complete", "cancelled", "crashed", "error")
 RESUMABLE = ("cancelled", "crashed")
 # A followed job's events that the dashboard and the rollout browser take (they read the rest from the files).
@@ -453,7 +453,7 @@ class RunsPane(QtWidgets.QWidget):
         row = self.selected_row()
         if row is None:
             return
-        if row.kind not in EVALUATED_KINDS or row.status != "complete":
+        if row.kind not in TRAINED_KINDS or row.status != "complete":
             self._say(f"Run {row.id} is {'a' if row.kind[0] not in 'aeiou' else 'an'} {row.kind} run, {row.status}: "
                       "only a complete training run is evaluated against its base.", warning=True)
             return
@@ -630,7 +630,7 @@ class RunsPane(QtWidgets.QWidget):
                                            or row.kind in run_index.EVAL_KINDS))
         self.duplicate_action.setEnabled(row is not None and row.kind in run_index.TRAIN_FORM_KINDS)
         self.export_action.setEnabled(training)
-        self.evaluate_action.setEnabled(row is not None and row.kind in EVALUATED_KINDS and row.status == "complete")
+        self.evaluate_action.setEnabled(row is not None and row.kind in TRAINED_KINDS and row.status == "complete")
         self.folder_action.setEnabled(row is not None and bool(row.summary.dir))
         self.compare_action.setEnabled(len(rows) >= 2)
         self.delete_action.setEnabled(row is not None and not row.running)
