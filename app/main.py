@@ -1,6 +1,7 @@
-"""The Aha window: a sidebar of panes (Chat, Compare, Models, Train, Runs, Export), restored geometry,
+"""The Aha window: a sidebar of panes (Chat, Compare, Models, Train, Runs, Export, Eval), restored geometry,
 keyboard shortcuts, and the wiring between the panes (a run started in Train opens in Runs; Runs duplicates
-into Train and exports into Export; an export opens in Chat).
+into Train, exports into Export and evaluates a run against its base in Eval, where eval runs open; an export
+opens in Chat).
 
 `run()` creates the QApplication, styles it for the system's light/dark scheme and shows the window.
 Window state lives in `ui.ini` in the data directory; everything else lives in the engine's store.
@@ -15,6 +16,7 @@ from pathlib import Path
 from app import theme
 from app.chat.compare import ComparePane
 from app.chat.view import ChatPane
+from app.eval.view import EvalPane
 from app.export.view import ExportPane
 from app.models.empty_state import EmptyState
 from app.models.view import ModelsPane
@@ -65,6 +67,9 @@ class MainWindow(QtWidgets.QMainWindow):
         self._add_pane("Runs", self.runs, "runs")
         self.export = ExportPane(self.store, self.library)
         self._add_pane("Export", self.export, "export")
+        self.eval_pane = EvalPane(self.store, self.library)
+        self.eval_pane.status_message.connect(lambda text: self.statusBar().showMessage(text, 8000))
+        self._add_pane("Eval", self.eval_pane, "eval")
         self._connect_panes()
         self.sidebar.currentRowChanged.connect(self.stack.setCurrentIndex)
         self.sidebar.currentRowChanged.connect(lambda _: self.statusBar().clearMessage())  # one pane's news only
@@ -161,6 +166,17 @@ class MainWindow(QtWidgets.QMainWindow):
         self.runs.export_requested.connect(self._on_export_requested)
         self.export.run_started.connect(self.runs.follow_job)     # the export is a run too: listed, live
         self.export.chat_requested.connect(self._on_model_opened)
+        self.eval_pane.run_started.connect(self.runs.follow_job)  # an eval is a run too: listed, live
+        self.runs.evaluation_requested.connect(self._on_evaluation_requested)
+        self.runs.eval_opened.connect(self._on_eval_opened)
+
+    def _on_evaluation_requested(self, run: dict) -> None:
+        self.show_pane("eval")
+        self.eval_pane.evaluate_run(run)
+
+    def _on_eval_opened(self, run: dict) -> None:
+        self.eval_pane.open_run(run)
+        self.show_pane("eval")
 
     def _on_run_started(self, job: ProcessJob) -> None:
         self.show_pane("runs")
@@ -192,18 +208,21 @@ class MainWindow(QtWidgets.QMainWindow):
         bind("Ctrl+Q", self.close)
         for index in range(len(self.panes)):
             bind(f"Ctrl+{index + 1}", lambda i=index: self.sidebar.setCurrentRow(i))
-        for pane, slot in ((self.train, self.train.start), (self.export, self.export.start_export)):
+        for pane, slot in ((self.train, self.train.start), (self.export, self.export.start_export),
+                           (self.eval_pane, self.eval_pane.start)):
             for keys in ("Ctrl+Return", "Ctrl+Enter"):   # Start / Export, while the focus is in that pane
                 QtGui.QShortcut(QtGui.QKeySequence(keys), pane, activated=slot,
                                 context=Qt.ShortcutContext.WidgetWithChildrenShortcut)
 
     def _stop_current(self) -> None:
-        """Ctrl+. stops what the pane in front is doing: the reply, the selected run, the export."""
+        """Ctrl+. stops what the pane in front is doing: the reply, the selected run, the export, the eval."""
         current = self.stack.currentWidget()
         if current is self.runs:
             self.runs.stop_selected()
         elif current is self.export:
             self.export.cancel()
+        elif current is self.eval_pane:
+            self.eval_pane.cancel()
         else:
             self.chat.stop()
 

@@ -31,7 +31,15 @@ in both. The Runs pictures
 show the table with both runs, the dashboard of the 12-step run (its learning-signal warnings too: an
 untrained model clips every completion and earns no reward, which the dashboard says), its rollouts at
 the last step and the two runs compared; the Export picture, that run's adapter merged into an f32 GGUF and
-checked against the HF model. `AHA_SCREENSHOTS=train` (or `chat`) takes only those pictures.
+checked against the HF model.
+
+The Eval pictures come from a real `aha eval` of four GGUFs, started from the Eval pane: the tiny Qwen2
+checkpoint is taught six short word problems twice, "careful" (a thought of several lines, one answer
+wrong) and "hasty" (a thought of one to three lines, three answers wrong), exported to f16 (the careful one to q8_0
+too, the quantization question); the untrained checkpoint is the baseline. Four samples per problem at
+temperature 0.6 through llama.cpp, scored by the verifier: the pane shows the side-by-side table, the
+accuracy-by-thinking-length curve, then a problem's samples in the drill-down.
+`AHA_SCREENSHOTS=train` (or `chat`, `eval`) takes only those pictures.
 
 A check that fails is printed after all pictures are written, and the
 exit status is 1.
@@ -80,6 +88,33 @@ TAUGHT = (("tiny-thinker-qwen2-f16", "qwen2", "f16", ((QUESTION, THINKING, ANSWE
             (SKY_QUESTION, SKY_THINKING, None))))
 RANDOM = (("qwen2", "q8_0"), ("llama", "q4_k_m"), ("qwen3", "f16"))
 
+# The Eval pictures' problems (prompt, reference answer) and what each taught model writes for them:
+# (thought lines, boxed answer). "careful" gets #5 wrong (it forgets the eaten apples), "hasty" #3, #5, #6.
+EVAL_PROBLEMS = (
+    ("What is 17 + 25?", "42"),
+    ("What is 9 times 8?", "72"),
+    ("A box holds 12 eggs. How many eggs are in 5 boxes?", "60"),
+    ("What is 100 - 37?", "63"),
+    ("Tom has 3 bags of 7 apples and eats 4. How many are left?", "17"),
+    ("What is 15% of 80?", "12"),
+)
+CAREFUL = (
+    (("17 + 25: add the tens first.", "10 + 20 = 30.", "Then the ones: 7 + 5 = 12.", "30 + 12 = 42.",
+      "Check: 42 - 25 = 17. Right."), "42"),
+    (("9 times 8 is 9 added 8 times.", "9 * 8 = 10 * 8 - 8.", "10 * 8 = 80, and 80 - 8 = 72.",
+      "Check: 72 / 9 = 8."), "72"),
+    (("One box holds 12 eggs.", "5 boxes hold 5 * 12 eggs.", "5 * 10 = 50 and 5 * 2 = 10.", "50 + 10 = 60.",
+      "So 60 eggs."), "60"),
+    (("100 - 37: take away 30 first.", "100 - 30 = 70.", "Then take away 7: 70 - 7 = 63.",
+      "Check: 63 + 37 = 100."), "63"),
+    (("3 bags of 7 apples.", "3 * 7 = 21 apples.", "So Tom has 21 apples."), "21"),
+    (("15% of 80 means 15/100 * 80.", "10% of 80 is 8.", "5% of 80 is 4.", "8 + 4 = 12."), "12"),
+)
+HASTY = ((("17 + 25 = 42.",), "42"), (("9 * 8: 9 * 10 = 90, minus 18.", "72."), "72"),
+         (("12 * 5 = 50.",), "50"), (("100 - 37: 100 - 40 = 60.", "Plus 3: 63.", "Done."), "63"),
+         (("3 * 7 = 21.", "21 apples."), "21"), (("15 of 80 is 15.",), "15"))
+EVAL_K = 4
+
 
 def build_models(work: Path) -> dict[str, Path]:
     """Teach the tiny models their replies and export them (and the random ones) to GGUF in work/models."""
@@ -111,6 +146,86 @@ def build_models(work: Path) -> dict[str, Path]:
         name = f"tiny-random-{arch}-{kind}"
         models[name] = export(base, work / "models" / f"{name}.gguf", kind)["gguf"]
     return models
+
+
+def build_eval_models(work: Path) -> tuple[list[Path], Path]:
+    """The Eval pictures' GGUFs (baseline, careful f16, careful q8_0, hasty f16) in work/eval-models, and the
+    problems' JSONL (a `prompt` column: the problems are asked as written)."""
+    import json
+
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from engine.export.pipeline import export
+    from tests.support.scripted_model import reply_text, train_scripted
+    from tests.tiny_models import make_checkpoint
+
+    folder = work / "eval-models"
+    base = make_checkpoint(work / "checkpoints" / "eval-qwen2", "qwen2")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    models = [export(base, folder / "tiny-untrained-f16.gguf", "f16")["gguf"]]
+    try:
+        for name, replies in (("careful", CAREFUL), ("hasty", HASTY)):
+            started = time.monotonic()
+            lessons = [(question, reply_text("".join(line + "\n" for line in lines), f"The answer is \\boxed{{{answer}}}."))
+                       for (question, _), (lines, answer) in zip(EVAL_PROBLEMS, replies, strict=True)]
+            taught = train_scripted(base, work / "checkpoints" / f"eval-{name}", steps=3000, lr=3e-3,
+                                    settle_steps=100, lessons=lessons)
+            models.append(export(taught, folder / f"tiny-{name}-f16.gguf", "f16")["gguf"])
+            if name == "careful":
+                models.append(export(taught, folder / f"tiny-{name}-q8_0.gguf", "q8_0")["gguf"])
+            print(f"taught the {name} eval model in {time.monotonic() - started:.0f} s", flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    data = work / "eval-problems.jsonl"
+    data.write_text("".join(json.dumps({"prompt": question, "answer": answer}) + "\n"
+                            for question, answer in EVAL_PROBLEMS), encoding="utf-8")
+    return [Path(model) for model in models], data
+
+
+def shoot_eval(app, window, grab, models: list[Path], data: Path, problems: list[str], theme_name: str) -> None:
+    """Eval: the four models run from the pane (table and curve), then the drill-down of problem 3."""
+    from app.workers import JobStatus
+
+    pane = window.eval_pane
+    window.show_pane("eval")
+    window.resize(1280, 800)
+    pane.set_models([f"gguf:{model}" for model in models])
+    pane.set_dataset(str(data))
+    pane.k_spin.setValue(EVAL_K)
+    pane.tokens_spin.setValue(256)
+    pane.temperature_spin.setValue(0.6)
+    job = pane.start()
+    if job is None:
+        raise RuntimeError(f"screenshots: the Eval pane did not start: {pane.detail.full_text()}")
+    outcomes = []
+    job.finished.connect(outcomes.append)
+    wait_until(app, lambda: bool(outcomes), "the evaluation", 600)
+    if outcomes[0].status != JobStatus.COMPLETE:
+        raise RuntimeError(f"screenshots: the evaluation did not complete: {outcomes[0]}")
+    settle(app)
+    pane.tabs.setCurrentWidget(pane.plot)
+    if len(pane.results_model.rows()) != len(models):
+        problems.append(f"{theme_name}: the Eval table has {len(pane.results_model.rows())} rows, not {len(models)}")
+    if len(pane.plot.curves) < 2:
+        problems.append(f"{theme_name}: the thinking-length plot draws {len(pane.plot.curves)} lines")
+    time.sleep(0.3)
+    grab("eval")
+    pane.tabs.setCurrentWidget(pane.drilldown)
+    prompt_ids = list(pane.results.problems)
+    if len(prompt_ids) != len(EVAL_PROBLEMS):
+        problems.append(f"{theme_name}: the drill-down lists {len(prompt_ids)} problems, not {len(EVAL_PROBLEMS)}")
+    else:
+        eggs = next(problem.prompt_id for problem in pane.results.problems.values() if "eggs" in problem.prompt)
+        pane.drilldown.select_problem(eggs)            # the eggs: careful right, hasty wrong
+        pane.drilldown.set_model(1)
+        settle(app)
+        for card in pane.drilldown.cards[:2]:
+            card.think.header.click()
+        if not pane.drilldown.cards or not any(card.majority for card in pane.drilldown.cards):
+            problems.append(f"{theme_name}: the drill-down marks no majority sample")
+    grab("eval-problems")
 
 
 def settle(app) -> None:
@@ -180,7 +295,7 @@ def last_reply(pane):
 
 
 def shoot(out_dir: Path, theme_name: str, work: Path, models: dict[str, Path], problems: list[str],
-          parts: set[str]) -> list[Path]:
+          parts: set[str], eval_models: tuple[list[Path], Path] | None = None) -> list[Path]:
     """Every picture in one theme; what a picture shows wrongly (a check that failed) goes into `problems`."""
     from app import theme
     from app.main import MainWindow
@@ -209,6 +324,8 @@ def shoot(out_dir: Path, theme_name: str, work: Path, models: dict[str, Path], p
 
     if "train" in parts:
         shoot_training(app, window, grab, work, problems, theme_name)
+    if "eval" in parts and eval_models is not None:
+        shoot_eval(app, window, grab, *eval_models, problems, theme_name)
     if "chat" not in parts:
         window.close()
         return written
@@ -429,16 +546,17 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # no display: Qt's offscreen platform
     started = time.monotonic()
     problems: list[str] = []
-    parts = set((os.environ.get("AHA_SCREENSHOTS") or "chat,train").split(","))  # e.g. train: only those
-    if not parts <= {"chat", "train"}:
-        print(f"screenshots: AHA_SCREENSHOTS={os.environ['AHA_SCREENSHOTS']!r}: use chat, train or chat,train",
-              file=sys.stderr)
+    parts = set((os.environ.get("AHA_SCREENSHOTS") or "chat,train,eval").split(","))  # e.g. train: only those
+    if not parts <= {"chat", "train", "eval"}:
+        print(f"screenshots: AHA_SCREENSHOTS={os.environ['AHA_SCREENSHOTS']!r}: use chat, train, eval or a list "
+              "of them (chat,eval)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="aha-screenshots-") as work:
         models = build_models(Path(work)) if "chat" in parts else {}
+        eval_models = build_eval_models(Path(work)) if "eval" in parts else None
         print(f"models ready after {time.monotonic() - started:.0f} s", flush=True)
         written = [path for theme_name in ("light", "dark")
-                   for path in shoot(out_dir, theme_name, Path(work), models, problems, parts)]
+                   for path in shoot(out_dir, theme_name, Path(work), models, problems, parts, eval_models)]
     for path in written:
         print(path)
     from app.qt import QtGui

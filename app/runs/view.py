@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from app.eval.results import TRAINED_KINDS
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal, Slot
 from app.runs.dashboard import RunDashboard
 from app.runs.rollouts import RolloutBrowser
@@ -36,7 +37,7 @@ COLUMNS = ("ID", "Kind", "Model", "Dataset", "Status", "Steps", "Started", "Dura
 ID, KIND, MODEL, DATASET, STATUS, STEPS, STARTED, DURATION, METRIC, FOLDER = range(len(COLUMNS))
 NUMERIC_COLUMNS = (ID, STEPS, DURATION)
 RUN_ID_ROLE = KEY_ROLE
-KIND_CHOICES = ("grpo", "distill-sft", "distill-kd", "generate", "export")
+KIND_CHOICES = ("grpo", "distill-sft", "distill-kd", "generate", "export", "eval")
 STATUS_CHOICES = ("running", "complete", "cancelled", "crashed", "error")
 RESUMABLE = ("cancelled", "crashed")
 # A followed job's events that the dashboard and the rollout browser take (they read the rest from the files).
@@ -155,8 +156,10 @@ class RunsPane(QtWidgets.QWidget):
     """Every run: the table and its actions above, the selected run's dashboard and rollouts below.
 
     Signals: `duplicate_requested(kind, config)` (fill the Train form), `export_requested(folder, base)`
-    (an adapter with its base model, or a checkpoint folder with ""), `status_message(text)` (each action's
-    one line, also shown in the pane's status line)."""
+    (an adapter with its base model, or a checkpoint folder with ""), `evaluation_requested(run)` (a finished
+    training run's store row: evaluate its base against it), `eval_opened(run)` (an eval run opened: its
+    results belong in the Eval pane), `status_message(text)` (each action's one line, also shown in the pane's
+    status line)."""
 
     POLL_MS = 2000
     UNDO_S = 6.0
@@ -164,6 +167,8 @@ class RunsPane(QtWidgets.QWidget):
 
     duplicate_requested = Signal(str, dict)
     export_requested = Signal(str, str)
+    evaluation_requested = Signal(dict)
+    eval_opened = Signal(dict)
     status_message = Signal(str)
 
     def __init__(self, store: Store, parent: QtWidgets.QWidget | None = None):
@@ -263,6 +268,10 @@ class RunsPane(QtWidgets.QWidget):
                                        "Fill the Train form with this run's settings, for a new run")
         self.export_action = action("Export…", "Ctrl+E", self.export_selected,
                                     "Export the run's adapter (or checkpoint) to GGUF in the Export pane")
+        self.evaluate_action = action("Evaluate base vs this run", None, self.evaluate_selected,
+                                      "Compare this run's final checkpoint with its base model on its held-out data "
+                                      "in the Eval pane (pass@1 over k samples)")
+        self.evaluate_action.setIconText("Evaluate")     # the toolbar's button: short, the window stays narrow
         self.folder_action = action("Open folder", "Ctrl+Shift+O", self.open_folder_selected,
                                     "Show the run's directory in the file manager")
         self.compare_action = action("Compare", "Ctrl+Shift+C", self.compare_selected,
@@ -270,7 +279,8 @@ class RunsPane(QtWidgets.QWidget):
         self.delete_action = action("Delete…", QtGui.QKeySequence.StandardKey.Delete, self.delete_selected,
                                     "Delete the run's record and its directory (Undo is offered for a few seconds)")
         self.actions_in_order = (self.open_action, self.stop_action, self.resume_action, self.duplicate_action,
-                                 self.export_action, self.folder_action, self.compare_action, self.delete_action)
+                                 self.export_action, self.evaluate_action, self.folder_action, self.compare_action,
+                                 self.delete_action)
         self.buttons: dict[str, QtWidgets.QToolButton] = {}
         for made in self.actions_in_order:
             button = QtWidgets.QToolButton()
@@ -287,10 +297,10 @@ class RunsPane(QtWidgets.QWidget):
         heading.addWidget(self.kind_filter)
         heading.addWidget(self.status_filter)
         toolbar = QtWidgets.QHBoxLayout()
-        toolbar.setSpacing(4)
+        toolbar.setSpacing(2)
         for name, button in self.buttons.items():
             if name in ("Compare", "Delete"):
-                toolbar.addSpacing(12)
+                toolbar.addSpacing(8)
             toolbar.addWidget(button)
         toolbar.addStretch()
         self.splitter = QtWidgets.QSplitter(Qt.Orientation.Vertical)
@@ -379,6 +389,8 @@ class RunsPane(QtWidgets.QWidget):
         row = self.selected_row()
         if row is not None:
             self._show_run(row.id, force=True)
+            if row.kind == "eval":
+                self.eval_opened.emit(self.store.get_run(row.id))
 
     @Slot()
     def stop_selected(self) -> None:
@@ -435,6 +447,17 @@ class RunsPane(QtWidgets.QWidget):
                       "(save_steps) and at its end.", warning=True)
             return
         self.export_requested.emit(*source)
+
+    @Slot()
+    def evaluate_selected(self) -> None:
+        row = self.selected_row()
+        if row is None:
+            return
+        if row.kind not in TRAINED_KINDS or row.status != "complete":
+            self._say(f"Run {row.id} is {'a' if row.kind[0] not in 'aeiou' else 'an'} {row.kind} run, {row.status}: "
+                      "only a complete training run is evaluated against its base.", warning=True)
+            return
+        self.evaluation_requested.emit(self.store.get_run(row.id))
 
     @Slot()
     def open_folder_selected(self) -> None:
@@ -603,9 +626,11 @@ class RunsPane(QtWidgets.QWidget):
         self.open_action.setEnabled(row is not None)
         self.stop_action.setEnabled(row is not None and row.running)
         self.resume_action.setEnabled(row is not None and row.status in RESUMABLE
-                                      and (training or row.kind in run_index.GENERATE_KINDS))
+                                      and (training or row.kind in run_index.GENERATE_KINDS
+                                           or row.kind in run_index.EVAL_KINDS))
         self.duplicate_action.setEnabled(row is not None and row.kind in run_index.TRAIN_FORM_KINDS)
         self.export_action.setEnabled(training)
+        self.evaluate_action.setEnabled(row is not None and row.kind in TRAINED_KINDS and row.status == "complete")
         self.folder_action.setEnabled(row is not None and bool(row.summary.dir))
         self.compare_action.setEnabled(len(rows) >= 2)
         self.delete_action.setEnabled(row is not None and not row.running)
