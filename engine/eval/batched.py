@@ -123,10 +123,14 @@ class BatchedGGUF:
 
         params = llama_cpp.llama_context_default_params()
         params.n_seq_max = n_parallel
-        params.n_ctx = n_parallel * per_sequence      # one stream of per_sequence cells for each sequence
+        params.n_ctx = n_parallel * per_sequence      # room for per_sequence cells of every sequence
         params.n_batch = params.n_ubatch = max(PROMPT_BATCH, n_parallel)
         params.n_threads = params.n_threads_batch = self.n_threads
-        params.kv_unified = False
+        # One unified KV buffer: a copied prompt's cells are shared by its sequences, not duplicated, and
+        # each step attends in one pass; with flash attention, 89.7 against 70.8 tokens/s for one stream per
+        # sequence without it (bench/eval.py, 2 threads: 3.1× the create_completion loop instead of 2.2×).
+        params.kv_unified = True
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         params.no_perf = True
         ctx = llama_cpp.llama_init_from_model(self._model, params)
         if not ctx:
@@ -168,7 +172,7 @@ class BatchedGGUF:
             return
         rendered = [self.chat.render(_user_turn(prompt)) for prompt in prompts]
         longest = max(len(r.tokens) for r in rendered)
-        # llama.cpp sizes each sequence's stream in multiples of 256 cells; the reply still stops at n_ctx.
+        # llama.cpp pads a context to multiples of 256 cells; a reply still stops at n_ctx.
         per_sequence = -(-min(self.n_ctx, longest + max(sampling.max_tokens, 0)) // CELL_PAD) * CELL_PAD
         n_parallel = self.n_parallel or default_parallel(k, len(prompts), per_sequence, self._cell_bytes)
         n_parallel = max(1, min(n_parallel, k * len(prompts)))
