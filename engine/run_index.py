@@ -410,7 +410,8 @@ KEY_METRICS = {"grpo": (("reward", "reward"), ("eval/accuracy", "held-out accura
                "distill-sft": (("loss", "loss"), ("eval/accuracy", "held-out accuracy")),
                "distill-kd": (("loss", "loss"), ("eval/accuracy", "held-out accuracy"))}
 KEY_METRICS["sft"] = KEY_METRICS["distill-sft"]
-PERCENT_METRICS = ("eval/accuracy", "accuracy", "eval/format")
+KEY_METRICS["eval"] = (("pass@1", "pass@1"),)  # an eval run records one step per model: the last model's
+PERCENT_METRICS = ("eval/accuracy", "accuracy", "eval/format", "pass@1")
 
 
 @dataclass(frozen=True)

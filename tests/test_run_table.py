@@ -169,3 +169,11 @@ def test_stop_elsewhere_refuses_a_finished_or_dead_run_and_on_windows(store, mon
     monkeypatch.undo()
     assert cli.main(["runs", "stop", str(done["id"])]) == 2
     assert capsys.readouterr().err == f"aha: error: run {done['id']} is complete; there is nothing to stop\n"
+
+
+def test_an_eval_run_shows_the_pass_at_1_of_its_last_model(store):
+    run = store.create_run("eval", {"models": ["hf:base", "run:7"]}, status="complete")
+    store.add_metrics(run, 0, {"pass@1": 0.25, "cons@k": 0.3})
+    store.add_metrics(run, 1, {"pass@1": 0.625, "cons@k": 0.7})
+    [row] = RunTable().rows(store)
+    assert row.metric_text == "pass@1 62.5%"
