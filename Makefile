@@ -26,6 +26,7 @@ bench: $(STAMP) $(REF)
 	$(BIN)/python bench/sampling.py
 	$(BIN)/python bench/rich_text.py
 	$(BIN)/python bench/ui_stream.py
+	$(BIN)/python bench/eval.py
 	$(BIN)/python bench/learning.py
 	@if .cache/bench-venv/bin/python -c "import trl" 2>/dev/null; then \
 	    set -x; .cache/bench-venv/bin/python bench/grpo_vs_trl.py && .cache/bench-venv/bin/python bench/sft_vs_trl.py; \
