@@ -6,11 +6,11 @@ and the sample whose answer won the majority vote marked as such. Marks and the 
 from __future__ import annotations
 
 from app.chat.messages import AutoHeightText
-from app.eval.results import EvalResults, Problem, is_right
 from app.qt import Qt, QtCore, QtGui, QtWidgets
 from app.runs.rollouts import RolloutThought
 from app.theme import colors
 from app.widgets import KEY_ROLE, SORT_ROLE, RowsModel
+from engine.eval.results import EvalResults, Problem, is_right
 
 RIGHT, WRONG = "✓", "✗"
 GOOD = "#16a34a"

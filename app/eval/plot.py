@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pyqtgraph
 
-from app.eval.results import EvalResults, thinking_curve
 from app.qt import QtCore, QtWidgets
 from app.runs.compare import CURVE_COLORS
 from app.theme import colors
+from engine.eval.results import EvalResults, thinking_curve
 
 
 class ThinkingLengthPlot(QtWidgets.QWidget):

@@ -6,10 +6,10 @@ being evaluated shows its running pass@1 from the job's progress events.
 
 from __future__ import annotations
 
-from app.eval.results import EvalResults, difference_text, pass_at_k_key, percent, tokens
 from app.qt import Qt, QtCore, QtGui, QtWidgets
 from app.theme import colors
 from app.widgets import SORT_ROLE, RowsModel
+from engine.eval.results import EvalResults, difference_text, pass_at_k_key, percent, tokens
 
 COLUMNS = ("Model", "pass@1", "cons@k", "pass@k", "Thinking", "Answer", "Cut", "vs first")
 MODEL, PASS1, CONS, PASSK, THINKING, ANSWER, CUT, VERSUS = range(len(COLUMNS))

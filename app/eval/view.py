@@ -16,12 +16,12 @@ from pathlib import Path
 
 from app.eval.drilldown import ProblemDrilldown
 from app.eval.plot import ThinkingLengthPlot
-from app.eval.results import TRAINED_KINDS, EvalResults, base_vs_run, percent, spec_text
 from app.eval.table import ResultsModel, comparison_notes, make_table, table_rows
 from app.qt import Qt, QtCore, QtWidgets, Signal, Slot
 from app.widgets import ElidedLabel, bold, set_style_name
 from app.workers import JobOutcome, JobStatus, ProcessJob
 from engine import run_index
+from engine.eval.results import TRAINED_KINDS, EvalResults, base_vs_run, percent, spec_text
 from engine.jobs import format_bar, format_seconds
 from engine.models import Library
 from engine.train.data import TASKS

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from app.eval.results import TRAINED_KINDS
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal, Slot
 from app.runs.dashboard import RunDashboard
 from app.runs.rollouts import RolloutBrowser
@@ -30,6 +29,7 @@ from app.widgets import (
 from app.workers import TRAINING_GRACE_S, JobOutcome, ProcessJob, ThreadJob
 from engine import run_index
 from engine.errors import AhaError
+from engine.eval.results import TRAINED_KINDS
 from engine.run_index import RunRow, RunTable
 from engine.store import Store
 
