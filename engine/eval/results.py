@@ -1,9 +1,9 @@
 """An eval run's results as the Eval pane reads them: eval.json (the summary per model and the comparisons) and
 samples.jsonl (one record per model and problem), or the same records arriving as a job's `sample` events.
 
-Pure reading and arithmetic on those records, no Qt: this belongs in engine/eval/ beside the runner that writes
-the files (kept here until that module lands). It does not score anything: right/wrong, the extracted answer and
-the majority are the runner's, read as written.
+Pure reading and arithmetic on those records, no Qt, beside the runner (engine.eval.runner) that writes the
+files. It does not score anything: right/wrong, the extracted answer and the majority are the runner's, read
+as written.
 """
 
 from __future__ import annotations
