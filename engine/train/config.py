@@ -115,6 +115,20 @@ def load_config(cls: type, path: str | Path | None = None, overrides: Mapping[st
 # Settings a resumed run may change; the rest are the run's saved ones.
 RESUMABLE_SETTINGS = ("max_steps", "save_steps", "logging_steps", "eval_steps")
 
+def num_generations_eval_setting():
+    """num_generations_eval, the same in GRPO and SFT configs (TRL's name)."""
+    return setting(1, "held-out completions per prompt at each evaluation (TRL's num_generations_eval): 1 is "
+                      "greedy; k > 1 samples k at eval_temperature and logs eval/pass@1 (the mean over the k, the "
+                      "R1 paper's pass@1), eval/cons@k (majority vote) and eval/pass@k, with eval/accuracy = "
+                      "eval/pass@1", "Logging")
+
+
+def eval_temperature_setting():
+    """eval_temperature, the same in GRPO and SFT configs."""
+    return setting(0.6, "sampling temperature of the held-out completions when num_generations_eval > 1, with "
+                        "top-p 0.95 (the R1 paper's)", "Logging")
+
+
 
 def run_config(cls: type, config: Any, resume: str | Path | None, overrides: Mapping[str, Any] | None = None) -> Any:
     """The validated config to run: `config` for a new run; for `resume`, the run's saved config with

@@ -18,7 +18,7 @@ from typing import Any
 
 from engine.errors import AhaError
 from engine.jobs import CancelToken, OnEvent, count, ignore
-from engine.train.config import setting
+from engine.train.config import eval_temperature_setting, num_generations_eval_setting, setting
 from engine.train.core import StepAbandoned, TrainConfig
 from engine.train.grpo_math import (
     frac_reward_zero_std,
@@ -86,13 +86,8 @@ class GRPOConfig(TrainConfig):
     learning_rate: float = setting(1e-5, "AdamW's peak learning rate (after the warmup)", "Optimizer")
     eval_steps: int = setting(0, "held-out accuracy every N steps (a built-in task's held-out prompts or "
                                  "eval_dataset; greedy, or over num_generations_eval samples); 0: never", "Logging")
-    num_generations_eval: int = setting(1, "held-out completions per prompt at each evaluation (TRL's "
-                                           "num_generations_eval): 1 is greedy; k > 1 samples k at eval_temperature "
-                                           "and logs eval/pass@1 (the mean over the k, the R1 paper's pass@1), "
-                                           "eval/cons@k (majority vote) and eval/pass@k, with eval/accuracy = "
-                                           "eval/pass@1", "Logging")
-    eval_temperature: float = setting(0.6, "sampling temperature of the held-out completions when "
-                                           "num_generations_eval > 1, with top-p 0.95 (the R1 paper's)", "Logging")
+    num_generations_eval: int = num_generations_eval_setting()
+    eval_temperature: float = eval_temperature_setting()
     eval_dataset: str | None = setting(None, "held-out prompts and answers for eval_steps when the dataset is a file",
                                        "Data")
     eval_samples: int = setting(200, "held-out prompts per evaluation", "Data")

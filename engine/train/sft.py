@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from engine.errors import AhaError
 from engine.jobs import CancelToken, OnEvent, count, ignore
-from engine.train.config import setting
+from engine.train.config import eval_temperature_setting, num_generations_eval_setting, setting
 from engine.train.core import TrainConfig
 from engine.train.sampling import check_eval_settings
 
@@ -48,13 +48,8 @@ class SFTConfig(TrainConfig):
     learning_rate: float = setting(2e-5, "AdamW's peak learning rate (after the warmup)", "Optimizer")
     eval_steps: int = setting(0, "held-out accuracy every N steps (greedy, or over num_generations_eval samples); "
                                  "0: never", "Logging")
-    num_generations_eval: int = setting(1, "held-out completions per prompt at each evaluation (TRL's "
-                                           "num_generations_eval): 1 is greedy; k > 1 samples k at eval_temperature "
-                                           "and logs eval/pass@1 (the mean over the k, the R1 paper's pass@1), "
-                                           "eval/cons@k (majority vote) and eval/pass@k, with eval/accuracy = "
-                                           "eval/pass@1", "Logging")
-    eval_temperature: float = setting(0.6, "sampling temperature of the held-out completions when "
-                                           "num_generations_eval > 1, with top-p 0.95 (the R1 paper's)", "Logging")
+    num_generations_eval: int = num_generations_eval_setting()
+    eval_temperature: float = eval_temperature_setting()
     eval_dataset: str | None = setting(None, "held-out prompts and answers when the dataset is a file", "Data")
     eval_samples: int = setting(200, "held-out prompts per evaluation", "Data")
     max_completion_length: int = setting(256, "token budget of each reply in the held-out evaluation", "Rollouts")
