@@ -147,6 +147,9 @@ def test_prompts_render_through_the_chat_template(char_model, checkpoint):
     _, rendered, prefilled = encode_prompts(r1_tokenizer, ["What is 2+2?"])
     assert rendered[0].endswith("<｜Assistant｜><think>\n") and prefilled == [True]
     assert is_prefilled("x<think>\n") and not is_prefilled("x</think>\n")
+    # A rendered prompt is remembered, with the template as part of the key: a new template renders anew.
+    r1_tokenizer.chat_template = "{{ messages[0]['content'] }}!"
+    assert encode_prompts(r1_tokenizer, ["What is 2+2?"])[1] == ["What is 2+2?!"]
 
 
 def test_decode_stops_at_eos_and_greedy_accuracy_scores(char_model):

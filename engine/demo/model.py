@@ -1,4 +1,4 @@
-"""The demo's tiny reasoning model: a random-init Qwen2 (~1M parameters) with a byte-level BPE tokenizer
+"""The demo's tiny reasoning model: a random-init Qwen2 (124K parameters) with a byte-level BPE tokenizer
 that llama.cpp runs, so the trained model exports to GGUF and chats like a real R1 distill.
 
 The tokenizer is built, not trained (deterministic, no corpus): the 256 byte symbols of GPT-2's byte-level
@@ -30,11 +30,11 @@ MERGES = [("Ċ", "Ċ")]  # "\n\n": the one merge (byte-level spelling of a newli
 class DemoModelSpec:
     """Shape of the demo model. hidden is a multiple of 32 so that q8_0 applies to every matrix."""
 
-    layers: int = 4
-    hidden: int = 128
-    heads: int = 4
-    kv_heads: int = 4
-    ffn: int = 384
+    layers: int = 2
+    hidden: int = 64
+    heads: int = 2
+    kv_heads: int = 2
+    ffn: int = 192
     max_positions: int = 256
     tied: bool = True
 

@@ -26,21 +26,22 @@ class DemoRecipe:
     # stage 2, cold start: full SFT on the task's programmatic traces until held-out greedy accuracy passes
     sft_learning_rate: float = 2e-3
     sft_batch: int = 64
-    sft_eval_steps: int = 20            # held-out greedy accuracy this often (the stop rule reads it)
+    sft_eval_steps: int = 25            # held-out greedy accuracy this often (the stop rule reads it)
     sft_eval_samples: int = 100
-    sft_target: float | None = 0.30     # stop_at_accuracy; None: run sft_max_steps
+    sft_target: float | None = 0.60     # stop_at_accuracy (None: run sft_max_steps); see the module docstring
     sft_max_steps: int = 1000
     max_completion_length: int = 40     # a trace is ~30 tokens
     # stage 4, GRPO: LoRA on the cold-start model, accuracy + format rewards
     grpo_steps: int = 100
     grpo_prompts: int = 8               # prompts per step
     grpo_generations: int = 8           # the group size G
-    grpo_learning_rate: float = 2e-3
-    grpo_temperature: float = 0.7
+    grpo_learning_rate: float = 1e-3
+    grpo_temperature: float = 0.6       # the paper's evaluation sampling; 0.7 without top-p learned less
+    grpo_top_p: float = 0.95
     lora_r: int = 16
     lora_alpha: int = 32
     reward_weights: tuple[float, float] = (1.0, 0.2)   # accuracy, format
-    grpo_eval_steps: int = 25           # held-out greedy accuracy in the dashboard (0: none)
+    grpo_eval_steps: int = 0            # held-out greedy accuracy in the dashboard every N steps (0: none)
     grpo_eval_samples: int = 100
     # stages 3 and 5, evaluation as in the paper: k samples per problem at temperature 0.6, top-p 0.95
     eval_k: int = 4
@@ -80,7 +81,7 @@ def grpo_config(recipe: DemoRecipe, sft_model: Path, out: Path, seed: int):
         model=str(sft_model), dataset=TASK, use_peft=True, lora_r=recipe.lora_r, lora_alpha=recipe.lora_alpha,
         lora_target_modules=("all-linear",), learning_rate=recipe.grpo_learning_rate, lr_scheduler_type="constant",
         prompts_per_step=recipe.grpo_prompts, num_generations=recipe.grpo_generations,
-        temperature=recipe.grpo_temperature, max_completion_length=recipe.max_completion_length,
+        temperature=recipe.grpo_temperature, top_p=recipe.grpo_top_p, max_completion_length=recipe.max_completion_length,
         rewards=("accuracy", "format"), reward_weights=recipe.reward_weights, beta=0.0, num_iterations=1,
         loss_type="grpo", max_steps=recipe.grpo_steps, eval_steps=recipe.grpo_eval_steps,
         eval_samples=recipe.grpo_eval_samples, seed=seed, save_steps=recipe.grpo_steps, output_dir=str(out))

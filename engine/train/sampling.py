@@ -10,6 +10,7 @@ live in `encode_prompts`/`decode`.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -191,7 +192,20 @@ def render_prompt(tokenizer, prompt: str | Sequence[dict], system_prompt: str | 
     """The prompt as the model sees it: its chat template applied to one user turn (or the given
     messages), with the generation prompt; no system prompt unless one is given (DeepSeek's advice).
     A tokenizer without a chat template gets the text as is."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if isinstance(prompt, str):  # a batch renders each prompt twice or more (its trace, then its tokens)
+        return _render_text(tokenizer, getattr(tokenizer, "chat_template", None), prompt, system_prompt)
+    return _render(tokenizer, list(prompt), system_prompt)
+
+
+@functools.lru_cache(maxsize=4096)
+def _render_text(tokenizer, template: str | None, prompt: str, system_prompt: str | None) -> str:
+    """render_prompt of one user turn, remembered (the template is part of the key: a tokenizer whose
+    template changes renders afresh)."""
+    return _render(tokenizer, [{"role": "user", "content": prompt}], system_prompt)
+
+
+def _render(tokenizer, messages: list[dict], system_prompt: str | None) -> str:
+    """The chat template applied to messages (a system turn first when one is given and none is there)."""
     if system_prompt and not any(message.get("role") == "system" for message in messages):
         messages = [{"role": "system", "content": system_prompt}, *messages]
     if not getattr(tokenizer, "chat_template", None):
