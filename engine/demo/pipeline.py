@@ -221,10 +221,11 @@ class _Demo:
         self.stage("eval-grpo", self.evaluate, (f"hf:{sft_model}", _spec(sft_model, trained)))
         if self.stopped():
             return
-        gguf = self.stage("export", self.export, sft_model, trained)
-        if gguf is None or self.stopped():
-            return
-        self.stage("chat", self.chat, gguf)
+        with llama_warnings(self.run.emit):
+            gguf = self.stage("export", self.export, sft_model, trained)
+            if gguf is None or self.stopped():
+                return
+            self.stage("chat", self.chat, gguf)
         if not self.stopped():
             self.result["status"] = "complete"
 
@@ -438,6 +439,22 @@ class _Demo:
         status = "cancelled" if stats.get("stop_reason") == "cancelled" else "complete"
         return chat, {**chat, "status": status, "command": f"aha chat {gguf} -p {json.dumps(question)}"}, (
             f"{question} → thought {len(chat['thinking'].splitlines())} lines, answered {chat['answer'] or '(nothing)'}")
+
+
+@contextlib.contextmanager
+def llama_warnings(emit: OnEvent):
+    """llama.cpp's warnings and errors as `log` warnings (after the block) instead of lines on stderr, less
+    the one this model always gets: its 256 positions are fewer than the contexts the export check and the
+    batched decoding make ("n_ctx_seq (768) > n_ctx_train (256)"), which no reply of the demo comes near."""
+    from engine.export.quantize import log_line, quiet_llama_log
+
+    with quiet_llama_log() as kept:
+        try:
+            yield
+        finally:
+            for message in kept["warnings"] + kept["errors"]:
+                if "n_ctx_train" not in message:
+                    emit(make_event("log", level="warning", message=f"llama.cpp: {log_line(message)}"))
 
 
 def _spec(base: Path, trained: Path | None) -> str:
