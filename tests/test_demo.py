@@ -18,6 +18,7 @@ from engine import cli, events, run_index
 from engine.demo.pipeline import STAGES, TerminalView, agreement, default_out, inner_event, table_text
 from engine.errors import AhaError
 from engine.store import Store
+from tests.fake_ollama import FakeOllama
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_KINDS = {"cold-start": "distill-sft", "eval-cold-start": "eval", "grpo": "grpo", "eval-grpo": "eval",
@@ -28,9 +29,12 @@ def stage_logs(stream: list[dict], key: str) -> list[dict]:
     return [event for event in stream if event["type"] == "log" and key in event]
 
 
-def test_smoke_demo_runs_every_stage_as_a_real_run(tmp_path, capsys):
+def test_smoke_demo_runs_every_stage_as_a_real_run(tmp_path, capsys, monkeypatch):
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--smoke", "--seed", "3", "--out", str(out), "--events", "jsonl"]) == 0
+    with FakeOllama() as url:
+        monkeypatch.setenv("OLLAMA_HOST", url)
+        assert cli.main(["demo", "--smoke", "--seed", "3", "--out", str(out), "--ollama", "aha-demo:smoke",
+                         "--events", "jsonl"]) == 0
     stream = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     for event in stream:
         events.parse(event)  # every event of a known type and shape
@@ -82,6 +86,7 @@ def test_smoke_demo_runs_every_stage_as_a_real_run(tmp_path, capsys):
     from engine.models import Library
 
     assert gguf in [entry.path for entry in Library().entries()]
+    assert result["ollama"] == "aha-demo:smoke" and finished[5]["stage_done"]["check_passed"] is True
     chat = result["chat"]
     assert chat["question"] and chat["thinking"] and "answer" in chat
     assert set(result["table"]) == {"cold_start", "grpo"} and result["agreement"]["problems"] >= 1

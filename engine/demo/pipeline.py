@@ -282,8 +282,9 @@ class _Demo:
         parameters = parameter_count(folder)
         spec = self.recipe.model
         numbers = {"path": str(folder), "parameters": parameters, "layers": spec.layers, "hidden": spec.hidden}
-        return folder, numbers, (f"a random Qwen2, {parameters / 1e6:.2f}M parameters ({spec.layers} layers, "
-                                 f"hidden {spec.hidden}), byte-level BPE · {folder}")
+        layers = f"{spec.layers} layer{'s' if spec.layers != 1 else ''}"
+        return folder, numbers, (f"a random Qwen2, {parameters / 1e6:.2f}M parameters ({layers}, hidden "
+                                 f"{spec.hidden}), byte-level BPE · {folder}")
 
     # stage 2
     def cold_start(self, events: StageEvents, model: Path):
