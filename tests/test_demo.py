@@ -107,6 +107,11 @@ def test_smoke_demo_runs_every_stage_as_a_real_run(tmp_path, capsys, monkeypatch
     assert text.splitlines()[1].startswith("cold start") and text.splitlines()[2].startswith("GRPO")
     assert f"chat: {chat['question']}" in text and str(gguf) in text and f"aha chat {gguf}" in text
 
+    # Deleting the demo deletes its folder and the stage runs that were in it.
+    with Store() as store:
+        line = run_index.delete_run(store, store.get_run(start["run_id"]))
+        assert not out.exists() and store.list_runs() == [] and "and its stage runs" in line
+
 
 def test_demo_refuses_an_out_that_is_not_new(tmp_path, capsys):
     used = tmp_path / "used"
