@@ -593,6 +593,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from engine.demo.pipeline import STAGES, TerminalView, default_out, run_demo, table_text
     from engine.demo.recipe import DEFAULT, SMOKE
 
+    # torch's OpenMP threads spin long when they wait; beside any other busy process (the window drawing the
+    # dashboard, a second job) the spinning starves the work (tests/conftest.py measured 3× on a small loop;
+    # the smoke demo's export stage took 14 s instead of 1.2 s on a busy 2-core machine). Read by libgomp when
+    # torch loads, which no code before run_demo does.
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
     def work(job):
         out = Path(args.out).expanduser() if args.out else default_out(args.seed)
         result = run_demo(out, seed=args.seed, recipe=SMOKE if args.smoke else DEFAULT, ollama=args.ollama,

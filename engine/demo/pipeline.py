@@ -275,16 +275,25 @@ class _Demo:
     def make_model(self, events: StageEvents):
         from engine.demo.model import make_demo_model
 
-        progress = Progress(events, "model", 1, unit="models", label="building the tiny model")
+        progress = Progress(events, "model", 2, unit="steps", label="loading torch and transformers")
         progress.update(0, force=True)
-        folder = make_demo_model(self.out / "model", seed=self.seed, spec=self.recipe.model)
+        started = time.monotonic()
+        import torch  # noqa: F401 - the first stage pays the libraries' import: said apart below
+        from transformers import Qwen2ForCausalLM  # noqa: F401
+
+        libraries_s = round(time.monotonic() - started, 3)
+        progress.label = "building the tiny model"
         progress.update(1, force=True)
+        folder = make_demo_model(self.out / "model", seed=self.seed, spec=self.recipe.model)
+        progress.update(2, force=True)
         parameters = parameter_count(folder)
         spec = self.recipe.model
-        numbers = {"path": str(folder), "parameters": parameters, "layers": spec.layers, "hidden": spec.hidden}
+        numbers = {"path": str(folder), "parameters": parameters, "layers": spec.layers, "hidden": spec.hidden,
+                   "libraries_seconds": libraries_s}
         layers = f"{spec.layers} layer{'s' if spec.layers != 1 else ''}"
         return folder, numbers, (f"a random Qwen2, {parameters / 1e6:.2f}M parameters ({layers}, hidden "
-                                 f"{spec.hidden}), byte-level BPE · {folder}")
+                                 f"{spec.hidden}), byte-level BPE ({format_seconds(libraries_s)} of it loading "
+                                 f"torch and transformers) · {folder}")
 
     # stage 2
     def cold_start(self, events: StageEvents, model: Path):
