@@ -369,7 +369,8 @@ class _Demo:
 
         adapter = trained if (trained / "adapter_config.json").is_file() else None
         source = sft_model if adapter is not None else trained
-        gguf = self.out / "export" / f"aha-demo-{self.out.name}.gguf"
+        name = self.out.name if "demo" in self.out.name else f"aha-demo-{self.out.name}"  # the library's name
+        gguf = self.out / "export" / f"{name}.gguf"
         settings = {"src": str(source), "output": str(gguf), "type": EXPORT_TYPE,
                     "adapter": str(adapter) if adapter else None, "ollama": self.ollama, "check": True,
                     "demo_run": self.run.store_id}
