@@ -171,3 +171,35 @@ def test_cancel_ends_the_stage_run_cancelled_and_the_demo(tmp_path):
         assert cold_start["status"] == "cancelled" and store.get_run(stream[0]["run_id"])["status"] == "cancelled"
     saved = json.loads((out / "demo.json").read_text(encoding="utf-8"))
     assert saved["status"] == "cancelled" and [stage["name"] for stage in saved["stages"]] == ["model", "cold-start"]
+
+
+@pytest.mark.slow
+def test_default_demo_seed_0_learns_exports_and_chats(tmp_path, capsys):
+    """The real demo (DEFAULT recipe, seed 0) as a user runs it: the cold start passes its target, GRPO raises
+    held-out pass@1 by ≥ 15 points, the exported q8_0 GGUF's greedy answers mostly agree with the HF model's,
+    and `aha chat` on it streams a think block and an answer. Times are bench/demo.py's."""
+    from engine.demo.recipe import DEFAULT
+
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--seed", "0", "--out", str(out), "--events", "none"]) == 0
+    result = json.loads((out / "demo.json").read_text(encoding="utf-8"))
+    with capsys.disabled():
+        print(f"\n[demo] seed 0: {table_text(result)}")
+    assert result["status"] == "complete"
+    cold = next(stage for stage in result["stages"] if stage["name"] == "cold-start")
+    with Store() as store:
+        sft_config = json.loads((Path(store.get_run(cold["run_id"])["dir"]) / "config.json").read_text())
+    assert sft_config["stop_at_accuracy"] == DEFAULT.sft_target
+    cold_pass1, grpo_pass1 = result["table"]["cold_start"]["pass@1"], result["table"]["grpo"]["pass@1"]
+    assert result["gain_points"] == pytest.approx((grpo_pass1 - cold_pass1) * 100, abs=0.06)
+    assert result["gain_points"] >= 15, result["table"]
+    assert result["agreement"]["problems"] == DEFAULT.eval_limit and result["agreement"]["share"] >= 0.8
+    capsys.readouterr()
+    assert cli.main(["chat", result["gguf"], "-p", DEFAULT.chat_question, "--temperature", "0", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    kinds = [line["type"] for line in lines]
+    assert kinds.count("thinking") >= 2 and kinds.count("answer") >= 1 and kinds[-1] == "done", kinds
+    assert kinds.index("answer") > max(i for i, kind in enumerate(kinds) if kind == "thinking")  # thought first
+    thinking = "".join(line["text"] for line in lines if line["type"] == "thinking")
+    assert thinking.count("=") >= 3, thinking  # one line per column, as the teacher wrote them
+    assert any(ch.isdigit() for ch in "".join(line["text"] for line in lines if line["type"] == "answer"))
