@@ -92,12 +92,18 @@ def command_args(kind: str, values: Mapping[str, Any]) -> list[str]:
     → ["grpo", "--model", "m", "--dataset", "addition", "--max-steps", "2"]
     """
     job = KINDS[kind]
-    config = make_config(kind, values)
-    args = list(job.words)
-    infos = {info.name: info for info in settable(kind)}
-    for name, value in changed_values(kind, config).items():
-        info = infos[name]
-        flag = job.model_flag if name == "model" and job.model_flag else info.flags[-1]
+    return [*job.words, *setting_flags(make_config(kind, values), settable(kind), job.model_flag)]
+
+
+def setting_flags(config: Any, infos: list, model_flag: str | None = None) -> list[str]:
+    """The flags of a config's settings that differ from their defaults (infos: describe_settings of its
+    class, in order); `model_flag` names the flag of `model` when it is not --model."""
+    args: list[str] = []
+    for info in infos:
+        value = getattr(config, info.name)
+        if value == info.default:
+            continue
+        flag = model_flag if info.name == "model" and model_flag else info.flags[-1]
         if info.type is bool and not info.many:
             args.append(flag if value else "--no-" + flag.removeprefix("--"))
         elif info.many:
