@@ -32,6 +32,9 @@ RESUME_COMMANDS = {"grpo": ("grpo",), "sft": ("distill", "sft"), "distill-sft": 
 GENERATE_KINDS = ("generate", "distill-generate")
 # An evaluation resumes with `aha eval --resume DIR` (it skips the (model, problem) pairs done).
 EVAL_KINDS = ("eval",)
+# `aha demo` (engine.demo.pipeline): a run whose stages are runs of their own (in its directory, named in
+# its demo.json); it is run again, not resumed, duplicated or exported as a whole.
+DEMO_KINDS = ("demo",)
 # Flags of the recorded `distill generate` argv left out when it is called again: --force would start over,
 # --events is the resuming call's. Matched as argparse does, by any unambiguous prefix (e.g. --fo).
 DROPPED_FLAGS = {"--force": False, "--events": True}  # flag → takes a value
@@ -265,6 +268,9 @@ def resume_plan(store: Store, target: str, events: str = "auto", max_steps: int 
         return ResumePlan(_training_argv(info["kind"], str(Path(target).expanduser()), events, max_steps), None)
     _refuse_if_running(run, "resuming")
     kind, name = run["kind"], f"run {run['id']}"
+    if kind in DEMO_KINDS:
+        raise AhaError(f"{name} is a demo, which does not resume: rerun `aha demo` (a stage run of it that was "
+                       "cancelled resumes on its own: `aha runs resume ID`)")
     if run["status"] == "complete" and (max_steps is None or kind not in RESUME_COMMANDS):
         raise AhaError(f"{name} is complete; nothing to resume"
                        + (" (--max-steps N trains it further)" if kind in RESUME_COMMANDS else ""))
@@ -368,7 +374,8 @@ def deletion_question(run: Mapping[str, Any]) -> str:
     _refuse_if_running(run, "deleting")
     directory = Path(run["dir"]) if run["dir"] else None
     if owns_directory(run) and directory.is_dir():
-        return f"Delete run {run['id']} ({directory}, {folder_size(directory) / 1e6:.1f} MB)?"
+        stages = " with the stage runs in it" if run["kind"] in DEMO_KINDS else ""
+        return f"Delete run {run['id']}{stages} ({directory}, {folder_size(directory) / 1e6:.1f} MB)?"
     if directory is not None and directory.exists():
         return f"Delete run {run['id']}'s record (its files in {directory} stay)?"
     return f"Delete run {run['id']} (its directory {directory or 'was never made'} is gone)?"
@@ -380,13 +387,30 @@ def delete_run(store: Store, run: Mapping[str, Any]) -> str:
     _refuse_if_running(run, "deleting")
     directory = Path(run["dir"]) if run["dir"] else None
     owned = owns_directory(run) and directory.is_dir()
+    stages = _demo_stage_runs(store, run) if owned and run["kind"] in DEMO_KINDS else []
+    for stage in stages:
+        _refuse_if_running(stage, "deleting")
     if owned:
         try:
             shutil.rmtree(directory)
         except OSError as error:
             raise AhaError(f"could not delete {directory} ({error}); run {run['id']} is kept") from error
+    for stage in stages:  # their directories were inside the demo's
+        store.delete_run(stage["id"])
     store.delete_run(run["id"])
-    return f"deleted run {run['id']}" + (f" and {directory}" if owned else "")
+    also = f" (and its stage runs {', '.join(str(stage['id']) for stage in stages)})" if stages else ""
+    return f"deleted run {run['id']}" + (f" and {directory}" if owned else "") + also
+
+
+def _demo_stage_runs(store: Store, run: Mapping[str, Any]) -> list[dict]:
+    """A demo's stage runs whose files are inside its directory (an export run has none of its own)."""
+    inside = Path(run["dir"]).resolve()
+    found = []
+    for name in ("cold-start", "eval-cold-start", "grpo", "eval-grpo", "export"):
+        stage = demo_stage_run(store, run, name)
+        if stage is not None and (not stage["dir"] or Path(stage["dir"]).resolve().is_relative_to(inside)):
+            found.append(stage)
+    return found
 
 
 def remove(store: Store, target: str, confirm: Callable[[str], bool]) -> str:
@@ -598,6 +622,9 @@ def duplicate_settings(run: Mapping[str, Any]) -> tuple[str, dict]:
     """The Train form's kind and the settings to fill it with for a new run like this one: its config
     without the output folder (a new run gets its own). Raises AhaError for a kind the form does not start."""
     kind = TRAIN_FORM_KINDS.get(run["kind"])
+    if run["kind"] in DEMO_KINDS:
+        raise AhaError(f"run {run['id']} is a demo: rerun `aha demo` for another one (or duplicate one of its stage "
+                       "runs to change its settings)")
     if kind is None:
         raise AhaError(f"run {run['id']} is {'an' if run['kind'][0] in 'aeiou' else 'a'} {run['kind']}, which the "
                        "Train form does not start")
@@ -609,7 +636,11 @@ def duplicate_settings(run: Mapping[str, Any]) -> tuple[str, dict]:
 
 def export_source(store: Store, run: Mapping[str, Any]) -> tuple[str, str] | None:
     """What to export from a training run: (its final adapter, or the newest checkpoint's adapter, with the
-    base model it trained), or (its final or newest checkpoint's full model, ""); None when it has neither."""
+    base model it trained), or (its final or newest checkpoint's full model, ""); None when it has neither.
+    A demo's is its GRPO stage's (the model it exported to GGUF already)."""
+    if run["kind"] in DEMO_KINDS:
+        stage = demo_stage_run(store, run, "grpo")
+        return export_source(store, stage) if stage is not None else None
     config = run["config"]
     base = str(config.get("model") or "")
     found: list[tuple[str, str]] = []
@@ -622,6 +653,17 @@ def export_source(store: Store, run: Mapping[str, Any]) -> tuple[str, str] | Non
         elif artifact["kind"] == "checkpoint":
             found += [(str(path / "adapter"), base), (str(path / "model"), "")]
     return next(((path, base) for path, base in found if Path(path).is_dir()), None)
+
+
+def demo_stage_run(store: Store, run: Mapping[str, Any], stage: str) -> dict | None:
+    """The store row of a demo's stage run (`stage`: cold-start, eval-cold-start, grpo, eval-grpo, export),
+    as its demo.json names it; None when the demo did not get there (or the row is gone)."""
+    try:
+        result = json.loads((Path(run["dir"]) / "demo.json").read_text(encoding="utf-8"))
+        run_id = next(item["run_id"] for item in result["stages"] if item["name"] == stage)
+        return store.get_run(run_id) if run_id is not None else None
+    except (OSError, TypeError, ValueError, KeyError, StopIteration, AhaError):
+        return None
 
 
 # Comparing runs' curves
