@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from app.qt import QtCore, QtWidgets, Signal, Slot
 from app.workers import TRAINING_GRACE_S, JobOutcome, JobStatus, ProcessJob
+from engine.demo.pipeline import inner_event
 from engine.errors import AhaError
 from engine.eval.results import percent
-from engine.jobs import count, format_seconds
+from engine.jobs import count, format_bytes, format_seconds
 
 # What the status line calls each stage of engine.demo.pipeline.STAGES (a stage not named here shows as itself).
 STAGE_TITLES = {"model": "building the model", "cold-start": "cold start (SFT on reasoning traces)",
@@ -101,7 +102,7 @@ class DemoFlow(QtCore.QObject):
             self._say(self._heading(stage))
             return
         self.stage_runs[stage] = run_id
-        self.runs.follow_stage(self.job, run_id)
+        self.runs.follow_stage(self.job, run_id, inner_event)
         if stage in LIVE_STAGES:
             self.pane_requested.emit("runs")
         self._say(f"{self._heading(stage)} · {stage_run.get('kind') or 'run'} run {run_id}")
@@ -126,14 +127,7 @@ class DemoFlow(QtCore.QObject):
     def _on_progress(self, event: dict) -> None:
         stage = str(event["stage"])
         self.stage = stage
-        parts = [self._heading(stage)]
-        done, total = event.get("done"), event.get("total")
-        if isinstance(done, (int, float)) and isinstance(total, (int, float)) and total > 1:
-            unit = str(event.get("unit") or "")
-            parts.append(f"{int(done)} of {count(total, unit) if unit else int(total)}")
-        if isinstance(event.get("eta_s"), (int, float)):
-            parts.append(f"{format_seconds(float(event['eta_s']))} left")
-        self._say(" · ".join(parts))
+        self._say(" · ".join([self._heading(stage), *progress_parts(event)]))
 
     @Slot(object)
     def _on_finished(self, outcome: JobOutcome) -> None:
@@ -184,6 +178,26 @@ class DemoFlow(QtCore.QObject):
         self.status_changed.emit(text)
 
 
+def progress_parts(event: dict) -> list[str]:
+    """What a stage's progress event adds to the status line: 'step 37 of 100', '0:42 left'; a stage's
+    loading, writing or checking by its label ('writing model.gguf', '45%')."""
+    done, total, unit = event.get("done"), event.get("total"), str(event.get("unit") or "")
+    label = str(event.get("label") or "")
+    parts = []
+    if not isinstance(done, (int, float)) or not isinstance(total, (int, float)) or total <= 0:
+        return [label] if label else []
+    if unit == "steps":
+        parts.append(f"step {int(done)} of {int(total)}")
+    elif unit == "B":
+        parts += [label, f"{format_bytes(done)} of {format_bytes(total)}"]
+    else:
+        parts += [label, f"{int(done)} of {count(total, unit)}" if total > 1 else ""]
+    eta_s = event.get("eta_s")
+    if isinstance(eta_s, (int, float)) and eta_s >= 1 and done < total:
+        parts.append(f"{format_seconds(float(eta_s))} left")
+    return [part for part in parts if part]
+
+
 class DemoStatus(QtWidgets.QWidget):
     """The demo's line in the window's status bar: the stage in progress and Stop while it runs; then how it
     ended, until dismissed. Its tooltip lists the stages done, one summary line each. Hidden until a demo
@@ -196,6 +210,7 @@ class DemoStatus(QtWidgets.QWidget):
         self.stop_button = QtWidgets.QToolButton(text="Stop demo", toolTip="Stop the demo after the current "
                                                  "step of its current stage; the runs done are kept")
         self.stop_button.clicked.connect(flow.cancel)
+        self.stop_button.clicked.connect(lambda: self.stop_button.setEnabled(False))   # one Stop is enough
         self.dismiss_button = QtWidgets.QToolButton(text="×", toolTip="Hide this line")
         self.dismiss_button.clicked.connect(self.hide)
         layout = QtWidgets.QHBoxLayout(self)

@@ -190,10 +190,18 @@ class MainWindow(QtWidgets.QMainWindow):
         self._on_library_changed()                  # the pipeline added it to the library itself
         self.models.refresh(select=gguf)
         self._on_model_opened(gguf)
+        settings = self.chat.settings
         question = (result.get("chat") or {}).get("question")
-        if question and self.chat.settings.values().get("model") == gguf and not self.chat.session.busy:
-            self.chat.composer.setPlainText(str(question))
-            self.chat.send()
+        if not question or settings.values().get("model") != gguf or self.chat.session.busy:
+            return
+        try:
+            context = read_gguf_info(gguf).context_length
+        except AhaError:
+            context = None
+        if context:   # the tiny model was trained on a short context: a reply that fits in it
+            settings.load({**settings.values(), "max_tokens": min(settings.values()["max_tokens"], context // 2)})
+        self.chat.composer.setPlainText(str(question))
+        self.chat.send()
 
     def _on_evaluation_requested(self, run: dict) -> None:
         self.show_pane("eval")

@@ -10,6 +10,7 @@ follows reports a step); stop, resume, duplicate, export and delete are run_inde
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal, Slot
@@ -42,14 +43,6 @@ STATUS_CHOICES = ("running", "complete", "cancelled", "crashed", "error")
 RESUMABLE = ("cancelled", "crashed")
 # A followed job's events that the dashboard and the rollout browser take (they read the rest from the files).
 FORWARDED_EVENTS = ("metrics", "sample", "log", "progress", "done", "error")
-
-
-def stage_event(event: dict) -> dict:
-    """A stage's event as its own run wrote it: the demo's `progress` names the demo's stage in `stage` and the
-    run's own stage in `phase` (engine/demo/pipeline.py); the dashboard reads the run's own."""
-    if event.get("type") == "progress" and event.get("phase"):
-        return {**event, "stage": event["phase"], "phase": None}
-    return event
 
 
 def read_rows(path: Path, table: RunTable) -> list[RunRow]:
@@ -187,7 +180,7 @@ class RunsPane(QtWidgets.QWidget):
         self._poll: ThreadJob | None = None
         self._poll_again = False
         self._jobs: dict[int, ProcessJob] = {}     # jobs this window started, by run id, while they run
-        self._stages: dict[ProcessJob, int] = {}   # a job's events belong to this run, not the job's own
+        self._stages: dict[ProcessJob, tuple[int, Callable | None]] = {}   # a job's events are this run's now
         self._select_after: int | None = None      # a run to select once the table has it
         self._shown: tuple[int, str] | None = None  # the run open below the table, and its status then
         self._pending_delete: int | None = None
@@ -354,11 +347,13 @@ class RunsPane(QtWidgets.QWidget):
         if job.run_id is not None:             # already started
             self._adopt(job)
 
-    def follow_stage(self, job: ProcessJob, run_id: int) -> None:
+    def follow_stage(self, job: ProcessJob, run_id: int, unwrap: Callable[[dict], dict] | None = None) -> None:
         """Show `run_id`, a run the job works on now (a stage of `aha demo`: the job's own run is the demo's),
         selected and live: the job's events go to that run's dashboard and rollouts until the next
-        follow_stage or the job's end, and Stop on it cancels the job. The job is one `follow_job` follows."""
-        self._stages[job] = run_id
+        follow_stage or the job's end, through `unwrap` (the event as the stage's own command emitted it,
+        engine.demo.pipeline.inner_event), and Stop on it cancels the job. The job is one `follow_job`
+        follows."""
+        self._stages[job] = (run_id, unwrap)
         self._jobs[run_id] = job
         self.select_run(run_id)
         self.refresh()
@@ -551,10 +546,10 @@ class RunsPane(QtWidgets.QWidget):
             return
         if job is None or job.run_id is None:
             return
-        target = self._stages.get(job, job.run_id)
+        target, unwrap = self._stages.get(job, (job.run_id, None))
         if self._shown is not None and self._shown[0] == target and kind in FORWARDED_EVENTS:
-            if target != job.run_id:
-                event = stage_event(event)
+            if unwrap is not None:
+                event = unwrap(event)
             self.dashboard.add_event(event)
             self.rollouts.add_event(event)
         if kind in ("metrics", "artifact"):
