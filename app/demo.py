@@ -10,7 +10,8 @@ with Stop. This module knows the demo's event shapes and which pane shows which 
 
 from __future__ import annotations
 
-from app.qt import QtCore, QtWidgets, Signal, Slot
+from app.qt import Qt, QtCore, QtWidgets, Signal, Slot
+from app.widgets import ElidedLabel
 from app.workers import TRAINING_GRACE_S, JobOutcome, JobStatus, ProcessJob
 from engine.demo.pipeline import inner_event
 from engine.errors import AhaError
@@ -206,7 +207,9 @@ class DemoStatus(QtWidgets.QWidget):
     def __init__(self, flow: DemoFlow, parent: QtWidgets.QWidget | None = None):
         super().__init__(parent)
         self.flow = flow
-        self.label = QtWidgets.QLabel(objectName="Muted")
+        self.label = ElidedLabel()
+        self.label.setObjectName("Muted")
+        self.label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         self.stop_button = QtWidgets.QToolButton(text="Stop demo", toolTip="Stop the demo after the current "
                                                  "step of its current stage; the runs done are kept")
         self.stop_button.clicked.connect(flow.cancel)
@@ -225,11 +228,12 @@ class DemoStatus(QtWidgets.QWidget):
         self.setVisible(False)
 
     def text(self) -> str:
-        return self.label.text()
+        """The whole line (the label elides it when the window is narrow)."""
+        return self.label.full_text()
 
     @Slot(str)
     def _on_status(self, text: str) -> None:
-        self.label.setText(text)
+        self.label.set_full_text(text)
 
     @Slot(bool)
     def _on_running(self, running: bool) -> None:

@@ -73,8 +73,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.eval_pane.status_message.connect(lambda text: self.statusBar().showMessage(text, 8000))
         self._add_pane("Eval", self.eval_pane, "eval")
         self.demo = DemoFlow(self.store, self.runs, self.eval_pane, self)
-        self.demo_status = DemoStatus(self.demo)
-        self.statusBar().addPermanentWidget(self.demo_status)
+        self.demo_status = DemoStatus(self.demo, self)   # in the status bar from the first demo on
         self._connect_panes()
         self.sidebar.currentRowChanged.connect(self.stack.setCurrentIndex)
         self.sidebar.currentRowChanged.connect(lambda _: self.statusBar().clearMessage())  # one pane's news only
@@ -176,13 +175,16 @@ class MainWindow(QtWidgets.QMainWindow):
         self.runs.eval_opened.connect(self._on_eval_opened)
         self.demo.pane_requested.connect(self.show_pane)
         self.demo.running_changed.connect(self.empty.set_demo_running)
-        self.demo.stage_finished.connect(lambda line: self.statusBar().showMessage(line, 15000))
         self.demo.model_ready.connect(self._on_demo_model)
 
     def _on_demo_requested(self) -> None:
         """The welcome screen's "Train a tiny reasoning model here": `aha demo`, watched in Runs and Eval."""
-        if self.demo.start() is None:
+        if self.demo.is_running():
             self.show_problem("The demo is already running: its stages show in the Runs pane.")
+            return
+        if self.demo_status.parent() is not self.statusBar():   # not before: even hidden it makes the bar taller
+            self.statusBar().addPermanentWidget(self.demo_status, 1)   # the bar's width: the stage line is long
+        self.demo.start()
 
     def _on_demo_model(self, gguf: str, result: dict) -> None:
         """The demo ended with its GGUF in the library: list it, open a new chat with it, ask it the demo's

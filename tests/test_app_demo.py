@@ -44,14 +44,9 @@ def window(qtbot, monkeypatch):
 def test_the_demo_runs_from_the_welcome_screen_through_runs_and_eval_to_a_chat_with_its_model(qtbot, window):
     flow, runs, eval_pane = window.demo, window.runs, window.eval_pane
     assert window.chat_stack.currentWidget() is window.empty        # a fresh data directory: the first run
-    panes, routed = [], []
+    panes, routed = [], []                      # the panes brought to the front; (run shown, event) to its views
     flow.pane_requested.connect(panes.append)
-    rollouts_add = runs.rollouts.add_event
-    def spy(event):                                                 # which run's rollouts a sample reached
-        if event.get("type") == "sample":
-            routed.append(runs._shown[0] if runs._shown else None)
-        rollouts_add(event)
-    runs.rollouts.add_event = spy
+    runs.dashboard.add_event = lambda event: routed.append((runs._shown[0], event))
     statuses = []
     flow.status_changed.connect(statuses.append)
 
@@ -77,9 +72,10 @@ def test_the_demo_runs_from_the_welcome_screen_through_runs_and_eval_to_a_chat_w
     assert kinds == {"cold-start": "distill-sft", "eval-cold-start": "eval", "grpo": "grpo", "eval-grpo": "eval",
                      "export": "export"}
     assert panes == ["runs", "runs", "eval", "runs", "eval"]        # start, cold start, its table, GRPO, the table
-    assert routed and set(routed) <= {flow.stage_runs["grpo"], flow.stage_runs["eval-cold-start"],
-                                      flow.stage_runs["eval-grpo"]}  # never the demo run's own
-    assert flow.stage_runs["grpo"] in routed                        # GRPO's rollouts arrived live
+    grpo = [event for shown, event in routed if shown == flow.stage_runs["grpo"]]   # GRPO's, live, unwrapped:
+    assert {"metrics", "sample"} <= {event["type"] for event in grpo}                # its curves and rollouts
+    assert any(event["type"] == "progress" and event["stage"] == "train" for event in grpo)
+    assert all(event.get("stage") == "model" for shown, event in routed if shown == job.run_id)   # no stage run
     assert any(text.startswith("Demo 2/7 · cold start") for text in statuses)
     assert len(flow.stage_lines) == 7 and flow.stage_lines[-1].startswith("[7/7] chat")
     assert eval_pane.run_id == flow.stage_runs["eval-grpo"]         # the before/after table: both models
