@@ -1,7 +1,7 @@
 """The Aha window: a sidebar of panes (Chat, Compare, Models, Train, Runs, Export, Eval), restored geometry,
 keyboard shortcuts, and the wiring between the panes (a run started in Train opens in Runs; Runs duplicates
 into Train, exports into Export and evaluates a run against its base in Eval, where eval runs open; an export
-opens in Chat).
+opens in Chat); the welcome screen's demo (app.demo) runs `aha demo` through Runs and Eval and ends in Chat.
 
 `run()` creates the QApplication, styles it for the system's light/dark scheme and shows the window.
 Window state lives in `ui.ini` in the data directory; everything else lives in the engine's store.
@@ -16,6 +16,7 @@ from pathlib import Path
 from app import theme
 from app.chat.compare import ComparePane
 from app.chat.view import ChatPane
+from app.demo import DemoFlow, DemoStatus
 from app.eval.view import EvalPane
 from app.export.view import ExportPane
 from app.models.empty_state import EmptyState
@@ -51,6 +52,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.empty.model_chosen.connect(self._on_model_opened)
         self.empty.folder_chosen.connect(self._on_folder_chosen)
         self.empty.download_requested.connect(self._on_download_requested)
+        self.empty.demo_requested.connect(self._on_demo_requested)
         self.panes: dict[str, QtWidgets.QWidget] = {}
         self.sidebar = QtWidgets.QListWidget()
         self.stack = QtWidgets.QStackedWidget()
@@ -70,6 +72,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.eval_pane = EvalPane(self.store, self.library)
         self.eval_pane.status_message.connect(lambda text: self.statusBar().showMessage(text, 8000))
         self._add_pane("Eval", self.eval_pane, "eval")
+        self.demo = DemoFlow(self.store, self.runs, self.eval_pane, self)
+        self.demo_status = DemoStatus(self.demo, self)   # in the status bar from the first demo on
         self._connect_panes()
         self.sidebar.currentRowChanged.connect(self.stack.setCurrentIndex)
         self.sidebar.currentRowChanged.connect(lambda _: self.statusBar().clearMessage())  # one pane's news only
@@ -169,6 +173,37 @@ class MainWindow(QtWidgets.QMainWindow):
         self.eval_pane.run_started.connect(self.runs.follow_job)  # an eval is a run too: listed, live
         self.runs.evaluation_requested.connect(self._on_evaluation_requested)
         self.runs.eval_opened.connect(self._on_eval_opened)
+        self.demo.pane_requested.connect(self.show_pane)
+        self.demo.running_changed.connect(self.empty.set_demo_running)
+        self.demo.model_ready.connect(self._on_demo_model)
+
+    def _on_demo_requested(self) -> None:
+        """The welcome screen's "Train a tiny reasoning model here": `aha demo`, watched in Runs and Eval."""
+        if self.demo.is_running():
+            self.show_problem("The demo is already running: its stages show in the Runs pane.")
+            return
+        if self.demo_status.parent() is not self.statusBar():   # not before: even hidden it makes the bar taller
+            self.statusBar().addPermanentWidget(self.demo_status, 1)   # the bar's width: the stage line is long
+        self.demo.start()
+
+    def _on_demo_model(self, gguf: str, result: dict) -> None:
+        """The demo ended with its GGUF in the library: list it, open a new chat with it, ask it the demo's
+        question there (its thought streams in), as the demo's last stage did in the child."""
+        self._on_library_changed()                  # the pipeline added it to the library itself
+        self.models.refresh(select=gguf)
+        self._on_model_opened(gguf)
+        settings = self.chat.settings
+        question = (result.get("chat") or {}).get("question")
+        if not question or settings.values().get("model") != gguf or self.chat.session.busy:
+            return
+        try:
+            context = read_gguf_info(gguf).context_length
+        except AhaError:
+            context = None
+        if context:   # the tiny model was trained on a short context: a reply that fits in it
+            settings.load({**settings.values(), "max_tokens": min(settings.values()["max_tokens"], context // 2)})
+        self.chat.composer.setPlainText(str(question))
+        self.chat.send()
 
     def _on_evaluation_requested(self, run: dict) -> None:
         self.show_pane("eval")
@@ -283,6 +318,8 @@ class MainWindow(QtWidgets.QMainWindow):
         if others:
             lines.append("Closing the window does not stop training or generation: it keeps running, and the "
                          "Runs pane picks it up again when Aha opens.")
+        if any(job.kind == "demo" for job in others):
+            lines.append("The demo keeps running too: its model joins the Models pane when it ends.")
         if downloads:
             lines.append("Downloads and exports stop: downloading the same file again continues where it "
                          "stopped; a stopped export leaves nothing behind.")

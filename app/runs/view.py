@@ -10,6 +10,7 @@ follows reports a step); stop, resume, duplicate, export and delete are run_inde
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal, Slot
@@ -37,7 +38,7 @@ COLUMNS = ("ID", "Kind", "Model", "Dataset", "Status", "Steps", "Started", "Dura
 ID, KIND, MODEL, DATASET, STATUS, STEPS, STARTED, DURATION, METRIC, FOLDER = range(len(COLUMNS))
 NUMERIC_COLUMNS = (ID, STEPS, DURATION)
 RUN_ID_ROLE = KEY_ROLE
-KIND_CHOICES = ("grpo", "distill-sft", "distill-kd", "generate", "export", "eval")
+KIND_CHOICES = ("grpo", "distill-sft", "distill-kd", "generate", "export", "eval", "demo")
 STATUS_CHOICES = ("running", "complete", "cancelled", "crashed", "error")
 RESUMABLE = ("cancelled", "crashed")
 # A followed job's events that the dashboard and the rollout browser take (they read the rest from the files).
@@ -179,6 +180,7 @@ class RunsPane(QtWidgets.QWidget):
         self._poll: ThreadJob | None = None
         self._poll_again = False
         self._jobs: dict[int, ProcessJob] = {}     # jobs this window started, by run id, while they run
+        self._stages: dict[ProcessJob, tuple[int, Callable | None]] = {}   # a job's events are this run's now
         self._select_after: int | None = None      # a run to select once the table has it
         self._shown: tuple[int, str] | None = None  # the run open below the table, and its status then
         self._pending_delete: int | None = None
@@ -344,6 +346,17 @@ class RunsPane(QtWidgets.QWidget):
         job.finished.connect(self._on_job_finished)
         if job.run_id is not None:             # already started
             self._adopt(job)
+
+    def follow_stage(self, job: ProcessJob, run_id: int, unwrap: Callable[[dict], dict] | None = None) -> None:
+        """Show `run_id`, a run the job works on now (a stage of `aha demo`: the job's own run is the demo's),
+        selected and live: the job's events go to that run's dashboard and rollouts until the next
+        follow_stage or the job's end, through `unwrap` (the event as the stage's own command emitted it,
+        engine.demo.pipeline.inner_event), and Stop on it cancels the job. The job is one `follow_job`
+        follows."""
+        self._stages[job] = (run_id, unwrap)
+        self._jobs[run_id] = job
+        self.select_run(run_id)
+        self.refresh()
 
     def select_run(self, run_id: int) -> None:
         """Select the run (and show it below the table); a run the table does not have yet is selected when a
@@ -533,7 +546,10 @@ class RunsPane(QtWidgets.QWidget):
             return
         if job is None or job.run_id is None:
             return
-        if self._shown is not None and self._shown[0] == job.run_id and kind in FORWARDED_EVENTS:
+        target, unwrap = self._stages.get(job, (job.run_id, None))
+        if self._shown is not None and self._shown[0] == target and kind in FORWARDED_EVENTS:
+            if unwrap is not None:
+                event = unwrap(event)
             self.dashboard.add_event(event)
             self.rollouts.add_event(event)
         if kind in ("metrics", "artifact"):
@@ -547,8 +563,10 @@ class RunsPane(QtWidgets.QWidget):
     @Slot(object)
     def _on_job_finished(self, outcome: JobOutcome) -> None:
         job = self.sender()
-        if isinstance(job, ProcessJob) and job.run_id is not None:
-            self._jobs.pop(job.run_id, None)
+        if isinstance(job, ProcessJob):
+            self._stages.pop(job, None)
+            for run_id in [run_id for run_id, running in self._jobs.items() if running is job]:
+                del self._jobs[run_id]
         self._say(str(outcome), warning=outcome.status not in ("complete", "cancelled"))
         self.refresh()
 
