@@ -28,6 +28,7 @@ bench: $(STAMP) $(REF)
 	$(BIN)/python bench/ui_stream.py
 	$(BIN)/python bench/eval.py
 	$(BIN)/python bench/learning.py
+	$(BIN)/python bench/demo.py --seeds 0 1 2
 	@if .cache/bench-venv/bin/python -c "import trl" 2>/dev/null; then \
 	    set -x; .cache/bench-venv/bin/python bench/grpo_vs_trl.py && .cache/bench-venv/bin/python bench/sft_vs_trl.py; \
 	else echo "bench/grpo_vs_trl.py and bench/sft_vs_trl.py skipped: they need TRL, in its own environment;" \

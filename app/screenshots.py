@@ -39,7 +39,7 @@ wrong) and "hasty" (a thought of one to three lines, three answers wrong), expor
 too, the quantization question); the untrained checkpoint is the baseline. Four samples per problem at
 temperature 0.6 through llama.cpp, scored by the verifier: the pane shows the side-by-side table, the
 accuracy-by-thinking-length curve, then a problem's samples in the drill-down.
-`AHA_SCREENSHOTS=train` (or `chat`, `eval`) takes only those pictures.
+`AHA_SCREENSHOTS=train` (or `chat`, `eval`, `demo`) takes only those pictures.
 
 A check that fails is printed after all pictures are written, and the
 exit status is 1.
@@ -226,6 +226,58 @@ def shoot_eval(app, window, grab, models: list[Path], data: Path, problems: list
         if not pane.drilldown.cards or not any(card.majority for card in pane.drilldown.cards):
             problems.append(f"{theme_name}: the drill-down marks no majority sample")
     grab("eval-problems")
+
+
+def shoot_demo(out_dir: Path, work: Path, problems: list[str]) -> list[Path]:
+    """The demo from the first-run screen (the real DEFAULT recipe, about 2 minutes on 2 cores), in the light
+    theme only: the dashboard mid-GRPO, the before/after table in the Eval pane, the chat with the model."""
+    from app import theme
+    from app.demo import DemoFlow
+    from app.main import MainWindow
+    from app.qt import QtWidgets
+
+    os.environ["AHA_HOME"] = str(work / "home-demo")  # a first run: no models, no chats
+    os.environ["AHA_THEME"] = "light"
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    theme.apply(app)
+    window = MainWindow()
+    window.resize(1280, 800)
+    window.show()
+    written: list[Path] = []
+
+    def grab(name: str) -> None:
+        if app.focusWidget() is not None:
+            app.focusWidget().clearFocus()
+        settle(app)
+        path = out_dir / f"{name}-light.png"
+        window.grab().save(str(path))
+        written.append(path)
+
+    DemoFlow.FLAGS = ()
+    flow, runs = window.demo, window.runs
+    table_lines: list[str] = []
+    flow.stage_finished.connect(lambda line: table_lines.append(line) if line.startswith("[5/7]") else None)
+    window.empty.demo_button.click()
+
+    def grpo_halfway() -> bool:
+        row = runs.selected_row()
+        reward = runs.dashboard.plots.get("Reward")
+        return (flow.stage == "grpo" and row is not None and row.id == flow.stage_runs.get("grpo")
+                and reward is not None and reward.points("reward") >= 45)
+
+    wait_until(app, grpo_halfway, "the demo's GRPO stage, half way", 600)
+    time.sleep(0.6)  # the dashboard redraws at most every 0.5 s
+    grab("demo-dashboard")
+    wait_until(app, lambda: bool(table_lines), "the demo's evaluation of GRPO", 300)
+    if len(window.eval_pane.results_model.rows()) != 2:
+        problems.append(f"demo: the Eval table has {len(window.eval_pane.results_model.rows())} rows, not 2")
+    grab("demo-eval")
+    wait_until(app, lambda: window.chat_stack.currentWidget() is window.chat and flow.result is not None
+               and not window.chat.session.busy and window.chat.streaming is None, "the demo's chat", 300)
+    last_reply(window.chat).think.header.click()  # the trace open: the column lines the model learned
+    grab("demo-chat")
+    window.close()
+    return written
 
 
 def settle(app) -> None:
@@ -546,17 +598,20 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # no display: Qt's offscreen platform
     started = time.monotonic()
     problems: list[str] = []
-    parts = set((os.environ.get("AHA_SCREENSHOTS") or "chat,train,eval").split(","))  # e.g. train: only those
-    if not parts <= {"chat", "train", "eval"}:
-        print(f"screenshots: AHA_SCREENSHOTS={os.environ['AHA_SCREENSHOTS']!r}: use chat, train, eval or a list "
-              "of them (chat,eval)", file=sys.stderr)
+    parts = set((os.environ.get("AHA_SCREENSHOTS") or "chat,train,eval,demo").split(","))  # e.g. train: only those
+    if not parts <= {"chat", "train", "eval", "demo"}:
+        print(f"screenshots: AHA_SCREENSHOTS={os.environ['AHA_SCREENSHOTS']!r}: use chat, train, eval, demo or a "
+              "list of them (chat,eval)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="aha-screenshots-") as work:
         models = build_models(Path(work)) if "chat" in parts else {}
         eval_models = build_eval_models(Path(work)) if "eval" in parts else None
         print(f"models ready after {time.monotonic() - started:.0f} s", flush=True)
-        written = [path for theme_name in ("light", "dark")
+        themes = ("light", "dark") if parts - {"demo"} else ()
+        written = [path for theme_name in themes
                    for path in shoot(out_dir, theme_name, Path(work), models, problems, parts, eval_models)]
+        if "demo" in parts:
+            written += shoot_demo(out_dir, Path(work), problems)
     for path in written:
         print(path)
     from app.qt import QtGui

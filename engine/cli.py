@@ -615,11 +615,11 @@ def _demo_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo", help="the whole R1 recipe on a tiny model, on this CPU: SFT cold start, GRPO, eval, GGUF, chat",
         description="Train a tiny reasoning model from scratch the way DeepSeek-R1 was trained, each stage a real "
-                    "run of the real command (aha distill sft, aha eval, aha grpo, aha export, aha chat): a ~1M "
+                    "run of the real command (aha distill sft, aha eval, aha grpo, aha export, aha chat): a 124K-"
                     "parameter Qwen2 learns 3-digit addition from programmatic reasoning traces (cold start), "
                     "GRPO with accuracy and format rewards raises its held-out pass@1, the merged model is exported "
                     "to GGUF (q8_0) and added to the model library, and it answers one question through llama.cpp. "
-                    "About two minutes on two CPU cores, no download. The runs stay in `aha runs list`.")
+                    "About two to three minutes on two CPU cores, no download. The runs stay in `aha runs list`.")
     parser.add_argument("--seed", type=int, default=0, help="the model's initial weights and all sampling (default 0)")
     parser.add_argument("--out", metavar="DIR", help="a new folder for the demo and its stage runs (default: "
                                                      "<data dir>/demo/seed-S-N)")

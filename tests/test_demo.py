@@ -188,8 +188,13 @@ def test_default_demo_seed_0_learns_exports_and_chats(tmp_path, capsys):
     assert result["status"] == "complete"
     cold = next(stage for stage in result["stages"] if stage["name"] == "cold-start")
     with Store() as store:
-        sft_config = json.loads((Path(store.get_run(cold["run_id"])["dir"]) / "config.json").read_text())
-    assert sft_config["stop_at_accuracy"] == DEFAULT.sft_target
+        cold_run = Path(store.get_run(cold["run_id"])["dir"])
+    assert cold_run == (out / "cold-start").resolve()
+    assert json.loads((cold_run / "config.json").read_text())["stop_at_accuracy"] == DEFAULT.sft_target
+    evals = [record for record in map(json.loads, (cold_run / "metrics.jsonl").read_text().splitlines())
+             if "eval/accuracy" in record]
+    # From scratch: the random model answers nothing, the cold start ends past its target.
+    assert evals[0]["eval/accuracy"] < 0.05 and evals[-1]["eval/accuracy"] >= DEFAULT.sft_target
     cold_pass1, grpo_pass1 = result["table"]["cold_start"]["pass@1"], result["table"]["grpo"]["pass@1"]
     assert result["gain_points"] == pytest.approx((grpo_pass1 - cold_pass1) * 100, abs=0.06)
     assert result["gain_points"] >= 15, result["table"]

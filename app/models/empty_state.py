@@ -19,7 +19,7 @@ WHAT_TO_DO = ("Open a GGUF file you already have, add a folder that holds some, 
               "no GPU.")
 DEMO_TEXT = "Train a tiny reasoning model here — about 2 minutes, no download"
 DEMO_RUNNING_TEXT = "The tiny model is training: follow it in the Runs pane"
-DEMO_TIP = ("Runs the DeepSeek-R1 recipe on a model of about a million parameters, on this computer's CPU: "
+DEMO_TIP = ("Runs the DeepSeek-R1 recipe on a Qwen2 of 124K parameters, on this computer's CPU: "
             "cold-start SFT on reasoning traces of 3-digit addition, an evaluation, GRPO with accuracy and format rewards, the "
             "evaluation again, export to GGUF, then a chat with it. Each stage is a real run you can watch in "
             "the Runs and Eval panes (`aha demo` in a terminal does the same).")
