@@ -10,7 +10,6 @@ live in `encode_prompts`/`decode`.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -193,15 +192,26 @@ def render_prompt(tokenizer, prompt: str | Sequence[dict], system_prompt: str | 
     messages), with the generation prompt; no system prompt unless one is given (DeepSeek's advice).
     A tokenizer without a chat template gets the text as is."""
     if isinstance(prompt, str):  # a batch renders each prompt twice or more (its trace, then its tokens)
-        return _render_text(tokenizer, getattr(tokenizer, "chat_template", None), prompt, system_prompt)
+        return _render_text(tokenizer, prompt, system_prompt)
     return _render(tokenizer, list(prompt), system_prompt)
 
 
-@functools.lru_cache(maxsize=4096)
-def _render_text(tokenizer, template: str | None, prompt: str, system_prompt: str | None) -> str:
-    """render_prompt of one user turn, remembered (the template is part of the key: a tokenizer whose
-    template changes renders afresh)."""
-    return _render(tokenizer, [{"role": "user", "content": prompt}], system_prompt)
+RENDERED_KEPT = 4096  # rendered one-turn prompts remembered per tokenizer
+
+
+def _render_text(tokenizer, prompt: str, system_prompt: str | None) -> str:
+    """render_prompt of one user turn, remembered on the tokenizer itself (so the memory goes with it), keyed
+    with the template too: a tokenizer whose template changes renders afresh."""
+    try:
+        kept = tokenizer.__dict__.setdefault("_aha_rendered", {})
+    except AttributeError:  # an object without a __dict__: no memory
+        kept = {}
+    key = (getattr(tokenizer, "chat_template", None), prompt, system_prompt)
+    if key not in kept:
+        if len(kept) >= RENDERED_KEPT:
+            kept.clear()
+        kept[key] = _render(tokenizer, [{"role": "user", "content": prompt}], system_prompt)
+    return kept[key]
 
 
 def _render(tokenizer, messages: list[dict], system_prompt: str | None) -> str:
