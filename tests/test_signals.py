@@ -66,6 +66,11 @@ def test_a_reward_that_never_varies_is_found_from_the_samples():
     assert (warning.key, warning.step) == ("constant-reward/accuracy", 3)
     assert "reward accuracy gave 0 to every completion so far (3 steps)" in warning.message
     assert "re.DOTALL" in warning.message
+    # 1 for every completion: met by all (a learned format), not a regex that never matches
+    samples = [{"step": step, "completions": [completion(format=1.0), completion(format=1.0)]} for step in (1, 2, 3)]
+    [warning] = learning_warnings(history, samples)
+    assert warning.key == "constant-reward/format" and "already learned" in warning.message
+    assert "re.DOTALL" not in warning.message
     # None for every completion: its own wording
     samples = [{"step": step, "completions": [completion(length=None), completion(length=None)]} for step in (1, 2, 3)]
     [warning] = learning_warnings(history, samples)

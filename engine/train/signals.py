@@ -162,10 +162,15 @@ class SignalWatch:
                 message = (f"reward {name} returned None (no opinion) for every completion so far "
                            f"({self._reward_steps[name]} steps): it is missing what it scores (an answer column?) "
                            "or fails on every completion; test it with `aha rewards check`")
-            else:
-                message = (f"reward {name} gave {value:g} to every completion so far ({self._reward_steps[name]} "
+            elif value == 0:
+                message = (f"reward {name} gave 0 to every completion so far ({self._reward_steps[name]} "
                            "steps), so it tells none apart: check what it matches (a regex without re.DOTALL is "
                            "the usual cause) with `aha rewards check`, or remove it")
+            else:  # every completion earns it: learned already (a format after a cold start), or it matches too much
+                message = (f"reward {name} gave {value:g} to every completion so far ({self._reward_steps[name]} "
+                           "steps), so it tells none apart: every completion meets it (a format the model has "
+                           "already learned, as after a cold start) or it matches too much; check it with "
+                           "`aha rewards check`, or drop it")
             warnings.append(LearningWarning(f"constant-reward/{name}", step, message))
         return warnings
 
