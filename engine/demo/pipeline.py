@@ -568,7 +568,7 @@ def table_text(result: Mapping[str, Any]) -> str:
                   pass@1  cons@4  think tokens
     cold start     23.8%   30.0%            31
     GRPO           44.5%   52.0%            30
-    gain: +20.7 points of pass@1 (…the paired comparison's note…)
+    gain: +20.7 points of held-out pass@1 (p < 0.001)
     """
     lines: list[str] = []
     table = result.get("table") or {}
@@ -586,8 +586,9 @@ def table_text(result: Mapping[str, Any]) -> str:
         lines += ["  ".join(cell.ljust(widths[0]) if column == 0 else cell.rjust(widths[column])
                             for column, cell in enumerate(row)).rstrip() for row in rows]
         if result.get("gain_points") is not None:
-            note = f" ({result['comparison_note']})" if result.get("comparison_note") else ""
-            lines.append(f"gain: {result['gain_points']:+.1f} points of held-out pass@1{note}")
+            gain = f"{result['gain_points']:+.1f} points"
+            note = (result.get("comparison_note") or "").removeprefix(f"{gain}, ")  # "p < 0.001", or "within noise (…)"
+            lines.append(f"gain: {gain} of held-out pass@1" + (f" ({note})" if note else ""))
     agreement_numbers = result.get("agreement")
     if agreement_numbers:
         lines.append(f"the GGUF's greedy answers agree with the HF model's on {agreement_numbers['same']} of "
