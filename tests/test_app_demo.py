@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import pytest
 
-from app import workers
 from app.demo import DemoFlow
-from app.main import MainWindow
 from app.qt import Qt, QtWidgets
 from app.workers import JobStatus
 from engine.models import Library
-from engine.store import Store
+from tests.support.window import open_window
 
 SMOKE = ("--smoke",)
 DEMO_MS = 240_000   # the smoke demo takes 25–75 s on 2 busy cores; the limit only ends a hang
@@ -25,26 +23,8 @@ DEMO_MS = 240_000   # the smoke demo takes 25–75 s on 2 busy cores; the limit 
 @pytest.fixture
 def window(qtbot, monkeypatch):
     monkeypatch.setattr(DemoFlow, "FLAGS", SMOKE)
-    def close_anyway(*args):   # a failed test's window closes with its demo running: stop it, no modal question
-        for job in workers.running_jobs():
-            job.terminate(kill=True)
-            job.process.waitForFinished(10_000)
-        return QtWidgets.QMessageBox.StandardButton.Close
-    monkeypatch.setattr(QtWidgets.QMessageBox, "question", close_anyway)
-    store = Store()
-    main = MainWindow(store)
-    qtbot.addWidget(main)
-    main.resize(1280, 800)
-    main.show()
-    yield main
-    for job in workers.running_jobs():           # a failed test's child: never left behind
-        job.terminate(kill=True)
-        job.process.waitForFinished(10_000)
-    qtbot.waitUntil(lambda: not workers.running_jobs(), timeout=10_000)   # else closing the window would ask
-    qtbot.waitUntil(lambda: not main.chat.session.busy, timeout=30_000)
-    main.train.shutdown()
-    main.export.shutdown()
-    store.close()
+    with open_window(qtbot, monkeypatch) as main:
+        yield main
 
 
 def test_the_demo_runs_from_the_welcome_screen_through_runs_and_eval_to_a_chat_with_its_model(qtbot, window):

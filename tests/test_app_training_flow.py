@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 
 from app import workers
-from app.main import MainWindow
 from app.qt import Qt
 from app.workers import JobStatus
 from engine.models import Library
-from engine.store import Store
+from tests.support.window import open_window
 
 SMOKE = "CPU smoke test"
 STEPS = 4
@@ -31,20 +30,9 @@ def slowed_aha_argv(args: list[str]) -> list[str]:
 
 
 @pytest.fixture
-def window(qtbot):
-    store = Store()
-    main = MainWindow(store)
-    qtbot.addWidget(main)
-    main.resize(1280, 800)
-    main.show()
-    yield main
-    for job in workers.running_jobs():           # a failed test's child: never left behind
-        job.terminate(kill=True)
-        job.process.waitForFinished(10_000)
-    qtbot.waitUntil(lambda: not workers.running_jobs(), timeout=10_000)   # else closing the window would ask
-    main.train.shutdown()
-    main.export.shutdown()
-    store.close()
+def window(qtbot, monkeypatch):
+    with open_window(qtbot, monkeypatch) as main:
+        yield main
 
 
 def test_train_then_runs_then_export_then_chat(qtbot, window, checkpoint, monkeypatch):
