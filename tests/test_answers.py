@@ -138,3 +138,22 @@ def test_false_positives_score_zero(checker, completion, gold):
     from engine.train.rewards import accuracy_reward
 
     assert accuracy_reward(["p"], [completion], answer=[gold]) == [0.0]
+
+
+@pytest.mark.parametrize(("prediction", "gold", "expected"), [
+    ("825", "825", True), ("825", "824", False), ("-7", "-7", True), ("7", "-7", False), ("007", "7", True),
+    (" 42", "42 ", True), ("1" * 101, "1" * 101, True)])
+def test_plain_integers_are_compared_without_math_verify(monkeypatch, prediction, gold, expected):
+    """The integer fast path gives math-verify's verdict without calling it (its parse dominated a GRPO step
+    on the arithmetic tasks); anything longer or not a plain integer still goes to math-verify."""
+    calls = []
+    math_verify = pytest.importorskip("math_verify")
+
+    def counted(text, *args, **kwargs):
+        calls.append(text)
+        return math_verify_parse(text, *args, **kwargs)
+
+    math_verify_parse = math_verify.parse
+    monkeypatch.setattr(math_verify, "parse", counted)
+    assert answers_match(prediction, gold) is expected
+    assert bool(calls) is (len(prediction.strip()) > 100)
