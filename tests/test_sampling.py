@@ -160,3 +160,31 @@ def test_decode_stops_at_eos_and_greedy_accuracy_scores(char_model):
     assert decode(tokenizer, ids, mask, [1]) == ["<think>\n1+1=2\n</think>\n2"]
     accuracy, details = greedy_accuracy(model, tokenizer, TaskSource("addition").heldout(8), max_new_tokens=4)
     assert accuracy == 0.0 and details["mean_length"] <= 4  # a random model; 4 tokens can't answer
+
+
+LLAMA3_LIKE = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+               "{{ m['content'] | trim }}<|eot_id|>{% endfor %}<|start_header_id|>assistant<|end_header_id|>\n\n")
+SHOUTING = "{% for m in messages %}{{ m['content'] | upper }}{% endfor %}"
+TESTS_CONTENT = "{% for m in messages %}{% if '7' in m['content'] %}seven:{% endif %}{{ m['content'] }}{% endfor %}"
+
+
+@pytest.mark.parametrize("template", [None, LLAMA3_LIKE, SHOUTING, TESTS_CONTENT])
+@pytest.mark.parametrize("system_prompt", [None, "Think step by step."])
+def test_plain_prompts_render_as_the_template_does(checkpoint, template, system_prompt):
+    """render_prompt writes a plain prompt into the frame its template rendered once (the R1 template, a
+    Llama-3-like one that trims): the same text as apply_chat_template, prompt by prompt. A template that
+    changes or tests the content gets no frame and renders every prompt itself."""
+    from engine.train.sampling import _PLAIN_PROMPT, _render, render_prompt
+
+    tokenizer = load_tokenizer(checkpoint("qwen2"))
+    if template is not None:
+        tokenizer.chat_template = template
+    prompts = ["358+467=", "What is 7 times 8?", "12 - 5 = ?", " padded ", "x <think> y", "\\frac{1}{2} + 1",
+               "line one\nline two", "7"]
+    assert [bool(_PLAIN_PROMPT.fullmatch(prompt)) for prompt in prompts] == [True, True, True, False, False, False,
+                                                                             True, True]
+    for prompt in prompts * 2:  # the second round reads the remembered texts
+        expected = _render(tokenizer, [{"role": "user", "content": prompt}], system_prompt)
+        assert render_prompt(tokenizer, prompt, system_prompt) == expected
+    frame = tokenizer.__dict__["_aha_rendered"][("frame", tokenizer.chat_template, system_prompt)]
+    assert (frame is not None) is (template in (None, LLAMA3_LIKE))

@@ -10,6 +10,7 @@ live in `encode_prompts`/`decode`.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -210,7 +211,32 @@ def _render_text(tokenizer, prompt: str, system_prompt: str | None) -> str:
     if key not in kept:
         if len(kept) >= RENDERED_KEPT:
             kept.clear()
-        kept[key] = _render(tokenizer, [{"role": "user", "content": prompt}], system_prompt)
+        frame = _frame(tokenizer, kept, key[0], system_prompt) if _PLAIN_PROMPT.fullmatch(prompt) else None
+        kept[key] = (frame[0] + prompt + frame[1] if frame
+                     else _render(tokenizer, [{"role": "user", "content": prompt}], system_prompt))
+    return kept[key]
+
+
+# A prompt templates have no reason to look inside: no markup a template tests for (`<think>`, `[INST]`,
+# `{`…), no edge whitespace a template trims. Problems of the programmatic tasks ("358+467=") are such prompts.
+_PLAIN_PROMPT = re.compile(r"[^\s<>\[\]{}%]([^<>\[\]{}%]*[^\s<>\[\]{}%])?")
+_PROBES = ("Aha probe 1: 7+5=", "aha PROBE two\n(x - 3) / 4 ?")
+
+
+def _frame(tokenizer, kept: dict, template: str | None, system_prompt: str | None) -> tuple[str, str] | None:
+    """(before, after) such that the template renders a plain one-turn prompt P as before + P + after, or
+    None when it does not (no template, or one that changes or tests the content). Found once per template
+    and system prompt by rendering two different probes, each of which must come out verbatim, once, in the
+    same frame. Rendering through transformers' apply_chat_template costs ~0.2 ms a prompt, a fifth of an
+    SFT step of the demo model on 2 cores, for text that differs from the last one's only in the prompt."""
+    key = ("frame", template, system_prompt)
+    if key not in kept:
+        frames = []
+        for probe in _PROBES if template else ():
+            text = _render(tokenizer, [{"role": "user", "content": probe}], system_prompt)
+            frames.append(tuple(text.split(probe)) if text.count(probe) == 1 else None)
+        same = len(frames) == len(_PROBES) and frames[0] is not None and all(frame == frames[0] for frame in frames)
+        kept[key] = frames[0] if same else None
     return kept[key]
 
 

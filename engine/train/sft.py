@@ -117,13 +117,10 @@ def pad_batch(sequences: list[list[int]], targets: list[list[int]], pad: int, de
     import torch
 
     width = max(len(sequence) for sequence in sequences)
-    ids = torch.full((len(sequences), width), pad, dtype=torch.long)  # (B, L)
-    attention = torch.zeros((len(sequences), width), dtype=torch.long)  # (B, L)
-    loss_mask = torch.zeros((len(sequences), width), dtype=torch.long)  # (B, L)
-    for row, (sequence, target) in enumerate(zip(sequences, targets, strict=True)):
-        ids[row, :len(sequence)] = torch.tensor(sequence)
-        attention[row, :len(sequence)] = 1
-        loss_mask[row, :len(sequence)] = torch.tensor(target)
+    rest = [width - len(sequence) for sequence in sequences]  # one tensor per field: no per-row copies
+    ids = torch.tensor([sequence + [pad] * gap for sequence, gap in zip(sequences, rest, strict=True)])  # (B, L)
+    attention = torch.tensor([[1] * len(sequence) + [0] * gap for sequence, gap in zip(sequences, rest, strict=True)])
+    loss_mask = torch.tensor([list(target) + [0] * gap for target, gap in zip(targets, rest, strict=True)])  # (B, L)
     return Batch(ids.to(device), attention.to(device), loss_mask.to(device))
 
 
