@@ -37,6 +37,7 @@ class DemoModelSpec:
     ffn: int = 192
     max_positions: int = 256
     tied: bool = True
+    init_std: float = 0.06              # the weights' normal init (transformers' initializer_range; see recipe.py)
 
 
 def build_demo_tokenizer():
@@ -95,7 +96,8 @@ def make_demo_model(folder: Path, seed: int = 0, spec: DemoModelSpec = DemoModel
     config = Qwen2Config(vocab_size=ids["size"], hidden_size=spec.hidden, intermediate_size=spec.ffn,
                          num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
                          num_key_value_heads=spec.kv_heads, max_position_embeddings=spec.max_positions,
-                         tie_word_embeddings=spec.tied, rope_theta=10000.0, rms_norm_eps=1e-6,
+                         tie_word_embeddings=spec.tied, initializer_range=spec.init_std, rope_theta=10000.0,
+                         rms_norm_eps=1e-6,
                          bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"],
                          attn_implementation="eager")
     generator_state = torch.random.get_rng_state()
