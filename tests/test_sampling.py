@@ -186,5 +186,5 @@ def test_plain_prompts_render_as_the_template_does(checkpoint, template, system_
     for prompt in prompts * 2:  # the second round reads the remembered texts
         expected = _render(tokenizer, [{"role": "user", "content": prompt}], system_prompt)
         assert render_prompt(tokenizer, prompt, system_prompt) == expected
-    frame = tokenizer.__dict__["_aha_rendered"][("frame", tokenizer.chat_template, system_prompt)]
+    frame = tokenizer.__dict__["_aha_frames"][(tokenizer.chat_template, system_prompt)]
     assert (frame is not None) is (template in (None, LLAMA3_LIKE))

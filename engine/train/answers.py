@@ -48,6 +48,9 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+_PLAIN_INTEGER = re.compile(r"\s*-?\d{1,100}\s*", re.ASCII)  # no sign-only, no groups, no runaway length
+
+
 def answers_match(prediction: str, gold: str) -> bool:
     """Whether a final answer equals the ground truth. math-verify's verdict wins wherever it parses both
     (digit groups spaced with `\\,` or `{,}` are first written with commas, which it reads as one number);
@@ -102,7 +105,6 @@ def _brace_group(text: str, start: int) -> tuple[str, int] | None:
 
 # Answer comparison (the fallback when math-verify is not installed) -------------------------------
 
-_PLAIN_INTEGER = re.compile(r"\s*-?\d{1,100}\s*", re.ASCII)  # no sign-only, no groups, no runaway length
 _NUMBER = re.compile(
     r"(?:(?<![\w)\]}])-)?\\[dt]?frac\{-?\d+(?:\.\d+)?\}\{-?\d+(?:\.\d+)?\}"  # \frac{1}{2}
     # 1,234,567.5, but not inside a pair or list: `(12,102)` is two numbers, not 12102

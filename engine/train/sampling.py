@@ -201,20 +201,28 @@ RENDERED_KEPT = 4096  # rendered one-turn prompts remembered per tokenizer
 
 
 def _render_text(tokenizer, prompt: str, system_prompt: str | None) -> str:
-    """render_prompt of one user turn, remembered on the tokenizer itself (so the memory goes with it), keyed
-    with the template too: a tokenizer whose template changes renders afresh."""
-    try:
-        kept = tokenizer.__dict__.setdefault("_aha_rendered", {})
-    except AttributeError:  # an object without a __dict__: no memory
-        kept = {}
-    key = (getattr(tokenizer, "chat_template", None), prompt, system_prompt)
+    """render_prompt of one user turn: a plain prompt written into its template's frame, any other remembered
+    on the tokenizer itself (so the memory goes with it), keyed with the template too: a tokenizer whose
+    template changes renders afresh."""
+    template = getattr(tokenizer, "chat_template", None)
+    frame = _frame(tokenizer, template, system_prompt) if _PLAIN_PROMPT.fullmatch(prompt) else None
+    if frame is not None:
+        return frame[0] + prompt + frame[1]
+    kept = _memory(tokenizer, "_aha_rendered")
+    key = (template, prompt, system_prompt)
     if key not in kept:
         if len(kept) >= RENDERED_KEPT:
             kept.clear()
-        frame = _frame(tokenizer, kept, key[0], system_prompt) if _PLAIN_PROMPT.fullmatch(prompt) else None
-        kept[key] = (frame[0] + prompt + frame[1] if frame
-                     else _render(tokenizer, [{"role": "user", "content": prompt}], system_prompt))
+        kept[key] = _render(tokenizer, [{"role": "user", "content": prompt}], system_prompt)
     return kept[key]
+
+
+def _memory(tokenizer, name: str) -> dict:
+    """A dict kept on the tokenizer under name; a fresh one for an object without a __dict__ (no memory)."""
+    try:
+        return tokenizer.__dict__.setdefault(name, {})
+    except AttributeError:
+        return {}
 
 
 # A prompt templates have no reason to look inside: no markup a template tests for (`<think>`, `[INST]`,
@@ -223,21 +231,22 @@ _PLAIN_PROMPT = re.compile(r"[^\s<>\[\]{}%]([^<>\[\]{}%]*[^\s<>\[\]{}%])?")
 _PROBES = ("Aha probe 1: 7+5=", "aha PROBE two\n(x - 3) / 4 ?")
 
 
-def _frame(tokenizer, kept: dict, template: str | None, system_prompt: str | None) -> tuple[str, str] | None:
+def _frame(tokenizer, template: str | None, system_prompt: str | None) -> tuple[str, str] | None:
     """(before, after) such that the template renders a plain one-turn prompt P as before + P + after, or
     None when it does not (no template, or one that changes or tests the content). Found once per template
-    and system prompt by rendering two different probes, each of which must come out verbatim, once, in the
-    same frame. Rendering through transformers' apply_chat_template costs ~0.2 ms a prompt, a fifth of an
-    SFT step of the demo model on 2 cores, for text that differs from the last one's only in the prompt."""
-    key = ("frame", template, system_prompt)
-    if key not in kept:
-        frames = []
+    and system prompt (kept on the tokenizer) by rendering two different probes, each of which must come out
+    verbatim, once, in the same frame. Rendering through transformers' apply_chat_template costs ~0.2 ms a
+    prompt, a fifth of an SFT step of the demo model on 2 cores, for text that differs from the last one's
+    only in the prompt."""
+    frames = _memory(tokenizer, "_aha_frames")
+    key = (template, system_prompt)
+    if key not in frames:
+        found = [] if template else [None]
         for probe in _PROBES if template else ():
             text = _render(tokenizer, [{"role": "user", "content": probe}], system_prompt)
-            frames.append(tuple(text.split(probe)) if text.count(probe) == 1 else None)
-        same = len(frames) == len(_PROBES) and frames[0] is not None and all(frame == frames[0] for frame in frames)
-        kept[key] = frames[0] if same else None
-    return kept[key]
+            found.append(tuple(text.split(probe)) if text.count(probe) == 1 else None)
+        frames[key] = found[0] if all(frame == found[0] for frame in found) else None
+    return frames[key]
 
 
 def _render(tokenizer, messages: list[dict], system_prompt: str | None) -> str:
