@@ -4,6 +4,7 @@ against a scripted OpenAI-compatible server on a loopback port."""
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,14 +40,30 @@ def reward_model_dir(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def plain_reward_model_dir(reward_model_dir, tmp_path_factory):
+    """The same reward model with no chat template: pairs are joined as prompt + blank line + answer
+    (and the R1 template's own cut at </think> cannot hide a thought left in)."""
+    folder = tmp_path_factory.mktemp("plain-reward-model")
+    for file in reward_model_dir.iterdir():
+        shutil.copy(file, folder / file.name)
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config.pop("chat_template", None)
+    config_file.write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
 PROMPTS = ["What is 2 + 3?", "Name a colour.", "Say hello.", "What is 2 + 3?", "Why is the sky blue?"]
 COMPLETIONS = ["<think>add them</think>The answer is 5.", "<think>hmm</think>Blue",
                "<think>easy</think>Hello there, how are you today?", "<think>x</think>It is 6.",
                "<think>light</think>Rayleigh scattering of sunlight by the air's molecules."]
 
 
-def test_reward_model_scores_the_answer_not_the_thought(reward_model_dir):
-    reward = make_reward_model_reward(str(reward_model_dir), device="cpu", batch_size=8)
+@pytest.mark.parametrize("templated", [True, False])
+def test_reward_model_scores_the_answer_not_the_thought(reward_model_dir, plain_reward_model_dir, templated):
+    folder = reward_model_dir if templated else plain_reward_model_dir
+    reward = make_reward_model_reward(str(folder), device="cpu", batch_size=8)
     five, six = reward(["What is 2 + 3?"] * 2, ["<think>add</think>The answer is 5.", "<think>add</think>It is 6."])
     assert abs(five - six) > 1e-4
     thoughts = reward(["What is 2 + 3?"] * 3, ["<think>add them up</think>The answer is 5.",
@@ -55,6 +72,13 @@ def test_reward_model_scores_the_answer_not_the_thought(reward_model_dir):
                       prefilled=[False, False, True])
     assert thoughts[1] == pytest.approx(thoughts[0], abs=1e-6) and thoughts[2] == pytest.approx(thoughts[0], abs=1e-6)
     assert thoughts[0] == pytest.approx(five, abs=1e-5)
+
+
+def test_reward_model_applies_the_chat_template(reward_model_dir, plain_reward_model_dir):
+    pair = (["What is 2 + 3?"], ["<think>add</think>The answer is 5."])
+    templated = make_reward_model_reward(str(reward_model_dir), device="cpu")(*pair)[0]
+    plain = make_reward_model_reward(str(plain_reward_model_dir), device="cpu")(*pair)[0]
+    assert abs(templated - plain) > 1e-4
 
 
 def test_reward_model_batches_score_as_one_by_one(reward_model_dir):
