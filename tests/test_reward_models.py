@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -241,3 +242,9 @@ def test_judge_template_file(judge_server, tmp_path):
     template.write_text("no placeholders", encoding="utf-8")
     with pytest.raises(AhaError, match="lacks"):
         make_judge_reward(judge_server.url, model="m", template=str(template))
+
+
+def test_reward_model_4bit_without_bitsandbytes_is_one_line(reward_model_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if it were not installed
+    with pytest.raises(AhaError, match="pip install bitsandbytes"):
+        make_reward_model_reward(str(reward_model_dir), device="cpu", load_in_4bit=True)(["q"], ["a"])
