@@ -235,7 +235,7 @@ def _cmd_distill_generate(args: argparse.Namespace) -> int:
 
     def work(job):
         config.validate()  # before the dataset is read and the teacher loaded or reached
-        from engine.distill.generate import generate_traces
+        from engine.distill.generate import Readability, generate_traces
         from engine.distill.teachers import Sampling, make_teacher
         from engine.store import Store
         from engine.train.data import first_rows, open_dataset
@@ -244,13 +244,17 @@ def _cmd_distill_generate(args: argparse.Namespace) -> int:
         answer_column = config.answer_column or ("answer" if "accuracy" in rewards else None)
         rows = first_rows(open_dataset(config.dataset, 0, config.prompt_column, answer_column), config.limit)
         teacher = make_teacher(config.teacher, model=config.model, api_key_env=config.api_key_env,
-                               concurrency=config.concurrency, n_ctx=config.n_ctx, timeout_s=config.timeout)
+                               concurrency=config.concurrency, n_ctx=config.n_ctx, timeout_s=config.timeout,
+                               on_event=job.emit)
+        readability = Readability(config.max_thinking_tokens, config.reject_repeated_paragraphs,
+                                  config.min_language_share, config.language)
         sampling = Sampling(config.temperature, config.top_p, config.max_tokens, config.seed)
         try:
             with Store() as store:
                 stats = generate_traces(teacher, rows, k=config.k, out_path=config.output, rewards=rewards,
                                         keep=config.keep, sampling=sampling, on_event=job.emit, cancel=job.cancel,
-                                        store=store, force=config.force, command=command)
+                                        store=store, force=config.force, command=command,
+                                        readability=readability, mix=config.mix)
         finally:
             teacher.close()
         if args.events == "auto":

@@ -51,10 +51,10 @@ _NOT_REWARD_COLUMNS = ("prompt", "answer", "id", "prefilled", "prompts", "comple
 
 
 def verify(reward_set, prompt: str, row: dict, samples: Sequence[TeacherSample],
-           pass_threshold: float = 1.0) -> tuple[list[Verdict], list[str]]:
+           pass_threshold: float = 1.0, readability: Readability | None = None) -> tuple[list[Verdict], list[str]]:
     """Score a prompt's samples. A sample passes when it finished on its own (not cut by the token
-    budget) and every reward gives it at least `pass_threshold` (accuracy and format give 1.0 for a
-    pass). Returns the verdicts and the reward errors seen for the first time (one line each)."""
+    budget), every reward gives it at least `pass_threshold` (accuracy and format give 1.0 for a
+    pass) and, with `readability`, readability_reason finds nothing. Returns the verdicts and the reward errors seen for the first time (one line each)."""
     count = len(samples)
     columns = {key: [value] * count for key, value in row.items() if key not in _NOT_REWARD_COLUMNS}
     scores = reward_set.score([prompt] * count, [sample.raw for sample in samples],
@@ -65,6 +65,8 @@ def verify(reward_set, prompt: str, row: dict, samples: Sequence[TeacherSample],
         values = {name: scores.per_reward[name][index] for name in reward_set.names}
         total = scores.totals[index]
         reason = rejection_reason(sample.finish_reason, values, pass_threshold)
+        if reason is None and readability is not None:
+            reason = readability_reason(sample, prompt, readability)
         verdicts.append(Verdict(sample, index, values, None if math.isnan(total) else total, reason))
     return verdicts, scores.errors
 
@@ -78,6 +80,62 @@ def rejection_reason(finish_reason: str, rewards: Mapping[str, float | None], pa
     if any(value is None for value in rewards.values()):
         return "unscored"
     return next((name for name, value in rewards.items() if value < pass_threshold), None)
+
+
+@dataclass(frozen=True)
+class Readability:
+    """R1's readability filter of cold-start and rejection-sampled data: bounded length, no repeated
+    paragraphs, no language mixing. A None/False field checks nothing."""
+
+    max_thinking_tokens: int | None = None
+    reject_repeated_paragraphs: bool = True
+    min_language_share: float | None = None
+    language: str | None = None            # the thought's target language; None: the prompt's (detect_language)
+
+
+MIN_PARAGRAPH_CHARS = 20                   # shorter blocks ("Wait.", "So:") may repeat freely
+
+
+def thinking_tokens(sample: TeacherSample) -> int | None:
+    """The thought's token count as the teacher reported it (usage.thinking_tokens), None when unknown."""
+    value = sample.usage.get("thinking_tokens")
+    return int(value) if isinstance(value, int | float) else None
+
+
+def repeated_paragraph(text: str, min_chars: int = MIN_PARAGRAPH_CHARS) -> str | None:
+    """The first paragraph that occurs twice in `text`, or None. Paragraphs are blocks split on blank lines,
+    whitespace collapsed to one space; blocks shorter than `min_chars` are not compared."""
+    import re
+
+    seen: set[str] = set()
+    for block in re.split(r"\n\s*\n", text):
+        paragraph = " ".join(block.split())
+        if len(paragraph) < min_chars:
+            continue
+        if paragraph in seen:
+            return paragraph
+        seen.add(paragraph)
+    return None
+
+
+def readability_reason(sample: TeacherSample, prompt: str, rules: Readability) -> str | None:
+    """Why the readability filter rejects a reply that passed verification, or None: "too-long" (thinking
+    tokens > max_thinking_tokens), "repeated-paragraph" (repeated_paragraph of thinking + answer),
+    "mixed-language" (language_share(thinking, target) < min_language_share; target = rules.language or
+    detect_language(prompt), nothing checked when neither is known)."""
+    if rules.max_thinking_tokens is not None:
+        count = thinking_tokens(sample)
+        if count is not None and count > rules.max_thinking_tokens:
+            return "too-long"
+    if rules.reject_repeated_paragraphs and repeated_paragraph(f"{sample.thinking}\n\n{sample.answer}"):
+        return "repeated-paragraph"
+    if rules.min_language_share is not None and sample.thinking.strip():
+        from engine.train.language import detect_language, language_share
+
+        target = rules.language or detect_language(prompt)
+        if target is not None and language_share(sample.thinking, target) < rules.min_language_share:
+            return "mixed-language"
+    return None
 
 
 def select_kept(verdicts: Sequence[Verdict], rule: str = "all") -> tuple[list[Verdict], int]:
@@ -173,11 +231,13 @@ def _resume(out_path: Path, config: dict, force: bool, on_event: OnEvent) -> dic
     progress_lines, progress_damaged = _complete_lines(sidecar)
     header = next((record["config"] for _, record in progress_lines if "config" in record), None)
     done = {record["prompt_id"]: record for _, record in progress_lines if "prompt_id" in record}
+    mixed = any("mix" in record for _, record in progress_lines)
     if progress_damaged:
         _rewrite(sidecar, [text for text, _ in progress_lines])
     for path in (out_path, rejected):
         lines, damaged = _complete_lines(path)
-        finished = [text for text, record in lines if record.get("prompt_id") in done]
+        # a mixed-in row stays when the mix was recorded done (else a crash cut it short: it is redone)
+        finished = [text for text, record in lines if (mixed if _is_mix(record) else record.get("prompt_id") in done)]
         if damaged or len(finished) != len(lines):
             _rewrite(path, finished)
             dropped = len(lines) - len(finished) + damaged
@@ -263,6 +323,18 @@ class GenerateConfig:
     max_tokens: int = setting(4096, "reply budget in tokens (thinking + answer)", "Rollouts")
     seed: int | None = setting(None, "sampling seed (sample i of a prompt uses seed + i; unset: the teacher's own "
                                      "randomness)", "Rollouts")
+    max_thinking_tokens: int | None = setting(None, "reject a reply whose thought is longer than this many tokens "
+                                                    "(R1's readability filter; unset: no bound)", "Rollouts")
+    reject_repeated_paragraphs: bool = setting(True, "reject a reply in which a paragraph (20+ characters) occurs "
+                                                     "twice", "Rollouts")
+    min_language_share: float | None = setting(None, "reject a reply whose thought has a smaller share of words in "
+                                                     "the target language (R1: no language mixing; unset: off)",
+                                               "Rollouts")
+    language: str | None = setting(None, "the target language of min_language_share (unset: the prompt's)",
+                                   "Rollouts")
+    mix: tuple[str, ...] = setting((), "blend non-reasoning SFT rows (prompt + answer columns) into the output "
+                                       "when done: round(RATIO × kept traces) rows of FILE; repeat for several",
+                                   "Data", metavar="FILE:RATIO", repeat=True)
     output: str = setting("", "the traces .jsonl to write (resumed when it exists)", "Logging", short="-o",
                           metavar="FILE")
     force: bool = setting(False, "start over: delete an existing output first", "Logging")
@@ -274,7 +346,11 @@ class GenerateConfig:
         from engine.distill.teachers import parse_teacher
         from engine.train.rewards import RewardSet
 
-        parse_teacher(self.teacher)
+        kind, target = parse_teacher(self.teacher)
+        if kind == "hf":
+            from engine.distill.teachers import resolve_hf_target
+
+            resolve_hf_target(target)  # a run without a final output or checkpoint: one line, now
         check_counts(self.k, self.keep)
         for name in ("concurrency", "n_ctx", "max_tokens", "limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -286,7 +362,79 @@ class GenerateConfig:
         if not 0 < self.top_p <= 1:
             raise AhaError(f"top_p must be above 0 and at most 1, got {self.top_p}")
         RewardSet(list(self.reward))
+        if self.max_thinking_tokens is not None and self.max_thinking_tokens < 1:
+            raise AhaError(f"max_thinking_tokens must be at least 1, got {self.max_thinking_tokens}")
+        if self.min_language_share is not None and not 0 <= self.min_language_share <= 1:
+            raise AhaError(f"min_language_share must be between 0 and 1, got {self.min_language_share}")
+        for spec in self.mix:
+            read_mix(spec)
         check_traces_output(Path(self.output).expanduser(), self.force)
+
+
+def _is_mix(record: dict) -> bool:
+    return str(record.get("source", "")).startswith("mix:")
+
+
+def parse_mix(spec: str) -> tuple[Path, float]:
+    """`FILE:RATIO` → (file, ratio ≥ 0); the last colon splits, so a Windows path keeps its drive."""
+    path, colon, ratio = spec.rpartition(":")
+    try:
+        value = float(ratio) if colon and path else None
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < 0:
+        raise AhaError(f"--mix {spec!r}: give FILE:RATIO with a ratio of 0 or more, e.g. chat.jsonl:0.33")
+    return Path(path).expanduser(), value
+
+
+def read_mix(spec: str) -> tuple[Path, float, list[dict]]:
+    """(file, ratio, rows) of a --mix: rows with a prompt and an answer (engine.train.data.load_rows)."""
+    from engine.train.data import load_rows
+
+    path, ratio = parse_mix(spec)
+    if not path.is_file():
+        raise AhaError(f"--mix file {path} not found; give a .jsonl/.csv/.parquet with prompt and answer columns")
+    rows = [row for row in load_rows(path, "prompt", "answer") if str(row["prompt"]).strip()
+            and str(row["answer"]).strip()]
+    if not rows:
+        raise AhaError(f"--mix file {path} has no rows with a prompt and an answer")
+    return path, ratio, rows
+
+
+def draw_rows(rows: Sequence[dict], count: int, seed: int) -> list[dict]:
+    """`count` rows drawn with a random.Random(seed): without replacement while count ≤ len(rows), else
+    whole shuffled passes over the rows and a partial one."""
+    import random
+
+    generator, drawn = random.Random(seed), []
+    while len(drawn) < count:
+        drawn += generator.sample(list(rows), min(len(rows), count - len(drawn)))
+    return drawn
+
+
+def mix_rows(out_path: Path, mixes: Sequence[str], seed: int | None, on_event: OnEvent = ignore) -> int:
+    """Append the --mix rows to a finished output, once: round(ratio × kept traces) rows per FILE:RATIO, each
+    {prompt_id, prompt, gold: None, thinking: "", answer, source: "mix:<file name>"} (what read_traces reads:
+    a non-reasoning row has an empty thought), then a {"mix": …} record in the progress file so a rerun does
+    not append again. Returns the rows appended (0 when done before)."""
+    sidecar = progress_path(out_path)
+    lines, _ = _complete_lines(sidecar)
+    if any("mix" in record for _, record in lines):
+        return 0
+    traces, _ = _complete_lines(out_path)
+    kept = sum(not _is_mix(record) for _, record in traces)
+    added = 0
+    with disk_errors(out_path), open(out_path, "a", encoding="utf-8", newline="\n") as stream:
+        for number, spec in enumerate(mixes):
+            path, ratio, rows = read_mix(spec)
+            for row in draw_rows(rows, round(ratio * kept), (seed or 0) + number):
+                _append_line(stream, {"prompt_id": prompt_id(row), "prompt": row["prompt"], "gold": None,
+                                      "thinking": "", "answer": str(row["answer"]), "source": f"mix:{path.name}"})
+                added += 1
+    with open(sidecar, "a", encoding="utf-8", newline="\n") as stream:
+        _append_line(stream, {"mix": list(mixes), "rows": added})
+    on_event(make_event("log", message=f"mixed {added} non-reasoning rows into {out_path.name} ({kept} traces)"))
+    return added
 
 
 def check_counts(k: int, keep: str) -> None:
@@ -314,7 +462,8 @@ def generate_traces(teacher: Teacher, rows: Iterable[dict], *, k: int, out_path:
                     rewards: Sequence = DEFAULT_REWARDS, reward_weights: Sequence[float] | None = None,
                     keep: str = "all", sampling: Sampling | None = None, pass_threshold: float = 1.0,
                     on_event: OnEvent = ignore, cancel=None, store=None, force: bool = False,
-                    command: Mapping | None = None) -> GenerateStats:
+                    command: Mapping | None = None, readability: Readability | None = None,
+                    mix: Sequence[str] = ()) -> GenerateStats:
     """Sample k replies per prompt from `teacher`, verify them with `rewards` (engine.train.rewards specs:
     built-in names or path.py:function), apply the `keep` rule, and append one JSON object per kept
     reply to `out_path`:
@@ -330,7 +479,9 @@ def generate_traces(teacher: Teacher, rows: Iterable[dict], *, k: int, out_path:
     Resumable: prompts listed in the progress file beside the output (finished ones, including those
     whose replies were all rejected) are skipped. Emits progress/metrics/sample/log events; with a
     `store`, records a "generate" run with per-prompt metrics, and `command` ({argv, cwd}: how the
-    CLI was called) in its config so `aha runs resume` can call it again. Returns this run's stats."""
+    CLI was called) in its config so `aha runs resume` can call it again. `readability` adds R1's readability
+    filter (readability_reason) to verification; `mix` (FILE:RATIO specs) blends non-reasoning rows into a
+    finished output (mix_rows). Returns this run's stats."""
     from engine.train.rewards import RewardSet
 
     check_counts(k, keep)
@@ -341,7 +492,9 @@ def generate_traces(teacher: Teacher, rows: Iterable[dict], *, k: int, out_path:
     check_traces_output(out_path, force)
     config = {"teacher": teacher.describe(), "k": k, "keep": keep, "rewards": list(reward_set.names),
               "reward_weights": reward_set.weights, "pass_threshold": pass_threshold,
-              "sampling": asdict(sampling), "output": str(out_path)}
+              "sampling": asdict(sampling), "output": str(out_path),
+              **({"readability": asdict(readability)} if readability is not None else {}),
+              **({"mix": list(mix)} if mix else {})}
     done = _resume(out_path, config, force, on_event)
     ids = [prompt_id(row) for row in rows]
     first: dict[str, int] = {}
@@ -371,7 +524,8 @@ def generate_traces(teacher: Teacher, rows: Iterable[dict], *, k: int, out_path:
             for position, samples in teacher.generate(prompts, k, sampling, cancel):
                 row = rows[pending[position]]
                 identity = ids[pending[position]]
-                verdicts, errors = verify(reward_set, row["prompt"], row, samples, pass_threshold)
+                verdicts, errors = verify(reward_set, row["prompt"], row, samples, pass_threshold,
+                                           readability)
                 for line in errors:
                     on_event(make_event("log", level="warning", message=line))
                 kept, duplicates = select_kept(verdicts, keep)
@@ -400,6 +554,8 @@ def generate_traces(teacher: Teacher, rows: Iterable[dict], *, k: int, out_path:
         stats.status = "complete" if finished else "cancelled" if is_cancelled(cancel) else "incomplete"
         if not finished:  # a finished run's last update was shown (done = total always is)
             progress.update(stats.skipped + stats.prompts_done, force=True)
+        elif mix:
+            mix_rows(out_path, mix, sampling.seed, on_event)
     except BaseException:
         if store is not None:
             store.update_run_status(run_id, "error")

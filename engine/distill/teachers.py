@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -96,10 +97,11 @@ def split_reply(content: str, reasoning: str = "", prefilled: bool | None = None
 
 
 def parse_teacher(spec: str) -> tuple[str, str]:
-    """`gguf:PATH` | `hf:FOLDER[+ADAPTER]` | `openai:BASE_URL` → (kind, target); split_adapter splits an hf target."""
+    """`gguf:PATH` | `hf:FOLDER[+ADAPTER]` | `hf:RUN_DIR` | `openai:BASE_URL` → (kind, target); resolve_hf_target
+    resolves an hf target."""
     kind, _, target = spec.partition(":")
     if kind not in TEACHER_KINDS or not target:
-        raise AhaError(f"unknown teacher {spec!r}: give gguf:PATH, hf:FOLDER[+ADAPTER] or openai:BASE_URL "
+        raise AhaError(f"unknown teacher {spec!r}: give gguf:PATH, hf:FOLDER[+ADAPTER], hf:RUN_DIR or openai:BASE_URL "
                        "(e.g. openai:http://localhost:11434/v1 for Ollama)")
     return kind, target
 
@@ -117,14 +119,63 @@ def split_adapter(target: str) -> tuple[str, str | None]:
     return (folder, adapter) if folder and adapter else (target, None)
 
 
+def prompt_seed(seed: int, prompt: str) -> int:
+    """The generator seed of one prompt's samples: seed + CRC-32 of its UTF-8 text (stable across runs,
+    processes and resumes, unlike hash())."""
+    return int(seed) + zlib.crc32(prompt.encode("utf-8"))
+
+
+def resolve_hf_target(target: str) -> tuple[str, str | None, str | None]:
+    """(model folder, adapter or None, a note to log or None) of an hf: target: `FOLDER[+ADAPTER]`, or a run
+    of `aha grpo` / `aha sft` / `aha distill sft` given by its directory or its store id: the run's
+    final/adapter on the base it trained (its saved `model` setting), or its final/model; a run with no final
+    output yet, its newest checkpoint (and a note saying so); a run with neither, a one-line AhaError."""
+    from engine.train.runs import CHECKPOINTS, saved_config
+
+    directory = Path(target).expanduser()
+    if target.isdigit() and not directory.exists():
+        from engine.run_index import find_run
+        from engine.store import Store
+
+        with Store() as store:
+            run = find_run(store, target)
+        if not run["dir"]:
+            raise AhaError(f"run {target} has no run directory; give hf:FOLDER of a model instead")
+        directory = Path(run["dir"])
+    if not (directory / "run.json").is_file():
+        return (*split_adapter(target), None)
+    base = str(saved_config(directory).get("model") or "")
+    final = directory / "final"
+    if (final / "adapter" / "adapter_config.json").is_file():
+        return base, str(final / "adapter"), None
+    if (final / "model" / "config.json").is_file():
+        return str(final / "model"), None, None
+    steps = sorted((path for path in (directory / CHECKPOINTS).glob("step-*") if path.name[5:].isdigit()),
+                   key=lambda path: int(path.name[5:])) if (directory / CHECKPOINTS).is_dir() else []
+    for step in reversed(steps):
+        note = (f"{directory.name} has no final output yet (still running or stopped early): using its "
+                f"newest checkpoint {step.name}")
+        if (step / "adapter" / "adapter_config.json").is_file():
+            return base, str(step / "adapter"), note
+        if (step / "model" / "config.json").is_file():
+            return str(step / "model"), None, note
+    raise AhaError(f"the run in {directory} has no final adapter or model and no checkpoint yet; wait for its "
+                   "first checkpoint (save_steps) or resume it with `aha runs resume`, then try again")
+
+
 def make_teacher(spec: str, *, model: str | None = None, api_key_env: str | None = None, concurrency: int = 4,
-                 n_ctx: int = 4096, timeout_s: float = 600.0) -> Teacher:
-    """A teacher from a `--teacher` spec (see parse_teacher)."""
+                 n_ctx: int = 4096, timeout_s: float = 600.0, on_event=None) -> Teacher:
+    """A teacher from a `--teacher` spec (see parse_teacher; an hf: run directory, see resolve_hf_target,
+    whose note goes to `on_event` as a log event)."""
     kind, target = parse_teacher(spec)
     if kind == "gguf":
         return GGUFTeacher(target, n_ctx=n_ctx)
     if kind == "hf":
-        folder, adapter = split_adapter(target)
+        folder, adapter, note = resolve_hf_target(target)
+        if note is not None and on_event is not None:
+            from engine.jobs import make_event
+
+            on_event(make_event("log", level="warning", message=note))
         return HFTeacher(folder, adapter=adapter)
     return OpenAITeacher(target, model=model, api_key_env=api_key_env, concurrency=concurrency, timeout_s=timeout_s)
 
@@ -220,9 +271,12 @@ class HFTeacher:
     prompts' k samples in one KV-cache batch of at most `batch_rows` rows, prompts rendered and tokenized as
     training renders them (engine.train.sampling.encode_prompts, the tokenizer of engine.train.core).
 
-    Randomness: one torch generator per batch, seeded `sampling.seed + index of the batch's first prompt`,
-    so a run is repeatable for the same prompts and batch size (the seed recorded per sample is
-    Sampling.for_sample's, as for the other teachers; the HF rows of a batch share the generator)."""
+    Randomness: with a seed, each prompt's k rows are sampled in a sample() call of their own with a torch
+    generator seeded `prompt_seed(sampling.seed, prompt)` (the seed + a stable hash of the prompt text), so a
+    prompt gets the same samples whatever else was in the run: a run interrupted and resumed writes what one
+    run would have (the price: prompts are not batched together when a seed is set). Without a seed, several
+    prompts share one batch and torch's global generator (the seed recorded per sample is Sampling.for_sample's,
+    as for the other teachers)."""
 
     kind = "hf"
 
@@ -296,14 +350,14 @@ class HFTeacher:
                  cancel=None) -> Iterator[tuple[int, list[TeacherSample]]]:
         import torch
 
-        per_batch = max(1, self.batch_rows // k)
+        per_batch = max(1, self.batch_rows // k) if sampling.seed is None else 1
         for start in range(0, len(prompts), per_batch):
             if is_cancelled(cancel):
                 return
             ids, prefilled = self._encode(prompts[start:start + per_batch])
             generator = None
             if sampling.seed is not None:
-                generator = torch.Generator(device=self.device).manual_seed(sampling.seed + start)
+                generator = torch.Generator(device=self.device).manual_seed(prompt_seed(sampling.seed, prompts[start]))
             batch = self._batch(ids, prefilled, k, sampling, generator, cancel)
             if batch is None:
                 return

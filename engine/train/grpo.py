@@ -78,6 +78,11 @@ class GRPOConfig(TrainConfig):
     scale_rewards: str = setting("group", "divide advantages by the reward std of the group, the batch, or none "
                                           "(Dr. GRPO), as TRL's scale_rewards", "Loss",
                                  choices=("group", "batch", "none"))
+    importance_sampling_level: str = setting("token", "importance ratio per token (PPO, GRPO) or one per "
+                                                      "completion, the length-normalized sequence ratio of GSPO "
+                                                      "(TRL's importance_sampling_level; GSPO pairs it with "
+                                                      "loss_type grpo); it only matters with num_iterations > 1",
+                                             "Loss", choices=("token", "sequence"))
     num_iterations: int = setting(1, "μ: optimizer updates on each batch of rollouts (TRL's num_iterations)",
                                   "Optimizer")
     mask_truncated_completions: bool = setting(False, "leave clipped completions (no EOS within the budget) out "
@@ -108,6 +113,9 @@ class GRPOConfig(TrainConfig):
             raise AhaError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
         if self.scale_rewards not in ("group", "batch", "none"):
             raise AhaError(f"scale_rewards must be group, batch or none, got {self.scale_rewards!r}")
+        if self.importance_sampling_level not in ("token", "sequence"):
+            raise AhaError(f"importance_sampling_level must be token or sequence, "
+                           f"got {self.importance_sampling_level!r}")
         if self.num_generations < 2:
             raise AhaError("num_generations must be at least 2: GRPO compares completions of the same prompt")
         for name in ("prompts_per_step", "max_completion_length", "num_iterations"):
@@ -372,7 +380,8 @@ class GRPOStep:
                     loss, metrics = grpo_loss(logp, old, ref_logp[index], part.advantages, part.loss_mask,
                                               epsilon_low=config.epsilon, epsilon_high=self.epsilon_high,
                                               beta=config.beta, aggregation=self.aggregation,
-                                              max_len=config.max_completion_length)
+                                              max_len=config.max_completion_length,
+                                              importance_sampling_level=config.importance_sampling_level)
                     share = (part.loss_mask.sum() / total_tokens if self.aggregation == "token"
                              else torch.tensor(len(part.advantages) / batch))  # this micro-batch's weight
                     (loss * share).backward()

@@ -2,7 +2,8 @@
 
 Tensors in, (value, metrics) out. Knows nothing of models, tokenizers, rewards or logging; the training
 loop in `engine.train.grpo` decides what to record. Formulas: DeepSeekMath (arXiv 2402.03300) eq. 1–3, with
-DAPO's token-level (arXiv 2503.14476) and Dr. GRPO's constant (arXiv 2503.20783) aggregation.
+DAPO's token-level (arXiv 2503.14476) and Dr. GRPO's constant (arXiv 2503.20783) aggregation, and GSPO's
+sequence-level importance ratio (arXiv 2507.18071).
 torch is imported inside the functions, like every heavy library in `engine`.
 """
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 
 SCALES = ("group", "batch", "none")
 AGGREGATIONS = ("sequence", "token", "constant")
+IMPORTANCE_LEVELS = ("token", "sequence")
 # Rows of a (rows, V) float32 block per step of `selective_log_softmax`: 256 rows of the R1 distills'
 # 152064-token vocabulary are 156 MB, where (B, T, V) for 16 completions of 4096 tokens would be 40 GB.
 
@@ -71,14 +73,20 @@ def frac_reward_zero_std(rewards: torch.Tensor | Sequence[float | None], group_s
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
               advantages: torch.Tensor, mask: torch.Tensor, *, epsilon_low: float = 0.2,
               epsilon_high: float = 0.2, beta: float = 0.04, aggregation: str = "sequence",
-              max_len: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+              max_len: int | None = None,
+              importance_sampling_level: str = "token") -> tuple[torch.Tensor, dict[str, float]]:
     """The GRPO objective as a loss to minimize, and its diagnostics.
 
     Inputs are per completion token: logp, old_logp, ref_logp, mask (B, T); advantages (B,).
     old_logp and ref_logp are constants (detached here). With one update per batch (μ = 1) pass
     old_logp = logp.detach(): then ρ ≡ 1 and the loss is REINFORCE with the group baseline.
 
-    1. ρ_t = exp(logp_t − old_logp_t)                                   (importance ratio)
+    1. importance_sampling_level="token":    ρ_it = exp(logp_it − old_logp_it)     (PPO/GRPO, per token)
+       importance_sampling_level="sequence": ρ_it = s_i = exp( (1/|y_i|) Σ_t m_it (logp_it − old_logp_it) )
+         with |y_i| = max(Σ_t m_it, 1): GSPO's length-normalized sequence ratio (arXiv 2507.18071 eq. 7,
+         TRL's importance_sampling_level="sequence"), the same for every token of completion i; the clip in
+         3. then keeps or drops a whole completion. Inside the clip range ∂ℓ_i/∂logp_it = −A_i·s_i/|y_i|
+         for each unmasked t (with aggregation="sequence", the paper's objective).
     2. D_t = exp(ref_t − logp_t) − (ref_t − logp_t) − 1 ≥ 0             (k3 estimator of KL(π‖π_ref), eq. 2)
     3. ℓ_t = −( min(ρ_t·A, clip(ρ_t, 1 − ε_low, 1 + ε_high)·A) − β·D_t )  (eq. 1; ε_high > ε_low is DAPO's clip-higher)
     4. aggregate over the unmasked tokens (m_t = mask):
@@ -92,12 +100,17 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     the loss or the gradients, whatever values they hold (NaN and inf included).
     Metrics (floats, means over unmasked tokens): "ratio_mean" (ρ); "clip_ratio_low" (ρ < 1 − ε_low
     with A < 0: the clip stops a push down), "clip_ratio_high" (ρ > 1 + ε_high with A > 0),
-    "clip_ratio_region" (either); "kl" (D) when ref_logp is given.
+    "clip_ratio_region" (either); "kl" (D) when ref_logp is given. At the "sequence" level, ratio_mean
+    and the clip ratios are means over the completions that have tokens (the share of completions
+    clipped, as TRL logs them); kl stays a token mean.
     """
     import torch
 
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {', '.join(AGGREGATIONS)}")
+    if importance_sampling_level not in IMPORTANCE_LEVELS:
+        raise ValueError(f"unknown importance_sampling_level {importance_sampling_level!r}; expected one of "
+                         f"{', '.join(IMPORTANCE_LEVELS)}")
     if ref_logp is None and beta != 0:
         raise ValueError(f"grpo_loss: beta={beta} needs ref_logp (pass beta=0 to train without a reference)")
     if aggregation == "constant" and max_len is None:
@@ -116,7 +129,11 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     old_logp = torch.where(keep, old_logp.detach(), 0.0)  # (B, T)
     advantages = advantages.detach().to(logp.dtype).unsqueeze(1)  # (B, 1)
 
-    ratio = torch.exp(logp - old_logp)  # (B, T)  1. ρ
+    log_ratio = logp - old_logp  # (B, T)  0 at masked positions
+    if importance_sampling_level == "sequence":
+        lengths = keep.sum(1, keepdim=True).clamp(min=1)  # (B, 1)  |y_i|
+        log_ratio = (log_ratio.sum(1, keepdim=True) / lengths).expand_as(logp)  # (B, T)  log s_i on every t
+    ratio = torch.exp(log_ratio)  # (B, T)  1. ρ
     clipped_ratio = ratio.clamp(1 - epsilon_low, 1 + epsilon_high)  # (B, T)
     surrogate = torch.minimum(ratio * advantages, clipped_ratio * advantages)  # (B, T)
     per_token = -surrogate  # (B, T)  3. ℓ without the KL term
@@ -135,13 +152,19 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
         def token_mean(values: torch.Tensor) -> float:  # (B, T) → mean over unmasked tokens
             return (torch.where(keep, values.float(), 0.0).sum() / tokens).item()
 
+        def ratio_mean(values: torch.Tensor) -> float:  # (B, T) → per token, or per completion with tokens
+            if importance_sampling_level == "token":
+                return token_mean(values)
+            has_tokens = keep.any(1)  # (B,)
+            return (values[:, 0].float()[has_tokens].sum() / has_tokens.sum().clamp(min=1)).item()
+
         clipped_low = (ratio < 1 - epsilon_low) & (advantages < 0)  # (B, T)
         clipped_high = (ratio > 1 + epsilon_high) & (advantages > 0)  # (B, T)
         metrics = {
-            "ratio_mean": token_mean(ratio),
-            "clip_ratio_low": token_mean(clipped_low),
-            "clip_ratio_high": token_mean(clipped_high),
-            "clip_ratio_region": token_mean(clipped_low | clipped_high),
+            "ratio_mean": ratio_mean(ratio),
+            "clip_ratio_low": ratio_mean(clipped_low),
+            "clip_ratio_high": ratio_mean(clipped_high),
+            "clip_ratio_region": ratio_mean(clipped_low | clipped_high),
         }
         if kl is not None:
             metrics["kl"] = token_mean(kl)
