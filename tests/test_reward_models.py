@@ -248,3 +248,23 @@ def test_reward_model_4bit_without_bitsandbytes_is_one_line(reward_model_dir, mo
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if it were not installed
     with pytest.raises(AhaError, match="pip install bitsandbytes"):
         make_reward_model_reward(str(reward_model_dir), device="cpu", load_in_4bit=True)(["q"], ["a"])
+
+
+def test_a_config_builds_the_reward_model_and_the_judge(reward_model_dir, judge_server):
+    """build_reward_set wires the configured rewards: the reward model scores the general row only and the
+    judge's rating is its share of the total."""
+    from engine.train.grpo import GRPOConfig
+    from engine.train.rewards import build_reward_set
+
+    config = GRPOConfig(model="m", dataset="addition", rewards=("format", "reward_model", "judge"),
+                        reward_model=str(reward_model_dir), reward_model_device="cpu", judge_url=judge_server.url,
+                        judge_retries=0, reward_tasks=("reward_model=general", "judge=general"))
+    config.validate()
+    scores = build_reward_set(config).score(["What is 2 + 3?", "Say hello."],
+                                            ["<think>x</think>5", "<think>y</think>Hello there!"],
+                                            task=["math", "general"])
+    direct = make_reward_model_reward(str(reward_model_dir), device="cpu")(["Say hello."], ["<think>y</think>Hello there!"])
+    assert scores.per_reward["reward_model"][0] is None and scores.per_reward["judge"][0] is None
+    assert scores.per_reward["reward_model"][1] == pytest.approx(direct[0], abs=1e-6)
+    assert scores.totals[0] == 1.0  # format only
+    assert scores.totals[1] == pytest.approx(1.0 + direct[0] + 6 / 9, abs=1e-5)

@@ -51,9 +51,35 @@ class GRPOConfig(TrainConfig):
                                               "advises instructions in the user turn", "Data")
     rewards: tuple[str, ...] = setting(("accuracy", "format"), "reward functions, summed into each completion's "
                                                                "reward (TRL's reward_funcs): accuracy, format, length, "
+                                                               "language, reward_model, judge, "
                                                                "repetition or path/to/file.py:function", "Loss")
     reward_weights: tuple[float, ...] | None = setting(None, "one weight per reward in that sum (TRL's "
                                                              "reward_weights); unset: 1 each", "Loss")
+    reward_tasks: tuple[str, ...] | None = setting(None, "rewards that apply only to some rows, by the data's task "
+                                                         "column: reward=task1|task2 entries (e.g. accuracy=math "
+                                                         "reward_model=general, as R1's stage 4); a reward not named "
+                                                         "scores every row", "Loss")
+    language: str | None = setting(None, "target language of the thought for the language reward (ISO 639-1: en, "
+                                         "zh, de …); unset: the prompt's language", "Loss")
+    reward_model: str | None = setting(None, "a Hugging Face sequence-classification reward model folder for the "
+                                             "reward_model reward (Skywork-Reward, ArmoRM …); it scores prompt + "
+                                             "answer, the thought left out", "Loss")
+    reward_model_device: str | None = setting(None, "device of the reward model (cuda:1, cpu); unset: the "
+                                                    "training device's kind", "Model")
+    reward_model_4bit: bool = setting(False, "load the reward model in 4 bits (bitsandbytes NF4)", "Model")
+    reward_model_batch_size: int = setting(8, "completions per reward-model forward pass", "Loss")
+    judge_url: str | None = setting(None, "OpenAI-compatible base URL of a generative judge for the judge reward "
+                                          "(e.g. http://localhost:11434/v1); it rates prompt + answer 1-10, "
+                                          "scored (n - 1) / 9", "Loss")
+    judge_model: str | None = setting(None, "the judge's model name (unset: the one the endpoint serves)", "Loss")
+    judge_template: str | None = setting(None, "a prompt-template file with {question} and {answer} (unset: "
+                                               "MT-Bench's single-answer grading)", "Loss", metavar="FILE")
+    judge_api_key_env: str | None = setting(None, "environment variable holding the judge's API key", "Loss",
+                                            metavar="VAR")
+    judge_concurrency: int = setting(4, "judge requests in flight", "Loss")
+    judge_timeout: float = setting(60.0, "seconds to wait for one judge reply; an unanswered sample is left "
+                                         "unscored, not 0", "Loss")
+    judge_retries: int = setting(2, "retries of a judge request that timed out or failed", "Loss")
     prompts_per_step: int = setting(16, "prompts sampled per step, so the batch is prompts_per_step × "
                                         "num_generations completions (TRL sizes it in completions)", "Rollouts")
     num_generations: int = setting(8, "G: completions per prompt, compared with each other for the group "
@@ -134,6 +160,17 @@ class GRPOConfig(TrainConfig):
         for name in ("max_prompt_length", "eval_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise AhaError(f"{name} must be at least 1, got {getattr(self, name)}")
+        from engine.train.rewards import CONFIGURED_REWARDS, parse_reward_tasks
+
+        for name, needs in CONFIGURED_REWARDS.items():
+            if name in self.rewards and not getattr(self, "judge_url" if name == "judge" else name):
+                raise AhaError(f"the {name} reward needs the setting {needs}")
+        parse_reward_tasks(self.reward_tasks, self.rewards)
+        for name in ("reward_model_batch_size", "judge_concurrency"):
+            if getattr(self, name) < 1:
+                raise AhaError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.judge_timeout > 0 or self.judge_retries < 0:
+            raise AhaError("judge_timeout must be above 0 seconds and judge_retries 0 or more")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
             raise AhaError(f"{len(self.rewards)} rewards but {len(self.reward_weights)} reward_weights: give one each")
         batch = self.prompts_per_step * self.num_generations
@@ -163,13 +200,13 @@ def train(config: GRPOConfig | None = None, *, resume: str | Path | None = None,
     from engine.train.config import run_config
     from engine.train.core import check_model_folder
     from engine.train.data import open_dataset
-    from engine.train.rewards import RewardSet
+    from engine.train.rewards import build_reward_set
     from engine.train.session import run_session
 
     config = run_config(GRPOConfig, config, resume, overrides)
     # Everything a user can get wrong in the config fails here, before minutes of model loading.
     check_model_folder(config.model)
-    rewards = RewardSet(list(config.rewards), list(config.reward_weights) if config.reward_weights else None)
+    rewards = build_reward_set(config)
     needs_answer = "accuracy" in config.rewards or "length" in config.rewards
     source = open_dataset(config.dataset, config.seed, config.prompt_column,
                           config.answer_column if needs_answer else None)

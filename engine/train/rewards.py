@@ -2,8 +2,11 @@
 
 Every reward has TRL's shape `fn(prompts, completions, **columns) -> list[float | None]`, where None
 means "could not score this sample". `RewardSet` sums weighted rewards, isolates the samples a reward
-fails on and reports each distinct error once; it never logs (the training loop does). Strings in,
-numbers out: nothing here knows models, tokenizers or torch.
+fails on and reports each distinct error once, and applies a reward only to the rows of its tasks (the
+`task` column, as R1's stage 4 mixes math rows with general ones); it never logs (the training loop does).
+`build_reward_set` makes the set a GRPO config names, with the configured rewards (the language target,
+the reward model and the judge of `engine.train.reward_models`). Strings in, numbers out: nothing here
+knows models, tokenizers or torch.
 """
 
 from __future__ import annotations
@@ -13,12 +16,12 @@ import math
 import re
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from engine.errors import AhaError
-from engine.think import CLOSE_TAG, OPEN_TAG, ThinkParser
+from engine.think import CLOSE_TAG, OPEN_TAG, ThinkParser, split_thinking
 from engine.train.answers import (
     _strip_stop_tokens,
     answers_match,
@@ -157,12 +160,38 @@ def make_repetition_reward(ngram_size: int = 3, max_penalty: float = 1.0) -> Rew
     return repetition
 
 
+def language_reward(prompts: list[str], completions: list[str], language: Any = None, prefilled: Any = False,
+                    **columns: Any) -> list[float | None]:
+    """DeepSeek-R1's language-consistency reward (arXiv 2501.12948, §2.3.2): the proportion of the
+    thought's words in the target language (`engine.train.language.language_share`),
+
+        r = words of the thinking in the target language / words of the thinking   (1.0 with no words)
+
+    The target is the `language` column (or setting; an ISO 639-1 code such as "en", "zh"), else the
+    language of the prompt; a prompt with no words (only digits and signs) sets the thought's own majority
+    language as the target, so the reward still measures mixing. The answer is not scored, as in R1."""
+    from engine.train.language import detect_language, language_share
+
+    targets = _per_sample(language, len(completions), "language")
+    flags = _per_sample(prefilled, len(completions), "prefilled")
+    scores: list[float | None] = []
+    for prompt, completion, target, flag in zip(prompts, completions, targets, flags, strict=True):
+        thinking, _ = split_thinking(_strip_stop_tokens(completion), bool(flag))
+        goal = target or detect_language(prompt) or detect_language(thinking)
+        scores.append(1.0 if goal is None else language_share(thinking, goal))
+    return scores
+
+
 BUILTIN_REWARDS: dict[str, RewardFn] = {
     "accuracy": accuracy_reward,
     "format": format_reward,
     "length": make_length_reward("cosine"),
     "repetition": make_repetition_reward(),
+    "language": language_reward,
 }
+# Rewards that need settings of their own (a model folder, an endpoint): made by `build_reward_set`.
+CONFIGURED_REWARDS = {"reward_model": "reward_model (a Hugging Face sequence-classification model folder)",
+                      "judge": "judge_url (an OpenAI-compatible endpoint)"}
 
 
 # Loading and combining ----------------------------------------------------------------------------
@@ -171,8 +200,11 @@ def load_reward(spec: str) -> RewardFn:
     """A built-in reward by name, or `path/to/file.py:function` from a user file (imported by path)."""
     if spec in BUILTIN_REWARDS:
         return BUILTIN_REWARDS[spec]
+    if spec in CONFIGURED_REWARDS:
+        raise AhaError(f"the {spec} reward needs the setting {CONFIGURED_REWARDS[spec]}: set it in the config "
+                       f"or pass --{spec.replace('_', '-')}{'-url' if spec == 'judge' else ''}")
     if ":" not in spec:
-        raise AhaError(f"unknown reward {spec!r}: use one of {', '.join(BUILTIN_REWARDS)} "
+        raise AhaError(f"unknown reward {spec!r}: use one of {', '.join([*BUILTIN_REWARDS, *CONFIGURED_REWARDS])} "
                        "or path/to/file.py:function")
     file, name = spec.rsplit(":", 1)
     path = Path(file).expanduser()
@@ -193,6 +225,27 @@ class RewardScores(NamedTuple):
     errors: list[str]  # errors first seen in this call, one line each, for the loop to log
 
 
+def parse_reward_tasks(entries: Sequence[str] | None, names: Sequence[str]) -> dict[str, frozenset[str]]:
+    """`reward=task1|task2` entries → {reward: tasks}; a reward not named applies to every row.
+
+    Example: parse_reward_tasks(["accuracy=math", "reward_model=general|chat"], ["accuracy", "reward_model"])
+    → {"accuracy": frozenset({"math"}), "reward_model": frozenset({"general", "chat"})}"""
+    tasks: dict[str, frozenset[str]] = {}
+    for entry in entries or ():
+        name, _, listed = entry.partition("=")
+        chosen = frozenset(task.strip() for task in listed.split("|") if task.strip())
+        if not name.strip() or not chosen:
+            raise AhaError(f"reward_tasks entry {entry!r} should be reward=task or reward=task1|task2, "
+                           "e.g. accuracy=math")
+        if name.strip() not in names:
+            raise AhaError(f"reward_tasks names {name.strip()!r}, which is not one of the rewards "
+                           f"({', '.join(names)}); add it to rewards or fix the entry")
+        if name.strip() in tasks:
+            raise AhaError(f"reward_tasks names {name.strip()} twice: list its tasks in one entry, a|b")
+        tasks[name.strip()] = chosen
+    return tasks
+
+
 class RewardSet:
     """Weighted rewards scored together. A reward that raises for a batch is called again sample by
     sample to find the samples it fails on; a sample a reward raises on or returns None (or NaN) for is
@@ -201,9 +254,14 @@ class RewardSet:
     scores no sample of a batch stops the run with an AhaError.
 
     Columns that are lists of len(completions) are per sample (sliced when isolating); others pass as is.
+    `tasks` ({reward: tasks}, see `parse_reward_tasks`) limits a reward to the rows whose `task` column is
+    one of its tasks: it is not called for the other rows, holds None there and leaves their total to the
+    other rewards (which is not "unscored"). `functions` gives the function of a spec by name (the
+    configured rewards, reward_model and judge).
     """
 
-    def __init__(self, specs: Sequence[str | RewardFn], weights: Sequence[float] | None = None):
+    def __init__(self, specs: Sequence[str | RewardFn], weights: Sequence[float] | None = None,
+                 tasks: Mapping[str, frozenset[str]] | None = None, functions: Mapping[str, RewardFn] | None = None):
         if not specs:
             raise AhaError("no reward given: name at least one (accuracy, format, length, repetition or a file)")
         weights = [1.0] * len(specs) if weights is None else [float(weight) for weight in weights]
@@ -213,7 +271,10 @@ class RewardSet:
         duplicates = sorted({name for name in self.names if self.names.count(name) > 1})
         if duplicates:
             raise AhaError(f"two rewards are named {duplicates[0]}: give each reward once, or rename a function")
-        self.functions = [load_reward(spec) if isinstance(spec, str) else spec for spec in specs]
+        functions = functions or {}
+        self.functions = [functions[spec] if isinstance(spec, str) and spec in functions
+                          else load_reward(spec) if isinstance(spec, str) else spec for spec in specs]
+        self.tasks = dict(tasks or {})
         self.weights = weights
         self._builtin = [isinstance(spec, str) and spec in BUILTIN_REWARDS for spec in specs]
         self._reported: dict[str, set[str]] = {name: set() for name in self.names}
@@ -222,20 +283,39 @@ class RewardSet:
         count = len(completions)
         per_reward: dict[str, list[float | None]] = {}
         errors: list[str] = []
+        applies = {name: self._rows_of(name, columns, count) for name in self.names}
         for name, function, builtin in zip(self.names, self.functions, self._builtin, strict=True):
-            values, failures = _run_reward(function, prompts, completions, columns)
-            if count and all(value is None for value in values):
-                _, message = failures[0]
-                advice = "check the dataset's columns" if builtin else "fix the reward file"
-                raise AhaError(f"reward {name} failed for every sample: {message}; {advice}")
-            errors += self._new_errors(name, failures, completions)
+            rows = applies[name]
+            values: list[float | None] = [None] * count
+            if rows:
+                subset = [prompts[index] for index in rows], [completions[index] for index in rows]
+                part, failures = _run_reward(function, *subset, _rows_of_columns(columns, rows, count))
+                if all(value is None for value in part):
+                    _, message = failures[0]
+                    advice = ("check the dataset's columns" if builtin else f"check the {name} settings"
+                              if name in CONFIGURED_REWARDS else "fix the reward file")
+                    raise AhaError(f"reward {name} failed for every sample: {message}; {advice}")
+                for index, value in zip(rows, part, strict=True):
+                    values[index] = value
+                errors += self._new_errors(name, [(rows[index], message) for index, message in failures], completions)
             per_reward[name] = values
         totals = []
         for index in range(count):
-            values = [per_reward[name][index] for name in self.names]
-            totals.append(math.nan if None in values
-                          else sum(weight * value for weight, value in zip(self.weights, values, strict=True)))
+            terms = [(weight, per_reward[name][index]) for name, weight in zip(self.names, self.weights, strict=True)
+                     if index in applies[name]]
+            totals.append(math.nan if any(value is None for _, value in terms)
+                          else sum(weight * value for weight, value in terms))
         return RewardScores(totals, per_reward, errors)
+
+    def _rows_of(self, name: str, columns: Mapping[str, Any], count: int) -> list[int]:
+        """The rows reward `name` scores: all, or those whose `task` is one of its tasks."""
+        if name not in self.tasks:
+            return list(range(count))
+        if "task" not in columns:
+            raise AhaError(f"reward_tasks limits {name} to tasks, but the data has no 'task' column: add one "
+                           "(e.g. math, general) or drop reward_tasks")
+        tasks = _per_sample(columns["task"], count, "task")
+        return [index for index, task in enumerate(tasks) if str(task) in self.tasks[name]]
 
     def _new_errors(self, name: str, failures: list[tuple[int, str]], completions: list[str]) -> list[str]:
         """One line per error message not reported before for this reward, naming its first sample."""
@@ -328,6 +408,45 @@ def _import_file(path: Path):
         sys.modules.pop(module_name, None)
         raise AhaError(f"cannot import reward file {path}: {_describe(error)}") from error
     return module
+
+
+def _rows_of_columns(columns: Mapping[str, Any], rows: list[int], count: int) -> dict[str, Any]:
+    """The columns for a subset of the samples: per-sample lists cut to `rows`, the rest as they are."""
+    if len(rows) == count:
+        return dict(columns)
+    return {key: [value[index] for index in rows] if _is_per_sample(value, count) else value
+            for key, value in columns.items()}
+
+
+def build_reward_set(config: Any) -> RewardSet:
+    """The RewardSet a GRPO config names: its rewards and weights, `reward_tasks`, the `language` target
+    for the language reward, and the configured rewards — reward_model (`make_reward_model_reward` on
+    reward_model, reward_model_device, reward_model_4bit, reward_model_batch_size) and judge
+    (`make_judge_reward` on judge_url, judge_model, judge_template, judge_api_key_env, judge_concurrency,
+    judge_timeout, judge_retries). The models load on their first call, not here."""
+    names = list(config.rewards)
+    functions: dict[str, RewardFn] = {}
+    target = getattr(config, "language", None)
+    if "language" in names and target:
+        def language(prompts: list[str], completions: list[str], **columns: Any) -> list[float | None]:
+            columns.setdefault("language", target)
+            return language_reward(prompts, completions, **columns)
+        functions["language"] = language
+    if "reward_model" in names and getattr(config, "reward_model", None):
+        from engine.train.reward_models import make_reward_model_reward
+
+        functions["reward_model"] = make_reward_model_reward(
+            config.reward_model, device=config.reward_model_device, load_in_4bit=config.reward_model_4bit,
+            batch_size=config.reward_model_batch_size)
+    if "judge" in names and getattr(config, "judge_url", None):
+        from engine.train.reward_models import make_judge_reward
+
+        functions["judge"] = make_judge_reward(
+            config.judge_url, model=config.judge_model, template=config.judge_template,
+            api_key_env=config.judge_api_key_env, concurrency=config.judge_concurrency,
+            timeout_s=config.judge_timeout, retries=config.judge_retries)
+    weights = list(config.reward_weights) if config.reward_weights else None
+    return RewardSet(names, weights, parse_reward_tasks(getattr(config, "reward_tasks", None), names), functions)
 
 
 def _per_sample(value: Any, count: int, column: str) -> list[Any]:
