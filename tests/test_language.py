@@ -19,3 +19,10 @@ def test_mixed_texts_and_no_words():
     assert detect_language("12 + 3 = 15") is None
     assert language_share("12 + 3 = 15", "en") == 1.0
     assert language_share("我们需要计算这个积分。", "zh-CN") == 1.0
+
+
+def test_kanji_beside_kana_are_japanese_and_han_alone_is_chinese():
+    assert language_share("これは日本語です。", "ja") == 1.0
+    assert detect_language("日本語を話します。") == "ja"
+    # 这是中文 is Chinese (no kana in its sentence); the 8 characters of これは日本語です are Japanese: 4 of 12.
+    assert language_share("这是中文。これは日本語です。", "zh") == 4 / 12

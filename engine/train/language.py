@@ -12,7 +12,8 @@ without spaces, so each of their characters counts as one word (a character coun
 usually are).
 
 Each word's language: a script that belongs to one language decides it (Han → zh, Hiragana/Katakana →
-ja, Hangul → ko, Greek → el, Hebrew → he, Thai → th, Georgian → ka, Armenian → hy). Words of shared
+ja, Hangul → ko, Greek → el, Hebrew → he, Thai → th, Georgian → ka, Armenian → hy), except that Han
+in a segment that also has kana is Japanese (kanji). Words of shared
 scripts (Latin, Cyrillic, Arabic, Devanagari, …) are too short to identify one by one, so the text is cut
 into segments at sentence ends and line breaks and each segment's shared-script words are identified
 together; a segment with fewer than MIN_SEGMENT_WORDS of them takes the language of all the text's words
@@ -37,6 +38,7 @@ MIN_SEGMENT_WORDS = 3
 _SINGLE_LANGUAGE_SCRIPTS = {"CJK": "zh", "HIRAGANA": "ja", "KATAKANA": "ja", "HANGUL": "ko", "GREEK": "el",
                             "HEBREW": "he", "THAI": "th", "GEORGIAN": "ka", "ARMENIAN": "hy"}
 _PER_CHARACTER_SCRIPTS = {"CJK", "HIRAGANA", "KATAKANA"}
+_KANA = {"HIRAGANA", "KATAKANA"}
 _SINGLE_LETTER_VARIABLES = {"LATIN", "GREEK", "CYRILLIC"}
 _CHINESE = {"zh", "wuu", "yue", "gan", "hak", "nan", "cmn", "lzh"}
 
@@ -128,8 +130,10 @@ def _word_languages(text: str) -> list[tuple[str, str]]:
         segment_language = {script: (_identify(" ".join(shared)) if len(shared) >= MIN_SEGMENT_WORDS
                                      else text_language(script))
                             for script, shared in by_script.items()}
+        kana = any(script in _KANA for _, script in segment)  # Han in a sentence with kana is Japanese kanji
         for word, script in segment:
-            language = _SINGLE_LANGUAGE_SCRIPTS.get(script) or segment_language[script] or "und"
+            language = ("ja" if kana and script == "CJK" else _SINGLE_LANGUAGE_SCRIPTS.get(script)
+                        or segment_language[script] or "und")
             result.append((word, language))
     return result
 
