@@ -81,12 +81,22 @@ def test_same_seed_same_samples_each_sample_its_own_seed(teacher):
         alone = dict(teacher.generate(PROMPTS[:2], 4, sampling))   # one sequence at a time
     finally:
         teacher.n_parallel = None
+    # The same batch is repeated exactly. Across batch compositions (4 sequences together, one at a time, 3 per
+    # prompt) llama.cpp's CPU kernels sum in another order, so logits differ in their last bits, and at
+    # temperature 1.0 a random-weight model's nearly tied tokens can flip a late token: measured on an AMD EPYC,
+    # 1 of 4 samples of a prompt. A seed mix-up would change nearly every sample (different seeds give different
+    # texts, asserted below), so at least half the samples must still be identical (11 of 14 were).
+    same, pairs = 0, 0
     for index in (0, 1):
         raws = [s.raw for s in first[index]]
-        assert raws == [s.raw for s in again[index]] == [s.raw for s in alone[index]]
+        assert raws == [s.raw for s in again[index]]
         assert [s.sampling["seed"] for s in first[index]] == [5, 6, 7, 8]
         assert len(set(raws)) > 1                                  # different seeds, different samples
-        assert raws[1:] == [s.raw for s in shifted[index]]         # sample i is seeded seed + i, nothing else
+        # sample i is seeded seed + i, whatever else is in the batch:
+        alone_raws, shifted_raws = [s.raw for s in alone[index]], [s.raw for s in shifted[index]]
+        for mine, other in [*zip(raws, alone_raws, strict=True), *zip(raws[1:], shifted_raws, strict=True)]:
+            same, pairs = same + (mine == other), pairs + 1
+    assert same >= 0.5 * pairs, f"only {same} of {pairs} samples equal across batch compositions"
 
 
 def test_finish_reasons_and_thinking_split(scripted_gguf):
