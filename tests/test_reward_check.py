@@ -116,4 +116,4 @@ def test_bad_input_is_one_line(tmp_path, reward_file):
                             capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                             timeout=60)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
-        "aha: error: unknown reward 'nope': use one of accuracy, format, length, repetition or path/to/file.py:function"]
+        "aha: error: unknown reward 'nope': use one of accuracy, format, length, repetition, language, reward_model, judge or path/to/file.py:function"]

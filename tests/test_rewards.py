@@ -332,4 +332,4 @@ def test_reward_specs_are_checked(tmp_path):
         RewardSet(["accuracy", "format"], weights=[1.0])
     with pytest.raises(AhaError, match="two rewards are named format"):
         RewardSet(["format", "format"])
-    assert set(BUILTIN_REWARDS) == {"accuracy", "format", "length", "repetition"}
+    assert set(BUILTIN_REWARDS) == {"accuracy", "format", "length", "repetition", "language"}

@@ -162,11 +162,13 @@ def test_stop_elsewhere_refuses_a_finished_or_dead_run_and_on_windows(store, mon
         run_index.stop_elsewhere(store.get_run(dead))
     mine = store.create_run("grpo", {}, pid=None)
     store.claim_run(mine)
-    monkeypatch.setattr(run_index, "process_alive", lambda pid: True)   # the Windows check of it needs Windows
-    monkeypatch.setattr(sys, "platform", "win32")
-    with pytest.raises(AhaError, match="Windows cannot send it Ctrl"):
-        run_index.stop_elsewhere(store.get_run(mine))
-    monkeypatch.undo()
+    # Only these two patches are undone: monkeypatch.undo() would also undo the test's AHA_HOME (conftest),
+    # and the command below would then read the user's own store.
+    with monkeypatch.context() as patch:
+        patch.setattr(run_index, "process_alive", lambda pid: True)   # the Windows check of it needs Windows
+        patch.setattr(sys, "platform", "win32")
+        with pytest.raises(AhaError, match="Windows cannot send it Ctrl"):
+            run_index.stop_elsewhere(store.get_run(mine))
     assert cli.main(["runs", "stop", str(done["id"])]) == 2
     assert capsys.readouterr().err == f"aha: error: run {done['id']} is complete; there is nothing to stop\n"
 
