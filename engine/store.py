@@ -285,6 +285,7 @@ class Store:
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path is not None else data_dir() / "aha.db"
         self._lock = threading.RLock()
+        self.closed = False  # set by close(): a window's late callbacks check it before reading
         try:
             connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
             self.db = sqlite_utils.Database(connection, execute_plugins=False)
@@ -298,6 +299,7 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
+            self.closed = True
             self.db.close()
 
     def __enter__(self) -> Store:

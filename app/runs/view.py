@@ -573,6 +573,8 @@ class RunsPane(QtWidgets.QWidget):
     # reading rows
     @Slot(object)
     def _on_rows_read(self, rows: list[RunRow]) -> None:
+        if self.store.closed:  # a read that finished as the window closed its store: nothing left to show
+            return
         selected = [row.id for row in self.selected_rows()]
         self.model.set_rows(rows)
         if self._select_after is not None and self.model.find(self._select_after) is not None:
