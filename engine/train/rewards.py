@@ -299,10 +299,11 @@ class RewardSet:
                     values[index] = value
                 errors += self._new_errors(name, [(rows[index], message) for index, message in failures], completions)
             per_reward[name] = values
+        scored_rows = {name: set(rows) for name, rows in applies.items()}
         totals = []
         for index in range(count):
             terms = [(weight, per_reward[name][index]) for name, weight in zip(self.names, self.weights, strict=True)
-                     if index in applies[name]]
+                     if index in scored_rows[name]]
             totals.append(math.nan if any(value is None for _, value in terms)
                           else sum(weight * value for weight, value in terms))
         return RewardScores(totals, per_reward, errors)
