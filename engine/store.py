@@ -136,8 +136,15 @@ def _v2_run_process(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN heartbeat_at REAL")
 
 
+def _v3_run_parent(db: sqlite_utils.Database) -> None:
+    """A run may belong to another (a pipeline's stages are its children): parent_id, with an index for the
+    children of one run. Deleting the parent keeps the children (their files are theirs), parentless."""
+    db.execute("ALTER TABLE runs ADD COLUMN parent_id INTEGER REFERENCES runs(id) ON DELETE SET NULL")
+    db.execute("CREATE INDEX runs_by_parent ON runs(parent_id)")
+
+
 # Append only; never edit a released migration. Entry i brings the schema to version i + 1.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_initial, _v2_run_process]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_initial, _v2_run_process, _v3_run_parent]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -566,7 +573,7 @@ class Store:
             return table.last_pk
 
     def get_run(self, run_id: int) -> dict:
-        """A run row: id, kind, status, dir, config (a dict), created_at, updated_at, pid, heartbeat_at."""
+        """A run row: id, kind, status, dir, config (a dict), created_at, updated_at, pid, heartbeat_at, parent_id."""
         rows = self._rows("SELECT * FROM runs WHERE id = ?", (run_id,))
         if not rows:
             raise AhaError(f"run {run_id} does not exist; list runs with `aha runs list`")
@@ -582,6 +589,17 @@ class Store:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         return [_run(row) for row in self._rows(f"SELECT * FROM runs {clause} ORDER BY created_at DESC, id DESC",
                                                 tuple(params))]
+
+    def set_run_parent(self, run_id: int, parent_id: int | None) -> None:
+        """Make `run_id` a child of `parent_id` (a stage of a pipeline run), or of none."""
+        with self._write():
+            self.db.execute("UPDATE runs SET parent_id = ? WHERE id = ?", (parent_id, run_id))
+
+    def child_runs(self, parent_id: int) -> list[dict]:
+        """The runs whose parent is `parent_id`, as `get_run` gives them, oldest first (a pipeline's stages in
+        the order they started)."""
+        return [_run(row) for row in self._rows("SELECT * FROM runs WHERE parent_id = ? ORDER BY created_at, id",
+                                                (parent_id,))]
 
     def claim_run(self, run_id: int, pid: int | None = None) -> None:
         """The process `pid` (default: this one) now runs the run: status `running`, heartbeat now."""

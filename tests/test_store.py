@@ -336,6 +336,29 @@ def test_a_version_1_database_gains_pid_and_heartbeat_and_keeps_its_runs(tmp_pat
         assert store.recover_runs() == []  # a finished run is never touched
 
 
+def test_a_version_2_database_gains_run_parents_and_a_pipeline_lists_its_stages(tmp_path, monkeypatch):
+    """Migration 3 adds runs.parent_id (empty on old rows); child_runs lists a parent's runs oldest first, and
+    deleting the parent keeps its children, parentless."""
+    with monkeypatch.context() as patched:
+        patched.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:2])
+        patched.setattr(store_module, "SCHEMA_VERSION", 2)
+        with Store(tmp_path / "aha.db") as old:
+            assert "parent_id" not in old.db.table("runs").columns_dict
+            old_run = old.create_run("grpo", {"max_steps": 4}, status="complete")
+    with Store(tmp_path / "aha.db") as store:
+        assert store.schema_version == SCHEMA_VERSION
+        assert store.get_run(old_run)["parent_id"] is None
+        pipeline = store.create_run("pipeline", status="running")
+        stages = [store.create_run(kind, status="complete") for kind in ("distill-sft", "grpo", "generate")]
+        for stage in reversed(stages):  # the order they were made in, whatever order they were adopted in
+            store.set_run_parent(stage, pipeline)
+        assert [run["id"] for run in store.child_runs(pipeline)] == stages
+        assert [run["parent_id"] for run in store.child_runs(pipeline)] == [pipeline] * 3
+        assert store.child_runs(old_run) == []
+        store.delete_run(pipeline)
+        assert [store.get_run(stage)["parent_id"] for stage in stages] == [None, None, None]
+
+
 def test_claim_and_heartbeat_record_the_process(store):
     run_id = store.create_run("grpo", status="created")
     before = time.time()
@@ -414,7 +437,7 @@ def test_list_runs_newest_first_with_filters_artifacts_and_delete(store, tmp_pat
     assert store.list_runs(kind="export") == []
     assert store.list_runs()[-1]["config"] == {"model": "a"}
     assert set(store.list_runs()[0]) == {"id", "kind", "status", "dir", "config", "created_at", "updated_at",
-                                        "pid", "heartbeat_at"}
+                                        "pid", "heartbeat_at", "parent_id"}
     store.add_artifact("checkpoint", tmp_path / "step-1", run_id=first, meta={"step": 1})
     store.add_artifact("adapter", tmp_path / "final", run_id=first)
     store.add_artifact("gguf", tmp_path / "other.gguf")
