@@ -13,10 +13,10 @@ from __future__ import annotations
 from app.qt import Qt, QtCore, QtWidgets, Signal, Slot
 from app.widgets import ElidedLabel
 from app.workers import TRAINING_GRACE_S, JobOutcome, JobStatus, ProcessJob
-from engine.demo.pipeline import inner_event
 from engine.errors import AhaError
 from engine.eval.results import percent
 from engine.jobs import count, format_bytes, format_seconds
+from engine.pipeline.events import inner_event
 
 # What the status line calls each stage of engine.demo.pipeline.STAGES (a stage not named here shows as itself).
 STAGE_TITLES = {"model": "building the model", "cold-start": "cold start (SFT on reasoning traces)",

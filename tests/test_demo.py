@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from engine import cli, events, run_index
-from engine.demo.pipeline import STAGES, TerminalView, agreement, default_out, inner_event, table_text
+from engine.demo.pipeline import STAGES, TerminalView, agreement, default_out, table_text
 from engine.errors import AhaError
+from engine.pipeline.events import inner_event
 from engine.store import Store
 from tests.fake_ollama import FakeOllama
 

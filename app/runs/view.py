@@ -351,7 +351,7 @@ class RunsPane(QtWidgets.QWidget):
         """Show `run_id`, a run the job works on now (a stage of `aha demo`: the job's own run is the demo's),
         selected and live: the job's events go to that run's dashboard and rollouts until the next
         follow_stage or the job's end, through `unwrap` (the event as the stage's own command emitted it,
-        engine.demo.pipeline.inner_event), and Stop on it cancels the job. The job is one `follow_job`
+        engine.pipeline.events.inner_event), and Stop on it cancels the job. The job is one `follow_job`
         follows."""
         self._stages[job] = (run_id, unwrap)
         self._jobs[run_id] = job
