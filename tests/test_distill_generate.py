@@ -41,6 +41,7 @@ from engine.jobs import CancelToken
 from engine.store import Store
 from engine.train.data import TASK_ROWS, TaskSource
 from engine.train.follow import read_jsonl, trace_records
+from tests.support.list_teacher import ListTeacher
 from tests.support.llama_server import free_port, serve_gguf
 from tests.support.scripted_model import ANSWER, QUESTION, REPLY, THOUGHT
 
@@ -436,35 +437,11 @@ def test_cli_generate_from_the_built_in_task(tmp_path):
         row["prompt"]: (row["answer"], f"\\boxed{{{row['answer']}}}") for row in task}
 
 
-class _ListTeacher:
-    """A teacher without a model: every prompt gets the same k replies, from a list."""
-
-    kind, name = "list", "replies"
-
-    def __init__(self, replies: list[str]):
-        self.replies, self.prompts_asked = replies, 0
-
-    def describe(self) -> dict:
-        return {"kind": self.kind, "name": self.name}
-
-    def generate(self, prompts, k, sampling, cancel=None):
-        for index, _ in enumerate(prompts):
-            self.prompts_asked += 1
-            samples = []
-            for sample_index in range(k):
-                thinking, answer, raw, prefilled = split_reply(self.replies[sample_index % len(self.replies)])
-                samples.append(TeacherSample(thinking, answer, raw, prefilled, "stop", sampling.for_sample(sample_index)))
-            yield index, samples
-
-    def close(self) -> None:
-        pass
-
-
 def test_keep_rules_choose_among_distinct_replies(tmp_path):
     """Three distinct replies per prompt, the first two right: "all" keeps both right ones in sample order,
     "first" the long one (sample 0), "shortest" the short one (sample 2)."""
     short = "<think>\nshort\n</think>\n\n\\boxed{4}"
-    teacher = _ListTeacher([REPLY, "<think>\nwrong\n</think>\n\n\\boxed{5}", short])
+    teacher = ListTeacher([REPLY, "<think>\nwrong\n</think>\n\n\\boxed{5}", short])
     kept = {}
     for rule in ("all", "first", "shortest"):
         generate_traces(teacher, ROWS[:1], k=3, out_path=tmp_path / f"{rule}.jsonl", keep=rule)
@@ -475,7 +452,7 @@ def test_keep_rules_choose_among_distinct_replies(tmp_path):
 
 def test_deleted_traces_start_over_and_changed_settings_are_flagged(tmp_path):
     out = tmp_path / "traces.jsonl"
-    teacher = _ListTeacher([REPLY, "no thought, just \\boxed{4}", "<think>\nshort\n</think>\n\n\\boxed{4}"])
+    teacher = ListTeacher([REPLY, "no thought, just \\boxed{4}", "<think>\nshort\n</think>\n\n\\boxed{4}"])
     stats = generate_traces(teacher, ROWS, k=3, out_path=out, keep="shortest")
     assert stats.rejected == {"format": 2, "accuracy": 3} and stats.kept == 2  # one kept per prompt whose gold is 4
     assert {record["thinking"] for record in _lines(out)} == {"short"}
@@ -501,7 +478,7 @@ def test_the_files_read_back_as_every_verdict_in_sample_order(tmp_path):
     """follow.trace_records turns the three files into the rollouts the `sample` events show: each prompt's
     replies in sample order, kept or not, with the reasons the verifier wrote (not worked out again)."""
     out = tmp_path / "traces.jsonl"
-    teacher = _ListTeacher(["no thought, just \\boxed{4}", REPLY, REPLY])
+    teacher = ListTeacher(["no thought, just \\boxed{4}", REPLY, REPLY])
     events: list[dict] = []
     generate_traces(teacher, ROWS[:2], k=3, out_path=out, on_event=events.append)
     records = trace_records(read_jsonl(out), read_jsonl(progress_path(out)), read_jsonl(rejected_path(out)))
@@ -532,7 +509,7 @@ def test_custom_reward_files_see_the_dataset_columns(tmp_path):
     checker.write_text("def has_unit(prompts, completions, unit, **columns):\n"
                        "    return [float(u in c) for c, u in zip(completions, unit)]\n", encoding="utf-8")
     rows = [{"prompt": "How long?", "answer": "4", "unit": "cm"}, {"prompt": "How heavy?", "answer": "4", "unit": "kg"}]
-    teacher = _ListTeacher(["<think>\nmeasure\n</think>\n\n\\boxed{4} cm"])
+    teacher = ListTeacher(["<think>\nmeasure\n</think>\n\n\\boxed{4} cm"])
     stats = generate_traces(teacher, rows, k=1, out_path=tmp_path / "t.jsonl",
                             rewards=["accuracy", "format", f"{checker}:has_unit"])
     assert stats.kept == 1 and stats.rejected == {"has_unit": 1}

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,9 @@ from engine.distill.teachers import (
     TeacherSample,
     make_teacher,
     resolve_hf_target,
-    split_reply,
 )
 from engine.errors import AhaError
+from tests.support.list_teacher import ListTeacher
 from tests.support.scripted_model import QUESTION
 
 PARAGRAPH = "First I add the two numbers together carefully."
@@ -68,32 +69,11 @@ def test_mixed_language_reason():
     assert readability_reason(mixed, QUESTION, rules) == "mixed-language"
 
 
-class _ListTeacher:
-    kind, name = "list", "replies"
-
-    def __init__(self, replies: list[str]):
-        self.replies = replies
-
-    def describe(self) -> dict:
-        return {"kind": self.kind, "name": self.name}
-
-    def generate(self, prompts, k, sampling, cancel=None):
-        for index, _ in enumerate(prompts):
-            samples = []
-            for sample_index in range(k):
-                thinking, answer, raw, prefilled = split_reply(self.replies[sample_index % len(self.replies)])
-                samples.append(TeacherSample(thinking, answer, raw, prefilled, "stop", sampling.for_sample(sample_index)))
-            yield index, samples
-
-    def close(self) -> None:
-        pass
-
-
 def test_readability_rejections_go_to_the_rejected_file_and_stats(tmp_path):
     good = "<think>\nTwo and two make four.\n</think>\n\n\\boxed{4}"
     repeated = f"<think>\n{PARAGRAPH}\n\n{PARAGRAPH}\n</think>\n\n\\boxed{{4}}"
     out = tmp_path / "traces.jsonl"
-    stats = generate_traces(_ListTeacher([good, repeated]), [{"prompt": "2+2?", "answer": "4"}], k=2, out_path=out,
+    stats = generate_traces(ListTeacher([good, repeated]), [{"prompt": "2+2?", "answer": "4"}], k=2, out_path=out,
                             readability=Readability())
     assert (stats.kept, stats.rejected) == (1, {"repeated-paragraph": 1})
     assert [record["reason"] for record in _lines(rejected_path(out))] == ["repeated-paragraph"]
@@ -121,7 +101,7 @@ def test_mix_appends_once_and_survives_a_resume(tmp_path):
     good = "<think>\nTwo and two make four.\n</think>\n\n\\boxed{4}"
     rows = [{"prompt": f"{n}+0?", "answer": "4"} for n in range(4)]
     out = tmp_path / "traces.jsonl"
-    teacher = _ListTeacher([good])
+    teacher = ListTeacher([good])
     stats = generate_traces(teacher, rows, k=1, out_path=out, mix=[f"{chat}:0.5"], sampling=Sampling(seed=2))
     records = _lines(out)
     mixed = [record for record in records if record.get("source") == "mix:chat.jsonl"]
@@ -140,20 +120,18 @@ def test_mix_appends_once_and_survives_a_resume(tmp_path):
 
 def _run_dir(tmp_path: Path, base: Path, with_final: bool, with_checkpoint: bool) -> Path:
     """A run directory as engine.train.runs writes it, with a real LoRA adapter of `base` (random A and B, so
-    that sampling from the scripted model varies)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    that sampling from the scripted model varies) as its final adapter and/or its step-2 checkpoint."""
+    from tests.tiny_models import make_lora_adapter
 
     run = tmp_path / "grpo-run"
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"kind": "grpo", "store_id": None}), encoding="utf-8")
     (run / "config.json").write_text(json.dumps({"model": str(base), "use_peft": True}), encoding="utf-8")
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=8, target_modules="all-linear",
-                                                                                        init_lora_weights=False))
+    adapter = make_lora_adapter(base, tmp_path / "adapter")
     if with_final:
-        model.save_pretrained(run / "final" / "adapter")
+        shutil.copytree(adapter, run / "final" / "adapter")
     if with_checkpoint:
-        model.save_pretrained(run / "checkpoints" / "step-2" / "adapter")
+        shutil.copytree(adapter, run / "checkpoints" / "step-2" / "adapter")
     return run
 
 

@@ -2,30 +2,26 @@
 
 Three kinds: a local GGUF through engine.chat.runtime, a Hugging Face checkpoint (+ a PEFT adapter) through
 engine.train.sampling's KV-cache sampler, several prompts per batch, and any OpenAI-compatible chat endpoint
-(Ollama, llama.cpp's server, vLLM, LM Studio) over stdlib HTTP with a thread pool. A teacher only generates;
-verification, keep rules and files are engine.distill.generate's (and engine.eval.runner's, which evaluates
-models through the same interface).
+(Ollama, llama.cpp's server, vLLM, LM Studio) through engine.openai_api's client with a thread pool. A teacher
+only generates; verification, keep rules and files are engine.distill.generate's (and engine.eval.runner's,
+which evaluates models through the same interface).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from http.client import HTTPException
 from pathlib import Path
 from typing import Protocol
 
 from engine import r1
 from engine.errors import AhaError
+from engine.openai_api import OpenAIClient
 from engine.think import CLOSE_TAG, OPEN_TAG, split_thinking
 
 TEACHER_KINDS = ("gguf", "hf", "openai")
@@ -406,12 +402,8 @@ class HFTeacher:
 
 # OpenAI-compatible endpoint -----------------------------------------------------------------------
 
-RETRIES = 2                                # extra tries after a 5xx, a timeout or a dropped connection
+RETRIES = 2                                # extra tries after a 5xx, a 429, a timeout or a dropped connection
 RETRY_BACKOFF_S = 0.5                      # wait before try n+1: RETRY_BACKOFF_S · 2ⁿ
-
-
-class _Retry(Exception):
-    """A failure worth another try; the message is the last one's."""
 
 
 class OpenAITeacher:
@@ -419,84 +411,23 @@ class OpenAITeacher:
 
     The base URL is the one OpenAI clients take (`http://host:port/v1`); a bare `http://host:port`
     gets `/v1` added. The API key, if any, comes from the environment variable the user names, and is
-    sent as a Bearer token; it is never recorded."""
+    sent as a Bearer token; it is never recorded. HTTP and retries are engine.openai_api's; any failure
+    that survives them is the client's one-line AhaError, and it ends the run."""
 
     kind = "openai"
 
     def __init__(self, base_url: str, model: str | None = None, api_key_env: str | None = None,
                  concurrency: int = 4, timeout_s: float = 600.0):
-        self.base_url = _normalize_base_url(base_url)
+        self.client = OpenAIClient(base_url, api_key_env=api_key_env, timeout_s=timeout_s, retries=RETRIES,
+                                   backoff_s=RETRY_BACKOFF_S, role="teacher", key_setting="--api-key-env",
+                                   model_setting="--model")
+        self.base_url = self.client.base_url
         self.concurrency = max(1, int(concurrency))
         self.timeout_s = timeout_s
         self.api_key_env = api_key_env
-        self._api_key = None
-        if api_key_env:
-            self._api_key = os.environ.get(api_key_env, "").strip()
-            if not self._api_key:
-                raise AhaError(f"the environment variable {api_key_env} holds no API key; set it "
-                               f"(export {api_key_env}=…) or leave out --api-key-env")
         self.requests = 0                  # chat requests sent (tests count them)
         self._lock = threading.Lock()
-        self.name = model or self._only_model()
-
-    # -- HTTP ----------------------------------------------------------------------------------------
-    def _headers(self) -> dict:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        return headers
-
-    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
-        url = f"{self.base_url}{path}"
-        data = json.dumps(body).encode("utf-8") if body is not None else None
-        request = urllib.request.Request(url, data=data, method=method, headers=self._headers())
-        last = ""
-        for attempt in range(RETRIES + 1):
-            try:
-                return self._send(request, url)
-            except _Retry as retry:
-                last = str(retry)
-                if attempt < RETRIES:
-                    time.sleep(RETRY_BACKOFF_S * 2 ** attempt)
-        raise AhaError(f"the teacher at {url} failed {RETRIES + 1} times: {last}; check the server's log")
-
-    def _send(self, request: urllib.request.Request, url: str) -> dict:
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                payload = response.read()
-        except urllib.error.HTTPError as error:
-            message = _error_message(error)
-            if error.code >= 500:
-                raise _Retry(f"HTTP {error.code} {message}") from error
-            advice = {401: f"check the API key{f' in {self.api_key_env}' if self.api_key_env else ' (--api-key-env)'}",
-                      403: "check the API key's permissions",
-                      404: "check the base URL (it usually ends in /v1) and the model name (--model)"}
-            raise AhaError(f"the teacher at {url} refused the request (HTTP {error.code}: {message}); "
-                           f"{advice.get(error.code, 'check the request settings')}") from error
-        except urllib.error.URLError as error:
-            reason = error.reason
-            if isinstance(reason, TimeoutError):
-                raise _Retry(f"no reply within {self.timeout_s:g} s") from error
-            raise AhaError(f"cannot reach the teacher at {url} ({reason}); start the server or check the URL") from error
-        except TimeoutError as error:
-            raise _Retry(f"no reply within {self.timeout_s:g} s") from error
-        except (ConnectionError, HTTPException) as error:
-            raise _Retry(f"the connection broke ({type(error).__name__}: {error})") from error
-        try:
-            return json.loads(payload)
-        except ValueError as error:
-            raise AhaError(f"the teacher at {url} did not answer with JSON ({payload[:80]!r}); "
-                           "is it an OpenAI-compatible endpoint?") from error
-
-    def _only_model(self) -> str:
-        """The served model's name when the server serves exactly one (GET /models)."""
-        listing = self._request("GET", "/models")
-        names = [entry.get("id") for entry in listing.get("data") or [] if isinstance(entry, dict) and entry.get("id")]
-        if len(names) == 1:
-            return names[0]
-        served = ", ".join(names[:10]) or "none listed"
-        raise AhaError(f"the teacher at {self.base_url} serves {len(names)} models ({served}); "
-                       "name one with --model")
+        self.name = model or self.client.only_model()
 
     # -- generation ----------------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -511,7 +442,7 @@ class OpenAITeacher:
         with self._lock:
             self.requests += 1
         started = time.monotonic()
-        response = self._request("POST", "/chat/completions", body)
+        response = self.client.chat(body)
         seconds = time.monotonic() - started
         try:
             choice = response["choices"][0]
@@ -566,30 +497,3 @@ class OpenAITeacher:
 
     def close(self) -> None:
         pass
-
-
-def _normalize_base_url(url: str) -> str:
-    url = url.strip().rstrip("/")
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise AhaError(f"teacher URL {url!r} is not an http(s) URL; give e.g. http://localhost:8000/v1")
-    if parsed.path in ("", "/"):
-        url += "/v1"
-    return url
-
-
-def _error_message(error: urllib.error.HTTPError) -> str:
-    """The server's own error text (OpenAI's {"error": {"message"}} shape and its variants)."""
-    try:
-        body = error.read().decode("utf-8", errors="replace")
-    except Exception:  # the body is a courtesy; the status code says enough
-        return error.reason or ""
-    try:
-        detail = json.loads(body)
-        detail = detail.get("error", detail) if isinstance(detail, dict) else detail
-        detail = detail.get("message", detail.get("detail", detail)) if isinstance(detail, dict) else detail
-        text = detail if isinstance(detail, str) else json.dumps(detail)
-    except ValueError:
-        text = body
-    return " ".join(text.split())[:200] or str(error.reason)
-

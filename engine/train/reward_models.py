@@ -16,20 +16,15 @@ Both score the prompt and the completion's ANSWER only: the thinking is cut off 
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
-from engine.distill.teachers import _error_message, _normalize_base_url
 from engine.errors import AhaError
+from engine.openai_api import NoReply, OpenAIClient
 from engine.think import split_thinking
 
 RewardFn = Callable[..., list[float | None]]
@@ -211,93 +206,33 @@ def load_judge_template(path: str | Path | None) -> str:
     return text
 
 
-class _Retry(Exception):
-    """A failure worth another try."""
-
-
 class _Judge:
-    """The judge's HTTP side: one POST per sample, retried on timeouts, broken connections, 5xx and 429."""
+    """The judge's HTTP side (engine.openai_api's client and retry policy) and its model, found once."""
 
     def __init__(self, base_url: str, model: str | None, api_key_env: str | None, timeout_s: float, retries: int):
-        self.base_url = _normalize_base_url(base_url)
-        self.timeout_s, self.retries, self.api_key_env = timeout_s, max(0, int(retries)), api_key_env
-        self.api_key = ""
-        if api_key_env:
-            self.api_key = os.environ.get(api_key_env, "").strip()
-            if not self.api_key:
-                raise AhaError(f"the environment variable {api_key_env} holds no API key; set it "
-                               f"(export {api_key_env}=…) or leave out the judge's api_key_env")
+        self.client = OpenAIClient(base_url, api_key_env=api_key_env, timeout_s=timeout_s, retries=retries,
+                                   backoff_s=JUDGE_BACKOFF_S, role="judge", key_setting="judge_api_key_env",
+                                   model_setting="judge_model")
+        self.base_url = self.client.base_url
         self.model = model
         self._lock = threading.Lock()
-
-    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
-        """The JSON reply; AhaError when the server refuses (4xx other than 429) or every try failed."""
-        url = f"{self.base_url}{path}"
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        data = json.dumps(body).encode("utf-8") if body is not None else None
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(JUDGE_BACKOFF_S * 2 ** (attempt - 1))
-            request = urllib.request.Request(url, data=data, method=method, headers=headers)
-            try:
-                return self._send(request, url)
-            except _Retry as retry:
-                last = str(retry)
-        raise _Unanswered(f"the judge at {url} failed {self.retries + 1} times: {last}")
-
-    def _send(self, request: urllib.request.Request, url: str) -> dict:
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                payload = response.read()
-        except urllib.error.HTTPError as error:
-            message = _error_message(error)
-            if error.code >= 500 or error.code == 429:
-                raise _Retry(f"HTTP {error.code} {message}") from error
-            advice = {401: "check the API key (the judge's api_key_env)", 403: "check the API key's permissions",
-                      404: "check the base URL (it usually ends in /v1) and the judge's model name"}
-            raise AhaError(f"the judge at {url} refused the request (HTTP {error.code}: {message}); "
-                           f"{advice.get(error.code, 'check the judge settings')}") from error
-        except urllib.error.URLError as error:
-            raise _Retry(f"no reply within {self.timeout_s:g} s" if isinstance(error.reason, TimeoutError)
-                         else f"cannot reach it ({error.reason})") from error
-        except TimeoutError as error:
-            raise _Retry(f"no reply within {self.timeout_s:g} s") from error
-        except (ConnectionError, HTTPException) as error:
-            raise _Retry(f"the connection broke ({type(error).__name__}: {error})") from error
-        try:
-            return json.loads(payload)
-        except ValueError as error:
-            raise _Retry(f"the reply was not JSON ({payload[:80]!r})") from error
 
     def model_name(self) -> str:
         """The model named, else the only one the server serves (GET /models), found once."""
         with self._lock:
             if self.model is None:
-                listing = self._request("GET", "/models")
-                names = [entry.get("id") for entry in listing.get("data") or []
-                         if isinstance(entry, dict) and entry.get("id")]
-                if len(names) != 1:
-                    raise AhaError(f"the judge at {self.base_url} serves {len(names)} models "
-                                   f"({', '.join(names[:10]) or 'none listed'}); name one (the judge's model)")
-                self.model = names[0]
+                self.model = self.client.only_model()
             return self.model
 
     def reply(self, prompt: str) -> str:
         body = {"model": self.model_name(), "temperature": 0, "stream": False,
                 "messages": [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": prompt}]}
-        response = self._request("POST", "/chat/completions", body)
+        response = self.client.chat(body)
         try:
             content = response["choices"][0]["message"].get("content")
         except (KeyError, IndexError, TypeError, AttributeError):
             return ""
         return content if isinstance(content, str) else ""
-
-
-class _Unanswered(Exception):
-    """Every try of a judge call failed: the sample stays unscored."""
 
 
 def make_judge_reward(base_url: str, *, model: str | None = None, template: str | None = None,
@@ -307,10 +242,11 @@ def make_judge_reward(base_url: str, *, model: str | None = None, template: str 
     take it; a bare host:port gets /v1). Each (question, answer) fills `template` (a file with
     {question} and {answer}; MT-Bench's single-v1 by default), is sent at temperature 0 with
     `concurrency` requests in flight, each given `timeout_s` and `retries` more tries (backoff
-    JUDGE_BACKOFF_S · 2ⁿ) after a timeout, a broken connection, a 5xx or a 429. The reply's rating n
-    (`parse_rating`) gives r = (n − 1) / 9; an unanswered call or a reply without a rating gives None.
-    A refusal (401, 404, …) is the configuration's fault: it raises AhaError. `model` unset: the only
-    model the server serves."""
+    JUDGE_BACKOFF_S · 2ⁿ) after a timeout, a broken connection, a 5xx or a 429 (engine.openai_api's
+    policy). The reply's rating n (`parse_rating`) gives r = (n − 1) / 9; an unanswered call (every try
+    failed, an unreachable server, a reply that is not JSON) or a reply without a rating gives None. A
+    refusal (401, 404, …) is the configuration's fault: it raises AhaError. `model` unset: the only model
+    the server serves."""
     text = load_judge_template(template)
     judge = _Judge(base_url, model, api_key_env, timeout_s, retries)
     workers = max(1, int(concurrency))
@@ -318,7 +254,7 @@ def make_judge_reward(base_url: str, *, model: str | None = None, template: str 
     def score(question: str, answer: str) -> float | None:
         try:
             rating = parse_rating(judge.reply(fill_template(text, question, answer)))
-        except _Unanswered:
+        except NoReply:  # unreachable, not JSON, or every try failed: this sample stays unscored
             return None
         return None if rating is None else rating_score(rating)
 
