@@ -639,3 +639,32 @@ def _report(on_event: OnEvent, store, run_id: int | None, stats: GenerateStats, 
                     acceptance_rate=round(stats.acceptance_rate, 4))
     if store is not None:
         store.add_metrics(run_id, step, stats.metrics())
+
+
+def run_generation(config: GenerateConfig, *, on_event: OnEvent = ignore, cancel=None,
+                   command: Mapping | None = None) -> GenerateStats:
+    """`aha distill generate`: validate `config` (before the dataset is read and the teacher loaded or reached),
+    read the prompts, open the teacher and run generate_traces into config.output with its store run;
+    `command` is recorded for `aha runs resume`. The caller decides what an incomplete run means."""
+    from engine.distill.teachers import make_teacher
+    from engine.store import Store
+    from engine.train.data import first_rows, open_dataset
+
+    config.validate()
+    rewards = list(config.reward)
+    answer_column = config.answer_column or ("answer" if "accuracy" in rewards else None)
+    rows = first_rows(open_dataset(config.dataset, 0, config.prompt_column, answer_column), config.limit)
+    teacher = make_teacher(config.teacher, model=config.model, api_key_env=config.api_key_env,
+                           concurrency=config.concurrency, n_ctx=config.n_ctx, timeout_s=config.timeout,
+                           on_event=on_event)
+    readability = Readability(config.max_thinking_tokens, config.reject_repeated_paragraphs,
+                              config.min_language_share, config.language)
+    sampling = Sampling(config.temperature, config.top_p, config.max_tokens, config.seed)
+    try:
+        with Store() as store:
+            return generate_traces(teacher, rows, k=config.k, out_path=config.output, rewards=rewards,
+                                   keep=config.keep, sampling=sampling, on_event=on_event, cancel=cancel,
+                                   store=store, force=config.force, command=command, readability=readability,
+                                   mix=config.mix)
+    finally:
+        teacher.close()
