@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -270,9 +269,8 @@ class _Demo:
 
     # stage 6
     def export(self, events: StageEvents, sft_model: Path, trained: Path):
-        from engine.export.pipeline import export
+        from engine.export.pipeline import export_as_run
         from engine.models import Library
-        from engine.store import Store
 
         adapter = trained if (trained / "adapter_config.json").is_file() else None
         source = sft_model if adapter is not None else trained
@@ -281,20 +279,9 @@ class _Demo:
         settings = {"src": str(source), "output": str(gguf), "type": EXPORT_TYPE,
                     "adapter": str(adapter) if adapter else None, "ollama": self.ollama, "check": True,
                     "demo_run": self.run.store_id}
-        with Store() as store:
-            run_id = store.create_run("export", settings, status="running", pid=os.getpid())
-        events.started("export", run_id, None)
-        status = "error"
-        try:
-            result = export(source, gguf, EXPORT_TYPE, adapter=adapter, ollama=self.ollama, check=True,
-                            on_event=_recording(events, run_id), cancel=self.cancel)
-            status = "complete"
-        except Cancelled:
-            status = "cancelled"
-            raise
-        finally:
-            with contextlib.suppress(Exception), Store() as store:
-                store.update_run_status(run_id, status)
+        result = export_as_run(source, gguf, EXPORT_TYPE, settings=settings,
+                               started=lambda run_id: events.started("export", run_id, None), on_event=events,
+                               cancel=self.cancel, adapter=adapter, ollama=self.ollama, check=True)
         check = result.get("check") or {}
         Library().add(result["gguf"], origin="demo")
         agreement = self.check_agreement(events, source, adapter, Path(result["gguf"]))
@@ -380,21 +367,6 @@ def _spec(base: Path, trained: Path | None) -> str:
     if trained is None:
         return f"hf:{base}"
     return f"hf:{base}+{trained}" if (Path(trained) / "adapter_config.json").is_file() else f"hf:{trained}"
-
-
-def _recording(events: StageEvents, run_id: int) -> OnEvent:
-    """An export's events, its final artifacts recorded with its run row (as `aha export` does)."""
-    from engine.store import Store
-
-    def on_event(event: dict) -> None:
-        if event["type"] == "artifact" and event.get("final", True) and event.get("path"):
-            with contextlib.suppress(Exception), Store() as store:
-                store.add_artifact(event["kind"], event["path"], run_id=run_id,
-                                   meta={key: value for key, value in event.items()
-                                         if key not in ("v", "type", "kind", "path", "final")})
-        events(event)
-
-    return on_event
 
 
 # The agreement check -------------------------------------------------------------------------------

@@ -9,12 +9,48 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from engine.errors import AhaError, Cancelled
 from engine.jobs import CancelToken, OnEvent, Progress, ignore, make_event
 
 DEFAULT_NUM_CTX = 8192  # reasoning traces are long; capped by the model's own context length
+
+
+def export_as_run(src: Path | str, out: Path | str, out_type: str = "f16", *, settings: dict,
+                  started: Callable[[int], None], on_event: OnEvent = ignore, cancel: CancelToken | None = None,
+                  **options) -> dict:
+    """`export()` as a run of a job made of stages (`aha demo`, `aha pipeline`): a store row of kind export
+    with `settings`, owned by this process (`started(run_id)` is told at once), each final artifact recorded
+    with it, and its status complete, cancelled or error at the end. Returns export()'s result."""
+    import os
+
+    from engine.store import Store
+
+    with Store() as store:
+        run_id = store.create_run("export", settings, status="running", pid=os.getpid())
+    started(run_id)
+
+    def recording(event: dict) -> None:
+        if event["type"] == "artifact" and event.get("final", True) and event.get("path"):
+            with contextlib.suppress(Exception), Store() as store:
+                store.add_artifact(event["kind"], event["path"], run_id=run_id,
+                                   meta={key: value for key, value in event.items()
+                                         if key not in ("v", "type", "kind", "path", "final")})
+        on_event(event)
+
+    status = "error"
+    try:
+        result = export(src, out, out_type, on_event=recording, cancel=cancel, **options)
+        status = "complete"
+    except Cancelled:
+        status = "cancelled"
+        raise
+    finally:
+        with contextlib.suppress(Exception), Store() as store:
+            store.update_run_status(run_id, status)
+    return result
 
 
 def check_type(out_type: str) -> str:
