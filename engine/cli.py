@@ -234,29 +234,9 @@ def _cmd_distill_generate(args: argparse.Namespace) -> int:
     command = {"argv": args.argv, "cwd": os.getcwd()}  # for `aha runs resume`
 
     def work(job):
-        config.validate()  # before the dataset is read and the teacher loaded or reached
-        from engine.distill.generate import Readability, generate_traces
-        from engine.distill.teachers import Sampling, make_teacher
-        from engine.store import Store
-        from engine.train.data import first_rows, open_dataset
+        from engine.distill.generate import run_generation
 
-        rewards = list(config.reward)
-        answer_column = config.answer_column or ("answer" if "accuracy" in rewards else None)
-        rows = first_rows(open_dataset(config.dataset, 0, config.prompt_column, answer_column), config.limit)
-        teacher = make_teacher(config.teacher, model=config.model, api_key_env=config.api_key_env,
-                               concurrency=config.concurrency, n_ctx=config.n_ctx, timeout_s=config.timeout,
-                               on_event=job.emit)
-        readability = Readability(config.max_thinking_tokens, config.reject_repeated_paragraphs,
-                                  config.min_language_share, config.language)
-        sampling = Sampling(config.temperature, config.top_p, config.max_tokens, config.seed)
-        try:
-            with Store() as store:
-                stats = generate_traces(teacher, rows, k=config.k, out_path=config.output, rewards=rewards,
-                                        keep=config.keep, sampling=sampling, on_event=job.emit, cancel=job.cancel,
-                                        store=store, force=config.force, command=command,
-                                        readability=readability, mix=config.mix)
-        finally:
-            teacher.close()
+        stats = run_generation(config, on_event=job.emit, cancel=job.cancel, command=command)
         if args.events == "auto":
             before = f"; {stats.skipped} prompts were done before" if stats.skipped else ""
             print(f"kept {stats.kept} of {stats.samples} samples ({stats.acceptance_rate:.0%} accepted, "
@@ -634,11 +614,72 @@ def _demo_parser(subparsers) -> None:
     parser.set_defaults(func=_cmd_demo)
 
 
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from engine.pipeline import runner, view
+
+    if args.action == "show":
+        print(view.spec_text(runner.load_pipeline(args.file, args.set or (), args.model)[0]))
+        return 0
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # as `aha demo`: torch's idle OpenMP threads starve the stages
+    if args.action == "run":
+        spec = runner.load_pipeline(args.file, args.set or (), args.model)[0]  # a bad file: one line, no run
+
+        def work(job):
+            return runner.run_pipeline(args.file, sets=args.set or (), model=args.model, output_dir=args.out,
+                                       on_event=job.emit, cancel=job.cancel)
+    else:
+        spec = runner.saved_spec(args.run)
+
+        def work(job):
+            return runner.resume_pipeline(args.run, on_event=job.emit, cancel=job.cancel)
+
+    def reported(job):
+        result = work(job)
+        if args.events != "jsonl":
+            print(view.state_text(result))
+        if result["status"] == "error":
+            failed = next((stage for stage in result["stages"] if stage["status"] == "error"), None)
+            raise AhaError(f"stage {failed['name'] if failed else '?'} failed; fix it and run `aha pipeline resume "
+                           f"{result['run_dir']}`")
+        return result
+
+    sink = view.TerminalView(spec) if args.events == "auto" else sink_for(args.events)
+    return run_job("pipeline", reported, args, stages=[stage.name for stage in spec.stages], sink=sink)
+
+
+def _pipeline_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "pipeline", help="multi-stage recipes (R1's four stages): run, resume, show",
+        description="Run a pipeline file: [[stage]] tables of kind sft, kd, grpo, generate, eval or export, each with "
+                    "that command's settings, a later stage naming an earlier one's output (model = \"@cold_start\", "
+                    "traces = \"@rejection.traces\"). The pipeline is a run whose children are the stage runs; "
+                    "killed anywhere, `aha pipeline resume` continues at the stage and step it stopped, and a "
+                    "finished stage is never redone. Bundled: r1 (DeepSeek-R1's four stages on the model you name, "
+                    "--model) and r1-mini (the same on the demo's tiny model, minutes on a CPU).")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    run = actions.add_parser("run", help="start a pipeline file (a path, or r1 / r1-mini)")
+    show = actions.add_parser("show", help="the stages of a pipeline file and their settings, checked, without running")
+    for sub in (run, show):
+        sub.add_argument("file", metavar="FILE", help="a pipeline .toml, or a bundled one: r1, r1-mini")
+        sub.add_argument("--model", help="the base model (an HF checkpoint folder), instead of the file's")
+        sub.add_argument("--set", action="append", metavar="KEY=VALUE",
+                         help="override a variable (name=VALUE), a top-level key (seed=3) or a stage's setting "
+                              "(cold_start.max_steps=50); the value is read as TOML; repeat for several")
+    run.add_argument("--out", metavar="DIR", help="a new folder for the pipeline and its stage runs (default: "
+                                                  "<data dir>/runs/pipeline-<id>)")
+    resume = actions.add_parser("resume", help="continue a pipeline run at the stage and step it stopped")
+    resume.add_argument("run", metavar="RUN", help="the pipeline's run id or directory")
+    for sub in (run, resume):
+        _add_events_flag(sub)
+    parser.set_defaults(func=_cmd_pipeline)
+
+
 # Each entry adds one subcommand; later modules (grpo, distill) add theirs here.
 SUBCOMMANDS: list[Callable] = [_chat_parser, _models_parser, _export_parser, _distill_parser, _grpo_parser,
-                               _eval_parser, _runs_parser, _inspect_parser, _rewards_parser, _demo_parser]
+                               _eval_parser, _runs_parser, _inspect_parser, _rewards_parser, _demo_parser,
+                               _pipeline_parser]
 # Commands that read or start runs: they first mark runs whose process is gone as crashed.
-RECOVERS_RUNS = ("runs", "grpo", "distill", "eval", "demo")
+RECOVERS_RUNS = ("runs", "grpo", "distill", "eval", "demo", "pipeline")
 
 
 class _Parser(argparse.ArgumentParser):
