@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from app.qt import Qt
+from app.runs.pipeline_chain import PipelineChain
 from app.runs.view import KIND, RUN_ID_ROLE, RunsPane
 from engine import stage_chain
 from engine.pipeline.state import new_stage, write_state
@@ -91,7 +92,7 @@ def test_the_chain_shows_the_stages_updates_as_one_completes_and_opens_a_stage(q
     pane.select_run(pipeline["id"])
     qtbot.waitUntil(lambda: pane.chain.isVisible() and len(pane.chain.cards) == 3)
     cards = card_texts(pane)
-    assert [title for title, _, _ in cards] == ["1 · cold start", "2 · reasoning", "3 · evaluate"]
+    assert [title for title, _, _ in cards] == ["cold start", "reasoning", "evaluate"]
     assert [status for _, status, _ in cards] == ["complete", "running", "pending"]
     assert cards[0][2] == "held-out accuracy 62%"
     assert cards[1][2] == "reward 0.300"             # no metric in the file yet: the run's latest key metric
@@ -103,7 +104,7 @@ def test_the_chain_shows_the_stages_updates_as_one_completes_and_opens_a_stage(q
     assert "2px solid" in pane.chain.cards[1].styleSheet() and "dashed" in pane.chain.cards[2].styleSheet()
     assert pane.below.currentWidget() is pane.overview    # the pipeline itself: its stages' lines, lineage
     assert "   model ← @base = /base" in pane.overview.toPlainText()
-    assert pane.dashboard.run is None
+    assert pane.dashboard.run is None and pane.chain.open_pipeline.isHidden()
 
     state = pipeline["state"]
     state["stages"][1].update(status="complete", seconds=95.0, summary="reward 0.70 after 2 steps",
@@ -123,6 +124,7 @@ def test_the_chain_shows_the_stages_updates_as_one_completes_and_opens_a_stage(q
     qtbot.waitUntil(lambda: "Loss" in pane.dashboard.plots and pane.dashboard.plots["Loss"].points("loss") == 3)
     qtbot.mouseClick(pane.chain.cards[2], Qt.MouseButton.LeftButton)   # no run yet: nothing opens
     assert pane.selected_row().id == pipeline["sft"]
+    assert not pane.chain.open_pipeline.isHidden()
     pane.chain.open_pipeline.click()
     qtbot.waitUntil(lambda: pane.selected_row().id == pipeline["id"])
 
@@ -133,7 +135,7 @@ def test_without_pipeline_json_the_children_show_and_the_table_names_the_pipelin
     qtbot.waitUntil(lambda: pane.model.find(pipeline["grpo"]) is not None)
     pane.select_run(pipeline["grpo"])
     qtbot.waitUntil(lambda: len(pane.chain.cards) == 2)
-    assert card_texts(pane) == [("1 · cold_start", "complete", "loss 1.500"), ("2 · reasoning", "running", "reward 0.300")]
+    assert card_texts(pane) == [("cold_start", "complete", "loss 1.500"), ("reasoning", "running", "reward 0.300")]
     assert pane.chain.heading.full_text().startswith(f"Pipeline (run {pipeline['id']}): running")
 
     row = next(index for index in range(pane.proxy.rowCount())
@@ -161,3 +163,22 @@ def test_the_engine_reads_the_chain_alone_as_the_cli_would(store, pipeline):
     assert stage_chain.stage_line(chain.stages[2]) == "3. evaluate (eval): pending"
     assert stage_chain.chain_text(chain).splitlines()[0] == (f"pipeline r1-mini (run {pipeline['id']}): running, "
                                                              "1 of 3 stages complete")
+
+
+def test_cards_that_do_not_fit_scroll_sideways_and_a_shorter_chain_drops_its_cards(qtbot):
+    def chain(count: int) -> stage_chain.Chain:
+        return stage_chain.Chain(1, "long", "running", tuple(
+            stage_chain.Stage(number, f"s{number}", f"stage {number}", "sft", "pending", None, None, None, None, None)
+            for number in range(1, count + 1)), "pipeline.json")
+
+    widget = PipelineChain()
+    qtbot.addWidget(widget)
+    widget.resize(900, 200)
+    widget.show()
+    widget.set_chain(chain(3))
+    fitting = widget.scroll.height()
+    widget.set_chain(chain(9))                      # 9 × 150 px: wider than the pane
+    assert widget.scroll.height() > fitting and len(widget.cards) == 9 and len(widget.arrows) == 8
+    qtbot.waitUntil(widget.scroll.horizontalScrollBar().isVisible)
+    widget.set_chain(chain(2))
+    assert widget.scroll.height() == fitting and len(widget.cards) == 2 and len(widget.arrows) == 1

@@ -12,7 +12,7 @@ from app.theme import Colors, colors, status_color
 from app.widgets import ElidedLabel, bold
 from engine.stage_chain import Chain, Stage, heading
 
-CARD_WIDTH = 196
+CARD_WIDTH = (150, 240)   # a card's narrowest and widest: six stages fit beside each other in a 1280 px window
 ARROW = "→"
 
 
@@ -24,7 +24,7 @@ def _rgba(color: str, alpha: int) -> str:
 def card_style(stage: Stage, selected: bool, c: Colors) -> str:
     """The card's stylesheet: its frame by state (running: the accent, 2 px; pending: dashed), its tint when its
     run is the one shown, and its labels' colours (a pending stage's all muted)."""
-    border = f"2px solid {c.accent}" if stage.running else f"1px dashed {c.border}" if stage.pending \
+    border = f"2px solid {c.accent}" if stage.running else f"1px dashed {_rgba(c.muted, 110)}" if stage.pending \
         else f"1px solid {c.border}"
     background = _rgba(c.accent, 34) if selected else c.surface_alt if stage.pending else c.surface
     text = c.muted if stage.pending else c.text
@@ -40,7 +40,8 @@ def status_text(stage: Stage) -> str:
 
 
 class StageCard(QtWidgets.QFrame):
-    """One stage: title, 'kind · run N', status, metric or summary, duration. Click (or Return/Space when
+    """One stage: title, 'kind · run N', status, metric or summary, duration (its number is in the tooltip: the
+    arrows say the order). Click (or Return/Space when
     focused) emits `clicked(run_id)` for a stage that has a run."""
 
     clicked = Signal(int)
@@ -48,7 +49,9 @@ class StageCard(QtWidgets.QFrame):
     def __init__(self, parent: QtWidgets.QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("StageCard")
-        self.setFixedWidth(CARD_WIDTH)
+        self.setMinimumWidth(CARD_WIDTH[0])
+        self.setMaximumWidth(CARD_WIDTH[1])
+        self.setSizePolicy(QtWidgets.QSizePolicy.Policy.Expanding, QtWidgets.QSizePolicy.Policy.Fixed)
         self.stage: Stage | None = None
         self._style: str | None = None
         self.title = ElidedLabel()
@@ -61,7 +64,7 @@ class StageCard(QtWidgets.QFrame):
         self.duration = QtWidgets.QLabel()
         self.duration.setObjectName("StageMuted")
         layout = QtWidgets.QVBoxLayout(self)
-        layout.setContentsMargins(10, 8, 10, 8)
+        layout.setContentsMargins(9, 7, 9, 7)
         layout.setSpacing(2)
         for label in (self.title, self.kind, self.status, self.detail):
             layout.addWidget(label)
@@ -72,13 +75,13 @@ class StageCard(QtWidgets.QFrame):
 
     def set_stage(self, stage: Stage, selected: bool) -> None:
         self.stage = stage
-        self.title.set_full_text(f"{stage.number} · {stage.title}")
+        self.title.set_full_text(stage.title)
         run = f" · run {stage.run_id}" if stage.run_id is not None else ""
         self.kind.set_full_text(f"{stage.kind}{run}")
         self.status.setText(status_text(stage))
-        self.detail.set_full_text(stage.detail)
-        self.duration.setText(stage.duration)
-        lines = [f"{stage.title} ({stage.name})" if stage.name != stage.title else stage.title,
+        self.detail.set_full_text("not started" if stage.pending and stage.detail == "–" else stage.detail)
+        self.duration.setText(stage.duration if stage.seconds is not None else "")
+        lines = [f"Stage {stage.number}: {stage.title}" + (f" ({stage.name})" if stage.name != stage.title else ""),
                  *([stage.summary] if stage.summary else []), *([stage.metric] if stage.metric else [])]
         lines += [f"{key} ← {ref}" if ref else f"{key} = {value}" for key, ref, value in stage.inputs]
         lines.append(f"Click to open run {stage.run_id}'s dashboard" if stage.run_id is not None
@@ -158,27 +161,38 @@ class PipelineChain(QtWidgets.QWidget):
         """Show `chain`; the card of the stage run `shown_run_id` (the one open below) is tinted."""
         self.chain = chain
         self.heading.set_full_text(heading(chain)[0].upper() + heading(chain)[1:])
-        self.open_pipeline.setEnabled(shown_run_id != chain.run_id)
+        self.open_pipeline.setVisible(shown_run_id != chain.run_id)   # the overview is open: no link to it
         while len(self.cards) < len(chain.stages):
             if self.cards:
                 arrow = QtWidgets.QLabel(ARROW)
                 arrow.setObjectName("Muted")
                 arrow.setStyleSheet("font-size: 18px;")
                 self.row.insertWidget(self.row.count() - 1, arrow)
+                arrow.show()   # at once, not when the layout gets to it: a hidden widget has no width to measure
                 self.arrows.append(arrow)
             card = StageCard()
             card.clicked.connect(self.stage_opened)
-            self.row.insertWidget(self.row.count() - 1, card)
+            self.row.insertWidget(self.row.count() - 1, card, 1)   # the cards share the width (up to their widest)
+            card.show()
             self.cards.append(card)
         while len(self.cards) > len(chain.stages):
-            self.cards.pop().deleteLater()
-            if self.arrows:
-                self.arrows.pop().deleteLater()
+            for gone in (self.cards.pop(), *([self.arrows.pop()] if self.arrows else [])):
+                self.row.removeWidget(gone)       # out of the layout now: the height below is measured on it
+                gone.deleteLater()
         for card, stage in zip(self.cards, chain.stages, strict=True):
             card.set_stage(stage, stage.run_id is not None and stage.run_id == shown_run_id)
         self.empty.setVisible(not chain.stages)
+        self._fit_height()
+
+    def resizeEvent(self, event: QtGui.QResizeEvent) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        self._fit_height()
+
+    def _fit_height(self) -> None:
+        """As tall as a card, and the scroll bar's height more only when the cards do not fit side by side."""
         height = max((card.sizeHint().height() for card in self.cards), default=self.empty.sizeHint().height())
-        scrollbar = self.scroll.horizontalScrollBar().sizeHint().height()
+        overflow = self.row.minimumSize().width() > self.scroll.width()
+        scrollbar = self.scroll.horizontalScrollBar().sizeHint().height() if overflow else 0
         self.scroll.setFixedHeight(height + scrollbar + 2)
 
     def card_for(self, run_id: int) -> StageCard | None:

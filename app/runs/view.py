@@ -697,7 +697,7 @@ class RunsPane(QtWidgets.QWidget):
         self.chain.set_chain(chain, shown)
         self.chain.show()
         if shown == pipeline:
-            text = stage_chain.chain_text(chain)
+            text = stage_chain.chain_text(chain) + "\n\nClick a stage above to open its run's dashboard and rollouts."
             if self.overview.toPlainText() != text:
                 self.overview.setPlainText(text)
             self.below.setCurrentWidget(self.overview)
