@@ -38,6 +38,7 @@ class Stage:
     summary: str | None  # the stage's one line from the file ('held-out accuracy 62% after 230 steps')
     seconds: float | None
     inputs: tuple[tuple[str, str, str], ...] = ()  # (input, reference, the value it resolved to): the lineage
+    steps: str | None = None  # 'step 12/40' while its run runs, from the run's last metrics step
 
     @property
     def pending(self) -> bool:
@@ -54,8 +55,9 @@ class Stage:
 
     @property
     def duration(self) -> str:
-        """'35 s', '12 min', or '–' (not started)."""
-        return duration_text(self.seconds) if self.seconds is not None else "–"
+        """'35 s', '12 min', or '–' (not started); 'step 12/40 · 5 s' while it runs."""
+        text = duration_text(self.seconds) if self.seconds is not None else "–"
+        return f"{self.steps} · {text}" if self.steps and self.running else text
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,8 @@ def _from_state(number: int, stage: Mapping[str, Any], store: Store, rows: Mappi
                     for key, value in inputs.items() if isinstance(value, Mapping))
     return Stage(number, name, str(stage.get("title") or name), str(stage.get("kind") or stage.get("run_kind") or "–"),
                  status, run_id, stage.get("run_kind") or (row.kind if row else None), metric,
-                 stage.get("summary") or None, float(seconds) if isinstance(seconds, (int, float)) else None, lineage)
+                 stage.get("summary") or None, float(seconds) if isinstance(seconds, (int, float)) else None, lineage,
+                 _steps(row))
 
 
 def _from_child(number: int, child: Mapping[str, Any], store: Store, rows: Mapping[int, RunRow] | None,
@@ -154,7 +157,16 @@ def _from_child(number: int, child: Mapping[str, Any], store: Store, rows: Mappi
         end = (time.time() if now is None else now) if child["status"] in ACTIVE_RUN_STATUSES else child["updated_at"]
         seconds, metric = max(end - child["created_at"], 0.0), None
     name = Path(child["dir"]).name if child.get("dir") else child["kind"]
-    return Stage(number, name, name, child["kind"], child["status"], child["id"], child["kind"], metric, None, seconds)
+    return Stage(number, name, name, child["kind"], child["status"], child["id"], child["kind"], metric, None, seconds,
+                 steps=_steps(row))
+
+
+def _steps(row: RunRow | None) -> str | None:
+    """'step 12/40' (or 'step 12') from the run's row; None before its first step."""
+    if row is None or row.summary.step is None:
+        return None
+    total = f"/{row.summary.max_steps}" if row.summary.max_steps else ""
+    return f"step {row.summary.step}{total}"
 
 
 def stage_line(stage: Stage) -> str:
@@ -162,7 +174,7 @@ def stage_line(stage: Stage) -> str:
     '2. grpo (grpo, run 14): running · reward 0.250 · 12 min'."""
     run = f", run {stage.run_id}" if stage.run_id is not None else ""
     parts = [stage.status, *([stage.detail] if stage.detail != "–" else []),
-             *([stage.duration] if stage.seconds is not None else [])]
+             *([stage.duration] if stage.seconds is not None else [])]   # duration: 'step 12/40 · 5 s' while it runs
     return f"{stage.number}. {stage.title} ({stage.kind}{run}): {' · '.join(parts)}"
 
 

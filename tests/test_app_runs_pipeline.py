@@ -98,6 +98,7 @@ def test_the_chain_shows_the_stages_updates_as_one_completes_and_opens_a_stage(q
     assert cards[1][2] == "reward 0.300"             # no metric in the file yet: the run's latest key metric
     assert pane.chain.cards[0].kind.full_text() == f"sft · run {pipeline['sft']}"
     assert pane.chain.cards[0].duration.text() == "35 s"
+    assert pane.chain.cards[1].duration.text().startswith("step 2/2 · ")     # running: its run's last step
     assert pane.chain.heading.full_text() == (f"Pipeline r1-mini (run {pipeline['id']}): running, "
                                               "1 of 3 stages complete")
     assert "#StageCard { background" in pane.chain.cards[1].styleSheet()

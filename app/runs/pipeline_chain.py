@@ -80,7 +80,7 @@ class StageCard(QtWidgets.QFrame):
         self.kind.set_full_text(f"{stage.kind}{run}")
         self.status.setText(status_text(stage))
         self.detail.set_full_text("not started" if stage.pending and stage.detail == "–" else stage.detail)
-        self.duration.setText(stage.duration if stage.seconds is not None else "")
+        self.duration.setText(stage.duration if stage.seconds is not None or stage.steps else "")
         lines = [f"Stage {stage.number}: {stage.title}" + (f" ({stage.name})" if stage.name != stage.title else ""),
                  *([stage.summary] if stage.summary else []), *([stage.metric] if stage.metric else [])]
         lines += [f"{key} ← {ref}" if ref else f"{key} = {value}" for key, ref, value in stage.inputs]
