@@ -4,7 +4,8 @@ run, its key metric (or its summary) and how long it took. Read from the pipelin
 (`Store.child_runs`, oldest first). Nothing here runs a stage; it only reads.
 
 A stage the file still calls `running` whose run the store has ended (the pipeline was killed mid-stage)
-shows the run's status: the store is the truth about a run, the file about the pipeline's plan.
+shows the run's status, and so does the pipeline: the store is the truth about a run, the file about the
+pipeline's plan.
 """
 
 from __future__ import annotations
@@ -105,7 +106,10 @@ def read_chain(store: Store, run: Mapping[str, Any], rows: Mapping[int, RunRow] 
     if state is not None:
         stages = tuple(_from_state(number, stage, store, rows, now)
                        for number, stage in enumerate(state["stages"], 1) if isinstance(stage, Mapping))
-        return Chain(run["id"], state.get("name"), str(state.get("status") or run["status"]), stages, "pipeline.json")
+        status = str(state.get("status") or run["status"])
+        if status == "running" and run["status"] not in ACTIVE_RUN_STATUSES:
+            status = run["status"]  # killed: the store's crashed (or how it ended) over the file's last word
+        return Chain(run["id"], state.get("name"), status, stages, "pipeline.json")
     children = store.child_runs(run["id"])
     stages = tuple(_from_child(number, child, store, rows, now) for number, child in enumerate(children, 1))
     return Chain(run["id"], None, run["status"], stages, "store")

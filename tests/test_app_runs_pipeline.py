@@ -155,15 +155,20 @@ def test_without_pipeline_json_the_children_show_and_the_table_names_the_pipelin
 
 def test_the_engine_reads_the_chain_alone_as_the_cli_would(store, pipeline):
     """Without the pane's rows the store is asked; a stage the file calls running whose run ended says how."""
-    store.update_run_status(pipeline["grpo"], "crashed")
     chain = stage_chain.read_chain(store, store.get_run(pipeline["id"]))
+    assert chain.status == "running" and chain.stages[1].status == "running"
+    assert chain.stages[1].metric == "reward 0.300" and chain.stages[1].duration.startswith("step 2/2 · ")
+    for run_id in (pipeline["grpo"], pipeline["id"]):    # the pipeline killed mid-stage
+        store.update_run_status(run_id, "crashed")
+    chain = stage_chain.read_chain(store, store.get_run(pipeline["id"]))
+    assert chain.status == "crashed"
     assert chain.source == "pipeline.json" and [stage.status for stage in chain.stages] == [
         "complete", "crashed", "pending"]
     assert stage_chain.stage_line(chain.stages[0]) == (f"1. cold start (sft, run {pipeline['sft']}): complete · "
                                                        "held-out accuracy 62% · 35 s")
     assert stage_chain.stage_line(chain.stages[2]) == "3. evaluate (eval): pending"
-    assert stage_chain.chain_text(chain).splitlines()[0] == (f"pipeline r1-mini (run {pipeline['id']}): running, "
-                                                             "1 of 3 stages complete")
+    assert stage_chain.chain_text(chain).splitlines()[:2] == [
+        f"pipeline r1-mini (run {pipeline['id']}): crashed, 1 of 3 stages complete", stage_chain.stage_line(chain.stages[0])]
 
 
 def test_cards_that_do_not_fit_scroll_sideways_and_a_shorter_chain_drops_its_cards(qtbot):
