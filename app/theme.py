@@ -37,6 +37,16 @@ DARK = Colors(window="#17171b", surface="#202027", surface_alt="#191920", text="
               border="#33333d")
 
 
+def status_color(status: str, c: Colors) -> str | None:
+    """A run's (or a pipeline stage's) status colour: danger for crashed and error, warning for cancelled,
+    the accent while it runs (created, running); None (the text's own) for the rest."""
+    if status in ("crashed", "error"):
+        return c.danger
+    if status == "cancelled":
+        return c.warning
+    return c.accent if status in ("created", "running") else None
+
+
 def system_is_dark() -> bool:
     forced = os.environ.get("AHA_THEME", "").lower()
     if forced in ("light", "dark"):

@@ -57,6 +57,7 @@ class RunSummary:
     pid: int | None
     heartbeat_at: float | None
     config: dict
+    parent_id: int | None = None  # the run this one is a stage of (a pipeline's), None: none
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -69,7 +70,7 @@ def summarize(run: Mapping[str, Any], last_step: int | None = None) -> RunSummar
         last_step = (last_metrics(run["dir"]) or {}).get("step")
     return RunSummary(run["id"], run["kind"], run["status"], _model(config), _dataset(config), last_step,
                       config.get("max_steps"), run["dir"], run["created_at"], run["updated_at"], run["pid"],
-                      run["heartbeat_at"], config)
+                      run["heartbeat_at"], config, run.get("parent_id"))
 
 
 def _model(config: Mapping[str, Any]) -> str | None:

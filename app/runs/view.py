@@ -1,6 +1,8 @@
 """The Runs pane: a table of every run in the store (kind, model, data, status, steps, start, duration, key metric,
 folder), filtered by kind and status, with the selected run's dashboard and rollouts below it; and what is done to
 a run: open, stop, resume, duplicate into the Train form, export, open its folder, compare, delete (with Undo).
+A pipeline run (or one of its stage runs) shows its stages as a chain of cards above them (app.runs.pipeline_chain,
+read from its pipeline.json by engine.stage_chain at each poll); a card opens its stage run.
 
 The rows come from engine.run_index (read on a worker thread every POLL_MS, and at once when a job this window
 follows reports a step); stop, resume, duplicate, export and delete are run_index's too. A run started elsewhere
@@ -15,8 +17,9 @@ from pathlib import Path
 
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal, Slot
 from app.runs.dashboard import RunDashboard
+from app.runs.pipeline_chain import PipelineChain
 from app.runs.rollouts import RolloutBrowser
-from app.theme import colors
+from app.theme import colors, status_color
 from app.widgets import (
     KEY_ROLE,
     SORT_ROLE,
@@ -28,7 +31,7 @@ from app.widgets import (
     set_style_name,
 )
 from app.workers import TRAINING_GRACE_S, JobOutcome, ProcessJob, ThreadJob
-from engine import run_index
+from engine import run_index, stage_chain
 from engine.errors import AhaError
 from engine.eval.results import TRAINED_KINDS
 from engine.run_index import RunRow, RunTable
@@ -38,7 +41,7 @@ COLUMNS = ("ID", "Kind", "Model", "Dataset", "Status", "Steps", "Started", "Dura
 ID, KIND, MODEL, DATASET, STATUS, STEPS, STARTED, DURATION, METRIC, FOLDER = range(len(COLUMNS))
 NUMERIC_COLUMNS = (ID, STEPS, DURATION)
 RUN_ID_ROLE = KEY_ROLE
-KIND_CHOICES = ("grpo", "distill-sft", "distill-kd", "generate", "export", "eval", "demo")
+KIND_CHOICES = ("grpo", "distill-sft", "distill-kd", "generate", "export", "eval", "demo", "pipeline")
 STATUS_CHOICES = ("running", "complete", "cancelled", "crashed", "error")
 RESUMABLE = ("cancelled", "crashed")
 # A followed job's events that the dashboard and the rollout browser take (they read the rest from the files).
@@ -56,7 +59,8 @@ def cell_text(row: RunRow, column: int) -> str:
     if column == ID:
         return str(row.id)
     if column == KIND:
-        return row.kind
+        parent = row.summary.parent_id
+        return row.kind if parent is None else f"{row.kind} ⟵ pipeline {parent}"
     if column == MODEL:
         return run_index.short_name(summary.model)
     if column == DATASET:
@@ -112,11 +116,12 @@ class RunsModel(RowsModel):
 
     def extra(self, row: RunRow, column: int, role: int):
         if role == Qt.ItemDataRole.ToolTipRole:
-            return {MODEL: row.summary.model, DATASET: row.summary.dataset, FOLDER: row.summary.dir}.get(column)
+            stage_of = (f"A stage of pipeline run {row.summary.parent_id}: select it to see its chain"
+                        if row.summary.parent_id is not None else None)
+            return {KIND: stage_of, MODEL: row.summary.model, DATASET: row.summary.dataset,
+                    FOLDER: row.summary.dir}.get(column)
         if role == Qt.ItemDataRole.ForegroundRole and column == STATUS:
-            palette = colors()
-            color = {"crashed": palette.danger, "error": palette.danger, "cancelled": palette.warning}.get(
-                row.status, palette.accent if row.running else None)
+            color = status_color(row.status, colors())
             return QtGui.QColor(color) if color else None
         return None
 
@@ -221,6 +226,14 @@ class RunsPane(QtWidgets.QWidget):
         self.tabs = QtWidgets.QTabWidget()
         self.tabs.addTab(self.dashboard, "Dashboard")
         self.tabs.addTab(self.rollouts, "Rollouts")
+        self.chain = PipelineChain()
+        self.chain.hide()
+        self.overview = QtWidgets.QPlainTextEdit(readOnly=True)
+        self.overview.setLineWrapMode(QtWidgets.QPlainTextEdit.LineWrapMode.NoWrap)
+        self.overview.setPlaceholderText("The pipeline's stages")
+        self.below = QtWidgets.QStackedWidget()    # the run's dashboard and rollouts; a pipeline's overview
+        self.below.addWidget(self.tabs)
+        self.below.addWidget(self.overview)
         self.status = ElidedLabel()
         self.status.setObjectName("Muted")
         self._make_actions()
@@ -307,7 +320,13 @@ class RunsPane(QtWidgets.QWidget):
         toolbar.addStretch()
         self.splitter = QtWidgets.QSplitter(Qt.Orientation.Vertical)
         self.splitter.addWidget(self.table_stack)
-        self.splitter.addWidget(self.tabs)
+        lower = QtWidgets.QWidget()
+        column = QtWidgets.QVBoxLayout(lower)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(6)
+        column.addWidget(self.chain)
+        column.addWidget(self.below, 1)
+        self.splitter.addWidget(lower)
         self.splitter.setStretchFactor(0, 1)
         self.splitter.setStretchFactor(1, 2)
         self.splitter.setChildrenCollapsible(False)
@@ -325,6 +344,8 @@ class RunsPane(QtWidgets.QWidget):
         self.table.selectionModel().selectionChanged.connect(self._on_selection_changed)
         self.table.doubleClicked.connect(self.open_selected)
         self.table.customContextMenuRequested.connect(self._on_context_menu)
+        self.chain.stage_opened.connect(self.select_run)
+        self.chain.pipeline_opened.connect(self.select_run)
 
     # public API
     def refresh(self) -> None:
@@ -593,6 +614,8 @@ class RunsPane(QtWidgets.QWidget):
                 self._clear_shown()
             elif row.status != self._shown[1]:
                 self._show_run(row.id, force=True)   # started again, or ended: the views follow (or stop)
+            else:
+                self._update_chain()                 # a pipeline's stages move on while it runs
         if self._poll_again:
             self.refresh()
 
@@ -631,13 +654,55 @@ class RunsPane(QtWidgets.QWidget):
             self._say(str(error), warning=True)
             return
         self._shown = (run_id, self.model.find(run_id).status if self.model.find(run_id) else run["status"])
-        self.dashboard.open_run(run)
-        self.rollouts.open_run(run)
+        if stage_chain.is_pipeline(run):       # no curves of its own: its overview shows, its stages have theirs
+            self.dashboard.clear()
+            self.rollouts.clear()
+        else:
+            self.dashboard.open_run(run)
+            self.rollouts.open_run(run)
+        self._update_chain()
 
     def _clear_shown(self) -> None:
         self._shown = None
         self.dashboard.clear()
         self.rollouts.clear()
+        self._update_chain()
+
+    def _pipeline_of(self, run_id: int) -> int | None:
+        """The pipeline run that `run_id` is, or is a stage of; None: neither."""
+        row = self.model.find(run_id)
+        if row is None:
+            return None
+        if row.kind in stage_chain.PIPELINE_KINDS:
+            return row.id
+        parent = self.model.find(row.summary.parent_id) if row.summary.parent_id is not None else None
+        return parent.id if parent is not None and parent.kind in stage_chain.PIPELINE_KINDS else None
+
+    def _update_chain(self) -> None:
+        """The chain of the shown run's pipeline, read again (its pipeline.json, one small file), or none; the
+        pipeline run itself shows its overview below it, a stage run its dashboard and rollouts."""
+        shown = self._shown[0] if self._shown is not None else None
+        pipeline = self._pipeline_of(shown) if shown is not None else None
+        run = None
+        if pipeline is not None:
+            try:
+                run = self.store.get_run(pipeline)
+            except AhaError:
+                run = None
+        if run is None:
+            self.chain.hide()
+            self.below.setCurrentWidget(self.tabs)
+            return
+        chain = stage_chain.read_chain(self.store, run, {row.id: row for row in self.model.rows()})
+        self.chain.set_chain(chain, shown)
+        self.chain.show()
+        if shown == pipeline:
+            text = stage_chain.chain_text(chain) + "\n\nClick a stage above to open its run's dashboard and rollouts."
+            if self.overview.toPlainText() != text:
+                self.overview.setPlainText(text)
+            self.below.setCurrentWidget(self.overview)
+        else:
+            self.below.setCurrentWidget(self.tabs)
 
     def _update_actions(self) -> None:
         rows = self.selected_rows()
