@@ -422,8 +422,18 @@ def _cmd_runs(args: argparse.Namespace) -> int:
                 print(run_index.table(rows) if rows else "no runs")
             return 0
         if args.action == "show":
-            info = run_index.details(store, run_index.find_run(store, args.run))
-            print(json.dumps(info, ensure_ascii=False) if args.json else run_index.details_text(info))
+            run = run_index.find_run(store, args.run)
+            info = run_index.details(store, run)
+            if run["kind"] in run_index.PIPELINE_KINDS:  # its stages, each with where its inputs came from
+                from engine import stage_chain
+
+                chain = stage_chain.read_chain(store, run)
+                info["stages"] = [{"name": stage.name, "kind": stage.kind, "status": stage.status,
+                                   "run_id": stage.run_id, "metric": stage.metric} for stage in chain.stages]
+                text = run_index.details_text(info) + "\n" + stage_chain.chain_text(chain)
+            else:
+                text = run_index.details_text(info)
+            print(json.dumps(info, ensure_ascii=False) if args.json else text)
             return 0
         if args.action == "stop":
             print(run_index.stop_elsewhere(run_index.find_run(store, args.run)))

@@ -35,6 +35,9 @@ EVAL_KINDS = ("eval",)
 # `aha demo` (engine.demo.pipeline): a run whose stages are runs of their own (in its directory, named in
 # its demo.json); it is run again, not resumed, duplicated or exported as a whole.
 DEMO_KINDS = ("demo",)
+# `aha pipeline` (engine.pipeline): a run whose children (Store.child_runs) are its stage runs, in its directory;
+# it resumes as a whole (`aha pipeline resume`), and is started again rather than duplicated.
+PIPELINE_KINDS = ("pipeline",)
 # Flags of the recorded `distill generate` argv left out when it is called again: --force would start over,
 # --events is the resuming call's. Matched as argparse does, by any unambiguous prefix (e.g. --fo).
 DROPPED_FLAGS = {"--force": False, "--events": True}  # flag → takes a value
@@ -272,6 +275,13 @@ def resume_plan(store: Store, target: str, events: str = "auto", max_steps: int 
     if kind in DEMO_KINDS:
         raise AhaError(f"{name} is a demo, which does not resume: rerun `aha demo` (a stage run of it that was "
                        "cancelled resumes on its own: `aha runs resume ID`)")
+    if kind in PIPELINE_KINDS:
+        if max_steps is not None:
+            raise AhaError(f"--max-steps applies to training runs; {name} is a pipeline (set a stage's steps in its "
+                           "file)")
+        if run["status"] == "complete":
+            raise AhaError(f"{name} is a complete pipeline; nothing to resume")
+        return ResumePlan(["pipeline", "resume", run["dir"] or str(run["id"]), "--events", events], None)
     if run["status"] == "complete" and (max_steps is None or kind not in RESUME_COMMANDS):
         raise AhaError(f"{name} is complete; nothing to resume"
                        + (" (--max-steps N trains it further)" if kind in RESUME_COMMANDS else ""))
@@ -375,7 +385,7 @@ def deletion_question(run: Mapping[str, Any]) -> str:
     _refuse_if_running(run, "deleting")
     directory = Path(run["dir"]) if run["dir"] else None
     if owns_directory(run) and directory.is_dir():
-        stages = " with the stage runs in it" if run["kind"] in DEMO_KINDS else ""
+        stages = " with the stage runs in it" if run["kind"] in (*DEMO_KINDS, *PIPELINE_KINDS) else ""
         return f"Delete run {run['id']}{stages} ({directory}, {folder_size(directory) / 1e6:.1f} MB)?"
     if directory is not None and directory.exists():
         return f"Delete run {run['id']}'s record (its files in {directory} stay)?"
@@ -388,7 +398,7 @@ def delete_run(store: Store, run: Mapping[str, Any]) -> str:
     _refuse_if_running(run, "deleting")
     directory = Path(run["dir"]) if run["dir"] else None
     owned = owns_directory(run) and directory.is_dir()
-    stages = _demo_stage_runs(store, run) if owned and run["kind"] in DEMO_KINDS else []
+    stages = _stage_runs_inside(store, run) if owned else []
     for stage in stages:
         _refuse_if_running(stage, "deleting")
     if owned:
@@ -403,15 +413,19 @@ def delete_run(store: Store, run: Mapping[str, Any]) -> str:
     return f"deleted run {run['id']}" + (f" and {directory}" if owned else "") + also
 
 
-def _demo_stage_runs(store: Store, run: Mapping[str, Any]) -> list[dict]:
-    """A demo's stage runs whose files are inside its directory (an export run has none of its own)."""
+def _stage_runs_inside(store: Store, run: Mapping[str, Any]) -> list[dict]:
+    """The stage runs of a demo (named in its demo.json) or a pipeline (its child runs) whose files are inside its
+    directory (an export run has none of its own); none for another kind."""
+    if run["kind"] in DEMO_KINDS:
+        stages = [demo_stage_run(store, run, name)
+                  for name in ("cold-start", "eval-cold-start", "grpo", "eval-grpo", "export")]
+    elif run["kind"] in PIPELINE_KINDS:
+        stages = store.child_runs(run["id"])
+    else:
+        return []
     inside = Path(run["dir"]).resolve()
-    found = []
-    for name in ("cold-start", "eval-cold-start", "grpo", "eval-grpo", "export"):
-        stage = demo_stage_run(store, run, name)
-        if stage is not None and (not stage["dir"] or Path(stage["dir"]).resolve().is_relative_to(inside)):
-            found.append(stage)
-    return found
+    return [stage for stage in stages
+            if stage is not None and (not stage["dir"] or Path(stage["dir"]).resolve().is_relative_to(inside))]
 
 
 def remove(store: Store, target: str, confirm: Callable[[str], bool]) -> str:
@@ -626,6 +640,9 @@ def duplicate_settings(run: Mapping[str, Any]) -> tuple[str, dict]:
     if run["kind"] in DEMO_KINDS:
         raise AhaError(f"run {run['id']} is a demo: rerun `aha demo` for another one (or duplicate one of its stage "
                        "runs to change its settings)")
+    if run["kind"] in PIPELINE_KINDS:
+        raise AhaError(f"run {run['id']} is a pipeline: start it again with `aha pipeline run` (or duplicate one of "
+                       "its stage runs to change its settings)")
     if kind is None:
         raise AhaError(f"run {run['id']} is {'an' if run['kind'][0] in 'aeiou' else 'a'} {run['kind']}, which the "
                        "Train form does not start")
@@ -638,10 +655,13 @@ def duplicate_settings(run: Mapping[str, Any]) -> tuple[str, dict]:
 def export_source(store: Store, run: Mapping[str, Any]) -> tuple[str, str] | None:
     """What to export from a training run: (its final adapter, or the newest checkpoint's adapter, with the
     base model it trained), or (its final or newest checkpoint's full model, ""); None when it has neither.
-    A demo's is its GRPO stage's (the model it exported to GGUF already)."""
+    A demo's is its GRPO stage's (the model it exported to GGUF already), a pipeline's its last training stage's."""
     if run["kind"] in DEMO_KINDS:
         stage = demo_stage_run(store, run, "grpo")
         return export_source(store, stage) if stage is not None else None
+    if run["kind"] in PIPELINE_KINDS:  # its last training stage's model
+        trained = [child for child in store.child_runs(run["id"]) if child["kind"] in RESUME_COMMANDS]
+        return next((found for child in reversed(trained) if (found := export_source(store, child))), None)
     config = run["config"]
     base = str(config.get("model") or "")
     found: list[tuple[str, str]] = []

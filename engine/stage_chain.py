@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import AhaError
-from engine.run_index import RunRow, duration_text, key_metric, summarize
+from engine.run_index import PIPELINE_KINDS, RunRow, duration_text, key_metric, summarize
 from engine.store import ACTIVE_RUN_STATUSES, Store
 
-PIPELINE_KINDS = ("pipeline",)
 
 
 @dataclass(frozen=True)

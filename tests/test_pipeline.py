@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import cli, events
+from engine import cli, events, run_index
 from engine.errors import AhaError
 from engine.pipeline.spec import apply_sets, bundled_names, load_pipeline, parse_pipeline, parse_set
 from engine.pipeline.state import read_state
@@ -56,7 +56,7 @@ def test_bundled_pipelines_parse_with_their_references():
     assert [stage.run_kind for stage in mini.stages] == list(STAGE_KINDS.values())
     assert mini.stage("rejection_sft").settings["traces"] == "@rejection.traces"
     assert mini.stage("rejection_sft").settings["model"] == "@base"  # R1 fine-tunes the base, not the RL model
-    assert mini.stage("eval").settings["models"] == ["@cold_start", "@final_rl"]
+    assert mini.stage("eval").settings["models"] == ["@cold_start", "@reasoning_rl", "@final_rl"]
     real, _ = load_pipeline("r1", model="/models/r1-distill-qwen-1.5b")
     assert real.model == "/models/r1-distill-qwen-1.5b"
     kinds = [stage.kind for stage in real.stages]
@@ -156,7 +156,7 @@ def test_sigkill_during_rejection_sampling_and_resume_give_the_uninterrupted_ada
     assert stages["rejection"]["inputs"]["teacher"]["value"] == f"hf:{stages['reasoning_rl']['run_dir']}"
     assert stages["rejection_sft"]["inputs"]["model"]["value"] == state["base_model"]
     assert stages["final_rl"]["inputs"]["model"]["value"] == stages["rejection_sft"]["outputs"]["model"]
-    assert state["report"]["baseline"] == "cold_start" and len(state["report"]["models"]) == 2
+    assert state["report"]["baseline"] == "cold_start" and len(state["report"]["models"]) == 3
     assert Path(stages["export"]["outputs"]["gguf"]).stat().st_size > 0
 
     # The same pipeline in a child process, SIGKILLed once stage 3 has written some traces.
@@ -186,7 +186,10 @@ def test_sigkill_during_rejection_sampling_and_resume_give_the_uninterrupted_ada
     made_at = cold_start_model.stat().st_mtime_ns
 
     capsys.readouterr()
-    assert cli.main(["pipeline", "resume", str(killed), "--events", "jsonl"]) == 0
+    with Store() as store:  # `aha runs resume ID` hands a pipeline to `aha pipeline resume`
+        assert run_index.resume_plan(store, str(before["run_id"]), events="jsonl").argv == [
+            "pipeline", "resume", str(killed.resolve()), "--events", "jsonl"]
+    assert cli.main(["runs", "resume", str(before["run_id"]), "--events", "jsonl"]) == 0
     resumed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert resumed[-1]["type"] == "done" and resumed[-1]["status"] == "complete"
     ran = [event["stage"] for event in resumed if event["type"] == "log" and "stage_done" in event]
@@ -202,3 +205,39 @@ def test_sigkill_during_rejection_sampling_and_resume_give_the_uninterrupted_ada
     assert kinds == ["distill-sft", "grpo", "generate", "generate", "distill-sft", "grpo", "eval", "export"]
     assert cli.main(["pipeline", "resume", str(killed)]) == 2
     assert "is complete" in capsys.readouterr().err
+
+    # `aha runs rm` of a pipeline deletes its folder and its stage runs' records with it.
+    with Store() as store:
+        stage_ids = [run["id"] for run in store.child_runs(state["run_id"])]
+        assert "with the stage runs in it" in run_index.deletion_question(store.get_run(state["run_id"]))
+        with pytest.raises(AhaError, match="is a pipeline: start it again"):
+            run_index.duplicate_settings(store.get_run(state["run_id"]))
+        run_index.remove(store, str(state["run_id"]), lambda question: True)
+        assert not straight.exists()
+        remaining = {run["id"] for run in store.list_runs()}
+        assert remaining.isdisjoint([state["run_id"], *stage_ids])
+
+
+@pytest.mark.slow
+def test_r1_mini_runs_the_four_stages_and_reports_the_last_against_the_cold_start(tmp_path, capsys):
+    """The bundled r1-mini as it ships (the demo's settings, ~3 minutes on 2 cores): every stage a real run,
+    the final evaluation's table against the cold start printed at the end."""
+    out = tmp_path / "r1-mini"
+    assert cli.main(["pipeline", "run", "r1-mini", "--out", str(out), "--events", "none"]) == 0
+    printed = capsys.readouterr().out
+    state = read_state(out)
+    assert state["status"] == "complete"
+    stages = {stage["name"]: stage for stage in state["stages"]}
+    assert all(stage["status"] == "complete" for stage in stages.values())
+    # the cold start and its second SFT learned the task from the base (the stop rule: 60 % held-out greedy)
+    with Store() as store:
+        for name in ("cold_start", "rejection_sft"):
+            accuracy = [value for _, value in store.metric_series(stages[name]["run_id"], "eval/accuracy")]
+            assert accuracy[-1] >= 0.6, (name, accuracy)
+    kept = stages["rejection"]["metric"]
+    assert kept["value"] > 0.1, kept  # rejection sampling kept a real share of the RL model's samples
+    report = state["report"]
+    assert report["baseline"] == "cold_start" and [model["label"] for model in report["models"]][0] == "cold_start"
+    assert all(0 <= model["pass@1"] <= 1 for model in report["models"])
+    assert "evaluation (eval):" in printed and "cold_start" in printed and f"{report['gain_points']:+.1f}" in printed
+    assert Path(stages["export"]["outputs"]["gguf"]).stat().st_size > 0
