@@ -21,7 +21,6 @@ from engine.run_index import PIPELINE_KINDS, RunRow, duration_text, key_metric, 
 from engine.store import ACTIVE_RUN_STATUSES, Store
 
 
-
 @dataclass(frozen=True)
 class Stage:
     """One stage of a pipeline, as shown: `status` is the file's (pending, running, complete, cancelled, error)
