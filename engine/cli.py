@@ -641,7 +641,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         spec = runner.saved_spec(args.run)
 
         def work(job):
-            return runner.resume_pipeline(args.run, on_event=job.emit, cancel=job.cancel)
+            return runner.resume_pipeline(args.run, sets=args.set or (), on_event=job.emit, cancel=job.cancel)
 
     def reported(job):
         result = work(job)
@@ -649,8 +649,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
             print(view.state_text(result))
         if result["status"] == "error":
             failed = next((stage for stage in result["stages"] if stage["status"] == "error"), None)
-            raise AhaError(f"stage {failed['name'] if failed else '?'} failed; fix it and run `aha pipeline resume "
-                           f"{result['run_dir']}`")
+            raise AhaError(f"stage {failed['name'] if failed else '?'} failed; change its settings with `aha pipeline "
+                           f"resume {result['run_dir']} --set STAGE.SETTING=VALUE`")
         return result
 
     sink = view.TerminalView(spec) if args.events == "auto" else sink_for(args.events)
@@ -679,6 +679,9 @@ def _pipeline_parser(subparsers) -> None:
                                                   "<data dir>/runs/pipeline-<id>)")
     resume = actions.add_parser("resume", help="continue a pipeline run at the stage and step it stopped")
     resume.add_argument("run", metavar="RUN", help="the pipeline's run id or directory")
+    resume.add_argument("--set", action="append", metavar="STAGE.SETTING=VALUE",
+                        help="change a setting of a stage that has not finished (a failed one, say); kept with the "
+                             "pipeline; repeat for several")
     for sub in (run, resume):
         _add_events_flag(sub)
     parser.set_defaults(func=_cmd_pipeline)

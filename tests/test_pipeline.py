@@ -121,6 +121,60 @@ def test_cli_show_and_bad_files_say_one_line(tmp_path, capsys):
     assert "is not valid TOML" in capsys.readouterr().err
 
 
+TWO_STAGES = """
+model = "demo"
+[[stage]]
+name = "sft"
+kind = "sft"
+model = "@base"
+dataset = "addition"
+use_peft = false
+max_steps = 2
+per_device_train_batch_size = 4
+max_completion_length = 16
+learning_rate = -1.0
+[[stage]]
+name = "rl"
+kind = "grpo"
+model = "@sft"
+dataset = "addition"
+max_steps = 1
+prompts_per_step = 1
+num_generations = 2
+max_completion_length = 8
+"""
+
+
+def test_a_failed_stage_is_one_line_and_resume_with_set_fixes_it(tmp_path, capsys):
+    assert cli.main(["pipeline", "run", str(tmp_path / "absent.toml")]) == 2
+    missing = tmp_path / "missing.toml"
+    missing.write_text(TWO_STAGES.replace('model = "demo"', f'model = "{tmp_path / "no-model"}"', 1))
+    assert cli.main(["pipeline", "run", str(missing)]) == 2
+    assert "model folder" in capsys.readouterr().err
+    with Store() as store:
+        assert store.list_runs(kind="pipeline") == []  # a missing base model is refused before the run exists
+
+    pipeline = tmp_path / "two.toml"
+    pipeline.write_text(TWO_STAGES)
+    out = tmp_path / "two"
+    assert cli.main(["pipeline", "run", str(pipeline), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    line = error.splitlines()[-1]  # the run directory's line above it, then the error
+    assert line.startswith("aha: error: stage 'sft': learning_rate must be above 0, got -1.0; then `aha pipeline "
+                           f"resume {out.resolve()}`"), error
+    state = read_state(out)
+    assert (state["status"], [stage["status"] for stage in state["stages"]]) == ("error", ["error", "pending"])
+    for bad, message in ((["--set", "seed=3"], "its seed is fixed"), (["--set", "nope.x=1"], "has no stage 'nope'")):
+        assert cli.main(["pipeline", "resume", str(out), *bad]) == 2
+        assert message in capsys.readouterr().err
+    assert cli.main(["pipeline", "resume", str(out), "--set", "sft.learning_rate=1e-3", "--events", "none"]) == 0
+    state = read_state(out)
+    assert [stage["status"] for stage in state["stages"]] == ["complete", "complete"]
+    assert json.loads((out / "sft" / "config.json").read_text())["learning_rate"] == 1e-3
+    assert cli.main(["pipeline", "resume", str(out), "--set", "sft.max_steps=4"]) == 2
+    assert "is complete" in capsys.readouterr().err
+
+
 # Running, killing and resuming -------------------------------------------------------------------------
 
 def final_adapter(directory: Path) -> bytes:

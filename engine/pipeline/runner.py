@@ -41,6 +41,7 @@ from engine.pipeline.spec import (
     load_pipeline,
     parse_pipeline,
     parse_reference,
+    parse_set,
     read_toml,
 )
 from engine.pipeline.state import FORMAT, new_stage, read_state, write_state
@@ -72,6 +73,10 @@ def run_pipeline(file: str, *, sets: Sequence[str] = (), model: str | None = Non
     from engine.train.runs import Run
 
     spec, text = load_pipeline(file, sets, model)
+    if spec.model != DEMO_MODEL:  # a missing base is one line, before the pipeline is a run
+        from engine.train.core import check_model_folder
+
+        check_model_folder(spec.model)
     config = PipelineConfig(file=str(Path(file).expanduser()), name=spec.name, model=model, sets=tuple(sets),
                             output_dir=output_dir)
     run = Run.create("pipeline", config, on_event)
@@ -83,13 +88,30 @@ def run_pipeline(file: str, *, sets: Sequence[str] = (), model: str | None = Non
     return _Pipeline(run, spec, state, cancel or CancelToken()).go()
 
 
-def resume_pipeline(target: str, *, on_event: OnEvent = ignore, cancel: CancelToken | None = None) -> dict:
-    """Continue the pipeline run `target` (its id or directory) at the stage it stopped in."""
-    from engine.train.runs import Run
+def resume_pipeline(target: str, *, sets: Sequence[str] = (), on_event: OnEvent = ignore,
+                    cancel: CancelToken | None = None) -> dict:
+    """Continue the pipeline run `target` (its id or directory) at the stage it stopped in. `sets` change the
+    settings of stages that have not finished (a finished stage's are what it ran with: a one-line error), and
+    are kept with the pipeline's own."""
+    from engine.train.runs import Run, write_json
 
     directory = _pipeline_dir(target)
-    spec, _ = _saved_spec(directory)
+    spec, config = _saved_spec(directory)
     state = read_state(directory)
+    if sets:
+        stages = (state or {}).get("stages", [])
+        finished = {stage["name"] for stage in stages if stage.get("status") == "complete"}
+        for text in sets:
+            key = parse_set(text)[0]
+            if key in ("model", "seed", "name") and any(stage.get("status") != "pending" for stage in stages):
+                raise AhaError(f"--set {key}: the pipeline has started, so its {key} is fixed; start a new one with "
+                               "`aha pipeline run` to change it")
+            if "." in key and key.partition(".")[0] in finished:
+                raise AhaError(f"--set {key}: stage {key.partition('.')[0]!r} is complete and is not run again; "
+                               "its settings stay what it ran with")
+        config = dataclasses.replace(config, sets=(*config.sets, *sets))
+        spec = _spec_of(directory, config)  # checked before it is kept
+        write_json(directory / "config.json", dataclasses.asdict(config))
     if state is None:  # killed before its first state was written: nothing ran
         state = {"format": FORMAT, "version": 1, "name": spec.name, "description": spec.description,
                  "status": "running", "run_id": None, "run_dir": str(directory.resolve()), "base_model": None,
@@ -125,11 +147,15 @@ def _saved_spec(directory: Path) -> tuple[PipelineSpec, PipelineConfig]:
     config = PipelineConfig(**{key: tuple(value) if key == "sets" else value for key, value in
                                json.loads((directory / "config.json").read_text(encoding="utf-8")).items()
                                if key in {field.name for field in dataclasses.fields(PipelineConfig)}})
+    return _spec_of(directory, config), config
+
+
+def _spec_of(directory: Path, config: PipelineConfig) -> PipelineSpec:
     source = str(directory / PIPELINE_FILE)
     data = read_toml((directory / PIPELINE_FILE).read_text(encoding="utf-8"), source)
     if config.model is not None:
         data["model"] = config.model
-    return parse_pipeline(apply_sets(data, config.sets), source), config
+    return parse_pipeline(apply_sets(data, config.sets), source)
 
 
 class _StageEvents(StageEvents):
@@ -236,9 +262,12 @@ class _Pipeline:
             entry.update(status="cancelled", seconds=_add(entry.get("seconds"), time.monotonic() - started))
             self.write()
             raise
-        except BaseException:
+        except BaseException as error:
             entry.update(status="error", seconds=_add(entry.get("seconds"), time.monotonic() - started))
             self.write()
+            if isinstance(error, AhaError) and not str(error).startswith(f"stage {stage.name!r}"):
+                raise AhaError(f"stage {stage.name!r}: {error}; then `aha pipeline resume {self.dir}` (with --set "
+                               f"{stage.name}.SETTING=VALUE to change a setting)") from None
             raise
         entry.update(status=outcome.status, outputs=outcome.outputs, metric=outcome.metric, summary=outcome.summary,
                      seconds=_add(entry.get("seconds"), time.monotonic() - started))
