@@ -268,3 +268,27 @@ def test_a_config_builds_the_reward_model_and_the_judge(reward_model_dir, judge_
     assert scores.per_reward["reward_model"][1] == pytest.approx(direct[0], abs=1e-6)
     assert scores.totals[0] == 1.0  # format only
     assert scores.totals[1] == pytest.approx(1.0 + direct[0] + 6 / 9, abs=1e-5)
+
+
+def test_reward_model_in_4_bits_on_the_cpu_scores_near_the_full_model(tmp_path):
+    """load_in_4bit: bitsandbytes NF4 weights (on this CPU, as on a GPU), the same scores as the float32 model
+    within NF4's error, in the same order of answers. A model wide enough to quantize (bitsandbytes leaves
+    layers narrower than its blocks alone)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForSequenceClassification
+
+    ids = tiny_models.save_tokenizer(tmp_path)
+    config = Qwen2Config(vocab_size=ids["size"], hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, num_labels=1,
+                         pad_token_id=ids["pad"], bos_token_id=ids["bos"], eos_token_id=ids["eos"])
+    torch.manual_seed(0)
+    Qwen2ForSequenceClassification(config).save_pretrained(tmp_path)
+    full = make_reward_model_reward(str(tmp_path), device="cpu")(PROMPTS, COMPLETIONS)
+    scores = make_reward_model_reward(str(tmp_path), device="cpu", load_in_4bit=True)(PROMPTS, COMPLETIONS)
+    from engine.train.reward_models import _load_reward_model
+
+    loaded = _load_reward_model(str(tmp_path), "cpu", True)["model"]
+    assert any(type(module).__name__ == "Linear4bit" for module in loaded.modules())  # really in 4 bits
+    assert scores != full  # quantization changed the numbers, so the next check can fail
+    spread = max(full) - min(full)
+    assert max(abs(a - b) for a, b in zip(scores, full, strict=True)) < 0.2 * spread
