@@ -711,7 +711,8 @@ class _VersionAction(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         from engine.doctor import version_line
 
-        parser.exit(0, version_line() + "\n")
+        print(version_line())  # on stdout, as argparse's own version action
+        parser.exit(0)
 
 
 # Each entry adds one subcommand; later modules (grpo, distill) add theirs here.

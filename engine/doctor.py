@@ -54,13 +54,15 @@ def package_version(distribution: str, module: str | None = None) -> str | None:
 
 
 def pinned_version(requirements: list[str] | None, name: str) -> str | None:
-    """The `==` pin of `name` among requirement strings: ["llama-cpp-python==0.3.36", …] → "0.3.36"."""
+    """The `==` pin of `name` among requirement strings (importlib.metadata.requires): ["llama-cpp-python==0.3.36",
+    'torch==2.13.0; extra == "train"', …] → "0.3.36" for llama-cpp-python; a pin without a marker wins."""
     wanted = re.sub(r"[-_.]+", "-", name).lower()
+    pins = []
     for requirement in requirements or []:
-        match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*==\s*([^\s,;]+)", requirement)
-        if match and re.sub(r"[-_.]+", "-", match.group(1)).lower() == wanted and ";" not in requirement:
-            return match.group(3)
-    return None
+        match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*==\s*([^\s,;]+)", requirement)
+        if match and re.sub(r"[-_.]+", "-", match.group(1)).lower() == wanted:
+            pins.append((";" in requirement, match.group(2)))
+    return min(pins)[1] if pins else None
 
 
 def _requirements() -> list[str]:
