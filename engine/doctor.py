@@ -32,12 +32,14 @@ TORCH_INSTALL_PAGE = "https://pytorch.org/get-started/locally/"
 
 @dataclass(frozen=True)
 class Line:
-    """One finding: `mark` is ok, warning or missing; `fix` says what to do (None when nothing is to be done)."""
+    """One finding: `mark` is ok, warning or missing; `fix` says what to do in words (None when nothing is to be
+    done) and `command`, when the fix is one, the exact command line to run."""
 
     mark: str
     what: str
     detail: str
     fix: str | None = None
+    command: str | None = None
 
 
 # Probes: the facts, as plain dicts ---------------------------------------------------------------
@@ -231,7 +233,7 @@ def pip_command(facts: dict[str, Any]) -> str:
     return f"{facts['python']['executable']} -m pip"
 
 
-def llama_gpu_fix(facts: dict[str, Any]) -> str:
+def llama_gpu_command(facts: dict[str, Any]) -> str:
     """The reinstall of llama-cpp-python with the platform's GPU backend (CUDA; Metal on macOS), from source
     (a C/C++ compiler, and the CUDA toolkit for CUDA), at Aha's pinned version."""
     llama = facts["llama_cpp"]
@@ -244,19 +246,24 @@ def llama_gpu_fix(facts: dict[str, Any]) -> str:
     return f'CMAKE_ARGS="{flag}" {command}'
 
 
-def train_fix(facts: dict[str, Any]) -> str:
-    """Add the train extra (torch, transformers, peft, bitsandbytes) to this install."""
+TRAIN_FIX = "add the train extra (torch, transformers, peft, bitsandbytes)"
+
+
+def train_command(facts: dict[str, Any]) -> str:
+    """The train extra added to this install: pipx reinstalls with it, pip installs it beside."""
     if facts["install"] == "pipx":
         return f'pipx install --force "{DISTRIBUTION}[train]"'
-    return f'{pip_command(facts)} install "{DISTRIBUTION}[train]" (or: pipx install "{DISTRIBUTION}[train]")'
+    return f'{pip_command(facts)} install "{DISTRIBUTION}[train]"'
 
 
-def torch_cuda_fix(facts: dict[str, Any]) -> str:
+def torch_cuda_fix(facts: dict[str, Any]) -> tuple[str, str | None]:
+    """(words, command) for a CPU-only torch on a machine with an NVIDIA GPU."""
     torch = facts["torch"]
     package = f"torch=={torch['pinned']}" if torch.get("pinned") else "torch"
     if facts["platform"]["system"] == "Linux":  # PyPI's Linux wheel of torch is the CUDA build
-        return f"{pip_command(facts)} install --force-reinstall {package} (PyPI's Linux wheel is the CUDA build)"
-    return f"install a CUDA build of {package}: the command for your CUDA version is on {TORCH_INSTALL_PAGE}"
+        return ("reinstall torch from PyPI, whose Linux wheel is the CUDA build",
+                f"{pip_command(facts)} install --force-reinstall {package}")
+    return f"install a CUDA build of {package}: the command for your CUDA version is on {TORCH_INSTALL_PAGE}", None
 
 
 def _gpu_line(facts: dict[str, Any]) -> Line:
@@ -282,7 +289,7 @@ def _llama_lines(facts: dict[str, Any]) -> list[Line]:
     if llama["error"]:
         package = f"llama-cpp-python=={llama['pinned']}" if llama.get("pinned") else "llama-cpp-python"
         return [Line(MISSING, "llama.cpp", f"llama-cpp-python {llama['error']}: no chat, no quantized export",
-                     f"{pip_command(facts)} install --force-reinstall {package}")]
+                     "reinstall llama-cpp-python", f"{pip_command(facts)} install --force-reinstall {package}")]
     backends = ", ".join(llama["backends"]) or "unknown"
     lines = [Line(OK, "llama.cpp", f"llama-cpp-python {llama['version']}, backends: {backends}")]
     gpu_backends = [name for name in llama["backends"] if name not in ("CPU", "BLAS", "RPC")]
@@ -291,7 +298,8 @@ def _llama_lines(facts: dict[str, Any]) -> list[Line]:
     else:
         where = "the GPU above" if gpus(facts)[0] else "a GPU"
         lines.append(Line(MISSING, "llama.cpp GPU", f"no: a CPU-only build, chat cannot use {where}",
-                          f"rebuild it with the GPU backend: {llama_gpu_fix(facts)}"))
+                          "rebuild llama-cpp-python with the GPU backend (needs a C/C++ compiler and, for CUDA, "
+                          "the CUDA toolkit)", llama_gpu_command(facts)))
     return lines
 
 
@@ -299,18 +307,20 @@ def _torch_lines(facts: dict[str, Any]) -> list[Line]:
     torch = facts["torch"]
     if not torch["installed"]:
         return [Line(MISSING, "torch", "not installed: no training, no evaluation of HF checkpoints (chat and "
-                                       "export work)", train_fix(facts)),
-                Line(MISSING, "QLoRA 4-bit", "needs torch and bitsandbytes (the train extra)", train_fix(facts))]
+                                       "export work)", TRAIN_FIX, train_command(facts)),
+                Line(MISSING, "QLoRA 4-bit", "needs torch and bitsandbytes (the train extra)", TRAIN_FIX,
+                     train_command(facts))]
     if torch["error"]:
-        return [Line(MISSING, "torch", f"installed but does not load ({torch['error']})",
-                     f"{pip_command(facts)} install --force-reinstall torch" + (f"=={torch['pinned']}" if torch.get("pinned") else ""))]
+        package = f"torch=={torch['pinned']}" if torch.get("pinned") else "torch"
+        return [Line(MISSING, "torch", f"installed but does not load ({torch['error']})", "reinstall torch",
+                     f"{pip_command(facts)} install --force-reinstall {package}")]
     if torch["cuda_available"]:
         count = len(torch["devices"])
         line = Line(OK, "torch", f"{torch['version']}, CUDA {torch['cuda_build']}, {count} GPU{'s' if count != 1 else ''}")
     elif facts["nvidia_smi"].get("gpus"):
         build = f"CUDA {torch['cuda_build']} build" if torch["cuda_build"] else "a CPU-only build"
         line = Line(WARNING, "torch", f"{torch['version']} is {build} and cannot use the NVIDIA GPU nvidia-smi lists",
-                    torch_cuda_fix(facts))
+                    *torch_cuda_fix(facts))
     else:
         build = f"CUDA {torch['cuda_build']} build, no GPU to use" if torch["cuda_build"] else "CPU-only build"
         line = Line(OK, "torch", f"{torch['version']} ({build}): training runs on the CPU")
@@ -320,7 +330,7 @@ def _torch_lines(facts: dict[str, Any]) -> list[Line]:
     elif torch["cuda_available"]:  # a GPU, no bitsandbytes
         package = f"bitsandbytes=={torch['bitsandbytes_pinned']}" if torch.get("bitsandbytes_pinned") else "bitsandbytes"
         qlora_line = Line(MISSING, "QLoRA 4-bit", qlora["reason"].removeprefix("QLoRA 4-bit "),
-                          f"{pip_command(facts)} install {package}")
+                          "install bitsandbytes", f"{pip_command(facts)} install {package}")
     else:
         have = f"bitsandbytes {torch['bitsandbytes']} is installed" if torch["bitsandbytes"] else "bitsandbytes is not installed"
         qlora_line = Line(MISSING, "QLoRA 4-bit", f"{qlora['reason'].removeprefix('QLoRA 4-bit ')} ({have})",
@@ -396,13 +406,16 @@ def counts(found: list[Line]) -> dict[str, int]:
 
 
 def report_text(found: list[Line]) -> str:
-    """The lines for a terminal: `ok      what            detail`, a fix indented under it, then a count."""
+    """The lines for a terminal: `ok      what            detail`, the fix under it (and its command on a line of
+    its own, to copy), then a count."""
     width = max(len(line.what) for line in found)
     out = []
     for line in found:
         out.append(f"{line.mark:8s}{line.what:{width}s}  {line.detail}")
         if line.fix:
-            out.append(f"{'':8s}{'':{width}s}  fix: {line.fix}")
+            out.append(f"{'':8s}{'':{width}s}  fix: {line.fix}" + (":" if line.command else ""))
+        if line.command:
+            out.append(f"{'':8s}{'':{width}s}    {line.command}")
     tally = counts(found)
     out.append("")
     out.append(f"{tally[MISSING]} missing, {tally[WARNING]} warning{'s' if tally[WARNING] != 1 else ''}"
@@ -411,6 +424,6 @@ def report_text(found: list[Line]) -> str:
 
 
 def report(facts: dict[str, Any]) -> dict[str, Any]:
-    """`aha doctor --json`: {"lines": [{"mark", "what", "detail", "fix"}], "counts": {...}, "facts": {...}}."""
+    """`aha doctor --json`: {"lines": [{"mark", "what", "detail", "fix", "command"}], "counts": {...}, "facts": {...}}."""
     found = lines(facts)
     return {"lines": [asdict(line) for line in found], "counts": counts(found), "facts": facts}

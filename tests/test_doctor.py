@@ -46,7 +46,8 @@ def test_this_machine_is_told_truthfully(here):
     assert here["llama_cpp"]["backends"] == ["CPU"]
     gpu = found["llama.cpp GPU"]
     assert gpu.mark == MISSING and "CPU-only build" in gpu.detail
-    assert gpu.fix.endswith(f'CMAKE_ARGS="-DGGML_CUDA=on" {here["python"]["executable"]} -m pip install '
+    assert "rebuild llama-cpp-python with the GPU backend" in gpu.fix
+    assert gpu.command == (f'CMAKE_ARGS="-DGGML_CUDA=on" {here["python"]["executable"]} -m pip install '
                             f"--force-reinstall --no-cache-dir llama-cpp-python=={llama_cpp.__version__}")
     assert found["torch"].mark == OK and found["torch"].detail.startswith(torch.__version__)
     assert found["QLoRA 4-bit"].mark == MISSING and "NVIDIA GPU" in found["QLoRA 4-bit"].detail
@@ -54,7 +55,7 @@ def test_this_machine_is_told_truthfully(here):
     assert ollama.mark == MISSING and "connection refused" in ollama.detail
     assert ollama.fix == "start Ollama (`ollama serve`) or set OLLAMA_HOST to where it runs"
     assert all(line.fix for line in found.values() if line.mark != OK)
-    assert all(line.fix is None for line in found.values() if line.mark == OK)
+    assert all(line.fix is line.command is None for line in found.values() if line.mark == OK)
 
 
 def test_ollama_running_is_reachable_and_something_else_is_not_ollama():
@@ -119,7 +120,7 @@ def test_a_gpu_without_bitsandbytes_names_the_pip_command():
     facts["torch"].update(bitsandbytes=None, qlora={"available": False, "reason": "QLoRA 4-bit needs bitsandbytes: "
                                                                                   "pip install bitsandbytes"})
     line = by_what(doctor.lines(facts))["QLoRA 4-bit"]
-    assert line.mark == MISSING and line.fix == "/venv/bin/python -m pip install bitsandbytes==0.50.2"
+    assert line.mark == MISSING and line.command == "/venv/bin/python -m pip install bitsandbytes==0.50.2"
 
 
 def test_a_gpu_seen_only_by_nvidia_smi_asks_for_cuda_builds():
@@ -130,12 +131,14 @@ def test_a_gpu_seen_only_by_nvidia_smi_asks_for_cuda_builds():
     assert lines["GPU"].mark == OK and lines["GPU"].detail == "NVIDIA GeForce RTX 4090, 25.8 GB VRAM (seen by nvidia-smi)"
     assert lines["llama.cpp GPU"].mark == MISSING and "cannot use the GPU above" in lines["llama.cpp GPU"].detail
     assert lines["torch"].mark == WARNING and "cannot use the NVIDIA GPU" in lines["torch"].detail
-    assert lines["torch"].fix.startswith("/venv/bin/python -m pip install --force-reinstall torch==2.13.0")
+    assert lines["torch"].command == "/venv/bin/python -m pip install --force-reinstall torch==2.13.0"
+    assert "CUDA build" in lines["torch"].fix
     facts["platform"]["system"] = "Windows"
     lines = by_what(doctor.lines(facts))
     assert lines["torch"].fix == ("install a CUDA build of torch==2.13.0: the command for your CUDA version is on "
                                   "https://pytorch.org/get-started/locally/")
-    assert lines["llama.cpp GPU"].fix.endswith('$env:CMAKE_ARGS="-DGGML_CUDA=on"; /venv/bin/python -m pip install '
+    assert lines["torch"].command is None
+    assert lines["llama.cpp GPU"].command == ('$env:CMAKE_ARGS="-DGGML_CUDA=on"; /venv/bin/python -m pip install '
                                                "--force-reinstall --no-cache-dir llama-cpp-python==0.3.36")
 
 
@@ -145,13 +148,13 @@ def test_without_torch_the_train_extra_is_the_fix_and_pipx_gets_its_own_commands
     facts["install"] = "pipx"
     lines = by_what(doctor.lines(facts))
     assert lines["torch"].mark == lines["QLoRA 4-bit"].mark == MISSING
-    assert lines["torch"].fix == lines["QLoRA 4-bit"].fix == 'pipx install --force "aha-workbench[train]"'
-    assert lines["llama.cpp GPU"].fix.endswith('CMAKE_ARGS="-DGGML_CUDA=on" pipx runpip aha-workbench install '
+    assert lines["torch"].command == lines["QLoRA 4-bit"].command == 'pipx install --force "aha-workbench[train]"'
+    assert "train extra" in lines["torch"].fix
+    assert lines["llama.cpp GPU"].command == ('CMAKE_ARGS="-DGGML_CUDA=on" pipx runpip aha-workbench install '
                                                "--force-reinstall --no-cache-dir llama-cpp-python==0.3.36")
     assert "torch" not in dict(doctor.about(facts))
     facts["install"] = "pip"
-    assert by_what(doctor.lines(facts))["torch"].fix == ('/venv/bin/python -m pip install "aha-workbench[train]" '
-                                                         '(or: pipx install "aha-workbench[train]")')
+    assert by_what(doctor.lines(facts))["torch"].command == '/venv/bin/python -m pip install "aha-workbench[train]"'
 
 
 def test_macos_rebuilds_llama_cpp_with_metal():
@@ -159,7 +162,7 @@ def test_macos_rebuilds_llama_cpp_with_metal():
     facts["platform"]["system"] = "Darwin"
     lines = by_what(doctor.lines(facts))
     assert lines["GPU"].mark == WARNING and "Metal" in lines["GPU"].detail
-    assert 'CMAKE_ARGS="-DGGML_METAL=on"' in lines["llama.cpp GPU"].fix
+    assert lines["llama.cpp GPU"].command.startswith('CMAKE_ARGS="-DGGML_METAL=on" ')
 
 
 def test_low_disk_unwritable_data_dir_and_a_missing_llama_cpp():
@@ -173,7 +176,7 @@ def test_low_disk_unwritable_data_dir_and_a_missing_llama_cpp():
     facts["llama_cpp"].update(version=None, error="not installed", backends=[])
     lines = by_what(doctor.lines(facts))
     assert lines["llama.cpp"].mark == MISSING and "llama.cpp GPU" not in lines
-    assert lines["llama.cpp"].fix == "/venv/bin/python -m pip install --force-reinstall llama-cpp-python==0.3.36"
+    assert lines["llama.cpp"].command == "/venv/bin/python -m pip install --force-reinstall llama-cpp-python==0.3.36"
     assert dict(doctor.about(facts))["GPU backend"] == "no"
 
 
@@ -206,7 +209,7 @@ def test_cli_doctor_text_and_json(monkeypatch, capsys):
     assert main(["doctor", "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert set(document) == {"lines", "counts", "facts"}
-    assert all(set(line) == {"mark", "what", "detail", "fix"} for line in document["lines"])
+    assert all(set(line) == {"mark", "what", "detail", "fix", "command"} for line in document["lines"])
     assert sum(document["counts"].values()) == len(document["lines"])
     assert document["facts"]["ollama"]["problem"] == "connection refused"
 
