@@ -6,6 +6,8 @@ full disk), and the CLI's exit code, text and --json shape."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import pytest
 
@@ -71,6 +73,29 @@ def test_ollama_running_is_reachable_and_something_else_is_not_ollama():
     bad = doctor.probe_ollama("127.0.0.1:99999")
     assert bad["url"] is None and "invalid port" in bad["problem"]
     assert doctor._ollama_line({"ollama": bad}).fix.startswith("fix OLLAMA_HOST")
+
+
+def test_without_torch_the_probe_imports_nothing_and_says_so(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)      # as an install without the train extra: no torch to find
+    assert doctor.probe_torch() == {"installed": False}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the stand-in nvidia-smi is a POSIX shell script")
+def test_nvidia_smi_is_asked_and_its_failure_said(tmp_path, monkeypatch):
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text('#!/bin/sh\n[ "$1" = "--query-gpu=name,memory.total" ] && [ "$2" = "--format=csv,noheader,nounits" ]'
+                   ' || exit 3\necho "NVIDIA H200, 143771"\n')
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert doctor.probe_nvidia_smi() == {"found": True, "error": None,
+                                         "gpus": [{"index": 0, "name": "NVIDIA H200", "vram_bytes": 143771 * 2**20}]}
+    smi.write_text("#!/bin/sh\necho \"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\""
+                   "\nexit 9\n")
+    failed = doctor.probe_nvidia_smi()
+    assert failed["gpus"] == [] and failed["error"].startswith("NVIDIA-SMI has failed")
+    facts = cpu_machine()
+    facts["nvidia_smi"] = failed
+    assert "nvidia-smi: NVIDIA-SMI has failed" in by_what(doctor.lines(facts))["GPU"].detail
 
 
 # Given facts: the branches this machine cannot show ----------------------------------------------
