@@ -266,6 +266,11 @@ def torch_cuda_fix(facts: dict[str, Any]) -> tuple[str, str | None]:
     return f"install a CUDA build of {package}: the command for your CUDA version is on {TORCH_INSTALL_PAGE}", None
 
 
+def gpu_backends(llama: dict[str, Any]) -> str:
+    """The build's backends that are not the CPU's ("CUDA", "Metal", …), or "GPU" when its info names none."""
+    return ", ".join(name for name in llama["backends"] if name not in ("CPU", "BLAS", "RPC")) or "GPU"
+
+
 def _gpu_line(facts: dict[str, Any]) -> Line:
     found, source = gpus(facts)
     if found:
@@ -292,9 +297,8 @@ def _llama_lines(facts: dict[str, Any]) -> list[Line]:
                      "reinstall llama-cpp-python", f"{pip_command(facts)} install --force-reinstall {package}")]
     backends = ", ".join(llama["backends"]) or "unknown"
     lines = [Line(OK, "llama.cpp", f"llama-cpp-python {llama['version']}, backends: {backends}")]
-    gpu_backends = [name for name in llama["backends"] if name not in ("CPU", "BLAS", "RPC")]
     if llama["gpu_offload"]:
-        lines.append(Line(OK, "llama.cpp GPU", f"yes: chat offloads layers to the GPU ({', '.join(gpu_backends) or 'GPU'})"))
+        lines.append(Line(OK, "llama.cpp GPU", f"yes: chat offloads layers to the GPU ({gpu_backends(llama)})"))
     else:
         where = "the GPU above" if gpus(facts)[0] else "a GPU"
         lines.append(Line(MISSING, "llama.cpp GPU", f"no: a CPU-only build, chat cannot use {where}",
@@ -389,14 +393,15 @@ def about(facts: dict[str, Any]) -> list[tuple[str, str]]:
         rows += [("llama.cpp", f"llama-cpp-python {llama['error']}"), ("GPU backend", "no")]
     else:
         rows.append(("llama.cpp", f"llama-cpp-python {llama['version']} ({', '.join(llama['backends']) or 'unknown'})"))
-        gpu_backends = [name for name in llama["backends"] if name not in ("CPU", "BLAS", "RPC")]
-        rows.append(("GPU backend", f"yes ({', '.join(gpu_backends) or 'GPU'})" if llama["gpu_offload"] else "no (CPU only)"))
+        rows.append(("GPU backend", f"yes ({gpu_backends(llama)})" if llama["gpu_offload"] else "no (CPU only)"))
     torch = facts["torch"]
     if torch["installed"] and not torch.get("error"):
         cuda = (f"CUDA {torch['cuda_build']}, " + "; ".join(f"{gpu['name']} {_bytes(gpu['vram_bytes'])}"
                                                            for gpu in torch["devices"])
                 if torch["cuda_available"] else "CUDA not available")
         rows.append(("torch", f"{torch['version']}, {cuda}"))
+    elif torch.get("error"):
+        rows.append(("torch", f"installed but does not load ({torch['error']})"))
     rows.append(("Data directory", str(facts["data_dir"]["path"])))
     return rows
 
