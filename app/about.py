@@ -39,11 +39,7 @@ def checks_html(found: list[doctor.Line], colors: theme.Colors) -> str:
             command = f"<br><code style='color:{colors.text}'>{html.escape(line.command)}</code>" if line.command else ""
             rows.append(f"<tr><td></td><td></td><td style='color:{colors.muted}; padding-bottom:6px'>"
                         f"Fix: {_with_code(line.fix)}{':' if line.command else ''}{command}</td></tr>")
-    tally = doctor.counts(found)
-    summary = (f"{tally[doctor.MISSING]} missing, {tally[doctor.WARNING]} warning"
-               f"{'s' if tally[doctor.WARNING] != 1 else ''}" if tally[doctor.MISSING] or tally[doctor.WARNING]
-               else "Everything Aha can use is here.")
-    return f"<table cellspacing='0' cellpadding='2'>{''.join(rows)}</table><p>{html.escape(summary)}</p>"
+    return f"<table cellspacing='0' cellpadding='2'>{''.join(rows)}</table><p>{html.escape(doctor.summary(found))}</p>"
 
 
 class AboutDialog(QtWidgets.QDialog):

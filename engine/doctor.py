@@ -80,8 +80,11 @@ def version_line() -> str:
     return f"aha {__version__} (llama-cpp-python {llama}, Python {platform.python_version()})"
 
 
-def install_kind(prefix: str) -> str:
-    """How Aha was installed, from sys.prefix: "pipx" (a pipx venv) or "pip" (a venv or a checkout)."""
+def install_kind(prefix: str, frozen: bool = False) -> str:
+    """How Aha was installed: "bundle" (the standalone app, sys.frozen), "pipx" (sys.prefix is a pipx venv) or
+    "pip" (a venv or a checkout)."""
+    if frozen:
+        return "bundle"
     return "pipx" if re.search(r"[/\\]pipx[/\\](?:.*[/\\])?venvs[/\\]", prefix + os.sep) else "pip"
 
 
@@ -204,7 +207,7 @@ def gather(ollama_host: str | None = None) -> dict[str, Any]:
     return {"aha": __version__,
             "python": {"version": platform.python_version(), "executable": sys.executable},
             "platform": {"system": platform.system(), "machine": platform.machine(), "text": platform.platform()},
-            "install": install_kind(sys.prefix),
+            "install": install_kind(sys.prefix, bool(getattr(sys, "frozen", False))),
             "data_dir": probe_data_dir(), "llama_cpp": probe_llama_cpp(), "torch": torch, "nvidia_smi": smi,
             "ollama": probe_ollama(ollama_host)}
 
@@ -227,7 +230,8 @@ def gpus(facts: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
 
 
 def pip_command(facts: dict[str, Any]) -> str:
-    """The pip that installs into Aha's own environment: `pipx runpip aha-workbench` or `<python> -m pip`."""
+    """The pip that installs into Aha's own environment: `pipx runpip aha-workbench` or `<python> -m pip`
+    (a bundle has no pip: its fixes install Aha with pipx instead)."""
     if facts["install"] == "pipx":
         return f"pipx runpip {DISTRIBUTION}"
     return f"{facts['python']['executable']} -m pip"
@@ -241,6 +245,8 @@ def llama_gpu_command(facts: dict[str, Any]) -> str:
     package = f"llama-cpp-python=={version}" if version else "llama-cpp-python"
     flag = "-DGGML_METAL=on" if facts["platform"]["system"] == "Darwin" else "-DGGML_CUDA=on"
     command = f"{pip_command(facts)} install --force-reinstall --no-cache-dir {package}"
+    if facts["install"] == "bundle":  # the bundle's llama.cpp is what it was built with: install Aha with pipx
+        command = f"pipx install --force --pip-args=--no-cache-dir {DISTRIBUTION}"
     if facts["platform"]["system"] == "Windows":
         return f'$env:CMAKE_ARGS="{flag}"; {command}'
     return f'CMAKE_ARGS="{flag}" {command}'
@@ -251,7 +257,7 @@ TRAIN_FIX = "add the train extra (torch, transformers, peft, bitsandbytes)"
 
 def train_command(facts: dict[str, Any]) -> str:
     """The train extra added to this install: pipx reinstalls with it, pip installs it beside."""
-    if facts["install"] == "pipx":
+    if facts["install"] in ("pipx", "bundle"):  # the bundle leaves training out: a pipx install has it
         return f'pipx install --force "{DISTRIBUTION}[train]"'
     return f'{pip_command(facts)} install "{DISTRIBUTION}[train]"'
 
@@ -421,11 +427,14 @@ def report_text(found: list[Line]) -> str:
             out.append(f"{'':8s}{'':{width}s}  fix: {line.fix}" + (":" if line.command else ""))
         if line.command:
             out.append(f"{'':8s}{'':{width}s}    {line.command}")
+    return "\n".join([*out, "", summary(found)])
+
+
+def summary(found: list[Line]) -> str:
+    """ "4 missing, 1 warning: each names its fix", or "0 missing, 0 warnings: everything Aha can use is here"."""
     tally = counts(found)
-    out.append("")
-    out.append(f"{tally[MISSING]} missing, {tally[WARNING]} warning{'s' if tally[WARNING] != 1 else ''}"
-               + (": each names its fix" if tally[MISSING] or tally[WARNING] else ": everything Aha can use is here"))
-    return "\n".join(out)
+    return (f"{tally[MISSING]} missing, {tally[WARNING]} warning{'s' if tally[WARNING] != 1 else ''}"
+            + (": each names its fix" if tally[MISSING] or tally[WARNING] else ": everything Aha can use is here"))
 
 
 def report(facts: dict[str, Any]) -> dict[str, Any]:

@@ -182,6 +182,15 @@ def test_without_torch_the_train_extra_is_the_fix_and_pipx_gets_its_own_commands
     assert by_what(doctor.lines(facts))["torch"].command == '/venv/bin/python -m pip install "aha-workbench[train]"'
 
 
+def test_the_bundle_points_to_a_pipx_install():
+    facts = cpu_machine()
+    facts["torch"] = {"installed": False}
+    facts["install"] = "bundle"
+    lines = by_what(doctor.lines(facts))
+    assert lines["torch"].command == 'pipx install --force "aha-workbench[train]"'
+    assert lines["llama.cpp GPU"].command == 'CMAKE_ARGS="-DGGML_CUDA=on" pipx install --force --pip-args=--no-cache-dir aha-workbench'
+
+
 def test_macos_rebuilds_llama_cpp_with_metal():
     facts = cpu_machine()
     facts["platform"]["system"] = "Darwin"
@@ -219,6 +228,7 @@ def test_small_parsers():
     assert doctor.pinned_version(requirements, "numpy") is None
     assert doctor.install_kind("/home/u/.local/share/pipx/venvs/aha-workbench") == "pipx"
     assert doctor.install_kind("/home/u/src/aha/.venv") == "pip"
+    assert doctor.install_kind("/tmp/_MEI123", frozen=True) == "bundle"
 
 
 # The CLI -------------------------------------------------------------------------------------------
