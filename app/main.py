@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from app import theme
+from app.about import about_button
 from app.chat.compare import ComparePane
 from app.chat.view import ChatPane
 from app.demo import DemoFlow, DemoStatus
@@ -86,6 +87,7 @@ class MainWindow(QtWidgets.QMainWindow):
         logo.setAlignment(Qt.AlignmentFlag.AlignCenter)
         side_layout.addWidget(logo)
         side_layout.addWidget(self.sidebar)
+        side_layout.addWidget(about_button(self), 0, Qt.AlignmentFlag.AlignHCenter)  # and F1: app.about
         central = QtWidgets.QWidget()
         layout = QtWidgets.QHBoxLayout(central)
         layout.setContentsMargins(0, 0, 0, 0)

@@ -14,7 +14,6 @@ import sys
 import typing
 from collections.abc import Callable
 
-from engine import __version__
 from engine.errors import AhaError
 from engine.jobs import make_event, quiet_libraries, run_job, sink_for
 
@@ -687,10 +686,42 @@ def _pipeline_parser(subparsers) -> None:
     parser.set_defaults(func=_cmd_pipeline)
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from engine import doctor
+
+    facts = doctor.gather()
+    print(json.dumps(doctor.report(facts), ensure_ascii=False) if args.json else doctor.report_text(doctor.lines(facts)))
+    return 0
+
+
+def _doctor_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "doctor", help="what this machine can do for Aha (GPU, llama.cpp's GPU backend, QLoRA, Ollama, disk), with fixes",
+        description="Check this machine: the NVIDIA GPU and its VRAM, whether llama-cpp-python was built with a GPU "
+                    "backend, torch and CUDA (the train extra), QLoRA 4-bit (bitsandbytes), whether Ollama answers at "
+                    "OLLAMA_HOST, the data directory and its free space. Each line is ok, warning or missing, and "
+                    "each line not ok says its fix. Changes nothing; exits 0 when the checks ran.")
+    parser.add_argument("--json", action="store_true", help="one JSON document: lines, counts and the facts behind them")
+    parser.set_defaults(func=_cmd_doctor)
+
+
+class _VersionAction(argparse.Action):
+    """--version: Aha's version with llama-cpp-python's and Python's, read from metadata when asked (nothing imported)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from engine.doctor import version_line
+
+        print(version_line())  # on stdout, as argparse's own version action
+        parser.exit(0)
+
+
 # Each entry adds one subcommand; later modules (grpo, distill) add theirs here.
 SUBCOMMANDS: list[Callable] = [_chat_parser, _models_parser, _export_parser, _distill_parser, _grpo_parser,
                                _eval_parser, _runs_parser, _inspect_parser, _rewards_parser, _demo_parser,
-                               _pipeline_parser]
+                               _pipeline_parser, _doctor_parser]
 # Commands that read or start runs: they first mark runs whose process is gone as crashed.
 RECOVERS_RUNS = ("runs", "grpo", "distill", "eval", "demo", "pipeline")
 
@@ -707,7 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="aha", description="Aha — a workbench for DeepSeek-R1-style reasoning models: chat, GRPO, "
                                 "distillation and GGUF export.")
-    parser.add_argument("--version", action="version", version=f"aha {__version__}")
+    parser.add_argument("--version", action=_VersionAction, help="show the version (and llama-cpp-python's) and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(subparsers)

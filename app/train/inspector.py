@@ -17,9 +17,9 @@ class InspectCommand(QtCore.QObject):
     finished = Signal(object)
     failed = Signal(str)
 
-    def __init__(self, args: list[str], parent: QtCore.QObject | None = None):
+    def __init__(self, args: list[str], parent: QtCore.QObject | None = None, command: str = "inspect"):
         super().__init__(parent)
-        self.args = ["inspect", *args, "--json"]
+        self.args = [command, *args, "--json"]  # command: any `aha` command with --json (the About dialog's doctor)
         self.process = QtCore.QProcess(self)
         self.process.setProgram(sys.executable)
         self.process.setArguments(["-m", "engine.cli", *self.args])
