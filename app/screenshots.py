@@ -41,7 +41,7 @@ temperature 0.6 through llama.cpp, scored by the verifier: the pane shows the si
 accuracy-by-thinking-length curve, then a problem's samples in the drill-down.
 
 The pipeline pictures come from a real `aha pipeline run r1-mini` (the file as shipped, no `--set`: its seven
-stages, about 3 minutes on 2 cores), run once as a child process on a fresh data directory; then each theme's
+stages, 3 minutes on 2 idle cores, 6½ on busy ones), run once as a child process on a fresh data directory; then each theme's
 window opens on that directory: the Runs pane with the pipeline run selected (the chain of its seven stage
 cards, all complete, which is checked, over its overview), then a click on the reasoning-RL card, whose
 GRPO dashboard opens below the chain.
