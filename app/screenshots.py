@@ -41,10 +41,10 @@ temperature 0.6 through llama.cpp, scored by the verifier: the pane shows the si
 accuracy-by-thinking-length curve, then a problem's samples in the drill-down.
 
 The pipeline pictures come from a real `aha pipeline run r1-mini` (the file as shipped, no `--set`: its seven
-stages, 3 minutes on 2 idle cores, 6½ on busy ones), run once as a child process on a fresh data directory; then each theme's
-window opens on that directory: the Runs pane with the pipeline run selected (the chain of its seven stage
-cards, all complete, which is checked, over its overview), then a click on the reasoning-RL card, whose
-GRPO dashboard opens below the chain.
+stages, 3 minutes on 2 idle cores, 6½ on busy ones), run once as a child process on a fresh data directory;
+then each theme's window opens on that directory: the Runs pane with the pipeline run selected (the chain of
+its seven stage cards, all complete, which is checked, over its overview), then a click on the reasoning-RL
+card, whose GRPO dashboard opens below the chain.
 `AHA_SCREENSHOTS=train` (or `chat`, `eval`, `demo`, `pipeline`) takes only those pictures.
 
 A check that fails is printed after all pictures are written, and the
