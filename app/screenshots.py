@@ -39,7 +39,13 @@ wrong) and "hasty" (a thought of one to three lines, three answers wrong), expor
 too, the quantization question); the untrained checkpoint is the baseline. Four samples per problem at
 temperature 0.6 through llama.cpp, scored by the verifier: the pane shows the side-by-side table, the
 accuracy-by-thinking-length curve, then a problem's samples in the drill-down.
-`AHA_SCREENSHOTS=train` (or `chat`, `eval`, `demo`) takes only those pictures.
+
+The pipeline pictures come from a real `aha pipeline run r1-mini` (the file as shipped, no `--set`: its seven
+stages, 3 minutes on 2 idle cores, 6½ on busy ones), run once as a child process on a fresh data directory;
+then each theme's window opens on that directory: the Runs pane with the pipeline run selected (the chain of
+its seven stage cards, all complete, which is checked, over its overview), then a click on the reasoning-RL
+card, whose GRPO dashboard opens below the chain.
+`AHA_SCREENSHOTS=train` (or `chat`, `eval`, `demo`, `pipeline`) takes only those pictures.
 
 A check that fails is printed after all pictures are written, and the
 exit status is 1.
@@ -590,6 +596,109 @@ def shoot_training(app, window, grab, work: Path, problems: list[str], theme_nam
     grab("export")
 
 
+PIPELINE = "r1-mini"  # assets/pipelines/r1-mini.toml, the README's pipeline, as written (no --set)
+PIPELINE_STAGE = "reasoning_rl"  # the card clicked: the GRPO stage, whose dashboard has the reward curves
+
+
+def run_pipeline(work: Path) -> tuple[Path, int]:
+    """`aha pipeline run r1-mini --events jsonl` as a child process on a fresh data directory (work/home-pipeline),
+    its folder work/pipeline; returns (the data directory, the pipeline's run id)."""
+    import json
+    import subprocess
+
+    home, events = work / "home-pipeline", work / "pipeline-events.jsonl"
+    started = time.monotonic()
+    with events.open("w", encoding="utf-8") as out, (work / "pipeline-stderr.txt").open("w+", encoding="utf-8") as err:
+        done = subprocess.run([sys.executable, "-m", "engine.cli", "pipeline", "run", PIPELINE, "--out",
+                               str(work / "pipeline"), "--events", "jsonl"], cwd=ROOT, stdout=out, stderr=err,
+                              env={**os.environ, "AHA_HOME": str(home)}, timeout=1800)
+        err.seek(0)
+        tail = err.read()[-2000:]
+    if done.returncode != 0:
+        raise RuntimeError(f"screenshots: `aha pipeline run {PIPELINE}` exited with status {done.returncode}:\n{tail}")
+    with events.open(encoding="utf-8") as lines:
+        start = json.loads(lines.readline())
+    print(f"ran the pipeline {PIPELINE} (run {start['run_id']}) in {time.monotonic() - started:.0f} s", flush=True)
+    return home, int(start["run_id"])
+
+
+def click(app, widget) -> None:
+    """A left click in the middle of `widget`, as the mouse gives it (press, then release)."""
+    from app.qt import Qt, QtCore, QtGui
+
+    inside = QtCore.QPointF(widget.width() / 2, widget.height() / 2)
+    screen = QtCore.QPointF(widget.mapToGlobal(inside.toPoint()))
+    for kind, buttons in ((QtCore.QEvent.Type.MouseButtonPress, Qt.MouseButton.LeftButton),
+                          (QtCore.QEvent.Type.MouseButtonRelease, Qt.MouseButton.NoButton)):
+        app.sendEvent(widget, QtGui.QMouseEvent(kind, inside, screen, Qt.MouseButton.LeftButton, buttons,
+                                                Qt.KeyboardModifier.NoModifier))
+    settle(app)
+
+
+def shoot_pipeline(out_dir: Path, theme_name: str, home: Path, run_id: int, problems: list[str]) -> list[Path]:
+    """Runs, a pipeline: the window on the pipeline's data directory, its run selected (the chain of its seven
+    stage cards over the overview), then a click on the reasoning-RL card (its dashboard below the chain)."""
+    from app import theme
+    from app.main import MainWindow
+    from app.qt import QtWidgets
+
+    os.environ["AHA_HOME"] = str(home)
+    os.environ["AHA_THEME"] = theme_name
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    theme.apply(app)
+    window = MainWindow()
+    window.resize(1280, 800)
+    window.show()
+    written: list[Path] = []
+
+    def grab(name: str) -> None:
+        if app.focusWidget() is not None:
+            app.focusWidget().clearFocus()
+        settle(app)
+        path = out_dir / f"{name}-{theme_name}.png"
+        window.grab().save(str(path))
+        written.append(path)
+
+    runs = window.runs
+    window.show_pane("runs")
+    runs.select_run(run_id)
+    wait_until(app, lambda: runs.selected_row() is not None and runs.selected_row().id == run_id
+               and runs.chain.isVisible() and runs.chain.chain is not None and runs.chain.chain.run_id == run_id,
+               "the pipeline's chain", 30)
+    runs.splitter.setSizes([140, 600])  # four of the eight rows: the chain and the stage's curves get the room
+    runs.select_run(run_id)  # again: the shorter table scrolls back to its row
+    settle(app)
+    chain = runs.chain.chain
+    statuses = [stage.status for stage in chain.stages]
+    if len(runs.chain.cards) != 7 or statuses != ["complete"] * 7:
+        problems.append(f"{theme_name}: the pipeline's chain shows {len(runs.chain.cards)} cards, {statuses}")
+    if chain.status != "complete":
+        problems.append(f"{theme_name}: the pipeline run is {chain.status}, not complete")
+    grab("runs-pipeline")
+
+    card = next((card for card in runs.chain.cards if card.stage.name == PIPELINE_STAGE), None)
+    if card is None:
+        problems.append(f"{theme_name}: the chain has no {PIPELINE_STAGE} card")
+        window.close()
+        return written
+    stage_run = card.stage.run_id
+    click(app, card)
+    dashboard = runs.dashboard
+    wait_until(app, lambda: runs.selected_row() is not None and runs.selected_row().id == stage_run
+               and "Reward" in dashboard.plots
+               and dashboard.plots["Reward"].points("reward") == runs.selected_row().summary.max_steps,
+               "the stage's dashboard", 30)
+    time.sleep(0.6)  # the dashboard redraws at most every 0.5 s
+    if not runs.chain.isVisible() or runs.below.currentWidget() is not runs.tabs:
+        problems.append(f"{theme_name}: the stage's dashboard does not show under the chain")
+    grab("runs-pipeline-stage")
+    window.close()
+    return written
+
+
+PARTS = ("chat", "train", "eval", "demo", "pipeline")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     out_dir = Path(args[0] if args else ROOT / "docs" / "screenshots")
@@ -598,18 +707,22 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # no display: Qt's offscreen platform
     started = time.monotonic()
     problems: list[str] = []
-    parts = set((os.environ.get("AHA_SCREENSHOTS") or "chat,train,eval,demo").split(","))  # e.g. train: only those
-    if not parts <= {"chat", "train", "eval", "demo"}:
-        print(f"screenshots: AHA_SCREENSHOTS={os.environ['AHA_SCREENSHOTS']!r}: use chat, train, eval, demo or a "
+    parts = set((os.environ.get("AHA_SCREENSHOTS") or ",".join(PARTS)).split(","))  # e.g. train: only those
+    if not parts <= set(PARTS):
+        print(f"screenshots: AHA_SCREENSHOTS={os.environ['AHA_SCREENSHOTS']!r}: use {', '.join(PARTS)} or a "
               "list of them (chat,eval)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="aha-screenshots-") as work:
         models = build_models(Path(work)) if "chat" in parts else {}
         eval_models = build_eval_models(Path(work)) if "eval" in parts else None
         print(f"models ready after {time.monotonic() - started:.0f} s", flush=True)
-        themes = ("light", "dark") if parts - {"demo"} else ()
+        themes = ("light", "dark") if parts - {"demo", "pipeline"} else ()
         written = [path for theme_name in themes
                    for path in shoot(out_dir, theme_name, Path(work), models, problems, parts, eval_models)]
+        if "pipeline" in parts:
+            home, run_id = run_pipeline(Path(work))
+            for theme_name in ("light", "dark"):
+                written += shoot_pipeline(out_dir, theme_name, home, run_id, problems)
         if "demo" in parts:
             written += shoot_demo(out_dir, Path(work), problems)
     for path in written:

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from app.qt import Qt
-from app.runs.pipeline_chain import PipelineChain
+from app.qt import Qt, QtGui
+from app.runs.pipeline_chain import PipelineChain, card_style, title_lines
 from app.runs.view import KIND, RUN_ID_ROLE, RunsPane
+from app.theme import DARK
 from engine import stage_chain
 from engine.pipeline.state import new_stage, write_state
 from engine.store import Store
@@ -183,8 +184,22 @@ def test_cards_that_do_not_fit_scroll_sideways_and_a_shorter_chain_drops_its_car
     widget.show()
     widget.set_chain(chain(3))
     fitting = widget.scroll.height()
-    widget.set_chain(chain(9))                      # 9 × 150 px: wider than the pane
+    widget.set_chain(chain(9))                      # 9 × 128 px: wider than the pane
     assert widget.scroll.height() > fitting and len(widget.cards) == 9 and len(widget.arrows) == 8
     qtbot.waitUntil(widget.scroll.horizontalScrollBar().isVisible)
     widget.set_chain(chain(2))
     assert widget.scroll.height() == fitting and len(widget.cards) == 2 and len(widget.arrows) == 1
+
+
+def test_a_card_title_wraps_at_a_word_into_two_lines_and_the_shown_card_is_framed(qtbot):
+    metrics = QtGui.QFontMetrics(QtGui.QFont())
+    text = "SFT on the kept samples"
+    assert title_lines(text, metrics, metrics.horizontalAdvance(text)) == text
+    assert title_lines(text, metrics, metrics.horizontalAdvance("SFT on the kept")) == "SFT on the kept\nsamples"
+    narrow = metrics.horizontalAdvance("SFT on")
+    first, second = title_lines(text, metrics, narrow).split("\n")
+    assert first == "SFT on" and second.endswith("…") and metrics.horizontalAdvance(second) <= narrow
+    assert "\n" not in title_lines("Rejectionsampling", metrics, narrow)   # one word: elided on its one line
+    stage = stage_chain.Stage(2, "rl", "reasoning RL", "grpo", "complete", 3, "grpo", None, None, 13.0)
+    assert f"1px solid {DARK.accent}" in card_style(stage, True, DARK)
+    assert DARK.accent not in card_style(stage, False, DARK)

@@ -1,6 +1,7 @@
 """A pipeline run in the Runs pane: its stages as a chain of cards, left to right with arrows between them, each
-with the stage's title, kind, status (the table's status colours), key metric (or summary) and duration; a
-pending stage is dimmed, the running one outlined in the accent, the one whose dashboard is open tinted.
+with the stage's title (in two lines when it needs them), kind, status (the table's status colours), key metric
+(or summary) and duration; a pending stage is dimmed, the running one outlined in the accent, the one whose
+dashboard is open tinted and framed in the accent.
 Clicking a card that has a run asks for that run (`stage_opened(run_id)`); the heading's link asks for the
 pipeline run itself. What the cards say is engine.stage_chain's (the CLI prints the same), read by the pane.
 """
@@ -12,7 +13,7 @@ from app.theme import Colors, colors, status_color
 from app.widgets import ElidedLabel, bold
 from engine.stage_chain import Chain, Stage, heading
 
-CARD_WIDTH = (150, 240)   # a card's narrowest and widest: six stages fit beside each other in a 1280 px window
+CARD_WIDTH = (128, 240)   # a card's narrowest and widest: R1's seven stages fit beside each other in a 1280 px window
 ARROW = "→"
 
 
@@ -22,10 +23,11 @@ def _rgba(color: str, alpha: int) -> str:
 
 
 def card_style(stage: Stage, selected: bool, c: Colors) -> str:
-    """The card's stylesheet: its frame by state (running: the accent, 2 px; pending: dashed), its tint when its
-    run is the one shown, and its labels' colours (a pending stage's all muted)."""
-    border = f"2px solid {c.accent}" if stage.running else f"1px dashed {_rgba(c.muted, 110)}" if stage.pending \
-        else f"1px solid {c.border}"
+    """The card's stylesheet: its frame by state (running: the accent, 2 px; the one shown: the accent, 1 px;
+    pending: dashed), its tint when its run is the one shown, and its labels' colours (a pending stage's all
+    muted)."""
+    border = f"2px solid {c.accent}" if stage.running else f"1px solid {c.accent}" if selected \
+        else f"1px dashed {_rgba(c.muted, 110)}" if stage.pending else f"1px solid {c.border}"
     background = _rgba(c.accent, 34) if selected else c.surface_alt if stage.pending else c.surface
     text = c.muted if stage.pending else c.text
     status = status_color(stage.status, c) or (c.muted if stage.pending else c.text)
@@ -33,6 +35,32 @@ def card_style(stage: Stage, selected: bool, c: Colors) -> str:
             f"#StageCard QLabel {{ background: transparent; border: none; color: {text}; }}"
             f"#StageCard QLabel#StageMuted {{ color: {c.muted}; font-size: 11px; }}"
             f"#StageCard QLabel#StageStatus {{ color: {status}; font-weight: 600; }}")
+
+
+def title_lines(text: str, metrics: QtGui.QFontMetrics, width: int) -> str:
+    """`text` in at most two lines of `width` px: the words that fit on the first (at least one, elided if it
+    alone is too wide), the rest on the second, elided at its end. 'SFT on the kept samples' at 116 px:
+    'SFT on the kept\nsamples'."""
+    if metrics.horizontalAdvance(text) <= width:
+        return text
+    words = text.split()
+    count = 1
+    while count < len(words) and metrics.horizontalAdvance(" ".join(words[:count + 1])) <= width:
+        count += 1
+    first, rest = " ".join(words[:count]), " ".join(words[count:])
+    if metrics.horizontalAdvance(first) > width:   # one word, too wide alone
+        first = metrics.elidedText(first, Qt.TextElideMode.ElideRight, width)
+    if rest and metrics.horizontalAdvance(rest) > width:
+        rest = metrics.elidedText(rest, Qt.TextElideMode.ElideRight, width)
+    return f"{first}\n{rest}" if rest else first
+
+
+class StageTitle(ElidedLabel):
+    """A card's title, always two lines tall (so the cards of a chain line up): one line when it fits, else
+    wrapped at a word (`title_lines`)."""
+
+    def _elide(self) -> None:
+        self.setText(title_lines(self.full_text(), self.fontMetrics(), max(self.width(), 40)))
 
 
 def status_text(stage: Stage) -> str:
@@ -54,8 +82,10 @@ class StageCard(QtWidgets.QFrame):
         self.setSizePolicy(QtWidgets.QSizePolicy.Policy.Expanding, QtWidgets.QSizePolicy.Policy.Fixed)
         self.stage: Stage | None = None
         self._style: str | None = None
-        self.title = ElidedLabel()
+        self.title = StageTitle()
         bold(self.title)
+        self.title.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+        self.title.setFixedHeight(2 * self.title.fontMetrics().lineSpacing())
         self.kind = ElidedLabel()
         self.kind.setObjectName("StageMuted")
         self.status = QtWidgets.QLabel()
@@ -131,6 +161,9 @@ class PipelineChain(QtWidgets.QWidget):
         self.open_pipeline.setToolTip("Show the pipeline run itself: every stage's line and where its inputs came from")
         self.open_pipeline.setCursor(Qt.CursorShape.PointingHandCursor)
         self.open_pipeline.clicked.connect(lambda: self.chain and self.pipeline_opened.emit(self.chain.run_id))
+        keep = self.open_pipeline.sizePolicy()
+        keep.setRetainSizeWhenHidden(True)   # hidden on the overview: the heading keeps its height, the cards stay put
+        self.open_pipeline.setSizePolicy(keep)
         self.empty = QtWidgets.QLabel("No stages yet: the pipeline has not started its first one.")
         self.empty.setObjectName("Muted")
         self.row = QtWidgets.QHBoxLayout()

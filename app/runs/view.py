@@ -229,7 +229,8 @@ class RunsPane(QtWidgets.QWidget):
         self.chain = PipelineChain()
         self.chain.hide()
         self.overview = QtWidgets.QPlainTextEdit(readOnly=True)
-        self.overview.setLineWrapMode(QtWidgets.QPlainTextEdit.LineWrapMode.NoWrap)
+        self.overview.setLineWrapMode(QtWidgets.QPlainTextEdit.LineWrapMode.WidgetWidth)  # an eval's models
+        # (base+adapter paths) make a line wider than the window: wrapped, not cut off at its right edge
         self.overview.setPlaceholderText("The pipeline's stages")
         self.below = QtWidgets.QStackedWidget()    # the run's dashboard and rollouts; a pipeline's overview
         self.below.addWidget(self.tabs)
