@@ -11,7 +11,6 @@ Closing asks first while child jobs run, then leaves them running (ProcessJob.de
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from app import theme
 from app.chat.compare import ComparePane
@@ -25,12 +24,13 @@ from app.qt import Qt, QtCore, QtGui, QtWidgets, check_qt_version
 from app.runs.view import RunsPane
 from app.train.view import TrainPane
 from app.workers import ProcessJob, running_jobs
+from engine.assets import asset_path
 from engine.errors import AhaError
 from engine.models import Library, read_gguf_info
 from engine.paths import data_dir
 from engine.store import Store
 
-ICON = Path(__file__).resolve().parents[1] / "assets" / "aha.svg"
+ICON = asset_path("aha.svg")
 
 
 def ui_settings() -> QtCore.QSettings:
