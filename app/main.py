@@ -25,6 +25,7 @@ from app.runs.view import RunsPane
 from app.train.view import TrainPane
 from app.workers import ProcessJob, running_jobs
 from engine.assets import asset_path
+from engine.desktop import APP_ID
 from engine.errors import AhaError
 from engine.models import Library, read_gguf_info
 from engine.paths import data_dir
@@ -337,6 +338,7 @@ def run(argv: list[str] | None = None) -> int:
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(argv or sys.argv)
     app.setApplicationName("Aha")
     app.setWindowIcon(QtGui.QIcon(str(ICON)))
+    QtGui.QGuiApplication.setDesktopFileName(APP_ID)  # Wayland finds the window's menu entry and icon by it
     theme.apply(app)
     app.styleHints().colorSchemeChanged.connect(lambda _: theme.apply(app))
     try:
