@@ -8,12 +8,12 @@ STAMP  := $(VENV)/.aha-installed
 # GGUF writer is compared with in tests/test_export_reference.py and bench/export.py.
 REF    := .cache/llama.cpp/convert_hf_to_gguf.py
 
-.PHONY: run test lint bench gpu-check screenshots clean
+.PHONY: run test lint bench gpu-check screenshots clean desktop-validators icons
 
 run: $(STAMP)
 	$(BIN)/aha
 
-test: $(STAMP) $(REF)
+test: $(STAMP) $(REF) desktop-validators
 	$(BIN)/ruff check .
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q
 
@@ -42,6 +42,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[train,dev]"
 	touch $@
+
+# freedesktop's validators for tests/test_desktop.py (Debian: desktop-file-utils, appstream): installed with
+# apt-get when a command is missing and this is root (or has sudo without a password); quick when they are there.
+# Where they cannot be had, the test says so in its skip reason.
+desktop-validators:
+	@missing=""; \
+	command -v desktop-file-validate >/dev/null || missing="$$missing desktop-file-utils"; \
+	command -v appstreamcli >/dev/null || missing="$$missing appstream"; \
+	if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then apt=apt-get; elif sudo -n true 2>/dev/null; then apt="sudo apt-get"; else apt=; fi; \
+	    if [ -n "$$apt" ] && command -v apt-get >/dev/null; then \
+	        echo "installing$$missing (for tests/test_desktop.py)"; \
+	        $$apt install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+	        { $$apt update -q >/dev/null 2>&1 && $$apt install -y -q --no-install-recommends $$missing >/dev/null; } || \
+	        echo "could not install$$missing: tests/test_desktop.py skips its validation"; \
+	    else echo "no apt-get as root here: tests/test_desktop.py skips its validation (apt-get install$$missing)"; fi; \
+	fi
+
+# The PNG icons (assets/icons/) rendered from assets/aha.svg; run after editing the SVG (tests/test_desktop.py checks).
+icons: $(STAMP)
+	$(BIN)/python packaging/render_icons.py
 
 $(REF): | $(STAMP)
 	$(BIN)/python tests/support/reference_converter.py --fetch

@@ -11,7 +11,6 @@ Closing asks first while child jobs run, then leaves them running (ProcessJob.de
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from app import theme
 from app.about import about_button
@@ -26,12 +25,14 @@ from app.qt import Qt, QtCore, QtGui, QtWidgets, check_qt_version
 from app.runs.view import RunsPane
 from app.train.view import TrainPane
 from app.workers import ProcessJob, running_jobs
+from engine.assets import asset_path
+from engine.desktop import APP_ID
 from engine.errors import AhaError
 from engine.models import Library, read_gguf_info
 from engine.paths import data_dir
 from engine.store import Store
 
-ICON = Path(__file__).resolve().parents[1] / "assets" / "aha.svg"
+ICON = asset_path("aha.svg")
 
 
 def ui_settings() -> QtCore.QSettings:
@@ -339,6 +340,7 @@ def run(argv: list[str] | None = None) -> int:
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(argv or sys.argv)
     app.setApplicationName("Aha")
     app.setWindowIcon(QtGui.QIcon(str(ICON)))
+    QtGui.QGuiApplication.setDesktopFileName(APP_ID)  # Wayland finds the window's menu entry and icon by it
     theme.apply(app)
     app.styleHints().colorSchemeChanged.connect(lambda _: theme.apply(app))
     try:

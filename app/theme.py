@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from app.qt import Qt, QtGui, QtWidgets
+from engine.assets import asset_path
 
 ACCENT = "#7c5cff"
 # A ticked box's mark: Fusion's own outline is drawn from the window colour, which leaves an unticked box
 # nearly invisible on the dark palette, so the indicators are styled here, and a styled box needs its mark.
-CHECK_MARK = (Path(__file__).resolve().parents[1] / "assets" / "check.svg").as_posix()
+CHECK_MARK = asset_path("check.svg").as_posix()
 
 
 @dataclass(frozen=True)

@@ -719,9 +719,36 @@ class _VersionAction(argparse.Action):
 
 
 # Each entry adds one subcommand; later modules (grpo, distill) add theirs here.
+def _cmd_desktop(args: argparse.Namespace) -> int:
+    from engine import desktop
+
+    if args.action == "install":
+        for path in desktop.install():
+            print(f"wrote {path}")
+        print("Aha is in the application menu (a menu that is open already may need reopening).")
+    else:
+        removed = desktop.uninstall()
+        for path in removed:
+            print(f"removed {path}")
+        if not removed:
+            print(f"no menu entry of Aha under {desktop.data_home()}: nothing to remove")
+    return 0
+
+
+def _desktop_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "desktop", help="Linux: put Aha in the application menu, with its icon (install, uninstall)",
+        description="Write (or remove) Aha's freedesktop menu entry, its icon in the hicolor theme and its "
+                    "AppStream metainfo under $XDG_DATA_HOME (default ~/.local/share).")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions.add_parser("install", help="write the .desktop entry, the icons and the metainfo (again: replace them)")
+    actions.add_parser("uninstall", help="remove exactly what install wrote")
+    parser.set_defaults(func=_cmd_desktop)
+
+
 SUBCOMMANDS: list[Callable] = [_chat_parser, _models_parser, _export_parser, _distill_parser, _grpo_parser,
                                _eval_parser, _runs_parser, _inspect_parser, _rewards_parser, _demo_parser,
-                               _pipeline_parser, _doctor_parser]
+                               _pipeline_parser, _doctor_parser, _desktop_parser]
 # Commands that read or start runs: they first mark runs whose process is gone as crashed.
 RECOVERS_RUNS = ("runs", "grpo", "distill", "eval", "demo", "pipeline")
 

@@ -91,8 +91,10 @@ class PipelineSpec:
 
 
 def bundled_dir() -> Path:
-    """The pipelines that ship with Aha (assets/pipelines beside the source tree)."""
-    return Path(__file__).resolve().parents[2] / "assets" / "pipelines"
+    """The pipelines that ship with Aha (assets/pipelines, installed in the package aha_assets)."""
+    from engine.assets import asset_path
+
+    return asset_path("pipelines")
 
 
 def bundled_names() -> list[str]:
