@@ -62,6 +62,17 @@ def check_type(out_type: str) -> str:
     return key if key in DIRECT_TYPES else check_quant_type(key)
 
 
+def check_available() -> bool:
+    """Whether the `check` stage can run: torch, transformers and peft importable (the train extra); the
+    export itself needs none of them."""
+    import importlib.util
+
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers", "peft"))
+    except (ImportError, ValueError):
+        return False
+
+
 def stages(out_type: str, *, adapter: Path | str | None = None, adapter_only: bool = False,
            ollama: str | None = None, check: bool = False) -> list[str]:
     """The stages an export goes through, in order: merge (an adapter into the base), write (the GGUF),
@@ -104,6 +115,9 @@ def export(src: Path | str, out: Path | str, out_type: str = "f16", *, adapter: 
                        "export without --adapter-only to check it.")
     if adapter_only and ollama:
         raise AhaError("--ollama registers a whole model; export without --adapter-only to register it.")
+    if check and not check_available():
+        raise AhaError("--check runs the HF model in transformers, which needs the train extra (pip install "
+                       "'aha-workbench[train]'); export without --check.")
     if num_ctx is not None and num_ctx < 1:
         raise AhaError(f"--num-ctx must be a positive number of tokens, got {num_ctx}; leave it out for "
                        f"min(the model's context, {DEFAULT_NUM_CTX}).")
