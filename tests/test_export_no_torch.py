@@ -95,3 +95,32 @@ def gguf_plain_f32(base: Path, work: Path) -> Path:
     from engine.export.gguf_writer import write_gguf
 
     return write_gguf(base, work / "plain-f32.gguf", "f32")
+
+
+WRITER_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "head_dim", "tie_word_embeddings")
+
+
+@pytest.mark.parametrize("hf_arch,model_type", [("Qwen2ForCausalLM", "qwen2"), ("LlamaForCausalLM", "llama"),
+                                                ("Qwen3ForCausalLM", "qwen3")])
+def test_sparse_config_reads_as_autoconfig_reads_it(hf_arch, model_type, tmp_path):
+    """A config.json that leaves most keys out reads, for every key the writer uses, as transformers'
+    AutoConfig reads it (as llama.cpp's converter does): its class defaults, kv heads = heads, Llama's
+    head_dim; RoPE too, through Checkpoint.rope_parameters."""
+    import json
+
+    from transformers import AutoConfig
+
+    from engine.export.checkpoint import SUPPORTED_ARCHITECTURES, Checkpoint, read_hparams
+
+    raw = {"architectures": [hf_arch], "model_type": model_type, "hidden_size": 192, "num_attention_heads": 6,
+           "rope_theta": 500000.0}
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    auto = AutoConfig.from_pretrained(tmp_path).to_dict()
+    ours = read_hparams(raw, SUPPORTED_ARCHITECTURES[hf_arch])
+    assert {key: ours.get(key) for key in WRITER_KEYS} == {key: auto.get(key) for key in WRITER_KEYS}
+
+    def rope(hparams):
+        return Checkpoint(tmp_path, hparams, hf_arch, model_type, {}).rope_parameters
+
+    assert rope(ours)["rope_theta"] == rope(auto)["rope_theta"] == 500000.0

@@ -58,8 +58,8 @@ class Checkpoint:
 # reads as AutoConfig(...).to_dict() reads it (as llama.cpp's converter reads it) without importing transformers.
 CONFIG_DEFAULTS = {
     "qwen2": {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016, "num_hidden_layers": 32,
-              "num_attention_heads": 32, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
-              "tie_word_embeddings": False},
+              "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 32768,
+              "rms_norm_eps": 1e-6, "tie_word_embeddings": False},
     "llama": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
               "num_attention_heads": 32, "max_position_embeddings": 2048, "rms_norm_eps": 1e-6,
               "tie_word_embeddings": False},
@@ -71,12 +71,12 @@ CONFIG_DEFAULTS = {
 
 def read_hparams(raw: dict, arch: str) -> dict:
     """config.json as AutoConfig.to_dict() has it for the keys the writer reads: the class defaults for
-    missing keys, num_key_value_heads = num_attention_heads when absent, and Llama's head_dim =
-    hidden_size / num_attention_heads; RoPE keys are kept as written (Checkpoint.rope_parameters reads
-    either form). Needs no transformers."""
+    missing keys, num_key_value_heads = num_attention_heads when null (Llama: also when absent), Llama's
+    head_dim = hidden_size / num_attention_heads; RoPE keys are kept as written (Checkpoint.rope_parameters
+    reads either form). Needs no transformers."""
     hparams = {**CONFIG_DEFAULTS[arch], **raw}
     for key, value in CONFIG_DEFAULTS[arch].items():
-        if hparams[key] is None and key != "max_position_embeddings":  # None there means "no limit"
+        if hparams[key] is None and key not in ("max_position_embeddings", "num_key_value_heads"):
             hparams[key] = value
     if hparams.get("num_key_value_heads") is None:
         hparams["num_key_value_heads"] = hparams["num_attention_heads"]
