@@ -124,3 +124,15 @@ def test_sparse_config_reads_as_autoconfig_reads_it(hf_arch, model_type, tmp_pat
         return Checkpoint(tmp_path, hparams, hf_arch, model_type, {}).rope_parameters
 
     assert rope(ours)["rope_theta"] == rope(auto)["rope_theta"] == 500000.0
+
+
+@pytest.mark.parametrize("out_type", ["f32", "f16", "bf16", "q8_0"])
+def test_row_blocks_write_the_same_bytes(out_type, monkeypatch, checkpoint, gguf_file, tmp_path):
+    """Blocks of 1,000 elements (a 256-wide row at a time: every 2-D tensor in dozens of blocks, the
+    bf16 bit casts and gguf-py's quantizers alike) write the file written with the default blocks, in
+    which the tiny model's tensors are each one block; the reference test compares that file with llama.cpp's."""
+    from engine.export import gguf_writer
+
+    monkeypatch.setattr(gguf_writer, "ROW_BLOCK_ELEMENTS", 1000)
+    blocked = gguf_writer.write_gguf(checkpoint("qwen2"), tmp_path / "blocked.gguf", out_type)
+    assert blocked.read_bytes() == gguf_file("qwen2", out_type).read_bytes()
