@@ -1,7 +1,8 @@
 """A Hugging Face checkpoint folder opened for export: config, architecture, safetensors tensor index.
 
-Tensors are memory-mapped, never loaded whole: `load_tensor` returns one tensor as f32 (or f16 when
-stored so), which is what lets the GGUF writer stream a model far larger than the RAM it uses.
+Tensors are read, never memory-mapped: `load_rows` returns a block of rows as f32 (or f16 when stored
+so), which is what lets the GGUF writer stream a model far larger than the RAM it uses. Reads config.json
+itself (no transformers, no torch).
 Every problem a user can meet (missing folder, unsupported architecture, corrupt or truncated
 safetensors) becomes one AhaError line.
 """
@@ -26,7 +27,7 @@ SUPPORTED_ARCHITECTURES = {
 
 @dataclass
 class Checkpoint:
-    """An opened checkpoint: folder, hparams (AutoConfig as a dict), GGUF arch, tensor index."""
+    """An opened checkpoint: folder, hparams (config.json with AutoConfig's defaults), GGUF arch, tensor index."""
 
     folder: Path
     hparams: dict
@@ -53,15 +54,40 @@ class Checkpoint:
         return params
 
 
-def read_hparams(folder: Path) -> dict:
-    """config.json through transformers' AutoConfig (as llama.cpp's converter reads it), as a dict."""
-    from transformers import AutoConfig
+# The defaults of transformers' config classes for the keys the writer reads, so that a sparse config.json
+# reads as AutoConfig(...).to_dict() reads it (as llama.cpp's converter reads it) without importing transformers.
+CONFIG_DEFAULTS = {
+    "qwen2": {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 32768,
+              "rms_norm_eps": 1e-6, "tie_word_embeddings": False},
+    "llama": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "max_position_embeddings": 2048, "rms_norm_eps": 1e-6,
+              "tie_word_embeddings": False},
+    "qwen3": {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "num_key_value_heads": 32, "head_dim": 128,
+              "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "tie_word_embeddings": False},
+}
 
-    try:
-        return AutoConfig.from_pretrained(folder, trust_remote_code=False).to_dict()
-    except Exception as exc:  # noqa: BLE001 - a broken config is the user's file, not our bug
-        raise AhaError(f"cannot read {folder / 'config.json'}: {str(exc).splitlines()[0]}. "
-                       "Is this a Hugging Face checkpoint folder?") from exc
+
+def read_hparams(raw: dict, arch: str) -> dict:
+    """config.json as AutoConfig.to_dict() has it for the keys the writer reads: the class defaults for
+    missing keys, num_key_value_heads = num_attention_heads when null (Llama: also when absent), Llama's
+    head_dim = hidden_size / num_attention_heads; RoPE keys are kept as written (Checkpoint.rope_parameters
+    reads either form). Needs no transformers."""
+    hparams = {**CONFIG_DEFAULTS[arch], **raw}
+    for key, value in CONFIG_DEFAULTS[arch].items():
+        if hparams[key] is None and key not in ("max_position_embeddings", "num_key_value_heads"):
+            hparams[key] = value
+    if hparams.get("num_key_value_heads") is None:
+        hparams["num_key_value_heads"] = hparams["num_attention_heads"]
+    if arch == "llama" and hparams.get("head_dim") is None:
+        hparams["head_dim"] = hparams["hidden_size"] // hparams["num_attention_heads"]
+    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "vocab_size"):
+        if not isinstance(hparams[key], int) or isinstance(hparams[key], bool) or hparams[key] < 1:
+            raise AhaError(f"{key} in config.json is {hparams[key]!r}, not a positive whole number; re-download "
+                           "or re-save the checkpoint.")
+    return hparams
 
 
 def _part_files(folder: Path) -> list[Path]:
@@ -115,7 +141,6 @@ def open_checkpoint(folder: Path | str) -> Checkpoint:
         raise AhaError(f"checkpoint folder {folder} does not exist; give the folder that holds config.json.")
     if not (folder / "config.json").is_file():
         raise AhaError(f"{folder} has no config.json; give the folder of a Hugging Face checkpoint.")
-    # The checks that need no transformers come first: its import alone takes seconds.
     try:
         raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
@@ -125,9 +150,9 @@ def open_checkpoint(folder: Path | str) -> Checkpoint:
     if hf_arch not in SUPPORTED_ARCHITECTURES:
         supported = ", ".join(SUPPORTED_ARCHITECTURES)
         raise AhaError(f"unsupported architecture {hf_arch}; Aha exports {supported} (the DeepSeek-R1 distills).")
+    arch = SUPPORTED_ARCHITECTURES[hf_arch]
     tensors = index_tensors(_part_files(folder))
-    hparams = read_hparams(folder)
-    return Checkpoint(folder, hparams, hf_arch, SUPPORTED_ARCHITECTURES[hf_arch], tensors)
+    return Checkpoint(folder, read_hparams(raw, arch), hf_arch, arch, tensors)
 
 
 def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
@@ -149,15 +174,29 @@ def _as_float(raw: np.ndarray, dtype: str, shape: tuple[int, ...]) -> np.ndarray
     raise AhaError(f"tensor dtype {dtype} is not supported for export; use an f32/f16/bf16 checkpoint.")
 
 
+def read_bytes(local, start: int, size: int) -> np.ndarray:
+    """`size` bytes of a tensor from byte `start`, read into a fresh array (not memory-mapped: pages of a map
+    stay in the process's RSS once touched; read, they stay in the page cache only)."""
+    out = np.empty(size, dtype=np.uint8)
+    with open(local.data_range.filename, "rb", buffering=0) as file:
+        file.seek(local.data_range.offset + start)
+        view, done = memoryview(out), 0
+        while done < size:
+            got = file.readinto(view[done:])
+            if not got:
+                raise AhaError(f"{local.data_range.filename} ended inside a tensor; re-download or re-save the checkpoint.")
+            done += got
+    return out
+
+
 def load_rows(local, start: int, stop: int) -> np.ndarray:
-    """Rows [start, stop) of a 2-D tensor, read from its file (f32, or f16 when stored so)."""
-    rows, cols = local.shape
-    row_bytes = local.data_range.size // rows
-    raw = np.memmap(local.data_range.filename, mode="r", dtype=np.uint8,
-                    offset=local.data_range.offset + start * row_bytes, shape=((stop - start) * row_bytes,))
-    return _as_float(raw, local.dtype, (stop - start, cols))
+    """Rows [start, stop) of a tensor along its first axis (f32, or f16 when stored so)."""
+    rows = local.shape[0] if local.shape else 1
+    row_bytes = local.data_range.size // max(rows, 1)
+    raw = read_bytes(local, start * row_bytes, (stop - start) * row_bytes)
+    return _as_float(raw, local.dtype, (stop - start, *local.shape[1:]) if local.shape else ())
 
 
 def load_tensor(local) -> np.ndarray:
-    """One tensor from its memory map: F32 and F16 as stored, BF16 (and anything else) upcast to f32."""
-    return _as_float(local.mmap_bytes(), local.dtype, tuple(local.shape))
+    """One whole tensor: F32 and F16 as stored, BF16 (and anything else) upcast to f32."""
+    return _as_float(read_bytes(local, 0, local.data_range.size), local.dtype, tuple(local.shape))

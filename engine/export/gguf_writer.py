@@ -2,21 +2,23 @@
 
 Same tensors (names, shapes, types, bytes) and the same architecture and tokenizer metadata as the
 reference converter for qwen2, llama and qwen3; only descriptive `general.*` keys may differ.
-Tensor infos are planned from the safetensors headers first, so the file can be streamed: peak memory
-is one tensor, not the model. Knows nothing of LoRA, quantization to k-quants, or Ollama.
+Tensor infos are planned from the safetensors headers first, so the file can be streamed in row blocks:
+peak memory is a block, not a tensor. Casts are numpy's (bf16 → f32 is a bit shift; to bf16 and q8_0,
+gguf-py's quantizers): no torch, no transformers. Knows nothing of LoRA (a merge passes its rows in),
+quantization to k-quants, or Ollama.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from engine.errors import AhaError, Cancelled
-from engine.export.checkpoint import Checkpoint, load_rows, load_tensor, open_checkpoint
+from engine.export.checkpoint import Checkpoint, load_rows, open_checkpoint, read_bytes
 from engine.fileio import atomic_output, check_free_space
 from engine.jobs import CancelToken, OnEvent, Progress, ignore, make_event
 
@@ -36,8 +38,18 @@ class PlannedTensor:
     gguf_name: str
     shape: tuple[int, ...]
     qtype: str                              # gguf.GGMLQuantizationType member name
-    make: Callable[[], np.ndarray]          # produces the f32/f16 data before quantization
-    source: object = None                   # a LocalTensor copied as is: converted row block by row block
+    make: Callable[[], np.ndarray]          # produces the whole f32/f16 data before quantization
+    rows: Callable[[int, int], np.ndarray] | None = None  # rows [start, stop) of it: converted block by block
+    source: object = None                   # the LocalTensor `rows` reads unchanged (a bf16 one is cast bitwise)
+
+
+# (HF name, LocalTensor) → rows(start, stop) of the tensor to write, or None: the tensor as stored.
+RowsOf = Callable[[str, object], Callable[[int, int], np.ndarray] | None]
+
+
+def as_stored(name: str, local) -> None:
+    """The default RowsOf: every tensor as stored (no adapter merged)."""
+    return None
 
 
 def permute_rope(weights: np.ndarray, n_head: int) -> np.ndarray:
@@ -85,8 +97,9 @@ def output_qtype(gguf_name: str, shape: tuple[int, ...], file_qtype: str) -> str
     return file_qtype if shape[-1] % block == 0 else "F16"
 
 
-def plan_tensors(ckpt: Checkpoint, file_qtype: str) -> list[PlannedTensor]:
-    """Every output tensor in the reference converter's order (extra tensors first, then file order)."""
+def plan_tensors(ckpt: Checkpoint, file_qtype: str, rows_of: RowsOf = as_stored) -> list[PlannedTensor]:
+    """Every output tensor in the reference converter's order (extra tensors first, then file order).
+    `rows_of` gives each tensor's rows (engine.export.lora passes one that adds a LoRA's B·A)."""
     import gguf
 
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH[ckpt.arch.upper()], ckpt.block_count)
@@ -109,13 +122,17 @@ def plan_tensors(ckpt: Checkpoint, file_qtype: str) -> list[PlannedTensor]:
 
         permuted = ckpt.arch == "llama" and heads is not None
 
-        def make(local=local, heads=heads, permuted=permuted):
-            data = load_tensor(local)
+        changed = rows_of(name, local)
+        rows = changed or (lambda start, stop, local=local: load_rows(local, start, stop))
+
+        def make(rows=rows, local=local, heads=heads, permuted=permuted):
+            data = rows(0, local.shape[0])
             return permute_rope(data, heads) if permuted else data
 
         shape = tuple(local.shape)
         planned.append(PlannedTensor(gguf_name, shape, output_qtype(gguf_name, shape, file_qtype), make,
-                                     source=None if permuted else local))
+                                     rows=None if permuted or not shape else rows,
+                                     source=None if changed else local))
     return planned
 
 
@@ -126,47 +143,39 @@ def quantize(data: np.ndarray, qtype: str) -> np.ndarray:
     return gguf.quants.quantize(data, gguf.GGMLQuantizationType[qtype])
 
 
-ROW_BLOCK_BYTES = 8 << 20  # source bytes converted at a time: bounded temporaries, cache-friendly
+ROW_BLOCK_ELEMENTS = 4 << 20  # elements converted at a time (16 MB as f32): memory is a block, not a tensor
 
 
-_TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+def cast_bf16_bits(raw: np.ndarray, qtype: str) -> np.ndarray:
+    """bf16 bit patterns (uint16) → F32 or BF16 bytes without rounding: f32 = bits << 16; to BF16 the bits
+    themselves, NaNs made quiet (bit 6 set), which is what gguf-py's round-to-nearest-even gives an exact
+    bf16 value."""
+    if qtype == "F32":
+        wide = raw.astype(np.uint32)
+        wide <<= 16
+        return wide.view(np.float32)
+    bits = raw.copy()
+    bits[(bits & 0x7FFF) > 0x7F80] |= 0x0040
+    return bits.view(np.uint8)
 
 
-def cast_with_torch(local, qtype: str) -> np.ndarray | None:
-    """A float→float cast (bf16/f16/f32 → f32/f16/bf16) done by torch in one vectorized, multi-threaded
-    pass, bit-identical to upcasting to f32 and rounding to nearest even. None when not applicable."""
-    if local.dtype not in _TORCH_DTYPES or qtype not in _TORCH_DTYPES:
-        return None
-    try:
-        import torch
-    except ImportError:
-        return None
-    source = torch.from_numpy(local.mmap_bytes()).view(getattr(torch, _TORCH_DTYPES[local.dtype]))
-    target = source.to(getattr(torch, _TORCH_DTYPES[qtype]))
-    if qtype == "BF16":  # numpy has no bfloat16: hand over the bytes
-        return target.view(torch.uint8).numpy().reshape(*local.shape[:-1], local.shape[-1] * 2)
-    return target.numpy().reshape(local.shape)
-
-
-def convert(item: PlannedTensor) -> np.ndarray:
-    """The on-disk array of one planned tensor. Float casts go through torch; a 2-D source tensor to be
-    quantized is converted in row blocks straight into the output array (no full-size f32 temporary)."""
+def blocks(item: PlannedTensor) -> Iterator[np.ndarray]:
+    """The on-disk bytes of one planned tensor, in blocks of whole rows (one block for a tensor that is
+    made whole: Llama's permuted Q/K). Block by block the bytes are those of converting the tensor at once."""
+    if item.rows is None:
+        yield quantize(item.make(), item.qtype)
+        return
+    rows = item.shape[0]
+    step = max(1, ROW_BLOCK_ELEMENTS // max(1, math.prod(item.shape[1:])))
     local = item.source
-    if local is None:
-        return quantize(item.make(), item.qtype)
-    cast = cast_with_torch(local, item.qtype)
-    if cast is not None:
-        return cast
-    if len(item.shape) != 2:
-        return quantize(item.make(), item.qtype)
-    rows, row_bytes = item.shape[0], local.data_range.size // max(item.shape[0], 1)
-    step = max(1, ROW_BLOCK_BYTES // max(row_bytes, 1))
-    first = quantize(load_rows(local, 0, min(step, rows)), item.qtype)
-    out = np.empty((rows, *first.shape[1:]), dtype=first.dtype)
-    out[: first.shape[0]] = first
-    for start in range(first.shape[0], rows, step):
-        out[start : start + step] = quantize(load_rows(local, start, min(start + step, rows)), item.qtype)
-    return out
+    for start in range(0, rows, step):
+        stop = min(start + step, rows)
+        if local is not None and local.dtype == "BF16" and item.qtype in ("F32", "BF16"):
+            row_bytes = local.data_range.size // rows
+            yield cast_bf16_bits(read_bytes(local, start * row_bytes, (stop - start) * row_bytes).view(np.uint16),
+                                 item.qtype)
+        else:
+            yield quantize(item.rows(start, stop), item.qtype)
 
 
 def tensor_nbytes(shape: tuple[int, ...], qtype: str) -> int:
@@ -236,8 +245,9 @@ def add_tokenizer_metadata(writer, ckpt: Checkpoint, on_event: OnEvent) -> None:
 def write_planned(out: Path, arch: str, planned: list[PlannedTensor], add_metadata: Callable[[object], None], *,
                   force: bool = False, on_event: OnEvent = ignore, cancel: CancelToken | None = None,
                   stage: str = "write") -> Path:
-    """Write a GGUF file atomically: metadata, tensor infos, then each tensor made, quantized and written
-    in turn (one tensor in memory at a time). Shared by models and LoRA adapters."""
+    """Write a GGUF file atomically: metadata, tensor infos, then each tensor converted and written block by
+    block (one row block in memory at a time), each aligned as gguf-py's write_tensor_data aligns it.
+    Shared by models and LoRA adapters."""
     import gguf
 
     total = sum(tensor_nbytes(p.shape, p.qtype) for p in planned)
@@ -257,15 +267,23 @@ def write_planned(out: Path, arch: str, planned: list[PlannedTensor], add_metada
         for index, item in enumerate(planned):
             if cancel is not None and cancel.cancelled:
                 raise Cancelled("export cancelled; no file was written.")
-            data = convert(item)
-            writer.write_tensor_data(data)
-            progress.advance(data.nbytes, tensors=index + 1, tensor_count=len(planned))
+            fout = writer.fout[0]
+            writer.write_padding(fout, fout.tell())
+            written = 0
+            for block in blocks(item):
+                block.tofile(fout)
+                written += block.nbytes
+                progress.advance(block.nbytes, tensors=index + 1, tensor_count=len(planned))
+            if written != tensor_nbytes(item.shape, item.qtype):
+                raise AssertionError(f"{item.gguf_name}: wrote {written} bytes, planned {tensor_nbytes(item.shape, item.qtype)}")
+            writer.write_padding(fout, written)
         writer.close()
     return out
 
 
 def write_gguf(src: Path | str | Checkpoint, out: Path | str, out_type: str = "f16", *, force: bool = False,
-               on_event: OnEvent = ignore, cancel: CancelToken | None = None, stage: str = "write") -> Path:
+               on_event: OnEvent = ignore, cancel: CancelToken | None = None, stage: str = "write",
+               rows_of: RowsOf = as_stored) -> Path:
     """Convert an HF checkpoint folder to one GGUF file of type f32, f16, bf16 or q8_0. Returns the path."""
     if out_type not in DIRECT_TYPES:
         raise AhaError(f"unknown direct GGUF type {out_type!r}; use one of {', '.join(DIRECT_TYPES)}.")
@@ -277,7 +295,7 @@ def write_gguf(src: Path | str | Checkpoint, out: Path | str, out_type: str = "f
         add_model_metadata(writer, ckpt, file_type)
         add_tokenizer_metadata(writer, ckpt, on_event)
 
-    write_planned(out, ckpt.arch, plan_tensors(ckpt, file_qtype), add_metadata,
+    write_planned(out, ckpt.arch, plan_tensors(ckpt, file_qtype, rows_of), add_metadata,
                   force=force, on_event=on_event, cancel=cancel, stage=stage)
     on_event(make_event("artifact", kind="gguf", path=str(out), bytes=out.stat().st_size, gguf_type=out_type))
     return out

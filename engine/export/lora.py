@@ -1,7 +1,8 @@
 """PEFT LoRA adapters: check them against a base, merge them in 16/32-bit, or write them as GGUF LoRA.
 
-Merging loads the base in float32 (never in 4-bit, even when the adapter was trained on a 4-bit base:
-merging into NF4 adds rounding error) and saves a normal HF checkpoint. A GGUF LoRA holds
+Merging is float32 (never 4-bit, even when the adapter was trained on a 4-bit base: merging into NF4 adds
+rounding error): for an export, W + alpha/r·B·A in numpy, row block by row block, as the GGUF is written
+(no torch, no merged copy on disk); merge_adapter saves a merged HF checkpoint through peft instead. A GGUF LoRA holds
 `<gguf tensor>.lora_a` (r, in) and `.lora_b` (out, r) with `adapter.lora.alpha`; llama.cpp scales by
 alpha/r, so DoRA, rsLoRA and `modules_to_save` adapters are refused there (merge them instead).
 """
@@ -9,6 +10,7 @@ alpha/r, so DoRA, rsLoRA and `modules_to_save` adapters are refused there (merge
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import AhaError
-from engine.export.checkpoint import Checkpoint, index_tensors, load_tensor, open_checkpoint
+from engine.export.checkpoint import Checkpoint, index_tensors, load_rows, load_tensor, open_checkpoint
 from engine.export.gguf_writer import DIRECT_TYPES, PlannedTensor, output_qtype, permute_rope, write_planned
 from engine.fileio import check_free_space
 from engine.jobs import OnEvent, ignore, make_event
@@ -110,10 +112,49 @@ def check_gguf_representable(adapter: Adapter) -> None:
                        "export without --adapter-only to merge it into the model instead.")
 
 
+def numpy_merge_blockers(adapter: Adapter) -> list[str]:
+    """What the in-writer merge (W + alpha/r·B·A) cannot do and peft's merge can: DoRA's magnitude vectors,
+    modules_to_save copies, per-module rank or alpha patterns, fan_in_fan_out layers. Empty: merge in numpy."""
+    config = adapter.config
+    return [reason for reason, applies in (
+        ("DoRA", bool(config.get("use_dora"))),
+        ("modules_to_save", bool(config.get("modules_to_save") or adapter.extra)),
+        ("rank_pattern/alpha_pattern", bool(config.get("rank_pattern") or config.get("alpha_pattern"))),
+        ("fan_in_fan_out", bool(config.get("fan_in_fan_out")))) if applies]
+
+
+def merged_rows(adapter: Adapter):
+    """A RowsOf for engine.export.gguf_writer: an adapted weight's rows [start, stop) are
+    W[start:stop] + (B[start:stop] @ A) · s in float32, s = alpha/r (alpha/√r with rsLoRA), as peft's
+    merge_and_unload computes them on a float32 base; every other tensor as stored."""
+    scale = adapter.alpha / (math.sqrt(adapter.rank) if adapter.config.get("use_rslora") else adapter.rank)
+
+    def rows_of(name: str, local):
+        pair = adapter.pairs.get(name)
+        if pair is None:
+            return None
+        lora_a = load_tensor(pair[0]).astype(np.float32)  # (r, in)
+
+        def rows(start: int, stop: int) -> np.ndarray:
+            delta = load_rows(pair[1], start, stop).astype(np.float32) @ lora_a  # (stop - start, in)
+            delta *= np.float32(scale)
+            return load_rows(local, start, stop).astype(np.float32) + delta
+
+        return rows
+
+    return rows_of
+
+
 def merge_adapter(base_dir: Path | str, adapter_dir: Path | str, out_dir: Path | str, dtype: str = "float32",
                   on_event: OnEvent = ignore) -> Path:
-    """Merge a LoRA into its base in float32 (W + scale·B·A via peft) and save an HF checkpoint in `dtype`."""
-    import torch
+    """Merge a LoRA into its base in float32 (W + scale·B·A via peft) and save an HF checkpoint in `dtype`.
+    For training stages that need a merged HF model (engine.pipeline) and for the adapters the in-writer
+    merge cannot do (numpy_merge_blockers); needs torch, transformers and peft (the train extra)."""
+    try:
+        import torch
+    except ImportError:
+        raise AhaError("merging this adapter into an HF checkpoint needs torch and peft; install the train "
+                       "extra (pip install 'aha-workbench[train]').") from None
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 

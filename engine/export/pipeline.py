@@ -62,6 +62,17 @@ def check_type(out_type: str) -> str:
     return key if key in DIRECT_TYPES else check_quant_type(key)
 
 
+def check_available() -> bool:
+    """Whether the `check` stage can run: torch, transformers and peft importable (the train extra); the
+    export itself needs none of them."""
+    import importlib.util
+
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers", "peft"))
+    except (ImportError, ValueError):
+        return False
+
+
 def stages(out_type: str, *, adapter: Path | str | None = None, adapter_only: bool = False,
            ollama: str | None = None, check: bool = False) -> list[str]:
     """The stages an export goes through, in order: merge (an adapter into the base), write (the GGUF),
@@ -104,6 +115,9 @@ def export(src: Path | str, out: Path | str, out_type: str = "f16", *, adapter: 
                        "export without --adapter-only to check it.")
     if adapter_only and ollama:
         raise AhaError("--ollama registers a whole model; export without --adapter-only to register it.")
+    if check and not check_available():
+        raise AhaError("--check runs the HF model in transformers, which needs the train extra (pip install "
+                       "'aha-workbench[train]'); export without --check.")
     if num_ctx is not None and num_ctx < 1:
         raise AhaError(f"--num-ctx must be a positive number of tokens, got {num_ctx}; leave it out for "
                        f"min(the model's context, {DEFAULT_NUM_CTX}).")
@@ -149,26 +163,36 @@ def _export_model(ckpt, out: Path, key: str, adapter: Path | str | None, ollama:
                   force: bool, on_event: OnEvent, cancel: CancelToken | None) -> dict:
     """The whole-model export after the checks: merge, write (or write an f16 and quantize it), finish."""
     from engine.export.checkpoint import open_checkpoint
-    from engine.export.gguf_writer import DIRECT_TYPES, write_gguf
-    from engine.export.lora import merge_adapter
+    from engine.export.gguf_writer import DIRECT_TYPES, as_stored, write_gguf
+    from engine.export.lora import merge_adapter, merged_rows, numpy_merge_blockers, open_adapter
     from engine.export.quantize import quantize_gguf
     from engine.fileio import disk_errors
 
     scratch = out.with_name(f".{out.name}.work")
+    rows_of = as_stored
     try:
         if adapter is not None:
             merging = Progress(on_event, "merge", 1, unit="adapters", label=f"merging {Path(adapter).name}")
             merging.update(0, force=True)
-            with disk_errors(scratch / "merged"):
-                merged = merge_adapter(ckpt.folder, adapter, scratch / "merged", on_event=_scratch(on_event))
-            ckpt = open_checkpoint(merged)
+            opened = open_adapter(adapter)
+            blockers = numpy_merge_blockers(opened)
+            if blockers:  # peft's merge, into a scratch HF checkpoint (needs torch)
+                on_event(make_event("log", message=f"{opened.folder.name} uses {' and '.join(blockers)}: merging "
+                                    "it with peft into a scratch checkpoint"))
+                with disk_errors(scratch / "merged"):
+                    merged = merge_adapter(ckpt.folder, adapter, scratch / "merged", on_event=_scratch(on_event))
+                ckpt = open_checkpoint(merged)
+            else:  # merged as it is written: W + alpha/r·B·A per row block
+                on_event(make_event("log", message=f"merging {opened.folder.name} into {ckpt.folder.name} in "
+                                    "float32 as the GGUF is written"))
+                rows_of = merged_rows(opened)
             merging.update(1, force=True)
             check_cancel(cancel, "export cancelled after the merge; no file was written.")
         if key in DIRECT_TYPES:
-            write_gguf(ckpt, out, key, force=force, on_event=on_event, cancel=cancel)
+            write_gguf(ckpt, out, key, force=force, on_event=on_event, cancel=cancel, rows_of=rows_of)
         else:
             f16 = write_gguf(ckpt, scratch / "f16.gguf", "f16", force=True, on_event=_scratch(on_event),
-                             cancel=cancel, stage="write")
+                             cancel=cancel, stage="write", rows_of=rows_of)
             quantize_gguf(f16, out, key, force=force, on_event=on_event, cancel=cancel)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -40,7 +40,8 @@ class Vocab:
 
 def check_hash(tokenizer) -> str:
     """llama.cpp's `chkhsh`: sha256 of `str(tokenizer.encode(CHECK_TEXT))` (special tokens added)."""
-    return sha256(str(tokenizer.encode(CHECK_TEXT)).encode()).hexdigest()
+    ids = tokenizer.encode(CHECK_TEXT)
+    return sha256(str(list(getattr(ids, "ids", ids))).encode()).hexdigest()  # a tokenizers Encoding, or ids
 
 
 def _split_patterns(tokenizer_json: dict) -> list[str]:
@@ -83,18 +84,73 @@ def _looks_special(token: str) -> bool:
             or (token.startswith("<unused") and token.endswith(">")))
 
 
-def load_vocab(model_dir: Path, vocab_size: int):
-    """Read the checkpoint's tokenizer. Returns (Vocab, the transformers tokenizer)."""
-    from transformers import AutoTokenizer
+class HubTokenizer:
+    """A tokenizer.json read by `tokenizers` as transformers' fast tokenizer reads it, for what the export
+    needs: the vocabulary with added tokens, the added tokens' flags, encode (special tokens added as
+    tokenizer_config.json's add_bos_token/add_eos_token say, like transformers) and decode."""
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except Exception as exc:  # noqa: BLE001 - any load failure is the user's tokenizer files
-        raise AhaError(f"cannot read the tokenizer in {model_dir}: {exc}. Check tokenizer.json and "
-                       "tokenizer_config.json.") from exc
-    if not getattr(tokenizer, "is_fast", False) or not (model_dir / "tokenizer.json").is_file():
+    def __init__(self, model_dir: Path):
+        from tokenizers import Tokenizer
+
+        self.backend = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        config_file = model_dir / "tokenizer_config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+        self.config = config if isinstance(config, dict) else {}
+        self._add_qwen2_defaults(model_dir)
+        self.added_tokens_decoder = self.backend.get_added_tokens_decoder()  # id → AddedToken
+        self._bos = self._token_id(self.config.get("bos_token")) if self.config.get("add_bos_token") else None
+        self._eos = self._token_id(self.config.get("eos_token")) if self.config.get("add_eos_token") else None
+
+    def _add_qwen2_defaults(self, model_dir: Path) -> None:
+        """transformers loads a qwen2 model's tokenizer (or one whose tokenizer_class is Qwen2Tokenizer) as
+        its Qwen2Tokenizer, whose unk, eos and pad default to <|endoftext|>: a special token appended to the
+        vocabulary when the tokenizer lacks it. llama.cpp's converter (AutoTokenizer) lists it; so do we."""
+        from tokenizers import AddedToken
+
+        config_file = model_dir / "config.json"
+        model = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+        tokenizer_class = str(self.config.get("tokenizer_class") or "").removesuffix("Fast")
+        if "auto_map" in self.config or not (
+                (isinstance(model, dict) and model.get("model_type") == "qwen2") or tokenizer_class == "Qwen2Tokenizer"):
+            return
+        for key in ("unk_token", "eos_token", "pad_token"):
+            content = self.config.get(key, "<|endoftext|>")
+            content = content.get("content") if isinstance(content, dict) else content
+            if isinstance(content, str) and self.backend.token_to_id(content) is None:
+                self.backend.add_special_tokens([AddedToken(content, special=True, normalized=False)])
+
+    def _token_id(self, token) -> int | None:
+        content = token.get("content") if isinstance(token, dict) else token
+        return self.backend.token_to_id(content) if isinstance(content, str) else None
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.backend.get_vocab(with_added_tokens=True)
+
+    def get_added_vocab(self) -> dict[str, int]:
+        return {token.content: token_id for token_id, token in self.added_tokens_decoder.items()}
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids; with special tokens, the tokenizer.json post-processor's, or, when
+        tokenizer_config.json asks for add_bos_token/add_eos_token, BOS + ids + EOS as transformers builds them."""
+        if add_special_tokens and (self._bos is not None or self._eos is not None):
+            ids = self.backend.encode(text, add_special_tokens=False).ids
+            return [self._bos] * (self._bos is not None) + ids + [self._eos] * (self._eos is not None)
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.backend.decode(ids, skip_special_tokens=False)
+
+
+def load_vocab(model_dir: Path, vocab_size: int):
+    """Read the checkpoint's tokenizer.json with `tokenizers` (no transformers). Returns (Vocab, the tokenizer)."""
+    if not (model_dir / "tokenizer.json").is_file():
         raise AhaError(f"{model_dir} has no byte-level BPE tokenizer.json; only BPE tokenizers (Qwen, "
                        "Llama 3, DeepSeek-R1 distills) can be exported.")
+    try:
+        tokenizer = HubTokenizer(model_dir)
+    except Exception as exc:  # noqa: BLE001 - any load failure is the user's tokenizer files
+        raise AhaError(f"cannot read the tokenizer in {model_dir}: {str(exc).splitlines()[0] if str(exc) else exc!r}. "
+                       "Check tokenizer.json and tokenizer_config.json.") from None
     vocab = tokenizer.get_vocab()
     if max(vocab.values()) >= vocab_size:
         raise AhaError(f"the tokenizer has ids up to {max(vocab.values())} but config.json says vocab_size="
