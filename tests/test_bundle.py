@@ -9,6 +9,7 @@ without it the test skips and says so, so the test command stays fast.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -66,6 +67,33 @@ def test_smoke_says_in_one_line_what_is_wrong(tmp_path, capsys):
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 2 and all(line.startswith("aha: error: ") for line in errors)
     assert "notes.gguf" in errors[0] and "usage: aha --smoke MODEL.gguf" in errors[1]
+
+
+@pytest.mark.parametrize("kind", ["ico", "icns"])
+def test_the_windows_and_macos_icons_are_the_svg_at_each_size(kind, qapp, tmp_path):
+    """packaging/aha.spec's icon on Windows (.ico) and macOS (.icns), made here the same way: it holds the
+    sizes each OS looks for, and its 256-pixel image is the SVG drawn at that size."""
+    import numpy as np
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("render_icons", ROOT / "packaging" / "render_icons.py")
+    render_icons = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render_icons)
+    path = render_icons.platform_icon(kind, tmp_path / f"aha.{kind}")
+    icon = Image.open(path)
+    if kind == "ico":
+        assert icon.info["sizes"] == {(size, size) for size in render_icons.ICO_SIZES}
+        icon.size = (256, 256)
+    else:
+        assert {(16, 16, 2), (32, 32, 2), (128, 128, 1), (256, 256, 1), (512, 512, 2)} <= set(icon.info["sizes"])
+        icon.size = (256, 256)
+        icon.load(scale=1)
+    image = np.asarray(icon.convert("RGBA"), dtype=float)
+    assert render_icons.render(ROOT / "assets" / "aha.svg", 256).save(str(tmp_path / "drawn.png"))
+    drawn = np.asarray(Image.open(tmp_path / "drawn.png").convert("RGBA"), dtype=float)
+    assert image.shape == drawn.shape == (256, 256, 4)
+    # .ico: Qt's 256-pixel drawing itself; .icns: Pillow's 256 scaled from the 1024 drawing (edges differ a little)
+    assert np.abs(image - drawn).mean() < (0.01 if kind == "ico" else 4) and image[..., 3].std() > 50
 
 
 def bundle_size(folder: Path) -> int:
