@@ -1,7 +1,7 @@
 """`aha --smoke MODEL.gguf QUESTION` (app.main.smoke) from the checkout, and the standalone bundle
 (packaging/aha.spec, dist/aha/) doing the same: its window comes up, it chats with the tiny scripted GGUF, its
-Train pane says how to add training (torch is not importable in it), its `aha ARGS` is the CLI and its menu
-entry runs it, the train extra is not in it; its size is reported.
+Train pane says how to add training (torch is not importable in it), its `aha ARGS` is the CLI (trace generation
+from a GGUF teacher runs in it) and its menu entry runs it, the train extra is not in it; its size is reported.
 
 The bundle test needs dist/aha/, which `make package` builds (about 70 s here) before running this file;
 without it the test skips and says so, so the test command stays fast.
@@ -10,6 +10,7 @@ without it the test skips and says so, so the test command stays fast.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -134,6 +135,14 @@ def test_bundle_opens_its_window_chats_and_lacks_the_train_extra(scripted_gguf, 
     assert version.returncode == 0 and version.stdout.strip(), version.stderr
     inspected = smoke_output([str(EXECUTABLE), "inspect", "checkpoints", "--json"], env, tmp_path, 60)
     assert inspected.returncode == 0 and inspected.stdout.lstrip().startswith("["), inspected.stderr
+
+    rows, traces = tmp_path / "rows.jsonl", tmp_path / "traces.jsonl"       # what the Train pane still starts
+    rows.write_text(json.dumps({"prompt": QUESTION, "answer": "4"}) + "\n")
+    generated = smoke_output([str(EXECUTABLE), "distill", "generate", "--teacher", f"gguf:{scripted_gguf}",
+                              "--dataset", str(rows), "-k", "1", "--temperature", "0", "--max-tokens", "300",
+                              "-o", str(traces), "--events", "none"], env, tmp_path, 120)
+    assert generated.returncode == 0, generated.stderr
+    assert json.loads(traces.read_text().splitlines()[0])["answer"] == ANSWER
 
     env["XDG_DATA_HOME"] = str(tmp_path / "share")       # the menu entry runs the bundle itself
     menu = smoke_output([str(EXECUTABLE), "desktop", "install"], env, tmp_path, 60)
