@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.aha-installed
 # GGUF writer is compared with in tests/test_export_reference.py and bench/export.py.
 REF    := .cache/llama.cpp/convert_hf_to_gguf.py
 
-.PHONY: run test lint bench gpu-check screenshots clean desktop-validators icons
+.PHONY: run test lint bench gpu-check screenshots clean desktop-validators icons package
 
 run: $(STAMP)
 	$(BIN)/aha
@@ -59,6 +59,16 @@ desktop-validators:
 	        echo "could not install$$missing: tests/test_desktop.py skips its validation"; \
 	    else echo "no apt-get as root here: tests/test_desktop.py skips its validation (apt-get install$$missing)"; fi; \
 	fi
+
+# The standalone bundle of the chat app (PyInstaller, packaging/aha.spec): dist/aha/ (one folder, without the
+# train extra), then tests/test_bundle.py runs it: the window under Xvfb when xvfb-run is there (else offscreen),
+# one chat with a tiny GGUF through `aha --smoke`, and its size. Windows and macOS bundles are built on their own
+# OS (packaging/README.md).
+package: $(STAMP)
+	@start=$$(date +%s) && set -x && \
+	$(BIN)/pyinstaller packaging/aha.spec --noconfirm --log-level WARN --distpath dist --workpath build/pyinstaller && \
+	{ set +x; } 2>/dev/null && echo "dist/aha built in $$(( $$(date +%s) - start )) s: $$(du -sh dist/aha | cut -f1)"
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -s tests/test_bundle.py
 
 # The PNG icons (assets/icons/) rendered from assets/aha.svg; run after editing the SVG (tests/test_desktop.py checks).
 icons: $(STAMP)

@@ -11,6 +11,7 @@ Closing asks first while child jobs run, then leaves them running (ProcessJob.de
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from app import theme
 from app.about import about_button
@@ -333,8 +334,8 @@ class MainWindow(QtWidgets.QMainWindow):
         return answer == QtWidgets.QMessageBox.StandardButton.Close
 
 
-def run(argv: list[str] | None = None) -> int:
-    """Open the window and run the event loop."""
+def application(argv: list[str] | None = None) -> QtWidgets.QApplication:
+    """The QApplication, named, with its icon and styled for the system's light/dark scheme."""
     check_qt_version()
     QtGui.QGuiApplication.setHighDpiScaleFactorRoundingPolicy(Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(argv or sys.argv)
@@ -343,6 +344,12 @@ def run(argv: list[str] | None = None) -> int:
     QtGui.QGuiApplication.setDesktopFileName(APP_ID)  # Wayland finds the window's menu entry and icon by it
     theme.apply(app)
     app.styleHints().colorSchemeChanged.connect(lambda _: theme.apply(app))
+    return app
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Open the window and run the event loop."""
+    app = application(argv)
     try:
         window = MainWindow()
     except AhaError as error:                  # a library or database this Aha cannot read: say which, and why
@@ -351,3 +358,95 @@ def run(argv: list[str] | None = None) -> int:
         return 1
     window.show()
     return app.exec()
+
+
+SMOKE_USAGE = 'usage: aha --smoke MODEL.gguf "QUESTION"'
+SMOKE_TIMEOUT_S = 300
+SMOKE_MAX_TOKENS = 512
+
+
+def smoke(args: list[str]) -> int:
+    """`aha --smoke MODEL.gguf QUESTION`: open the window, chat once with the model through the Chat pane (its
+    ChatSession, the engine's chat, llama.cpp), print the thought and the answer, and exit 0: a check that an
+    install (the standalone bundle above all) works end to end without anyone at the window.
+
+    Greedy sampling (the reply is reproducible), at most SMOKE_MAX_TOKENS tokens. It runs in a throwaway data
+    directory (AHA_HOME for the run), so the user's library and conversations are neither read nor changed.
+    One line on stderr and exit 2 for bad arguments or a file that is not a model; exit 1 when the reply fails
+    or has not ended after SMOKE_TIMEOUT_S seconds."""
+    import os
+    import tempfile
+
+    from app.chat.settings import PRESETS
+
+    if len(args) != 2 or not args[1].strip():
+        print(f"aha: error: {SMOKE_USAGE}", file=sys.stderr)
+        return 2
+    model, question = args
+    home = tempfile.TemporaryDirectory(prefix="aha-smoke-")
+    saved_home = os.environ.get("AHA_HOME")
+    os.environ["AHA_HOME"] = home.name
+    try:
+        return _smoke(str(Path(model).resolve()), question, next(k for k, v in PRESETS.items() if v == (0.0, 1.0)))
+    finally:
+        if saved_home is None:
+            os.environ.pop("AHA_HOME", None)
+        else:
+            os.environ["AHA_HOME"] = saved_home
+        home.cleanup()
+
+
+def _smoke(model: str, question: str, greedy: str) -> int:
+    try:
+        info = read_gguf_info(model)
+        if info.kind != "model":
+            raise AhaError(f"{model} is a {info.kind} file, not a model; give the model's own GGUF file.")
+        app = application(["aha"])
+        Library().add(model)
+        window = MainWindow()
+    except AhaError as error:
+        print(f"aha: error: {error}", file=sys.stderr)
+        return 2
+    window.show()
+    app.processEvents()
+    if not window.isVisible():
+        print("aha: error: the window did not come up", file=sys.stderr)
+        return 1
+    print(f"window: {window.windowTitle()} {window.width()}x{window.height()} "
+          f"(Qt {QtCore.qVersion()}, platform {QtGui.QGuiApplication.platformName()})", flush=True)
+    window._on_model_chosen(model)
+    pane = window.chat
+    pane.settings.load({**pane.settings.values(), "preset": greedy, "temperature": 0.0, "top_p": 1.0,
+                        "max_tokens": SMOKE_MAX_TOKENS})
+    ended: dict = {}
+    loop = QtCore.QEventLoop()
+    pane.session.finished.connect(lambda stats: (ended.setdefault("stats", stats), loop.quit()))
+    pane.session.failed.connect(lambda message: (ended.setdefault("error", message), loop.quit()))
+    timer = QtCore.QTimer(window, singleShot=True, interval=SMOKE_TIMEOUT_S * 1000, timeout=loop.quit)
+    timer.start()
+    pane.composer.setPlainText(question)
+    pane.send()
+    if "error" not in ended and "stats" not in ended:
+        loop.exec()
+    timer.stop()
+    app.processEvents()
+    try:
+        if "error" in ended:
+            print(f"aha: error: the reply failed: {ended['error']}", file=sys.stderr)
+            return 1
+        if "stats" not in ended:
+            print(f"aha: error: no reply after {SMOKE_TIMEOUT_S} s", file=sys.stderr)
+            return 1
+        reply = window.store.get_message(ended["stats"]["message_id"])
+        print(f"model: {Path(model).name}")
+        print(f"thinking: {reply.thinking.strip()}")
+        print(f"answer: {reply.content.strip()}")
+        stats = ended["stats"]
+        print(f"ended: {stats.get('stop_reason')} ({stats.get('thinking_tokens') or 0} thinking tokens, "
+              f"{stats.get('answer_tokens') or 0} answer tokens)", flush=True)
+        window.show_pane("train")                   # what a user who opens the Train pane reads first
+        app.processEvents()
+        print(f"train: {window.train.training_missing or 'available (the train extra is installed)'}", flush=True)
+        return 0
+    finally:
+        window.close()

@@ -177,9 +177,18 @@ def parse_event(line: bytes) -> dict:
     return make_event("log", level="warning", message=f"ignored a line from the job that is not an event: {shown}")
 
 
+def aha_command() -> list[str]:
+    """How this Aha starts its own CLI in a child: this Python with `-m engine.cli` (no console script
+    needed), or in the standalone bundle (PyInstaller sets sys.frozen) the bundle's executable itself, where
+    `aha ARGS` is the CLI (app.launch)."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable]
+    return [sys.executable, "-m", "engine.cli"]
+
+
 def aha_argv(args: list[str]) -> list[str]:
-    """`aha ARGS --events jsonl` as an argv for this Python (the engine's CLI, without the console script)."""
-    return [sys.executable, "-m", "engine.cli", *args, "--events", "jsonl"]
+    """`aha ARGS --events jsonl` as an argv for a child (aha_command)."""
+    return [*aha_command(), *args, "--events", "jsonl"]
 
 
 class JobState(enum.Enum):

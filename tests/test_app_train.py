@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from app.train.view import TrainPane
+from app.train.view import TrainPane, training_note
 from app.workers import JobStatus
 from engine import cli
 from engine.store import Store
@@ -211,3 +211,32 @@ def test_a_cuda_machine_offers_each_gpu_and_qlora(pane):
     device.setCurrentIndex(2)
     pane.model.mode.setCurrentText("QLoRA (4-bit)")
     assert (pane.values()["device"], pane.values()["load_in_4bit"]) == ("cuda:0", True)
+
+
+def test_without_the_train_extra_the_pane_says_how_to_add_it_and_start_is_off(qtbot):
+    """A chat-only install (no torch): the note with the install command, Start off for the methods that need
+    torch and on for trace generation, no `aha inspect devices` child (it would import torch)."""
+    note = training_note(False, "bundle")
+    store = Store()
+    pane = TrainPane(store, note=note)
+    qtbot.addWidget(pane)
+    pane.show()
+    assert pane.note.isVisible() and pane.note.text() == note
+    assert not pane.start_button.isEnabled() and pane.start() is None and pane.status.text() == note
+    assert pane.model.detected.text() == "could not detect devices: torch is not installed (the train extra)"
+    assert "devices" not in pane.inspector._running
+    pane.set_kind("generate")
+    assert pane.start_button.isEnabled() and pane.can_start()
+    pane.set_kind("grpo")
+    assert not pane.start_button.isEnabled()
+    qtbot.waitUntil(pane.idle)
+    pane.shutdown()
+    store.close()
+
+
+def test_training_note_names_the_command_for_each_kind_of_install():
+    assert training_note(True, "bundle") is None
+    assert 'pipx install --force "aha-workbench[train]"' in training_note(False, "bundle")
+    assert "not part of the standalone app" in training_note(False, "bundle")
+    assert 'pipx install --force "aha-workbench[train]"' in training_note(False, "pipx")
+    assert '/opt/py/bin/python -m pip install "aha-workbench[train]"' in training_note(False, "pip", "/opt/py/bin/python")

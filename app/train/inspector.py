@@ -9,6 +9,7 @@ import json
 import sys
 
 from app.qt import QtCore, Signal
+from app.workers import aha_command
 
 
 class InspectCommand(QtCore.QObject):
@@ -21,8 +22,9 @@ class InspectCommand(QtCore.QObject):
         super().__init__(parent)
         self.args = [command, *args, "--json"]  # command: any `aha` command with --json (the About dialog's doctor)
         self.process = QtCore.QProcess(self)
-        self.process.setProgram(sys.executable)
-        self.process.setArguments(["-m", "engine.cli", *self.args])
+        program, *prefix = aha_command()       # `python -m engine.cli`, or the bundle's own executable
+        self.process.setProgram(program)
+        self.process.setArguments([*prefix, *self.args])
         self.process.finished.connect(self._on_finished)
         self.process.errorOccurred.connect(self._on_error)
         self._ended = False

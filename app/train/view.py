@@ -7,10 +7,16 @@ Start, which launches that same command as an `app.workers.ProcessJob` and emits
 
 The pane holds no domain logic: settings ↔ command ↔ TOML is engine.train.commands, presets are
 engine.train.presets, and devices, checkpoints, dataset previews and the reward check are `aha` children.
+
+Without the train extra (the chat-only install, and the standalone bundle, which leaves it out) the pane
+says so at its top with the command that adds training (training_note), and Start is off for the methods
+that need torch; trace generation from a GGUF or OpenAI teacher still runs.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +28,7 @@ from app.train.model import ModelSection
 from app.train.rewards import RewardsSection
 from app.widgets import set_style_name
 from app.workers import TRAINING_GRACE_S, JobStatus, ProcessJob
+from engine import doctor
 from engine.errors import AhaError
 from engine.store import Store
 from engine.train import commands
@@ -31,6 +38,29 @@ MODEL_SETTINGS = ("model", "use_peft", "load_in_4bit", "device")
 DATASET_SETTINGS = ("dataset", "prompt_column", "answer_column", "system_prompt")
 REWARD_SETTINGS = ("rewards", "reward_weights", "reward")
 PRESET_PROMPT = "Apply a preset…"
+WITHOUT_TORCH = ("generate",)  # the methods that run without the train extra (a GGUF or OpenAI teacher)
+
+
+def training_note(torch_found: bool, install: str, python: str = sys.executable) -> str | None:
+    """None when torch is there; else what the Train pane says: training needs the train extra, and the
+    command that adds it for this kind of install (engine.doctor.train_command: "bundle" and "pipx" install
+    the pipx package with the extra, "pip" installs the extra beside)."""
+    if torch_found:
+        return None
+    command = doctor.train_command({"install": install, "python": {"executable": python}})
+    if install == "bundle":
+        return ("Training is not part of the standalone app (it needs torch, transformers, peft and bitsandbytes, "
+                f"the train extra). Install Aha's pip package with it instead and run `aha` from there: {command}. "
+                "Trace generation from a GGUF or OpenAI teacher works here.")
+    return ("Training needs the train extra (torch, transformers, peft, bitsandbytes), which this install does "
+            f"not have. Add it, then restart Aha: {command}. Trace generation from a GGUF or OpenAI teacher "
+            "works without it.")
+
+
+def detected_training_note() -> str | None:
+    """training_note for this process: is torch importable, and how was Aha installed (sys.frozen: the bundle)."""
+    return training_note(importlib.util.find_spec("torch") is not None,
+                         doctor.install_kind(sys.prefix, bool(getattr(sys, "frozen", False))))
 
 
 def section_settings(kind: str) -> set[str]:
@@ -53,9 +83,12 @@ class TrainPane(QtWidgets.QWidget):
     run_started = Signal(object)     # the started ProcessJob
     status_message = Signal(str)
 
-    def __init__(self, store: Store, parent: QtWidgets.QWidget | None = None):
+    def __init__(self, store: Store, parent: QtWidgets.QWidget | None = None, *,
+                 note: str | None | bool = True):
+        """`note`: the missing-training note to show (None: training is there); True detects it here."""
         super().__init__(parent)
         self.store = store
+        self.training_missing = detected_training_note() if note is True else note or None
         self.jobs: list[ProcessJob] = []
         self.check_job: ProcessJob | None = None
         self.inspector = Inspector(self)
@@ -126,8 +159,13 @@ class TrainPane(QtWidgets.QWidget):
         self.status = QtWidgets.QLabel(objectName="Muted", wordWrap=True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
+        self.note = QtWidgets.QLabel(self.training_missing or "", objectName="Warning", wordWrap=True)
+        self.note.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)  # the command, to copy
+        self.note.setVisible(self.training_missing is not None)
+
         layout = QtWidgets.QVBoxLayout(self)
         layout.addLayout(bar)
+        layout.addWidget(self.note)
         layout.addWidget(splitter, 1)
         layout.addLayout(command_row)
         layout.addWidget(self.status)
@@ -194,6 +232,9 @@ class TrainPane(QtWidgets.QWidget):
 
     def start(self) -> ProcessJob | None:
         """Validate the settings and launch the job; one line in the status when they cannot run."""
+        if not self.can_start():
+            self._say(self.training_missing, warning=True)
+            return None
         try:
             args = self.command_args()
             commands.make_config(self._kind, self.values()).validate()
@@ -284,9 +325,17 @@ class TrainPane(QtWidgets.QWidget):
                     args += [f"--{name.replace('_', '-')}", repr(form[name]) if isinstance(form[name], float) else str(form[name])]
         return args
 
+    def can_start(self) -> bool:
+        """Start can run this method here: the train extra is installed, or the method needs no torch."""
+        return self.training_missing is None or self._kind in WITHOUT_TORCH
+
     def refresh_discovery(self) -> None:
-        """Ask `aha inspect devices` and `aha inspect checkpoints` again (children; the window never waits)."""
-        self.inspector.request("devices", ["devices"], self.model.set_devices, self.model.set_devices_failed)
+        """Ask `aha inspect devices` and `aha inspect checkpoints` again (children; the window never waits).
+        Without torch there are no training devices to ask about: the device line says so."""
+        if self.training_missing is None:
+            self.inspector.request("devices", ["devices"], self.model.set_devices, self.model.set_devices_failed)
+        else:
+            self.model.set_devices_failed("torch is not installed (the train extra)")
         self.inspector.request("checkpoints", ["checkpoints"], self.model.set_checkpoints,
                                self.model.set_checkpoints_failed)
 
@@ -317,6 +366,7 @@ class TrainPane(QtWidgets.QWidget):
             self.forms[kind] = SettingsForm([info for info in commands.settable(kind) if info.name not in owned])
             self.form_stack.addWidget(self.forms[kind])
         self.form_stack.setCurrentWidget(self.forms[kind])
+        self.start_button.setEnabled(self.can_start())
         self.model.setVisible(kind != "generate")
         self.rewards.setVisible(kind in ("grpo", "generate"))
         self.rewards.set_weighted(kind == "grpo")
