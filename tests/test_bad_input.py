@@ -467,15 +467,13 @@ def test_a_mistake_outside_a_job_is_one_line_too(mistake, inputs, tmp_path):
 def test_a_disk_that_fills_during_an_export_is_one_line_and_leaves_nothing(checkpoint, tmp_path, monkeypatch, capsys):
     import errno
 
-    import gguf
-
     from engine import cli
 
-    def full(self, *args, **kwargs):
+    def full(fout, block):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     src = checkpoint("qwen2")
-    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", full)
+    monkeypatch.setattr("engine.export.gguf_writer.write_block", full)
     out = tmp_path / "out" / "m.gguf"
     capsys.readouterr()  # what building the fixture printed
     assert cli.main(["export", str(src), "-o", str(out), "--events", "jsonl"]) == 2

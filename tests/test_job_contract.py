@@ -225,7 +225,7 @@ def test_cancel_export_leaves_nothing_and_the_old_file_untouched(checkpoint, tmp
     out = tmp_path / "m.gguf"
     out.write_bytes(b"the user's earlier export")
     child = Child("export", str(checkpoint("qwen2")), "-o", str(out), "--type", kind, "--force",
-                  slow=("engine.export.gguf_writer:convert", 0.1))
+                  slow=("engine.export.gguf_writer:blocks", 0.1))
     child.until(lambda event: event["type"] == "progress" and event["stage"] == "write")
     child.cancel(how)
     check_cancelled(child, "export", run=True)

@@ -242,6 +242,11 @@ def add_tokenizer_metadata(writer, ckpt: Checkpoint, on_event: OnEvent) -> None:
     gguf.SpecialVocab(ckpt.folder, load_merges=True).add_to_gguf(writer, quiet=True)
 
 
+def write_block(fout, block: np.ndarray) -> None:
+    """The one place tensor bytes reach the file (a full disk raises here, as OSError ENOSPC)."""
+    block.tofile(fout)
+
+
 def write_planned(out: Path, arch: str, planned: list[PlannedTensor], add_metadata: Callable[[object], None], *,
                   force: bool = False, on_event: OnEvent = ignore, cancel: CancelToken | None = None,
                   stage: str = "write") -> Path:
@@ -271,7 +276,7 @@ def write_planned(out: Path, arch: str, planned: list[PlannedTensor], add_metada
             writer.write_padding(fout, fout.tell())
             written = 0
             for block in blocks(item):
-                block.tofile(fout)
+                write_block(fout, block)
                 written += block.nbytes
                 progress.advance(block.nbytes, tensors=index + 1, tensor_count=len(planned))
             if written != tensor_nbytes(item.shape, item.qtype):
