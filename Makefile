@@ -66,7 +66,7 @@ desktop-validators:
 # OS (packaging/README.md).
 package: $(STAMP)
 	@start=$$(date +%s) && set -x && \
-	$(BIN)/pyinstaller packaging/aha.spec --noconfirm --log-level WARN --distpath dist --workpath build/pyinstaller && \
+	$(BIN)/python -m PyInstaller packaging/aha.spec --noconfirm --log-level WARN --distpath dist --workpath build/pyinstaller && \
 	{ set +x; } 2>/dev/null && echo "dist/aha built in $$(( $$(date +%s) - start )) s: $$(du -sh dist/aha | cut -f1)"
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -s tests/test_bundle.py
 
