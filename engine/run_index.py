@@ -240,7 +240,7 @@ def _run_json(directory: Path) -> dict:
     return info if isinstance(info, dict) else {}
 
 
-def _refuse_if_running(run: Mapping[str, Any], doing: str) -> None:
+def refuse_if_running(run: Mapping[str, Any], doing: str) -> None:
     """A run still `created`/`running` after `Store.recover_runs` has a live (or just-started) process."""
     if run["status"] in ACTIVE_RUN_STATUSES and (run["pid"] is None or process_alive(run["pid"])):
         process = f" (process {run['pid']})" if run["pid"] is not None else ""
@@ -270,7 +270,7 @@ def resume_plan(store: Store, target: str, events: str = "auto", max_steps: int 
         return _eval_plan(info["kind"], str(Path(target).expanduser()), events, max_steps)
     if run is None:
         return ResumePlan(_training_argv(info["kind"], str(Path(target).expanduser()), events, max_steps), None)
-    _refuse_if_running(run, "resuming")
+    refuse_if_running(run, "resuming")
     kind, name = run["kind"], f"run {run['id']}"
     if kind in DEMO_KINDS:
         raise AhaError(f"{name} is a demo, which does not resume: rerun `aha demo` (a stage run of it that was "
@@ -382,7 +382,7 @@ def ask_on_terminal(question: str) -> bool:
 def deletion_question(run: Mapping[str, Any]) -> str:
     """What deleting the run removes, as the question to ask ("Delete run 7 (/…/grpo-7, 12.3 MB)?");
     raises a one-line AhaError for a run that is running."""
-    _refuse_if_running(run, "deleting")
+    refuse_if_running(run, "deleting")
     directory = Path(run["dir"]) if run["dir"] else None
     if owns_directory(run) and directory.is_dir():
         stages = " with the stage runs in it" if run["kind"] in (*DEMO_KINDS, *PIPELINE_KINDS) else ""
@@ -395,12 +395,12 @@ def deletion_question(run: Mapping[str, Any]) -> str:
 def delete_run(store: Store, run: Mapping[str, Any]) -> str:
     """Delete a run that is not running: its run directory (when it is the run's own) and its row. Returns the
     line to show."""
-    _refuse_if_running(run, "deleting")
+    refuse_if_running(run, "deleting")
     directory = Path(run["dir"]) if run["dir"] else None
     owned = owns_directory(run) and directory.is_dir()
     stages = _stage_runs_inside(store, run) if owned else []
     for stage in stages:
-        _refuse_if_running(stage, "deleting")
+        refuse_if_running(stage, "deleting")
     if owned:
         try:
             shutil.rmtree(directory)

@@ -226,6 +226,9 @@ def test_sigkill_during_rejection_sampling_and_resume_give_the_uninterrupted_ada
         for line in child.stdout:
             event = json.loads(line)
             if event["type"] == "progress" and event["stage"] == "rejection" and event["done"] >= 8:
+                capsys.readouterr()
+                assert cli.main(["pipeline", "resume", str(killed)]) == 2  # not beside its live process
+                assert f"(process {child.pid}); cancel it or wait for it" in capsys.readouterr().err
                 child.send_signal(signal.SIGKILL)
                 break
     finally:

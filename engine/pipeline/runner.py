@@ -81,11 +81,32 @@ def run_pipeline(file: str, *, sets: Sequence[str] = (), model: str | None = Non
                             output_dir=output_dir)
     run = Run.create("pipeline", config, on_event)
     (run.dir / PIPELINE_FILE).write_text(text, encoding="utf-8")
-    state = {"format": FORMAT, "version": 1, "name": spec.name, "description": spec.description,
-             "status": "running", "run_id": run.store_id, "run_dir": str(run.dir.resolve()), "base_model": None,
-             "file": str((run.dir / PIPELINE_FILE).resolve()),
-             "stages": [new_stage(stage.name, stage.kind, stage.title) for stage in spec.stages], "report": None}
-    return _Pipeline(run, spec, state, cancel or CancelToken()).go()
+    return _Pipeline(run, spec, _initial_state(spec, run), cancel or CancelToken()).go()
+
+
+def _initial_state(spec: PipelineSpec, run) -> dict:
+    """pipeline.json before the first stage: every stage pending."""
+    return {"format": FORMAT, "version": 1, "name": spec.name, "description": spec.description,
+            "status": "running", "run_id": run.store_id, "run_dir": str(run.dir.resolve()), "base_model": None,
+            "file": str((run.dir / PIPELINE_FILE).resolve()),
+            "stages": [new_stage(stage.name, stage.kind, stage.title) for stage in spec.stages], "report": None}
+
+
+def _refuse_if_running(directory: Path) -> None:
+    """A pipeline whose process is still alive is not resumed beside it (one line, with how to stop it)."""
+    from engine.run_index import refuse_if_running
+    from engine.store import Store
+
+    store_id = json.loads((directory / "run.json").read_text(encoding="utf-8")).get("store_id") \
+        if (directory / "run.json").is_file() else None
+    if store_id is None:
+        return
+    with Store() as store:
+        try:
+            run = store.get_run(store_id)
+        except AhaError:  # a pipeline folder copied from elsewhere: not running here
+            return
+        refuse_if_running(run, "resuming")
 
 
 def resume_pipeline(target: str, *, sets: Sequence[str] = (), on_event: OnEvent = ignore,
@@ -96,8 +117,12 @@ def resume_pipeline(target: str, *, sets: Sequence[str] = (), on_event: OnEvent 
     from engine.train.runs import Run, write_json
 
     directory = _pipeline_dir(target)
+    _refuse_if_running(directory)
     spec, config = _saved_spec(directory)
     state = read_state(directory)
+    if state is not None and state.get("status") == "complete":
+        raise AhaError(f"the pipeline in {directory} is complete; start it again with `aha pipeline run` to "
+                       "train anew")
     if sets:
         stages = (state or {}).get("stages", [])
         finished = {stage["name"] for stage in stages if stage.get("status") == "complete"}
@@ -112,15 +137,8 @@ def resume_pipeline(target: str, *, sets: Sequence[str] = (), on_event: OnEvent 
         config = dataclasses.replace(config, sets=(*config.sets, *sets))
         spec = _spec_of(directory, config)  # checked before it is kept
         write_json(directory / "config.json", dataclasses.asdict(config))
-    if state is None:  # killed before its first state was written: nothing ran
-        state = {"format": FORMAT, "version": 1, "name": spec.name, "description": spec.description,
-                 "status": "running", "run_id": None, "run_dir": str(directory.resolve()), "base_model": None,
-                 "file": str((directory / PIPELINE_FILE).resolve()),
-                 "stages": [new_stage(stage.name, stage.kind, stage.title) for stage in spec.stages], "report": None}
-    if state.get("status") == "complete":
-        raise AhaError(f"the pipeline in {directory} is complete; start it again with `aha pipeline run` to "
-                       "train anew")
     run = Run.open(directory, on_event)
+    state = state or _initial_state(spec, run)  # killed before its first state was written: nothing ran
     state.update(status="running", run_id=run.store_id)
     return _Pipeline(run, spec, state, cancel or CancelToken()).go()
 
