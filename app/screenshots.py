@@ -237,27 +237,9 @@ def shoot_eval(app, window, grab, models: list[Path], data: Path, problems: list
 def shoot_demo(out_dir: Path, work: Path, problems: list[str]) -> list[Path]:
     """The demo from the first-run screen (the real DEFAULT recipe, about 2 minutes on 2 cores), in the light
     theme only: the dashboard mid-GRPO, the before/after table in the Eval pane, the chat with the model."""
-    from app import theme
     from app.demo import DemoFlow
-    from app.main import MainWindow
-    from app.qt import QtWidgets
 
-    os.environ["AHA_HOME"] = str(work / "home-demo")  # a first run: no models, no chats
-    os.environ["AHA_THEME"] = "light"
-    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
-    theme.apply(app)
-    window = MainWindow()
-    window.resize(1280, 800)
-    window.show()
-    written: list[Path] = []
-
-    def grab(name: str) -> None:
-        if app.focusWidget() is not None:
-            app.focusWidget().clearFocus()
-        settle(app)
-        path = out_dir / f"{name}-light.png"
-        window.grab().save(str(path))
-        written.append(path)
+    app, window, grab, written = open_window(work / "home-demo", "light", out_dir)  # a first run: nothing there
 
     DemoFlow.FLAGS = ()
     flow, runs = window.demo, window.runs
@@ -284,6 +266,33 @@ def shoot_demo(out_dir: Path, work: Path, problems: list[str]) -> list[Path]:
     grab("demo-chat")
     window.close()
     return written
+
+
+def open_window(home: Path, theme_name: str, out_dir: Path):
+    """The real window on the data directory `home` in `theme_name`, 1280 × 800, and a `grab(name)` that saves
+    it as <name>-<theme>.png in out_dir (focus cleared, events settled) into the returned `written` list."""
+    from app import theme
+    from app.main import MainWindow
+    from app.qt import QtWidgets
+
+    os.environ["AHA_HOME"] = str(home)
+    os.environ["AHA_THEME"] = theme_name
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    theme.apply(app)
+    window = MainWindow()
+    window.resize(1280, 800)
+    window.show()
+    written: list[Path] = []
+
+    def grab(name: str) -> None:
+        if app.focusWidget() is not None:
+            app.focusWidget().clearFocus()
+        settle(app)
+        path = out_dir / f"{name}-{theme_name}.png"
+        window.grab().save(str(path))
+        written.append(path)
+
+    return app, window, grab, written
 
 
 def settle(app) -> None:
@@ -638,26 +647,8 @@ def click(app, widget) -> None:
 def shoot_pipeline(out_dir: Path, theme_name: str, home: Path, run_id: int, problems: list[str]) -> list[Path]:
     """Runs, a pipeline: the window on the pipeline's data directory, its run selected (the chain of its seven
     stage cards over the overview), then a click on the reasoning-RL card (its dashboard below the chain)."""
-    from app import theme
-    from app.main import MainWindow
-    from app.qt import QtWidgets
 
-    os.environ["AHA_HOME"] = str(home)
-    os.environ["AHA_THEME"] = theme_name
-    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
-    theme.apply(app)
-    window = MainWindow()
-    window.resize(1280, 800)
-    window.show()
-    written: list[Path] = []
-
-    def grab(name: str) -> None:
-        if app.focusWidget() is not None:
-            app.focusWidget().clearFocus()
-        settle(app)
-        path = out_dir / f"{name}-{theme_name}.png"
-        window.grab().save(str(path))
-        written.append(path)
+    app, window, grab, written = open_window(home, theme_name, out_dir)
 
     runs = window.runs
     window.show_pane("runs")
