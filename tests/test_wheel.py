@@ -136,3 +136,25 @@ def test_the_window_opens_from_a_fresh_environment_with_its_icon(installed, tmp_
     assert Path(seen["icon_file"]).is_relative_to(installed) and Path(seen["icon_file"]).is_file()
     assert seen["icon_pixmap"] and seen["app_icon_pixmap"], seen
     assert seen["found"] == "No models found in Ollama, LM Studio or the Hugging Face cache."
+
+
+def test_export_runs_in_the_environment_without_torch(installed, checkpoint, tmp_path):
+    """The base install has no torch or transformers, and `aha export` (an HF checkpoint, and with a LoRA
+    adapter merged) runs there, writing the bytes this checkout's export writes."""
+    from engine.export.pipeline import export
+    from tests import tiny_models
+
+    python = str(installed / "bin" / "python")
+    home = tmp_path / "user"
+    probe = run_in(installed, [python, "-c", "import importlib.util as u; print(u.find_spec('torch'), "
+                                             "u.find_spec('transformers'))"], home)
+    assert probe.stdout.split() == ["None", "None"], probe.stdout + probe.stderr
+    src = checkpoint("llama")
+    adapter = tiny_models.make_lora_adapter(src, tmp_path / "adapter")
+    for name, extra in (("plain", []), ("merged", ["--adapter", str(adapter)])):
+        out = tmp_path / f"{name}.gguf"
+        result = run_in(installed, [str(installed / "bin" / "aha"), "export", str(src), "-o", str(out),
+                                    "--type", "f16", *extra], home)
+        assert result.returncode == 0, result.stderr[-2000:]
+        here = export(src, tmp_path / f"{name}-here.gguf", "f16", adapter=adapter if extra else None)["gguf"]
+        assert out.read_bytes() == Path(here).read_bytes(), name
