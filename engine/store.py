@@ -143,8 +143,20 @@ def _v3_run_parent(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX runs_by_parent ON runs(parent_id)")
 
 
+def _v4_removed_thinking(db: sqlite_utils.Database) -> None:
+    """The thoughts taken out of a conversation ("remove thinking", to be restored by its undo): one row per
+    assistant message, gone with the message (so deleting the conversation for good deletes them)."""
+    db.execute("""
+        CREATE TABLE removed_thinking (
+            message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+            thinking TEXT NOT NULL,
+            removed_at REAL NOT NULL
+        )""")
+
+
 # Append only; never edit a released migration. Entry i brings the schema to version i + 1.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_initial, _v2_run_process, _v3_run_parent]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_initial, _v2_run_process, _v3_run_parent,
+                                                            _v4_removed_thinking]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -511,6 +523,45 @@ class Store:
                             "stats = ? WHERE id = ?", (thinking, answer, status, _json(stats), message_id))
             self.db.execute("UPDATE conversations SET updated_at = ? WHERE id = "
                             "(SELECT conversation_id FROM messages WHERE id = ?)", (time.time(), message_id))
+
+    # --- removing thinking ------------------------------------------------------------------------
+
+    def remove_thinking(self, conversation_id: int) -> int:
+        """Take the thoughts out of a conversation's finished assistant messages (every branch): each one's
+        `thinking` is emptied and kept aside for `restore_thinking`, in one transaction. Returns how many
+        messages lost a thought (0 when none had one; a reply still streaming is left alone)."""
+        self.get_conversation(conversation_id)
+        with self._write():
+            self.db.execute("""
+                INSERT INTO removed_thinking (message_id, thinking, removed_at)
+                SELECT id, thinking, ? FROM messages
+                WHERE conversation_id = ? AND role = 'assistant' AND thinking != '' AND status != 'streaming'
+            """, (time.time(), conversation_id))
+            return self.db.execute("""
+                UPDATE messages SET thinking = ''
+                WHERE id IN (SELECT removed_thinking.message_id FROM removed_thinking
+                             JOIN messages ON messages.id = removed_thinking.message_id
+                             WHERE messages.conversation_id = ?) AND thinking != ''
+            """, (conversation_id,)).rowcount
+
+    def restore_thinking(self, conversation_id: int) -> int:
+        """Put back the thoughts `remove_thinking` took out of a conversation, in one transaction; returns how
+        many messages got theirs back."""
+        self.get_conversation(conversation_id)
+        with self._write():
+            restored = self.db.execute("""
+                UPDATE messages SET thinking = (SELECT thinking FROM removed_thinking WHERE message_id = messages.id)
+                WHERE conversation_id = ? AND id IN (SELECT message_id FROM removed_thinking)
+            """, (conversation_id,)).rowcount
+            self.db.execute("DELETE FROM removed_thinking WHERE message_id IN "
+                            "(SELECT id FROM messages WHERE conversation_id = ?)", (conversation_id,))
+            return restored
+
+    def removed_thinking_count(self, conversation_id: int) -> int:
+        """How many of a conversation's messages have a removed thought that `restore_thinking` can put back."""
+        return self._rows("SELECT COUNT(*) AS count FROM removed_thinking JOIN messages "
+                          "ON messages.id = removed_thinking.message_id WHERE messages.conversation_id = ?",
+                          (conversation_id,))[0]["count"]
 
     # --- search -----------------------------------------------------------------------------------
 

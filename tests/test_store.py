@@ -604,3 +604,98 @@ def test_a_store_that_cannot_be_opened_says_so_in_one_line_and_leaves_the_file(t
     with pytest.raises(AhaError, match=r"^cannot open the conversation store .*missing.*; check that its folder "
                                        r"exists and is writable"):
         Store(tmp_path / "missing" / "aha.db")
+
+
+# --- removing thinking ------------------------------------------------------------------------------
+
+
+def test_remove_thinking_keeps_it_aside_and_restore_puts_it_back(store):
+    conversation, user, answer = chat(store)
+    second = store.add_message(conversation.id, answer.id, "user", "And 3+3?")
+    reply = store.add_message(conversation.id, second.id, "assistant", "6", thinking="Three and three: six.")
+    branch = store.add_message(conversation.id, second.id, "assistant", "Six", thinking="3+3 is 6.")
+    plain = store.add_message(conversation.id, branch.id, "assistant", "No thought here.")
+    other, _, other_answer = chat(store, "Other")
+    assert store.removed_thinking_count(conversation.id) == 0
+
+    assert store.remove_thinking(conversation.id) == 3               # every branch; a reply without one is left
+    assert [store.get_message(m.id).thinking for m in (answer, reply, branch, plain)] == ["", "", "", ""]
+    assert store.get_message(answer.id).content == "It is **4**."  # the answers stay
+    assert store.removed_thinking_count(conversation.id) == 3
+    assert store.get_message(other_answer.id).thinking == "Two plus two makes four."  # another chat is untouched
+    assert store.removed_thinking_count(other.id) == 0
+    assert [hit.message_id for hit in store.search("three")] == []   # the search no longer finds a removed thought
+    assert "<details>" not in store.export_markdown(conversation.id)
+    assert store.remove_thinking(conversation.id) == 0               # nothing left to remove
+    assert store.removed_thinking_count(conversation.id) == 3
+
+    assert store.restore_thinking(conversation.id) == 3
+    assert store.get_message(answer.id).thinking == "Two plus two makes four."
+    assert store.get_message(reply.id).thinking == "Three and three: six."
+    assert store.get_message(branch.id).thinking == "3+3 is 6."
+    assert store.get_message(plain.id).thinking == ""
+    assert store.removed_thinking_count(conversation.id) == 0
+    assert [hit.message_id for hit in store.search("three")] == [reply.id]
+    assert store.restore_thinking(conversation.id) == 0
+    assert fts_is_consistent(store)
+
+
+def test_remove_thinking_leaves_a_streaming_reply_and_later_removals_add_to_the_archive(store):
+    conversation, user, answer = chat(store)
+    writer = store.begin_assistant_message(conversation.id, answer.id)
+    writer.append("thinking", "Still thinking…")
+    writer.flush()
+    assert store.remove_thinking(conversation.id) == 1
+    assert store.get_message(writer.message_id).thinking == "Still thinking…"
+    writer.append("answer", "Done.")
+    finished = writer.finish()
+    assert store.remove_thinking(conversation.id) == 1               # the now finished reply joins the archive
+    assert store.removed_thinking_count(conversation.id) == 2
+    assert store.restore_thinking(conversation.id) == 2
+    assert store.get_message(finished.id).thinking == "Still thinking…"
+    assert store.get_message(answer.id).thinking == "Two plus two makes four."
+
+
+def test_remove_thinking_is_one_transaction(store, monkeypatch):
+    """A failure half-way (here: the UPDATE after the archive INSERT) leaves both the thoughts and the archive
+    as they were."""
+    conversation, _, answer = chat(store)
+    real_execute = store.db.execute
+
+    def failing_update(sql, *args):
+        if sql.lstrip().startswith("UPDATE messages SET thinking = ''"):
+            raise sqlite3.OperationalError("disk I/O error")
+        return real_execute(sql, *args)
+
+    monkeypatch.setattr(store.db, "execute", failing_update)
+    with pytest.raises(sqlite3.OperationalError):
+        store.remove_thinking(conversation.id)
+    monkeypatch.undo()
+    assert store.get_message(answer.id).thinking == "Two plus two makes four."
+    assert store.removed_thinking_count(conversation.id) == 0
+
+
+def test_purging_a_conversation_deletes_its_removed_thinking(store):
+    conversation, _, _ = chat(store)
+    other, _, _ = chat(store, "Other")
+    store.remove_thinking(conversation.id)
+    store.remove_thinking(other.id)
+    store.delete_conversation(conversation.id)                       # the trash keeps it, for an undo
+    assert store.removed_thinking_count(conversation.id) == 1
+    assert store.purge_deleted() == 1
+    assert store.db.execute("SELECT COUNT(*) FROM removed_thinking").fetchone()[0] == 1  # only the other's
+    assert store.removed_thinking_count(other.id) == 1
+
+
+def test_a_version_3_database_gains_the_removed_thinking_table(tmp_path, monkeypatch):
+    with monkeypatch.context() as patched:
+        patched.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:3])
+        patched.setattr(store_module, "SCHEMA_VERSION", 3)
+        with Store(tmp_path / "aha.db") as old:
+            assert "removed_thinking" not in old.db.table_names()
+            conversation, _, answer = chat(old)
+    with Store(tmp_path / "aha.db") as store:
+        assert store.schema_version == SCHEMA_VERSION
+        assert store.remove_thinking(conversation.id) == 1
+        assert store.restore_thinking(conversation.id) == 1
+        assert store.get_message(answer.id).thinking == "Two plus two makes four."
