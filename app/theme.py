@@ -89,6 +89,7 @@ def stylesheet(c: Colors) -> str:
     #ThinkBody {{ background: transparent; border: none; color: {c.muted}; }}
     #Stats, #Muted {{ color: {c.muted}; font-size: 11px; }}
     #Warning {{ color: {c.warning}; font-size: 11px; }}
+    #Banner {{ background: {c.surface_alt}; border: 1px solid {c.border}; border-radius: 8px; }}
     #Composer {{ background: {c.surface}; border: 1px solid {c.border}; border-radius: 10px; padding: 6px; }}
     #PrimaryButton {{ background: {c.accent}; color: white; border: none; border-radius: 8px; padding: 6px 16px;
                       font-weight: 600; }}

@@ -557,6 +557,12 @@ class Store:
                             "(SELECT id FROM messages WHERE conversation_id = ?)", (conversation_id,))
             return restored
 
+    def removed_thinking_ids(self, conversation_id: int) -> set[int]:
+        """The ids of a conversation's messages whose thought is kept aside (a view can say it was removed)."""
+        return {row["message_id"] for row in self._rows(
+            "SELECT removed_thinking.message_id FROM removed_thinking JOIN messages "
+            "ON messages.id = removed_thinking.message_id WHERE messages.conversation_id = ?", (conversation_id,))}
+
     def removed_thinking_count(self, conversation_id: int) -> int:
         """How many of a conversation's messages have a removed thought that `restore_thinking` can put back."""
         return self._rows("SELECT COUNT(*) AS count FROM removed_thinking JOIN messages "

@@ -622,6 +622,7 @@ def test_remove_thinking_keeps_it_aside_and_restore_puts_it_back(store):
     assert [store.get_message(m.id).thinking for m in (answer, reply, branch, plain)] == ["", "", "", ""]
     assert store.get_message(answer.id).content == "It is **4**."  # the answers stay
     assert store.removed_thinking_count(conversation.id) == 3
+    assert store.removed_thinking_ids(conversation.id) == {answer.id, reply.id, branch.id}
     assert store.get_message(other_answer.id).thinking == "Two plus two makes four."  # another chat is untouched
     assert store.removed_thinking_count(other.id) == 0
     assert [hit.message_id for hit in store.search("three")] == []   # the search no longer finds a removed thought
@@ -634,7 +635,7 @@ def test_remove_thinking_keeps_it_aside_and_restore_puts_it_back(store):
     assert store.get_message(reply.id).thinking == "Three and three: six."
     assert store.get_message(branch.id).thinking == "3+3 is 6."
     assert store.get_message(plain.id).thinking == ""
-    assert store.removed_thinking_count(conversation.id) == 0
+    assert store.removed_thinking_count(conversation.id) == 0 and store.removed_thinking_ids(conversation.id) == set()
     assert [hit.message_id for hit in store.search("three")] == [reply.id]
     assert store.restore_thinking(conversation.id) == 0
     assert fts_is_consistent(store)

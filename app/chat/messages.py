@@ -2,7 +2,8 @@
 
 The think block reads "Thinking… 3.2 s" (timed from the first thinking token) with the last lines of the
 trace while streaming, as tall as its lines; it collapses to "Thought for 12.3 s · 842 tokens" when the
-answer starts, and says why (engine.chat.conversation's wording) when a thought did not finish. Streamed text
+answer starts (unless `collapse_when_done` is off: the Chat pane's "Collapse finished thoughts" setting), and
+says why (engine.chat.conversation's wording) when a thought did not finish. Streamed text
 is buffered and flushed at most 30 times a second, appended at the end of the documents (no re-layout of
 what is already shown); the answer's Markdown and math are rendered when it is done.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from app.chat.rich_text import render_markdown
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal
-from engine.chat.conversation import stats_line, status_for, thought_summary
+from engine.chat.conversation import stats_fields, stats_line, status_for, thought_summary
 
 FLUSH_MS = 33              # ≤ 30 repaints a second while streaming
 LIVE_MARKDOWN_MS = 750     # the answer's Markdown is re-rendered this often while it streams
@@ -73,6 +74,8 @@ class ThinkBlock(QtWidgets.QFrame):
         layout.addWidget(self.body)
         self.live = False
         self.expanded = True
+        self.collapse_when_done = True  # a finished thought shows its summary only (a click opens it)
+        self.removed = False  # the thought was taken out of the conversation ("Remove thinking"; undo restores)
         self.stats: dict = {}
         self._clock = QtCore.QElapsedTimer()
         self._ticker = QtCore.QTimer(self, interval=100, timeout=self._tick)
@@ -104,15 +107,26 @@ class ThinkBlock(QtWidgets.QFrame):
             self.live = False
             seconds = self._clock.elapsed() / 1000 if self._clock.isValid() else 0.0
             self.stats = {"thinking_s": seconds, "thinking_tokens": self.stats.get("thinking_tokens", 0)}
-            self.set_expanded(False)
+            self.set_expanded(not self.collapse_when_done)
 
     def finish(self, stats: dict) -> None:
         self._ticker.stop()
         self.live = False
         self.stats = stats
-        self.setVisible(bool(self.text()) or bool(stats.get("thinking_tokens")))
-        self.set_expanded(bool(stats.get("thinking_unfinished")) and bool(self.text()))
+        self.setVisible(bool(self.text()) or bool(stats.get("thinking_tokens")) or self.removed)
+        self.set_expanded(self.opens_when_done())
         self._update_header()
+
+    def opens_when_done(self) -> bool:
+        """Whether the finished thought is shown open: when it did not finish (so the reader sees where it
+        stopped), or when finished thoughts are not collapsed; never when there is no text to show."""
+        return bool(self.text()) and (bool(self.stats.get("thinking_unfinished")) or not self.collapse_when_done)
+
+    def set_collapse_when_done(self, collapse: bool) -> None:
+        """Follow the collapse setting; a finished thought opens or closes to match it."""
+        self.collapse_when_done = collapse
+        if not self.live:
+            self.set_expanded(self.opens_when_done())
 
     def text(self) -> str:
         return self.body.toPlainText()
@@ -171,6 +185,8 @@ class ThinkBlock(QtWidgets.QFrame):
         if self.live:
             timed = f" {self._clock.elapsed() / 1000:.1f} s" if self._clock.isValid() else ""
             self.header.setText(f"Thinking…{timed}")
+        elif self.removed:
+            self.header.setText(f"Thinking removed · {stats_fields(self.stats)['Thinking']}")
         else:
             self.header.setText(thought_summary(self.stats))
         self.header.setToolTip(self.header.text())
@@ -327,7 +343,9 @@ class AssistantMessageWidget(QtWidgets.QFrame):
         render_answer(self.answer.document(), self.answer_text.strip(), self.palette().color(QtGui.QPalette.ColorRole.Text))
 
     # -- saved messages ----------------------------------------------------------------------------
-    def show_saved(self, thinking: str, answer: str, stats: dict, status: str) -> None:
+    def show_saved(self, thinking: str, answer: str, stats: dict, status: str, thinking_removed: bool = False) -> None:
+        """A reply from the store; `thinking_removed`: its thought is kept aside (the header says so)."""
+        self.think.removed = thinking_removed
         self.think.body.setPlainText(thinking)
         self.answer_text = answer
         self.finish({**stats, "thinking_unfinished": stats.get("thinking_unfinished", False)}, status)

@@ -1,5 +1,6 @@
 """Per-conversation settings: model, the R1 preset or custom sampling, max tokens, system prompt (with
-DeepSeek's warning), history policy with "Show the exact prompt", context size and GPU layers.
+DeepSeek's warning), history policy with "Show the exact prompt", context size and GPU layers; and one setting
+of the Chat view for every chat, "Collapse finished thoughts" (kept in the window's ui.ini).
 
 A form and nothing more: values go out as a plain dict (the conversation's `settings` in the store).
 """
@@ -8,13 +9,26 @@ from __future__ import annotations
 
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal
 from engine import r1
+from engine.paths import data_dir
 
 PRESETS = {"DeepSeek R1 (0.6 · 0.95)": (r1.TEMPERATURE, r1.TOP_P), "Greedy (0 · 1.0)": (0.0, 1.0), "Custom": None}
+COLLAPSE_KEY = "chat/collapse_thoughts"
+
+
+def _ui_settings() -> QtCore.QSettings:
+    """The window's ui.ini (app.main.ui_settings; not imported from there, which imports this module)."""
+    return QtCore.QSettings(str(data_dir() / "ui.ini"), QtCore.QSettings.Format.IniFormat)
+
+
+def collapse_thoughts_setting() -> bool:
+    """Whether finished thoughts in the history show their summary only (the default) or open."""
+    return str(_ui_settings().value(COLLAPSE_KEY, "true")).lower() == "true"
 
 
 class SettingsPanel(QtWidgets.QScrollArea):
     changed = Signal(dict)
     preview_requested = Signal()
+    collapse_changed = Signal(bool)  # "Collapse finished thoughts" (every chat), already saved
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -57,6 +71,13 @@ class SettingsPanel(QtWidgets.QScrollArea):
         form.addRow(preview)
         form.addRow("Context size", self.n_ctx)
         form.addRow("GPU layers", self.gpu_layers)
+        self.collapse_thoughts = QtWidgets.QCheckBox("Collapse finished thoughts", checked=collapse_thoughts_setting())
+        self.collapse_thoughts.setToolTip("A reply's thought shows its one-line summary once the answer starts; "
+                                          "click it to open. Off: thoughts stay open. A thought that did not "
+                                          "finish is always shown open.")
+        self.collapse_thoughts.toggled.connect(self._on_collapse)
+        form.addRow(QtWidgets.QLabel("Every chat", objectName="SectionTitle"))
+        form.addRow(self.collapse_thoughts)
         self.setWidget(body)
         self._loading = False
         self.refresh_models()
@@ -161,6 +182,12 @@ class SettingsPanel(QtWidgets.QScrollArea):
             self.temperature.setValue(values[0])
             self.top_p.setValue(values[1])
         self._on_changed()
+
+    def _on_collapse(self, collapse: bool) -> None:
+        settings = _ui_settings()
+        settings.setValue(COLLAPSE_KEY, "true" if collapse else "false")
+        settings.sync()
+        self.collapse_changed.emit(collapse)
 
     def _on_changed(self, *_) -> None:
         self.system_warning.setVisible(bool(self.system_prompt.toPlainText().strip()))

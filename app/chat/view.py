@@ -1,5 +1,5 @@
-"""The Chat pane: conversations (search, rename, delete with undo, export), the message view, the composer
-with Send/Stop, per-conversation settings, the model that answers and a context meter.
+"""The Chat pane: conversations (search, rename, delete with undo, export, remove thinking with undo), the
+message view, the composer with Send/Stop, per-conversation settings, the model that answers and a context meter.
 
 Everything it shows comes from engine.store and engine.chat.runtime through ChatSession signals; it decides
 layout and nothing else.
@@ -34,6 +34,16 @@ def model_label(file_name: str | None, names: Mapping[str, str]) -> str:
 
 def matches_text(count: int) -> str:
     return f"{count} match" if count == 1 else f"{count} matches"
+
+
+def replies_text(count: int) -> str:
+    return f"{count} reply" if count == 1 else f"{count} replies"
+
+
+def widgets_of(layout: QtWidgets.QLayout, kind: type) -> list:
+    """The widgets of one kind in a message layout (its last item is the stretch)."""
+    items = (layout.itemAt(index).widget() for index in range(layout.count()))
+    return [widget for widget in items if isinstance(widget, kind)]
 
 
 class Composer(QtWidgets.QPlainTextEdit):
@@ -184,7 +194,10 @@ class ConversationList(QtWidgets.QWidget):
         menu.addAction("Export as Markdown…", lambda: self.export(conversation_id, "md"))
         menu.addAction("Export as JSON…", lambda: self.export(conversation_id, "json"))
         menu.addSeparator()
-        menu.addAction("Delete", lambda: self.parent_pane().delete_conversation(conversation_id))
+        pane = self.parent_pane()
+        pane.add_thinking_actions(menu, conversation_id)
+        menu.addSeparator()
+        menu.addAction("Delete", lambda: pane.delete_conversation(conversation_id))
         menu.exec(self.list.viewport().mapToGlobal(position))
 
     def parent_pane(self) -> ChatPane:
@@ -251,6 +264,7 @@ class ChatPane(QtWidgets.QWidget):
         self.settings.changed.connect(self._on_settings_changed)
         self.settings.preview_requested.connect(self._on_preview)
         self.settings.model.currentTextChanged.connect(self._show_model)
+        self.settings.collapse_changed.connect(self._on_collapse_changed)
         self.title = ElidedLabel()                      # a long title elides instead of widening the window
         self.title.setObjectName("EmptyTitle")
         self.model_name = ElidedLabel()                 # the model that writes the next reply
@@ -269,10 +283,16 @@ class ChatPane(QtWidgets.QWidget):
         export_menu.addAction("Export as Markdown…", lambda: self._export("md"))
         export_menu.addAction("Export as JSON…", lambda: self._export("json"))
         self.export_button.setMenu(export_menu)
+        self.thinking_button = QtWidgets.QToolButton(text="Thinking", autoRaise=True,
+                                                     popupMode=QtWidgets.QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.thinking_menu = QtWidgets.QMenu(self.thinking_button)
+        self.thinking_menu.aboutToShow.connect(self._fill_thinking_menu)
+        self.thinking_button.setMenu(self.thinking_menu)
         self.settings_button = QtWidgets.QToolButton(text="Settings", checkable=True, autoRaise=True)
         self.settings_button.toggled.connect(self.settings.setVisible)
         top = QtWidgets.QHBoxLayout()
         top.addLayout(heading, 1)
+        top.addWidget(self.thinking_button, 0, Qt.AlignmentFlag.AlignTop)
         top.addWidget(self.export_button, 0, Qt.AlignmentFlag.AlignTop)
         top.addWidget(self.settings_button, 0, Qt.AlignmentFlag.AlignTop)
         self.messages = QtWidgets.QWidget()
@@ -291,6 +311,15 @@ class ChatPane(QtWidgets.QWidget):
         self.stop_button.clicked.connect(self.stop)
         self.stop_button.hide()
         self.edit_label = QtWidgets.QLabel(objectName="Warning")
+        self.thinking_bar = QtWidgets.QFrame(objectName="Banner")   # while a chat's thinking is removed: undo
+        self.thinking_bar_label = QtWidgets.QLabel(wordWrap=True)
+        self.thinking_bar_button = QtWidgets.QPushButton("Undo")
+        self.thinking_bar_button.clicked.connect(lambda: self.restore_thinking(self.conversation_id))
+        bar = QtWidgets.QHBoxLayout(self.thinking_bar)
+        bar.setContentsMargins(10, 4, 6, 4)
+        bar.addWidget(self.thinking_bar_label, 1)
+        bar.addWidget(self.thinking_bar_button)
+        self.thinking_bar.hide()
         self.status = QtWidgets.QLabel(objectName="Muted")
         buttons = QtWidgets.QVBoxLayout()
         buttons.addWidget(self.send_button)
@@ -303,6 +332,7 @@ class ChatPane(QtWidgets.QWidget):
         column = QtWidgets.QVBoxLayout(center)
         column.setContentsMargins(8, 8, 8, 8)
         column.addLayout(top)
+        column.addWidget(self.thinking_bar)
         column.addWidget(self.scroll, 1)
         column.addWidget(self.edit_label)
         column.addLayout(compose)
@@ -336,6 +366,7 @@ class ChatPane(QtWidgets.QWidget):
         self.pending_settings = {**self.settings.values()}
         self._clear_messages()
         self._show_title()
+        self._show_thinking_bar()
         self.composer.setFocus()
 
     def open_conversation(self, conversation_id: int, reveal_message: int | None = None) -> None:
@@ -348,6 +379,7 @@ class ChatPane(QtWidgets.QWidget):
         if reveal_message is not None:
             self.store.set_leaf(conversation_id, self.store.latest_leaf(reveal_message))
         self._show_branch()
+        self._show_thinking_bar()
         self.conversations.select(conversation_id)
         if reveal_message is not None:
             self._reveal(reveal_message, self.conversations.search.text().strip())
@@ -370,6 +402,77 @@ class ChatPane(QtWidgets.QWidget):
         """Use this model for the current (or next) conversation."""
         self.settings.set_model(path)
 
+    # -- removing thinking -------------------------------------------------------------------------
+    def add_thinking_actions(self, menu: QtWidgets.QMenu, conversation_id: int | None) -> None:
+        """"Remove thinking from this conversation", and "Restore thinking" while some is kept aside."""
+        remove = menu.addAction("Remove thinking from this conversation",
+                                lambda: self.remove_thinking(conversation_id))
+        remove.setToolTip("Take the reasoning out of every reply in this chat (the answers stay); Undo brings it back")
+        remove.setEnabled(conversation_id is not None)
+        kept = self.store.removed_thinking_count(conversation_id) if conversation_id is not None else 0
+        restore = menu.addAction(f"Restore thinking ({replies_text(kept)})" if kept else "Restore thinking",
+                                 lambda: self.restore_thinking(conversation_id))
+        restore.setEnabled(kept > 0)
+
+    def _fill_thinking_menu(self) -> None:
+        self.thinking_menu.clear()
+        self.add_thinking_actions(self.thinking_menu, self.conversation_id)
+
+    def remove_thinking(self, conversation_id: int | None) -> int:
+        """Take the thoughts out of a conversation's replies (kept aside in the store); the open chat shows the
+        change and a bar with Undo. Returns how many replies lost theirs."""
+        if conversation_id is None:
+            return 0
+        if self.session.busy and conversation_id == self.conversation_id:
+            self.status_message.emit("A reply is still being written; stop it (Esc) before removing the thinking.")
+            return 0
+        count = self.store.remove_thinking(conversation_id)
+        title = self.store.get_conversation(conversation_id).title
+        if not count:
+            self.status_message.emit(f"“{title}” has no thinking to remove.")
+            return 0
+        if conversation_id == self.conversation_id:
+            self._show_branch()
+            self._show_thinking_bar(just_removed=count)
+        else:
+            self.toast.show_message(f"Removed the thinking of {replies_text(count)} from “{title}”", "Undo",
+                                    lambda: self.restore_thinking(conversation_id))
+        self.status_message.emit(f"Removed the thinking of {replies_text(count)} from “{title}”.")
+        return count
+
+    def restore_thinking(self, conversation_id: int | None) -> int:
+        """Put back the thoughts removed from a conversation; returns how many replies got theirs back."""
+        if conversation_id is None:
+            return 0
+        if self.session.busy and conversation_id == self.conversation_id:
+            self.status_message.emit("A reply is still being written; stop it (Esc) before restoring the thinking.")
+            return 0
+        count = self.store.restore_thinking(conversation_id)
+        if conversation_id == self.conversation_id:
+            self._show_branch()
+            self._show_thinking_bar()
+        if count:
+            title = self.store.get_conversation(conversation_id).title
+            self.status_message.emit(f"Restored the thinking of {replies_text(count)} in “{title}”.")
+        return count
+
+    def _show_thinking_bar(self, just_removed: int = 0) -> None:
+        """The bar above the messages while the open chat has thinking kept aside: Undo right after the removal,
+        "Restore thinking" when the chat is opened later."""
+        kept = self.store.removed_thinking_count(self.conversation_id) if self.conversation_id is not None else 0
+        if just_removed:
+            self.thinking_bar_label.setText(f"Removed the thinking of {replies_text(just_removed)} from this chat; "
+                                            "the answers stay.")
+            self.thinking_bar_button.setText("Undo")
+        elif kept:
+            self.thinking_bar_label.setText(f"The thinking of {replies_text(kept)} was removed from this chat.")
+            self.thinking_bar_button.setText("Restore thinking")
+        self.thinking_bar.setVisible(kept > 0)
+
+    def _on_collapse_changed(self, collapse: bool) -> None:
+        for widget in widgets_of(self.message_layout, AssistantMessageWidget):
+            widget.think.set_collapse_when_done(collapse)
+
     # -- messages ----------------------------------------------------------------------------------
     def _clear_messages(self) -> None:
         while self.message_layout.count() > 1:
@@ -391,13 +494,14 @@ class ChatPane(QtWidgets.QWidget):
             return
         last_stats = {}
         names = self.settings.model_names()
+        removed = self.store.removed_thinking_ids(self.conversation_id)
         for message in self.store.branch_path(conversation.leaf_id):
             siblings = [m.id for m in self.store.siblings(message.id)]
             if message.role == "user":
                 widget = UserMessageWidget(message.id, message.content)
                 widget.edit_requested.connect(self._on_edit)
             else:
-                widget = self._saved_reply(message, names)
+                widget = self._saved_reply(message, names, message.id in removed)
                 widget.regenerate_requested.connect(self.regenerate)
                 last_stats = message.stats
             widget.branches.set_siblings(siblings, message.id)
@@ -406,10 +510,11 @@ class ChatPane(QtWidgets.QWidget):
         self._update_meter(last_stats)
         self._show_title()
 
-    def _saved_reply(self, message, names: Mapping[str, str]) -> AssistantMessageWidget:
+    def _saved_reply(self, message, names: Mapping[str, str], thinking_removed: bool = False) -> AssistantMessageWidget:
         widget = AssistantMessageWidget(message.id)
+        widget.think.collapse_when_done = self.settings.collapse_thoughts.isChecked()
         widget.author.setText(model_label(message.model, names))
-        widget.show_saved(message.thinking, message.content, message.stats, message.status)
+        widget.show_saved(message.thinking, message.content, message.stats, message.status, thinking_removed)
         return widget
 
     def _reveal(self, message_id: int, query: str) -> None:
@@ -474,6 +579,7 @@ class ChatPane(QtWidgets.QWidget):
 
     def _start_stream(self) -> None:
         self.streaming = AssistantMessageWidget()
+        self.streaming.think.collapse_when_done = self.settings.collapse_thoughts.isChecked()
         self.streaming.author.setText(self.settings.model.currentText() or "Assistant")
         self.streaming.regenerate_requested.connect(self.regenerate)
         self._add_widget(self.streaming)
@@ -486,11 +592,12 @@ class ChatPane(QtWidgets.QWidget):
         if message_id in (None, -1):
             return
         names = self.settings.model_names()
+        removed = self.store.removed_thinking_ids(self.conversation_id)
         for message in self.store.branch_path(message_id):
             if message.role == "user":
                 widget = UserMessageWidget(message.id, message.content)
             else:
-                widget = self._saved_reply(message, names)
+                widget = self._saved_reply(message, names, message.id in removed)
             self._add_widget(widget)
 
     def _on_edit(self, message_id: int, text: str) -> None:
