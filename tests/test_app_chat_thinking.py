@@ -1,5 +1,7 @@
-"""The Chat pane's reasoning controls on the real window and a real tiny GGUF: remove a conversation's thinking
-and bring it back (Undo, Restore), and the "Collapse finished thoughts" setting."""
+"""The Chat pane's reasoning controls on the real window and real tiny GGUFs: the thinking budget set in the
+settings cuts the thought and the reply says so; the thinking switch (disabled with the reason on the R1
+fixture, working on a Qwen3-style template); remove a conversation's thinking and bring it back (Undo,
+Restore); the "Collapse finished thoughts" setting."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ from app.chat.messages import AssistantMessageWidget
 from app.chat.settings import collapse_thoughts_setting
 from app.chat.view import widgets_of
 from app.main import MainWindow
+from engine.chat.reasoning import ALWAYS_THINKS, DEFAULT_BUDGET_MESSAGE
 from engine.models import Library
 from engine.store import Store
 from tests.support.scripted_model import ANSWER, QUESTION, THOUGHT
+from tests.support.templates import QWEN3_TEMPLATE
 
 
 @pytest.fixture
@@ -169,3 +173,97 @@ def test_a_streaming_thought_is_shown_while_it_streams_then_collapses(qtbot, win
     assert streaming.think.expanded and not streaming.think.body.isHidden()
     qtbot.waitUntil(lambda: not pane.session.busy and pane.streaming is None)
     assert not streaming.think.expanded and streaming.think.text() == THOUGHT
+
+
+# --- thinking budget and switch ---------------------------------------------------------------------------
+
+
+def wait_switch(qtbot, pane):
+    qtbot.waitUntil(lambda: pane.settings.switch is not None)
+    return pane.settings.switch
+
+
+def test_the_budget_set_in_the_pane_cuts_the_thought_and_the_reply_says_so(qtbot, window):
+    pane = window.chat
+    settings = pane.settings
+    assert not settings.budget_on.isChecked() and not settings.budget.isEnabled()
+    assert settings.values()["thinking_budget"] is None
+    assert settings.budget_message.toPlainText() == DEFAULT_BUDGET_MESSAGE
+    assert settings.values()["budget_message"] == ""                      # "" stands for the default sentence
+    settings.budget_on.setChecked(True)
+    settings.budget.setValue(12)
+    assert settings.budget.isEnabled() and settings.values()["thinking_budget"] == 12
+    send(qtbot, pane)
+    reply = replies(pane)[-1]
+    assert reply.think.header.text().startswith("Ended by the thinking budget (12 tokens) · ")
+    assert reply.think.text().endswith(DEFAULT_BUDGET_MESSAGE + "\n")
+    assert THOUGHT.startswith(reply.think.text().split(DEFAULT_BUDGET_MESSAGE)[0])
+    assert reply.answer_text.strip()
+    assert "12 tokens, ended by the thinking budget" in reply.stats_label.text()
+    saved = window.store.get_message(reply.message_id)
+    assert saved.stats["budget_ended_thought"] and saved.stats["thinking_tokens"] == 12
+    assert saved.sampling["thinking_budget"] == 12 and saved.thinking == reply.think.text()
+    assert window.store.get_conversation(pane.conversation_id).settings["thinking_budget"] == 12
+
+    settings.budget_message.setPlainText("Time is up.")                   # a message of the user's own
+    pane.regenerate(reply.message_id)
+    qtbot.waitUntil(lambda: not pane.session.busy and pane.streaming is None)
+    again = replies(pane)[-1]
+    assert again.think.text().endswith("Time is up.\n") and DEFAULT_BUDGET_MESSAGE not in again.think.text()
+    conversation = window.store.get_conversation(pane.conversation_id)
+    assert conversation.settings["budget_message"] == "Time is up."
+
+    pane.new_conversation()                                               # a conversation keeps its own
+    pane.open_conversation(conversation.id)
+    assert settings.budget_on.isChecked() and settings.budget.value() == 12
+    assert settings.budget_message.toPlainText() == "Time is up."
+    settings.budget_on.setChecked(False)                                  # off again: the whole thought
+    send(qtbot, pane)
+    assert replies(pane)[-1].think.header.text().startswith("Thought for ")
+
+
+def test_the_thinking_switch_is_disabled_with_the_reason_on_an_r1_distill(qtbot, window):
+    pane = window.chat
+    switch = wait_switch(qtbot, pane)
+    assert not switch.supported and switch.reason == ALWAYS_THINKS
+    box = pane.settings.thinking
+    assert not box.isEnabled() and box.isChecked()
+    reason = ALWAYS_THINKS[0].upper() + ALWAYS_THINKS[1:]
+    assert box.toolTip() == reason and pane.settings.thinking_note.text() == reason
+    assert not pane.settings.thinking_note.isHidden()
+    assert pane.settings.values()["thinking"] is None                     # the template decides: it thinks
+
+
+def test_the_thinking_switch_works_on_a_qwen3_style_template(qtbot, window, gguf_with_template):
+    qwen3 = gguf_with_template("qwen3-switch", QWEN3_TEMPLATE, "qwen3")
+    Library().add(qwen3)
+    pane = window.chat
+    pane.settings.refresh_models()
+    wait_switch(qtbot, pane)
+    pane.set_model(str(qwen3))
+    qtbot.waitUntil(lambda: pane.settings.switch is not None and pane.settings.switch.supported)
+    box = pane.settings.thinking
+    assert box.isEnabled() and box.isChecked() and pane.settings.thinking_note.isHidden()
+    assert "enable_thinking" in box.toolTip()
+    box.setChecked(False)
+    assert pane.settings.values()["thinking"] is False
+    pane.settings.max_tokens.setValue(16)
+    send(qtbot, pane, "Hello")
+    saved = window.store.get_message(replies(pane)[-1].message_id)
+    assert saved.stats["thinking"] is False and saved.stats["thinking_tokens"] == 0
+    assert saved.sampling["thinking"] is False and not saved.thinking
+    conversation_id = pane.conversation_id
+
+    prompts = []                                                          # the exact prompt says so too
+    pane.session.prompt_ready.connect(prompts.append)
+    pane.session.preview_prompt(conversation_id, pane.settings.values(), "Again")
+    qtbot.waitUntil(lambda: bool(prompts))
+    assert prompts[0].text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+    pane.new_conversation()                                               # the choice is the conversation's
+    pane.open_conversation(conversation_id)
+    qtbot.waitUntil(lambda: pane.settings.switch is not None)
+    assert box.isEnabled() and not box.isChecked()
+    pane.set_model(pane.settings.model.itemData(pane.settings.model.findText("scripted")))
+    qtbot.waitUntil(lambda: pane.settings.switch is not None and not pane.settings.switch.supported)
+    assert not box.isEnabled() and pane.settings.values()["thinking"] is None

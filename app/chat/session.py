@@ -11,8 +11,11 @@ import threading
 
 from app.qt import QtCore, Signal
 from app.workers import ThreadJob
+from engine import r1
 from engine.chat.conversation import LEAF, TurnSettings, messages_for, regenerate, send
+from engine.chat.reasoning import ThinkingSwitch, thinking_switch
 from engine.chat.runtime import ChatEvent, ChatModel
+from engine.chat_template import ChatTemplate
 from engine.errors import AhaError
 from engine.store import Store
 
@@ -21,6 +24,17 @@ DEFAULT_N_CTX = 4096
 
 def settings_for(conversation_settings: dict) -> TurnSettings:
     return TurnSettings.from_conversation(conversation_settings)
+
+
+def read_thinking_switch(path: str) -> ThinkingSwitch:
+    """The thinking switch of a GGUF's chat template (the known R1 template when it has none), read from the
+    file's header without loading the model: what ChatModel.thinking_switch will say."""
+    from pathlib import Path
+
+    from engine.models import read_gguf_info
+
+    source = read_gguf_info(path).chat_template or r1.CHAT_TEMPLATE
+    return thinking_switch(ChatTemplate(source, origin=Path(path).name))
 
 
 class ModelHost:
@@ -57,6 +71,7 @@ class ChatSession(QtCore.QObject):
     status = Signal(str)
     busy_changed = Signal(bool)
     prompt_ready = Signal(object)  # engine.chat.runtime.RenderedPrompt
+    switch_ready = Signal(str, object)  # a model's path, its ThinkingSwitch (or an AhaError's line as a str)
 
     def __init__(self, store: Store, host: ModelHost | None = None, parent=None):
         super().__init__(parent)
@@ -105,10 +120,17 @@ class ChatSession(QtCore.QObject):
             with self.host.lock:
                 model = self.host.get(settings.get("model", ""), settings.get("n_ctx", DEFAULT_N_CTX),
                                       settings.get("gpu_layers", -1))
-                return model.render(messages, turn.history)
+                return model.render(messages, turn.history, turn.thinking)
         job = ThreadJob(work, self)
         job.finished.connect(self.prompt_ready.emit)
         job.failed.connect(self.failed.emit)
+        job.start()
+
+    def read_switch(self, path: str) -> None:
+        """Read the thinking switch of the model at `path` on a worker thread; emits switch_ready."""
+        job = ThreadJob(lambda emit, cancel: read_thinking_switch(path), self)
+        job.finished.connect(lambda switch: self.switch_ready.emit(path, switch))
+        job.failed.connect(lambda message: self.switch_ready.emit(path, message))
         job.start()
 
     def _run(self, settings: dict, turn) -> None:

@@ -1,6 +1,8 @@
-"""Per-conversation settings: model, the R1 preset or custom sampling, max tokens, system prompt (with
-DeepSeek's warning), history policy with "Show the exact prompt", context size and GPU layers; and one setting
-of the Chat view for every chat, "Collapse finished thoughts" (kept in the window's ui.ini).
+"""Per-conversation settings: model, the R1 preset or custom sampling, max tokens, the thinking budget (its
+tokens and the message that ends the thought), the thinking switch (enabled only for a template that has one,
+else disabled with the reason), system prompt (with DeepSeek's warning), history policy with "Show the exact
+prompt", context size and GPU layers; and one setting of the Chat view for every chat, "Collapse finished
+thoughts" (kept in the window's ui.ini).
 
 A form and nothing more: values go out as a plain dict (the conversation's `settings` in the store).
 """
@@ -9,10 +11,12 @@ from __future__ import annotations
 
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal
 from engine import r1
+from engine.chat.reasoning import DEFAULT_BUDGET_MESSAGE, ThinkingSwitch
 from engine.paths import data_dir
 
 PRESETS = {"DeepSeek R1 (0.6 · 0.95)": (r1.TEMPERATURE, r1.TOP_P), "Greedy (0 · 1.0)": (0.0, 1.0), "Custom": None}
 COLLAPSE_KEY = "chat/collapse_thoughts"
+DEFAULT_BUDGET_TOKENS = 1024  # what the budget's spin box offers when it is turned on
 
 
 def _ui_settings() -> QtCore.QSettings:
@@ -35,6 +39,7 @@ class SettingsPanel(QtWidgets.QScrollArea):
         self.setWidgetResizable(True)
         self.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # never narrower than its form
+        self._loading = False
         body = QtWidgets.QWidget()
         outer = QtWidgets.QVBoxLayout(body)
         form = QtWidgets.QFormLayout()
@@ -49,6 +54,26 @@ class SettingsPanel(QtWidgets.QScrollArea):
                                                     value=r1.TEMPERATURE)
         self.top_p = QtWidgets.QDoubleSpinBox(decimals=2, minimum=0.05, maximum=1.0, singleStep=0.05, value=r1.TOP_P)
         self.max_tokens = QtWidgets.QSpinBox(minimum=16, maximum=131072, singleStep=512, value=4096)
+        self.budget_on = QtWidgets.QCheckBox()
+        self.budget_on.setToolTip("End the thought when it reaches this many tokens: the budget message and "
+                                  "</think> go into the model's context, and it answers from there")
+        self.budget = QtWidgets.QSpinBox(minimum=0, maximum=131072, singleStep=256, value=DEFAULT_BUDGET_TOKENS,
+                                         suffix=" tokens", specialValueText="0 tokens (answer at once)")
+        self.budget.setToolTip(self.budget_on.toolTip())
+        budget_row = QtWidgets.QHBoxLayout()
+        budget_row.setContentsMargins(0, 0, 0, 0)
+        budget_row.addWidget(self.budget_on)
+        budget_row.addWidget(self.budget, 1)
+        self.budget_message = QtWidgets.QPlainTextEdit(placeholderText=DEFAULT_BUDGET_MESSAGE)
+        self.budget_message.setPlainText(DEFAULT_BUDGET_MESSAGE)
+        self.budget_message.setFixedHeight(54)
+        self.budget_message.setToolTip("What the model reads when the budget ends its thought (empty: llama.cpp's "
+                                       "default sentence)")
+        self.thinking = QtWidgets.QCheckBox("Think before answering", checked=True)
+        self.thinking_note = QtWidgets.QLabel(objectName="Muted", wordWrap=True)
+        self.switch: ThinkingSwitch | None = None   # the chosen model's, once read (set_thinking_switch)
+        self._stored_thinking: bool | None = None   # the conversation's choice, kept until the switch is known
+        self.set_thinking_switch(None)
         self.system_prompt = QtWidgets.QPlainTextEdit(placeholderText="(none — recommended for R1 models)")
         self.system_prompt.setFixedHeight(70)
         self.system_warning = QtWidgets.QLabel(r1.SYSTEM_PROMPT_WARNING, objectName="Warning", wordWrap=True)
@@ -65,6 +90,10 @@ class SettingsPanel(QtWidgets.QScrollArea):
         form.addRow("Temperature", self.temperature)
         form.addRow("Top p", self.top_p)
         form.addRow("Max tokens", self.max_tokens)
+        form.addRow("Thinking budget", budget_row)
+        form.addRow("Budget message", self.budget_message)
+        form.addRow("Thinking", self.thinking)
+        form.addRow(self.thinking_note)
         form.addRow("System prompt", self.system_prompt)
         form.addRow(self.system_warning)
         form.addRow("History", self.history)
@@ -79,11 +108,12 @@ class SettingsPanel(QtWidgets.QScrollArea):
         form.addRow(QtWidgets.QLabel("Every chat", objectName="SectionTitle"))
         form.addRow(self.collapse_thoughts)
         self.setWidget(body)
-        self._loading = False
         self.refresh_models()
         self.preset.currentTextChanged.connect(self._on_preset)
         for signal in (self.model.currentIndexChanged, self.temperature.valueChanged, self.top_p.valueChanged,
-                       self.max_tokens.valueChanged, self.system_prompt.textChanged, self.history.currentIndexChanged,
+                       self.max_tokens.valueChanged, self.budget_on.toggled, self.budget.valueChanged,
+                       self.budget_message.textChanged, self.thinking.toggled,
+                       self.system_prompt.textChanged, self.history.currentIndexChanged,
                        self.n_ctx.valueChanged, self.gpu_layers.valueChanged):
             signal.connect(self._on_changed)
         self._on_changed()
@@ -127,7 +157,47 @@ class SettingsPanel(QtWidgets.QScrollArea):
                 "temperature": round(self.temperature.value(), 3), "top_p": round(self.top_p.value(), 3),
                 "max_tokens": self.max_tokens.value(), "system_prompt": self.system_prompt.toPlainText(),
                 "history": self.history.currentData(), "n_ctx": self.n_ctx.value(),
-                "gpu_layers": self.gpu_layers.value()}
+                "gpu_layers": self.gpu_layers.value(),
+                "thinking_budget": self.budget.value() if self.budget_on.isChecked() else None,
+                "budget_message": self._budget_message(), "thinking": self._thinking_value()}
+
+    def _budget_message(self) -> str:
+        """The budget message as stored: "" for the default sentence (so it follows a later default)."""
+        text = self.budget_message.toPlainText().strip()
+        return "" if text == DEFAULT_BUDGET_MESSAGE else text
+
+    def _thinking_value(self) -> bool | None:
+        """The switch as stored: the box for a template that has a switch; None (the template decides) for one
+        without; the conversation's own value while the chosen model's template is still being read."""
+        if self.switch is None:
+            return self._stored_thinking
+        return self.thinking.isChecked() if self.switch.supported else None
+
+    def set_thinking_switch(self, switch: ThinkingSwitch | None) -> None:
+        """Show what the chosen model's template allows: the switch enabled, or disabled with the reason (an R1
+        distill always thinks); None: not known yet (no model, or its template is still being read)."""
+        self.switch = switch
+        loading, self._loading = self._loading, True
+        if switch is None:
+            self.thinking.setEnabled(False)
+            self.thinking.setChecked(self._stored_thinking is not False)
+            self.thinking_note.setText("")
+            self.thinking.setToolTip("")
+        elif switch.supported:
+            self.thinking.setEnabled(True)
+            chosen = self._stored_thinking if self._stored_thinking is not None else switch.default
+            self.thinking.setChecked(chosen is not False)
+            self.thinking.setToolTip(f"This model's template turns thinking on and off ({switch.variable}); "
+                                     "off: it answers at once")
+            self.thinking_note.setText("")
+        else:
+            self.thinking.setEnabled(False)
+            self.thinking.setChecked(True)
+            reason = switch.reason[:1].upper() + switch.reason[1:]
+            self.thinking.setToolTip(reason)
+            self.thinking_note.setText(reason)
+        self.thinking_note.setVisible(bool(self.thinking_note.text()))
+        self._loading = loading
 
     def load(self, settings: dict) -> None:
         """Show a conversation's settings (missing keys keep the R1 defaults)."""
@@ -138,6 +208,12 @@ class SettingsPanel(QtWidgets.QScrollArea):
         self.temperature.setValue(settings.get("temperature", r1.TEMPERATURE))
         self.top_p.setValue(settings.get("top_p", r1.TOP_P))
         self.max_tokens.setValue(settings.get("max_tokens", 4096))
+        budget = settings.get("thinking_budget")
+        self.budget_on.setChecked(budget is not None)
+        self.budget.setValue(budget if budget is not None else DEFAULT_BUDGET_TOKENS)
+        self.budget_message.setPlainText(settings.get("budget_message") or DEFAULT_BUDGET_MESSAGE)
+        self._stored_thinking = settings.get("thinking")
+        self.set_thinking_switch(self.switch)
         self.system_prompt.setPlainText(settings.get("system_prompt", ""))
         self.history.setCurrentIndex(max(self.history.findData(settings.get("history", "strip")), 0))
         self.n_ctx.setValue(settings.get("n_ctx", 4096))
@@ -194,5 +270,9 @@ class SettingsPanel(QtWidgets.QScrollArea):
         custom = PRESETS.get(self.preset.currentText()) is None
         self.temperature.setEnabled(custom)
         self.top_p.setEnabled(custom)
+        self.budget.setEnabled(self.budget_on.isChecked())
+        self.budget_message.setEnabled(self.budget_on.isChecked())
+        if self.switch is not None and self.switch.supported and not self._loading:
+            self._stored_thinking = self.thinking.isChecked()   # the user's choice survives a model probe
         if not self._loading:
             self.changed.emit(self.values())

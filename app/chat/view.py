@@ -17,6 +17,7 @@ from app.chat.settings import SettingsPanel
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal
 from app.widgets import ElidedLabel, Toast
 from engine.chat.conversation import LEAF
+from engine.chat.reasoning import ThinkingSwitch
 from engine.errors import AhaError
 from engine.fileio import atomic_write_text
 from engine.store import Store, group_by_conversation
@@ -251,6 +252,7 @@ class ChatPane(QtWidgets.QWidget):
         self.session.status.connect(self._on_status)
         self.session.busy_changed.connect(self._on_busy)
         self.session.prompt_ready.connect(self._on_prompt_ready)
+        self.session.switch_ready.connect(self._on_switch_ready)
         self.conversations.refresh()
 
     # -- layout ------------------------------------------------------------------------------------
@@ -264,6 +266,7 @@ class ChatPane(QtWidgets.QWidget):
         self.settings.changed.connect(self._on_settings_changed)
         self.settings.preview_requested.connect(self._on_preview)
         self.settings.model.currentTextChanged.connect(self._show_model)
+        self.settings.model.currentIndexChanged.connect(self._read_switch)
         self.settings.collapse_changed.connect(self._on_collapse_changed)
         self.title = ElidedLabel()                      # a long title elides instead of widening the window
         self.title.setObjectName("EmptyTitle")
@@ -355,6 +358,7 @@ class ChatPane(QtWidgets.QWidget):
         self._preview_with_message = False
         self._show_title()
         self._show_model()
+        self._read_switch()
 
     # -- conversations -----------------------------------------------------------------------------
     def new_conversation(self) -> None:
@@ -689,6 +693,20 @@ class ChatPane(QtWidgets.QWidget):
         text = self.composer.toPlainText().strip()
         self._preview_with_message = bool(text)
         self.session.preview_prompt(self.conversation_id, self.settings.values(), text, self._send_parent())
+
+    def _read_switch(self, *_) -> None:
+        """The chosen model's thinking switch, read on a worker thread (the settings show it when it comes)."""
+        self.settings.set_thinking_switch(None)
+        path = self.settings.model.currentData()
+        if path:
+            self.session.read_switch(path)
+
+    def _on_switch_ready(self, path: str, switch) -> None:
+        if path != self.settings.model.currentData():
+            return                        # the model was changed again meanwhile: its own answer comes
+        if isinstance(switch, str):       # the file could not be read: the switch stays off, saying why
+            switch = ThinkingSwitch(False, reason=switch)
+        self.settings.set_thinking_switch(switch)
 
     def _on_prompt_ready(self, rendered) -> None:
         self.settings.show_prompt(rendered, with_message=self._preview_with_message)

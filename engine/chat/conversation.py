@@ -117,12 +117,14 @@ def thought_summary(stats: dict) -> str:
 def stats_line(stats: dict, thought_above: bool = False, separator: str = " · ") -> str:
     """The line under a reply: the thought, the answer, first token, speed, why the reply ended when it did not
     end by itself, an error. A view that shows thought_summary above the reply (the window's think header)
-    passes thought_above: the line then gives the thought's time and tokens only, and a thought that did not
-    finish says why once, in that header (without a header, the line starts with the summary)."""
+    passes thought_above: the line then gives the thought's time and tokens (and that the thinking budget ended
+    it), and a thought that did not finish says why once, in that header (without a header, the line starts
+    with the summary)."""
     fields, unfinished = stats_fields(stats), bool(stats.get("thinking_unfinished"))
     parts = []
-    if thought_above and stats.get("thinking_tokens"):
-        parts.append(f"thinking {fields['Thinking']}")
+    if thought_above and (stats.get("thinking_tokens") or stats.get("budget_ended_thought")):
+        ended = ", ended by the thinking budget" if stats.get("budget_ended_thought") and not unfinished else ""
+        parts.append(f"thinking {fields['Thinking']}{ended}")
     elif not thought_above and (stats.get("thinking_tokens") or unfinished):
         parts.append(thought_summary(stats))
     if stats.get("answer_tokens"):
