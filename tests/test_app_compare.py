@@ -11,6 +11,7 @@ import pytest
 
 from app.chat.compare import ROWS, ComparePane
 from engine.chat.conversation import stats_fields
+from engine.chat.reasoning import DEFAULT_BUDGET_MESSAGE
 from engine.chat.runtime import ChatModel
 from engine.models import Library
 from tests.support import ends_in_thought
@@ -48,6 +49,37 @@ def test_compare_two_sampling_settings_side_by_side(qtbot, scripted_gguf, gguf_f
     assert b.reply.think.text()
     assert pane.table.item(0, 0).text().startswith(f"{pane.results['A']['thinking_s']:.1f} s · ")
     assert "A thought" in pane.status.text()
+    pane.close_models()
+
+
+def test_compare_one_model_with_two_thinking_budgets(qtbot, scripted_gguf):
+    """Same model, same sampling, budget 12 vs 30: each side's thought is cut at its own budget, and the
+    table, the think headers, the reply labels and the summary say so."""
+    Library().add(scripted_gguf)
+    pane = ComparePane()
+    qtbot.addWidget(pane)
+    pane.show()
+    for name, budget in (("A", 12), ("B", 30)):
+        side = pane.sides[name]
+        side.sampling.setCurrentText("Greedy (0 · 1.0)")
+        assert not side.budget.isEnabled() and side.plan().thinking_budget is None
+        side.budget_on.setChecked(True)
+        side.budget.setValue(budget)
+        assert side.budget.isEnabled() and side.plan().thinking_budget == budget
+    pane.prompt.setPlainText(QUESTION)
+    pane.run()
+    qtbot.waitUntil(lambda: not pane.job.is_running())
+    for name, budget in (("A", 12), ("B", 30)):
+        stats, reply = pane.results[name], pane.sides[name].reply
+        assert stats["budget_ended_thought"] and stats["thinking_tokens"] == budget
+        assert reply.think.text().endswith(DEFAULT_BUDGET_MESSAGE + "\n")
+        assert THOUGHT.startswith(reply.think.text().split(DEFAULT_BUDGET_MESSAGE)[0])
+        assert reply.think.header.text().startswith(f"Ended by the thinking budget ({budget} tokens) · ")
+        assert reply.author.text().endswith(f"Greedy (0 · 1.0) · budget {budget} tokens")
+        assert column(pane, name)["How it ended"] == f"Finished after the thinking budget ({budget} tokens) ended the thought"
+    a_thought, b_thought = (pane.sides[name].reply.think.text().split(DEFAULT_BUDGET_MESSAGE)[0] for name in "AB")
+    assert b_thought.startswith(a_thought) and len(b_thought) > len(a_thought)
+    assert pane.status.text().startswith("A thought 12 tokens (its budget ended it), B 30 (its budget ended it);")
     pane.close_models()
 
 

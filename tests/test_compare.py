@@ -16,9 +16,9 @@ class FakeModel:
         self.name, self.cancel_after_thought = name, cancel_after_thought
         self.calls: list[dict] = []
 
-    def stream(self, messages, temperature, top_p, max_tokens, cancel=None):
+    def stream(self, messages, temperature, top_p, max_tokens, cancel=None, thinking_budget=None):
         self.calls.append({"messages": messages, "temperature": temperature, "top_p": top_p,
-                           "max_tokens": max_tokens})
+                           "max_tokens": max_tokens, "thinking_budget": thinking_budget})
         yield ChatEvent("thinking", f"{self.name} thinks")
         if self.cancel_after_thought is not None:
             self.cancel_after_thought.cancel()
@@ -37,18 +37,21 @@ def test_sides_run_in_order_each_with_its_model_and_sampling():
         loaded.append((side, path))
         return models[side]
 
-    plans = {"A": Plan("a.gguf", temperature=0.0, top_p=1.0), "B": Plan("b.gguf")}
+    plans = {"A": Plan("a.gguf", temperature=0.0, top_p=1.0), "B": Plan("b.gguf", thinking_budget=256)}
     events = list(stream("2+2?", plans, load, max_tokens=64))
     assert [(event.side, event.kind, event.text) for event in events] == [
         ("A", "start", ""), ("A", "thinking", "a thinks"), ("A", "answer", "a answers"), ("A", "done", ""),
         ("B", "start", ""), ("B", "thinking", "b thinks"), ("B", "answer", "b answers"), ("B", "done", "")]
     assert loaded == [("A", "a.gguf"), ("B", "b.gguf")]
     assert models["A"].calls == [{"messages": [{"role": "user", "content": "2+2?"}], "temperature": 0.0,
-                                  "top_p": 1.0, "max_tokens": 64}]
+                                  "top_p": 1.0, "max_tokens": 64, "thinking_budget": None}]
     assert (models["B"].calls[0]["temperature"], models["B"].calls[0]["top_p"]) == (0.6, 0.95)
+    assert models["B"].calls[0]["thinking_budget"] == 256
     results = {event.side: event.stats for event in events if event.kind == "done"}
     assert summary(results) == "A thought 1 token, B 1; A answered in 1 token, B in 1."
     assert summary({"A": results["A"]}) == ""
+    results["B"] = {**results["B"], "thinking_tokens": 256, "budget_ended_thought": True}
+    assert summary(results) == "A thought 1 token, B 256 (its budget ended it); A answered in 1 token, B in 1."
 
 
 def test_a_cancel_ends_the_running_side_and_starts_no_other():

@@ -1,5 +1,5 @@
-"""Compare pane: one prompt to two models (or one model with two sampling settings), side by side — both
-think traces, their lengths and times, and the two final answers next to each other.
+"""Compare pane: one prompt to two models (or one model with two sampling settings or two thinking budgets),
+side by side — both think traces, their lengths and times, and the two final answers next to each other.
 
 Widgets only: engine.chat.compare runs the two sides (one after the other, on one worker thread here, each with
 its own loaded model) and sums them up. The model lists are read again whenever the pane is shown (models
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from app.chat.messages import AssistantMessageWidget
 from app.chat.session import ModelHost
+from app.chat.settings import DEFAULT_BUDGET_TOKENS
 from app.qt import Qt, QtWidgets
 from app.workers import ThreadJob
 from engine.chat import compare
@@ -20,17 +21,25 @@ ROWS = tuple(stats_fields({}))  # the table's rows: "Thinking", "Answer", …, "
 
 
 class Side(QtWidgets.QFrame):
-    """One column: model and sampling pickers above a reply."""
+    """One column: model, sampling and thinking budget pickers above a reply."""
 
     def __init__(self, label: str, parent=None):
         super().__init__(parent)
         self.model = QtWidgets.QComboBox()
         self.sampling = QtWidgets.QComboBox()
         self.sampling.addItems(compare.SAMPLINGS)
+        self.budget_on = QtWidgets.QCheckBox("Budget")
+        self.budget_on.setToolTip("End this side's thought at this many tokens (the Chat pane's thinking budget)")
+        self.budget = QtWidgets.QSpinBox(minimum=0, maximum=131072, singleStep=256, value=DEFAULT_BUDGET_TOKENS,
+                                         suffix=" tokens", enabled=False)
+        self.budget.setToolTip(self.budget_on.toolTip())
+        self.budget_on.toggled.connect(self.budget.setEnabled)
         header = QtWidgets.QHBoxLayout()
         header.addWidget(QtWidgets.QLabel(label, objectName="EmptyTitle"))
         header.addWidget(self.model, 1)
         header.addWidget(self.sampling)
+        header.addWidget(self.budget_on)
+        header.addWidget(self.budget)
         scroll = QtWidgets.QScrollArea(widgetResizable=True, frameShape=QtWidgets.QFrame.Shape.NoFrame)
         holder = QtWidgets.QWidget()
         self.holder_layout = QtWidgets.QVBoxLayout(holder)
@@ -46,20 +55,27 @@ class Side(QtWidgets.QFrame):
         if self.reply is not None:
             self.reply.deleteLater()
         self.reply = AssistantMessageWidget()
-        self.reply.author.setText(f"{self.model.currentText() or 'Assistant'} · {self.sampling.currentText()}")
+        budget = self.thinking_budget()
+        self.reply.author.setText(f"{self.model.currentText() or 'Assistant'} · {self.sampling.currentText()}"
+                                  + (f" · budget {budget} tokens" if budget is not None else ""))
         self.reply.regenerate_button.hide()
         self.holder_layout.insertWidget(0, self.reply)
         self.reply.start_stream()
         return self.reply
 
+    def thinking_budget(self) -> int | None:
+        return self.budget.value() if self.budget_on.isChecked() else None
+
     def plan(self) -> compare.Plan:
-        return compare.Plan(self.model.currentData() or "", **compare.SAMPLINGS[self.sampling.currentText()])
+        return compare.Plan(self.model.currentData() or "", **compare.SAMPLINGS[self.sampling.currentText()],
+                            thinking_budget=self.thinking_budget())
 
 
 class ComparePane(QtWidgets.QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.prompt = QtWidgets.QPlainTextEdit(placeholderText="One prompt, two models or two sampling settings…")
+        self.prompt = QtWidgets.QPlainTextEdit(placeholderText="One prompt, two models, two sampling settings or "
+                                                               "two thinking budgets…")
         self.prompt.setFixedHeight(70)
         self.max_tokens = QtWidgets.QSpinBox(minimum=16, maximum=131072, singleStep=512, value=4096, prefix="max ")
         self.run_button = QtWidgets.QPushButton("Compare", objectName="PrimaryButton")

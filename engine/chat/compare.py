@@ -1,4 +1,5 @@
-"""Compare: one prompt to two models (or one model with two sampling settings), and what the two replies say.
+"""Compare: one prompt to two models (or one model with two sampling settings or thinking budgets), and what
+the two replies say.
 
 `stream()` runs the sides one after the other (fair timings on a shared CPU/GPU), each on its own model, and
 yields every event tagged with its side; `summary()` says in a line how the two thought and answered.
@@ -23,11 +24,12 @@ SAMPLINGS = {"DeepSeek R1 (0.6 · 0.95)": {"temperature": r1.TEMPERATURE, "top_p
 
 @dataclass(frozen=True)
 class Plan:
-    """What one side runs: a model (its path) and its sampling."""
+    """What one side runs: a model (its path), its sampling and its thinking budget."""
 
     model: str
     temperature: float = r1.TEMPERATURE
     top_p: float = r1.TOP_P
+    thinking_budget: int | None = None  # end the thought at this many tokens (None: no budget)
 
 
 @dataclass(frozen=True)
@@ -51,15 +53,19 @@ def stream(prompt: str, plans: Mapping[str, Plan], load: Callable[[str, str], Ch
         yield SideEvent(side, "start")
         model = load(side, plan.model)
         for event in model.stream([{"role": "user", "content": prompt}], temperature=plan.temperature,
-                                  top_p=plan.top_p, max_tokens=max_tokens, cancel=cancel):
+                                  top_p=plan.top_p, max_tokens=max_tokens, cancel=cancel,
+                                  thinking_budget=plan.thinking_budget):
             yield SideEvent(side, event.kind, event.text, event.stats)
 
 
 def summary(results: Mapping[str, dict]) -> str:
     """ "A thought 120 tokens, B 88; A answered in 1 token, B in 40." from the A and B done stats; "" until
-    both sides are done."""
+    both sides are done. A thought its budget ended says so: "A thought 256 tokens (its budget ended it), …"."""
     a, b = results.get("A"), results.get("B")
     if not (a and b):
         return ""
-    return (f"A thought {counted(a.get('thinking_tokens', 0), 'token')}, B {b.get('thinking_tokens', 0)}; "
-            f"A answered in {counted(a.get('answer_tokens', 0), 'token')}, B in {b.get('answer_tokens', 0)}.")
+
+    def cut(stats: dict) -> str:
+        return " (its budget ended it)" if stats.get("budget_ended_thought") else ""
+    return (f"A thought {counted(a.get('thinking_tokens', 0), 'token')}{cut(a)}, B {b.get('thinking_tokens', 0)}"
+            f"{cut(b)}; A answered in {counted(a.get('answer_tokens', 0), 'token')}, B in {b.get('answer_tokens', 0)}.")
