@@ -20,7 +20,12 @@ one theme) to the next.
 
 Three more pictures show the window's hard cases: a 200-character title with Settings open (the window
 must keep its width, which is checked), the "Deleted · Undo" toast after deleting a chat, and the reply
-that ended inside its thought.
+that ended inside its thought. Two show the thinking budget: the train question asked again with a budget of
+the tokens of its thought's first four lines, its thought (cut there, ending in the budget's sentence) opened
+over the answer (the thinker is also taught to answer after that sentence, which is given, not learned; both
+are checked); then Settings with that budget, its message and the thinking switch, disabled with the reason
+(the tiny models have the R1 template, which always thinks); then that chat with its thinking removed and
+the bar that offers Undo; and Compare with the thinker on both sides, that budget against 1024 tokens.
 
 The Train, Runs and Export pictures come from real training on this machine: in each theme's window, two
 GRPO runs of the tiny Qwen2 checkpoint (random weights, the R1 template) on the built-in addition task are
@@ -87,8 +92,20 @@ LONG_TITLE = ("Plan a three-day rail trip from Zurich to Milan for two adults on
               "tickets, one museum a day, vegetarian places near each station, and what to do if the last "
               "train is late.")  # 200 characters
 
-# name, architecture, GGUF type, lessons (question, thought, answer; None: the reply ends inside its thought)
-TAUGHT = (("tiny-thinker-qwen2-f16", "qwen2", "f16", ((QUESTION, THINKING, ANSWER),)),
+BUDGET_LINES = 4  # the thinking budget picture's budget: the tokens of the thought's first 4 lines
+
+
+def budget_given() -> str:
+    """What the thinker has in its context when the budget ends its thought after BUDGET_LINES lines."""
+    from engine.chat.reasoning import budget_text
+
+    return "".join(THINKING.splitlines(keepends=True)[:BUDGET_LINES]) + budget_text()
+
+
+# name, architecture, GGUF type, lessons (question, thought, answer; None: the reply ends inside its thought;
+# a fourth item: the thought is given, not learned, the answer follows it)
+TAUGHT = (("tiny-thinker-qwen2-f16", "qwen2", "f16", ((QUESTION, THINKING, ANSWER),
+                                                      (QUESTION, budget_given, ANSWER, "given"))),
           ("tiny-brief-llama-q8_0", "llama", "q8_0",
            ((QUESTION, BRIEF_THINKING, BRIEF_ANSWER), (PRIME_QUESTION, PRIME_THINKING, PRIME_ANSWER),
             (SKY_QUESTION, SKY_THINKING, None))))
@@ -122,13 +139,23 @@ HASTY = ((("17 + 25 = 42.",), "42"), (("9 * 8: 9 * 10 = 90, minus 18.", "72."), 
 EVAL_K = 4
 
 
+def lesson(question: str, thought, answer: str | None, given: str = "") -> tuple[str, ...]:
+    """A TAUGHT lesson as train_scripted takes it: (question, reply), or (question, answer, thought) when the
+    thought is given (a callable then makes it)."""
+    from tests.support.scripted_model import reply_text
+
+    if given:
+        return (question, answer, thought())
+    return (question, thought if answer is None else reply_text(thought, answer))
+
+
 def build_models(work: Path) -> dict[str, Path]:
     """Teach the tiny models their replies and export them (and the random ones) to GGUF in work/models."""
     sys.path.insert(0, str(ROOT))
     import torch
 
     from engine.export.pipeline import export
-    from tests.support.scripted_model import reply_text, train_scripted
+    from tests.support.scripted_model import train_scripted
     from tests.tiny_models import make_checkpoint
 
     torch.manual_seed(0)
@@ -140,7 +167,7 @@ def build_models(work: Path) -> dict[str, Path]:
             started = time.monotonic()
             base = make_checkpoint(work / "checkpoints" / arch, arch)
             taught = train_scripted(base, work / "checkpoints" / name, steps=3000, lr=3e-3, settle_steps=50,
-                                    lessons=[(q, t if a is None else reply_text(t, a)) for q, t, a in lessons])
+                                    lessons=[lesson(*taught_lesson) for taught_lesson in lessons])
             models[name] = export(taught, work / "models" / f"{name}.gguf", kind)["gguf"]
             print(f"taught {name} in {time.monotonic() - started:.0f} s", flush=True)
     finally:
@@ -429,6 +456,10 @@ def shoot(out_dir: Path, theme_name: str, work: Path, models: dict[str, Path], p
     window.resize(1280, 800)
     chat.splitter.setSizes([240, 760, 300])
 
+    budget = shoot_budget(app, chat, grab, thinker, work, problems, theme_name)
+    window.resize(1280, 800)
+    chat.splitter.setSizes([240, 760, 300])
+
     open_chat(app, chat, sky)  # the reply that ended inside its thought, as the chat shows it when opened again
     grab("thought-unfinished")
     chat.delete_conversation(prime)  # what the list's Delete does: a toast offers Undo for a few seconds
@@ -456,6 +487,17 @@ def shoot(out_dir: Path, theme_name: str, work: Path, models: dict[str, Path], p
     for side in compare.sides.values():
         side.reply.think.header.click()
     grab("compare")
+    for side, side_budget in (("A", budget), ("B", 1024)):  # same model, two thinking budgets
+        compare.sides[side].model.setCurrentIndex(compare.sides[side].model.findData(str(thinker)))
+        compare.sides[side].budget_on.setChecked(True)
+        compare.sides[side].budget.setValue(side_budget)
+    compare.run_button.click()
+    wait_until(app, lambda: compare.job is not None and not compare.job.is_running(), "the budget comparison")
+    check(compare.sides["A"].reply, budget_given().split("\n</think>")[0] + "\n", ANSWER, "compare A (budget)")
+    check(compare.sides["B"].reply, THINKING, ANSWER, "compare B (budget 1024)")
+    for side in compare.sides.values():
+        side.reply.think.header.click()
+    grab("compare-budget")
 
     window.show_pane("models")
     window.resize(1280, 800)
@@ -465,6 +507,55 @@ def shoot(out_dir: Path, theme_name: str, work: Path, models: dict[str, Path], p
     grab("models")
     window.close()
     return written
+
+
+BUDGET_TITLE = "Train trip, thinking budget"
+
+
+def shoot_budget(app, chat, grab, thinker: Path, work: Path, problems: list[str], theme_name: str) -> int:
+    """The train question again with a thinking budget of the tokens of the thought's first BUDGET_LINES lines
+    (the thinker was taught to answer after the budget's text there): the budget-ended thought, open, then
+    Settings showing the budget and the (disabled) thinking switch; then the chat with its thinking removed and
+    the bar that offers Undo (taken). Returns the budget."""
+    from transformers import AutoTokenizer
+
+    from engine.chat.reasoning import DEFAULT_BUDGET_MESSAGE
+
+    tokenizer = AutoTokenizer.from_pretrained(work / "checkpoints" / thinker.stem)
+    budget = len(tokenizer("".join(THINKING.splitlines(keepends=True)[:BUDGET_LINES]),
+                           add_special_tokens=False).input_ids)
+    settings = chat.settings
+    settings.budget_on.setChecked(True)
+    settings.budget.setValue(budget)
+    ask(app, chat, thinker, QUESTION)
+    reply = last_reply(chat)
+    header = f"Ended by the thinking budget ({budget} tokens)"
+    if not reply.think.header.text().startswith(header) or not reply.think.text().endswith(DEFAULT_BUDGET_MESSAGE + "\n"):
+        problems.append(f"{theme_name}: the budget of {budget} tokens did not end the thought: "
+                        f"{reply.think.header.text()!r}")
+    check(reply, budget_given().split("\n</think>")[0] + "\n", ANSWER, "chat (thinking budget)")
+    rename(app, chat, BUDGET_TITLE)
+    chat.splitter.setSizes([240, 760, 300])
+    last_reply(chat).think.header.click()
+    grab("thought-budget")
+    chat.settings_button.setChecked(True)
+    wait_until(app, lambda: settings.switch is not None, "the thinking switch", 30)
+    grab("chat-budget-settings")
+    if settings.thinking.isEnabled() or not settings.thinking_note.text():
+        problems.append(f"{theme_name}: the thinking switch of an R1-template model is not shown disabled with "
+                        "its reason")
+    chat.settings_button.setChecked(False)
+    settings.budget_on.setChecked(False)
+    chat.remove_thinking(chat.conversation_id)  # what the Thinking menu's "Remove thinking…" does: a bar offers Undo
+    settle(app)
+    grab("thinking-removed")
+    if not chat.thinking_bar.isVisible() or last_reply(chat).think.text():
+        problems.append(f"{theme_name}: removing the thinking left the thought or showed no Undo bar")
+    chat.thinking_bar_button.click()
+    settle(app)
+    if not last_reply(chat).think.text():
+        problems.append(f"{theme_name}: Undo did not bring the removed thinking back")
+    return budget
 
 
 TRAIN_STEPS = 12  # the CPU smoke-test preset, longer: enough points for a curve, about half a minute on a CPU

@@ -165,14 +165,22 @@ def test_finished_thoughts_collapse_by_default_and_the_setting_opens_them(qtbot,
 
 
 def test_a_streaming_thought_is_shown_while_it_streams_then_collapses(qtbot, window):
+    """Each time thinking text is shown, the block is open with its body in view; when the reply is done, it is
+    collapsed (the tiny model writes fast: what the block showed is seen as each batch of text is shown)."""
     pane = window.chat
     pane.composer.setPlainText(QUESTION)
     pane.send()
-    streaming = pane.streaming
-    qtbot.waitUntil(lambda: bool(streaming.think.text()))
-    assert streaming.think.expanded and not streaming.think.body.isHidden()
+    think = pane.streaming.think
+    shown = []
+    append = think.append
+
+    def append_and_look(text):
+        append(text)
+        shown.append((think.live, think.expanded, think.body.isHidden()))
+    think.append = append_and_look
     qtbot.waitUntil(lambda: not pane.session.busy and pane.streaming is None)
-    assert not streaming.think.expanded and streaming.think.text() == THOUGHT
+    assert shown and all(look == (True, True, False) for look in shown)
+    assert not think.expanded and think.text() == THOUGHT
 
 
 # --- thinking budget and switch ---------------------------------------------------------------------------

@@ -80,6 +80,13 @@ def test_compare_one_model_with_two_thinking_budgets(qtbot, scripted_gguf):
     a_thought, b_thought = (pane.sides[name].reply.think.text().split(DEFAULT_BUDGET_MESSAGE)[0] for name in "AB")
     assert b_thought.startswith(a_thought) and len(b_thought) > len(a_thought)
     assert pane.status.text().startswith("A thought 12 tokens (its budget ended it), B 30 (its budget ended it);")
+    pane.sides["B"].budget_on.setChecked(False)                    # run again: B without a budget
+    pane.run()
+    qtbot.waitUntil(lambda: not pane.job.is_running())
+    b = pane.sides["B"]
+    assert b.holder_layout.count() == 2 and b.holder_layout.itemAt(0).widget() is b.reply  # the new reply only
+    assert b.reply.think.text() == THOUGHT and not pane.results["B"]["budget_ended_thought"]
+    assert b.reply.author.text().endswith("Greedy (0 · 1.0)")
     pane.close_models()
 
 

@@ -53,6 +53,8 @@ class Side(QtWidgets.QFrame):
     def new_reply(self) -> AssistantMessageWidget:
         """Replace the previous reply with a fresh, streaming one."""
         if self.reply is not None:
+            self.reply.hide()             # gone now, even before the deferred delete runs
+            self.reply.setParent(None)
             self.reply.deleteLater()
         self.reply = AssistantMessageWidget()
         budget = self.thinking_budget()

@@ -67,6 +67,7 @@ class ThinkBlock(QtWidgets.QFrame):
         self.body.setContextMenuPolicy(Qt.ContextMenuPolicy.DefaultContextMenu)
         self.body.document().documentLayout().documentSizeChanged.connect(lambda _: self._fit_body())  # rewrapped
         self.body.verticalScrollBar().rangeChanged.connect(self._show_last_lines)  # ranges settle after layout
+        self.body.installEventFilter(self)  # a new width rewraps the lines: the body's height follows
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(8, 4, 8, 6)
         layout.setSpacing(2)
@@ -137,6 +138,12 @@ class ThinkBlock(QtWidgets.QFrame):
         return self.live and self._clock.isValid()
 
     # -- view --------------------------------------------------------------------------------------
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 - Qt override
+        if (watched is self.body and event.type() == QtCore.QEvent.Type.Resize
+                and event.size().width() != event.oldSize().width() and not self.live):
+            QtCore.QTimer.singleShot(0, self, self._fit_body)  # after the body's own resize has rewrapped it
+        return super().eventFilter(watched, event)
+
     def toggle(self) -> None:
         self.set_expanded(not self.expanded)
 
@@ -150,8 +157,8 @@ class ThinkBlock(QtWidgets.QFrame):
         """The body as tall as the trace's lines, at most THINK_LINES_LIVE while live (the last ones, no
         scroll bar) and THINK_LINES_DONE when done (then it scrolls); hidden while empty or collapsed. The
         empty line after a trailing line break counts for nothing: it stays just below the view."""
-        document, lines = self.body.document(), self._text_lines()
         limit = THINK_LINES_LIVE if self.live else THINK_LINES_DONE
+        document, lines = self.body.document(), self._text_lines() if self.live else self._wrapped_lines(limit + 1)
         self.body.setVisible(self.expanded and document.characterCount() > 1)
         policy = (Qt.ScrollBarPolicy.ScrollBarAlwaysOff if self.live or lines <= limit
                   else Qt.ScrollBarPolicy.ScrollBarAsNeeded)
@@ -171,6 +178,21 @@ class ThinkBlock(QtWidgets.QFrame):
         document = self.body.document()
         trailing = 1 if document.blockCount() > 1 and not document.lastBlock().text() else 0
         return max(int(document.size().height()) - trailing, 1)  # a plain-text document's height is in lines
+
+    def _wrapped_lines(self, enough: int) -> int:
+        """The trace's lines as wrapped at the body's width now, counted up to `enough`, not counting the empty
+        one after a trailing line break. QPlainTextEdit lays out only the blocks in view, so after a resize a
+        block below the view still counts one line in the document's size however it now wraps: each block is
+        laid out here (blockBoundingRect does it), the first few only."""
+        document = self.body.document()
+        layout, block, lines = document.documentLayout(), document.begin(), 0
+        while block.isValid() and lines < enough:
+            if block == document.lastBlock() and block.blockNumber() > 0 and not block.text():
+                break  # the empty line after a trailing line break
+            layout.blockBoundingRect(block)
+            lines += max(block.layout().lineCount(), 1)
+            block = block.next()
+        return max(lines, 1)
 
     def _show_last_lines(self) -> None:
         """While live, the last lines of the trace are in view (a plain-text view scrolls by lines)."""

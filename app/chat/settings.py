@@ -58,7 +58,7 @@ class SettingsPanel(QtWidgets.QScrollArea):
         self.budget_on.setToolTip("End the thought when it reaches this many tokens: the budget message and "
                                   "</think> go into the model's context, and it answers from there")
         self.budget = QtWidgets.QSpinBox(minimum=0, maximum=131072, singleStep=256, value=DEFAULT_BUDGET_TOKENS,
-                                         suffix=" tokens", specialValueText="0 tokens (answer at once)")
+                                         suffix=" tokens")
         self.budget.setToolTip(self.budget_on.toolTip())
         budget_row = QtWidgets.QHBoxLayout()
         budget_row.setContentsMargins(0, 0, 0, 0)
@@ -66,7 +66,7 @@ class SettingsPanel(QtWidgets.QScrollArea):
         budget_row.addWidget(self.budget, 1)
         self.budget_message = QtWidgets.QPlainTextEdit(placeholderText=DEFAULT_BUDGET_MESSAGE)
         self.budget_message.setPlainText(DEFAULT_BUDGET_MESSAGE)
-        self.budget_message.setFixedHeight(54)
+        self.budget_message.setFixedHeight(70)
         self.budget_message.setToolTip("What the model reads when the budget ends its thought (empty: llama.cpp's "
                                        "default sentence)")
         self.thinking = QtWidgets.QCheckBox("Think before answering", checked=True)

@@ -25,10 +25,12 @@ def reply_text(thought: str, answer: str) -> str:
 
 
 def train_scripted(base: Path, out: Path, steps: int = 400, lr: float = 3e-3,
-                   lessons: Sequence[tuple[str, str]] | None = None, settle_steps: int = 0, seed: int = 0) -> Path:
+                   lessons: Sequence[tuple[str, ...]] | None = None, settle_steps: int = 0, seed: int = 0) -> Path:
     """Fine-tune `base` until greedy decoding after the R1 prompt for each question yields its reply + EOS.
 
-    lessons: (question, reply) pairs; by default the one lesson QUESTION → REPLY. Training stops as soon
+    lessons: (question, reply) pairs; by default the one lesson QUESTION → REPLY. A lesson may be
+    (question, reply, given): `given` is text the model finds after the prompt, in its context but not learned
+    (a thought a thinking budget cut, with the budget's closing text), and the reply follows it. Training stops as soon
     as every reply is reproduced (checked every 25 steps), then runs `settle_steps` more so that the
     margins survive quantization (q8_0). The seed fixes the start; the caller checks the result."""
     import torch
@@ -37,10 +39,11 @@ def train_scripted(base: Path, out: Path, steps: int = 400, lr: float = 3e-3,
     lessons = list(lessons) if lessons is not None else [(QUESTION, REPLY)]
     tokenizer = AutoTokenizer.from_pretrained(base)
     rows = []  # (ids, number of prompt tokens)
-    for question, reply in lessons:
+    for question, reply, *given in lessons:
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
                                                add_generation_prompt=True)
         prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        prompt_ids += tokenizer("".join(given), add_special_tokens=False).input_ids if given else []
         reply_ids = tokenizer(reply, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
         rows.append((prompt_ids + reply_ids, len(prompt_ids)))
     width = max(len(ids) for ids, _ in rows)
