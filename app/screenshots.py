@@ -555,6 +555,7 @@ def shoot_budget(app, chat, grab, thinker: Path, work: Path, problems: list[str]
     settle(app)
     if not last_reply(chat).think.text():
         problems.append(f"{theme_name}: Undo did not bring the removed thinking back")
+    chat.window().statusBar().clearMessage()  # its "Restored the thinking…" is not what the next pictures show
     return budget
 
 

@@ -63,6 +63,8 @@ def test_remove_thinking_then_undo_in_the_pane(qtbot, window):
     assert [reply.think.text() for reply in replies(pane)] == ["", ""]
     assert all(reply.think.header.text().startswith("Thinking removed · ") for reply in replies(pane))
     assert all(reply.think.body.isHidden() for reply in replies(pane))
+    replies(pane)[0].think.header.click()                             # nothing to open
+    assert not replies(pane)[0].think.expanded and replies(pane)[0].think.body.isHidden()
     assert [reply.answer_text.strip() for reply in replies(pane)] == answers
     assert all(not message.thinking for message in window.store.branch_path(
         window.store.get_conversation(conversation_id).leaf_id))

@@ -148,8 +148,8 @@ class ThinkBlock(QtWidgets.QFrame):
         self.set_expanded(not self.expanded)
 
     def set_expanded(self, expanded: bool) -> None:
-        self.expanded = expanded
-        self.header.setArrowType(Qt.ArrowType.DownArrow if expanded else Qt.ArrowType.RightArrow)
+        self.expanded = expanded and not self.removed   # a removed thought has nothing to open
+        self.header.setArrowType(Qt.ArrowType.DownArrow if self.expanded else Qt.ArrowType.RightArrow)
         self._fit_body(from_top=not self.live)
         self._update_header()
 
