@@ -427,7 +427,8 @@ def test_export_from_the_header_says_where_it_saved(qtbot, window, tmp_path, mon
     send(qtbot, pane)
     assert pane.export_button.isEnabled()
     actions = {action.text(): action for action in pane.export_button.menu().actions()}
-    assert set(actions) == {"Export as Markdown…", "Export as JSON…"}
+    assert set(actions) == {"Export as Markdown…", "Export as JSON…", "", "Remove thinking from this conversation",
+                            "Restore thinking"}  # "": the separator before the thinking actions
     target = tmp_path / "chat.md"
     monkeypatch.setattr(QtWidgets.QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), ""))
     actions["Export as Markdown…"].trigger()

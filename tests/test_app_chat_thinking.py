@@ -43,8 +43,8 @@ def replies(pane) -> list[AssistantMessageWidget]:
 
 
 def menu_actions(pane) -> dict:
-    pane._fill_thinking_menu()
-    return {action.text(): action for action in pane.thinking_menu.actions()}
+    pane.update_thinking_actions()                                    # what opening the header's Chat menu does
+    return {action.text(): action for action in pane.export_button.menu().actions()}
 
 
 def test_remove_thinking_then_undo_in_the_pane(qtbot, window):

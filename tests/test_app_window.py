@@ -306,11 +306,15 @@ def test_settings_are_per_conversation(qtbot, window):
     form.system_prompt.setPlainText("Answer in French.")
     form.history.setCurrentIndex(form.history.findData("keep"))
     form.n_ctx.setValue(2048)
+    form.budget_on.setChecked(True)
+    form.budget.setValue(512)
+    form.budget_message.setPlainText("Time is up.")
     chosen = form.values()
     click_conversation(qtbot, pane, second.id)
     assert {k: form.values()[k] for k in chosen if k != "model"} == {
         "preset": R1_PRESET, "temperature": 0.6, "top_p": 0.95, "max_tokens": 4096, "system_prompt": "",
-        "history": "strip", "n_ctx": 4096, "gpu_layers": -1}
+        "history": "strip", "n_ctx": 4096, "gpu_layers": -1, "thinking_budget": None, "budget_message": "",
+        "thinking": None}
     click_conversation(qtbot, pane, first.id)
     assert form.values() == chosen and store.get_conversation(first.id).settings == chosen
 

@@ -23,6 +23,7 @@ from engine.fileio import atomic_write_text
 from engine.store import Store, group_by_conversation
 
 SEARCH_LIMIT = 200  # matching messages looked at; the list shows one row per conversation
+REMOVE_THINKING_TIP = "Take the reasoning out of every reply in this chat (the answers stay); Undo brings it back"
 
 
 def model_label(file_name: str | None, names: Mapping[str, str]) -> str:
@@ -280,22 +281,24 @@ class ChatPane(QtWidgets.QWidget):
         heading.setSpacing(0)
         heading.addWidget(self.title)
         heading.addLayout(details)
-        self.export_button = QtWidgets.QToolButton(text="Export", autoRaise=True,
+        # The open chat's menu: export, remove or restore its thinking (one button: the column stays narrow)
+        self.export_button = QtWidgets.QToolButton(text="Chat", autoRaise=True,
                                                    popupMode=QtWidgets.QToolButton.ToolButtonPopupMode.InstantPopup)
-        export_menu = QtWidgets.QMenu(self.export_button)
-        export_menu.addAction("Export as Markdown…", lambda: self._export("md"))
-        export_menu.addAction("Export as JSON…", lambda: self._export("json"))
-        self.export_button.setMenu(export_menu)
-        self.thinking_button = QtWidgets.QToolButton(text="Thinking", autoRaise=True,
-                                                     popupMode=QtWidgets.QToolButton.ToolButtonPopupMode.InstantPopup)
-        self.thinking_menu = QtWidgets.QMenu(self.thinking_button)
-        self.thinking_menu.aboutToShow.connect(self._fill_thinking_menu)
-        self.thinking_button.setMenu(self.thinking_menu)
+        chat_menu = QtWidgets.QMenu(self.export_button)
+        chat_menu.addAction("Export as Markdown…", lambda: self._export("md"))
+        chat_menu.addAction("Export as JSON…", lambda: self._export("json"))
+        chat_menu.addSeparator()
+        self.remove_thinking_action = chat_menu.addAction("Remove thinking from this conversation",
+                                                          lambda: self.remove_thinking(self.conversation_id))
+        self.remove_thinking_action.setToolTip(REMOVE_THINKING_TIP)
+        self.restore_thinking_action = chat_menu.addAction("Restore thinking",
+                                                           lambda: self.restore_thinking(self.conversation_id))
+        chat_menu.aboutToShow.connect(self.update_thinking_actions)
+        self.export_button.setMenu(chat_menu)
         self.settings_button = QtWidgets.QToolButton(text="Settings", checkable=True, autoRaise=True)
         self.settings_button.toggled.connect(self.settings.setVisible)
         top = QtWidgets.QHBoxLayout()
         top.addLayout(heading, 1)
-        top.addWidget(self.thinking_button, 0, Qt.AlignmentFlag.AlignTop)
         top.addWidget(self.export_button, 0, Qt.AlignmentFlag.AlignTop)
         top.addWidget(self.settings_button, 0, Qt.AlignmentFlag.AlignTop)
         self.messages = QtWidgets.QWidget()
@@ -407,20 +410,24 @@ class ChatPane(QtWidgets.QWidget):
         self.settings.set_model(path)
 
     # -- removing thinking -------------------------------------------------------------------------
-    def add_thinking_actions(self, menu: QtWidgets.QMenu, conversation_id: int | None) -> None:
-        """"Remove thinking from this conversation", and "Restore thinking" while some is kept aside."""
+    def add_thinking_actions(self, menu: QtWidgets.QMenu, conversation_id: int) -> None:
+        """A conversation's "Remove thinking from this conversation", and "Restore thinking" while some is kept
+        aside (the conversation list's menu)."""
         remove = menu.addAction("Remove thinking from this conversation",
                                 lambda: self.remove_thinking(conversation_id))
-        remove.setToolTip("Take the reasoning out of every reply in this chat (the answers stay); Undo brings it back")
-        remove.setEnabled(conversation_id is not None)
-        kept = self.store.removed_thinking_count(conversation_id) if conversation_id is not None else 0
-        restore = menu.addAction(f"Restore thinking ({replies_text(kept)})" if kept else "Restore thinking",
-                                 lambda: self.restore_thinking(conversation_id))
-        restore.setEnabled(kept > 0)
+        remove.setToolTip(REMOVE_THINKING_TIP)
+        restore = menu.addAction("Restore thinking", lambda: self.restore_thinking(conversation_id))
+        self._show_thinking_actions(remove, restore, conversation_id)
 
-    def _fill_thinking_menu(self) -> None:
-        self.thinking_menu.clear()
-        self.add_thinking_actions(self.thinking_menu, self.conversation_id)
+    def update_thinking_actions(self) -> None:
+        """The Chat menu's thinking actions for the open chat (when the menu opens)."""
+        self._show_thinking_actions(self.remove_thinking_action, self.restore_thinking_action, self.conversation_id)
+
+    def _show_thinking_actions(self, remove: QtGui.QAction, restore: QtGui.QAction, conversation_id: int | None) -> None:
+        kept = self.store.removed_thinking_count(conversation_id) if conversation_id is not None else 0
+        remove.setEnabled(conversation_id is not None)
+        restore.setText(f"Restore thinking ({replies_text(kept)})" if kept else "Restore thinking")
+        restore.setEnabled(kept > 0)
 
     def remove_thinking(self, conversation_id: int | None) -> int:
         """Take the thoughts out of a conversation's replies (kept aside in the store); the open chat shows the
