@@ -546,7 +546,7 @@ def shoot_budget(app, chat, grab, thinker: Path, work: Path, problems: list[str]
                         "its reason")
     chat.settings_button.setChecked(False)
     settings.budget_on.setChecked(False)
-    chat.remove_thinking(chat.conversation_id)  # what the Thinking menu's "Remove thinking…" does: a bar offers Undo
+    chat.remove_thinking(chat.conversation_id)  # what the Chat menu's "Remove thinking…" does: a bar offers Undo
     settle(app)
     grab("thinking-removed")
     if not chat.thinking_bar.isVisible() or last_reply(chat).think.text():
