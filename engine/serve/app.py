@@ -78,11 +78,13 @@ class RequestLog:
 
     def __init__(self, app, on_request: Callable[[dict], None]):
         self.app, self.on_request = app, on_request
+        self.in_flight = 0  # requests not yet logged (read from any thread: an int is written atomically)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        self.in_flight += 1
         started, status = time.monotonic(), {"code": 500}
         record = scope[RECORD_KEY] = {}
 
@@ -94,8 +96,11 @@ class RequestLog:
         try:
             await self.app(scope, receive, sending)
         finally:
-            self.on_request({"method": scope["method"], "path": scope["path"], "status": status["code"],
-                             "duration_s": round(time.monotonic() - started, 3), **record})
+            try:
+                self.on_request({"method": scope["method"], "path": scope["path"], "status": status["code"],
+                                 "duration_s": round(time.monotonic() - started, 3), **record})
+            finally:
+                self.in_flight -= 1
 
 
 class BearerKey:

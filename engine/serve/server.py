@@ -167,6 +167,11 @@ class AhaServer:
                                       lifespan="off", timeout_graceful_shutdown=GRACEFUL_S)
         self._stop = threading.Event()
 
+    @property
+    def in_flight(self) -> int:
+        """Requests being answered (or answered and not yet logged)."""
+        return self.app.in_flight
+
     def startup_line(self) -> str:
         names = ", ".join(model.id for model in self.host.models)
         key = "API key required" if self.options.api_key else "no API key (loopback only)"
