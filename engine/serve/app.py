@@ -160,8 +160,9 @@ class EventStream:
 
 
 def create_app(host: ModelHost, *, api_key: str | None = None, save: bool = False,
-               on_request: Callable[[dict], None] = lambda record: None) -> tuple[Starlette, ServeState]:
-    """The app and its shared state (whose `cancel_all` the server calls when it stops)."""
+               on_request: Callable[[dict], None] = lambda record: None) -> tuple[RequestLog, ServeState]:
+    """The ASGI app (Starlette's, inside the key check inside the request log) and its shared state (whose
+    `cancel_all` the server calls when it stops)."""
     state = ServeState(host, save)
 
     async def list_models(request: Request) -> JSONResponse:
