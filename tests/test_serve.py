@@ -372,7 +372,10 @@ def test_the_library_is_served_by_default_and_an_empty_one_is_refused(scripted_g
         AhaServer(ServeOptions(port=0, models=("nothing",)))
 
 
-def test_a_port_in_use_is_one_line(scripted_gguf):
+def test_a_port_in_use_or_out_of_range_is_one_line(scripted_gguf):
+    for port in (70000, -1):
+        with pytest.raises(AhaError, match=f"port {port} is not a TCP port"):
+            AhaServer(ServeOptions(port=port, models=(str(scripted_gguf),)))
     with running(ServeOptions(port=0, models=(str(scripted_gguf),))) as server:
         port = int(server.url.rsplit(":", 1)[1].removesuffix("/v1"))
         with pytest.raises(AhaError, match=f"cannot listen on 127.0.0.1:{port}.*--port"):

@@ -58,6 +58,8 @@ def check_bind(host: str, api_key: str | None) -> None:
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on host:port, or one line saying why not."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise AhaError(f"port {port!r} is not a TCP port; give --port from 1 to 65535 (0: any free one)")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)
