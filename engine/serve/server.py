@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from engine.errors import AhaError
 from engine.jobs import OnEvent, format_seconds, ignore, make_event
-from engine.serve.app import create_app
 from engine.serve.host import ModelHost, served_models
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 11435
@@ -152,7 +151,9 @@ class AhaServer:
     server listens at `url`."""
 
     def __init__(self, options: ServeOptions, on_event: OnEvent = ignore):
-        import uvicorn
+        import uvicorn  # the ASGI stack is imported when a server is made, not by `aha --help`
+
+        from engine.serve.app import create_app
 
         check_bind(options.host, options.api_key)
         models, skipped = served_models(options.models)
