@@ -1,0 +1,108 @@
+"""The request log of `aha serve`, read from its events: one finished request as the cells a person reads
+(time, request, model, status, tokens with the reasoning share, duration), and the server's OpenAI base URL.
+
+It knows the fields of the server's `log` events (event "ready" with its `url`, event "request" per finished
+request) and nothing of HTTP or of the models; the window and a terminal show the same words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from engine.jobs import format_seconds
+
+DEFAULT_PORT = 11435   # aha serve's default: next to Ollama's 11434
+
+
+def base_url(url: str) -> str:
+    """The OpenAI base URL clients are given, from the server's address ("http://127.0.0.1:11435" →
+    "http://127.0.0.1:11435/v1"); an address that already ends in /v1 is kept."""
+    url = url.rstrip("/")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One finished request as the server reported it; `at` is when its event arrived (the events carry no clock).
+
+    Example:
+    >>> event = {"type": "log", "event": "request", "method": "POST", "path": "/v1/chat/completions",
+    ...          "model": "tiny", "status": 200, "stream": True, "prompt_tokens": 24, "completion_tokens": 312,
+    ...          "reasoning_tokens": 280, "duration_s": 1.84}
+    >>> record = RequestRecord.from_event(event, datetime(2026, 1, 2, 14, 3, 7))
+    >>> record.time_text(), record.status_text(), record.tokens_text(), record.duration_text()
+    ('14:03:07', '200 · stream', '24 → 312 · 280 thinking', '1.8 s')
+    """
+
+    at: datetime
+    method: str
+    path: str
+    model: str | None
+    status: int | None
+    stream: bool
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    reasoning_tokens: int | None
+    duration_s: float | None
+
+    @classmethod
+    def from_event(cls, event: dict[str, Any], at: datetime | None = None) -> RequestRecord:
+        duration = event.get("duration_s")
+        return cls(at=at or datetime.now(), method=str(event.get("method") or ""), path=str(event.get("path") or ""),
+                   model=str(event["model"]) if event.get("model") else None, status=_count(event.get("status")),
+                   stream=bool(event.get("stream")), prompt_tokens=_count(event.get("prompt_tokens")),
+                   completion_tokens=_count(event.get("completion_tokens")),
+                   reasoning_tokens=_count(event.get("reasoning_tokens")),
+                   duration_s=float(duration) if isinstance(duration, int | float) else None)
+
+    @property
+    def failed(self) -> bool:
+        """An HTTP error (4xx, 5xx) or a request that ended without a status (the client went away)."""
+        return self.status is None or self.status >= 400
+
+    def time_text(self) -> str:
+        return self.at.strftime("%H:%M:%S")
+
+    def request_text(self) -> str:
+        """"POST /v1/chat/completions"."""
+        return f"{self.method} {self.path}".strip()
+
+    def status_text(self) -> str:
+        """"200", "200 · stream", "404"; "—" without a status."""
+        shown = str(self.status) if self.status is not None else "—"
+        return f"{shown} · stream" if self.stream else shown
+
+    def tokens_text(self) -> str:
+        """Prompt → completion tokens, and how many of those were thinking: "24 → 312 · 280 thinking"; "—" for a
+        request that generated nothing (a model list)."""
+        if self.prompt_tokens is None and self.completion_tokens is None:
+            return "—"
+        prompt = "?" if self.prompt_tokens is None else f"{self.prompt_tokens:,}"
+        completion = "?" if self.completion_tokens is None else f"{self.completion_tokens:,}"
+        text = f"{prompt} → {completion}"
+        return text + (f" · {self.reasoning_tokens:,} thinking" if self.reasoning_tokens else "")
+
+    def duration_text(self) -> str:
+        return format_seconds(self.duration_s) if self.duration_s is not None else "—"
+
+    def line(self) -> str:
+        """The whole record on one line, as a terminal prints it."""
+        return "  ".join([self.time_text(), self.request_text(), self.model or "—", self.status_text(),
+                          self.tokens_text(), self.duration_text()])
+
+
+def is_request(event: dict[str, Any]) -> bool:
+    return event.get("type") == "log" and event.get("event") == "request"
+
+
+def ready_url(event: dict[str, Any]) -> str | None:
+    """The server's base URL when `event` says it is listening, else None."""
+    if event.get("type") == "log" and event.get("event") == "ready" and event.get("url"):
+        return base_url(str(event["url"]))
+    return None
