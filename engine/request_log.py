@@ -89,7 +89,10 @@ class RequestRecord:
         return text + (f" · {self.reasoning_tokens:,} thinking" if self.reasoning_tokens else "")
 
     def duration_text(self) -> str:
-        return format_seconds(self.duration_s) if self.duration_s is not None else "—"
+        """"4 ms", "470 ms" under a second (a model list, a refusal), then engine.jobs.format_seconds: "1.8 s"."""
+        if self.duration_s is None:
+            return "—"
+        return f"{self.duration_s * 1000:.0f} ms" if self.duration_s < 0.9995 else format_seconds(self.duration_s)
 
     def line(self) -> str:
         """The whole record on one line, as a terminal prints it."""
