@@ -6,7 +6,9 @@ answer the demo questions: "tiny-thinker" (Qwen2, f16) writes a long thought and
 for the train question; "tiny-brief" (Llama, q8_0) a short thought and a short answer, and it also
 answers "Is 1001 prime?" and ends "Why is the sky blue?" inside its thought (end of sequence before
 </think>). Our own exporter writes them to GGUF in a throwaway folder, next to three untrained
-random-weight tiny models that only the Models pane lists.
+random-weight tiny models that only the Models pane lists. The last picture of the chat part shows the Models
+pane serving them (`aha serve` started by its Serve toggle), after a client asked tiny-thinker the train
+question over real HTTP, once streamed.
 
 Then, for each theme, the real window runs on a fresh data directory, on the X server of $DISPLAY when
 there is one (`make screenshots` starts Xvfb with xvfb-run when it is installed), else on Qt's offscreen
@@ -463,8 +465,55 @@ def shoot(out_dir: Path, theme_name: str, work: Path, models: dict[str, Path], p
     wait_until(app, lambda: not window.models.is_busy(), "the models table", 30)
     window.models.details.tabs.setCurrentIndex(1)  # Metadata: the R1 template's fullwidth bars need a CJK font
     grab("models")
+    shoot_serving(app, window, grab, "tiny-thinker-qwen2-f16", problems, theme_name)
     window.close()
     return written
+
+
+def _http(url: str, body: dict | None = None) -> bytes:
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return response.read()
+
+
+def shoot_serving(app, window, grab, model_name: str, problems: list[str], theme_name: str) -> None:
+    """Models, serving: the Serve toggle starts `aha serve` on a free port; a client lists the models and asks
+    `model_name` the train question twice over real HTTP (once streamed), greedy; the log shows the three."""
+    import json
+    import socket
+
+    from app.models.serve import ServeState
+
+    panel = window.models.serve
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    panel.port.setValue(port)
+    panel.toggle.click()
+    wait_until(app, lambda: panel.state != ServeState.STARTING, "the server", 120)
+    if panel.state != ServeState.SERVING:
+        problems.append(f"{theme_name}: Serve did not start: {panel.message.text()}")
+        return
+    models = [item["id"] for item in json.loads(_http(f"{panel.url}/models"))["data"]]
+    model = next((name for name in models if model_name in name), None)
+    if model is None:
+        problems.append(f"{theme_name}: the server does not list {model_name}: {', '.join(models)}")
+        model = models[0]
+    question = {"model": model, "temperature": 0, "messages": [{"role": "user", "content": QUESTION}]}
+    reply = json.loads(_http(f"{panel.url}/chat/completions", question))
+    _http(f"{panel.url}/chat/completions", {**question, "stream": True})   # server-sent events, read to the end
+    wait_until(app, lambda: len(panel.records()) == 3, "the request log", 30)
+    if (reply["choices"][0]["message"].get("reasoning_content") or "").strip() != THINKING.strip():
+        problems.append(f"{theme_name}: the served reply's reasoning_content is not the taught thought")
+    if not all(record.reasoning_tokens for record in panel.records()[:2]):
+        problems.append(f"{theme_name}: the request log shows no thinking tokens for the chat requests")
+    grab("models-serving")
+    panel.toggle.click()
+    wait_until(app, lambda: panel.state == ServeState.OFF, "the server to stop", 30)
 
 
 TRAIN_STEPS = 12  # the CPU smoke-test preset, longer: enough points for a curve, about half a minute on a CPU
