@@ -70,7 +70,7 @@ class ServePanel(QtWidgets.QFrame):
         super().__init__(parent)
         self.setFrameShape(QtWidgets.QFrame.Shape.StyledPanel)
         self.state = ServeState.OFF
-        self.job: ProcessJob | None = None
+        self.job: ProcessJob | None = None          # the running server's, else the last one's
         self.url = ""                               # the base URL while serving
         self.toggle = QtWidgets.QPushButton("Serve", checkable=True)
         self.toggle.setMinimumWidth(96)             # the same width for Serve, Starting…, Serving, Stopping…
@@ -202,8 +202,7 @@ class ServePanel(QtWidgets.QFrame):
     @Slot(object)
     def _on_finished(self, outcome: JobOutcome) -> None:
         stopping = self.state == ServeState.STOPPING
-        self.job = None
-        self.url = ""
+        self.url = ""                               # self.job is kept: it is the sender, deleting it here would crash
         self._set_state(ServeState.OFF)
         served = len(self.log_model.rows())
         if outcome.status == JobStatus.CANCELLED or (stopping and outcome.status != JobStatus.ERROR):
