@@ -1,8 +1,8 @@
-"""The request log of `aha serve`, read from its events: one finished request as the cells a person reads
+"""The request log of `aha serve`, read from its events: one finished request as the cells a window's log shows
 (time, request, model, status, tokens with the reasoning share, duration), and the server's OpenAI base URL.
 
-It knows the fields of the server's `log` events (event "ready" with its `url`, event "request" per finished
-request) and nothing of HTTP or of the models; the window and a terminal show the same words.
+It knows the fields of the server's `log` events (engine.serve.server: event "ready" with its `url`, event
+"request" per answered request, whose `message` is the terminal's line) and nothing of HTTP or of the models.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from engine.jobs import format_seconds
 
-DEFAULT_PORT = 11435   # aha serve's default: next to Ollama's 11434
+DEFAULT_PORT = 11435   # engine.serve.server's (a test keeps them equal): importing it would load Starlette
 
 
 def base_url(url: str) -> str:
@@ -29,7 +29,9 @@ def _count(value: Any) -> int | None:
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """One finished request as the server reported it; `at` is when its event arrived (the events carry no clock).
+    """One answered request as the server reported it; `at` is when its event arrived (the events carry no clock),
+    `line` the server's own sentence for it (waits, a client that went away, errors), `cancelled` whether the client
+    went away before the reply was complete.
 
     Example:
     >>> event = {"type": "log", "event": "request", "method": "POST", "path": "/v1/chat/completions",
@@ -50,6 +52,8 @@ class RequestRecord:
     completion_tokens: int | None
     reasoning_tokens: int | None
     duration_s: float | None
+    line: str = ""
+    cancelled: bool = False
 
     @classmethod
     def from_event(cls, event: dict[str, Any], at: datetime | None = None) -> RequestRecord:
@@ -59,12 +63,13 @@ class RequestRecord:
                    stream=bool(event.get("stream")), prompt_tokens=_count(event.get("prompt_tokens")),
                    completion_tokens=_count(event.get("completion_tokens")),
                    reasoning_tokens=_count(event.get("reasoning_tokens")),
-                   duration_s=float(duration) if isinstance(duration, int | float) else None)
+                   duration_s=float(duration) if isinstance(duration, int | float) else None,
+                   line=str(event.get("message") or ""), cancelled=event.get("stop_reason") == "cancelled")
 
     @property
     def failed(self) -> bool:
-        """An HTTP error (4xx, 5xx) or a request that ended without a status (the client went away)."""
-        return self.status is None or self.status >= 400
+        """An HTTP error (4xx, 5xx), a request that ended without a status, or one its client left mid-reply."""
+        return self.status is None or self.status >= 400 or self.cancelled
 
     def time_text(self) -> str:
         return self.at.strftime("%H:%M:%S")
@@ -74,9 +79,10 @@ class RequestRecord:
         return f"{self.method} {self.path}".strip()
 
     def status_text(self) -> str:
-        """"200", "200 · stream", "404"; "—" without a status."""
-        shown = str(self.status) if self.status is not None else "—"
-        return f"{shown} · stream" if self.stream else shown
+        """"200", "200 · stream", "404", "200 · stream · cancelled" (the client went away); "—" without a status."""
+        words = [str(self.status) if self.status is not None else "—"]
+        words += ["stream"] * self.stream + ["cancelled"] * self.cancelled
+        return " · ".join(words)
 
     def tokens_text(self) -> str:
         """Prompt → completion tokens, and how many of those were thinking: "24 → 312 · 280 thinking"; "—" for a
@@ -94,14 +100,15 @@ class RequestRecord:
             return "—"
         return f"{self.duration_s * 1000:.0f} ms" if self.duration_s < 0.9995 else format_seconds(self.duration_s)
 
-    def line(self) -> str:
-        """The whole record on one line, as a terminal prints it."""
-        return "  ".join([self.time_text(), self.request_text(), self.model or "—", self.status_text(),
-                          self.tokens_text(), self.duration_text()])
-
 
 def is_request(event: dict[str, Any]) -> bool:
     return event.get("type") == "log" and event.get("event") == "request"
+
+
+def served_models(event: dict[str, Any]) -> list[str]:
+    """The model names a ready event lists."""
+    models = event.get("models")
+    return [str(name) for name in models] if isinstance(models, list) else []
 
 
 def ready_url(event: dict[str, Any]) -> str | None:

@@ -17,9 +17,11 @@ import pytest
 from app.main import MainWindow
 from app.models.serve import DURATION, MODEL, STATUS, TIME, TOKENS, ServeState
 from app.models.view import ModelsPane
-from app.qt import QtWidgets
+from app.qt import Qt, QtWidgets
 from engine.models import Library
-from engine.request_log import DEFAULT_PORT, RequestRecord, base_url, is_request, ready_url
+from engine.request_log import DEFAULT_PORT, RequestRecord, base_url, is_request, ready_url, served_models
+from engine.serve import server
+from engine.store import Store
 from tests.support.llama_server import free_port
 
 CHAT_EVENT = {"v": 1, "type": "log", "message": "POST /v1/chat/completions 200", "level": "info", "event": "request",
@@ -33,8 +35,7 @@ def test_a_request_event_reads_as_its_log_cells():
     assert (record.time_text(), record.request_text(), record.model, record.status_text(), record.tokens_text(),
             record.duration_text()) == ("09:05:03", "POST /v1/chat/completions", "r1-1.5b", "200 · stream",
                                         "1,024 → 2,048 · 1,900 thinking", "12 s")
-    assert record.line() == "09:05:03  POST /v1/chat/completions  r1-1.5b  200 · stream  1,024 → 2,048 · 1,900 " \
-                            "thinking  12 s"
+    assert record.line == "POST /v1/chat/completions 200" and not record.cancelled
     listing = RequestRecord.from_event({"type": "log", "event": "request", "method": "GET", "path": "/v1/models",
                                         "status": 200, "stream": False, "duration_s": 0.004})
     assert (listing.model, listing.status_text(), listing.tokens_text(), listing.duration_text()) == \
@@ -43,13 +44,16 @@ def test_a_request_event_reads_as_its_log_cells():
     assert no_thinking.tokens_text() == "1,024 → 2,048" and no_thinking.status_text() == "404" and no_thinking.failed
     gone = RequestRecord.from_event({**CHAT_EVENT, "status": None, "completion_tokens": None})
     assert gone.failed and gone.status_text() == "— · stream" and gone.tokens_text() == "1,024 → ? · 1,900 thinking"
+    left = RequestRecord.from_event({**CHAT_EVENT, "stop_reason": "cancelled"})
+    assert left.failed and left.cancelled and left.status_text() == "200 · stream · cancelled"
 
 
 def test_the_ready_event_gives_the_openai_base_url():
     ready = {"type": "log", "message": "listening", "event": "ready", "url": "http://127.0.0.1:11435"}
     assert ready_url(ready) == "http://127.0.0.1:11435/v1" == base_url("http://127.0.0.1:11435/v1/")
     assert ready_url({**ready, "event": "request"}) is None and ready_url({"type": "progress"}) is None
-    assert not is_request(ready) and DEFAULT_PORT == 11435
+    assert not is_request(ready) and served_models({**ready, "models": ["a", "b"]}) == ["a", "b"]
+    assert DEFAULT_PORT == server.DEFAULT_PORT == 11435      # the pane's default is aha serve's
 
 
 # --- the real server ---------------------------------------------------------------------------------------------
@@ -110,7 +114,7 @@ def test_serve_toggle_shows_the_url_logs_each_request_with_its_tokens_and_stops(
     pid = start_serving(qtbot, panel, port)
     url = f"http://127.0.0.1:{port}/v1"
     assert panel.url == url and panel.url_label.text() == url and panel.copy_button.isVisible()
-    assert panel.toggle.text() == "Serving" and panel.message.text() == "Chats through it are not saved."
+    assert panel.toggle.text() == "Serving" and panel.message.text() == "Serving 1 model · chats not saved"
     panel.copy_button.click()
     assert QtWidgets.QApplication.clipboard().text() == url
 
@@ -174,3 +178,22 @@ def test_closing_the_window_stops_the_server(qtbot, library, monkeypatch):
     main.close()
     assert len(asked) == 1 and "the server" in asked[0] and "The server stops" in asked[0]
     assert not is_alive(pid) and refuses_connections(port)     # stopped before the window was gone
+
+
+@pytest.mark.xfail(strict=True, reason="aha serve --save builds TurnSettings(thinking_budget=…), which waits for issue "
+                   "18's chat budget: the server answers 500 until it is merged (then this passes and fails strict)")
+def test_save_chats_passes_save_and_the_chat_lands_in_the_store(qtbot, pane):
+    panel = pane.serve
+    panel.save_box.setChecked(True)
+    start_serving(qtbot, panel, free_port())
+    assert "--save" in panel.job.argv and not panel.save_box.isEnabled()
+    assert panel.message.text() == "Serving 1 model · chats saved in Aha"
+    model = http(f"{panel.url}/models")["data"][0]["id"]
+    http(f"{panel.url}/chat/completions", {"model": model, "max_tokens": 8,
+                                            "messages": [{"role": "user", "content": "Is 7 prime?"}]})
+    qtbot.waitUntil(lambda: len(panel.records()) == 2)
+    with Store() as store:
+        assert [conversation.title for conversation in store.list_conversations()] == ["Is 7 prime?"]
+    assert "POST /v1/chat/completions" in panel.log_model.index(0, STATUS).data(Qt.ItemDataRole.ToolTipRole)
+    panel.stop()
+    qtbot.waitUntil(lambda: panel.state == ServeState.OFF, timeout=30_000)

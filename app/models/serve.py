@@ -13,7 +13,7 @@ from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal, Slot
 from app.theme import colors
 from app.widgets import RowsModel, set_style_name
 from app.workers import JobOutcome, JobStatus, ProcessJob
-from engine.request_log import DEFAULT_PORT, RequestRecord, is_request, ready_url
+from engine.request_log import DEFAULT_PORT, RequestRecord, is_request, ready_url, served_models
 
 LOG_COLUMNS = ("Time", "Model", "Status", "Tokens", "Duration", "Request")
 TIME, MODEL, STATUS, TOKENS, DURATION, REQUEST = range(len(LOG_COLUMNS))
@@ -56,7 +56,7 @@ class RequestLogModel(RowsModel):
         if role == Qt.ItemDataRole.ForegroundRole and column == STATUS and record.failed:
             return QtGui.QColor(colors().warning)
         if role == Qt.ItemDataRole.ToolTipRole:
-            return record.line()
+            return record.line or None
         return None
 
 
@@ -189,8 +189,11 @@ class ServePanel(QtWidgets.QFrame):
         if url is not None and self.state == ServeState.STARTING:
             self.url = url
             self._set_state(ServeState.SERVING)
-            self.message.setText("Chats through it are saved in Aha." if self.save_box.isChecked()
-                                 else "Chats through it are not saved.")
+            models = served_models(event)
+            count = f"{len(models)} {'model' if len(models) == 1 else 'models'}" if models else "the library"
+            saved = "chats saved in Aha" if self.save_box.isChecked() else "chats not saved"
+            self.message.setText(f"Serving {count} · {saved}")
+            self.message.setToolTip("\n".join([str(event.get("message") or ""), *models]).strip())
         elif is_request(event):
             record = RequestRecord.from_event(event)
             self.log_model.prepend(record)
