@@ -18,6 +18,8 @@ from engine.request_log import DEFAULT_PORT, RequestRecord, is_request, ready_ur
 LOG_COLUMNS = ("Time", "Model", "Status", "Tokens", "Duration", "Request")
 TIME, MODEL, STATUS, TOKENS, DURATION, REQUEST = range(len(LOG_COLUMNS))
 LOG_ROWS = 500            # the log keeps the newest requests; older ones are dropped
+SERVE_TIP = ("Serve the library's models through an OpenAI-compatible API on this computer (aha serve): other "
+             "tools then chat with them, the reasoning in its own field (reasoning_content).")
 STOP_WAIT_MS = 5000       # how long closing the window waits for the server to stop after cancel
 
 
@@ -74,14 +76,12 @@ class ServePanel(QtWidgets.QFrame):
         self.url = ""                               # the base URL while serving
         self.toggle = QtWidgets.QPushButton("Serve", checkable=True)
         self.toggle.setMinimumWidth(96)             # the same width for Serve, Starting…, Serving, Stopping…
-        self.toggle.setToolTip("Serve the library's models through an OpenAI-compatible API on this computer "
-                               "(aha serve): other tools then chat with them, reasoning in its own field.")
         self.port = QtWidgets.QSpinBox(minimum=1, maximum=65535, value=DEFAULT_PORT)
         self.port.setToolTip("The port to listen on, on 127.0.0.1 only: other computers cannot reach it.")
         self.save_box = QtWidgets.QCheckBox("Save chats")
         self.save_box.setToolTip("Keep the chats clients have through the API in Aha's chat history (--save). "
                                  "Off: they are not written anywhere.")
-        self.url_label = QtWidgets.QLabel(objectName="Muted")
+        self.url_label = QtWidgets.QLabel()              # in the text's colour: what the user came for
         self.url_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.copy_button = QtWidgets.QPushButton("Copy URL", visible=False)
         self.copy_button.setToolTip("Copy the OpenAI base URL: give it to a client as its base_url.")
@@ -229,6 +229,7 @@ class ServePanel(QtWidgets.QFrame):
         self.toggle.setText({ServeState.OFF: "Serve", ServeState.STARTING: "Starting…",
                              ServeState.SERVING: "Serving", ServeState.STOPPING: "Stopping…"}[state])
         self.toggle.setEnabled(state != ServeState.STOPPING)
+        self.toggle.setToolTip(SERVE_TIP if state == ServeState.OFF else "Stop the server.")
         self.toggle.setObjectName("PrimaryButton" if state == ServeState.SERVING else "")
         self.toggle.style().unpolish(self.toggle)
         self.toggle.style().polish(self.toggle)
