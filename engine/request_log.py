@@ -95,10 +95,14 @@ class RequestRecord:
         return text + (f" · {self.reasoning_tokens:,} thinking" if self.reasoning_tokens else "")
 
     def duration_text(self) -> str:
-        """"4 ms", "470 ms" under a second (a model list, a refusal), then engine.jobs.format_seconds: "1.8 s"."""
+        """"< 1 ms", "4 ms", "470 ms" under a second (a model list, a refusal), then engine.jobs.format_seconds:
+        "1.8 s"."""
         if self.duration_s is None:
             return "—"
-        return f"{self.duration_s * 1000:.0f} ms" if self.duration_s < 0.9995 else format_seconds(self.duration_s)
+        if self.duration_s < 0.0005:
+            return "< 1 ms"
+        milliseconds = round(self.duration_s * 1000)
+        return f"{milliseconds} ms" if milliseconds < 1000 else format_seconds(max(self.duration_s, 1.0))
 
 
 def is_request(event: dict[str, Any]) -> bool:

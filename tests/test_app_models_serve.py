@@ -42,6 +42,8 @@ def test_a_request_event_reads_as_its_log_cells():
         (None, "200", "—", "4 ms")
     no_thinking = RequestRecord.from_event({**CHAT_EVENT, "stream": False, "reasoning_tokens": 0, "status": 404})
     assert no_thinking.tokens_text() == "1,024 → 2,048" and no_thinking.status_text() == "404" and no_thinking.failed
+    assert [RequestRecord.from_event({**CHAT_EVENT, "duration_s": seconds}).duration_text()
+            for seconds in (0.0001, 0.47, 0.9996, 75)] == ["< 1 ms", "470 ms", "1.0 s", "1:15"]
     gone = RequestRecord.from_event({**CHAT_EVENT, "status": None, "completion_tokens": None})
     assert gone.failed and gone.status_text() == "— · stream" and gone.tokens_text() == "1,024 → ? · 1,900 thinking"
     left = RequestRecord.from_event({**CHAT_EVENT, "stop_reason": "cancelled"})

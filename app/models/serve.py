@@ -20,6 +20,7 @@ TIME, MODEL, STATUS, TOKENS, DURATION, REQUEST = range(len(LOG_COLUMNS))
 LOG_ROWS = 500            # the log keeps the newest requests; older ones are dropped
 SERVE_TIP = ("Serve the library's models through an OpenAI-compatible API on this computer (aha serve): other "
              "tools then chat with them, the reasoning in its own field (reasoning_content).")
+IDLE_TEXT = "An OpenAI-compatible API over the library, for other tools on this computer."
 STOP_WAIT_MS = 5000       # how long closing the window waits for the server to stop after cancel
 
 
@@ -92,6 +93,7 @@ class ServePanel(QtWidgets.QFrame):
         self._arrange()
         self.toggle.toggled.connect(self._on_toggled)
         self.copy_button.clicked.connect(self.copy_url)
+        self.message.setText(IDLE_TEXT)
         self._show_state()
 
     def _log_view(self) -> QtWidgets.QTableView:
