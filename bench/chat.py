@@ -135,14 +135,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "bench")
     args = parser.parse_args()
-    import llama_cpp
-
     from engine.chat.runtime import ChatModel
+    from engine.llama_backend import load_llama
 
     gguf = prepare(args.work)
     model = ChatModel(gguf, n_ctx=2048, n_threads=args.threads)
-    llm = llama_cpp.Llama(str(gguf), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads,
-                          verbose=False, n_gpu_layers=-1 if model.gpu_offload else 0)
+    llm = load_llama(gguf, n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads,  # as Aha loads it
+                     verbose=False, n_gpu_layers=-1 if model.gpu_offload else 0)
     sides = {"raw": Raw(llm), "aha": Aha(model)}
     messages = None
     for prompt in PROMPTS:  # these runs are the warm-up too

@@ -49,10 +49,9 @@ def batched(teacher, prompts: list[str], k: int, tokens: int, seed: int) -> tupl
 
 
 def main() -> None:
-    import llama_cpp
-
     from bench.chat import PROMPTS, prepare
     from engine.eval.batched import BatchedGGUF
+    from engine.llama_backend import load_llama
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--k", type=int, default=8)
@@ -68,8 +67,8 @@ def main() -> None:
     prompts = PROMPTS[:args.prompts]
     teacher = BatchedGGUF(gguf, n_ctx=4096, n_parallel=args.parallel, n_threads=args.threads)
     rendered = [teacher.chat.render([{"role": "user", "content": p}]).tokens for p in prompts]
-    llm = llama_cpp.Llama(str(gguf), n_ctx=max(map(len, rendered)) + args.tokens + 8, n_threads=args.threads,
-                          n_threads_batch=args.threads, verbose=False)
+    llm = load_llama(gguf, n_ctx=max(map(len, rendered)) + args.tokens + 8, n_threads=args.threads,
+                     n_threads_batch=args.threads, verbose=False)  # as Aha loads it (engine.llama_backend)
     loop(llm, rendered[:1], 1, 8, args.seed)                     # warm-up: weights paged in, buffers made
     batched(teacher, prompts[:1], 2, 8, args.seed)
     n_loop = args.loop_prompts or len(prompts)

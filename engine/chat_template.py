@@ -85,13 +85,14 @@ class ChatTemplate:
                            "nothing was run. Do not use this file.")
         self.render(TRIAL_CONVERSATION)  # the sandbox refuses unsafe operations on the common path up front
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, **variables) -> str:
+        """The prompt text; `variables` are extra template variables (Qwen3's `enable_thinking`)."""
         from jinja2 import TemplateError
         from jinja2.sandbox import SecurityError
 
         try:
             return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         bos_token=self.bos_token, eos_token=self.eos_token)
+                                         bos_token=self.bos_token, eos_token=self.eos_token, **variables)
         except SecurityError as exc:
             raise AhaError(f"the chat template of {self.origin} tried an unsafe operation ({exc}); refused.") from exc
         except TemplateError as exc:

@@ -101,6 +101,7 @@ def _resolve_model(name: str):
 
 def _cmd_chat(args: argparse.Namespace) -> int:
     from engine.chat.conversation import TurnSettings, send
+    from engine.chat.reasoning import check_budget
     from engine.chat.runtime import ChatModel
     from engine.chat.terminal import InterruptToCancel, TerminalChatView, write_json_events
     from engine.store import Store
@@ -114,7 +115,9 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         conversation = store.create_conversation(settings={"model": str(path)})
     settings = TurnSettings.from_conversation(
         conversation.settings, temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
-        seed=args.seed, history=args.history, system_prompt=args.system)
+        seed=args.seed, history=args.history, system_prompt=args.system, thinking_budget=args.thinking_budget,
+        budget_message=args.budget_message, thinking=args.thinking)
+    check_budget(settings.thinking_budget)
     with ChatModel(path, n_ctx=args.n_ctx, n_gpu_layers=args.gpu_layers) as model:
         def turn(text: str) -> None:
             with InterruptToCancel() as interrupt:
@@ -157,6 +160,14 @@ def _chat_parser(subparsers) -> None:
     parser.add_argument("--seed", type=int, help="sampling seed, for repeatable replies")
     parser.add_argument("--history", choices=("strip", "keep"), help="earlier reasoning in the prompt (default strip)")
     parser.add_argument("--system", help="system prompt (R1 models work best without one)")
+    parser.add_argument("--thinking-budget", type=int, metavar="N",
+                        help="end the thought at N tokens: a closing sentence and </think> are put into the context "
+                             "and the model answers (default: no budget)")
+    parser.add_argument("--budget-message", metavar="TEXT",
+                        help="what the budget says when it ends a thought (default: llama.cpp's sentence)")
+    parser.add_argument("--thinking", action=argparse.BooleanOptionalAction,
+                        help="turn thinking on or off, for models whose template has a switch (Qwen3); "
+                             "R1 distills always think")
     parser.add_argument("--n-ctx", type=int, default=4096, help="context size in tokens (default 4096)")
     parser.add_argument("--gpu-layers", type=int, default=-1, help="layers to offload to the GPU (-1: all)")
     parser.set_defaults(func=_cmd_chat)

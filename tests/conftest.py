@@ -108,18 +108,19 @@ def scripted_gguf(tiny_dir, checkpoint):
 
 @pytest.fixture(scope="session")
 def gguf_with_template(tiny_dir, checkpoint):
-    """gguf_with_template(name, template | None) → a tiny GGUF whose chat template is replaced (or removed)."""
+    """gguf_with_template(name, template | None, arch="qwen2") → a tiny GGUF of that architecture whose chat
+    template is replaced (or removed)."""
     import json
     import shutil
 
     from engine.export.pipeline import export
 
-    def build(name: str, template: str | None) -> Path:
+    def build(name: str, template: str | None, arch: str = "qwen2") -> Path:
         path = tiny_dir / "templates" / f"{name}.gguf"
         if path.exists():
             return path
         folder = tiny_dir / "templates" / name
-        shutil.copytree(checkpoint("qwen2"), folder)
+        shutil.copytree(checkpoint(arch), folder)
         config_file = folder / "tokenizer_config.json"
         config = json.loads(config_file.read_text(encoding="utf-8"))
         config.pop("chat_template", None)

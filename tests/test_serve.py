@@ -134,16 +134,34 @@ def test_streamed_reply_sends_thought_and_answer_as_separate_deltas_then_usage(s
     assert record["reasoning_tokens"] == engine_stats.stats["thinking_tokens"]
 
 
-def test_thinking_budget_cuts_the_thought_and_the_answer_follows(served, engine_stats):
+def test_thinking_budget_cuts_the_thought_as_the_engine_does_and_the_answer_follows(served, engine_stats,
+                                                                                     scripted_gguf):
     from engine.chat.reasoning import DEFAULT_BUDGET_MESSAGE
 
-    reply = ask(client(served), extra_body={"thinking_budget_tokens": 5})
+    reply = ask(client(served), extra_body={"thinking_budget_tokens": 12})
     message = reply.choices[0].message
-    assert DEFAULT_BUDGET_MESSAGE in message.reasoning_content and "Step 3" not in message.reasoning_content
-    assert message.content.strip() and "</think>" not in message.content
-    assert reply.usage.completion_tokens_details.reasoning_tokens < engine_stats.stats["thinking_tokens"]
+    written, said = message.reasoning_content.split(DEFAULT_BUDGET_MESSAGE)
+    assert engine_stats.thinking.startswith(written) and len(written) < len(engine_stats.thinking) and said == "\n"
+    assert message.content.strip() and reply.choices[0].finish_reason == "stop"
+    assert reply.usage.completion_tokens_details.reasoning_tokens == 12  # the model's own; the budget's text not
     record = requests_of(served.events, 100, timeout_s=0)[-1]
-    assert record["budget_ended_thought"] is True and record["thinking_budget"] == 5
+    assert record["budget_ended_thought"] is True and record["thinking_budget"] == 12
+    assert "the thinking budget ended the thought" in record["message"]
+    # The same reply as the engine's own with that budget (what `aha chat --thinking-budget 12` shows).
+    with ChatModel(scripted_gguf, n_ctx=4096) as model:
+        same = complete(model, [{"role": "user", "content": QUESTION}], thinking_budget=12, **GREEDY)
+    assert (message.reasoning_content, message.content) == (same.thinking, same.answer)
+
+
+def test_the_thinking_switch_is_passed_to_a_template_that_has_one(gguf_with_template, tmp_path):
+    from tests.support.templates import QWEN3_TEMPLATE
+
+    qwen3 = gguf_with_template("qwen3-switch", QWEN3_TEMPLATE, "qwen3")
+    with running(ServeOptions(port=0, models=(str(qwen3),))) as server:
+        prompts = {switch: ask(client(server), "qwen3-switch", max_tokens=1,
+                               extra_body={"chat_template_kwargs": {"enable_thinking": switch}}).usage.prompt_tokens
+                   for switch in (True, False)}
+    assert prompts[False] > prompts[True]  # off: the template writes an empty thought into the prompt
 
 
 def test_reasoning_effort_is_a_budget_and_a_bad_one_is_refused(served):

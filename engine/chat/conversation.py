@@ -20,7 +20,8 @@ from engine.store import Store
 LEAF = "leaf"  # send(parent_id=LEAF): after the conversation's current leaf; parent_id=None: a new root
 
 SETTINGS_DEFAULTS = {"temperature": r1.TEMPERATURE, "top_p": r1.TOP_P, "max_tokens": 4096, "history": "strip",
-                     "system_prompt": "", "seed": None}
+                     "system_prompt": "", "seed": None, "thinking_budget": None, "budget_message": "",
+                     "thinking": None}
 
 
 @dataclass
@@ -33,6 +34,9 @@ class TurnSettings:
     history: str = "strip"
     system_prompt: str = ""
     seed: int | None = None
+    thinking_budget: int | None = None       # end the thought at this many tokens (None: no budget)
+    budget_message: str = ""                 # what the budget says when it ends a thought ("": llama.cpp's sentence)
+    thinking: bool | None = None             # the template's thinking switch (None: the template's default)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -42,8 +46,10 @@ class TurnSettings:
         return cls(**merged)
 
     def sampling(self) -> dict:
+        """The keyword arguments of ChatModel.stream (and what a reply records it was made with)."""
         return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
-                "seed": self.seed}
+                "seed": self.seed, "thinking_budget": self.thinking_budget,
+                "budget_message": self.budget_message or None, "thinking": self.thinking}
 
 
 def status_for(stop_reason: str | None) -> str:
@@ -57,6 +63,7 @@ def status_for(stop_reason: str | None) -> str:
 STOP_WORDING = {"eos": "Finished", "cancelled": "Stopped by you", "max_tokens": "Cut by the token budget",
                 "context_full": "Cut: the context is full", "error": "Failed"}
 ENDED_IN_THOUGHT = "The model ended inside its thought"   # EOS before </think>: nobody stopped it
+BUDGET_ENDED = "Ended by the thinking budget"              # the budget's text closed the thought
 
 
 def stop_wording(stats: dict) -> str:
@@ -65,6 +72,10 @@ def stop_wording(stats: dict) -> str:
     reason = stats.get("stop_reason")
     if reason is None:
         return ""
+    if stats.get("budget_ended_thought") and not stats.get("thinking_unfinished"):
+        ending = STOP_WORDING.get(reason, reason)
+        return f"{ending} after the thinking budget ({counted(stats.get('thinking_budget') or 0, 'token')}) " \
+               "ended the thought"
     if stats.get("thinking_unfinished"):
         return ENDED_IN_THOUGHT if reason == "eos" else f"{STOP_WORDING.get(reason, reason)} while thinking"
     return STOP_WORDING.get(reason, reason)
@@ -94,8 +105,11 @@ def stats_fields(stats: dict) -> dict[str, str]:
 
 def thought_summary(stats: dict) -> str:
     """Header of a finished thought: "Thought for 12.3 s · 842 tokens", or why it did not finish
-    ("Stopped by you while thinking · 3.1 s · 120 tokens")."""
+    ("Stopped by you while thinking · 3.1 s · 120 tokens"), or that the budget ended it
+    ("Ended by the thinking budget (256 tokens) · 3.1 s · 256 tokens")."""
     thinking = stats_fields(stats)["Thinking"]
+    if stats.get("budget_ended_thought") and not stats.get("thinking_unfinished"):
+        return f"{BUDGET_ENDED} ({counted(stats.get('thinking_budget') or 0, 'token')}) · {thinking}"
     reason = stop_wording(stats) if stats.get("thinking_unfinished") else ""
     return f"{reason} · {thinking}" if reason else f"Thought for {thinking}"
 

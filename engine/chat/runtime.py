@@ -1,7 +1,9 @@
 """In-process llama.cpp chat runtime for reasoning models: render, stream thinking and answer, measure.
 
 `ChatModel.stream()` yields `ChatEvent`s — "thinking" and "answer" deltas routed by engine.think, then
-one "done" with stop reason and timings measured on a monotonic clock at token granularity. The chat
+one "done" with stop reason and timings measured on a monotonic clock at token granularity. A thinking
+budget ends a thought at N tokens: the budget's text (engine.chat.reasoning) goes into the context, is
+streamed as the thought's end, and decoding goes on from there to the answer. The chat
 template comes from the GGUF (checked and rendered in a sandbox) or, when a file has none, the known R1
 template. Knows nothing of the store, conversations or Qt: a list of messages in, events out.
 """
@@ -16,6 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine import r1
+from engine.chat.reasoning import (
+    ThinkingSwitch,
+    budget_text,
+    check_budget,
+    ends_inside_thinking,
+    thinking_switch,
+)
 from engine.chat_template import ChatTemplate
 from engine.errors import AhaError
 from engine.think import ThinkParser, split_thinking
@@ -72,12 +81,6 @@ def history_messages(messages: list[dict], policy: str) -> list[dict]:
     return shaped
 
 
-def ends_inside_thinking(prompt: str) -> bool:
-    """Decide "prefilled" from the rendered prompt: does it end inside an unclosed <think>?"""
-    opened, closed = prompt.rfind(r1.THINK_OPEN), prompt.rfind(r1.THINK_CLOSE)
-    return opened != -1 and opened > closed and not prompt[opened + len(r1.THINK_OPEN):].strip()
-
-
 class _Clock:
     """Token-granular timing: each token's duration is the time since the previous one arrived."""
 
@@ -106,6 +109,7 @@ class ChatModel:
     def __init__(self, path: Path | str, n_ctx: int = 4096, n_gpu_layers: int = -1, n_threads: int | None = None):
         import llama_cpp
 
+        from engine.llama_backend import load_llama
         from engine.models import read_gguf_info
 
         self.path = Path(path).expanduser()
@@ -122,9 +126,9 @@ class ChatModel:
         self.gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
         self.n_threads = n_threads or physical_cores()
         try:
-            self._llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx, verbose=False,
-                                        n_gpu_layers=n_gpu_layers if self.gpu_offload else 0,
-                                        n_threads=self.n_threads, n_threads_batch=self.n_threads)
+            self._llm = load_llama(self.path, n_ctx=n_ctx, verbose=False,
+                                   n_gpu_layers=n_gpu_layers if self.gpu_offload else 0,
+                                   n_threads=self.n_threads, n_threads_batch=self.n_threads)
         except (ValueError, RuntimeError) as exc:
             raise AhaError(f"llama.cpp could not load {self.path.name} ({exc}); the file may be for a newer "
                            "llama.cpp or damaged.") from exc
@@ -134,6 +138,7 @@ class ChatModel:
         # End of generation: llama.cpp's end-of-generation tokens, plus the R1 turn markers as single tokens.
         self._vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
         self._stop_ids = {eos} | {t for t in (self._single_token(s) for s in r1.STOPS) if t is not None}
+        self.thinking_switch: ThinkingSwitch = thinking_switch(self.template)
 
     # -- prompt -------------------------------------------------------------------------------------
     def _token_text(self, token: int) -> str:
@@ -147,13 +152,21 @@ class ChatModel:
     def context_size(self) -> int:
         return self._llm.n_ctx()
 
-    def render(self, messages: list[dict], history: str = "strip") -> RenderedPrompt:
-        """The exact prompt text and tokens the model will see for these messages."""
+    def render(self, messages: list[dict], history: str = "strip", thinking: bool | None = None) -> RenderedPrompt:
+        """The exact prompt text and tokens the model will see for these messages. `thinking` sets the
+        template's thinking switch (None: the template's default); a template without one ignores it."""
         warnings = [self.template_warning] if self.template_warning else []
+        variables = {}
+        if thinking is not None:
+            switch = self.thinking_switch
+            if switch.supported:
+                variables[switch.variable] = thinking
+            elif not thinking:
+                warnings.append(f"thinking cannot be turned off: {switch.reason}")
         if any(m["role"] == "system" and (m.get("content") or "").strip() for m in messages):
             warnings.append(r1.SYSTEM_PROMPT_WARNING)
         shaped = history_messages(messages, history)
-        text = self.template.render(shaped, add_generation_prompt=True)
+        text = self.template.render(shaped, add_generation_prompt=True, **variables)
         if history == "keep" and any(m.get("thinking") for m in messages if m["role"] == "assistant") \
                 and r1.THINK_CLOSE not in text.rsplit(r1.ASSISTANT, 1)[0]:
             warnings.append("this model's chat template drops earlier reasoning itself; history policy 'keep' "
@@ -173,12 +186,19 @@ class ChatModel:
 
     def stream(self, messages: list[dict], temperature: float = r1.TEMPERATURE, top_p: float = r1.TOP_P,
                max_tokens: int = 4096, seed: int | None = None, cancel=None, *, history: str = "strip",
-               top_k: int = 40, min_p: float = 0.05) -> Iterator[ChatEvent]:
+               top_k: int = 40, min_p: float = 0.05, thinking_budget: int | None = None,
+               budget_message: str | None = None, budget_close: str | None = None,
+               thinking: bool | None = None) -> Iterator[ChatEvent]:
         """Stream thinking/answer deltas, then one done event with stats. Never raises mid-stream: a
-        failure ends the stream with stop_reason "error" (the text so far has been yielded)."""
+        failure ends the stream with stop_reason "error" (the text so far has been yielded).
+
+        thinking_budget: when the thought has N tokens, budget_text(budget_message, budget_close) is put into
+        the context (and streamed: the message as the thought's last words, the close ends it) and the model
+        answers from there. max_tokens bounds the tokens the model writes, thinking and answer together."""
         import llama_cpp
 
-        prompt = self.render(messages, history)
+        thinking_budget = check_budget(thinking_budget)
+        prompt = self.render(messages, history, thinking)
         clock = _Clock()
         parser = ThinkParser(prefilled=prompt.prefilled)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -187,45 +207,68 @@ class ChatModel:
             stop_reason = "context_full"
             error = (f"the conversation ({len(prompt.tokens)} tokens) does not fit the context ({n_ctx}); "
                      "start a new chat or raise the context size.")
-        generated = 0
+        context = list(prompt.tokens)   # what the model has seen and written so far, the budget's text included
+        generated, budget_tokens = 0, 0
+
+        def budget_due() -> bool:
+            return (thinking_budget is not None and not budget_tokens and parser.in_thinking
+                    and clock.tokens["thinking"] >= thinking_budget)
+
         if stop_reason is None:
             if seed is not None:
                 self._llm.set_seed(seed)
             llama_cpp.llama_perf_context_reset(self._llm.ctx)
-            tokens = self._llm.generate(prompt.tokens, temp=temperature, top_p=top_p, top_k=top_k,
-                                        min_p=min_p, repeat_penalty=1.0)
             try:
-                for token in tokens:
-                    if prompt_s is None:
-                        prompt_s = self._prompt_seconds()
-                    if token in self._stop_ids or llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                        stop_reason = "eos"
-                        break
-                    generated += 1
-                    was_thinking = parser.in_thinking
-                    segments = parser.feed(decoder.decode(self._llm.detokenize([token])))
-                    clock.token("thinking" if was_thinking or parser.in_thinking else "answer", prompt_s)
-                    for segment in segments:
-                        if segment.kind == "answer" and clock.first_answer is None:
-                            clock.first_answer = time.monotonic()
-                        yield ChatEvent(segment.kind, segment.text)
-                    if cancel is not None and _is_cancelled(cancel):
-                        stop_reason = "cancelled"
-                    elif generated >= max_tokens:
-                        stop_reason = "max_tokens"
-                    elif len(prompt.tokens) + generated >= n_ctx:
-                        stop_reason = "context_full"
-                    if stop_reason:
-                        break
-                else:
-                    stop_reason = "eos"
+                while stop_reason is None:
+                    if budget_due():
+                        inserted = self._llm.tokenize(budget_text(budget_message, budget_close).encode("utf-8"),
+                                                      add_bos=False, special=True)
+                        if len(context) + len(inserted) >= n_ctx:
+                            stop_reason = "context_full"
+                            break
+                        budget_tokens = len(inserted)
+                        context += inserted
+                        for segment in parser.feed(decoder.decode(self._llm.detokenize(inserted))):
+                            yield ChatEvent(segment.kind, segment.text)
+                    # llama.cpp keeps the evaluated prefix: after the budget's text only the new tokens are evaluated.
+                    tokens = self._llm.generate(context, temp=temperature, top_p=top_p, top_k=top_k,
+                                                min_p=min_p, repeat_penalty=1.0)
+                    try:
+                        for token in tokens:
+                            if prompt_s is None:
+                                prompt_s = self._prompt_seconds()
+                            if token in self._stop_ids or llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                                stop_reason = "eos"
+                                break
+                            generated += 1
+                            context.append(token)
+                            was_thinking = parser.in_thinking
+                            segments = parser.feed(decoder.decode(self._llm.detokenize([token])))
+                            clock.token("thinking" if was_thinking or parser.in_thinking else "answer", prompt_s)
+                            for segment in segments:
+                                if segment.kind == "answer" and clock.first_answer is None:
+                                    clock.first_answer = time.monotonic()
+                                yield ChatEvent(segment.kind, segment.text)
+                            if cancel is not None and _is_cancelled(cancel):
+                                stop_reason = "cancelled"
+                            elif generated >= max_tokens:
+                                stop_reason = "max_tokens"
+                            elif len(context) >= n_ctx:
+                                stop_reason = "context_full"
+                            if stop_reason or budget_due():
+                                break
+                        else:
+                            stop_reason = "eos"
+                    finally:
+                        tokens.close()
             except Exception as exc:  # noqa: BLE001 - reported as the stream's end, text so far kept
                 stop_reason, error = "error", f"generation failed: {exc}"
-            finally:
-                tokens.close()
         for segment in parser.feed(decoder.decode(b"", final=True)) + parser.finish():
             yield ChatEvent(segment.kind, segment.text)
-        yield ChatEvent("done", stats=self._stats(prompt, clock, prompt_s, parser, stop_reason, error, generated))
+        stats = self._stats(prompt, clock, prompt_s, parser, stop_reason, error, generated)
+        stats.update(context_used=len(context), thinking_budget=thinking_budget,
+                     budget_ended_thought=bool(budget_tokens), budget_tokens=budget_tokens, thinking=thinking)
+        yield ChatEvent("done", stats=stats)
 
     def _stats(self, prompt, clock, prompt_s, parser, stop_reason, error, generated) -> dict:
         generation_s = clock.seconds["thinking"] + clock.seconds["answer"]

@@ -85,7 +85,7 @@ class ExportCheck:
 
 def template_item(source: str | None, bos_token: str = "", eos_token: str = "", origin: str = "the GGUF") -> CheckItem:
     """Does the generation prompt of this chat template open `<think>`? Rendered in the sandbox."""
-    from engine.chat.runtime import ends_inside_thinking
+    from engine.chat.reasoning import ends_inside_thinking
     from engine.chat_template import ChatTemplate
 
     name = "chat template"
@@ -194,9 +194,8 @@ class _GGUFModel:
     """llama.cpp on the GGUF, for the check: its template's prompt ids and greedy decoding (all logits kept)."""
 
     def __init__(self, path: Path, n_ctx: int):
-        import llama_cpp
-
         from engine.chat.runtime import physical_cores
+        from engine.llama_backend import load_llama
         from engine.models import read_gguf_info
 
         self.info = read_gguf_info(path)
@@ -204,8 +203,8 @@ class _GGUFModel:
             raise AhaError(f"{path.name} is a LoRA adapter, not a model: check the model it is applied to.")
         threads = physical_cores()
         try:
-            self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=True, verbose=False, n_gpu_layers=0,
-                                       n_threads=threads, n_threads_batch=threads)
+            self.llm = load_llama(path, n_ctx=n_ctx, logits_all=True, verbose=False, n_gpu_layers=0,
+                                  n_threads=threads, n_threads_batch=threads)
         except (ValueError, RuntimeError) as exc:
             raise AhaError(f"llama.cpp could not load {path.name} ({exc}); the export is broken.") from exc
         self.bos_text, self.eos_text = self.text([self.llm.token_bos()]), self.text([self.llm.token_eos()])

@@ -208,12 +208,14 @@ def create_app(host: ModelHost, *, api_key: str | None = None, save: bool = Fals
 
 
 def _finish_record(record: dict, finished: Finished | None, cancel: threading.Event) -> None:
+    """The request's counts and why it ended, into its log record."""
     stats = finished.stats if finished else {}
     counts = usage(stats)
+    stop_reason = "cancelled" if cancel.is_set() else record.get("stop_reason") or stats.get("stop_reason")
     record.update(prompt_tokens=counts["prompt_tokens"], completion_tokens=counts["completion_tokens"],
-                  reasoning_tokens=counts["completion_tokens_details"]["reasoning_tokens"],
-                  stop_reason=stats.get("stop_reason") if not cancel.is_set() else "cancelled",
+                  reasoning_tokens=counts["completion_tokens_details"]["reasoning_tokens"], stop_reason=stop_reason,
                   finish_reason=finished.finish if finished else None, queued_s=stats.get("queued_s"),
+                  load_s=stats.get("load_s"),
                   thinking_budget=stats.get("thinking_budget"),
                   budget_ended_thought=bool(stats.get("budget_ended_thought")),
                   conversation_id=stats.get("conversation_id"))
@@ -229,6 +231,7 @@ async def _whole(request: Request, parsed: ChatRequest, model: str, identity: st
         while finished is None:
             item = await queue.get()
             if isinstance(item, ApiError):
+                record.update(error=item.message, stop_reason="error")
                 raise item
             if isinstance(item, Delta):
                 parts[item.kind].append(item.text)
@@ -236,11 +239,13 @@ async def _whole(request: Request, parsed: ChatRequest, model: str, identity: st
                 finished = item
     finally:
         watcher.cancel()
-        if finished is None:  # the task was cancelled (the server stops) or the decoding failed
+        if finished is None and "error" not in record:  # the task was cancelled: the server stops
             cancel.set()
         state.end(cancel)
         _finish_record(record, finished, cancel)
     thinking, answer = "".join(parts["thinking"]), "".join(parts["answer"])
+    if finished.stats.get("stop_reason") == "error":
+        record["error"] = finished.stats.get("error")
     if finished.stats.get("stop_reason") == "error" and not (thinking or answer):
         raise ApiError(500, finished.stats.get("error") or "generation failed", type="server_error")
     return JSONResponse(completion(identity, created, model, thinking, answer, finished.finish, finished.stats))
@@ -256,7 +261,7 @@ async def _stream(parsed: ChatRequest, model: str, identity: str, created: int, 
         while finished is None:
             item = await queue.get()
             if isinstance(item, ApiError):
-                record["error"] = item.message
+                record.update(error=item.message, stop_reason="error")
                 yield _sse(item.body())
                 break
             if isinstance(item, Delta):
@@ -275,7 +280,7 @@ async def _stream(parsed: ChatRequest, model: str, identity: str, created: int, 
                     yield _sse(usage_chunk(identity, created, model, finished.stats))
         yield _sse("[DONE]")
     finally:
-        if finished is None:
+        if finished is None and "error" not in record:  # the client went away, or the server stops
             cancel.set()
         state.end(cancel)
         _finish_record(record, finished, cancel)

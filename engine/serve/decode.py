@@ -47,11 +47,8 @@ class _Halt:
 
 def sampling_for(request: ChatRequest, n_ctx: int) -> dict:
     """ChatModel.stream's sampling for a request; no max_tokens: as long as the context allows."""
-    sampling = {"temperature": request.temperature, "top_p": request.top_p,
-                "max_tokens": request.max_tokens or n_ctx, "seed": request.seed}
-    if request.thinking_budget is not None:
-        sampling["thinking_budget"] = request.thinking_budget
-    return sampling
+    return {"temperature": request.temperature, "top_p": request.top_p, "max_tokens": request.max_tokens or n_ctx,
+            "seed": request.seed, "thinking_budget": request.thinking_budget, "thinking": request.thinking}
 
 
 def _saved_stream(model, served: ServedModel, request: ChatRequest, halt: _Halt, sampling: dict) -> Iterator:
@@ -62,13 +59,15 @@ def _saved_stream(model, served: ServedModel, request: ChatRequest, halt: _Halt,
 
     settings = TurnSettings(temperature=sampling["temperature"], top_p=sampling["top_p"],
                             max_tokens=sampling["max_tokens"], seed=sampling["seed"],
-                            system_prompt=request.system_prompt, thinking_budget=request.thinking_budget)
+                            system_prompt=request.system_prompt, thinking_budget=request.thinking_budget,
+                            thinking=request.thinking)
     with Store() as store:
         conversation = store.create_conversation(
             title_from(request.last_user_text),
             settings={"model": str(served.path), "served_as": served.id, "source": "aha serve",
                       "system_prompt": settings.system_prompt, "temperature": settings.temperature,
-                      "top_p": settings.top_p, "seed": settings.seed, "thinking_budget": settings.thinking_budget})
+                      "top_p": settings.top_p, "seed": settings.seed, "thinking_budget": settings.thinking_budget,
+                      "thinking": settings.thinking})
         parent = None
         for message in request.messages:
             if message["role"] != "system":

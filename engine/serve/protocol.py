@@ -50,6 +50,7 @@ class ChatRequest:
     stop: tuple[str, ...] = ()
     thinking_budget: int | None = None
     reasoning_effort: str | None = None
+    thinking: bool | None = None     # chat_template_kwargs.enable_thinking: the template's switch (None: its default)
 
     @property
     def system_prompt(self) -> str:
@@ -155,11 +156,24 @@ def _effort(value) -> tuple[str | None, int | None]:
         raise _bad(str(error), "reasoning_effort") from error
 
 
+def _thinking_switch(value) -> bool | None:
+    """chat_template_kwargs.enable_thinking (llama.cpp's and vLLM's field; `thinking` as DeepSeek-V3.1 names it)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _bad("chat_template_kwargs must be an object such as {\"enable_thinking\": false}", "chat_template_kwargs")
+    for name in ("enable_thinking", "thinking"):
+        if value.get(name) is not None:
+            return _boolean(value, name)
+    return None
+
+
 def parse_chat_request(body) -> ChatRequest:
     """The request body (already JSON-decoded) as a ChatRequest, or an ApiError naming the first bad field.
 
     Sampling a request leaves out takes DeepSeek's R1 advice (temperature 0.6, top_p 0.95); an explicit
-    `thinking_budget_tokens` wins over `reasoning_effort`; `max_completion_tokens` is read as `max_tokens`."""
+    `thinking_budget_tokens` wins over `reasoning_effort`; `max_completion_tokens` is read as `max_tokens`;
+    `chat_template_kwargs.enable_thinking` sets the template's thinking switch where it has one."""
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object")
     model = body.get("model")
@@ -182,7 +196,8 @@ def parse_chat_request(body) -> ChatRequest:
         temperature=r1.TEMPERATURE if temperature is None else temperature,
         top_p=r1.TOP_P if top_p is None else top_p,
         max_tokens=max_tokens, seed=_integer(body, "seed", -(2 ** 63)), stop=_stops(body.get("stop")),
-        thinking_budget=budget if budget is not None else effort_tokens, reasoning_effort=effort)
+        thinking_budget=budget if budget is not None else effort_tokens, reasoning_effort=effort,
+        thinking=_thinking_switch(body.get("chat_template_kwargs")))
 
 
 # Responses --------------------------------------------------------------------------------------

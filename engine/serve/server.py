@@ -91,6 +91,8 @@ def request_line(record: dict) -> str:
     parts.append(format_seconds(record["duration_s"]))
     if record.get("queued_s"):
         parts.append(f"waited {format_seconds(record['queued_s'])}")
+    if record.get("load_s") and record["load_s"] >= 0.01:
+        parts.append(f"loaded the model in {format_seconds(record['load_s'])}")
     if record.get("stop_reason") == "cancelled":
         parts.append("cancelled: the client went away")
     if record.get("budget_ended_thought"):
@@ -106,7 +108,7 @@ def request_event(record: dict) -> dict:
               "status": record["status"], "stream": bool(record.get("stream")),
               "prompt_tokens": record.get("prompt_tokens"), "completion_tokens": record.get("completion_tokens"),
               "reasoning_tokens": record.get("reasoning_tokens"), "duration_s": record["duration_s"]}
-    extra = {key: record[key] for key in ("stop_reason", "finish_reason", "queued_s", "thinking_budget", "budget_ended_thought",
+    extra = {key: record[key] for key in ("stop_reason", "finish_reason", "queued_s", "load_s", "thinking_budget", "budget_ended_thought",
                                           "conversation_id", "error") if record.get(key) is not None}
     return make_event("log", message=request_line(record), level="warning" if record["status"] >= 500 else "info",
                       event="request", **fields, **extra)
