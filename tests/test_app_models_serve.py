@@ -182,8 +182,6 @@ def test_closing_the_window_stops_the_server(qtbot, library, monkeypatch):
     assert not is_alive(pid) and refuses_connections(port)     # stopped before the window was gone
 
 
-@pytest.mark.xfail(strict=True, reason="aha serve --save builds TurnSettings(thinking_budget=…), which waits for issue "
-                   "18's chat budget: the server answers 500 until it is merged (then this passes and fails strict)")
 def test_save_chats_passes_save_and_the_chat_lands_in_the_store(qtbot, pane):
     panel = pane.serve
     panel.save_box.setChecked(True)
