@@ -31,7 +31,7 @@ def _count(value: Any) -> int | None:
 class RequestRecord:
     """One answered request as the server reported it; `at` is when its event arrived (the events carry no clock),
     `line` the server's own sentence for it (waits, a client that went away, errors), `cancelled` whether the client
-    went away before the reply was complete.
+    went away before the reply was complete, `budget_ended` whether the thinking budget ended the thought.
 
     Example:
     >>> event = {"type": "log", "event": "request", "method": "POST", "path": "/v1/chat/completions",
@@ -54,6 +54,7 @@ class RequestRecord:
     duration_s: float | None
     line: str = ""
     cancelled: bool = False
+    budget_ended: bool = False
 
     @classmethod
     def from_event(cls, event: dict[str, Any], at: datetime | None = None) -> RequestRecord:
@@ -64,7 +65,8 @@ class RequestRecord:
                    completion_tokens=_count(event.get("completion_tokens")),
                    reasoning_tokens=_count(event.get("reasoning_tokens")),
                    duration_s=float(duration) if isinstance(duration, int | float) else None,
-                   line=str(event.get("message") or ""), cancelled=event.get("stop_reason") == "cancelled")
+                   line=str(event.get("message") or ""), cancelled=event.get("stop_reason") == "cancelled",
+                   budget_ended=bool(event.get("budget_ended_thought")))
 
     @property
     def failed(self) -> bool:
@@ -85,14 +87,17 @@ class RequestRecord:
         return " · ".join(words)
 
     def tokens_text(self) -> str:
-        """Prompt → completion tokens, and how many of those were thinking: "24 → 312 · 280 thinking"; "—" for a
-        request that generated nothing (a model list)."""
+        """Prompt → completion tokens, and how many of those were thinking: "24 → 312 · 280 thinking", "… · 256
+        thinking (budget)" when the budget ended the thought; "—" for a request that generated nothing (a model
+        list)."""
         if self.prompt_tokens is None and self.completion_tokens is None:
             return "—"
         prompt = "?" if self.prompt_tokens is None else f"{self.prompt_tokens:,}"
         completion = "?" if self.completion_tokens is None else f"{self.completion_tokens:,}"
         text = f"{prompt} → {completion}"
-        return text + (f" · {self.reasoning_tokens:,} thinking" if self.reasoning_tokens else "")
+        if self.reasoning_tokens:
+            text += f" · {self.reasoning_tokens:,} thinking" + (" (budget)" if self.budget_ended else "")
+        return text
 
     def duration_text(self) -> str:
         """"< 1 ms", "4 ms", "470 ms" under a second (a model list, a refusal), then engine.jobs.format_seconds:

@@ -23,6 +23,7 @@ from engine.request_log import DEFAULT_PORT, RequestRecord, base_url, is_request
 from engine.serve import server
 from engine.store import Store
 from tests.support.llama_server import free_port
+from tests.support.scripted_model import QUESTION
 
 CHAT_EVENT = {"v": 1, "type": "log", "message": "POST /v1/chat/completions 200", "level": "info", "event": "request",
               "method": "POST", "path": "/v1/chat/completions", "model": "r1-1.5b", "status": 200, "stream": True,
@@ -46,6 +47,8 @@ def test_a_request_event_reads_as_its_log_cells():
             for seconds in (0.0001, 0.47, 0.9996, 75)] == ["< 1 ms", "470 ms", "1.0 s", "1:15"]
     gone = RequestRecord.from_event({**CHAT_EVENT, "status": None, "completion_tokens": None})
     assert gone.failed and gone.status_text() == "— · stream" and gone.tokens_text() == "1,024 → ? · 1,900 thinking"
+    budget = RequestRecord.from_event({**CHAT_EVENT, "reasoning_tokens": 256, "budget_ended_thought": True})
+    assert budget.budget_ended and budget.tokens_text() == "1,024 → 2,048 · 256 thinking (budget)"
     left = RequestRecord.from_event({**CHAT_EVENT, "stop_reason": "cancelled"})
     assert left.failed and left.cancelled and left.status_text() == "200 · stream · cancelled"
 
@@ -195,5 +198,29 @@ def test_save_chats_passes_save_and_the_chat_lands_in_the_store(qtbot, pane):
     with Store() as store:
         assert [conversation.title for conversation in store.list_conversations()] == ["Is 7 prime?"]
     assert "POST /v1/chat/completions" in panel.log_model.index(0, STATUS).data(Qt.ItemDataRole.ToolTipRole)
+    panel.stop()
+    qtbot.waitUntil(lambda: panel.state == ServeState.OFF, timeout=30_000)
+
+
+def test_a_streamed_request_cut_by_the_thinking_budget_says_so_in_the_log(qtbot, scripted_gguf):
+    library = Library()
+    library.add(scripted_gguf)
+    widget = ModelsPane(library)
+    qtbot.addWidget(widget, before_close_func=lambda w: w.shutdown())
+    qtbot.waitUntil(lambda: not widget.is_busy() and widget.model.rowCount() == 1)
+    panel = widget.serve
+    start_serving(qtbot, panel, free_port())
+    body = json.dumps({"model": "scripted", "stream": True, "temperature": 0, "thinking_budget_tokens": 12,
+                       "messages": [{"role": "user", "content": QUESTION}]}).encode()
+    request = urllib.request.Request(f"{panel.url}/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:       # server-sent events, to [DONE]
+        assert response.read().decode().rstrip().endswith("data: [DONE]")
+    qtbot.waitUntil(lambda: len(panel.records()) == 1)
+    record = panel.records()[0]
+    assert (record.model, record.stream, record.reasoning_tokens, record.budget_ended) == ("scripted", True, 12, True)
+    assert panel.log_model.index(0, STATUS).data() == "200 · stream"
+    assert panel.log_model.index(0, TOKENS).data().endswith("→ " + f"{record.completion_tokens:,} · 12 thinking (budget)")
+    assert "the thinking budget ended the thought" in record.line
     panel.stop()
     qtbot.waitUntil(lambda: panel.state == ServeState.OFF, timeout=30_000)
