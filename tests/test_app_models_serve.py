@@ -18,6 +18,7 @@ from app.main import MainWindow
 from app.models.serve import DURATION, MODEL, STATUS, TIME, TOKENS, ServeState
 from app.models.view import ModelsPane
 from app.qt import Qt, QtWidgets
+from app.workers import JobStatus
 from engine.models import Library
 from engine.request_log import DEFAULT_PORT, RequestRecord, base_url, is_request, ready_url, served_models
 from engine.serve import server
@@ -149,6 +150,8 @@ def test_serve_toggle_shows_the_url_logs_each_request_with_its_tokens_and_stops(
     assert not panel.copy_button.isVisible() and len(panel.records()) == 2   # the log stays
     qtbot.waitUntil(lambda: not is_alive(pid))
     assert refuses_connections(port)
+    assert panel.outcome.status == JobStatus.CANCELLED and not panel.outcome.forced
+    assert panel.outcome.result == {"url": url, "requests": 2}
 
 
 def test_a_port_in_use_is_one_line_and_the_toggle_goes_back_off(qtbot, pane):
@@ -163,6 +166,7 @@ def test_a_port_in_use_is_one_line_and_the_toggle_goes_back_off(qtbot, pane):
     message = panel.message.text()
     assert str(port) in message and "\n" not in message and "Traceback" not in message, message
     assert panel.message.objectName() == "Warning" and not panel.toggle.isChecked() and panel.toggle.isEnabled()
+    assert panel.outcome.status == JobStatus.ERROR and panel.outcome.exit_code == 2     # a user error, not a bug
     assert panel.url == "" and not panel.copy_button.isVisible() and panel.records() == []
 
 
@@ -224,3 +228,17 @@ def test_a_streamed_request_cut_by_the_thinking_budget_says_so_in_the_log(qtbot,
     assert "the thinking budget ended the thought" in record.line
     panel.stop()
     qtbot.waitUntil(lambda: panel.state == ServeState.OFF, timeout=30_000)
+
+
+def test_toggling_off_before_the_server_listens_stops_it(qtbot, pane):
+    panel, port = pane.serve, free_port()
+    panel.port.setValue(port)
+    panel.toggle.click()
+    qtbot.waitUntil(lambda: panel.job.process.processId() > 0)
+    pid = panel.job.process.processId()
+    panel.toggle.click()                                       # at once: the child is still starting
+    assert panel.state == ServeState.STOPPING and panel.message.text() == "Stopping the server…"
+    qtbot.waitUntil(lambda: panel.state == ServeState.OFF, timeout=30_000)
+    assert panel.message.text() == "Stopped · 0 requests in the log." and not panel.toggle.isChecked()
+    assert panel.url == "" and not panel.job.is_running() and not is_alive(pid) and refuses_connections(port)
+    assert panel.outcome.status == JobStatus.CANCELLED and not panel.outcome.forced   # it answered cancel itself

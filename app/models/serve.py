@@ -75,6 +75,7 @@ class ServePanel(QtWidgets.QFrame):
         self.state = ServeState.OFF
         self.job: ProcessJob | None = None          # the running server's, else the last one's
         self.url = ""                               # the base URL while serving
+        self.outcome: JobOutcome | None = None      # how the last server ended
         self.toggle = QtWidgets.QPushButton("Serve", checkable=True)
         self.toggle.setMinimumWidth(96)             # the same width for Serve, Starting…, Serving, Stopping…
         self.port = QtWidgets.QSpinBox(minimum=1, maximum=65535, value=DEFAULT_PORT)
@@ -207,6 +208,7 @@ class ServePanel(QtWidgets.QFrame):
     @Slot(object)
     def _on_finished(self, outcome: JobOutcome) -> None:
         stopping = self.state == ServeState.STOPPING
+        self.outcome = outcome
         self.url = ""                               # self.job is kept: it is the sender, deleting it here would crash
         self._set_state(ServeState.OFF)
         served = len(self.log_model.rows())
