@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -53,6 +55,15 @@ def client(server: AhaServer, key: str = "unused") -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url, api_key=key, max_retries=0, timeout=60)
 
 
+def settled(server: AhaServer) -> int:
+    """How many requests the server has logged, once none is in flight (a reply reaches its client a moment
+    before its log record is made)."""
+    deadline = time.monotonic() + 30
+    while server.in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return len(requests_of(server.events, 0, timeout_s=0))
+
+
 def requests_of(events: list, count: int, timeout_s: float = 30) -> list[dict]:
     """The first `count` request log events, waiting for them (a stream's record comes after its last byte)."""
     deadline = time.monotonic() + timeout_s
@@ -76,6 +87,17 @@ def http(method: str, url: str, body: bytes | None = None, key: str | None = Non
 def ask(server_client: openai.OpenAI, model: str = "scripted", **fields):
     return server_client.chat.completions.create(model=model, messages=[{"role": "user", "content": QUESTION}],
                                                  **{**GREEDY, **fields})
+
+
+@pytest.fixture
+def slow_tokens(monkeypatch):
+    """Each token of a reply takes 20 ms more (the engine's per-token cancel check sleeps first, as
+    tests/support/slowed_cli does): the scripted reply (~120 tokens) then decodes for ~2.5 s, long enough to
+    go away in the middle of it. Only the timing changes."""
+    from engine.chat import runtime
+    from tests.support.slowed_cli import slowed
+
+    monkeypatch.setattr(runtime, "_is_cancelled", slowed(runtime._is_cancelled, 0.02))
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +151,8 @@ def test_streamed_reply_sends_thought_and_answer_as_separate_deltas_then_usage(s
     last = chunks[-1]
     assert last.choices == [] and last.usage.completion_tokens_details.reasoning_tokens == \
         engine_stats.stats["thinking_tokens"]
-    record = requests_of(served.events, 1)[-1]
+    settled(served)
+    record = requests_of(served.events, 0, timeout_s=0)[-1]
     assert record["stream"] is True and record["status"] == 200 and record["model"] == "scripted"
     assert record["reasoning_tokens"] == engine_stats.stats["thinking_tokens"]
 
@@ -144,7 +167,8 @@ def test_thinking_budget_cuts_the_thought_as_the_engine_does_and_the_answer_foll
     assert engine_stats.thinking.startswith(written) and len(written) < len(engine_stats.thinking) and said == "\n"
     assert message.content.strip() and reply.choices[0].finish_reason == "stop"
     assert reply.usage.completion_tokens_details.reasoning_tokens == 12  # the model's own; the budget's text not
-    record = requests_of(served.events, 100, timeout_s=0)[-1]
+    settled(served)
+    record = requests_of(served.events, 0, timeout_s=0)[-1]
     assert record["budget_ended_thought"] is True and record["thinking_budget"] == 12
     assert "the thinking budget ended the thought" in record["message"]
     # The same reply as the engine's own with that budget (what `aha chat --thinking-budget 12` shows).
@@ -169,7 +193,8 @@ def test_reasoning_effort_is_a_budget_and_a_bad_one_is_refused(served):
 
     reply = ask(client(served), reasoning_effort="low")
     assert reply.choices[0].message.reasoning_content.strip() == THOUGHT.strip()  # 1024 tokens: far above it
-    record = requests_of(served.events, 100, timeout_s=0)[-1]
+    settled(served)
+    record = requests_of(served.events, 0, timeout_s=0)[-1]
     assert record["thinking_budget"] == REASONING_EFFORT_BUDGETS["low"] and not record["budget_ended_thought"]
     with pytest.raises(openai.BadRequestError) as refused:
         ask(client(served), extra_body={"reasoning_effort": "extreme"})
@@ -198,52 +223,78 @@ def test_default_sampling_is_r1s(served):
     assert (request.temperature, request.top_p, request.max_tokens) == (0.6, 0.95, None)
 
 
-def test_a_client_that_goes_away_mid_stream_cancels_its_decoding(served):
-    events = served.events
-    before = len(requests_of(events, 0, timeout_s=0))
-    body = {"model": "qwen2-f16", "messages": [{"role": "user", "content": "Tell me a long story."}],
-            "stream": True, "max_tokens": 3500, "temperature": 1.0, "seed": 3}
+def test_a_client_that_goes_away_mid_stream_cancels_its_decoding(served, engine_stats, slow_tokens):
+    before = settled(served)
+    body = {"model": "scripted", "messages": [{"role": "user", "content": QUESTION}], "stream": True, **GREEDY}
     response = http("POST", f"{served.url}/chat/completions", json.dumps(body).encode())
-    received = [response.readline() for _ in range(8)]
+    received = [response.readline() for _ in range(8)]  # the role chunk and the first few tokens
     response.close()  # the connection goes with it
     assert response.status == 200 and all(line.startswith(b"data: ") or line == b"\n" for line in received)
-    started = time.monotonic()
     reply = ask(client(served))  # served as soon as the cancelled decoding gave its turn up
-    waited = time.monotonic() - started
     assert reply.choices[0].message.content.strip() == ANSWER
-    records = requests_of(events, before + 2)[before:]
-    gone = next(record for record in records if record["model"] == "qwen2-f16")
-    assert gone["stop_reason"] == "cancelled" and gone["completion_tokens"] < 3500
-    assert "cancelled" in gone["message"]
-    after = next(record for record in records if record["model"] == "scripted")
-    assert after["stop_reason"] == "eos" and waited < 30
+    gone, after = requests_of(served.events, before + 2)[before:]
+    full = engine_stats.stats["thinking_tokens"] + engine_stats.stats["answer_tokens"]
+    assert gone["stop_reason"] == "cancelled" and gone["client_gone"] is True  # the engine stopped on the cancel
+    assert 0 < gone["completion_tokens"] < full / 2 and "cancelled: the client went away" in gone["message"]
+    assert after["stop_reason"] == "eos" and after["completion_tokens"] == full
+    assert after["queued_s"] < 1.0  # no wait for the rest of the cancelled reply (~2 s)
 
 
-def test_two_clients_at_once_are_both_answered_one_after_the_other(served):
-    before = len(requests_of(served.events, 0, timeout_s=0))
-    api, streaming, texts = client(served), threading.Event(), {}
+def _long_reply_then(served, then) -> None:
+    """Stream one slowed scripted reply on a thread; once it streams, call `then()`; wait for the reply."""
+    streaming = threading.Event()
 
-    def long_story() -> None:
-        chunks = api.chat.completions.create(model="qwen2-f16", messages=[{"role": "user", "content": "A story."}],
-                                             stream=True, max_tokens=1500, temperature=1.0, seed=3)
-        parts = []
-        for chunk in chunks:
-            streaming.set()
-            if chunk.choices:  # the random model never closes its thought: the story is reasoning_content
-                parts.append(getattr(chunk.choices[0].delta, "reasoning_content", None) or "")
-        texts["story"] = "".join(parts)
+    def long_reply() -> None:
+        for chunk in ask(client(served), stream=True):
+            if chunk.choices and getattr(chunk.choices[0].delta, "reasoning_content", None):
+                streaming.set()
 
-    first = threading.Thread(target=long_story)
+    first = threading.Thread(target=long_reply)
     first.start()
     assert streaming.wait(30)
-    texts["answer"] = ask(api).choices[0].message.content  # sent while the story decodes: it waits its turn
+    then()
     first.join(60)
-    assert texts["answer"].strip() == ANSWER and texts["story"]
-    story, answer = requests_of(served.events, before + 2)[before:]  # in the order they were answered
-    assert (story["model"], answer["model"]) == ("qwen2-f16", "scripted")
-    assert story["status"] == answer["status"] == 200 and story["stop_reason"] in ("eos", "max_tokens")
-    assert answer["queued_s"] > 0 and answer["duration_s"] >= answer["queued_s"]
-    assert story["queued_s"] == 0
+
+
+def test_two_clients_at_once_are_both_answered_one_after_the_other(served, slow_tokens):
+    before = settled(served)
+    answers = []
+    # The second request comes while the first decodes: it waits its turn, then is answered in full.
+    _long_reply_then(served, lambda: answers.append(ask(client(served)).choices[0].message.content))
+    assert answers[0].strip() == ANSWER
+    first, second = requests_of(served.events, before + 2)[before:]  # in the order they were answered
+    assert first["status"] == second["status"] == 200 and first["stop_reason"] == second["stop_reason"] == "eos"
+    assert first["queued_s"] == 0 and second["queued_s"] > 1.0  # most of the first one's ~2.5 s decoding
+    assert second["duration_s"] > second["queued_s"] + 1.0  # then its own decoding, as slow
+
+
+def test_a_client_that_goes_away_while_waiting_leaves_the_queue(served, slow_tokens):
+    before = settled(served)
+    body = json.dumps({"model": "scripted", "messages": [{"role": "user", "content": QUESTION}]}).encode()
+    host, port = served.url.removeprefix("http://").removesuffix("/v1").split(":")
+
+    def ask_and_hang_up() -> None:
+        with socket.create_connection((host, int(port)), timeout=30) as waiting:
+            waiting.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            time.sleep(0.3)
+
+    _long_reply_then(served, ask_and_hang_up)
+    gone, first = requests_of(served.events, before + 2)[before:]  # it left before the first one ended
+    assert gone["stop_reason"] == "cancelled" and gone["client_gone"] is True
+    assert gone["completion_tokens"] == 0 and gone["prompt_tokens"] == 0  # it never decoded
+    assert first["stop_reason"] == "eos"
+
+
+def test_a_model_file_gone_after_startup_is_a_one_line_500(gguf_file, tmp_path):
+    copy = tmp_path / "vanishing.gguf"
+    shutil.copyfile(gguf_file("qwen2", "f16"), copy)
+    with running(ServeOptions(port=0, models=(str(copy),))) as server:
+        copy.unlink()
+        with pytest.raises(openai.InternalServerError) as failed:
+            ask(client(server), "vanishing")
+    message = failed.value.body["message"]
+    assert failed.value.status_code == 500 and "cannot load vanishing" in message and "\n" not in message
 
 
 def test_models_are_swapped_on_request_and_an_unknown_one_is_404(served):
@@ -305,6 +356,27 @@ def test_a_non_loopback_address_is_refused_without_a_key(scripted_gguf, capsys):
     assert main(["serve", "--host", "0.0.0.0", "--models", str(scripted_gguf)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--api-key" in err[0] and "0.0.0.0" in err[0]
+
+
+def test_the_library_is_served_by_default_and_an_empty_one_is_refused(scripted_gguf):
+    from engine.models import Library
+
+    with pytest.raises(AhaError, match="no model to serve"):
+        AhaServer(ServeOptions(port=0))
+    Library().add(scripted_gguf)
+    with running(ServeOptions(port=0)) as server:
+        assert [model.id for model in client(server).models.list()] == ["scripted"]
+    with running(ServeOptions(port=0, models=("scripted",))) as server:  # a library name, as `aha chat` takes it
+        assert ask(client(server)).choices[0].message.content.strip() == ANSWER
+    with pytest.raises(AhaError, match="no model called 'nothing'"):
+        AhaServer(ServeOptions(port=0, models=("nothing",)))
+
+
+def test_a_port_in_use_is_one_line(scripted_gguf):
+    with running(ServeOptions(port=0, models=(str(scripted_gguf),))) as server:
+        port = int(server.url.rsplit(":", 1)[1].removesuffix("/v1"))
+        with pytest.raises(AhaError, match=f"cannot listen on 127.0.0.1:{port}.*--port"):
+            AhaServer(ServeOptions(port=port, models=(str(scripted_gguf),)))
 
 
 def test_chats_are_saved_only_with_save(scripted_gguf):
@@ -394,3 +466,35 @@ def test_aha_serve_child_process_speaks_the_job_contract(scripted_gguf, tmp_path
             child.wait()
         child.stdout.close()
         child.stderr.close()
+
+
+def test_cancel_on_stdin_stops_the_server_and_cuts_a_reply_in_flight(scripted_gguf, tmp_path):
+    env = {**os.environ, "AHA_HOME": str(tmp_path / "home")}
+    # The per-token cancel check slowed (tests/support/slowed_cli): a reply takes seconds, the cancel comes within it.
+    child = subprocess.Popen([sys.executable, "-m", "tests.support.slowed_cli", "engine.chat.runtime:_is_cancelled",
+                              "0.05", "serve", "--models", str(scripted_gguf), "--port", "0", "--events", "jsonl"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE, text=True, env=env)
+    try:
+        events = [json.loads(child.stdout.readline()) for _ in range(2)]
+        api = openai.OpenAI(base_url=events[1]["url"], api_key="unused", max_retries=0, timeout=60)
+        chunks = ask(api, stream=True)
+        for chunk in chunks:
+            if chunk.choices and getattr(chunk.choices[0].delta, "reasoning_content", None):
+                break
+        started = time.monotonic()
+        child.stdin.write("cancel\n")
+        child.stdin.flush()
+        with pytest.raises(openai.APIError, match="the server stopped before the reply was finished"):
+            list(chunks)  # the stream ends with an error event, not a finish_reason
+        assert child.wait(30) == 130 and time.monotonic() - started < 10  # not the reply's ~6 s, then more
+        events += [json.loads(line) for line in child.stdout.read().splitlines()]
+        request, done = events[-2:]
+        assert request["event"] == "request" and request["stop_reason"] == "cancelled"
+        assert request["client_gone"] is False and "server stopped" in request["error"]
+        assert done["type"] == "done" and done["status"] == "cancelled"
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        for stream in (child.stdin, child.stdout, child.stderr):
+            stream.close()

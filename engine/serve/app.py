@@ -52,6 +52,7 @@ class ServeState:
         self.host, self.save = host, save
         self._active: set[threading.Event] = set()
         self._lock = threading.Lock()
+        self.stopping = False  # set by cancel_all: a cancel is then the server's, not a client going away
 
     def begin(self) -> threading.Event:
         cancel = threading.Event()
@@ -65,6 +66,7 @@ class ServeState:
 
     def cancel_all(self) -> None:
         """Stop every decoding and every wait for a turn (the server is stopping)."""
+        self.stopping = True
         with self._lock:
             for cancel in self._active:
                 cancel.set()
@@ -76,11 +78,13 @@ class RequestLog:
 
     def __init__(self, app, on_request: Callable[[dict], None]):
         self.app, self.on_request = app, on_request
+        self.in_flight = 0  # requests not yet logged (read from any thread: an int is written atomically)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        self.in_flight += 1
         started, status = time.monotonic(), {"code": 500}
         record = scope[RECORD_KEY] = {}
 
@@ -92,8 +96,11 @@ class RequestLog:
         try:
             await self.app(scope, receive, sending)
         finally:
-            self.on_request({"method": scope["method"], "path": scope["path"], "status": status["code"],
-                             "duration_s": round(time.monotonic() - started, 3), **record})
+            try:
+                self.on_request({"method": scope["method"], "path": scope["path"], "status": status["code"],
+                                 "duration_s": round(time.monotonic() - started, 3), **record})
+            finally:
+                self.in_flight -= 1
 
 
 class BearerKey:
@@ -143,7 +150,7 @@ class EventStream:
         try:
             async with contextlib.aclosing(self.chunks) as chunks:
                 async for data in chunks:
-                    if not self.cancel.is_set():
+                    if not watcher.done():  # the client is still there
                         await send({"type": "http.response.body", "body": data, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:  # a server that raises on a send to a client that is gone
@@ -153,8 +160,9 @@ class EventStream:
 
 
 def create_app(host: ModelHost, *, api_key: str | None = None, save: bool = False,
-               on_request: Callable[[dict], None] = lambda record: None) -> tuple[Starlette, ServeState]:
-    """The app and its shared state (whose `cancel_all` the server calls when it stops)."""
+               on_request: Callable[[dict], None] = lambda record: None) -> tuple[RequestLog, ServeState]:
+    """The ASGI app (Starlette's, inside the key check inside the request log) and its shared state (whose
+    `cancel_all` the server calls when it stops)."""
     state = ServeState(host, save)
 
     async def list_models(request: Request) -> JSONResponse:
@@ -207,18 +215,29 @@ def create_app(host: ModelHost, *, api_key: str | None = None, save: bool = Fals
     return RequestLog(BearerKey(app, api_key), on_request), state
 
 
-def _finish_record(record: dict, finished: Finished | None, cancel: threading.Event) -> None:
+def _finish_record(record: dict, finished: Finished | None, cancel: threading.Event, state: ServeState) -> None:
     """The request's counts and why it ended, into its log record."""
     stats = finished.stats if finished else {}
     counts = usage(stats)
-    stop_reason = "cancelled" if cancel.is_set() else record.get("stop_reason") or stats.get("stop_reason")
-    record.update(prompt_tokens=counts["prompt_tokens"], completion_tokens=counts["completion_tokens"],
+    # The engine's own reason when it finished; "cancelled" when the server stopped waiting for it.
+    stop_reason = record.get("stop_reason") or stats.get("stop_reason") or ("cancelled" if cancel.is_set() else None)
+    record.update(client_gone=cancel.is_set() and not state.stopping, prompt_tokens=counts["prompt_tokens"], completion_tokens=counts["completion_tokens"],
                   reasoning_tokens=counts["completion_tokens_details"]["reasoning_tokens"], stop_reason=stop_reason,
                   finish_reason=finished.finish if finished else None, queued_s=stats.get("queued_s"),
                   load_s=stats.get("load_s"),
                   thinking_budget=stats.get("thinking_budget"),
                   budget_ended_thought=bool(stats.get("budget_ended_thought")),
                   conversation_id=stats.get("conversation_id"))
+
+
+def _failure(finished: Finished, state: ServeState) -> ApiError | None:
+    """A reply that is not one: the engine failed (500), or the server stopped in the middle of it (503)."""
+    if finished.stats.get("stop_reason") == "error":
+        return ApiError(500, finished.stats.get("error") or "generation failed", type="server_error")
+    if finished.stats.get("stop_reason") == "cancelled" and state.stopping:
+        return ApiError(503, "the server stopped before the reply was finished; send the request again once it "
+                             "is back", type="server_error", code="server_stopping")
+    return None
 
 
 async def _whole(request: Request, parsed: ChatRequest, model: str, identity: str, created: int,
@@ -242,12 +261,12 @@ async def _whole(request: Request, parsed: ChatRequest, model: str, identity: st
         if finished is None and "error" not in record:  # the task was cancelled: the server stops
             cancel.set()
         state.end(cancel)
-        _finish_record(record, finished, cancel)
+        _finish_record(record, finished, cancel, state)
+    failure = _failure(finished, state)
+    if failure is not None:
+        record["error"] = failure.message
+        raise failure
     thinking, answer = "".join(parts["thinking"]), "".join(parts["answer"])
-    if finished.stats.get("stop_reason") == "error":
-        record["error"] = finished.stats.get("error")
-    if finished.stats.get("stop_reason") == "error" and not (thinking or answer):
-        raise ApiError(500, finished.stats.get("error") or "generation failed", type="server_error")
     return JSONResponse(completion(identity, created, model, thinking, answer, finished.finish, finished.stats))
 
 
@@ -270,10 +289,9 @@ async def _stream(parsed: ChatRequest, model: str, identity: str, created: int, 
             else:
                 finished = item
         if finished is not None:
-            if finished.stats.get("stop_reason") == "error":
-                record["error"] = finished.stats.get("error")
-                yield _sse(ApiError(500, finished.stats.get("error") or "generation failed",
-                                    type="server_error").body())
+            if (failure := _failure(finished, state)) is not None:
+                record["error"] = failure.message
+                yield _sse(failure.body())
             else:
                 yield _sse(chunk(identity, created, model, {}, finished.finish))
                 if parsed.include_usage:
@@ -283,4 +301,4 @@ async def _stream(parsed: ChatRequest, model: str, identity: str, created: int, 
         if finished is None and "error" not in record:  # the client went away, or the server stops
             cancel.set()
         state.end(cancel)
-        _finish_record(record, finished, cancel)
+        _finish_record(record, finished, cancel, state)

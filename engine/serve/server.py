@@ -94,7 +94,9 @@ def request_line(record: dict) -> str:
     if record.get("load_s") and record["load_s"] >= 0.01:
         parts.append(f"loaded the model in {format_seconds(record['load_s'])}")
     if record.get("stop_reason") == "cancelled":
-        parts.append("cancelled: the client went away")
+        parts.append("cancelled: the client went away" if record.get("client_gone") else "cancelled")
+    elif record.get("client_gone"):
+        parts.append("the client went away before the reply was sent")
     if record.get("budget_ended_thought"):
         parts.append("the thinking budget ended the thought")
     if record.get("error"):
@@ -109,7 +111,7 @@ def request_event(record: dict) -> dict:
               "prompt_tokens": record.get("prompt_tokens"), "completion_tokens": record.get("completion_tokens"),
               "reasoning_tokens": record.get("reasoning_tokens"), "duration_s": record["duration_s"]}
     extra = {key: record[key] for key in ("stop_reason", "finish_reason", "queued_s", "load_s", "thinking_budget", "budget_ended_thought",
-                                          "conversation_id", "error") if record.get(key) is not None}
+                                          "client_gone", "conversation_id", "error") if record.get(key) is not None}
     return make_event("log", message=request_line(record), level="warning" if record["status"] >= 500 else "info",
                       event="request", **fields, **extra)
 
@@ -164,6 +166,11 @@ class AhaServer:
         self._config = uvicorn.Config(self.app, log_config=None, log_level="warning", access_log=False,
                                       lifespan="off", timeout_graceful_shutdown=GRACEFUL_S)
         self._stop = threading.Event()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being answered (or answered and not yet logged)."""
+        return self.app.in_flight
 
     def startup_line(self) -> str:
         names = ", ".join(model.id for model in self.host.models)
