@@ -1,6 +1,8 @@
 """The Models pane's Serve toggle: a real `aha serve` child on a free loopback port over a library holding the tiny
-Qwen2 f16 GGUF, real HTTP requests to it (urllib), the request log fed by its events, stop and window close that
-leave no process behind, and a port already in use as one line with the toggle off. Plus engine.request_log's words.
+Qwen2 f16 GGUF (or the scripted one), real HTTP requests to it (urllib), the request log fed by its events (tokens,
+thinking, a stream cut by the thinking budget), Save chats into the store, stop (also before it listens) and window
+close that leave no process behind, and a port already in use as one line with the toggle off. Plus
+engine.request_log's words.
 """
 
 from __future__ import annotations
