@@ -124,7 +124,9 @@ def test_serve_toggle_shows_the_url_logs_each_request_with_its_tokens_and_stops(
     assert panel.url == url and panel.url_label.text() == url and panel.copy_button.isVisible()
     assert panel.toggle.text() == "Serving" and panel.message.text() == "Serving 1 model · chats not saved"
     panel.copy_button.click()
-    assert QtWidgets.QApplication.clipboard().text() == url
+    assert QtWidgets.QApplication.clipboard().text() == url and panel.copy_button.text() == "Copied"
+    qtbot.waitUntil(lambda: panel.copy_button.text() == "Copy URL")
+    assert panel.message.text() == "Serving 1 model · chats not saved"
 
     model = http(f"{url}/models")["data"][0]["id"]
     reply = http(f"{url}/chat/completions", {"model": model, "max_tokens": 12,

@@ -176,7 +176,8 @@ class ServePanel(QtWidgets.QFrame):
     def copy_url(self) -> None:
         if self.url:
             QtWidgets.QApplication.clipboard().setText(self.url)
-            self.message.setText("URL copied.")
+            self.copy_button.setText("Copied")          # for a moment; the server's line stays
+            QtCore.QTimer.singleShot(1500, self, lambda: self.copy_button.setText("Copy URL"))
 
     # events
     @Slot(bool)
