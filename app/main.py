@@ -5,7 +5,8 @@ opens in Chat); the welcome screen's demo (app.demo) runs `aha demo` through Run
 
 `run()` creates the QApplication, styles it for the system's light/dark scheme and shows the window.
 Window state lives in `ui.ini` in the data directory; everything else lives in the engine's store.
-Closing asks first while child jobs run, then leaves them running (ProcessJob.detach).
+Closing asks first while child jobs run, then leaves them running (ProcessJob.detach); downloads and the server
+stop.
 """
 
 from __future__ import annotations
@@ -314,9 +315,10 @@ class MainWindow(QtWidgets.QMainWindow):
         super().closeEvent(event)
 
     def confirm_close(self, jobs: list[ProcessJob]) -> bool:
-        """Ask before closing while child jobs run. Downloads stop (they resume); the others keep running."""
+        """Ask before closing while child jobs run. Downloads and the server stop (downloads resume); the others
+        keep running."""
         downloads = [job for job in jobs if job.kind in ("download", "export")]
-        others = [job for job in jobs if job.kind not in ("download", "export")]
+        others = [job for job in jobs if job.kind not in ("download", "export", "serve")]
         lines = [f"{len(jobs)} job{'s' if len(jobs) != 1 else ''} still running: "
                  f"{', '.join(job.title for job in jobs)}."]
         if others:
@@ -327,6 +329,8 @@ class MainWindow(QtWidgets.QMainWindow):
         if downloads:
             lines.append("Downloads and exports stop: downloading the same file again continues where it "
                          "stopped; a stopped export leaves nothing behind.")
+        if any(job.kind == "serve" for job in jobs):
+            lines.append("The server stops: its clients can no longer reach the models.")
         answer = QtWidgets.QMessageBox.question(
             self, "Close Aha?", "\n\n".join([*lines, "Close anyway?"]),
             QtWidgets.QMessageBox.StandardButton.Close | QtWidgets.QMessageBox.StandardButton.Cancel,

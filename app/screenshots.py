@@ -6,7 +6,9 @@ answer the demo questions: "tiny-thinker" (Qwen2, f16) writes a long thought and
 for the train question; "tiny-brief" (Llama, q8_0) a short thought and a short answer, and it also
 answers "Is 1001 prime?" and ends "Why is the sky blue?" inside its thought (end of sequence before
 </think>). Our own exporter writes them to GGUF in a throwaway folder, next to three untrained
-random-weight tiny models that only the Models pane lists.
+random-weight tiny models that only the Models pane lists. The last picture of the chat part shows the Models
+pane serving them (`aha serve` started by its Serve toggle), after a client asked tiny-thinker the train
+question over real HTTP, once streamed.
 
 Then, for each theme, the real window runs on a fresh data directory, on the X server of $DISPLAY when
 there is one (`make screenshots` starts Xvfb with xvfb-run when it is installed), else on Qt's offscreen
@@ -50,7 +52,8 @@ stages, 3 minutes on 2 idle cores, 6½ on busy ones), run once as a child proces
 then each theme's window opens on that directory: the Runs pane with the pipeline run selected (the chain of
 its seven stage cards, all complete, which is checked, over its overview), then a click on the reasoning-RL
 card, whose GRPO dashboard opens below the chain.
-`AHA_SCREENSHOTS=train` (or `chat`, `eval`, `demo`, `pipeline`) takes only those pictures.
+`AHA_SCREENSHOTS=train` (or `chat`, `serve`, `eval`, `demo`, `pipeline`) takes only those pictures; `serve` is
+the two Models pictures alone (they are also the chat part's last).
 
 A check that fails is printed after all pictures are written, and the
 exit status is 1.
@@ -421,6 +424,8 @@ def shoot(out_dir: Path, theme_name: str, work: Path, models: dict[str, Path], p
     if "eval" in parts and eval_models is not None:
         shoot_eval(app, window, grab, *eval_models, problems, theme_name)
     if "chat" not in parts:
+        if "serve" in parts:
+            shoot_models(app, window, grab, models["tiny-thinker-qwen2-f16"], problems, theme_name)
         window.close()
         return written
     thinker, brief = models["tiny-thinker-qwen2-f16"], models["tiny-brief-llama-q8_0"]
@@ -499,14 +504,70 @@ def shoot(out_dir: Path, theme_name: str, work: Path, models: dict[str, Path], p
         side.reply.think.header.click()
     grab("compare-budget")
 
+    shoot_models(app, window, grab, thinker, problems, theme_name)
+    window.close()
+    return written
+
+
+def shoot_models(app, window, grab, thinker: Path, problems: list[str], theme_name: str) -> None:
+    """Models: the library with tiny-thinker's metadata, then serving it (shoot_serving)."""
     window.show_pane("models")
     window.resize(1280, 800)
     window.models.refresh(select=str(thinker))
     wait_until(app, lambda: not window.models.is_busy(), "the models table", 30)
     window.models.details.tabs.setCurrentIndex(1)  # Metadata: the R1 template's fullwidth bars need a CJK font
     grab("models")
-    window.close()
-    return written
+    shoot_serving(app, window, grab, thinker.stem, problems, theme_name)
+
+
+def _http(url: str, body: dict | None = None) -> bytes:
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return response.read()
+
+
+def shoot_serving(app, window, grab, model_name: str, problems: list[str], theme_name: str) -> None:
+    """Models, serving: the Serve toggle starts `aha serve` on a free port; a client lists the models and asks
+    `model_name` the train question twice over real HTTP (once streamed), greedy; the log shows the three."""
+    import json
+    import socket
+
+    from app.models.serve import ServeState
+    from engine.request_log import DEFAULT_PORT
+
+    panel = window.models.serve
+    with socket.socket() as probe:               # the default port, as a user sees it, unless it is taken here
+        port = DEFAULT_PORT if probe.connect_ex(("127.0.0.1", DEFAULT_PORT)) != 0 else 0
+    if port == 0:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+    panel.port.setValue(port)
+    panel.toggle.click()
+    wait_until(app, lambda: panel.state != ServeState.STARTING, "the server", 120)
+    if panel.state != ServeState.SERVING:
+        problems.append(f"{theme_name}: Serve did not start: {panel.message.text()}")
+        return
+    models = [item["id"] for item in json.loads(_http(f"{panel.url}/models"))["data"]]
+    model = next((name for name in models if model_name in name), None)
+    if model is None:
+        problems.append(f"{theme_name}: the server does not list {model_name}: {', '.join(models)}")
+        model = models[0]
+    question = {"model": model, "temperature": 0, "messages": [{"role": "user", "content": QUESTION}]}
+    reply = json.loads(_http(f"{panel.url}/chat/completions", question))
+    _http(f"{panel.url}/chat/completions", {**question, "stream": True})   # server-sent events, read to the end
+    wait_until(app, lambda: len(panel.records()) == 3, "the request log", 30)
+    if (reply["choices"][0]["message"].get("reasoning_content") or "").strip() != THINKING.strip():
+        problems.append(f"{theme_name}: the served reply's reasoning_content is not the taught thought")
+    if not all(record.reasoning_tokens for record in panel.records()[:2]):
+        problems.append(f"{theme_name}: the request log shows no thinking tokens for the chat requests")
+    grab("models-serving")
+    panel.toggle.click()
+    wait_until(app, lambda: panel.state == ServeState.OFF, "the server to stop", 30)
 
 
 BUDGET_TITLE = "Train trip, thinking budget"
@@ -779,7 +840,7 @@ def shoot_pipeline(out_dir: Path, theme_name: str, home: Path, run_id: int, prob
     return written
 
 
-PARTS = ("chat", "train", "eval", "demo", "pipeline")
+PARTS = ("chat", "serve", "train", "eval", "demo", "pipeline")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -796,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
               "list of them (chat,eval)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="aha-screenshots-") as work:
-        models = build_models(Path(work)) if "chat" in parts else {}
+        models = build_models(Path(work)) if parts & {"chat", "serve"} else {}
         eval_models = build_eval_models(Path(work)) if "eval" in parts else None
         print(f"models ready after {time.monotonic() - started:.0f} s", flush=True)
         themes = ("light", "dark") if parts - {"demo", "pipeline"} else ()

@@ -203,7 +203,7 @@ class JobState(enum.Enum):
 
 # What the user calls a job of each run kind (engine.run_index's kinds); other kinds are named as they are.
 KIND_NAMES = {"grpo": "GRPO", "sft": "SFT", "distill-sft": "SFT", "distill-kd": "KD", "generate": "trace generation",
-              "demo": "demo"}
+              "demo": "demo", "serve": "the server"}
 
 # How long a training job may take to answer Stop before it is terminated: the current step and a
 # checkpoint, which on a large model take minutes (the default of 5 s suits a download, not a training step).

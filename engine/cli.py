@@ -173,6 +173,45 @@ def _chat_parser(subparsers) -> None:
     parser.set_defaults(func=_cmd_chat)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from engine.serve.server import AhaServer, ServeOptions
+
+    options = ServeOptions(host=args.host, port=args.port, models=tuple(args.models or ()),
+                           api_key=args.api_key or os.environ.get("AHA_API_KEY") or None, save=args.save,
+                           n_ctx=args.n_ctx, gpu_layers=args.gpu_layers)
+
+    def work(job):
+        return AhaServer(options, on_event=job.emit).run(job.cancel)
+
+    return run_job("serve", work, args, stages=[])
+
+
+def _serve_parser(subparsers) -> None:
+    from engine.serve.server import DEFAULT_HOST, DEFAULT_PORT
+
+    parser = subparsers.add_parser(
+        "serve", help="an OpenAI-compatible server over the model library, reasoning kept apart",
+        description="Serve the library's GGUF models on an OpenAI-compatible API (GET /v1/models, POST "
+                    "/v1/chat/completions, streamed or not): the thought in reasoning_content, never in content; "
+                    "usage counts it in completion_tokens_details.reasoning_tokens; thinking_budget_tokens and "
+                    "reasoning_effort (low, medium, high) bound it. One model is loaded at a time (a request "
+                    "for another swaps it) and one request decodes at a time, the others wait in turn (no "
+                    "batching). Chats are not saved unless --save. Ctrl+C stops.")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"address to listen on (default {DEFAULT_HOST}); any other than loopback needs --api-key")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free one)")
+    parser.add_argument("--models", nargs="+", metavar="NAME",
+                        help="serve only these: library names (`aha models list`) or .gguf paths (default: the library)")
+    parser.add_argument("--api-key", metavar="KEY",
+                        help="require `Authorization: Bearer KEY` (default: $AHA_API_KEY, else no key)")
+    parser.add_argument("--save", action="store_true",
+                        help="write each chat to Aha's store as a conversation (default: nothing is saved)")
+    parser.add_argument("--n-ctx", type=int, default=4096, help="context size in tokens (default 4096)")
+    parser.add_argument("--gpu-layers", type=int, default=-1, help="layers to offload to the GPU (-1: all)")
+    _add_events_flag(parser)
+    parser.set_defaults(func=_cmd_serve)
+
+
 def _print_changes(changes) -> None:
     for entry in changes.added:
         print(f"added   {entry.name}  ({entry.source}: {entry.path})")
@@ -757,7 +796,7 @@ def _desktop_parser(subparsers) -> None:
     parser.set_defaults(func=_cmd_desktop)
 
 
-SUBCOMMANDS: list[Callable] = [_chat_parser, _models_parser, _export_parser, _distill_parser, _grpo_parser,
+SUBCOMMANDS: list[Callable] = [_chat_parser, _serve_parser, _models_parser, _export_parser, _distill_parser, _grpo_parser,
                                _eval_parser, _runs_parser, _inspect_parser, _rewards_parser, _demo_parser,
                                _pipeline_parser, _doctor_parser, _desktop_parser]
 # Commands that read or start runs: they first mark runs whose process is gone as crashed.

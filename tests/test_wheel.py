@@ -1,6 +1,6 @@
 """The wheel is complete: `python -m build` makes an sdist and, from it, a wheel that carries every module and
 every data file (assets/ as the package aha_assets); installed in a fresh virtual environment outside the
-checkout (base dependencies only, no train extra), `aha --help`, `aha models add/list` and the window
+checkout (base dependencies only, no train extra), `aha --help`, `aha models add/list`, `aha serve` and the window
 (offscreen, its icon loaded from the installed package, no Qt warning) work from there.
 
 The install reuses pip's cache: the llama-cpp-python wheel `make` built for .venv (a machine whose pip cache
@@ -125,6 +125,31 @@ def test_aha_runs_from_a_fresh_environment(installed, gguf_file, tmp_path):
                                    "print(bundled_dir()); print(*bundled_names())"], home)
     assert pipelines.stdout.split("\n")[1] == "r1 r1-mini", pipelines.stderr
     assert Path(pipelines.stdout.split("\n")[0]).is_relative_to(installed)
+
+
+def test_aha_serve_runs_from_a_fresh_environment(installed, gguf_file, tmp_path):
+    """The base dependencies carry the server's ASGI stack (starlette, uvicorn): `aha serve` answers there."""
+    import urllib.request
+
+    home = tmp_path / "user"
+    home.mkdir(parents=True)
+    child = subprocess.Popen([str(installed / "bin" / "aha"), "serve", "--models", str(gguf_file("qwen2", "f16")),
+                              "--port", "0", "--events", "jsonl"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=home, env=clean_env(home))
+    try:
+        start, ready = (json.loads(child.stdout.readline()) for _ in range(2))
+        assert (start["kind"], ready["event"]) == ("serve", "ready"), child.stderr.read()
+        with urllib.request.urlopen(f"{ready['url']}/models", timeout=30) as response:
+            assert [model["id"] for model in json.loads(response.read())["data"]] == ["qwen2-f16"]
+        child.stdin.write("cancel\n")
+        child.stdin.flush()
+        assert child.wait(30) == 130
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        for stream in (child.stdin, child.stdout, child.stderr):
+            stream.close()
 
 
 def test_the_window_opens_from_a_fresh_environment_with_its_icon(installed, tmp_path):

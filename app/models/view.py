@@ -1,7 +1,8 @@
 """The models pane: the library from engine.models as a sortable table, the chosen model's metadata and chat
 template, and adding, scanning, removing and downloading models.
 
-Header reads, adds and scans run on a ThreadJob; a download is `aha models pull` in a child process (ProcessJob).
+Header reads, adds and scans run on a ThreadJob; a download is `aha models pull` in a child process (ProcessJob),
+and the server at the bottom (app.models.serve) is `aha serve` in another.
 It knows nothing of GGUF or of the library's file beyond what engine.models returns, and never deletes a model.
 """
 
@@ -13,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.models.serve import ServePanel
 from app.qt import Qt, QtCore, QtGui, QtWidgets, Signal, Slot
 from app.theme import colors
 from app.widgets import KEY_ROLE, SORT_ROLE, ElidedLabel, ElideMiddleDelegate, RowsModel, bold, set_style_name
@@ -644,6 +646,7 @@ class ModelsPane(QtWidgets.QWidget):
         self.details = DetailsPanel()
         self.downloads = QtWidgets.QVBoxLayout()
         self.downloads.setSpacing(6)
+        self.serve = ServePanel()
         self.status = ElidedLabel()
         self.status.setObjectName("Muted")
         self._arrange()
@@ -705,6 +708,7 @@ class ModelsPane(QtWidgets.QWidget):
         layout.addLayout(toolbar)
         layout.addLayout(self.downloads)
         layout.addWidget(self.splitter, 1)
+        layout.addWidget(self.serve)
         layout.addWidget(self.status)
 
     def _connect(self) -> None:
@@ -805,7 +809,8 @@ class ModelsPane(QtWidgets.QWidget):
         return any(job.is_running() for job in self._jobs) or any(r.is_running() for r in self.download_rows())
 
     def shutdown(self) -> None:
-        """Stop running downloads and wait for worker threads (before the window closes)."""
+        """Stop the server and running downloads, and wait for worker threads (before the window closes)."""
+        self.serve.shutdown()
         for row in self.download_rows():
             row.kill()
         for job in self._jobs:
@@ -847,6 +852,7 @@ class ModelsPane(QtWidgets.QWidget):
         self.count.setText(text + (f" · {unreadable} unreadable" if unreadable else ""))
         self.table_stack.setCurrentWidget(self.empty if not rows else self.table)
         self.details.setVisible(bool(rows))
+        self.serve.setVisible(bool(rows) or self.serve.is_running())   # nothing to serve in an empty library
 
     @Slot(str)
     def _on_refresh_failed(self, message: str) -> None:
