@@ -277,3 +277,14 @@ def test_the_thinking_switch_works_on_a_qwen3_style_template(qtbot, window, gguf
     pane.set_model(pane.settings.model.itemData(pane.settings.model.findText("scripted")))
     qtbot.waitUntil(lambda: pane.settings.switch is not None and not pane.settings.switch.supported)
     assert not box.isEnabled() and pane.settings.values()["thinking"] is None
+
+
+def test_a_model_file_that_cannot_be_read_leaves_the_switch_off_with_the_reason(qtbot, window, tmp_path):
+    pane = window.chat
+    wait_switch(qtbot, pane)
+    missing = tmp_path / "gone.gguf"
+    pane.set_model(str(missing))
+    qtbot.waitUntil(lambda: pane.settings.switch is not None and pane.settings.thinking_note.text() != "")
+    box = pane.settings.thinking
+    assert not box.isEnabled() and "gone.gguf" in pane.settings.thinking_note.text()
+    assert "\n" not in pane.settings.thinking_note.text() and "Traceback" not in box.toolTip()

@@ -142,3 +142,15 @@ def test_stats_read_the_same_in_the_table_and_in_both_stats_lines():
     assert stats_line(in_thought, thought_above=True) == "thinking 3.1 s · 120 tokens · first token 12 ms · 45.3 tok/s"
     ended = {**STATS, "stop_reason": "eos"}
     assert stats_line(ended).endswith("45.3 tok/s") and stats_line({}) == ""
+
+
+def test_a_thought_the_budget_ended_says_so_in_both_stats_lines():
+    """Below the window's think header the line says the budget ended the thought; `aha chat`'s line starts with
+    the header's wording; a thought the budget never reached reads as usual."""
+    budget = {**STATS, "stop_reason": "eos", "thinking_tokens": 120, "thinking_budget": 120,
+              "budget_ended_thought": True}
+    assert stats_line(budget, thought_above=True).startswith(
+        "thinking 3.1 s · 120 tokens, ended by the thinking budget · answer 2.0 s · 1 token")
+    assert stats_line(budget).startswith("Ended by the thinking budget (120 tokens) · 3.1 s · 120 tokens · answer")
+    untouched = {**budget, "budget_ended_thought": False, "thinking_budget": 4096}
+    assert stats_line(untouched, thought_above=True).startswith("thinking 3.1 s · 120 tokens · answer")
