@@ -14,21 +14,15 @@ from engine.models import Library
 from engine.store import Store
 from tests.support import platforms
 from tests.support.scripted_model import ANSWER, QUESTION, THOUGHT
+from tests.support.window import chat_window
 
 CTRL = Qt.KeyboardModifier.ControlModifier
 
 
 @pytest.fixture
 def window(qtbot, scripted_gguf):
-    Library().add(scripted_gguf)
-    main = MainWindow()
-    qtbot.addWidget(main)
-    main.resize(1100, 760)
-    main.show()
-    main.chat.set_model(str(scripted_gguf))
-    main.chat.settings.preset.setCurrentText("Greedy (0 · 1.0)")
-    yield main
-    main.close()
+    with chat_window(qtbot, scripted_gguf) as main:
+        yield main
 
 
 def send(qtbot, pane, text=QUESTION):

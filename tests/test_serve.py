@@ -29,6 +29,7 @@ from engine.errors import AhaError
 from engine.serve.protocol import StopMatcher, parse_chat_request
 from engine.serve.server import AhaServer, ServeOptions, check_bind, is_loopback
 from engine.store import Store
+from tests.support.children import reap
 from tests.support.scripted_model import ANSWER, QUESTION, THOUGHT
 
 KEY = "sk-serve-test"
@@ -496,8 +497,4 @@ def test_cancel_on_stdin_stops_the_server_and_cuts_a_reply_in_flight(scripted_gg
         assert request["client_gone"] is False and "server stopped" in request["error"]
         assert done["type"] == "done" and done["status"] == "cancelled"
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        for stream in (child.stdin, child.stdout, child.stderr):
-            stream.close()
+        reap(child)

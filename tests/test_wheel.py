@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.children import reap
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -145,11 +147,7 @@ def test_aha_serve_runs_from_a_fresh_environment(installed, gguf_file, tmp_path)
         child.stdin.flush()
         assert child.wait(30) == 130
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        for stream in (child.stdin, child.stdout, child.stderr):
-            stream.close()
+        reap(child)
 
 
 def test_the_window_opens_from_a_fresh_environment_with_its_icon(installed, tmp_path):

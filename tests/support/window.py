@@ -41,3 +41,19 @@ def open_window(qtbot, monkeypatch) -> Iterator[MainWindow]:
     main.train.shutdown()
     main.export.shutdown()
     store.close()
+
+
+@contextlib.contextmanager
+def chat_window(qtbot, model) -> Iterator[MainWindow]:
+    """A shown 1100×760 MainWindow whose Chat pane has `model` (added to the library) with greedy sampling."""
+    from engine.models import Library
+
+    Library().add(model)
+    main = MainWindow()
+    qtbot.addWidget(main)
+    main.resize(1100, 760)
+    main.show()
+    main.chat.set_model(str(model))
+    main.chat.settings.preset.setCurrentText("Greedy (0 · 1.0)")
+    yield main
+    main.close()
