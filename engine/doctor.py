@@ -111,6 +111,7 @@ def probe_llama_cpp() -> dict[str, Any]:
     except (ImportError, OSError, AttributeError) as error:  # a wheel whose native library does not load
         facts["error"] = f"{type(error).__name__}: {error}"
     facts["backends"] = llama_backends(facts["system_info"])
+    facts["repack_env"] = os.environ.get("AHA_LLAMA_REPACK")
     return facts
 
 
@@ -310,6 +311,15 @@ def _llama_lines(facts: dict[str, Any]) -> list[Line]:
         lines.append(Line(MISSING, "llama.cpp GPU", f"no: a CPU-only build, chat cannot use {where}",
                           "rebuild llama-cpp-python with the GPU backend (needs a C/C++ compiler and, for CUDA, "
                           "the CUDA toolkit)", llama_gpu_command(facts)))
+    if "AMX_INT8 = 1" in (llama["system_info"] or ""):
+        if llama.get("repack_env") == "1":
+            lines.append(Line(WARNING, "llama.cpp AMX", "weight repacking for AMX is on (AHA_LLAMA_REPACK=1): "
+                                                        "llama.cpp's AMX kernels crash on some models (llama.cpp#20824)",
+                              "unset AHA_LLAMA_REPACK if a model crashes the app at its first reply"))
+        else:
+            lines.append(Line(OK, "llama.cpp AMX", "weight repacking for AMX is off: llama.cpp's AMX kernels crash on "
+                                                   "some models (llama.cpp#20824); prompts are slower on this CPU, "
+                                                   "AHA_LLAMA_REPACK=1 tries it"))
     return lines
 
 

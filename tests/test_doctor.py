@@ -257,3 +257,21 @@ def test_version_names_llama_cpp(capsys):
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip().startswith(f"aha {__version__} (llama-cpp-python {llama_cpp.__version__}, "
                                                       "Python 3.")
+
+
+def test_an_amx_cpu_says_repacking_is_off_and_how_to_try_it():
+    facts = cpu_machine()
+    facts["llama_cpp"]["system_info"] = "CPU : SSE3 = 1 | AVX2 = 1 | AMX_INT8 = 1 | REPACK = 1 | "
+    line = by_what(doctor.lines(facts))["llama.cpp AMX"]
+    assert line.mark == OK and "repacking for AMX is off" in line.detail and "AHA_LLAMA_REPACK=1" in line.detail
+    facts["llama_cpp"]["repack_env"] = "1"
+    line = by_what(doctor.lines(facts))["llama.cpp AMX"]
+    assert line.mark == WARNING and "unset AHA_LLAMA_REPACK" in line.fix
+    assert "llama.cpp AMX" not in by_what(doctor.lines(cpu_machine()))
+
+
+def test_this_machines_probe_reports_amx_as_llama_cpp_sees_it():
+    import llama_cpp
+
+    amx = b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
+    assert ("llama.cpp AMX" in by_what(doctor.lines(doctor.gather()))) is amx
