@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.llama_backend import load_llama
 from tests import tiny_models
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -72,10 +73,9 @@ def hf_logits():
 def llama_logits():
     """llama_logits(gguf, ids, lora=None) → llama.cpp's logits (T, V) for one sequence."""
     def run(path: Path, ids: list[int], lora: Path | None = None):
-        import llama_cpp
         import numpy as np
 
-        llm = llama_cpp.Llama(str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=2,
+        llm = load_llama(str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=2,
                               lora_path=str(lora) if lora else None)
         try:
             llm.eval(ids)

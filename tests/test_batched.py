@@ -8,6 +8,7 @@ from engine import r1
 from engine.distill.teachers import Sampling
 from engine.errors import AhaError
 from engine.eval.batched import BatchedGGUF, default_parallel, kv_bytes_per_token, thinking_token_count
+from engine.llama_backend import load_llama
 from tests.support.scripted_model import ANSWER, QUESTION, THOUGHT
 
 # Different lengths: a few tokens, a sentence, ~100 and ~300 tokens (several prompt batches apart).
@@ -28,7 +29,7 @@ def sequential(gguf_file):
     stops: an end-of-generation token or an R1 turn marker."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(gguf_file("qwen2", "f32")), n_ctx=1024, n_threads=2, verbose=False)
+    llm = load_llama(str(gguf_file("qwen2", "f32")), n_ctx=1024, n_threads=2, verbose=False)
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     stops = {llm.token_eos()} | {ids[0] for ids in (llm.tokenize(s.encode(), add_bos=False, special=True)
                                                    for s in r1.STOPS) if len(ids) == 1}

@@ -8,6 +8,7 @@ import pytest
 
 from engine.demo.model import DemoModelSpec, build_demo_tokenizer, make_demo_model
 from engine.distill.traces import task_trace
+from engine.llama_backend import load_llama
 from engine.r1 import BOS
 from engine.train.core import load_tokenizer
 from engine.train.data import TaskSource
@@ -61,13 +62,12 @@ def test_digits_are_single_tokens_and_decoding_is_lossless(demo_model):
 
 
 def test_llama_cpp_tokenizes_the_exported_vocabulary_as_hugging_face_does(demo_model, tmp_path):
-    import llama_cpp
 
     from engine.export.gguf_writer import write_gguf
 
     gguf = write_gguf(demo_model, tmp_path / "demo-f32.gguf", "f32")
     tokenizer, rows = load_tokenizer(demo_model), task_rows()
-    llm = llama_cpp.Llama(str(gguf), n_ctx=64, vocab_only=True, verbose=False)
+    llm = load_llama(str(gguf), n_ctx=64, vocab_only=True, verbose=False)
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}], tokenize=False,
                                            add_generation_prompt=True) + task_trace(row, tokenizer)["completion"]
              for row in rows]

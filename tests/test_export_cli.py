@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.llama_backend import load_llama
 from tests.fake_ollama import FakeOllama
 
 
@@ -170,7 +171,7 @@ def test_quantizer_types_are_really_that_type_and_run(out_type, gguf_file, check
     tokenizer = AutoTokenizer.from_pretrained(checkpoint("qwen2"))
     ids = [tokenizer.bos_token_id, *tokenizer("Please reason step by step: 12+35=").input_ids[1:]]
     assert nmse(llama_logits(path, ids), llama_logits(gguf_file("qwen2", "f32"), ids)) <= bound
-    llm = llama_cpp.Llama(str(path), n_ctx=128, verbose=False, n_threads=2)
+    llm = load_llama(str(path), n_ctx=128, verbose=False, n_threads=2)
     try:
         assert llm.create_completion("12+35=", max_tokens=8, temperature=0.0)["usage"]["completion_tokens"] > 0
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from engine.llama_backend import load_llama
 from tests.conftest import ARCHS, nmse
 from tests.tiny_models import ASSISTANT, EOS, THINK_CLOSE, THINK_OPEN, USER
 
@@ -23,11 +24,10 @@ def tokenizers(checkpoint):
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("out_type", ["f32", "f16", "bf16"])
 def test_tokens_and_logits_match_transformers(arch, out_type, checkpoint, gguf_file, tokenizers, hf_logits, llama_logits):
-    import llama_cpp
 
     path = gguf_file(arch, out_type)
     hf_ids = tokenizers[arch](HARD_TEXT, add_special_tokens=False).input_ids
-    llm = llama_cpp.Llama(str(path), n_ctx=64, vocab_only=True, verbose=False)
+    llm = load_llama(str(path), n_ctx=64, vocab_only=True, verbose=False)
     try:
         assert llm.tokenize(HARD_TEXT.encode(), add_bos=False, special=True) == hf_ids
         assert llm.tokenize(b"hi", add_bos=True, special=False)[0] == tokenizers[arch].bos_token_id
@@ -49,12 +49,11 @@ QUANTIZED_LIMITS = {"q8_0": 1e-3, "q4_k_m": 0.075}
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
 @pytest.mark.parametrize("out_type", ["q8_0", "q4_k_m"])
 def test_quantized_files_load_generate_and_stay_close(arch, out_type, gguf_file, tokenizers, llama_logits):
-    import llama_cpp
 
     ids = [tokenizers[arch].bos_token_id, *tokenizers[arch]("Please reason step by step: 12+35=").input_ids[1:]]
     f32 = llama_logits(gguf_file(arch, "f32"), ids)
     assert nmse(llama_logits(gguf_file(arch, out_type), ids), f32) <= QUANTIZED_LIMITS[out_type]
-    llm = llama_cpp.Llama(str(gguf_file(arch, out_type)), n_ctx=128, verbose=False, n_threads=2)
+    llm = load_llama(str(gguf_file(arch, out_type)), n_ctx=128, verbose=False, n_threads=2)
     try:
         result = llm.create_completion("12+35=", max_tokens=8, temperature=0.0)
         assert result["usage"]["completion_tokens"] > 0
