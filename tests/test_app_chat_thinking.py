@@ -17,19 +17,13 @@ from engine.store import Store
 from tests.support.scripted_model import ANSWER, QUESTION, THOUGHT
 from tests.support.templates import QWEN3_TEMPLATE
 from tests.support.window import chat_window
+from tests.test_app_chat import send
 
 
 @pytest.fixture
 def window(qtbot, scripted_gguf):
     with chat_window(qtbot, scripted_gguf) as main:
         yield main
-
-
-def send(qtbot, pane, text=QUESTION):
-    pane.composer.setPlainText(text)
-    pane.send()
-    qtbot.waitUntil(lambda: not pane.session.busy and pane.streaming is None)
-    qtbot.wait(50)
 
 
 def replies(pane) -> list[AssistantMessageWidget]:
