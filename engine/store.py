@@ -297,6 +297,23 @@ def _open_failure(path: Path, exc: sqlite3.DatabaseError) -> str:
             "and that no other program holds it")
 
 
+def _enable_wal(db: sqlite_utils.Database) -> None:
+    """Turn on WAL, waiting for other processes as the busy timeout does. SQLite answers a journal-mode
+    change "database is locked" at once, without calling the busy handler, while another connection holds
+    the file (two training ranks opening a new store together did, in CI), so the change is retried here."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            db.enable_wal()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+
 class Store:
     """One connection to `aha.db`. Safe to share between threads (calls are serialized); other
     processes may open the same file at the same time (WAL, busy timeout)."""
@@ -309,7 +326,7 @@ class Store:
             connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
             self.db = sqlite_utils.Database(connection, execute_plugins=False)
             self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self.db.enable_wal()
+            _enable_wal(self.db)
             self.db.execute("PRAGMA synchronous = NORMAL")  # in WAL mode: durable across process crashes
             self.db.execute("PRAGMA foreign_keys = ON")
             self.migrate()

@@ -55,6 +55,43 @@ def test_fresh_database_gets_the_latest_schema_in_wal_mode(tmp_path):
                 "messages_fts"} <= set(store.db.table_names())
 
 
+OPEN_TOGETHER = """
+import sys
+from pathlib import Path
+from engine.store import Store
+folder, rounds = Path(sys.argv[1]), int(sys.argv[2])
+print("ready", flush=True)
+for round in range(rounds):
+    while not (folder / f"go-{round}").exists():
+        pass            # spin: the children open the store within microseconds of each other
+    try:
+        Store(folder / f"aha-{round}.db").close()
+        print("opened", flush=True)
+    except Exception as exc:
+        print(f"failed: {exc}", flush=True)
+"""
+
+
+def test_processes_opening_a_new_store_together_all_get_it(tmp_path):
+    """Two training ranks (or the window and a job) may open a store that does not exist yet at the same
+    moment: each waits for the other instead of failing ("database is locked" from the switch to WAL)."""
+    rounds, count = 20, 4
+    children = [subprocess.Popen([sys.executable, "-c", OPEN_TOGETHER, str(tmp_path), str(rounds)], cwd=REPO,
+                                 stdout=subprocess.PIPE, text=True) for _ in range(count)]
+    try:
+        assert [child.stdout.readline().strip() for child in children] == ["ready"] * count
+        for round in range(rounds):
+            (tmp_path / f"go-{round}").touch()
+            assert [child.stdout.readline().strip() for child in children] == ["opened"] * count, round
+            with Store(tmp_path / f"aha-{round}.db") as store:
+                assert store.schema_version == SCHEMA_VERSION
+                assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+
+
 def test_reopening_is_idempotent_and_keeps_data(tmp_path):
     with Store(tmp_path / "aha.db") as store:
         conversation, _, _ = chat(store)
