@@ -108,6 +108,7 @@ class Sample(Event):
     prompt: str
     completions: list[dict[str, Any]]
     answer: str | None = None
+    problem: int | None = None      # an eval's problem, by its place in the dataset (0 = the first)
 
     def __post_init__(self) -> None:
         checked = [dataclasses.asdict(item) if isinstance(item, Completion) else dataclasses.asdict(Completion(**item))

@@ -333,7 +333,7 @@ def test_a_real_aha_eval_child_against_a_scripted_endpoint(qtbot, home, endpoint
     assert pane.notes.text().startswith("m-b vs m-a: ")
     assert [row[3:] for row in pane.drilldown.problem_texts()] == [["2/4", "3/4"], ["2/4", "3/4"], ["0/4", "2/4"],
                                                                    ["4/4", "4/4"]]
-    pane.drilldown.select_problem(next(iter(pane.results.problems)))
+    pane.drilldown.select_problem(pane.results.problem_list()[0].prompt_id)   # 3+4, the dataset's first
     assert [card.majority for card in pane.drilldown.cards] == [True, False, False, False]   # 7, 7, 3, cut
     assert "thought cut by the budget" in pane.drilldown.cards[3].header.text()
     assert pane.run_id is not None and home.get_run(pane.run_id)["kind"] == "eval"

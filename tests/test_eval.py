@@ -137,6 +137,7 @@ def test_scripted_endpoint_exact_metrics_cancel_and_resume(endpoint, problems, t
     assert json.loads((full / "eval.json").read_text()) == report
     lines = [json.loads(line) for line in (full / "samples.jsonl").read_text().splitlines()]
     assert len(lines) == 8 and {(line["step"], line["model"]) for line in lines} == {(0, "m-a"), (1, "m-b")}
+    assert [line["problem"] for line in lines] == [0, 1, 2, 3] * 2   # each problem's place in the dataset
     tie = next(line for line in lines if line["model"] == "m-a" and line["prompt"].startswith("What is 5+7?"))
     assert tie["answer"] == "12" and tie["majority"] == 0
     assert [item["extracted"] for item in tie["completions"]] == ["5", "12", "12", "5"]
@@ -285,3 +286,17 @@ def test_run_spec_is_the_runs_final_adapter_on_its_base(tmp_path):
     (run_dir / "final" / "adapter" / "adapter_config.json").write_text("{}")
     spec = parse_model(f"run:{run_id}")
     assert (spec.adapter, spec.run_id, model_label(spec)) == (str(run_dir / "final" / "adapter"), run_id, f"run:{run_id}")
+
+
+def test_results_list_the_problems_in_the_datasets_order_whatever_order_they_finish_in():
+    """With concurrency, a later problem's samples can finish first: the pane numbers the problems by their
+    place in the dataset (the record's `problem`), and a record of an older run (no place) comes after."""
+    from engine.eval.results import EvalResults
+
+    results = EvalResults()
+    for place, prompt_id in [(2, "c"), (0, "a"), (None, "old"), (1, "b")]:
+        record = {"step": 0, "prompt_id": prompt_id, "prompt": prompt_id, "completions": [{"accepted": True}]}
+        assert results.add_sample(record if place is None else {**record, "problem": place})
+    results.add_sample({"step": 1, "prompt_id": "c", "prompt": "c", "problem": 2, "completions": [{"accepted": False}]})
+    assert [problem.prompt_id for problem in results.problem_list()] == ["a", "b", "c", "old"]
+    assert results.problems["c"].right_total(1) == (0, 1) and results.problems["c"].right_total(0) == (1, 1)

@@ -28,6 +28,7 @@ class Problem:
     prompt: str
     answer: str | None
     by_model: dict[int, dict] = field(default_factory=dict)
+    place: int | None = None        # its place in the dataset (the record's `problem`), None in an older run
 
     def right_total(self, model: int) -> tuple[int, int]:
         """(samples scored right, samples) of one model on this problem; (0, 0) when it has none yet."""
@@ -44,7 +45,8 @@ def is_right(completion: dict) -> bool:
 
 class EvalResults:
     """What the pane shows of one eval: `summary` (eval.json's content), the models' labels by index, and the
-    problems in the order their first record came. `add_sample` takes a record (or a `sample` event)."""
+    problems in the dataset's order (the records' `problem`; samples arrive in the order they finish), else in the
+    order their first record came. `add_sample` takes a record (or a `sample` event)."""
 
     def __init__(self) -> None:
         self.summary: dict = {}
@@ -78,6 +80,8 @@ class EvalResults:
         if problem is None:
             problem = self.problems[prompt_id] = Problem(prompt_id, str(record.get("prompt") or ""),
                                                          None if record.get("answer") is None else str(record["answer"]))
+        if isinstance(record.get("problem"), int):
+            problem.place = record["problem"]
         problem.by_model[model] = {"completions": list(record.get("completions") or []),
                                    "majority": record.get("majority")}
         if record.get("model") and model not in self.labels:
@@ -105,7 +109,8 @@ class EvalResults:
         return next((item for item in self.summary.get("comparisons") or [] if item.get("b") == model), None)
 
     def problem_list(self) -> list[Problem]:
-        return list(self.problems.values())
+        """The problems in the dataset's order; any without a place (an older run's) after, as they came."""
+        return sorted(self.problems.values(), key=lambda problem: (problem.place is None, problem.place or 0))
 
 
 def read_summary(directory: str | Path) -> dict:

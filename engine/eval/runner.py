@@ -169,7 +169,7 @@ def score_problem(row: Mapping[str, Any], samples: Sequence[TeacherSample], rewa
     result = ProblemResult(row["prompt_id"], tuple(correct), tuple(extracted), tuple(thinking), tuple(answer),
                            tuple(cut), winner)
     record = {"prompt_id": row["prompt_id"], "prompt": row["prompt"], "answer": _text(row["answer"]),
-              "majority": winner, "completions": completions}
+              "problem": row.get("problem"), "majority": winner, "completions": completions}
     return result, record
 
 
@@ -220,6 +220,7 @@ def evaluate(config: EvalConfig | None = None, on_event: OnEvent = ignore, cance
                      answer_column=config.answer_column, template=config.template, seed=0)
     if not rows:
         raise AhaError(f"{config.dataset} has no problems to evaluate")
+    rows = [{**row, "problem": place} for place, row in enumerate(rows)]  # the place the pane numbers it by
     reward_set = RewardSet([config.verifier])
     if directory is None and config.output_dir:
         directory = Path(config.output_dir).expanduser()
@@ -268,7 +269,7 @@ def evaluate(config: EvalConfig | None = None, on_event: OnEvent = ignore, cance
                             line = {"step": index, "model": label, **record}
                             _append_line(stream, line)
                             run.emit(make_event("sample", step=index, prompt_id=record["prompt_id"],
-                                                prompt=record["prompt"], answer=record["answer"],
+                                                prompt=record["prompt"], answer=record["answer"], problem=record["problem"],
                                                 completions=[_event_completion(item) for item in record["completions"]]))
                             generated += len(samples)
                             finished_samples += len(samples)
