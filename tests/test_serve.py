@@ -327,6 +327,16 @@ def test_bad_requests_get_openai_shaped_one_line_errors(served, body, status, wo
     assert error["type"] == "invalid_request_error"
 
 
+def test_a_body_over_the_limit_is_refused_413(served):
+    from engine.serve.app import MAX_BODY_BYTES
+
+    message = json.dumps({"model": "scripted", "messages": [{"role": "user", "content": "x" * MAX_BODY_BYTES}]})
+    response = http("POST", f"{served.url}/chat/completions", message.encode())
+    error = json.loads(response.read())["error"]
+    assert response.status == 413 and error["code"] == "request_too_large" and "16 MiB" in error["message"]
+    assert ask(client(served)).choices[0].message.content.strip() == ANSWER   # the server goes on serving
+
+
 def test_unknown_paths_are_openai_shaped_404s(served):
     response = http("GET", f"{served.url}/embeddings")
     assert response.status == 404 and "/v1/chat/completions" in json.loads(response.read())["error"]["message"]

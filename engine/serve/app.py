@@ -39,6 +39,9 @@ from engine.serve.protocol import (
 )
 
 RECORD_KEY = "aha.record"  # where a request's log record lives in its ASGI scope
+# A request's body is refused past this size (413), before it is all in memory: a 128k-token conversation is
+# well under 1 MiB of JSON.
+MAX_BODY_BYTES = 16 * 2 ** 20
 
 
 def error_response(error: ApiError) -> JSONResponse:
@@ -159,6 +162,23 @@ class EventStream:
             watcher.cancel()
 
 
+async def _read_body(request: Request) -> bytes:
+    """The request's body, or a 413 when it is over MAX_BODY_BYTES. Past the limit the rest is read and
+    dropped (memory stays bounded) so that the client, still sending, gets the 413 rather than a broken pipe;
+    past 64 times the limit the connection is simply closed with it."""
+    pieces, size = [], 0
+    async for piece in request.stream():
+        size += len(piece)
+        if size <= MAX_BODY_BYTES:
+            pieces.append(piece)
+        elif size > 64 * MAX_BODY_BYTES:
+            break
+    if size > MAX_BODY_BYTES:
+        raise ApiError(413, f"the request body is over {MAX_BODY_BYTES // 2 ** 20} MiB; send a shorter conversation",
+                       code="request_too_large")
+    return b"".join(pieces)
+
+
 def create_app(host: ModelHost, *, api_key: str | None = None, save: bool = False,
                on_request: Callable[[dict], None] = lambda record: None) -> tuple[RequestLog, ServeState]:
     """The ASGI app (Starlette's, inside the key check inside the request log) and its shared state (whose
@@ -170,7 +190,7 @@ def create_app(host: ModelHost, *, api_key: str | None = None, save: bool = Fals
 
     async def chat_completions(request: Request):
         record = request.scope.setdefault(RECORD_KEY, {})
-        body = await request.body()
+        body = await _read_body(request)
         try:
             data = json.loads(body)
         except ValueError as error:
