@@ -403,15 +403,20 @@ def test_chats_are_saved_only_with_save(scripted_gguf):
         reply = client(server).chat.completions.create(
             model="scripted", messages=[{"role": "system", "content": "Be brief."},
                                         {"role": "user", "content": QUESTION}], **GREEDY)
+        cut = ask(client(server), stop=["boxed"])           # what the client got is what is kept
     assert "saved" in next(event for event in events if event.get("event") == "ready")["message"]
     with Store() as store:
-        [conversation] = store.list_conversations()
-        user, assistant = store.branch_path(conversation.leaf_id)
+        second, first = store.list_conversations()
+        user, assistant = store.branch_path(first.leaf_id)
         assert (user.role, user.content) == ("user", QUESTION)
         assert assistant.thinking.strip() == reply.choices[0].message.reasoning_content.strip()
         assert assistant.content.strip() == ANSWER and assistant.status == "complete"
-        assert conversation.settings["system_prompt"] == "Be brief." and conversation.title == QUESTION
-    assert requests_of(events, 1)[0]["conversation_id"] == conversation.id
+        assert assistant.sampling["temperature"] == GREEDY["temperature"]
+        assert first.settings["system_prompt"] == "Be brief." and first.title == QUESTION
+        _, stopped = store.branch_path(second.leaf_id)
+        assert stopped.content == cut.choices[0].message.content and "boxed" not in stopped.content
+        assert (stopped.status, stopped.stats["stop_reason"]) == ("complete", "stop_string")
+    assert [record["conversation_id"] for record in requests_of(events, 2)] == [first.id, second.id]
 
 
 def test_stop_matcher_holds_back_a_possible_stop_string():

@@ -1,6 +1,6 @@
 """One request's decoding, on a worker thread: wait for the turn, load the model, stream the reply through
-ChatModel.stream (with --save, through engine.chat.conversation into a new conversation of the store), cut
-the answer at a stop string, and hand each piece to `emit` (`Delta`, then one `Finished`, or an ApiError).
+ChatModel.stream, cut the answer at a stop string, and hand each piece to `emit` (`Delta`, then one
+`Finished`, or an ApiError); with --save, the same pieces go into a new conversation of the store.
 
 `cancel` is set when the client goes away (or the server stops): it ends the wait for the turn or the
 decoding at the next token. Knows nothing of HTTP or asyncio: `emit` is the app's bridge to its loop.
@@ -51,29 +51,55 @@ def sampling_for(request: ChatRequest, n_ctx: int) -> dict:
             "seed": request.seed, "thinking_budget": request.thinking_budget, "thinking": request.thinking}
 
 
-def _saved_stream(model, served: ServedModel, request: ChatRequest, halt: _Halt, sampling: dict) -> Iterator:
-    """The reply streamed into a new conversation: the request's messages, then the model's reply, saved as
-    `aha chat` saves one (engine.chat.conversation.stream_reply)."""
-    from engine.chat.conversation import TurnSettings, stream_reply, title_from
-    from engine.store import Store
+class _Saved:
+    """With --save: the request's messages as a new conversation, and the reply as its new assistant message,
+    written as the client gets it (so an answer cut at a stop string is saved cut). Shaped as `aha chat`
+    saves a turn (engine.chat.conversation), with the conversation's settings of the request."""
 
-    settings = TurnSettings(temperature=sampling["temperature"], top_p=sampling["top_p"],
-                            max_tokens=sampling["max_tokens"], seed=sampling["seed"],
-                            system_prompt=request.system_prompt, thinking_budget=request.thinking_budget,
-                            thinking=request.thinking)
-    with Store() as store:
-        conversation = store.create_conversation(
-            title_from(request.last_user_text),
-            settings={"model": str(served.path), "served_as": served.id, "source": "aha serve",
-                      "system_prompt": settings.system_prompt, "temperature": settings.temperature,
-                      "top_p": settings.top_p, "seed": settings.seed, "thinking_budget": settings.thinking_budget,
-                      "thinking": settings.thinking})
-        parent = None
-        for message in request.messages:
-            if message["role"] != "system":
-                parent = store.add_message(conversation.id, parent, message["role"], message["content"],
-                                           thinking=message.get("thinking", "")).id
-        yield from stream_reply(store, model, conversation.id, parent, settings, cancel=halt)
+    def __init__(self, model, served: ServedModel, request: ChatRequest, sampling: dict):
+        from engine.chat.conversation import title_from
+        from engine.store import Store
+
+        self.store = Store()
+        try:
+            conversation = self.store.create_conversation(
+                title_from(request.last_user_text),
+                settings={"model": str(served.path), "served_as": served.id, "source": "aha serve",
+                          "system_prompt": request.system_prompt, "temperature": sampling["temperature"],
+                          "top_p": sampling["top_p"], "seed": sampling["seed"],
+                          "thinking_budget": request.thinking_budget, "thinking": request.thinking})
+            parent = None
+            for message in request.messages:
+                if message["role"] != "system":
+                    parent = self.store.add_message(conversation.id, parent, message["role"], message["content"],
+                                                    thinking=message.get("thinking", "")).id
+            self.conversation_id = conversation.id
+            self.writer = self.store.begin_assistant_message(
+                conversation.id, parent, model=model.path.name, sampling=dict(sampling))
+        except BaseException:
+            self.store.close()
+            raise
+
+    def append(self, kind: str, text: str) -> None:
+        self.writer.append(kind, text)
+
+    def finish(self, stats: dict) -> dict:
+        """Write the end (a stop string is a complete reply); the stats gain the conversation's and message's ids."""
+        from engine.chat.conversation import status_for
+
+        reason = stats.get("stop_reason")
+        self.writer.finish("complete" if reason == "stop_string" else status_for(reason), stats)
+        return {**stats, "conversation_id": self.conversation_id, "message_id": self.writer.message_id}
+
+    def close(self) -> None:
+        """Finish a reply that ended without `finish` (a failure), then close the store."""
+        from engine.store import WriterState
+
+        try:
+            if self.writer.state is WriterState.STREAMING:
+                self.writer.finish("error", {"stop_reason": "error"})
+        finally:
+            self.store.close()
 
 
 def decode(host: ModelHost, served: ServedModel, request: ChatRequest, cancel: threading.Event,
@@ -93,28 +119,46 @@ def decode(host: ModelHost, served: ServedModel, request: ChatRequest, cancel: t
         load_s = round(time.monotonic() - started - queued_s, 3)
         halt = _Halt(cancel)
         sampling = sampling_for(request, model.context_size)
-        events = (_saved_stream(model, served, request, halt, sampling) if save
-                  else model.stream(request.messages, cancel=halt, **sampling))
-        stopper = StopMatcher(request.stop)
-        for event in events:
-            if event.kind == "thinking":
-                emit(Delta("thinking", event.text))
-            elif event.kind == "answer":
-                if halt.stop_string.is_set():
-                    continue
-                text, reached = stopper.feed(event.text)
-                if text:
-                    emit(Delta("answer", text))
-                if reached:
-                    halt.stop_string.set()
-            else:
-                if rest := stopper.flush():
-                    emit(Delta("answer", rest))
-                stats = {**(event.stats or {}), "queued_s": queued_s, "load_s": load_s}
-                if halt.stop_string.is_set() and not cancel.is_set():
-                    stats["stop_reason"] = "stop_string"
-                emit(Finished(stats, finish_reason(stats.get("stop_reason"))))
+        saved = _Saved(model, served, request, sampling) if save else None
+        try:
+            _relay(model.stream(request.messages, cancel=halt, **sampling), request, halt, cancel, emit, saved,
+                   {"queued_s": queued_s, "load_s": load_s})
+        finally:
+            if saved is not None:
+                saved.close()
     except Exception as error:  # noqa: BLE001 - a bug in one request must not take the server down
         emit(ApiError(500, f"internal error: {type(error).__name__}: {error}", type="server_error"))
     finally:
         host.turns.release()
+
+
+def _relay(events: Iterator, request: ChatRequest, halt: _Halt, cancel: threading.Event,
+           emit: Callable[[object], None], saved: _Saved | None, timings: dict) -> None:
+    """The engine's events to `emit` (and to the saved message): the answer cut at the first stop string."""
+    stopper = StopMatcher(request.stop)
+
+    def out(kind: str, text: str) -> None:
+        emit(Delta(kind, text))
+        if saved is not None:
+            saved.append(kind, text)
+
+    for event in events:
+        if event.kind == "thinking":
+            out("thinking", event.text)
+        elif event.kind == "answer":
+            if halt.stop_string.is_set():
+                continue
+            text, reached = stopper.feed(event.text)
+            if text:
+                out("answer", text)
+            if reached:
+                halt.stop_string.set()
+        else:
+            if rest := stopper.flush():
+                out("answer", rest)
+            stats = {**(event.stats or {}), **timings}
+            if halt.stop_string.is_set() and not cancel.is_set():
+                stats["stop_reason"] = "stop_string"
+            if saved is not None:
+                stats = saved.finish(stats)
+            emit(Finished(stats, finish_reason(stats.get("stop_reason"))))
